@@ -1,0 +1,130 @@
+"""Print a SymPy kernel body as an array expression string (NumPy or jax.numpy).
+
+One printer per backend family: this one serves the NumPy and JAX backends, which differ only
+in the module prefix and helper names. It knows exactly the functions fusion can produce.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from ..errors import BackendError
+from ..ops import sympy_funcs as sf
+
+
+class ArrayExprPrinter:
+    """`print(expr, names)`: `names` maps symbol name (a0, a1, ...) to a variable name."""
+
+    def __init__(self, ns: str = "np"):
+        self.ns = ns
+        self.funcs = {
+            sp.exp: f"{ns}.exp", sp.log: f"{ns}.log", sf.log1p: f"{ns}.log1p",
+            sf.expm1: f"{ns}.expm1", sp.tanh: f"{ns}.tanh", sp.sin: f"{ns}.sin",
+            sp.cos: f"{ns}.cos", sp.Abs: f"{ns}.abs", sp.sign: f"{ns}.sign",
+            sp.floor: f"{ns}.floor", sf.sigmoid: "sigmoid", sf.softplus: "softplus",
+            sf.relu: "relu", sf.step: "step",
+        }
+
+    def print(self, expr, names: dict[str, str]) -> str:
+        self.names = names
+        return self._p(expr)
+
+    def _p(self, e) -> str:
+        if e.is_Symbol:
+            return self.names[e.name]
+        if e.is_Number:
+            return self._num(e)
+        if e is sp.true:
+            return "True"
+        if e is sp.false:
+            return "False"
+        if e.is_Add:
+            return self._add(e)
+        if e.is_Mul:
+            return self._mul(e)
+        if e.is_Pow:
+            return self._pow(e)
+        if isinstance(e, sp.Piecewise):
+            return self._piecewise(e.args)
+        if isinstance(e, (sp.Max, sp.Min)):
+            fn = f"{self.ns}.maximum" if isinstance(e, sp.Max) else f"{self.ns}.minimum"
+            out = self._p(e.args[0])
+            for a in e.args[1:]:
+                out = f"{fn}({out}, {self._p(a)})"
+            return out
+        if isinstance(e, sp.Heaviside):
+            h0 = e.args[1] if len(e.args) > 1 else sp.Rational(1, 2)
+            x = self._p(e.args[0])
+            return f"{self.ns}.where({x} > 0, 1.0, {self.ns}.where({x} == 0, {self._num(h0)}, 0.0))"
+        if isinstance(e, sp.core.relational.Relational):
+            return f"({self._p(e.lhs)} {e.rel_op} {self._p(e.rhs)})"
+        fn = self.funcs.get(e.func)
+        if fn is not None:
+            return f"{fn}({', '.join(self._p(a) for a in e.args)})"
+        raise BackendError(f"kernel printer ({self.ns}): no rule for SymPy {e.func.__name__} in {e}")
+
+    def _num(self, e) -> str:
+        if e is sp.nan:
+            return "float('nan')"
+        if e in (sp.oo, -sp.oo):
+            return "float('inf')" if e is sp.oo else "-float('inf')"
+        v = float(e)
+        return repr(v)
+
+    def _add(self, e) -> str:
+        def negative(t):
+            c = t.as_coeff_Mul()[0]
+            return bool(c.is_Number and c < 0)
+
+        terms = sorted(e.args, key=lambda t: (negative(t), t.is_Number, sp.default_sort_key(t)))
+        out = self._p(terms[0])
+        for t in terms[1:]:
+            c, rest = t.as_coeff_Mul()
+            if c.is_Number and c < 0:
+                out += f" - {self._p(-t)}"
+            else:
+                out += f" + {self._p(t)}"
+        return f"({out})"
+
+    def _mul(self, e) -> str:
+        c, rest = e.as_coeff_Mul()
+        if c == -1:
+            return f"(-{self._p(rest)})"
+        num, den = [], []
+        for f in e.args:
+            if f.is_Pow and f.exp.is_Number and f.exp < 0:
+                den.append(f.base if f.exp == -1 else f.base ** (-f.exp))
+            elif f.is_Rational and not f.is_Integer and f.p == 1:
+                den.append(sp.Integer(f.q))
+            else:
+                num.append(f)
+        s = "*".join(self._p(f) for f in num) if num else "1.0"
+        if den:
+            s += "/" + ("(" + "*".join(self._p(f) for f in den) + ")" if len(den) > 1 else self._p(den[0]))
+        return f"({s})"
+
+    def _pow(self, e) -> str:
+        b, x = e.base, e.exp
+        if x == sp.Rational(1, 2):
+            return f"{self.ns}.sqrt({self._p(b)})"
+        if x == -sp.Rational(1, 2):
+            return f"(1.0/{self.ns}.sqrt({self._p(b)}))"
+        if x == 2:
+            pb = self._p(b)
+            return f"({pb}*{pb})" if b.is_Symbol else f"{self.ns}.square({pb})"
+        if x == -1:
+            return f"(1.0/{self._p(b)})"
+        if x.is_Integer:
+            return f"({self._p(b)}**{int(x)})"
+        return f"({self._p(b)}**{self._p(x)})"
+
+    def _piecewise(self, args) -> str:
+        (val, cond), rest = args[0], args[1:]
+        if cond is sp.true or not rest:
+            return self._p(val)
+        return f"{self.ns}.where({self._p(cond)}, {self._p(val)}, {self._piecewise(rest)})"
+
+
+def has_literal_branches(expr) -> bool:
+    """True when the result dtype could come from Python literals (np.where(c, 1.0, 0.0))."""
+    return bool(expr.atoms(sp.Piecewise, sp.Heaviside))

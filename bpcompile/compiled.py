@@ -1,0 +1,131 @@
+"""bp.compile: loss -> adjoint graph -> passes -> backend -> a callable with inspection methods."""
+
+from __future__ import annotations
+
+import time
+
+from .autodiff.reverse import check_loss, check_wrt, grad as _grad
+from .errors import BackendError
+from .ir.node import NAMES, Node
+from .ir.printer import format_graph
+from .ir.traverse import leaves
+from .rewrite import pipeline
+from .signature import Signature
+
+BACKENDS = ("numpy", "llvm", "jax")
+
+
+def get_backend(name: str):
+    if name == "numpy":
+        from .backends.numpy.codegen import NumpyBackend
+
+        return NumpyBackend
+    if name == "llvm":
+        try:
+            from .backends.llvm.backend import LLVMBackend
+        except ImportError as e:
+            raise BackendError(f"llvm backend unavailable: {e}") from e
+        return LLVMBackend
+    if name == "jax":
+        try:
+            from .backends.jax.backend import JaxBackend
+        except ImportError as e:
+            raise BackendError(f"jax backend unavailable ({e}); pip install 'bpcompile[jax]'") from e
+        return JaxBackend
+    raise BackendError(f"unknown backend {name!r}; choose from {BACKENDS}")
+
+
+def grad(loss: Node, wrt, stabilize: bool = True):
+    """Gradient of a scalar loss w.r.t. params, as graph nodes (composable, differentiable).
+
+    The forward graph is stabilised first (log(sigmoid) -> -softplus(-x), ...) so the gradient
+    is stable too; pass stabilize=False for the literal derivative.
+    """
+    loss = check_loss(loss)
+    if stabilize:
+        loss = pipeline.run_forward(loss)
+    return _grad(loss, wrt)
+
+
+class Compiled:
+    """A compiled loss-and-gradient function: `value, grads = fn(**inputs_and_params)`."""
+
+    def __init__(self, loss: Node, wrt, backend: str = "numpy", passes=None, **options):
+        t0 = time.perf_counter()
+        self.loss = check_loss(loss)
+        self.wrt = check_wrt(wrt)
+        self.backend_name = backend
+        backend_cls = get_backend(backend)  # fail early on a bad backend name
+        self.args = leaves([self.loss] + self.wrt)
+        _check_unique_names(self.args)
+        self.stages = [pipeline._stage("forward", [self.loss])]
+        forward = pipeline.run_forward(self.loss)
+        grads = _grad(forward, self.wrt)
+        self.stages.append(pipeline._stage("adjoint", [forward] + list(grads)))
+        outputs, self.stages = pipeline.run([forward] + list(grads), passes, record=self.stages)
+        self.outputs = outputs
+        _name_outputs(outputs, ["loss"] + ["d" + w.attr("name") for w in self.wrt])
+        t1 = time.perf_counter()
+        self.signature = Signature(self.args, [self.loss])
+        self.grad_names = [w.attr("name") for w in self.wrt]
+        self.impl = backend_cls(outputs, self.args, title=self._title(), **options)
+        self.timings = {"graph": t1 - t0, "codegen": time.perf_counter() - t1}
+
+    def _title(self):
+        return (f"bpcompile {self.backend_name} backend: loss and d/d({', '.join(self.grad_names)}); "
+                f"args: {self.signature.describe()}")
+
+    def __call__(self, **kwargs):
+        arrays = self.signature.bind(kwargs)
+        value, grads = self.impl.run(arrays)
+        return value, dict(zip(self.grad_names, grads))
+
+    def source(self, stage: str | None = None) -> str:
+        """The generated code (NumPy source, LLVM IR, or JAX source, per backend)."""
+        return self.impl.source(stage)
+
+    def graph(self, stage: str = "final") -> str:
+        """The graph at a stage: forward, adjoint (raw), a pass name, or final."""
+        names = [s.name for s in self.stages]
+        if stage == "final":
+            st = self.stages[-1]
+        elif stage in names:
+            st = self.stages[names.index(stage)]
+        else:
+            raise ValueError(f"unknown stage {stage!r}; choose from {names + ['final']}")
+        labels = ["loss"] + ["d" + n for n in self.grad_names] if len(st.outputs) > 1 else ["loss"]
+        return format_graph(st.outputs, labels)
+
+    def stats(self) -> str:
+        """Node counts after each stage, and compile timings."""
+        rows = [f"{'stage':16s} {'nodes':>6s}  ops"]
+        for s in self.stages:
+            top = ", ".join(f"{k}:{v}" for k, v in s.ops.most_common(6))
+            rows.append(f"{s.name:16s} {s.nodes:6d}  {top}")
+        rows.append(f"graph build+autodiff+passes {self.timings['graph'] * 1e3:.1f} ms, "
+                    f"codegen ({self.backend_name}) {self.timings['codegen'] * 1e3:.1f} ms")
+        return "\n".join(rows)
+
+    def __repr__(self):
+        return f"<bpcompile.Compiled {self.backend_name}: {self.signature.describe()}>"
+
+
+def _name_outputs(outputs, labels):
+    for o, label in zip(outputs, labels):
+        if o.op not in ("input", "param", "const") and o not in NAMES:
+            NAMES[o] = label
+
+
+def _check_unique_names(args):
+    seen = {}
+    for a in args:
+        name = a.attr("name")
+        if name in seen:
+            raise ValueError(f"two different leaves are named {name!r}: "
+                             f"{seen[name]!r} and {a!r}; names must be unique")
+        seen[name] = a
+
+
+def compile(loss: Node, wrt, backend: str = "numpy", passes=None, **options) -> Compiled:  # noqa: A001
+    """Compile `loss` and its gradient w.r.t. `wrt` (a list of params) for `backend`."""
+    return Compiled(loss, wrt, backend, passes, **options)

@@ -1,0 +1,139 @@
+"""Immutable, hash-consed IR nodes.
+
+A node is (op name, input nodes, attributes) plus the shape and dtype its op's rule inferred.
+`make` interns nodes: building the same node twice returns the same object, so identical
+subexpressions are shared by construction and graph equality is object identity.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import weakref
+
+import numpy as np
+
+_INTERN: "weakref.WeakValueDictionary[tuple, Node]" = weakref.WeakValueDictionary()
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ConstValue:
+    """A hashable wrapper around a numpy array so constants can be interned by value."""
+
+    __slots__ = ("array", "_key")
+
+    def __init__(self, array: np.ndarray):
+        self.array = np.array(array, order="C")  # (ascontiguousarray would make 0-d 1-d)
+        self.array.flags.writeable = False
+        self._key = (self.array.dtype.str, self.array.shape, self.array.tobytes())
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, ConstValue) and self._key == other._key
+
+    def __repr__(self):
+        a = self.array
+        return repr(a.item()) if a.ndim == 0 else f"array{list(a.shape)}"
+
+
+def _user_location() -> str | None:
+    """The first stack frame outside the bpcompile package: the user's line that built a node."""
+    f = sys._getframe(2)
+    while f is not None:
+        fn = f.f_code.co_filename
+        if not os.path.abspath(fn).startswith(_PKG_DIR):
+            return f"{os.path.basename(fn)}:{f.f_lineno}"
+        f = f.f_back
+    return None
+
+
+class Node:
+    """One value in the graph. Never construct directly: use `make` (or the public API)."""
+
+    __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "where", "__weakref__")
+    __array_priority__ = 1000  # so `ndarray * node` defers to Node.__rmul__
+
+    op: str
+    inputs: tuple
+    attrs: tuple
+    shape: tuple
+    dtype: str
+
+    # -- attributes -------------------------------------------------------------------------
+    def attr(self, key, default=None):
+        for k, v in self.attrs:
+            if k == key:
+                return v
+        return default
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def name(self) -> str | None:
+        """The user-facing name: leaves carry one; other nodes may get one via `named`."""
+        n = self.attr("name")
+        return n if n is not None and self.op in ("input", "param") else NAMES.get(self)
+
+    def named(self, name: str) -> "Node":
+        """Give this node a readable name for generated code (does not change the graph)."""
+        NAMES[self] = name
+        return self
+
+    def __repr__(self):
+        from .dtypes import SHORT
+
+        label = self.name or self.op
+        return f"<{label}:{SHORT.get(self.dtype, self.dtype)}{list(self.shape)}>"
+
+    def __bool__(self):
+        raise TypeError(
+            "a bpcompile tensor has no truth value; use bp.where(cond, a, b) instead of if/and/or"
+        )
+
+    def __iter__(self):
+        raise TypeError("a bpcompile tensor is not iterable; slice it with x[i] instead")
+
+    # Python operators (+ - * / ** @, unary -, < <= > >=, x[...]) are attached in
+    # bpcompile/api.py so this module stays free of op definitions. `==` keeps identity
+    # semantics because nodes are dictionary keys everywhere; use bp.equal for elementwise ==.
+
+
+# Readable names for non-leaf nodes (user `.named()`, autodiff's d<name>). A side table, so a
+# name never splits two otherwise identical nodes.
+NAMES: "weakref.WeakKeyDictionary[Node, str]" = weakref.WeakKeyDictionary()
+
+
+def make(op: str, inputs=(), **attrs) -> Node:
+    """Build (or fetch the interned) node `op(*inputs, **attrs)`, inferring shape and dtype."""
+    from ..ops.registry import get_op
+
+    inputs = tuple(inputs)
+    key_attrs = tuple(sorted(attrs.items()))
+    key = (op, inputs, key_attrs)
+    hit = _INTERN.get(key)
+    if hit is not None:
+        return hit
+    spec = get_op(op)
+    shape, dtype = spec.infer(inputs, attrs)
+    n = object.__new__(Node)
+    n.op, n.inputs, n.attrs = op, inputs, key_attrs
+    n.shape, n.dtype = tuple(int(s) for s in shape), dtype
+    n.where = _user_location()
+    _INTERN[key] = n
+    return n
+
+
+def rebuild(node: Node, inputs) -> Node:
+    """`node` with its inputs replaced (same op and attributes); returns `node` if unchanged."""
+    inputs = tuple(inputs)
+    if all(a is b for a, b in zip(inputs, node.inputs)) and len(inputs) == len(node.inputs):
+        return node
+    return make(node.op, inputs, **dict(node.attrs))

@@ -1,0 +1,45 @@
+"""A jaxpr-like text form of a graph: one line per node with its type and operands."""
+
+from __future__ import annotations
+
+from .dtypes import SHORT
+from .naming import assign_names
+from .node import Node
+from .traverse import toposort
+
+
+def type_str(n: Node) -> str:
+    return f"{SHORT.get(n.dtype, n.dtype)}[{','.join(map(str, n.shape))}]"
+
+
+def _attr_str(n: Node) -> str:
+    parts = []
+    for k, v in n.attrs:
+        if k in ("name", "dtype", "shape") and n.op in ("input", "param"):
+            continue
+        if k == "value":
+            continue
+        parts.append(f"{k}={v}")
+    return (" " + " ".join(parts)) if parts else ""
+
+
+def format_graph(outputs: list[Node], labels: list[str] | None = None) -> str:
+    order = toposort(outputs)
+    names = assign_names(order)
+    ins = [n for n in order if n.op == "input"]
+    params = [n for n in order if n.op == "param"]
+    lines = ["{ lambda " + " ".join(f"{names[n]}:{type_str(n)}" for n in ins) + " ; "
+             + " ".join(f"{names[n]}:{type_str(n)}" for n in params) + " .", "  let"]
+    for n in order:
+        if n.op in ("input", "param"):
+            continue
+        if n.op == "const":
+            lines.append(f"    {names[n]}:{type_str(n)} = const {n.attr('value')}")
+            continue
+        args = " ".join(names[i] for i in n.inputs)
+        lines.append(f"    {names[n]}:{type_str(n)} = {n.op}{_attr_str(n)} {args}".rstrip())
+    outs = ", ".join(names[o] for o in outputs)
+    lines.append(f"  in ( {outs} ) }}")
+    if labels:
+        lines.append("  # outputs: " + ", ".join(f"{lab}={names[o]}" for lab, o in zip(labels, outputs)))
+    return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""Composites built from primitives: softmax family, losses and a dense layer.
+
+Only primitives carry VJPs; these get their gradients by decomposition. logsumexp subtracts a
+stop-gradient max so forward and backward are both stable at large logits.
+"""
+
+from __future__ import annotations
+
+from .errors import DTypeError, ShapeError
+from .ir.dtypes import is_float
+from .ir.node import Node
+from .ops.elementwise import add, as_node, mul, neg, stop_gradient, sub, unary
+from .ops.index import one_hot
+from .ops.linalg import matmul
+from .ops.reduce import max_, mean, sum_
+from .ops.registry import get_op
+
+
+def logsumexp(x, axis=-1, keepdims=False) -> Node:
+    """log(sum(exp(x))) over `axis`, computed as m + log(sum(exp(x - m))) with m = max(x)."""
+    x = as_node(x)
+    m = stop_gradient(max_(x, axis, keepdims=True))
+    out = add(unary("log", sum_(unary("exp", sub(x, m)), axis, keepdims=True)), m)
+    if keepdims:
+        return out
+    from .ops.movement import reshape
+    from .ops.reduce import normalize_axes
+
+    ax = normalize_axes("logsumexp", axis, x.ndim)
+    return reshape(out, tuple(s for i, s in enumerate(x.shape) if i not in ax))
+
+
+def log_softmax(x, axis=-1) -> Node:
+    x = as_node(x)
+    return sub(x, logsumexp(x, axis, keepdims=True))
+
+
+def softmax(x, axis=-1) -> Node:
+    """exp(log_softmax(x)): stable at large logits; log(softmax) rewrites to log_softmax."""
+    return unary("exp", log_softmax(x, axis))
+
+
+def mse(pred, target) -> Node:
+    """Mean squared error over all elements."""
+    pred, target = as_node(pred), as_node(target)
+    _same_shape("mse", pred, target)
+    d = sub(pred, target)
+    return mean(mul(d, d))
+
+
+def cross_entropy(logits, labels) -> Node:
+    """Mean softmax cross-entropy of (batch, classes) logits against int32 labels (batch,),
+    or against float targets of the logits' shape (probabilities / one-hot)."""
+    logits, labels = as_node(logits), as_node(labels)
+    if logits.ndim < 1:
+        raise ShapeError("cross_entropy: logits must have a class axis")
+    if labels.dtype == "int32":
+        if labels.shape != logits.shape[:-1]:
+            raise ShapeError(f"cross_entropy: int labels of shape {labels.shape} do not match "
+                             f"logits {logits.shape} (expected {logits.shape[:-1]})")
+        target = one_hot(labels, logits.shape[-1], logits.dtype)
+    elif is_float(labels.dtype):
+        _same_shape("cross_entropy", logits, labels)
+        target = labels
+    else:
+        raise DTypeError(f"cross_entropy: labels must be int32 or float, got {labels.dtype}")
+    per_example = neg(sum_(mul(log_softmax(logits), target), -1))
+    return mean(per_example)
+
+
+def binary_cross_entropy_with_logits(logits, targets) -> Node:
+    """Mean of softplus(z) - z*t, the stable form of -t log σ(z) - (1-t) log(1-σ(z))."""
+    logits, targets = as_node(logits), as_node(targets, logits)
+    _same_shape("binary_cross_entropy_with_logits", logits, targets)
+    return mean(sub(unary("softplus", logits), mul(logits, targets)))
+
+
+ACTIVATIONS = ("sigmoid", "tanh", "relu", "softplus", "exp", "identity", "linear")
+
+
+def activation(x, name: str) -> Node:
+    if name in ("identity", "linear", None):
+        return x
+    if name == "softmax":
+        return softmax(x)
+    try:
+        get_op(name)
+    except Exception:
+        raise ValueError(f"unknown activation {name!r}; choose from {ACTIVATIONS}") from None
+    return unary(name, x)
+
+
+def dense(x, W, b=None, activation_fn: str | None = None, name: str | None = None) -> Node:
+    """activation(x @ W + b); names the pre-activation z<name> and output a<name> for codegen."""
+    z = matmul(x, W)
+    if b is not None:
+        z = add(z, b)
+    if name:
+        z.named(f"z{name}")
+    a = activation(z, activation_fn) if activation_fn else z
+    if name and a is not z:
+        a.named(f"a{name}")
+    return a
+
+
+def _same_shape(op, a, b):
+    if a.shape != b.shape:
+        raise ShapeError(f"{op}: prediction shape {a.shape} != target shape {b.shape}")

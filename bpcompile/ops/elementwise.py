@@ -1,0 +1,387 @@
+"""Elementwise primitives with numpy broadcasting: each op's shape rule, VJP and SymPy form.
+
+VJP rules see the output node `y` (so exp, tanh, sigmoid reuse the forward value) and return
+cotangents in the broadcast output shape; the reverse sweep un-broadcasts them.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import sympy as sp
+
+from ..errors import DTypeError, ShapeError
+from ..ir.dtypes import canonical, is_float
+from ..ir.node import Node, make
+from . import sympy_funcs as sf
+from .leaves import const
+from .registry import Op, register
+
+# --------------------------------------------------------------------------------------------
+# operand conversion
+
+
+def as_node(x, like: Node | None = None) -> Node:
+    """Turn a Python/numpy scalar or array into a const; scalars take `like`'s dtype (weak type)."""
+    if isinstance(x, Node):
+        return x
+    if isinstance(x, (bool, np.bool_)):
+        return const(x, "bool")
+    if isinstance(x, (numbers.Number, np.generic)):
+        if like is not None and (is_float(like.dtype) or isinstance(x, numbers.Integral)):
+            if like.dtype == "bool" or (like.dtype == "int32" and not float(x).is_integer()):
+                return const(x, "float32")
+            return const(x, like.dtype)
+        return const(x)
+    if isinstance(x, np.ndarray):
+        if like is not None and is_float(like.dtype) and x.dtype.kind in "fiu":
+            return const(x, like.dtype)
+        return const(x)
+    raise DTypeError(f"cannot use {type(x).__name__} as a tensor operand")
+
+
+def _broadcast(op: str, shapes):
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ShapeError(
+            f"{op}: shapes {' and '.join(str(tuple(s)) for s in shapes)} do not broadcast"
+        ) from None
+
+
+def _same_dtype(op: str, inputs):
+    dts = {i.dtype for i in inputs}
+    if len(dts) != 1:
+        raise DTypeError(
+            f"{op}: operand dtypes differ ({', '.join(i.dtype for i in inputs)}); "
+            "convert one with .astype(...)"
+        )
+    return dts.pop()
+
+
+# --------------------------------------------------------------------------------------------
+# unary ops
+
+
+def _unary_infer(op, float_only=True):
+    def infer(inputs, attrs):
+        (x,) = inputs
+        if float_only and not is_float(x.dtype):
+            raise DTypeError(f"{op}: needs a float operand, got {x.dtype}{list(x.shape)}")
+        return x.shape, x.dtype
+
+    return infer
+
+
+def _vjp_neg(y, g, needs):
+    return (neg(g),)
+
+
+UNARY = {
+    # name: (vjp(y, g, needs) -> (dx,), sympy fn, doc)
+    "neg": (_vjp_neg, lambda a: -a, "-x"),
+    "exp": (lambda y, g, n: (mul(g, y),), sp.exp, "e**x; VJP reuses the output"),
+    "log": (lambda y, g, n: (div(g, y.inputs[0]),), sp.log, "natural log"),
+    "log1p": (lambda y, g, n: (div(g, add(y.inputs[0], 1.0)),), sf.log1p, "log(1+x), accurate near 0"),
+    "expm1": (lambda y, g, n: (mul(g, add(y, 1.0)),), sf.expm1, "exp(x)-1, accurate near 0"),
+    "sqrt": (lambda y, g, n: (div(g, mul(y, 2.0)),), sp.sqrt, "square root"),
+    "abs": (lambda y, g, n: (mul(g, unary("sign", y.inputs[0])),), sp.Abs, "|x|; d/dx = sign(x)"),
+    "sign": (lambda y, g, n: (None,), sp.sign, "sign(x); zero derivative"),
+    "sin": (lambda y, g, n: (mul(g, unary("cos", y.inputs[0])),), sp.sin, "sine"),
+    "cos": (lambda y, g, n: (neg(mul(g, unary("sin", y.inputs[0]))),), sp.cos, "cosine"),
+    "tanh": (lambda y, g, n: (mul(g, sub(1.0, mul(y, y))),), sp.tanh, "tanh; d = 1 - y**2"),
+    "sigmoid": (
+        lambda y, g, n: (mul(g, mul(y, sub(1.0, y))),),
+        sf.sigmoid,
+        "1/(1+exp(-x)); d = y(1-y)",
+    ),
+    "relu": (lambda y, g, n: (where(gt(y.inputs[0], 0.0), g, 0.0),), sf.relu, "max(x, 0)"),
+    "softplus": (
+        lambda y, g, n: (mul(g, unary("sigmoid", y.inputs[0])),),
+        sf.softplus,
+        "log(1+exp(x)) computed stably; d = sigmoid(x)",
+    ),
+    "floor": (None, sp.floor, "floor(x); not differentiable (use stop_gradient)"),
+    "round": (None, None, "round half to even; not differentiable (use stop_gradient)"),
+}
+
+for _name, (_vjp, _sym, _doc) in UNARY.items():
+    register(
+        Op(
+            _name,
+            "elementwise",
+            _unary_infer(_name),
+            (lambda f: (lambda node, g, needs: f(node, g, needs)))(_vjp) if _vjp else None,
+            _doc,
+            sympy=_sym,
+        )
+    )
+
+
+def unary(op: str, x) -> Node:
+    x = as_node(x)
+    if x.dtype in ("int32", "bool") and op not in ("neg", "abs", "sign"):
+        x = cast(x, "float32")
+    return make(op, (x,))
+
+
+def neg(x) -> Node:
+    return make("neg", (as_node(x),))
+
+
+# --------------------------------------------------------------------------------------------
+# binary arithmetic
+
+
+def _binary_infer(op):
+    def infer(inputs, attrs):
+        dt = _same_dtype(op, inputs)
+        if dt == "bool":
+            raise DTypeError(f"{op}: arithmetic on bool operands; cast with .astype first")
+        return _broadcast(op, [i.shape for i in inputs]), dt
+
+    return infer
+
+
+def _vjp_pow(y, g, needs):
+    a, b = y.inputs
+    da = db = None
+    if needs[0]:
+        da = mul(g, mul(b, power(a, sub(b, 1.0))))
+    if needs[1]:
+        # d/db a**b = a**b * log(a); where a == 0 the limit is 0 (JAX does the same select)
+        db = mul(g, where(eq(a, 0.0), 0.0, mul(y, unary("log", a))))
+    return da, db
+
+
+def _tie_mask(a, b, strict_op):
+    """1 where a wins, 0.5 at ties, 0 otherwise (JAX splits ties evenly for max/min)."""
+    return where(strict_op(a, b), 1.0, where(eq(a, b), 0.5, 0.0))
+
+
+BINARY = {
+    "add": (lambda y, g, n: (g, g), lambda a, b: a + b, "a + b"),
+    "sub": (lambda y, g, n: (g, neg(g) if n[1] else None), lambda a, b: a - b, "a - b"),
+    "mul": (
+        lambda y, g, n: (
+            mul(g, y.inputs[1]) if n[0] else None,
+            mul(g, y.inputs[0]) if n[1] else None,
+        ),
+        lambda a, b: a * b,
+        "a * b",
+    ),
+    "div": (
+        lambda y, g, n: (
+            div(g, y.inputs[1]) if n[0] else None,
+            neg(div(mul(g, y), y.inputs[1])) if n[1] else None,
+        ),
+        lambda a, b: a / b,
+        "a / b; d/db reuses the output: -g*y/b",
+    ),
+    "pow": (_vjp_pow, lambda a, b: a**b, "a ** b"),
+    "maximum": (
+        lambda y, g, n: (
+            mul(g, _tie_mask(*y.inputs, gt)) if n[0] else None,
+            mul(g, _tie_mask(y.inputs[1], y.inputs[0], gt)) if n[1] else None,
+        ),
+        sp.Max,
+        "elementwise max; ties split the gradient evenly",
+    ),
+    "minimum": (
+        lambda y, g, n: (
+            mul(g, _tie_mask(*y.inputs, lt)) if n[0] else None,
+            mul(g, _tie_mask(y.inputs[1], y.inputs[0], lt)) if n[1] else None,
+        ),
+        sp.Min,
+        "elementwise min; ties split the gradient evenly",
+    ),
+}
+
+for _name, (_vjp, _sym, _doc) in BINARY.items():
+    register(
+        Op(
+            _name,
+            "elementwise",
+            _binary_infer(_name),
+            (lambda f: (lambda node, g, needs: f(node, g, needs)))(_vjp),
+            _doc,
+            sympy=_sym,
+        )
+    )
+
+
+def _operands(a, b):
+    if not isinstance(a, Node) and isinstance(b, Node):
+        a = as_node(a, b)
+    a = as_node(a)
+    b = as_node(b, a)
+    return a, b
+
+
+def binary(op: str, a, b) -> Node:
+    a, b = _operands(a, b)
+    if a.dtype != b.dtype:
+        # int/bool operands next to floats are promoted; two different floats are an error.
+        if is_float(a.dtype) and not is_float(b.dtype):
+            b = cast(b, a.dtype)
+        elif is_float(b.dtype) and not is_float(a.dtype):
+            a = cast(a, b.dtype)
+    if op in ("div", "pow") and not is_float(a.dtype):
+        a, b = cast(a, "float32"), cast(b, "float32")
+    return make(op, (a, b))
+
+
+def add(a, b):
+    return binary("add", a, b)
+
+
+def sub(a, b):
+    return binary("sub", a, b)
+
+
+def mul(a, b):
+    return binary("mul", a, b)
+
+
+def div(a, b):
+    return binary("div", a, b)
+
+
+def power(a, b):
+    return binary("pow", a, b)
+
+
+def maximum(a, b):
+    return binary("maximum", a, b)
+
+
+def minimum(a, b):
+    return binary("minimum", a, b)
+
+
+# --------------------------------------------------------------------------------------------
+# comparisons (bool results, no gradient), where, cast, stop_gradient
+
+
+def _compare_infer(op):
+    def infer(inputs, attrs):
+        _same_dtype(op, inputs)
+        return _broadcast(op, [i.shape for i in inputs]), "bool"
+
+    return infer
+
+
+COMPARE = {
+    "lt": (sp.StrictLessThan, "a < b"),
+    "le": (sp.LessThan, "a <= b"),
+    "gt": (sp.StrictGreaterThan, "a > b"),
+    "ge": (sp.GreaterThan, "a >= b"),
+    "eq": (sp.Eq, "a == b"),
+    "ne": (sp.Ne, "a != b"),
+}
+for _name, (_sym, _doc) in COMPARE.items():
+    register(
+        Op(_name, "elementwise", _compare_infer(_name), lambda node, g, needs: (None, None),
+           _doc + " (bool result; no gradient)", sympy=_sym)
+    )
+
+
+def compare(op: str, a, b) -> Node:
+    a, b = _operands(a, b)
+    if a.dtype != b.dtype and (is_float(a.dtype) or is_float(b.dtype)):
+        a, b = (a, cast(b, a.dtype)) if is_float(a.dtype) else (cast(a, b.dtype), b)
+    return make(op, (a, b))
+
+
+def lt(a, b):
+    return compare("lt", a, b)
+
+
+def le(a, b):
+    return compare("le", a, b)
+
+
+def gt(a, b):
+    return compare("gt", a, b)
+
+
+def ge(a, b):
+    return compare("ge", a, b)
+
+
+def eq(a, b):
+    return compare("eq", a, b)
+
+
+def ne(a, b):
+    return compare("ne", a, b)
+
+
+def _where_infer(inputs, attrs):
+    c, a, b = inputs
+    if c.dtype != "bool":
+        raise DTypeError(f"where: condition must be bool, got {c.dtype}")
+    dt = _same_dtype("where", (a, b))
+    return _broadcast("where", [c.shape, a.shape, b.shape]), dt
+
+
+def _vjp_where(y, g, needs):
+    c = y.inputs[0]
+    return (
+        None,
+        where(c, g, 0.0) if needs[1] else None,
+        where(c, 0.0, g) if needs[2] else None,
+    )
+
+
+register(
+    Op("where", "elementwise", _where_infer, _vjp_where, "where(c, a, b): a where c else b",
+       sympy=lambda c, a, b: sp.Piecewise((a, c), (b, True)))
+)
+
+
+def where(c, a, b) -> Node:
+    c = as_node(c)
+    if c.dtype != "bool":
+        raise DTypeError(f"where: condition must be bool, got {c.dtype}{list(c.shape)}")
+    if not isinstance(a, Node) and isinstance(b, Node):
+        a = as_node(a, b)
+    a = as_node(a)
+    b = as_node(b, a)
+    if a.dtype != b.dtype:
+        if is_float(a.dtype) and not is_float(b.dtype):
+            b = cast(b, a.dtype)
+        elif is_float(b.dtype) and not is_float(a.dtype):
+            a = cast(a, b.dtype)
+    return make("where", (c, a, b))
+
+
+def _vjp_cast(y, g, needs):
+    x = y.inputs[0]
+    return (cast(g, x.dtype) if is_float(x.dtype) else None,)
+
+
+register(
+    Op("cast", "elementwise", lambda inputs, attrs: (inputs[0].shape, attrs["dtype"]), _vjp_cast,
+       "convert dtype; gradient flows only between float types",
+       sympy=None)  # fusion handles cast itself: a bool operand becomes Piecewise((1, c), (0, True))
+)
+
+
+def cast(x, dtype) -> Node:
+    x = as_node(x)
+    dtype = canonical(dtype)
+    if x.dtype == dtype:
+        return x
+    return make("cast", (x,), dtype=dtype)
+
+
+register(
+    Op("stop_gradient", "elementwise", lambda inputs, attrs: (inputs[0].shape, inputs[0].dtype),
+       lambda node, g, needs: (None,), "identity whose gradient is zero", sympy=lambda a: a)
+)
+
+
+def stop_gradient(x) -> Node:
+    return make("stop_gradient", (as_node(x),))

@@ -1,0 +1,124 @@
+"""Fused elementwise kernels: a SymPy expression over symbols a0..an-1, one per input node.
+
+Fusion turns chains of elementwise primitives into one kernel; `bp.elementwise` makes user
+kernels from SymPy. The VJP of a kernel is another kernel, g * d(expr)/d(a_i), differentiated by
+SymPy; where the derivative contains the forward expression it reuses the output instead.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import sympy as sp
+
+from ..errors import DTypeError, ShapeError
+from ..ir.dtypes import canonical, is_float
+from ..ir.node import Node, make
+from . import sympy_funcs as sf
+from .elementwise import _broadcast, as_node
+from .registry import Op, register
+
+
+@lru_cache(maxsize=None)
+def sym(i: int) -> sp.Symbol:
+    return sp.Symbol(f"a{i}", real=True)
+
+
+def _infer(inputs, attrs):
+    return _broadcast("kernel " + attrs["name"], [i.shape for i in inputs]), attrs["dtype"]
+
+
+def _vjp(y, g, needs):
+    expr, n = y.attr("expr"), len(y.inputs)
+    gs, ys = sym(n), sym(n + 1)
+    out = []
+    for i, x in enumerate(y.inputs):
+        if not needs[i] or not is_float(x.dtype):
+            out.append(None)
+            continue
+        d = sf.diff(expr, sym(i))
+        if d == 0:
+            out.append(None)
+            continue
+        reuse = d.subs(expr, ys) if expr.free_symbols else d
+        args = list(y.inputs) + [g]
+        body = gs * d
+        if reuse != d and sp.count_ops(reuse) < sp.count_ops(d):
+            body, args = gs * reuse, args + [y]
+        out.append(kernel(body, args, name=f"d{y.attr('name')}_da{i}", dtype=y.dtype))
+    return tuple(out)
+
+
+register(Op("kernel", "kernel", _infer, _vjp,
+            "fused elementwise kernel; attrs: expr (SymPy in a0..), name, dtype"))
+
+
+def kernel(expr: sp.Expr, inputs, name: str = "fused", dtype=None) -> Node:
+    """Build a kernel node, dropping unused inputs and merging repeated ones."""
+    inputs = [as_node(i) for i in inputs]
+    expr = sp.sympify(expr)
+    used, subs, new_inputs = {s.name for s in expr.free_symbols}, {}, []
+    for i, x in enumerate(inputs):
+        s = sym(i)
+        if s.name not in used:
+            continue
+        if x in new_inputs:
+            subs[s] = sym(new_inputs.index(x))
+        else:
+            subs[s] = sym(len(new_inputs))
+            new_inputs.append(x)
+    stray = used - {sym(i).name for i in range(len(inputs))}
+    if stray:
+        raise ShapeError(f"kernel {name}: expression uses unknown symbols {sorted(stray)}")
+    expr = expr.xreplace(subs)
+    if dtype is None:
+        fl = [x.dtype for x in new_inputs if is_float(x.dtype)]
+        dtype = fl[0] if fl else "float32"
+    dtype = canonical(dtype)
+    if not is_float(dtype):
+        raise DTypeError(f"kernel {name}: output dtype must be float, got {dtype}")
+    if not new_inputs:  # a constant expression
+        from .leaves import const
+
+        return const(float(expr), dtype)
+    if expr in [sym(i) for i in range(len(new_inputs))] and new_inputs[
+            int(str(expr)[1:])].dtype == dtype:
+        return new_inputs[int(str(expr)[1:])]
+    return make("kernel", new_inputs, expr=expr, name=name, dtype=dtype)
+
+
+class ElementwiseFn:
+    """A user op from a SymPy expression: `mish = bp.elementwise(z*sp.tanh(sp.log(1+sp.exp(z))), z)`."""
+
+    def __init__(self, expr, symbols, name: str):
+        symbols = (symbols,) if isinstance(symbols, sp.Symbol) else tuple(symbols)
+        free = sp.sympify(expr).free_symbols
+        extra = free - set(symbols)
+        if extra:
+            raise ValueError(f"elementwise {name}: expression has free symbols {extra} "
+                             f"that are not among its arguments {symbols}")
+        real = {s: sym(i) for i, s in enumerate(symbols)}
+        self.expr = sp.sympify(expr).xreplace(real)
+        self.arity = len(symbols)
+        self.name = name
+        self.__name__ = name
+
+    def __call__(self, *args) -> Node:
+        if len(args) != self.arity:
+            raise TypeError(f"elementwise {self.name}: takes {self.arity} tensors, got {len(args)}")
+        nodes = [as_node(a) for a in args]
+        like = next((n for n in nodes if isinstance(n, Node) and is_float(n.dtype)), None)
+        nodes = [as_node(a, like) for a in args]
+        dtype = like.dtype if like is not None else "float32"
+        from .elementwise import cast
+
+        nodes = [n if is_float(n.dtype) else cast(n, dtype) for n in nodes]
+        return kernel(self.expr, nodes, name=self.name, dtype=dtype)
+
+    def __repr__(self):
+        return f"elementwise {self.name}: {self.expr}"
+
+
+def elementwise(expr, symbols, name: str = "user_fn") -> ElementwiseFn:
+    """Make a tensor op from a SymPy scalar expression in `symbols` (a Symbol or a tuple)."""
+    return ElementwiseFn(expr, symbols, name)

@@ -1,0 +1,95 @@
+"""Leaves: named inputs and params, constants, and iota."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DTypeError, ShapeError
+from ..ir.dtypes import canonical
+from ..ir.node import ConstValue, Node, make
+from .registry import Op, register
+
+
+def _check_shape(op, shape):
+    if not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise ShapeError(f"{op}: shape must be a tuple of non-negative ints, got {shape!r}")
+
+
+def _infer_named(inputs, attrs):
+    return attrs["shape"], attrs["dtype"]
+
+
+register(Op("input", "leaf", _infer_named, None, "A named input fed at call time (data, labels)."))
+register(Op("param", "leaf", _infer_named, None, "A named parameter; gradients are taken w.r.t. these."))
+register(
+    Op(
+        "const",
+        "leaf",
+        lambda inputs, attrs: (attrs["value"].array.shape, canonical(attrs["value"].array.dtype)),
+        None,
+        "A constant array baked into the graph.",
+    )
+)
+register(
+    Op(
+        "iota",
+        "leaf",
+        lambda inputs, attrs: (attrs["shape"], attrs["dtype"]),
+        None,
+        "iota(shape, axis): the index along `axis` at every position (like lax.broadcasted_iota).",
+    )
+)
+
+
+def _named(op: str, name: str, shape, dtype) -> Node:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"{op} name must be a Python identifier, got {name!r}")
+    shape = tuple(int(s) for s in shape) if not isinstance(shape, int) else (shape,)
+    _check_shape(op, shape)
+    return make(op, (), name=name, shape=shape, dtype=canonical(dtype))
+
+
+def input(name: str, shape, dtype="float32") -> Node:  # noqa: A001 - public API name
+    """Declare a named input (fed by keyword at call time)."""
+    return _named("input", name, shape, dtype)
+
+
+def param(name: str, shape, dtype="float32") -> Node:
+    """Declare a named trainable parameter."""
+    node = _named("param", name, shape, dtype)
+    if node.dtype not in ("float32", "float64"):
+        raise DTypeError(f"param {name!r}: dtype must be float32 or float64, got {node.dtype}")
+    return node
+
+
+def const(value, dtype=None) -> Node:
+    """A constant. Python floats default to float32, ints to int32, bools to bool."""
+    arr = np.asarray(value)
+    if dtype is None:
+        kind = arr.dtype.kind
+        dtype = {"f": "float32", "i": "int32", "u": "int32", "b": "bool"}.get(kind)
+        if dtype is None:
+            raise DTypeError(f"const: cannot make a constant from dtype {arr.dtype}")
+    return make("const", (), value=ConstValue(arr.astype(canonical(dtype))))
+
+
+def iota(shape, axis: int, dtype="int32") -> Node:
+    shape = tuple(int(s) for s in shape)
+    _check_shape("iota", shape)
+    if not 0 <= axis < len(shape):
+        raise ShapeError(f"iota: axis {axis} out of range for shape {shape}")
+    return make("iota", (), shape=shape, axis=axis, dtype=canonical(dtype))
+
+
+def const_value(node: Node):
+    """The numpy value of a const node, or None for any other node."""
+    return node.attr("value").array if node.op == "const" else None
+
+
+def scalar_value(node: Node):
+    """The Python scalar of a constant whose elements are all equal, else None."""
+    v = const_value(node)
+    if v is None or v.size == 0:
+        return None
+    first = v.flat[0]
+    return first.item() if (v == first).all() else None

@@ -1,0 +1,100 @@
+"""Reductions over axes: sum and max (mean is a composite: sum times 1/n)."""
+
+from __future__ import annotations
+
+from ..errors import ShapeError
+from ..ir.dtypes import is_float
+from ..ir.node import Node, make
+from .elementwise import as_node, cast, div, eq, mul
+from .registry import Op, register
+
+
+def normalize_axes(op: str, axes, ndim: int) -> tuple:
+    if axes is None:
+        return tuple(range(ndim))
+    if isinstance(axes, int):
+        axes = (axes,)
+    out = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ShapeError(f"{op}: axis {a} out of range for a {ndim}-d operand")
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"{op}: repeated axis in {axes}")
+    return tuple(sorted(out))
+
+
+def keep_shape(shape, axes) -> tuple:
+    return tuple(1 if i in axes else s for i, s in enumerate(shape))
+
+
+def _infer(op):
+    def infer(inputs, attrs):
+        (x,) = inputs
+        axes, keep = attrs["axes"], attrs["keepdims"]
+        if op == "max" and any(x.shape[a] == 0 for a in axes):
+            raise ShapeError(f"max: reduction over an empty axis of shape {x.shape} has no identity")
+        if x.dtype == "bool":
+            raise ShapeError(f"{op}: cannot reduce a bool tensor; cast it first")
+        shape = keep_shape(x.shape, axes) if keep else tuple(
+            s for i, s in enumerate(x.shape) if i not in axes)
+        return shape, x.dtype
+
+    return infer
+
+
+def _expand(g: Node, x: Node, axes) -> Node:
+    """Bring a reduced cotangent back to x's shape: reshape to keepdims, then broadcast."""
+    from .movement import broadcast_to, reshape
+
+    return broadcast_to(reshape(g, keep_shape(x.shape, axes)), x.shape)
+
+
+def _vjp_sum(y, g, needs):
+    x = y.inputs[0]
+    return (_expand(g, x, y.attr("axes")),)
+
+
+def _vjp_max(y, g, needs):
+    # Ties share the gradient evenly, as jax.lax.reduce_max's JVP does.
+    x = y.inputs[0]
+    axes = y.attr("axes")
+    mask = cast(eq(x, _expand(y, x, axes)), x.dtype)
+    count = sum_(mask, axes, keepdims=True)
+    return (mul(_expand(g, x, axes), div(mask, count)),)
+
+
+register(Op("sum", "reduce", _infer("sum"), _vjp_sum, "sum over `axes` (keepdims optional)"))
+register(Op("max", "reduce", _infer("max"), _vjp_max,
+            "max over `axes`; the gradient is split evenly among tied maxima (as in JAX)"))
+
+
+def sum_(x, axes=None, keepdims=False) -> Node:
+    x = as_node(x)
+    if x.dtype == "bool":
+        x = cast(x, "int32")
+    axes = normalize_axes("sum", axes, x.ndim)
+    if not axes and not keepdims:
+        return x
+    return make("sum", (x,), axes=axes, keepdims=bool(keepdims))
+
+
+def max_(x, axes=None, keepdims=False) -> Node:
+    x = as_node(x)
+    axes = normalize_axes("max", axes, x.ndim)
+    if not axes:
+        return x
+    return make("max", (x,), axes=axes, keepdims=bool(keepdims))
+
+
+def mean(x, axes=None, keepdims=False) -> Node:
+    x = as_node(x)
+    if not is_float(x.dtype):
+        x = cast(x, "float32")
+    ax = normalize_axes("mean", axes, x.ndim)
+    n = 1
+    for a in ax:
+        n *= x.shape[a]
+    if n == 0:
+        raise ShapeError(f"mean: reduction over an empty axis of shape {x.shape}")
+    return mul(sum_(x, ax, keepdims), 1.0 / n)

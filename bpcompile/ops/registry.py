@@ -1,0 +1,57 @@
+"""The op registry: one `Op` record per primitive holds its shape/dtype rule, VJP rule and doc.
+
+Backends keep their own lowering tables keyed by op name; this module never imports a backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from ..errors import BackendError
+
+# kinds: leaf | elementwise | reduce | movement | matmul | index | kernel
+KINDS = ("leaf", "elementwise", "reduce", "movement", "matmul", "index", "kernel")
+
+
+@dataclass(frozen=True)
+class Op:
+    """A primitive.
+
+    infer(inputs, attrs) -> (shape, dtype); raises ShapeError/DTypeError naming the op.
+    vjp(node, g, needs) -> tuple with one cotangent node (or None for "no gradient / zero")
+        per input; `needs[i]` says whether input i needs one. `vjp=None` means the op is not
+        differentiable and a cotangent reaching a float input of it is an error.
+    sympy(*args, **attrs) -> the scalar expression of an elementwise op, used by fusion.
+    """
+
+    name: str
+    kind: str
+    infer: Callable
+    vjp: Optional[Callable]
+    doc: str
+    sympy: Optional[Callable] = None
+    attrs_doc: dict = field(default_factory=dict)
+
+
+_OPS: dict[str, Op] = {}
+
+
+def register(op: Op) -> Op:
+    if op.name in _OPS:
+        raise ValueError(f"op {op.name!r} registered twice")
+    if op.kind not in KINDS:
+        raise ValueError(f"op {op.name!r} has unknown kind {op.kind!r}")
+    _OPS[op.name] = op
+    return op
+
+
+def get_op(name: str) -> Op:
+    try:
+        return _OPS[name]
+    except KeyError:
+        raise BackendError(f"unknown op {name!r}") from None
+
+
+def all_ops() -> dict[str, Op]:
+    return dict(_OPS)

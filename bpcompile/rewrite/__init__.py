@@ -1,0 +1,1 @@
+"""Rewrite passes: each is a function from output nodes to new output nodes."""

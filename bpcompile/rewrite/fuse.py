@@ -1,0 +1,125 @@
+"""Fusion of elementwise chains into kernels whose body is one SymPy expression.
+
+A float elementwise node is inlined into its consumer when it has exactly one consumer, that
+consumer is elementwise too, and both have the same shape (inlining across a broadcast would
+recompute the producer per broadcast element). Comparisons inline into where/cast. Each
+remaining root of two or more ops becomes a `kernel` node; single ops stay primitives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from ..ir.dtypes import is_float
+from ..ir.node import NAMES, Node, rebuild
+from ..ir.traverse import consumers, toposort
+from ..ops.kernel import kernel, sym
+from ..ops.registry import get_op
+
+COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
+
+
+def fusable(n: Node) -> bool:
+    if n.op == "kernel":
+        return True
+    if get_op(n.op).kind != "elementwise":
+        return False
+    if n.op == "cast":
+        return is_float(n.dtype)  # int/bool -> float, float -> float
+    if n.op in COMPARISONS:
+        return True
+    return is_float(n.dtype) and get_op(n.op).sympy is not None
+
+
+def _inline_plan(order: list[Node], outputs: list[Node]) -> set[Node]:
+    users = consumers(order)
+    outs = set(outputs)
+    inlined = set()
+    for n in order:
+        if n in outs or not fusable(n):
+            continue
+        us = set(users[n])
+        if len(us) != 1:
+            continue
+        (u,) = us
+        if not fusable(u) or u.dtype == "bool" or u.shape != n.shape:
+            continue
+        if n.op in COMPARISONS and u.op not in ("where", "cast"):
+            continue
+        inlined.add(n)
+    return inlined
+
+
+def _expr(n: Node, inlined: set[Node], args: list[Node], root: bool = False):
+    """SymPy expression of n over kernel arguments `args` (appended as discovered)."""
+    if not root and n not in inlined:
+        return _arg(n, args)
+    ins = [_expr(i, inlined, args) for i in n.inputs]
+    if n.op == "kernel":
+        return n.attr("expr").xreplace({sym(k): e for k, e in enumerate(ins)})
+    if n.op == "cast":
+        x = n.inputs[0]
+        return sp.Piecewise((1, ins[0]), (0, True)) if x.dtype == "bool" and isinstance(
+            ins[0], sp.core.relational.Relational) else ins[0]
+    return get_op(n.op).sympy(*ins)
+
+
+def _arg(n: Node, args: list[Node]):
+    if n.op == "const" and n.ndim == 0 and n.dtype != "bool":
+        v = float(n.attr("value").array.item())  # scalar constants become numbers in the body
+        r = sp.Rational(v).limit_denominator(1 << 12) if np.isfinite(v) else None
+        return r if r is not None and float(r) == v else sp.Float(v)
+    if n not in args:
+        args.append(n)
+    s = sym(args.index(n))
+    return sp.Ne(s, 0) if n.dtype == "bool" else s
+
+
+def fuse(outputs: list[Node]) -> list[Node]:
+    order = toposort(outputs)
+    inlined = _inline_plan(order, outputs)
+    replaced: dict[Node, Node] = {}
+    for n in order:
+        if n in inlined or not fusable(n) or n.dtype == "bool":
+            continue
+        group_size = _count(n, inlined)
+        if group_size < 2 and n.op != "kernel":
+            continue
+        args: list[Node] = []
+        expr = _expr(n, inlined, args, root=True)
+        replaced[n] = (expr, args, _kernel_name(n, inlined))
+
+    # Rebuild bottom-up: roots become kernels over the (rebuilt) argument nodes.
+    memo: dict[Node, Node] = {}
+    for n in order:
+        if n in replaced:
+            expr, args, name = replaced[n]
+            memo[n] = kernel(expr, [memo[a] for a in args], name=name, dtype=n.dtype)
+            if n in NAMES and memo[n] not in NAMES:
+                NAMES[memo[n]] = NAMES[n]
+        elif n in inlined:
+            continue
+        else:
+            memo[n] = rebuild(n, [memo[i] for i in n.inputs])
+    return [memo[o] for o in outputs]
+
+
+def _count(n: Node, inlined: set[Node]) -> int:
+    return 1 + sum(_count(i, inlined) for i in n.inputs if i in inlined)
+
+
+def _kernel_name(n: Node, inlined: set[Node]) -> str:
+    if n in NAMES:
+        return NAMES[n]
+    if n.op == "kernel":
+        return n.attr("name")
+    ops = []
+    stack = [n]
+    while stack:
+        m = stack.pop()
+        if m.op not in ("add", "sub", "mul", "div", "neg", "cast", "where") and m.op not in ops:
+            ops.append(m.op if m.op != "kernel" else m.attr("name"))
+        stack.extend(i for i in m.inputs if i in inlined)
+    return "_".join(reversed(ops[:3])) or "fused"
+

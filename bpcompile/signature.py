@@ -1,0 +1,78 @@
+"""Call-time argument checking shared by every backend.
+
+A compiled function takes every input and param by keyword. Anything missing, extra,
+mis-shaped or of the wrong kind of dtype is refused with a message naming the argument and the
+expected shape/dtype; integer inputs used as indices are range-checked, so an out-of-range label
+is an error rather than a silent zero row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ArgumentError
+from .ir.node import Node
+from .ir.printer import type_str
+from .ir.traverse import toposort
+
+_ACCEPT = {"float32": "fiub", "float64": "fiub", "int32": "iub", "bool": "b"}
+
+
+class Signature:
+    def __init__(self, args: list[Node], graph_outputs: list[Node]):
+        self.args = args
+        self.names = [a.attr("name") for a in args]
+        self.by_name = {a.attr("name"): a for a in args}
+        self.dtypes = [np.dtype(a.dtype) for a in args]
+        # index bounds: input name -> number of classes/rows it indexes
+        self.bounds: dict[str, int] = {}
+        for n in toposort(graph_outputs):
+            idx = None
+            if n.op == "one_hot":
+                idx, bound = n.inputs[0], n.attr("n")
+            elif n.op == "take":
+                idx, bound = n.inputs[1], n.inputs[0].shape[n.attr("axis")]
+            if idx is not None and idx.op == "input":
+                name = idx.attr("name")
+                self.bounds[name] = min(bound, self.bounds.get(name, bound))
+
+    def describe(self) -> str:
+        return ", ".join(f"{n}:{type_str(a)}" for n, a in zip(self.names, self.args))
+
+    def bind(self, kwargs: dict) -> list[np.ndarray]:
+        missing = [n for n in self.names if n not in kwargs]
+        extra = [k for k in kwargs if k not in self.by_name]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append("missing " + ", ".join(
+                    f"{m} (expected {type_str(self.by_name[m])})" for m in missing))
+            if extra:
+                parts.append(f"unexpected {', '.join(map(repr, extra))}")
+            raise ArgumentError("; ".join(parts) + f". The function takes: {self.describe()}")
+        return [self.convert(n, kwargs[n]) for n in self.names]
+
+    def convert(self, name: str, value) -> np.ndarray:
+        node = self.by_name[name]
+        want = np.dtype(node.dtype)
+        try:
+            arr = np.asarray(value)
+        except Exception as e:  # ragged lists and the like
+            raise ArgumentError(f"argument {name!r}: cannot convert {type(value).__name__} "
+                                f"to an array ({e})") from None
+        if arr.dtype.kind not in _ACCEPT[node.dtype]:
+            raise ArgumentError(f"argument {name!r}: expected dtype {node.dtype} "
+                                f"(shape {node.shape}), got {arr.dtype}")
+        if arr.shape != node.shape:
+            raise ArgumentError(f"argument {name!r}: expected shape {node.shape} "
+                                f"({node.dtype}), got {arr.shape}")
+        if arr.dtype != want:
+            if node.dtype == "int32" and arr.size and (arr.min() < -2**31 or arr.max() >= 2**31):
+                raise ArgumentError(f"argument {name!r}: values do not fit in int32")
+            arr = arr.astype(want)
+        arr = np.ascontiguousarray(arr)
+        bound = self.bounds.get(name)
+        if bound is not None and arr.size and (arr.min() < 0 or arr.max() >= bound):
+            bad = arr[(arr < 0) | (arr >= bound)].flat[0]
+            raise ArgumentError(f"argument {name!r}: index {bad} out of range [0, {bound})")
+        return arr
