@@ -1,12 +1,20 @@
-"""NumPy lowering table: op name -> Python expression for one node, given operand strings."""
+"""NumPy lowering table: op name -> function(node, operand strings) -> Python expression.
+
+Modules that add ops register their lowering here with `LOWERINGS[name] = fn`; the test suite
+fails when a registered op has no entry.
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
+from ...errors import BackendError
 from ...ir.node import Node
 from ..kernel_printer import ArrayExprPrinter, has_literal_branches
 
 PRINTER = ArrayExprPrinter("np")
 NP_DTYPE = {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32", "bool": "np.bool_"}
+LOWERINGS: dict[str, Callable[[Node, list[str]], str]] = {}
 
 _BIN = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**",
         "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
@@ -15,73 +23,69 @@ _UNARY = {"exp": "np.exp", "log": "np.log", "log1p": "np.log1p", "expm1": "np.ex
           "tanh": "np.tanh", "sigmoid": "sigmoid", "relu": "relu", "softplus": "softplus",
           "floor": "np.floor", "round": "np.round"}
 
+for _op, _sym in _BIN.items():
+    LOWERINGS[_op] = (lambda s: lambda n, a: f"{a[0]} {s} {a[1]}")(_sym)
+for _op, _fn in _UNARY.items():
+    LOWERINGS[_op] = (lambda f: lambda n, a: f"{f}({a[0]})")(_fn)
+
 
 def _axes(t):
     return f"({t[0]},)" if len(t) == 1 else str(tuple(t))
 
 
+def _slice(n, a):
+    idx = ", ".join(f"{s}:{e}" + (f":{k}" if k != 1 else "")
+                    for s, e, k in zip(n.attr("starts"), n.attr("stops"), n.attr("steps")))
+    return f"{a[0]}[{idx}]"
+
+
+def _transpose(n, a):
+    return f"{a[0]}.T" if n.attr("perm") == (1, 0) else f"np.transpose({a[0]}, {n.attr('perm')})"
+
+
+def _sum(n, a):
+    dt = f", dtype={NP_DTYPE[n.dtype]}" if n.dtype == "int32" else ""
+    return f"np.sum({a[0]}, axis={_axes(n.attr('axes'))}, keepdims={n.attr('keepdims')}{dt})"
+
+
+def _kernel(n, a):
+    expr = n.attr("expr")
+    body = PRINTER.print(expr, {f"a{i}": s for i, s in enumerate(a)})
+    if has_literal_branches(expr):
+        return f"np.asarray({body}, dtype={NP_DTYPE[n.dtype]})"
+    return body
+
+
+LOWERINGS.update({
+    "neg": lambda n, a: f"-{a[0]}",
+    "maximum": lambda n, a: f"np.maximum({a[0]}, {a[1]})",
+    "minimum": lambda n, a: f"np.minimum({a[0]}, {a[1]})",
+    "where": lambda n, a: f"np.where({a[0]}, {a[1]}, {a[2]})",
+    "cast": lambda n, a: f"np.asarray({a[0]}).astype({NP_DTYPE[n.dtype]})",
+    "stop_gradient": lambda n, a: a[0],
+    "sum": _sum,
+    "max": lambda n, a: f"np.max({a[0]}, axis={_axes(n.attr('axes'))}, keepdims={n.attr('keepdims')})",
+    "reshape": lambda n, a: f"np.reshape({a[0]}, {n.shape})",
+    "transpose": _transpose,
+    "broadcast_to": lambda n, a: f"np.broadcast_to({a[0]}, {n.shape})",
+    "concatenate": lambda n, a: f"np.concatenate([{', '.join(a)}], axis={n.attr('axis')})",
+    "slice": _slice,
+    "pad": lambda n, a: f"pad({a[0]}, {n.attr('lo')}, {n.attr('hi')}, {n.attr('interior')})",
+    "matmul": lambda n, a: f"{a[0]} @ {a[1]}",
+    "take": lambda n, a: f"np.take({a[0]}, {a[1]}, axis={n.attr('axis')})",
+    "one_hot": lambda n, a: f"one_hot({a[0]}, {n.attr('n')}, {NP_DTYPE[n.dtype]})",
+    "iota": lambda n, a: f"iota({n.shape}, {n.attr('axis')}, {NP_DTYPE[n.dtype]})",
+    "kernel": _kernel,
+})
+
+
 def lower(n: Node, a: list[str]) -> str:
     """The right-hand side computing `n` from operand expressions `a`."""
-    op = n.op
-    if op in _BIN:
-        return f"{a[0]} {_BIN[op]} {a[1]}"
-    if op in _UNARY:
-        return f"{_UNARY[op]}({a[0]})"
-    if op == "neg":
-        return f"-{a[0]}"
-    if op == "maximum":
-        return f"np.maximum({a[0]}, {a[1]})"
-    if op == "minimum":
-        return f"np.minimum({a[0]}, {a[1]})"
-    if op == "where":
-        return f"np.where({a[0]}, {a[1]}, {a[2]})"
-    if op == "cast":
-        return f"np.asarray({a[0]}).astype({NP_DTYPE[n.dtype]})"
-    if op == "stop_gradient":
-        return a[0]
-    if op == "sum":
-        dt = f", dtype={NP_DTYPE[n.dtype]}" if n.dtype == "int32" else ""
-        return f"np.sum({a[0]}, axis={_axes(n.attr('axes'))}, keepdims={n.attr('keepdims')}{dt})"
-    if op == "max":
-        return f"np.max({a[0]}, axis={_axes(n.attr('axes'))}, keepdims={n.attr('keepdims')})"
-    if op == "reshape":
-        return f"np.reshape({a[0]}, {n.shape})"
-    if op == "transpose" and n.attr("perm") == (1, 0):
-        return f"{a[0]}.T"
-    if op == "transpose":
-        return f"np.transpose({a[0]}, {n.attr('perm')})"
-    if op == "broadcast_to":
-        return f"np.broadcast_to({a[0]}, {n.shape})"
-    if op == "concatenate":
-        return f"np.concatenate([{', '.join(a)}], axis={n.attr('axis')})"
-    if op == "slice":
-        idx = ", ".join(
-            f"{s}:{e}" + (f":{k}" if k != 1 else "")
-            for s, e, k in zip(n.attr("starts"), n.attr("stops"), n.attr("steps")))
-        return f"{a[0]}[{idx}]"
-    if op == "pad":
-        return f"pad({a[0]}, {n.attr('lo')}, {n.attr('hi')}, {n.attr('interior')})"
-    if op == "matmul":
-        return f"{a[0]} @ {a[1]}"
-    if op == "take":
-        return f"np.take({a[0]}, {a[1]}, axis={n.attr('axis')})"
-    if op == "one_hot":
-        return f"one_hot({a[0]}, {n.attr('n')}, {NP_DTYPE[n.dtype]})"
-    if op == "iota":
-        return f"iota({n.shape}, {n.attr('axis')}, {NP_DTYPE[n.dtype]})"
-    if op == "kernel":
-        expr = n.attr("expr")
-        body = PRINTER.print(expr, {f"a{i}": s for i, s in enumerate(a)})
-        if has_literal_branches(expr):
-            return f"np.asarray({body}, dtype={NP_DTYPE[n.dtype]})"
-        return body
-    from ...errors import BackendError
-
-    raise BackendError(f"numpy backend: no lowering for op {op!r}")
+    fn = LOWERINGS.get(n.op)
+    if fn is None:
+        raise BackendError(f"numpy backend: no lowering for op {n.op!r}")
+    return fn(n, a)
 
 
 def lowered_ops() -> set[str]:
-    return set(_BIN) | set(_UNARY) | {
-        "neg", "maximum", "minimum", "where", "cast", "stop_gradient", "sum", "max", "reshape",
-        "transpose", "broadcast_to", "concatenate", "slice", "pad", "matmul", "take", "one_hot",
-        "iota", "kernel", "input", "param", "const"}
+    return set(LOWERINGS) | {"input", "param", "const"}
