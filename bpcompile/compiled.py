@@ -69,6 +69,9 @@ class Compiled:
         self.signature = Signature(self.args, [self.loss])
         self.grad_names = [w.attr("name") for w in self.wrt]
         self.impl = backend_cls(outputs, self.args, title=self._title(), **options)
+        # A backend may supply its own validated fast call path (see docs/architecture.md).
+        make_caller = getattr(self.impl, "make_caller", None)
+        self._call = make_caller(self.signature, self.grad_names) if make_caller else self._default_call
         self.timings = {"graph": t1 - t0, "codegen": time.perf_counter() - t1}
 
     def _title(self):
@@ -76,6 +79,9 @@ class Compiled:
                 f"args: {self.signature.describe()}")
 
     def __call__(self, **kwargs):
+        return self._call(**kwargs)
+
+    def _default_call(self, **kwargs):
         arrays = self.signature.bind(kwargs)
         value, grads = self.impl.run(arrays)
         return value, dict(zip(self.grad_names, grads))
