@@ -7,7 +7,8 @@ from .api import (  # noqa: F401
     reshape, round_ as round, sigmoid, sign, sin, softplus, sqrt, square, stop_gradient, sub, sum,
     take, tanh, transpose, where,
 )
-from .compiled import Compiled, compile, grad  # noqa: F401
+from .check import CheckReport, check  # noqa: F401
+from .compiled import Compiled, Function, compile, function, grad  # noqa: F401
 from .errors import (  # noqa: F401
     ArgumentError, BackendError, BPError, DTypeError, GradientError, NonDifferentiableError,
     ShapeError, SpecError,

@@ -47,44 +47,19 @@ def grad(loss: Node, wrt, stabilize: bool = True):
     return _grad(loss, wrt)
 
 
-class Compiled:
-    """A compiled loss-and-gradient function: `value, grads = fn(**inputs_and_params)`."""
+class Program:
+    """What every compiled graph shares: passes, a backend, and inspection methods."""
 
-    def __init__(self, loss: Node, wrt, backend: str = "numpy", passes=None, **options):
-        t0 = time.perf_counter()
-        self.loss = check_loss(loss)
-        self.wrt = check_wrt(wrt)
+    def _build(self, outputs: list[Node], labels: list[str], backend: str, passes, options,
+               stages: list, t0: float):
         self.backend_name = backend
         backend_cls = get_backend(backend)  # fail early on a bad backend name
-        self.args = leaves([self.loss] + self.wrt)
-        _check_unique_names(self.args)
-        self.stages = [pipeline._stage("forward", [self.loss])]
-        forward = pipeline.run_forward(self.loss)
-        grads = _grad(forward, self.wrt)
-        self.stages.append(pipeline._stage("adjoint", [forward] + list(grads)))
-        outputs, self.stages = pipeline.run([forward] + list(grads), passes, record=self.stages)
-        self.outputs = outputs
-        _name_outputs(outputs, ["loss"] + ["d" + w.attr("name") for w in self.wrt])
+        outputs, self.stages = pipeline.run(outputs, passes, record=stages)
+        self.outputs, self.labels = outputs, labels
+        _name_outputs(outputs, labels)
         t1 = time.perf_counter()
-        self.signature = Signature(self.args, [self.loss])
-        self.grad_names = [w.attr("name") for w in self.wrt]
         self.impl = backend_cls(outputs, self.args, title=self._title(), **options)
-        # A backend may supply its own validated fast call path (see docs/architecture.md).
-        make_caller = getattr(self.impl, "make_caller", None)
-        self._call = make_caller(self.signature, self.grad_names) if make_caller else self._default_call
         self.timings = {"graph": t1 - t0, "codegen": time.perf_counter() - t1}
-
-    def _title(self):
-        return (f"bpcompile {self.backend_name} backend: loss and d/d({', '.join(self.grad_names)}); "
-                f"args: {self.signature.describe()}")
-
-    def __call__(self, **kwargs):
-        return self._call(**kwargs)
-
-    def _default_call(self, **kwargs):
-        arrays = self.signature.bind(kwargs)
-        value, grads = self.impl.run(arrays)
-        return value, dict(zip(self.grad_names, grads))
 
     def source(self, stage: str | None = None) -> str:
         """The generated code (NumPy source, LLVM IR, or JAX source, per backend)."""
@@ -99,7 +74,7 @@ class Compiled:
             st = self.stages[names.index(stage)]
         else:
             raise ValueError(f"unknown stage {stage!r}; choose from {names + ['final']}")
-        labels = ["loss"] + ["d" + n for n in self.grad_names] if len(st.outputs) > 1 else ["loss"]
+        labels = self.labels if len(st.outputs) == len(self.labels) else self.labels[:1]
         return format_graph(st.outputs, labels)
 
     def stats(self) -> str:
@@ -113,7 +88,73 @@ class Compiled:
         return "\n".join(rows)
 
     def __repr__(self):
-        return f"<bpcompile.Compiled {self.backend_name}: {self.signature.describe()}>"
+        return f"<bpcompile.{type(self).__name__} {self.backend_name}: {self.signature.describe()}>"
+
+
+class Compiled(Program):
+    """A compiled loss-and-gradient function: `value, grads = fn(**inputs_and_params)`."""
+
+    def __init__(self, loss: Node, wrt, backend: str = "numpy", passes=None, **options):
+        t0 = time.perf_counter()
+        self.loss = check_loss(loss)
+        self.wrt = check_wrt(wrt)
+        self.args = leaves([self.loss] + self.wrt)
+        _check_unique_names(self.args)
+        self.signature = Signature(self.args, [self.loss])
+        self.grad_names = [w.attr("name") for w in self.wrt]
+        get_backend(backend)  # a bad backend name fails before any graph work
+        stages = [pipeline._stage("forward", [self.loss])]
+        forward = pipeline.run_forward(self.loss)
+        grads = _grad(forward, self.wrt)
+        stages.append(pipeline._stage("adjoint", [forward] + list(grads)))
+        self._build([forward] + list(grads), ["loss"] + ["d" + n for n in self.grad_names],
+                    backend, passes, options, stages, t0)
+        # A backend may supply its own validated fast call path (see docs/architecture.md).
+        make_caller = getattr(self.impl, "make_caller", None)
+        self._call = make_caller(self.signature, self.grad_names) if make_caller else self._default_call
+
+    def _title(self):
+        return (f"bpcompile {self.backend_name} backend: loss and d/d({', '.join(self.grad_names)}); "
+                f"args: {self.signature.describe()}")
+
+    def __call__(self, **kwargs):
+        return self._call(**kwargs)
+
+    def _default_call(self, **kwargs):
+        arrays = self.signature.bind(kwargs)
+        value, grads = self.impl.run(arrays)
+        return value, dict(zip(self.grad_names, grads))
+
+
+class Function(Program):
+    """A compiled graph with any named outputs: `bp.function({"y": y, "g": g})(**args)` -> dict.
+
+    Used for inference, Hessian-vector products, and training steps (new params as outputs).
+    """
+
+    def __init__(self, outputs: dict, backend: str = "numpy", passes=None, **options):
+        t0 = time.perf_counter()
+        if not isinstance(outputs, dict) or not outputs:
+            raise TypeError("bp.function takes a non-empty dict {name: node}")
+        for k, v in outputs.items():
+            if not isinstance(v, Node):
+                raise TypeError(f"bp.function: output {k!r} is {type(v).__name__}, not a node")
+        self.names = list(outputs)
+        nodes = list(outputs.values())
+        self.args = leaves(nodes)
+        _check_unique_names(self.args)
+        self.signature = Signature(self.args, nodes)
+        stages = [pipeline._stage("forward", nodes)]
+        nodes = [pipeline.run_forward(n) if n.shape == () else n for n in nodes]
+        self._build(nodes, self.names, backend, passes, options, stages, t0)
+
+    def _title(self):
+        return (f"bpcompile {self.backend_name} backend: outputs {', '.join(self.names)}; "
+                f"args: {self.signature.describe()}")
+
+    def __call__(self, **kwargs):
+        first, rest = self.impl.run(self.signature.bind(kwargs))
+        return dict(zip(self.names, [first] + list(rest)))
 
 
 def _name_outputs(outputs, labels):
@@ -135,3 +176,8 @@ def _check_unique_names(args):
 def compile(loss: Node, wrt, backend: str = "numpy", passes=None, **options) -> Compiled:  # noqa: A001
     """Compile `loss` and its gradient w.r.t. `wrt` (a list of params) for `backend`."""
     return Compiled(loss, wrt, backend, passes, **options)
+
+
+def function(outputs: dict, backend: str = "numpy", passes=None, **options) -> Function:
+    """Compile a graph with named outputs (no gradient added) for `backend`."""
+    return Function(outputs, backend, passes, **options)

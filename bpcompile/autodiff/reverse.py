@@ -54,7 +54,8 @@ def grad(loss: Node, wrt) -> list[Node] | Node:
     order = toposort([loss])
     depends = set(wrt)
     for n in order:
-        if n not in depends and any(i in depends for i in n.inputs):
+        # stop_gradient cuts the dependence, so floor(stop_gradient(x)) is not on the path
+        if n not in depends and n.op != "stop_gradient" and any(i in depends for i in n.inputs):
             depends.add(n)
     cts: dict[Node, Node] = {loss: const(1.0, loss.dtype)}
     for n in reversed(order):

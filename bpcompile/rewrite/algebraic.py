@@ -108,6 +108,8 @@ def _rules(n: Node):
     if op == "transpose" and is_op(i[0], "transpose"):
         inner, outer = i[0].attr("perm"), n.attr("perm")
         return transpose(i[0].inputs[0], tuple(inner[p] for p in outer))  # (xᵀ)ᵀ -> x
+    if op == "reshape" and is_op(i[0], "broadcast_to") and i[0].inputs[0].size == 1:
+        return broadcast_to(reshape(i[0].inputs[0], ()), n.shape)  # reshape(bcast(c)) -> bcast(c)
     if op == "reshape" and is_op(i[0], "reshape"):
         return reshape(i[0].inputs[0], n.shape)  # reshape(reshape(x)) -> reshape(x)
     if op == "broadcast_to" and is_op(i[0], "broadcast_to"):

@@ -31,6 +31,11 @@ def canonicalize(outputs: list[Node]) -> list[Node]:
     return transform(outputs, _canon)
 
 
+def canonicalize_forward(outputs: list[Node]) -> list[Node]:
+    """canonicalize before autodiff: stop_gradient must survive until gradients are built."""
+    return transform(outputs, lambda n: n if n.op == "stop_gradient" else _canon(n))
+
+
 def cse(outputs: list[Node]) -> list[Node]:
     from .patterns import structural_keys
 

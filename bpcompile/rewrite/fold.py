@@ -12,7 +12,38 @@ from ..ops.leaves import const
 MAX_FOLD_ELEMENTS = 4096
 
 
+def _small_const(x: Node):
+    """x as (const, broadcast shape): a const, or broadcast_to of one."""
+    if x.op == "const":
+        return x
+    if x.op == "broadcast_to" and x.inputs[0].op == "const":
+        return x.inputs[0]
+    return None
+
+
+def _fold_through_broadcast(n: Node) -> Node:
+    """f(bcast(c1), c2) -> bcast(f(c1, c2)): fold elementwise ops on broadcast constants."""
+    from ..backends.numpy.codegen import evaluate
+    from ..ops.movement import broadcast_to
+    from ..ops.registry import get_op
+
+    if get_op(n.op).kind != "elementwise" or n.op == "kernel":
+        return n
+    smalls = [_small_const(i) for i in n.inputs]
+    if any(s is None for s in smalls) or all(s is i for s, i in zip(smalls, n.inputs)):
+        return n
+    from ..ir.node import make
+
+    small = make(n.op, smalls, **dict(n.attrs))
+    if small.size > MAX_FOLD_ELEMENTS:
+        return n
+    (value,) = evaluate([small], {})
+    return broadcast_to(const(value, n.dtype), n.shape)
+
+
 def _fold(n: Node) -> Node:
+    if n.inputs and not all(i.op == "const" for i in n.inputs):
+        return _fold_through_broadcast(n) if n.inputs else n
     if not n.inputs or n.op in ("broadcast_to", "iota") or n.size > MAX_FOLD_ELEMENTS:
         return n
     if not all(i.op == "const" for i in n.inputs):

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from ..ir.node import Node
 from ..ir.traverse import toposort
 from .algebraic import algebraic
-from .canonicalize import canonicalize, cse
+from .canonicalize import canonicalize, canonicalize_forward, cse
 from .fold import fold_constants
 from .fuse import fuse
 from .stabilize import stabilize
 
 # Run on the forward graph before autodiff: a stable forward gives a stable backward.
-FORWARD_PASSES = [("canonicalize", canonicalize), ("algebraic", algebraic), ("stabilize", stabilize)]
+FORWARD_PASSES = [
+    ("canonicalize", canonicalize_forward), ("algebraic", algebraic), ("stabilize", stabilize)]
 
 # Run on (loss, gradients...) after autodiff. "simplify" repeats the cheap passes to a fixpoint.
 PASSES = [

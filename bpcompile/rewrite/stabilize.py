@@ -17,6 +17,16 @@ def _logsumexp(x: Node, axes, keepdims: bool) -> Node:
     return logsumexp(x, axes, keepdims)
 
 
+def _is_shifted(e: Node) -> bool:
+    """e is x - max(x) (possibly under stop_gradient): already the stable logsumexp form."""
+    if not is_op(e, "sub"):
+        return False
+    m = e.inputs[1]
+    if is_op(m, "stop_gradient"):
+        m = m.inputs[0]
+    return is_op(m, "max") and m.inputs[0] is e.inputs[0]
+
+
 def _one_plus(n: Node):
     """If n is 1 + x or x + 1, return x."""
     if is_op(n, "add"):
@@ -38,7 +48,7 @@ def _rule(n: Node):
             return ew.neg(ew.unary("softplus", x.inputs[1].inputs[0]))  # log(1-σ(x)) -> -softplus(x)
         if is_op(x, "exp"):
             return x.inputs[0]  # log(exp(x)) -> x   (so log(softmax) -> log_softmax)
-        if is_op(x, "sum") and is_op(x.inputs[0], "exp"):
+        if is_op(x, "sum") and is_op(x.inputs[0], "exp") and not _is_shifted(x.inputs[0].inputs[0]):
             return _logsumexp(x.inputs[0].inputs[0], x.attr("axes"), x.attr("keepdims"))  # log Σ eˣ -> logsumexp
         if is_op(x, "div") and is_op(x.inputs[0], "exp"):
             return ew.sub(x.inputs[0].inputs[0], ew.unary("log", x.inputs[1]))  # log(eᵃ/b) -> a - log b
@@ -52,7 +62,7 @@ def _rule(n: Node):
     if op == "sub" and is_op(i[0], "exp") and is_scalar(i[1], 1) and i[1].ndim == 0:
         return ew.unary("expm1", i[0].inputs[0])  # eˣ - 1 -> expm1(x)
     if op == "div" and is_op(i[0], "exp") and is_op(i[1], "sum") and i[1].attr("keepdims") \
-            and i[1].inputs[0] is i[0]:
+            and i[1].inputs[0] is i[0] and not _is_shifted(i[0].inputs[0]):
         x = i[0].inputs[0]  # eˣ / Σeˣ -> exp(x - logsumexp(x))   (softmax without overflow)
         return ew.unary("exp", ew.sub(x, _logsumexp(x, i[1].attr("axes"), True)))
     return None

@@ -1,0 +1,19 @@
+"""Rebuild a graph in another float precision (float32 -> float64 for finite differences)."""
+
+from __future__ import annotations
+
+from .node import ConstValue, Node, make
+from .traverse import toposort
+
+
+def retype(outputs: list[Node], src: str = "float32", dst: str = "float64") -> list[Node]:
+    """The same computation with every `src` leaf, constant and dtype attribute made `dst`."""
+    memo: dict[Node, Node] = {}
+    for n in toposort(outputs):
+        attrs = dict(n.attrs)
+        if attrs.get("dtype") == src:
+            attrs["dtype"] = dst
+        if n.op == "const" and n.dtype == src:
+            attrs["value"] = ConstValue(attrs["value"].array.astype(dst))
+        memo[n] = make(n.op, [memo[i] for i in n.inputs], **attrs)
+    return [memo[o] for o in outputs]

@@ -1,0 +1,701 @@
+"""Model specs: a declarative TOML file or a Python model file, loaded into a `Model`.
+
+A TOML spec declares inputs, a layer stack, a loss, parameter init and optional literal data;
+a Python model file defines `build()`. Both give a `Model` holding the loss node, the params
+to differentiate, and ways to make example params and inputs. Layer types live in the `LAYERS`
+table (name -> builder) and losses in `LOSSES`, so a new layer is one `@layer("conv2d")`
+function and no change to the parser. Every malformed spec raises `SpecError` naming the file,
+the table or key, and what was expected. The format is documented in docs/spec.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import nn
+from .errors import BPError, SpecError
+from .ir.dtypes import DTYPES, FLOATS, canonical, is_float
+from .ir.node import Node
+from .ir.traverse import consumers, leaves, toposort
+from .ops.elementwise import mul, sub
+from .ops.leaves import input as _input, param as _param
+from .ops.reduce import sum_
+
+__all__ = ["Model", "Init", "LAYERS", "LOSSES", "ACTIVATIONS", "INIT_METHODS", "layer", "loss",
+           "load", "load_toml", "load_python", "from_dict"]
+
+ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "softplus", "softmax")
+INIT_METHODS = ("normal", "glorot", "uniform", "zeros")
+# Default `scale` per init method: normal's std, uniform's half-width, glorot's multiplier.
+DEFAULT_SCALE = {"normal": 0.1, "uniform": 0.5, "glorot": 1.0, "zeros": 0.0}
+_MISSING = object()
+
+
+# ---- the Model ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Init:
+    """How to initialise one parameter: method in INIT_METHODS; `scale` None -> the default."""
+
+    method: str = "glorot"
+    scale: float | None = None
+
+    def sample(self, rng: np.random.Generator, shape: tuple, dtype: str) -> np.ndarray:
+        scale = DEFAULT_SCALE[self.method] if self.scale is None else self.scale
+        if self.method == "zeros":
+            out = np.zeros(shape)
+        elif self.method == "normal":
+            out = scale * rng.standard_normal(shape)
+        elif self.method == "uniform":
+            out = rng.uniform(-scale, scale, shape)
+        elif self.method == "glorot":
+            fan_in = shape[-2] if len(shape) >= 2 else (shape[0] if shape else 1)
+            fan_out = shape[-1] if shape else 1
+            limit = scale * np.sqrt(6.0 / max(fan_in + fan_out, 1))
+            out = rng.uniform(-limit, limit, shape)
+        else:
+            raise SpecError(f"unknown init method {self.method!r}; expected one of {INIT_METHODS}")
+        return np.asarray(out, dtype=dtype)
+
+
+@dataclass
+class Model:
+    """A loss, the params to differentiate, and example values for both.
+
+    `inputs` defaults to every `bp.input` leaf of the loss. `data` holds literal arrays by name
+    (inputs or params) that override random ones. `init` maps a param name to its `Init`
+    (params not listed use `default_init`). `input_kinds` says how to sample an input:
+    ("normal",), ("unit",) for [0, 1), ("onehot",) or ("int", high); int inputs that feed
+    `one_hot`/`take` get their range from the graph.
+    """
+
+    loss: Node
+    wrt: list
+    inputs: list | None = None
+    name: str = "model"
+    data: dict = field(default_factory=dict)
+    init: dict = field(default_factory=dict)
+    default_init: Init = field(default_factory=Init)
+    seed: int = 0
+    input_kinds: dict = field(default_factory=dict)
+    source: str | None = None
+
+    def __post_init__(self):
+        where = self.source or self.name
+        if not isinstance(self.loss, Node):
+            raise SpecError(f"{where}: loss must be a bpcompile Node, got {type(self.loss).__name__}")
+        if isinstance(self.wrt, Node):
+            self.wrt = [self.wrt]
+        self.wrt = list(self.wrt)
+        for w in self.wrt:
+            if not isinstance(w, Node) or w.op != "param":
+                raise SpecError(f"{where}: wrt must be a list of bp.param nodes, got {w!r}")
+        graph_inputs = leaves([self.loss], ops=("input",))
+        if self.inputs is None:
+            self.inputs = graph_inputs
+        self.inputs = list(self.inputs)
+        for kind_input in graph_inputs:
+            if kind_input.attr("name") not in self.input_kinds:
+                kind = _infer_kind(self.loss, kind_input)
+                if kind is not None:
+                    self.input_kinds[kind_input.attr("name")] = kind
+
+    # -- names ----------------------------------------------------------------------------
+    @property
+    def params(self) -> list:
+        """Every param leaf of the loss (the `wrt` ones and any held fixed)."""
+        return leaves([self.loss], ops=("param",))
+
+    def describe(self) -> str:
+        def sig(n):
+            return f"{n.attr('name')}:{n.dtype}{list(n.shape)}"
+
+        return (f"model {self.name}: inputs {', '.join(sig(n) for n in self.inputs)}; "
+                f"params {', '.join(sig(n) for n in self.params)}")
+
+    # -- example values -------------------------------------------------------------------
+    def init_params(self, seed: int | None = None) -> dict:
+        """Initial values for every param: literal data if given, else sampled per its Init."""
+        seed = self.seed if seed is None else seed
+        out = {}
+        for i, p in enumerate(self.params):
+            name = p.attr("name")
+            if name in self.data:
+                out[name] = np.array(self.data[name], dtype=p.dtype)
+                continue
+            rng = np.random.default_rng([int(seed), i])
+            out[name] = self.init.get(name, self.default_init).sample(rng, p.shape, p.dtype)
+        return out
+
+    def example_inputs(self, seed: int | None = None) -> dict:
+        """Values for every input: literal data if given, else random of the right shape/dtype
+        (int labels within their class range)."""
+        seed = self.seed if seed is None else seed
+        out = {}
+        for i, x in enumerate(self.inputs):
+            name = x.attr("name")
+            if name in self.data:
+                out[name] = np.array(self.data[name], dtype=x.dtype)
+                continue
+            rng = np.random.default_rng([int(seed), 1000 + i])
+            out[name] = _sample_input(rng, x, self.input_kinds.get(name))
+        return out
+
+    def compile(self, backend: str = "numpy", **options):
+        """`bp.compile(self.loss, self.wrt, backend)`."""
+        from .compiled import compile as _compile
+
+        return _compile(self.loss, self.wrt, backend, **options)
+
+
+def _infer_kind(loss: Node, x: Node):
+    """The int range of an input that feeds one_hot (depth n) or take (axis size)."""
+    if x.dtype != "int32":
+        return None
+    order = toposort([loss])
+    for user in consumers(order)[x]:
+        if user.op == "one_hot":
+            return ("int", user.attr("n"))
+        if user.op == "take" and user.inputs[1] is x:
+            return ("int", user.inputs[0].shape[user.attr("axis")])
+    return None
+
+
+def _sample_input(rng, x: Node, kind) -> np.ndarray:
+    kind = kind or (("int", 2) if x.dtype == "int32" else ("normal",))
+    if x.dtype == "bool":
+        return rng.random(x.shape) < 0.5
+    if kind[0] == "int":
+        return rng.integers(0, kind[1], x.shape).astype(x.dtype)
+    if kind[0] == "unit":
+        return rng.random(x.shape).astype(x.dtype)
+    if kind[0] == "onehot":
+        n = x.shape[-1] if x.shape else 1
+        idx = rng.integers(0, n, x.shape[:-1])
+        return (idx[..., None] == np.arange(n)).astype(x.dtype)
+    return rng.standard_normal(x.shape).astype(x.dtype)
+
+
+# ---- reading TOML tables with located errors ------------------------------------------------
+class Table:
+    """A spec table that remembers where it came from and which keys were read, so every
+    error names the file and table, and unread (unknown) keys are reported with a suggestion."""
+
+    def __init__(self, data: Any, source: str, loc: str):
+        self.source, self.loc = source, loc
+        if not isinstance(data, dict):
+            self.error(f"expected a table, got {_describe(data)}")
+        self.data, self.used = data, set()
+
+    def error(self, msg: str, key: str | None = None):
+        where = f"{self.loc}.{key}" if key else self.loc
+        raise SpecError(f"{self.source}: {where}: {msg}")
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def raw(self, key: str, default=_MISSING, expected: str = "a value"):
+        self.used.add(key)
+        if key not in self.data:
+            if default is _MISSING:
+                self.error(f"missing key {key!r} (expected {expected})")
+            return default
+        return self.data[key]
+
+    def int(self, key, default=_MISSING, min: int | None = None) -> int:  # noqa: A002
+        expected = "an integer" + (f" >= {min}" if min is not None else "")
+        v = self.raw(key, default, expected)
+        if v is default and default is not _MISSING:
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or (min is not None and v < min):
+            self.error(f"expected {expected}, got {v!r}", key)
+        return v
+
+    def float(self, key, default=_MISSING) -> float:
+        v = self.raw(key, default, "a number")
+        if v is default and default is not _MISSING:
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            self.error(f"expected a number, got {v!r}", key)
+        return float(v)
+
+    def bool(self, key, default=_MISSING) -> bool:
+        v = self.raw(key, default, "true or false")
+        if not isinstance(v, bool):
+            self.error(f"expected true or false, got {v!r}", key)
+        return v
+
+    def str(self, key, default=_MISSING, choices=None) -> str:
+        expected = f"one of {list(choices)}" if choices else "a string"
+        v = self.raw(key, default, expected)
+        if v is default and default is not _MISSING:
+            return v
+        if not isinstance(v, str):
+            self.error(f"expected {expected}, got {v!r}", key)
+        if choices and v not in choices:
+            self.error(f"unknown value {v!r}; expected {expected}{_suggest(v, choices)}", key)
+        return v
+
+    def shape(self, key) -> tuple:
+        v = self.raw(key, _MISSING, "a list of non-negative integers, e.g. [128, 784]")
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = [v]
+        if not isinstance(v, list) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v):
+            self.error(f"expected a list of non-negative integers, e.g. [128, 784], got {v!r}", key)
+        return tuple(v)
+
+    def finish(self, allowed_extra=()):
+        """Raise on keys nobody read: a typo like `unit` for `units` must not pass silently."""
+        unknown = [k for k in self.data if k not in self.used and k not in allowed_extra]
+        if unknown:
+            known = sorted(self.used | set(allowed_extra))
+            k = unknown[0]
+            self.error(f"unknown key {k!r}{_suggest(k, known)}; known keys here: {known}")
+
+
+def _describe(v) -> str:
+    return f"{type(v).__name__} {v!r}" if not isinstance(v, (dict, list)) else type(v).__name__
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ---- layer and loss builder tables ----------------------------------------------------------
+@dataclass
+class LayerContext:
+    """What a layer builder gets: the layer's input node `x`, its name, the model dtype, and
+    helpers to declare params, look up earlier outputs and raise located errors."""
+
+    x: Node
+    name: str
+    dtype: str
+    table: Table
+    builder: "SpecBuilder"
+
+    def param(self, prefix: str, shape: tuple, init: Init) -> Node:
+        """Declare param `<prefix><layer name>` (e.g. W1, b1) with its initialiser."""
+        return self.builder.new_param(f"{prefix}{self.name}", shape, init, self.table)
+
+    def lookup(self, name: str, key: str = "input") -> Node:
+        return self.builder.lookup(name, self.table, key)
+
+    def error(self, msg: str, key: str | None = None):
+        self.table.error(msg, key)
+
+    def weight_init(self) -> Init:
+        """The layer's weight Init: its own `init`/`scale` keys over the spec-wide [init]."""
+        t, base = self.table, self.builder.init
+        method = t.str("init", base.method, choices=INIT_METHODS)
+        scale = t.float("scale", base.scale if method == base.method else None)
+        return Init(method, scale)
+
+
+LayerBuilder = Callable[[LayerContext], Node]
+LAYERS: dict[str, LayerBuilder] = {}
+
+
+def layer(type_name: str):
+    """Register a layer builder: `fn(ctx) -> Node` reads its keys from `ctx.table`."""
+
+    def deco(fn: LayerBuilder) -> LayerBuilder:
+        LAYERS[type_name] = fn
+        return fn
+
+    return deco
+
+
+@layer("dense")
+def _dense(ctx: LayerContext) -> Node:
+    """activation(x @ W + b), W: (in, units), b: (units,)."""
+    t = ctx.table
+    units = t.int("units", min=1)
+    act = t.str("activation", "identity", choices=ACTIVATIONS)
+    use_bias = t.bool("bias", True)
+    init = ctx.weight_init()
+    x = ctx.x
+    if x.ndim < 1 or not is_float(x.dtype):
+        ctx.error(f"dense needs a float input with a feature axis, got {x!r}")
+    W = ctx.param("W", (x.shape[-1], units), init)
+    b = ctx.param("b", (units,), ctx.builder.bias_init) if use_bias else None
+    return nn.dense(x, W, b, None if act == "identity" else act, name=ctx.name)
+
+
+@layer("activation")
+def _activation(ctx: LayerContext) -> Node:
+    """An activation on its own: `function` in ACTIVATIONS."""
+    fn = ctx.table.str("function", choices=ACTIVATIONS)
+    out = nn.activation(ctx.x, fn)
+    return out.named(f"a{ctx.name}") if out is not ctx.x else out
+
+
+@layer("flatten")
+def _flatten(ctx: LayerContext) -> Node:
+    """Reshape (batch, ...) to (batch, features)."""
+    from .ops.movement import reshape
+
+    x = ctx.x
+    if x.ndim < 1:
+        ctx.error(f"flatten needs an input with a batch axis, got {x!r}")
+    return reshape(x, (x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64))))
+
+
+@dataclass(frozen=True)
+class LossDef:
+    """fn(pred, target) -> scalar; `kinds` maps a target dtype class to its sampling hint."""
+
+    fn: Callable
+    target: str  # "same" (float, pred's shape) or "labels" (int (batch,) or float like pred)
+    takes_logits: str | None = None  # the activation it applies itself (a spec error to repeat)
+    sample: tuple = ("normal",)
+
+
+def _sum_squares(pred: Node, target: Node) -> Node:
+    """0.5 * sum((pred - target)^2): the error E of Rumelhart, Hinton & Williams (1986)."""
+    d = sub(pred, target)
+    return mul(sum_(mul(d, d)), 0.5)
+
+
+LOSSES: dict[str, LossDef] = {}
+
+
+def loss(name: str, loss_def: LossDef) -> None:
+    """Register a loss type for the `[loss] type = ...` key."""
+    LOSSES[name] = loss_def
+
+
+loss("mse", LossDef(nn.mse, "same"))
+loss("sum_squares", LossDef(_sum_squares, "same"))
+loss("cross_entropy", LossDef(nn.cross_entropy, "labels", "softmax", ("onehot",)))
+loss("binary_cross_entropy_with_logits",
+     LossDef(nn.binary_cross_entropy_with_logits, "same", "sigmoid", ("unit",)))
+
+
+# ---- the TOML spec builder ------------------------------------------------------------------
+TOP_KEYS = ("model", "inputs", "layers", "loss", "init", "data")
+
+
+class SpecBuilder:
+    """Turns a parsed spec document into a Model, one table at a time."""
+
+    def __init__(self, doc: dict, source: str, default_name: str):
+        self.source = source
+        self.top = Table(doc, source, "<top level>")
+        self.nodes: dict[str, Node] = {}  # inputs and layer outputs by name
+        self.params: dict[str, Node] = {}
+        self.param_init: dict[str, Init] = {}
+        self.activations: dict[Node, str] = {}  # layer output -> its activation
+        self.input_kinds: dict[str, tuple] = {}
+        self.default_name = default_name
+
+    def build(self) -> Model:
+        top = self.top
+        model = Table(top.raw("model", {}), self.source, "[model]")
+        name = model.str("name", self.default_name)
+        self.dtype = model.str("dtype", "float32", choices=FLOATS)
+        model.str("description", "")
+        model.finish()
+        self._read_init(top.raw("init", {}))
+        inputs = self._read_inputs(top.raw("inputs", _MISSING, "an [[inputs]] array of tables"))
+        out = self._read_layers(top.raw("layers", _MISSING, "a [[layers]] array of tables"))
+        loss_node = self._read_loss(top.raw("loss", _MISSING, "a [loss] table"), out)
+        used = {n.attr("name") for n in leaves([loss_node], ops=("input",))}
+        for x in inputs:
+            if x.attr("name") not in used:
+                Table({}, self.source, "[inputs]").error(
+                    f"input {x.attr('name')!r} is declared but not used by any layer or the loss")
+        data = self._read_data(top.raw("data", {}))
+        top.finish()
+        return Model(loss_node, list(self.params.values()), inputs, name=name, data=data,
+                     init=self.param_init, default_init=self.init, seed=self.seed,
+                     input_kinds=self.input_kinds, source=self.source)
+
+    # -- [init] ---------------------------------------------------------------------------
+    def _read_init(self, raw):
+        if isinstance(raw, str):
+            raw = {"method": raw}
+        t = Table(raw, self.source, "[init]")
+        method = t.str("method", "glorot", choices=INIT_METHODS)
+        self.init = Init(method, t.float("scale", None))
+        self.seed = t.int("seed", 0, min=0)
+        bias = t.str("bias", "zeros", choices=("zeros", "same"))
+        self.bias_init = Init("zeros") if bias == "zeros" else (
+            self.init if method != "glorot" else Init("normal", self.init.scale))
+        t.finish()
+
+    # -- [[inputs]] -----------------------------------------------------------------------
+    def _read_inputs(self, raw) -> list:
+        if isinstance(raw, dict):  # [inputs.x] shape = ... form
+            items = []
+            for k, v in raw.items():
+                if not isinstance(v, dict):
+                    Table({}, self.source, f"[inputs.{k}]").error(
+                        f"expected a table like {{ shape = [4, 2] }}, got {_describe(v)}")
+                items.append(({"name": k, **v}, f"[inputs.{k}]"))
+        elif isinstance(raw, list) and raw:
+            items = [(v, f"[[inputs]] #{i + 1}") for i, v in enumerate(raw)]
+        else:
+            self.top.error("'inputs' must be a non-empty [[inputs]] array of tables, "
+                           f"got {_describe(raw)}", "inputs")
+        nodes = []
+        for v, loc in items:
+            t = Table(v, self.source, loc)
+            name = t.str("name")
+            if not name.isidentifier():
+                t.error(f"input name must be a Python identifier, got {name!r}", "name")
+            if name in self.nodes:
+                t.error(f"input {name!r} is declared twice", "name")
+            shape = t.shape("shape")
+            dtype = t.str("dtype", self.dtype, choices=DTYPES)
+            t.finish()
+            node = _input(name, shape, dtype)
+            self.nodes[name] = node
+            nodes.append(node)
+        self.first_input = nodes[0]
+        return nodes
+
+    # -- [[layers]] -----------------------------------------------------------------------
+    def _read_layers(self, raw) -> Node:
+        if not isinstance(raw, list) or not raw:
+            self.top.error("'layers' must be a non-empty [[layers]] array of tables, "
+                           f"got {_describe(raw)}", "layers")
+        x = self.first_input
+        for i, v in enumerate(raw):
+            t = Table(v, self.source, f"[[layers]] #{i + 1}")
+            kind = t.str("type", expected_types := None) if False else t.str("type")
+            if kind not in LAYERS:
+                t.error(f"unknown layer type {kind!r}{_suggest(kind, LAYERS)}; "
+                        f"known types: {sorted(LAYERS)}", "type")
+            t.loc = f"[[layers]] #{i + 1} ({kind})"
+            name = str(t.raw("name", str(i + 1)))
+            if not ("W" + name).isidentifier():
+                t.error(f"layer name must be letters, digits or _, got {name!r}", "name")
+            if name in self.nodes:
+                t.error(f"name {name!r} is already used by an earlier input or layer", "name")
+            if t.has("input"):
+                x = self.lookup(t.str("input"), t, "input")
+            ctx = LayerContext(x=x, name=name, dtype=self.dtype, table=t, builder=self)
+            try:
+                out = LAYERS[kind](ctx)
+            except SpecError:
+                raise
+            except (BPError, ValueError, TypeError) as e:
+                t.error(f"{type(e).__name__}: {e}")
+            t.finish()
+            self.nodes[name] = out
+            if kind == "dense":
+                self.activations[out] = v.get("activation", "identity")
+            elif kind == "activation":
+                self.activations[out] = v.get("function")
+            self.last_name = name
+            x = out
+        return x
+
+    def lookup(self, name: str, t: Table, key: str) -> Node:
+        if name not in self.nodes:
+            t.error(f"{name!r} is not an input or an earlier layer; known: {sorted(self.nodes)}"
+                    f"{_suggest(name, self.nodes)}", key)
+        return self.nodes[name]
+
+    def new_param(self, name: str, shape: tuple, init: Init, t: Table) -> Node:
+        if name in self.params or name in self.nodes:
+            t.error(f"parameter name {name!r} is already taken; give the layer a unique name")
+        p = _param(name, shape, self.dtype)
+        self.params[name] = p
+        self.param_init[name] = init
+        return p
+
+    # -- [loss] ---------------------------------------------------------------------------
+    def _read_loss(self, raw, pred: Node) -> Node:
+        t = Table(raw, self.source, "[loss]")
+        kind = t.str("type", choices=LOSSES)
+        t.loc = f"[loss] ({kind})"
+        ldef = LOSSES[kind]
+        pred_name = self.last_name
+        if t.has("prediction"):
+            pred_name = t.str("prediction")
+            pred = self.lookup(pred_name, t, "prediction")
+        target_name = t.str("target", "y")
+        if target_name not in self.nodes or self.nodes[target_name].op != "input":
+            t.error(f"target {target_name!r} is not a declared input; inputs: "
+                    f"{sorted(k for k, n in self.nodes.items() if n.op == 'input')}", "target")
+        target = self.nodes[target_name]
+        t.finish()
+        act = self.activations.get(pred)
+        if ldef.takes_logits and act == ldef.takes_logits:
+            t.error(f"{kind} takes logits and applies {act} itself, but layer {pred_name!r} "
+                    f"already ends in {act}; set that layer's activation to \"identity\"")
+        ok_int = ldef.target == "labels" and target.dtype == "int32"
+        if ok_int:
+            if target.shape != pred.shape[:-1]:
+                t.error(f"int labels {target_name!r} have shape {list(target.shape)} but the "
+                        f"prediction (layer {pred_name!r}) has shape {list(pred.shape)}; expected "
+                        f"labels of shape {list(pred.shape[:-1])}")
+            self.input_kinds[target_name] = ("int", pred.shape[-1])
+        else:
+            if not is_float(target.dtype):
+                t.error(f"target {target_name!r} must be float"
+                        f"{' or int32 labels' if ldef.target == 'labels' else ''}, "
+                        f"got {target.dtype}")
+            if target.shape != pred.shape:
+                t.error(f"shape mismatch: the prediction (layer {pred_name!r}) has shape "
+                        f"{list(pred.shape)} but target {target_name!r} has shape "
+                        f"{list(target.shape)}")
+            self.input_kinds.setdefault(target_name, ldef.sample)
+        try:
+            return ldef.fn(pred, target)
+        except (BPError, ValueError, TypeError) as e:
+            t.error(f"{type(e).__name__}: {e}")
+
+    # -- [data] ---------------------------------------------------------------------------
+    def _read_data(self, raw) -> dict:
+        t = Table(raw, self.source, "[data]")
+        out = {}
+        for key, value in raw.items():
+            node = self.params.get(key) or (self.nodes.get(key) if key in self.nodes and
+                                            self.nodes[key].op == "input" else None)
+            if node is None:
+                known = sorted(k for k, n in self.nodes.items() if n.op == "input")
+                known += sorted(self.params)
+                t.error(f"{key!r} is not an input or parameter{_suggest(key, known)}; "
+                        f"known: {known}", key)
+            try:
+                arr = np.array(value, dtype=node.dtype)
+            except (ValueError, TypeError) as e:
+                t.error(f"cannot make a {node.dtype} array: {e}", key)
+            if arr.shape != node.shape:
+                t.error(f"shape mismatch: data has shape {list(arr.shape)}, but "
+                        f"{key!r} is declared with shape {list(node.shape)}", key)
+            kind = self.input_kinds.get(key)
+            if kind and kind[0] == "int" and arr.size and (arr.min() < 0 or arr.max() >= kind[1]):
+                t.error(f"labels must lie in [0, {kind[1]}), got values "
+                        f"{arr.min()}..{arr.max()}", key)
+            t.used.add(key)
+            out[key] = arr
+        return out
+
+
+# ---- entry points ---------------------------------------------------------------------------
+def from_dict(doc: dict, source: str = "<spec>", name: str = "model") -> Model:
+    """Build a Model from an already-parsed spec document (what tomllib returns)."""
+    return SpecBuilder(doc, source, name).build()
+
+
+def load_toml(path) -> Model:
+    path = Path(path)
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise SpecError(f"{path}: reading TOML needs Python 3.11+ or `pip install tomli`") \
+                from None
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read spec: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: invalid TOML: {e}") from None
+    return from_dict(doc, str(path), path.stem)
+
+
+def load_python(path) -> Model:
+    """Run a Python model file and call its `build()`; it returns a Model or a dict with
+    `loss`, `wrt` and optionally `inputs`/`params` (example arrays by name) and `name`."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such model file")
+    mod_name = f"_bpcompile_model_{abs(hash(str(path.resolve())))}"
+    try:
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise SpecError(f"{path}{_user_line(e, path)}: loading the model file raised "
+                        f"{type(e).__name__}: {e}") from e
+    finally:
+        sys.modules.pop(mod_name, None)
+    build = getattr(module, "build", None)
+    if not callable(build):
+        raise SpecError(f"{path}: a Python model file must define build() returning a Model "
+                        "or a dict with 'loss' and 'wrt'")
+    try:
+        result = build()
+    except Exception as e:
+        raise SpecError(f"{path}{_user_line(e, path)}: build() raised "
+                        f"{type(e).__name__}: {e}") from e
+    return _model_from_result(result, path)
+
+
+def _user_line(e: BaseException, path: Path) -> str:
+    if isinstance(e, SyntaxError) and e.lineno:
+        return f":{e.lineno}"
+    target = str(path.resolve())
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
+             if str(Path(f.filename).resolve()) == target]
+    return f":{lines[-1]}" if lines else ""
+
+
+def _model_from_result(result, path: Path) -> Model:
+    where = str(path)
+    if isinstance(result, Model):
+        if result.name == "model":
+            result.name = path.stem
+        result.source = result.source or where
+        return result
+    if not isinstance(result, dict):
+        raise SpecError(f"{where}: build() must return a Model or a dict with 'loss' and 'wrt', "
+                        f"got {type(result).__name__}")
+    allowed = ("loss", "wrt", "inputs", "params", "name")
+    for k in result:
+        if k not in allowed:
+            raise SpecError(f"{where}: build() returned unknown key {k!r}"
+                            f"{_suggest(k, allowed)}; expected keys {list(allowed)}")
+    for k in ("loss", "wrt"):
+        if k not in result:
+            raise SpecError(f"{where}: build() result is missing {k!r}")
+    model = Model(result["loss"], result["wrt"], name=result.get("name", path.stem),
+                  source=where)
+    by_name = {n.attr("name"): n for n in model.inputs + model.params}
+    for group in ("inputs", "params"):
+        values = result.get(group) or {}
+        if not isinstance(values, dict):
+            raise SpecError(f"{where}: build()[{group!r}] must be a dict of arrays by name")
+        for k, v in values.items():
+            node = by_name.get(k)
+            want = "input" if group == "inputs" else "param"
+            if node is None or node.op != want:
+                raise SpecError(f"{where}: build()[{group!r}] names {k!r}, which is not a "
+                                f"{want} of the loss{_suggest(k, by_name)}")
+            arr = np.asarray(v, dtype=node.dtype)
+            if arr.shape != node.shape:
+                raise SpecError(f"{where}: build()[{group!r}][{k!r}] has shape "
+                                f"{list(arr.shape)}, expected {list(node.shape)}")
+            model.data[k] = arr
+    return model
+
+
+def load(path) -> Model:
+    """Load a model from a `.toml` spec or a `.py` model file."""
+    path = Path(path)
+    if path.suffix == ".toml":
+        return load_toml(path)
+    if path.suffix == ".py":
+        return load_python(path)
+    raise SpecError(f"{path}: unknown model file type {path.suffix or '(none)'!r}; "
+                    "expected a .toml spec or a .py model file")
+
+
+def _check_dtype(v):  # kept small: canonical() raises DTypeError with the allowed list
+    return canonical(v)
