@@ -15,7 +15,7 @@ from .ops.linalg import matmul  # noqa: F401
 from .ops.movement import (  # noqa: F401
     broadcast_to, concatenate, getitem, pad, reshape, transpose,
 )
-from .ops.reduce import max_, mean, sum_
+from .ops.reduce import max_, mean as mean_, sum_
 
 
 def _unary(name):
@@ -42,6 +42,11 @@ def sum(x, axis=None, keepdims=False) -> Node:  # noqa: A001
 def max(x, axis=None, keepdims=False) -> Node:  # noqa: A001
     """Max over `axis`; gradient split evenly among ties."""
     return max_(x, axis, keepdims)
+
+
+def mean(x, axis=None, keepdims=False) -> Node:
+    """Mean over `axis` (int, tuple or None for all), like numpy.mean."""
+    return mean_(x, axis, keepdims)
 
 
 def square(x) -> Node:

@@ -70,7 +70,8 @@ class Signature:
             if node.dtype == "int32" and arr.size and (arr.min() < -2**31 or arr.max() >= 2**31):
                 raise ArgumentError(f"argument {name!r}: values do not fit in int32")
             arr = arr.astype(want)
-        arr = np.ascontiguousarray(arr)
+        if not arr.flags.c_contiguous:  # (ascontiguousarray would turn a 0-d array 1-d)
+            arr = np.ascontiguousarray(arr)
         bound = self.bounds.get(name)
         if bound is not None and arr.size and (arr.min() < 0 or arr.max() >= bound):
             bad = arr[(arr < 0) | (arr >= bound)].flat[0]

@@ -10,23 +10,27 @@ the table or key, and what was expected. The format is documented in docs/spec.m
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
+import re
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from . import nn
 from .errors import BPError, SpecError
-from .ir.dtypes import DTYPES, FLOATS, canonical, is_float
-from .ir.node import Node
+from .ir.dtypes import DTYPES, FLOATS, is_float
+from .ir.node import LOCATION_OVERRIDE, Node
 from .ir.traverse import consumers, leaves, toposort
 from .ops.elementwise import mul, sub
-from .ops.leaves import input as _input, param as _param
+from .ops.leaves import input as _input
+from .ops.leaves import param as _param
 from .ops.reduce import sum_
 
 __all__ = ["Model", "Init", "LAYERS", "LOSSES", "ACTIVATIONS", "INIT_METHODS", "layer", "loss",
@@ -90,7 +94,8 @@ class Model:
     def __post_init__(self):
         where = self.source or self.name
         if not isinstance(self.loss, Node):
-            raise SpecError(f"{where}: loss must be a bpcompile Node, got {type(self.loss).__name__}")
+            raise SpecError(f"{where}: loss must be a bpcompile Node, "
+                            f"got {type(self.loss).__name__}")
         if isinstance(self.wrt, Node):
             self.wrt = [self.wrt]
         self.wrt = list(self.wrt)
@@ -152,7 +157,12 @@ class Model:
         """`bp.compile(self.loss, self.wrt, backend)`."""
         from .compiled import compile as _compile
 
-        return _compile(self.loss, self.wrt, backend, **options)
+        # Nodes the passes create cite the model file rather than the caller of compile().
+        LOCATION_OVERRIDE.append(Path(self.source).name if self.source else self.name)
+        try:
+            return _compile(self.loss, self.wrt, backend, **options)
+        finally:
+            LOCATION_OVERRIDE.pop()
 
 
 def _infer_kind(loss: Node, x: Node):
@@ -280,7 +290,7 @@ class LayerContext:
     name: str
     dtype: str
     table: Table
-    builder: "SpecBuilder"
+    builder: SpecBuilder
 
     def param(self, prefix: str, shape: tuple, init: Init) -> Node:
         """Declare param `<prefix><layer name>` (e.g. W1, b1) with its initialiser."""
@@ -361,7 +371,7 @@ class LossDef:
 
 def _sum_squares(pred: Node, target: Node) -> Node:
     """0.5 * sum((pred - target)^2): the error E of Rumelhart, Hinton & Williams (1986)."""
-    d = sub(pred, target)
+    d = sub(pred, target).named("err")
     return mul(sum_(mul(d, d)), 0.5)
 
 
@@ -387,8 +397,9 @@ TOP_KEYS = ("model", "inputs", "layers", "loss", "init", "data")
 class SpecBuilder:
     """Turns a parsed spec document into a Model, one table at a time."""
 
-    def __init__(self, doc: dict, source: str, default_name: str):
+    def __init__(self, doc: dict, source: str, default_name: str, text: str | None = None):
         self.source = source
+        self.lines = _header_lines(text or "")
         self.top = Table(doc, source, "<top level>")
         self.nodes: dict[str, Node] = {}  # inputs and layer outputs by name
         self.params: dict[str, Node] = {}
@@ -429,7 +440,7 @@ class SpecBuilder:
         self.seed = t.int("seed", 0, min=0)
         bias = t.str("bias", "zeros", choices=("zeros", "same"))
         self.bias_init = Init("zeros") if bias == "zeros" else (
-            self.init if method != "glorot" else Init("normal", self.init.scale))
+            self.init if method != "glorot" else Init("normal"))
         t.finish()
 
     # -- [[inputs]] -----------------------------------------------------------------------
@@ -471,7 +482,7 @@ class SpecBuilder:
         x = self.first_input
         for i, v in enumerate(raw):
             t = Table(v, self.source, f"[[layers]] #{i + 1}")
-            kind = t.str("type", expected_types := None) if False else t.str("type")
+            kind = t.str("type")
             if kind not in LAYERS:
                 t.error(f"unknown layer type {kind!r}{_suggest(kind, LAYERS)}; "
                         f"known types: {sorted(LAYERS)}", "type")
@@ -485,7 +496,8 @@ class SpecBuilder:
                 x = self.lookup(t.str("input"), t, "input")
             ctx = LayerContext(x=x, name=name, dtype=self.dtype, table=t, builder=self)
             try:
-                out = LAYERS[kind](ctx)
+                with self.at("layers", i):
+                    out = LAYERS[kind](ctx)
             except SpecError:
                 raise
             except (BPError, ValueError, TypeError) as e:
@@ -499,6 +511,18 @@ class SpecBuilder:
             self.last_name = name
             x = out
         return x
+
+    @contextlib.contextmanager
+    def at(self, header: str, index: int):
+        """Nodes built inside point at the spec's line for this table in generated code."""
+        line = self.lines.get(header, [])
+        where = Path(self.source).name + (f":{line[index]}" if index < len(line) else
+                                          f":[{header}]")
+        LOCATION_OVERRIDE.append(where)
+        try:
+            yield
+        finally:
+            LOCATION_OVERRIDE.pop()
 
     def lookup(self, name: str, t: Table, key: str) -> Node:
         if name not in self.nodes:
@@ -552,7 +576,8 @@ class SpecBuilder:
                         f"{list(target.shape)}")
             self.input_kinds.setdefault(target_name, ldef.sample)
         try:
-            return ldef.fn(pred, target)
+            with self.at("loss", 0):
+                return ldef.fn(pred, target)
         except (BPError, ValueError, TypeError) as e:
             t.error(f"{type(e).__name__}: {e}")
 
@@ -584,10 +609,22 @@ class SpecBuilder:
         return out
 
 
+def _header_lines(text: str) -> dict:
+    """1-based line numbers of each `[[layers]]` and the `[loss]` header, in order."""
+    out: dict = {}
+    for no, line in enumerate(text.splitlines(), 1):
+        m = re.match(r"\s*\[\[?\s*([A-Za-z_]+)\s*\]\]?", line)
+        if m:
+            out.setdefault(m.group(1), []).append(no)
+    return out
+
+
 # ---- entry points ---------------------------------------------------------------------------
-def from_dict(doc: dict, source: str = "<spec>", name: str = "model") -> Model:
-    """Build a Model from an already-parsed spec document (what tomllib returns)."""
-    return SpecBuilder(doc, source, name).build()
+def from_dict(doc: dict, source: str = "<spec>", name: str = "model",
+              text: str | None = None) -> Model:
+    """Build a Model from an already-parsed spec document (what tomllib returns); `text`, the
+    spec's source, lets generated code cite spec line numbers."""
+    return SpecBuilder(doc, source, name, text).build()
 
 
 def load_toml(path) -> Model:
@@ -601,12 +638,13 @@ def load_toml(path) -> Model:
             raise SpecError(f"{path}: reading TOML needs Python 3.11+ or `pip install tomli`") \
                 from None
     try:
-        doc = tomllib.loads(path.read_text())
+        text = path.read_text()
+        doc = tomllib.loads(text)
     except OSError as e:
         raise SpecError(f"{path}: cannot read spec: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: invalid TOML: {e}") from None
-    return from_dict(doc, str(path), path.stem)
+    return from_dict(doc, str(path), path.stem, text)
 
 
 def load_python(path) -> Model:
@@ -696,6 +734,3 @@ def load(path) -> Model:
     raise SpecError(f"{path}: unknown model file type {path.suffix or '(none)'!r}; "
                     "expected a .toml spec or a .py model file")
 
-
-def _check_dtype(v):  # kept small: canonical() raises DTypeError with the allowed list
-    return canonical(v)

@@ -38,8 +38,15 @@ class ConstValue:
         return repr(a.item()) if a.ndim == 0 else f"array{list(a.shape)}"
 
 
+# A stack of explicit locations ("xor.toml:24"); while non-empty, new nodes take the top one.
+# The spec loader pushes the spec file's line so generated code points there, not at bpcompile.
+LOCATION_OVERRIDE: list = []
+
+
 def _user_location() -> str | None:
     """The first stack frame outside the bpcompile package: the user's line that built a node."""
+    if LOCATION_OVERRIDE:
+        return LOCATION_OVERRIDE[-1]
     f = sys._getframe(2)
     while f is not None:
         fn = f.f_code.co_filename

@@ -157,7 +157,8 @@ def _vjp_pow(y, g, needs):
 
 def _tie_mask(a, b, strict_op):
     """1 where a wins, 0.5 at ties, 0 otherwise (JAX splits ties evenly for max/min)."""
-    return where(strict_op(a, b), 1.0, where(eq(a, b), 0.5, 0.0))
+    one, half, zero = (const(v, a.dtype) for v in (1.0, 0.5, 0.0))  # a's dtype, not float32
+    return where(strict_op(a, b), one, where(eq(a, b), half, zero))
 
 
 BINARY = {

@@ -1,0 +1,112 @@
+"""Small IRBuilder helpers: IR types per dtype, static loop nests, intrinsic and libm calls.
+
+Every other module of the LLVM backend builds IR through these, so raw block/phi plumbing
+lives in one place.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from llvmlite import ir
+
+I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+F32, F64 = ir.FloatType(), ir.DoubleType()
+PTR = ir.PointerType()
+VOID = ir.VoidType()
+
+IR_TYPE = {"float32": F32, "float64": F64, "int32": I32, "bool": I8}
+# fast-math flags for reductions only: reassociation lets LLVM vectorise the accumulation
+REDUCE_FLAGS = ("reassoc", "contract")
+
+
+def ir_type(dtype: str) -> ir.Type:
+    return IR_TYPE[dtype]
+
+
+def i64(v: int) -> ir.Constant:
+    return ir.Constant(I64, int(v))
+
+
+def fconst(ty: ir.Type, v: float) -> ir.Constant:
+    return ir.Constant(ty, float(v))
+
+
+class Emitter:
+    """An IRBuilder plus the module-level declarations (intrinsics, libm) it needs."""
+
+    def __init__(self, module: ir.Module, builder: ir.IRBuilder):
+        self.module = module
+        self.b = builder
+        self._decls: dict[str, ir.Function] = {}
+
+    # -- calls ------------------------------------------------------------------------------
+    def declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+        fn = self._decls.get(name)
+        if fn is None:
+            fn = self.module.globals.get(name)
+            if fn is None:
+                fn = ir.Function(self.module, ir.FunctionType(ret, args), name)
+            self._decls[name] = fn
+        return fn
+
+    def intrinsic(self, name: str, *args: ir.Value) -> ir.Value:
+        """Call llvm.<name>.<f32|f64>(args): the result type is the first argument's type."""
+        ty = args[0].type
+        suffix = "f32" if ty == F32 else "f64" if ty == F64 else f"i{ty.width}"
+        fn = self.declare(f"llvm.{name}.{suffix}", ty, [a.type for a in args])
+        return self.b.call(fn, list(args))
+
+    def libm(self, name: str, x: ir.Value) -> ir.Value:
+        """Call a C math function (float variant gets the 'f' suffix)."""
+        sym = name + ("f" if x.type == F32 else "")
+        return self.b.call(self.declare(sym, x.type, [x.type]), [x])
+
+    # -- loops ------------------------------------------------------------------------------
+    @contextmanager
+    def loop(self, n: int, name: str = "i"):
+        """`for i in range(n)` with a static n >= 1, yielding the i64 index (bottom-tested)."""
+        b = self.b
+        pre = b.block
+        body = b.append_basic_block(f"{name}.body")
+        done = b.append_basic_block(f"{name}.end")
+        b.branch(body)
+        b.position_at_end(body)
+        idx = b.phi(I64, name)
+        idx.add_incoming(i64(0), pre)
+        yield idx
+        nxt = b.add(idx, i64(1), name=f"{name}.next")
+        idx.add_incoming(nxt, b.block)
+        b.cbranch(b.icmp_unsigned("<", nxt, i64(n)), body, done)
+        b.position_at_end(done)
+
+    @contextmanager
+    def nest(self, shape, name: str = "i"):
+        """Nested loops over a static shape (outermost first); yields the list of indices.
+
+        Callers skip empty shapes (a zero dimension) before entering.
+        """
+        with _nest(self, tuple(shape), name, []) as idx:
+            yield idx
+
+    # -- addressing -------------------------------------------------------------------------
+    def addr(self, base: ir.Value, offset: int, strides, idx, ty: ir.Type) -> ir.Value:
+        """Pointer to element `offset + sum(idx[k] * strides[k])` of a buffer of `ty`."""
+        b = self.b
+        off = i64(offset)
+        for s, i in zip(strides, idx):
+            if s == 0:
+                continue
+            term = i if s == 1 else b.mul(i, i64(s))
+            off = term if (isinstance(off, ir.Constant) and off.constant == 0) else b.add(off, term)
+        return b.gep(base, [off], inbounds=True, source_etype=ty)
+
+
+@contextmanager
+def _nest(em: Emitter, shape, name, acc):
+    if not shape:
+        yield acc
+        return
+    with em.loop(shape[0], f"{name}{len(acc)}") as i:
+        with _nest(em, shape[1:], name, acc + [i]) as idx:
+            yield idx
