@@ -205,7 +205,7 @@ class Table:
         self.data, self.used = data, set()
 
     def error(self, msg: str, key: str | None = None):
-        where = f"{self.loc}.{key}" if key else self.loc
+        where = f"{self.loc}, key {key!r}" if key else self.loc
         raise SpecError(f"{self.source}: {where}: {msg}")
 
     def has(self, key: str) -> bool:
@@ -571,9 +571,11 @@ class SpecBuilder:
                         f"{' or int32 labels' if ldef.target == 'labels' else ''}, "
                         f"got {target.dtype}")
             if target.shape != pred.shape:
+                hint = (f"; {kind} takes int32 labels of shape {list(pred.shape[:-1])} or float "
+                        f"targets of shape {list(pred.shape)}" if ldef.target == "labels" else "")
                 t.error(f"shape mismatch: the prediction (layer {pred_name!r}) has shape "
                         f"{list(pred.shape)} but target {target_name!r} has shape "
-                        f"{list(target.shape)}")
+                        f"{list(target.shape)}{hint}")
             self.input_kinds.setdefault(target_name, ldef.sample)
         try:
             with self.at("loss", 0):

@@ -34,7 +34,8 @@ class Row:
     inputs: name -> (shape, kind) with kind "float" (test dtype) or "int32";
     f(P, I): the bpcompile tensor; jf(P, I): the same function in jax.numpy;
     gen(rng): name -> value for params and inputs (float64 / int arrays);
-    smooth: False where the function has kinks at the sample (ties) -> no finite differences;
+    smooth: False where finite differences are no oracle (ties, stop_gradient, float32 casts);
+        the dot-product test then takes J v from jax.jvp;
     rtol64/rtol32: tolerances against JAX."""
 
     name: str
@@ -197,7 +198,8 @@ ROWS: list[Row] = [
         gens(x=lambda r: r.integers(-5, 5, (3, 4)) + r.uniform(0.1, 0.4, (3, 4)))),
     Row("stop_gradient", ("stop_gradient",), {"x": (3, 4)},
         lambda P, I: P["x"] * bp.stop_gradient(P["x"] * P["x"]),
-        lambda P, I: P["x"] * lax.stop_gradient(P["x"] * P["x"]), gens(x=normal(3, 4))),
+        lambda P, I: P["x"] * lax.stop_gradient(P["x"] * P["x"]), gens(x=normal(3, 4)),
+        smooth=False),  # finite differences see through stop_gradient; JAX's jvp does not
     # ---- binary elementwise, broadcasting ------------------------------------------------
     Row("add_same", ("add",), {"a": (3, 4), "b": (3, 4)}, lambda P, I: P["a"] + P["b"],
         lambda P, I: P["a"] + P["b"], gens(a=normal(3, 4), b=normal(3, 4))),
@@ -245,7 +247,7 @@ ROWS: list[Row] = [
     Row("where_le", ("where", "le"), {"x": (3, 4), "y": (3, 4)}, *_le, _separated_pair((3, 4))),
     Row("where_gt", ("where", "gt"), {"x": (3, 4), "y": (3, 4)}, *_gt, _separated_pair((3, 4))),
     Row("where_ge", ("where", "ge"), {"x": (3, 4), "y": (3, 4)}, *_ge, _separated_pair((3, 4))),
-    Row("where_eq_ne_int", ("where", "eq", "ne", "cast"), {"x": (6,)},
+    Row("where_eq_ne_int", ("where", "eq", "ne"), {"x": (6,)},
         lambda P, I: bp.where(bp.equal(I["k"], 1), P["x"] * 2.0, bp.exp(P["x"]))
         + bp.where(bp.not_equal(I["k"], 2), P["x"], 0.0),
         lambda P, I: jnp.where(I["k"] == 1, P["x"] * 2.0, jnp.exp(P["x"]))
@@ -266,7 +268,7 @@ ROWS: list[Row] = [
     Row("cast_float_float", ("cast",), {"x": (3, 4)},
         lambda P, I: bp.exp(P["x"].astype("float32").astype(P["x"].dtype)),
         lambda P, I: jnp.exp(P["x"].astype("float32").astype(P["x"].dtype)),
-        gens(x=normal(3, 4)), rtol64=1e-6),
+        gens(x=normal(3, 4)), rtol64=1e-6, smooth=False),  # float32 rounding spoils FD
     # ---- reductions -----------------------------------------------------------------------
     Row("sum_all", ("sum",), {"x": (3, 4)}, lambda P, I: bp.sum(P["x"] * P["x"]),
         lambda P, I: jnp.sum(P["x"] * P["x"]), gens(x=normal(3, 4))),

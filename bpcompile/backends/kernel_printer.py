@@ -29,6 +29,18 @@ class ArrayExprPrinter:
         self.names = names
         return self._p(expr)
 
+    def print_cse(self, expr, names: dict[str, str], prefix: str):
+        """(temporaries, result): repeated subexpressions hoisted by sympy.cse into
+        [(f"{prefix}_t0", expr0), ...], then the result expression using them."""
+        syms = sp.numbered_symbols("_cse")
+        repl, (reduced,) = sp.cse(expr, symbols=syms)
+        names = dict(names)
+        temps = []
+        for k, (s, e) in enumerate(repl):
+            temps.append((f"{prefix}_t{k}", self.print(e, names)))
+            names[s.name] = f"{prefix}_t{k}"
+        return temps, self.print(reduced, names)
+
     def _p(self, e) -> str:
         if e.is_Symbol:
             return self.names[e.name]

@@ -67,6 +67,12 @@ def emit_function(outputs: list[Node], args: list[Node], lower: Callable, fn_nam
         if n.op not in ("kernel",) and n.inputs and all(i.op == "const" and i.ndim == 0 for i in n.inputs):
             operands = [f"{ns}.asarray({o}, {ns}.{n.inputs[k].dtype})" for k, o in enumerate(operands)]
         rhs = lower(n, operands)
+        if isinstance(rhs, tuple):  # (temporaries, expression): hoisted common subexpressions
+            temps, rhs = rhs
+            for tname, texpr in temps:
+                lines.append(f"    {tname.replace('{self}', names[n])} = "
+                             f"{texpr.replace('{self}', names[n])}")
+            rhs = rhs.replace("{self}", names[n])
         if n.op in ("broadcast_to", "reshape") and n.inputs[0].op == "const" and n.inputs[0].ndim == 0:
             rhs = rhs.replace(operands[0], f"{ns}.asarray({operands[0]}, {ns}.{n.dtype})", 1)
         stmt = f"    {names[n]} = {rhs}"

@@ -46,3 +46,46 @@ def strip_distributions(expr: sp.Expr) -> sp.Expr:
 
 def diff(expr: sp.Expr, sym: sp.Symbol) -> sp.Expr:
     return strip_distributions(sp.diff(expr, sym))
+
+
+def _offset(e, c=1):
+    """e - c if e is a sum containing the constant c, else None."""
+    if e.is_Add and c in e.args:
+        return e - c
+    return None
+
+
+def _stable(e):
+    """One stabilising rewrite of a scalar SymPy expression at its root, or None."""
+    if e.func == sp.log:
+        a = e.args[0]
+        if isinstance(a, sigmoid):
+            return -softplus(-a.args[0])  # log σ(x) -> -softplus(-x)
+        b = _offset(a)
+        if b is not None:
+            return softplus(b.args[0]) if b.func == sp.exp else log1p(b)  # log(1+eˣ), log(1+x)
+    if e.is_Add:
+        b = _offset(e, -1)
+        if b is not None and b.func == sp.exp:
+            return expm1(b.args[0])  # eˣ - 1 -> expm1(x)
+    if e.is_Pow and e.exp == -1:
+        b = _offset(e.base)
+        if b is not None and b.func == sp.exp:
+            return sigmoid(-b.args[0])  # 1/(1+eˣ) -> σ(-x)
+    if e.is_Mul:
+        nums = [f for f in e.args if f.func == sp.exp]
+        dens = [f.base for f in e.args if f.is_Pow and f.exp == -1]
+        sigs = [f for f in e.args if isinstance(f, sigmoid)]
+        for n in nums:
+            for d in dens:
+                if _offset(d) == n:  # eˣ/(1+eˣ) -> σ(x)
+                    return e / n * d * sigmoid(n.args[0])
+            for s in sigs:
+                if s.args[0] == -n.args[0]:  # eˣ σ(-x) -> σ(x)   (bottom-up form of the above)
+                    return e / n / s * sigmoid(n.args[0])
+    return None
+
+
+def stabilize(expr):
+    """Rewrite overflow-prone forms (log(1+eˣ), eˣ/(1+eˣ), log σ, ...) bottom-up."""
+    return expr.replace(lambda e: _stable(e) is not None, lambda e: _stable(e))

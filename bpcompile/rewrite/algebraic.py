@@ -37,7 +37,7 @@ def _sum_of_broadcast(n: Node):
 def _implicit_broadcast(n: Node):
     """f(broadcast_to(x), y) -> f(x, y) and f(c[1,1], y) -> f(c, y) when the other operands
     already give f's shape."""
-    if get_op(n.op).kind != "elementwise" or not any(
+    if get_op(n.op).kind not in ("elementwise", "kernel") or not any(
             is_op(i, "broadcast_to") or (i.op == "const" and i.ndim and i.size == 1) for i in n.inputs):
         return None
     new = list(n.inputs)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from ..ir.node import Node
 from ..ir.traverse import transform
 from ..ops import elementwise as ew
+from ..ops.kernel import kernel
+from ..ops.sympy_funcs import stabilize as sympy_stabilize
 from .patterns import is_op, is_scalar
 
 
@@ -40,6 +42,10 @@ def _one_plus(n: Node):
 
 def _rule(n: Node):
     op, i = n.op, n.inputs
+    if op == "kernel":
+        expr = sympy_stabilize(n.attr("expr"))  # the same rewrites inside SymPy kernel bodies
+        if expr != n.attr("expr"):
+            return kernel(expr, i, name=n.attr("name"), dtype=n.dtype)
     if op == "log":
         x = i[0]
         if is_op(x, "sigmoid"):

@@ -14,7 +14,9 @@ from ..kernel_printer import ArrayExprPrinter, has_literal_branches
 
 PRINTER = ArrayExprPrinter("np")
 NP_DTYPE = {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32", "bool": "np.bool_"}
-LOWERINGS: dict[str, Callable[[Node, list[str]], str]] = {}
+# A lowering returns an expression, or (temporaries, expression) where temporaries are
+# [(name, expression)] lines emitted first; "{self}" in a name is the node's variable name.
+LOWERINGS: dict[str, Callable[[Node, list[str]], str | tuple]] = {}
 
 _BIN = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**",
         "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
@@ -49,11 +51,12 @@ def _sum(n, a):
 
 
 def _kernel(n, a):
+    """A kernel prints as one expression; repeated subexpressions become `{self}_t<k>` lines."""
     expr = n.attr("expr")
-    body = PRINTER.print(expr, {f"a{i}": s for i, s in enumerate(a)})
+    temps, body = PRINTER.print_cse(expr, {f"a{i}": s for i, s in enumerate(a)}, "{self}")
     if has_literal_branches(expr):
-        return f"np.asarray({body}, dtype={NP_DTYPE[n.dtype]})"
-    return body
+        body = f"np.asarray({body}, dtype={NP_DTYPE[n.dtype]})"
+    return (temps, body) if temps else body
 
 
 LOWERINGS.update({

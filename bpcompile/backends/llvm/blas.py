@@ -1,0 +1,112 @@
+"""Matmul through SciPy's BLAS (sgemm/dgemm) for shapes where it beats inline loops.
+
+SciPy exports the Fortran BLAS as PyCapsules in `scipy.linalg.cython_blas.__pyx_capi__`
+(numba's `call_xxgemm` reaches them the same way). The generated module holds a pointer
+global per routine that the loader fills in, so cached object code stays position independent.
+Fortran convention: every argument by pointer, column-major; a row-major C = A @ B is computed
+as the column-major Cᵀ = Bᵀ Aᵀ, which needs no data movement.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from .loops import F32, F64, I8, I32, PTR, VOID
+from .memplan import View
+
+# M*N*K at or above which the BLAS call wins over inline loops. Measured on this machine
+# (benchmarks/bench_llvm.py --gemm-threshold): single 2-d float32 products; the BLAS call has a
+# fixed cost of ~1 µs, which the vectorised inline loops beat below about 64³/4.
+GEMM_THRESHOLD = 65536
+
+GLOBALS = {"float32": "bp_sgemm", "float64": "bp_dgemm"}
+
+
+@dataclass
+class MatmulPlan:
+    copy_a: bool
+    copy_b: bool
+
+
+def layout(shape, strides):
+    """('N' row-major | 'T' column-major, leading dimension) of a matrix view, or None."""
+    (r, c), (rs, cs) = shape[-2:], strides[-2:]
+    if cs == 1 or c == 1:
+        ld = rs if r > 1 else max(c, 1)
+        if ld >= max(1, c):
+            return "N", ld
+    if rs == 1 or r == 1:
+        ld = cs if c > 1 else max(r, 1)
+        if ld >= max(1, r):
+            return "T", ld
+    return None
+
+
+def plan(node, a: View, b: View, threshold: int) -> MatmulPlan | None:
+    m, k = a.shape[-2:]
+    n = b.shape[-1]
+    if m * n * k < threshold or m == 0 or n == 0 or k == 0:
+        return None
+    return MatmulPlan(layout(a.shape, a.strides) is None, layout(b.shape, b.strides) is None)
+
+
+def emit_gemm(ctx, node, a: View, b: View, out: View, p: MatmulPlan):
+    from .lower import broadcast_view, copy
+
+    em, bld = ctx.em, ctx.em.b
+    if p.copy_a:
+        tmp = ctx.temps[(node, 0)]
+        copy(ctx, a, tmp)
+        a = broadcast_view(tmp, a.shape)
+    if p.copy_b:
+        tmp = ctx.temps[(node, 1)]
+        copy(ctx, b, tmp)
+        b = broadcast_view(tmp, b.shape)
+    ty = F32 if node.dtype == "float32" else F64
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    ta, lda = layout(a.shape, a.strides)
+    tb, ldb = layout(b.shape, b.strides)
+    gv = ctx.module.globals.get(GLOBALS[node.dtype])
+    if gv is None:
+        gv = ir.GlobalVariable(ctx.module, PTR, GLOBALS[node.dtype])
+        gv.initializer = ir.Constant(PTR, None)
+    fnty = ir.FunctionType(VOID, [PTR] * 13)
+
+    def cell(ty_, v):
+        slot = ctx.alloca(ty_)
+        bld.store(ir.Constant(ty_, v) if not isinstance(v, ir.Value) else v, slot)
+        return slot
+
+    args_fixed = dict(
+        ta=cell(I8, ord(tb)), tb=cell(I8, ord(ta)), m=cell(I32, N), n=cell(I32, M),
+        k=cell(I32, K), alpha=cell(ty, 1.0), lda=cell(I32, ldb), ldb=cell(I32, lda),
+        beta=cell(ty, 0.0), ldc=cell(I32, N))
+    with em.nest(out.shape[:-2], "g") as bi:
+        zero = [ir.Constant(ir.IntType(64), 0)] * 2
+        pa = em.addr(ctx.ptr(a.buf), a.offset, a.strides, list(bi) + zero, ty)
+        pb = em.addr(ctx.ptr(b.buf), b.offset, b.strides, list(bi) + zero, ty)
+        pc = em.addr(ctx.ptr(out.buf), out.offset, out.strides, list(bi) + zero, ty)
+        fn = bld.load(gv, typ=PTR)
+        fn.function_type = fnty  # llvmlite's call() reads the callee type from this attribute
+        f = args_fixed
+        bld.call(fn, [f["ta"], f["tb"], f["m"], f["n"], f["k"], f["alpha"], pb, f["lda"], pa,
+                      f["ldb"], f["beta"], pc, f["ldc"]])
+
+
+def capsule_address(name: str) -> int:
+    """Address of a routine in scipy.linalg.cython_blas (raises ImportError without SciPy)."""
+    from scipy.linalg import cython_blas
+
+    cap = cython_blas.__pyx_capi__[name]
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
+    get_ptr.restype, get_ptr.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    return get_ptr(cap, get_name(cap))
+
+
+def addresses() -> dict[str, int]:
+    return {"bp_sgemm": capsule_address("sgemm"), "bp_dgemm": capsule_address("dgemm")}

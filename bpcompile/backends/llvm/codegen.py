@@ -1,0 +1,213 @@
+"""Schedule, plan memory for, and emit LLVM IR for a (loss, grads...) graph.
+
+The generated module has one compute function
+
+    void bp_main(ptr noalias in0, ..., ptr noalias out0, ..., ptr noalias workspace)
+
+specialised to the graph's static shapes and dtypes: one loop nest per scheduled node (fused
+kernels are single loops), views for pure index movement, BLAS or inline loops for matmul,
+and constants as private globals. `bp_entry(ptr argv)` takes the same pointers as an array
+(the ctypes / C-ABI route).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+
+from ...errors import BackendError
+from ...ir.naming import assign_names
+from ...ir.node import Node
+from ...ir.traverse import toposort
+from ...ops.leaves import const_value
+from . import blas
+from .lower import VIEWS, copy, lower
+from .loops import I64, PTR, VOID, Emitter, ir_type
+from .memplan import Buffer, MemoryPlan, View, contiguous, plan
+
+
+class Context:
+    """What lowerings see: views of nodes, buffer pointers, loads/stores, entry-block allocas."""
+
+    def __init__(self, em: Emitter, module: ir.Module, views, ptrs, temps, matmul_plan, entry):
+        self.em, self.module = em, module
+        self.views, self.ptrs, self.temps, self.matmul_plan = views, ptrs, temps, matmul_plan
+        self._entry = entry
+
+    def view(self, n: Node) -> View:
+        return self.views[n]
+
+    def ptr(self, buf: Buffer) -> ir.Value:
+        return self.ptrs[buf]
+
+    def load(self, v: View, strides, idx) -> ir.Value:
+        ty = ir_type(v.dtype)
+        return self.em.b.load(self.em.addr(self.ptr(v.buf), v.offset, strides, idx, ty), typ=ty)
+
+    def store(self, v: View, strides, idx, value: ir.Value):
+        ty = ir_type(v.dtype)
+        self.em.b.store(value, self.em.addr(self.ptr(v.buf), v.offset, strides, idx, ty))
+
+    def alloca(self, ty: ir.Type) -> ir.Value:
+        with self._entry.goto_entry_block():
+            return self._entry.alloca(ty)
+
+
+class Program:
+    """The scheduled graph: steps, buffers, views and the memory plan (no IR yet)."""
+
+    def __init__(self, outputs: list[Node], args: list[Node], gemm_threshold: int):
+        self.outputs, self.args = outputs, args
+        self.order = toposort(outputs)
+        self.names = assign_names(self.order)
+        forward = set(toposort(outputs[:1]))
+        self.buffers: list[Buffer] = []
+        self.views: dict[Node, View] = {}
+        self.steps: list[tuple] = []  # ("node", n) | ("copy", src View, dst View)
+        self.consts: list[tuple[Buffer, np.ndarray]] = []
+        self.temps: dict = {}
+        self.matmul_plan: dict = {}
+        self.arg_bufs = []
+        for i, a in enumerate(args):
+            buf = self._buf("arg", i, a.size, a.dtype, a.attr("name"))
+            self.arg_bufs.append(buf)
+            self.views[a] = contiguous(buf, a.shape)
+        self.out_bufs = [self._buf("out", j, o.size, o.dtype, f"out{j}")
+                         for j, o in enumerate(outputs)]
+        owner: dict[Node, Buffer] = {}
+        for j, o in enumerate(outputs):  # computed outputs write straight into their out buffer
+            if o not in owner and o.op not in ("input", "param", "const"):
+                owner[o] = self.out_bufs[j]
+        ws_count = 0
+        for n in self.order:
+            if n in self.views:
+                continue
+            if n.op not in ("input", "param") and n in args:
+                raise BackendError(f"llvm backend: leaf {n!r} is not an argument")
+            if n.op in ("input", "param"):
+                raise BackendError(f"llvm backend: leaf {n!r} missing from the argument list")
+            if n.op == "const":
+                buf = self._buf("const", len(self.consts), n.size, n.dtype, self.names[n])
+                self.consts.append((buf, np.ascontiguousarray(const_value(n))))
+                self.views[n] = contiguous(buf, n.shape)
+                continue
+            rule = VIEWS.get(n.op)
+            if rule is not None and n not in owner:
+                v = rule(n, self.views[n.inputs[0]])
+                if v is not None:
+                    self.views[n] = v
+                    continue
+            buf = owner.get(n)
+            if buf is None:
+                buf = self._buf("ws", ws_count, n.size, n.dtype, self.names[n])
+                ws_count += 1
+            buf.forward = n in forward
+            self.views[n] = contiguous(buf, n.shape)
+            step = len(self.steps)
+            if n.op == "matmul":
+                self._plan_matmul(n, step, gemm_threshold)
+            self.steps.append(("node", n))
+        for j, o in enumerate(outputs):
+            if self.views[o].buf is not self.out_bufs[j]:
+                self.steps.append(("copy", self.views[o], contiguous(self.out_bufs[j], o.shape)))
+        self.backward_start = next((k for k, s in enumerate(self.steps)
+                                    if s[0] == "node" and s[1] not in forward), len(self.steps))
+        self._liveness()
+        self.memory: MemoryPlan = plan(self.buffers, self.backward_start)
+
+    def _buf(self, kind, index, size, dtype, label) -> Buffer:
+        b = Buffer(kind, index, size, dtype, label)
+        self.buffers.append(b)
+        return b
+
+    def _plan_matmul(self, n: Node, step: int, threshold: int):
+        a, b = self.views[n.inputs[0]], self.views[n.inputs[1]]
+        p = blas.plan(n, a, b, threshold) if n.dtype in blas.GLOBALS else None
+        if p is None:
+            return
+        self.matmul_plan[n] = p
+        batch = n.shape[:-2]
+        for k, (need, v) in enumerate(((p.copy_a, a), (p.copy_b, b))):
+            if need:
+                shape = batch + v.shape[-2:]
+                buf = self._buf("ws", -1, int(np.prod(shape)), n.dtype, f"{self.names[n]}.op{k}")
+                buf.first = buf.last = step
+                self.temps[(n, k)] = contiguous(buf, shape)
+
+    def _liveness(self):
+        for k, s in enumerate(self.steps):
+            if s[0] == "node":
+                n = s[1]
+                out = self.views[n].buf
+                if out.first < 0:
+                    out.first = k
+                reads = [self.views[i].buf for i in n.inputs]
+            else:
+                reads = [s[1].buf]
+                s[2].buf.first = k if s[2].buf.first < 0 else s[2].buf.first
+            for b in reads:
+                b.last = max(b.last, k)
+
+    # -- IR -----------------------------------------------------------------------------------
+    def emit(self, module: ir.Module) -> ir.Function:
+        nin, nout = len(self.args), len(self.outputs)
+        fnty = ir.FunctionType(VOID, [PTR] * (nin + nout + 1))
+        fn = ir.Function(module, fnty, "bp_main")
+        for a in fn.args:
+            a.add_attribute("noalias")
+        for a, arg in zip(fn.args[:nin], self.args):
+            a.name = f"in_{arg.attr('name')}"
+        for a, j in zip(fn.args[nin:nin + nout], range(nout)):
+            a.name = f"out{j}"
+        fn.args[-1].name = "ws"
+        entry = fn.append_basic_block("entry")
+        body = fn.append_basic_block("body")
+        eb = ir.IRBuilder(entry)
+        b = ir.IRBuilder(body)
+        em = Emitter(module, b)
+        ptrs = {}
+        for buf, a in zip(self.arg_bufs, fn.args[:nin]):
+            ptrs[buf] = a
+        for buf, a in zip(self.out_bufs, fn.args[nin:nin + nout]):
+            ptrs[buf] = a
+        for buf in self.buffers:
+            if buf.kind == "ws":
+                ptrs[buf] = eb.gep(fn.args[-1], [ir.Constant(I64, buf.offset)], inbounds=True,
+                                   source_etype=ir.IntType(8), name=_ident(buf.label))
+        for buf, arr in self.consts:
+            ptrs[buf] = _const_global(module, buf, arr)
+        ctx = Context(em, module, self.views, ptrs, self.temps, self.matmul_plan, eb)
+        for s in self.steps:
+            if s[0] == "node":
+                lower(ctx, s[1])
+            else:
+                copy(ctx, s[1], s[2])
+        b.ret_void()
+        eb.branch(body)
+        # the flat-array entry point: bp_entry(ptr argv) with argv = [in..., out..., ws]
+        ent = ir.Function(module, ir.FunctionType(VOID, [PTR]), "bp_entry")
+        bb = ir.IRBuilder(ent.append_basic_block())
+        ptrs = [bb.load(bb.gep(ent.args[0], [ir.Constant(I64, k)], source_etype=PTR), typ=PTR)
+                for k in range(nin + nout + 1)]
+        bb.call(fn, ptrs)
+        bb.ret_void()
+        return fn
+
+
+def _ident(label: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in label) or "t"
+
+
+def _const_global(module: ir.Module, buf: Buffer, arr: np.ndarray) -> ir.GlobalVariable:
+    ty = ir_type(buf.dtype)
+    flat = arr.reshape(-1)
+    if buf.dtype == "bool":
+        flat = flat.astype(np.int8)
+    arr_ty = ir.ArrayType(ty, max(flat.size, 1))
+    vals = [float(v) if buf.dtype in ("float32", "float64") else int(v) for v in flat] or [0]
+    g = ir.GlobalVariable(module, arr_ty, f"const_{_ident(buf.label)}_{buf.index}")
+    g.global_constant = True
+    g.linkage = "private"
+    g.align = 64
+    g.initializer = ir.Constant(arr_ty, vals)
+    return g
