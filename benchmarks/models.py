@@ -23,13 +23,19 @@ def build(names=("xor", "mlp_small", "mlp_mnist"), seed=0):
     out = {}
     if "xor" in names:
         x, y = bp.input("x", (4, 2)), bp.input("y", (4, 1))
-        ps = [bp.param("W1", (2, 4)), bp.param("b1", (4,)), bp.param("W2", (4, 1)),
-              bp.param("b2", (1,))]
+        ps = [
+            bp.param("W1", (2, 4)),
+            bp.param("b1", (4,)),
+            bp.param("W2", (4, 1)),
+            bp.param("b2", (1,)),
+        ]
         h = bp.sigmoid(x @ ps[0] + ps[1])
         loss = 0.5 * bp.sum((bp.sigmoid(h @ ps[2] + ps[3]) - y) ** 2)
         P = dict(W1=A(2, 4), b1=A(4), W2=A(4, 1), b2=A(1))
-        inputs = dict(x=np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32),
-                      y=np.array([[0], [1], [1], [0]], np.float32))
+        inputs = dict(
+            x=np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32),
+            y=np.array([[0], [1], [1], [0]], np.float32),
+        )
 
         def jl(p, x, y):
             h = jax.nn.sigmoid(x @ p["W1"] + p["b1"])
@@ -38,8 +44,14 @@ def build(names=("xor", "mlp_small", "mlp_mnist"), seed=0):
         out["xor"] = (loss, ps, inputs, P, jl)
     if "mlp_small" in names:
         x, y = bp.input("x", (1, 10)), bp.input("y", (1, 1))
-        ps = [bp.param("W1", (10, 32)), bp.param("b1", (32,)), bp.param("W2", (32, 32)),
-              bp.param("b2", (32,)), bp.param("W3", (32, 1)), bp.param("b3", (1,))]
+        ps = [
+            bp.param("W1", (10, 32)),
+            bp.param("b1", (32,)),
+            bp.param("W2", (32, 32)),
+            bp.param("b2", (32,)),
+            bp.param("W3", (32, 1)),
+            bp.param("b3", (1,)),
+        ]
         h = bp.tanh(bp.tanh(x @ ps[0] + ps[1]) @ ps[2] + ps[3])
         loss = bp.mean((h @ ps[4] + ps[5] - y) ** 2)
         P = dict(W1=A(10, 32), b1=A(32), W2=A(32, 32), b2=A(32), W3=A(32, 1), b3=A(1))
@@ -51,8 +63,14 @@ def build(names=("xor", "mlp_small", "mlp_mnist"), seed=0):
         out["mlp_small"] = (loss, ps, dict(x=A(1, 10), y=A(1, 1)), P, jl)
     if "mlp_mnist" in names:
         x, lab = bp.input("x", (128, 784)), bp.input("labels", (128,), dtype="int32")
-        ps = [bp.param("W1", (784, 256)), bp.param("b1", (256,)), bp.param("W2", (256, 256)),
-              bp.param("b2", (256,)), bp.param("W3", (256, 10)), bp.param("b3", (10,))]
+        ps = [
+            bp.param("W1", (784, 256)),
+            bp.param("b1", (256,)),
+            bp.param("W2", (256, 256)),
+            bp.param("b2", (256,)),
+            bp.param("W3", (256, 10)),
+            bp.param("b3", (10,)),
+        ]
         h = bp.relu(bp.relu(x @ ps[0] + ps[1]) @ ps[2] + ps[3])
         loss = bp.cross_entropy(h @ ps[4] + ps[5], lab)
         P = dict(W1=A(784, 256), b1=A(256), W2=A(256, 256), b2=A(256), W3=A(256, 10), b3=A(10))

@@ -1,21 +1,82 @@
 """bpcompile: a symbolic-to-code autodiff compiler for neural networks."""
 
 from .api import (  # noqa: F401
-    abs_ as abs, add, broadcast_to, cast, concatenate, const, cos, div, elementwise, equal, exp,
-    expm1, floor, getitem, greater, greater_equal, input, iota, less, less_equal, log, log1p,
-    matmul, max, maximum, mean, minimum, mul, neg, not_equal, one_hot, pad, param, power, relu,
-    reshape, round_ as round, sigmoid, sign, sin, softplus, sqrt, square, stop_gradient, sub, sum,
-    take, tanh, transpose, where,
+    abs_ as abs,
+)
+from .api import (
+    add,
+    broadcast_to,
+    cast,
+    concatenate,
+    const,
+    cos,
+    div,
+    elementwise,
+    equal,
+    exp,
+    expm1,
+    floor,
+    getitem,
+    greater,
+    greater_equal,
+    input,
+    iota,
+    less,
+    less_equal,
+    log,
+    log1p,
+    matmul,
+    max,
+    maximum,
+    mean,
+    minimum,
+    mul,
+    neg,
+    not_equal,
+    one_hot,
+    pad,
+    param,
+    power,
+    relu,
+    reshape,
+    sigmoid,
+    sign,
+    sin,
+    softplus,
+    sqrt,
+    square,
+    stop_gradient,
+    sub,
+    sum,
+    take,
+    tanh,
+    transpose,
+    where,
+)
+from .api import (
+    round_ as round,
 )
 from .check import CheckReport, check  # noqa: F401
 from .compiled import Compiled, Function, compile, function, grad  # noqa: F401
 from .errors import (  # noqa: F401
-    ArgumentError, BackendError, BPError, DTypeError, GradientError, NonDifferentiableError,
-    ShapeError, SpecError,
+    ArgumentError,
+    BackendError,
+    BPError,
+    DTypeError,
+    GradientError,
+    NonDifferentiableError,
+    ShapeError,
+    SpecError,
 )
 from .ir.node import Node  # noqa: F401
 from .nn import (  # noqa: F401
-    binary_cross_entropy_with_logits, cross_entropy, dense, log_softmax, logsumexp, mse, softmax,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    dense,
+    log_softmax,
+    logsumexp,
+    mse,
+    softmax,
 )
 
 __version__ = "0.1.0"

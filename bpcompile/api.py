@@ -5,17 +5,32 @@ from __future__ import annotations
 from .ir.node import Node
 from .ops import elementwise as ew
 from .ops.elementwise import (  # noqa: F401  (re-exported)
-    add, cast, div, eq as equal, ge as greater_equal, gt as greater, le as less_equal,
-    lt as less, maximum, minimum, mul, ne as not_equal, neg, power, stop_gradient, sub, where,
+    add,
+    cast,
+    div,
+    maximum,
+    minimum,
+    mul,
+    neg,
+    power,
+    stop_gradient,
+    sub,
+    where,
 )
 from .ops.index import one_hot, take  # noqa: F401
 from .ops.kernel import elementwise  # noqa: F401
 from .ops.leaves import const, input, iota, param  # noqa: F401
 from .ops.linalg import matmul  # noqa: F401
 from .ops.movement import (  # noqa: F401
-    broadcast_to, concatenate, getitem, pad, reshape, transpose,
+    broadcast_to,
+    concatenate,
+    getitem,
+    pad,
+    reshape,
+    transpose,
 )
-from .ops.reduce import max_, mean as mean_, sum_
+from .ops.reduce import max_, sum_
+from .ops.reduce import mean as mean_
 
 
 def _unary(name):
@@ -28,9 +43,11 @@ def _unary(name):
 
 
 exp, log, log1p, expm1, sqrt, sin, cos, tanh = (
-    _unary(n) for n in ("exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tanh"))
+    _unary(n) for n in ("exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tanh")
+)
 sigmoid, relu, softplus, sign, floor, round_ = (
-    _unary(n) for n in ("sigmoid", "relu", "softplus", "sign", "floor", "round"))
+    _unary(n) for n in ("sigmoid", "relu", "softplus", "sign", "floor", "round")
+)
 abs_ = _unary("abs")
 
 

@@ -54,17 +54,22 @@ class CheckReport:
         def f(v):
             return "-" if v is None else f"{v:.2e}"
 
-        lines = [f"gradient check ({self.backend} backend): loss ours={self.loss_ours:.8g}"
-                 + ("" if self.loss_jax is None else f" jax={self.loss_jax:.8g}"),
-                 f"{'param':12s} {'shape':14s} {'max|Δ| jax':>11s} {'rel jax':>9s} "
-                 f"{'rel fd64':>9s}  result",
-                 ]
+        lines = [
+            f"gradient check ({self.backend} backend): loss ours={self.loss_ours:.8g}"
+            + ("" if self.loss_jax is None else f" jax={self.loss_jax:.8g}"),
+            f"{'param':12s} {'shape':14s} {'max|Δ| jax':>11s} {'rel jax':>9s} "
+            f"{'rel fd64':>9s}  result",
+        ]
         for r in self.rows:
-            lines.append(f"{r.name:12s} {str(r.shape):14s} {f(r.max_abs_err_jax):>11s} "
-                         f"{f(r.rel_err_jax):>9s} {f(r.rel_err_fd):>9s}  "
-                         f"{'ok' if r.ok else 'MISMATCH'}{'  ' + '; '.join(r.notes) if r.notes else ''}")
-        lines.append(f"tolerances: jax rel {self.rtol:g}, finite differences rel {self.fd_rtol:g}"
-                     f" -> {'PASS' if self.ok else 'FAIL'}")
+            lines.append(
+                f"{r.name:12s} {str(r.shape):14s} {f(r.max_abs_err_jax):>11s} "
+                f"{f(r.rel_err_jax):>9s} {f(r.rel_err_fd):>9s}  "
+                f"{'ok' if r.ok else 'MISMATCH'}{'  ' + '; '.join(r.notes) if r.notes else ''}"
+            )
+        lines.append(
+            f"tolerances: jax rel {self.rtol:g}, finite differences rel {self.fd_rtol:g}"
+            f" -> {'PASS' if self.ok else 'FAIL'}"
+        )
         return "\n".join(lines)
 
 
@@ -97,6 +102,7 @@ def jax_gradient(loss, wrt, values: dict):
     need64 = any(a.dtype == "float64" for a in args) or loss.dtype == "float64"
     ctx = _x64() if need64 else contextlib.nullcontext()
     with ctx:
+
         def f(params):
             env = {**values, **params}
             return fn(*[env[n] for n in names])[0]
@@ -120,8 +126,10 @@ def _fd_errors(loss, wrt, values, seed, samples):
     args = leaves([loss64] + wrt64)
     names = [a.attr("name") for a in args]
     be = NumpyBackend([loss64] + list(grads64), args, title="float64 check")
-    base = {k: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
-            for k, v in values.items()}
+    base = {
+        k: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
+        for k, v in values.items()
+    }
 
     def run(env):
         return be.run([np.asarray(env[n], a.dtype) for n, a in zip(names, args)])
@@ -149,9 +157,19 @@ def _fd_errors(loss, wrt, values, seed, samples):
     return errors
 
 
-def check(loss, wrt, inputs: dict, params: dict | None = None, backend: str = "numpy",
-          seed: int = 0, rtol: float | None = None, atol: float | None = None,
-          fd: bool = True, use_jax: bool = True, fd_samples: int = 4) -> CheckReport:
+def check(
+    loss,
+    wrt,
+    inputs: dict,
+    params: dict | None = None,
+    backend: str = "numpy",
+    seed: int = 0,
+    rtol: float | None = None,
+    atol: float | None = None,
+    fd: bool = True,
+    use_jax: bool = True,
+    fd_samples: int = 4,
+) -> CheckReport:
     """Compile `loss`'s gradient on `backend` and compare it per param with JAX and with FD.
 
     `inputs` gives every input's value; `params` may omit params (seeded random values fill in).

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from .autodiff.reverse import check_loss, check_wrt, grad as _grad
+from .autodiff.reverse import check_loss, check_wrt
+from .autodiff.reverse import grad as _grad
 from .errors import BackendError
 from .ir.node import NAMES, Node
 from .ir.printer import format_graph
@@ -30,7 +31,9 @@ def get_backend(name: str):
         try:
             from .backends.jax.backend import JaxBackend
         except ImportError as e:
-            raise BackendError(f"jax backend unavailable ({e}); pip install 'bpcompile[jax]'") from e
+            raise BackendError(
+                f"jax backend unavailable ({e}); pip install 'bpcompile[jax]'"
+            ) from e
         return JaxBackend
     raise BackendError(f"unknown backend {name!r}; choose from {BACKENDS}")
 
@@ -50,8 +53,16 @@ def grad(loss: Node, wrt, stabilize: bool = True):
 class Program:
     """What every compiled graph shares: passes, a backend, and inspection methods."""
 
-    def _build(self, outputs: list[Node], labels: list[str], backend: str, passes, options,
-               stages: list, t0: float):
+    def _build(
+        self,
+        outputs: list[Node],
+        labels: list[str],
+        backend: str,
+        passes,
+        options,
+        stages: list,
+        t0: float,
+    ):
         self.backend_name = backend
         backend_cls = get_backend(backend)  # fail early on a bad backend name
         outputs, self.stages = pipeline.run(outputs, passes, record=stages)
@@ -83,8 +94,10 @@ class Program:
         for s in self.stages:
             top = ", ".join(f"{k}:{v}" for k, v in s.ops.most_common(6))
             rows.append(f"{s.name:16s} {s.nodes:6d}  {top}")
-        rows.append(f"graph build+autodiff+passes {self.timings['graph'] * 1e3:.1f} ms, "
-                    f"codegen ({self.backend_name}) {self.timings['codegen'] * 1e3:.1f} ms")
+        rows.append(
+            f"graph build+autodiff+passes {self.timings['graph'] * 1e3:.1f} ms, "
+            f"codegen ({self.backend_name}) {self.timings['codegen'] * 1e3:.1f} ms"
+        )
         return "\n".join(rows)
 
     def __repr__(self):
@@ -107,15 +120,26 @@ class Compiled(Program):
         forward = pipeline.run_forward(self.loss)
         grads = _grad(forward, self.wrt)
         stages.append(pipeline._stage("adjoint", [forward] + list(grads)))
-        self._build([forward] + list(grads), ["loss"] + ["d" + n for n in self.grad_names],
-                    backend, passes, options, stages, t0)
+        self._build(
+            [forward] + list(grads),
+            ["loss"] + ["d" + n for n in self.grad_names],
+            backend,
+            passes,
+            options,
+            stages,
+            t0,
+        )
         # A backend may supply its own validated fast call path (see docs/architecture.md).
         make_caller = getattr(self.impl, "make_caller", None)
-        self._call = make_caller(self.signature, self.grad_names) if make_caller else self._default_call
+        self._call = (
+            make_caller(self.signature, self.grad_names) if make_caller else self._default_call
+        )
 
     def _title(self):
-        return (f"bpcompile {self.backend_name} backend: loss and d/d({', '.join(self.grad_names)}); "
-                f"args: {self.signature.describe()}")
+        return (
+            f"bpcompile {self.backend_name} backend: loss and d/d({', '.join(self.grad_names)}); "
+            f"args: {self.signature.describe()}"
+        )
 
     def __call__(self, **kwargs):
         return self._call(**kwargs)
@@ -149,8 +173,10 @@ class Function(Program):
         self._build(nodes, self.names, backend, passes, options, stages, t0)
 
     def _title(self):
-        return (f"bpcompile {self.backend_name} backend: outputs {', '.join(self.names)}; "
-                f"args: {self.signature.describe()}")
+        return (
+            f"bpcompile {self.backend_name} backend: outputs {', '.join(self.names)}; "
+            f"args: {self.signature.describe()}"
+        )
 
     def __call__(self, **kwargs):
         first, rest = self.impl.run(self.signature.bind(kwargs))
@@ -168,8 +194,10 @@ def _check_unique_names(args):
     for a in args:
         name = a.attr("name")
         if name in seen:
-            raise ValueError(f"two different leaves are named {name!r}: "
-                             f"{seen[name]!r} and {a!r}; names must be unique")
+            raise ValueError(
+                f"two different leaves are named {name!r}: "
+                f"{seen[name]!r} and {a!r}; names must be unique"
+            )
         seen[name] = a
 
 

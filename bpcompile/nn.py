@@ -56,8 +56,10 @@ def cross_entropy(logits, labels) -> Node:
         raise ShapeError("cross_entropy: logits must have a class axis")
     if labels.dtype == "int32":
         if labels.shape != logits.shape[:-1]:
-            raise ShapeError(f"cross_entropy: int labels of shape {labels.shape} do not match "
-                             f"logits {logits.shape} (expected {logits.shape[:-1]})")
+            raise ShapeError(
+                f"cross_entropy: int labels of shape {labels.shape} do not match "
+                f"logits {logits.shape} (expected {logits.shape[:-1]})"
+            )
         target = one_hot(labels, logits.shape[-1], logits.dtype)
     elif is_float(labels.dtype):
         _same_shape("cross_entropy", logits, labels)

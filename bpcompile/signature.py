@@ -45,8 +45,10 @@ class Signature:
         if missing or extra:
             parts = []
             if missing:
-                parts.append("missing " + ", ".join(
-                    f"{m} (expected {type_str(self.by_name[m])})" for m in missing))
+                parts.append(
+                    "missing "
+                    + ", ".join(f"{m} (expected {type_str(self.by_name[m])})" for m in missing)
+                )
             if extra:
                 parts.append(f"unexpected {', '.join(map(repr, extra))}")
             raise ArgumentError("; ".join(parts) + f". The function takes: {self.describe()}")
@@ -58,16 +60,20 @@ class Signature:
         try:
             arr = np.asarray(value)
         except Exception as e:  # ragged lists and the like
-            raise ArgumentError(f"argument {name!r}: cannot convert {type(value).__name__} "
-                                f"to an array ({e})") from None
+            raise ArgumentError(
+                f"argument {name!r}: cannot convert {type(value).__name__} to an array ({e})"
+            ) from None
         if arr.dtype.kind not in _ACCEPT[node.dtype]:
-            raise ArgumentError(f"argument {name!r}: expected dtype {node.dtype} "
-                                f"(shape {node.shape}), got {arr.dtype}")
+            raise ArgumentError(
+                f"argument {name!r}: expected dtype {node.dtype} "
+                f"(shape {node.shape}), got {arr.dtype}"
+            )
         if arr.shape != node.shape:
-            raise ArgumentError(f"argument {name!r}: expected shape {node.shape} "
-                                f"({node.dtype}), got {arr.shape}")
+            raise ArgumentError(
+                f"argument {name!r}: expected shape {node.shape} ({node.dtype}), got {arr.shape}"
+            )
         if arr.dtype != want:
-            if node.dtype == "int32" and arr.size and (arr.min() < -2**31 or arr.max() >= 2**31):
+            if node.dtype == "int32" and arr.size and (arr.min() < -(2**31) or arr.max() >= 2**31):
                 raise ArgumentError(f"argument {name!r}: values do not fit in int32")
             arr = arr.astype(want)
         if not arr.flags.c_contiguous:  # (ascontiguousarray would turn a 0-d array 1-d)

@@ -262,6 +262,13 @@ class Table:
             self.error(f"expected a list of non-negative integers, e.g. [128, 784], got {v!r}", key)
         return tuple(v)
 
+    def check_keys(self, allowed):
+        """Reject keys outside `allowed` up front (so a typo beats a 'missing key' error)."""
+        for k in self.data:
+            if k not in allowed:
+                self.error(f"unknown key {k!r}{_suggest(k, allowed)}; "
+                           f"known keys here: {sorted(allowed)}")
+
     def finish(self, allowed_extra=()):
         """Raise on keys nobody read: a typo like `unit` for `units` must not pass silently."""
         unknown = [k for k in self.data if k not in self.used and k not in allowed_extra]
@@ -410,6 +417,7 @@ class SpecBuilder:
 
     def build(self) -> Model:
         top = self.top
+        top.check_keys(TOP_KEYS)
         model = Table(top.raw("model", {}), self.source, "[model]")
         name = model.str("name", self.default_name)
         self.dtype = model.str("dtype", "float32", choices=FLOATS)

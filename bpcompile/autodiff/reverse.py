@@ -23,7 +23,9 @@ def check_loss(loss) -> Node:
         raise GradientError(f"loss must be a bpcompile tensor, got {type(loss).__name__}")
     if loss.shape != ():
         raise GradientError(
-            f"loss must be a scalar (shape ()), got shape {loss.shape}; reduce it with bp.sum or bp.mean")
+            f"loss must be a scalar (shape ()), got shape {loss.shape}; "
+            "reduce it with bp.sum or bp.mean"
+        )
     if not is_float(loss.dtype):
         raise GradientError(f"loss must be float32 or float64, got {loss.dtype}")
     return loss
@@ -39,7 +41,8 @@ def check_wrt(wrt) -> list[Node]:
             what = repr(w) if isinstance(w, Node) else type(w).__name__
             raise GradientError(
                 f"wrt must contain only params declared with bp.param; got {what}"
-                + (f" (a {w.op} node)" if isinstance(w, Node) else ""))
+                + (f" (a {w.op} node)" if isinstance(w, Node) else "")
+            )
     names = [w.name for w in wrt]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -71,7 +74,8 @@ def grad(loss: Node, wrt) -> list[Node] | Node:
             where = f" (created at {n.where})" if n.where else ""
             raise NonDifferentiableError(
                 f"op {n.op!r}{where} is on the gradient path but is not differentiable; "
-                "wrap its input in bp.stop_gradient if a zero gradient is intended")
+                "wrap its input in bp.stop_gradient if a zero gradient is intended"
+            )
         contributions = op.vjp(n, g, needs)
         for x, c, need in zip(n.inputs, contributions, needs):
             if c is None or not need:

@@ -18,11 +18,20 @@ class ArrayExprPrinter:
     def __init__(self, ns: str = "np"):
         self.ns = ns
         self.funcs = {
-            sp.exp: f"{ns}.exp", sp.log: f"{ns}.log", sf.log1p: f"{ns}.log1p",
-            sf.expm1: f"{ns}.expm1", sp.tanh: f"{ns}.tanh", sp.sin: f"{ns}.sin",
-            sp.cos: f"{ns}.cos", sp.Abs: f"{ns}.abs", sp.sign: f"{ns}.sign",
-            sp.floor: f"{ns}.floor", sf.sigmoid: "sigmoid", sf.softplus: "softplus",
-            sf.relu: "relu", sf.step: "step",
+            sp.exp: f"{ns}.exp",
+            sp.log: f"{ns}.log",
+            sf.log1p: f"{ns}.log1p",
+            sf.expm1: f"{ns}.expm1",
+            sp.tanh: f"{ns}.tanh",
+            sp.sin: f"{ns}.sin",
+            sp.cos: f"{ns}.cos",
+            sp.Abs: f"{ns}.abs",
+            sp.sign: f"{ns}.sign",
+            sp.floor: f"{ns}.floor",
+            sf.sigmoid: "sigmoid",
+            sf.softplus: "softplus",
+            sf.relu: "relu",
+            sf.step: "step",
         }
 
     def print(self, expr, names: dict[str, str]) -> str:
@@ -73,7 +82,9 @@ class ArrayExprPrinter:
         fn = self.funcs.get(e.func)
         if fn is not None:
             return f"{fn}({', '.join(self._p(a) for a in e.args)})"
-        raise BackendError(f"kernel printer ({self.ns}): no rule for SymPy {e.func.__name__} in {e}")
+        raise BackendError(
+            f"kernel printer ({self.ns}): no rule for SymPy {e.func.__name__} in {e}"
+        )
 
     def _num(self, e) -> str:
         if e is sp.nan:
@@ -112,7 +123,9 @@ class ArrayExprPrinter:
                 num.append(f)
         s = "*".join(self._p(f) for f in num) if num else "1.0"
         if den:
-            s += "/" + ("(" + "*".join(self._p(f) for f in den) + ")" if len(den) > 1 else self._p(den[0]))
+            s += "/" + (
+                "(" + "*".join(self._p(f) for f in den) + ")" if len(den) > 1 else self._p(den[0])
+            )
         return f"({s})"
 
     def _pow(self, e) -> str:

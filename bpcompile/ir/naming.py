@@ -6,9 +6,35 @@ import keyword
 
 from .node import NAMES, Node
 
-RESERVED = {"np", "jnp", "jax", "lax", "math", "out", "grads", "self", "sigmoid", "softplus",
-            "relu", "step", "one_hot", "iota", "pad", "float", "sum", "max", "min", "abs", "round",
-            "slice", "input", "type", "len", "range", "id"}
+RESERVED = {
+    "np",
+    "jnp",
+    "jax",
+    "lax",
+    "math",
+    "out",
+    "grads",
+    "self",
+    "sigmoid",
+    "softplus",
+    "relu",
+    "step",
+    "one_hot",
+    "iota",
+    "pad",
+    "float",
+    "sum",
+    "max",
+    "min",
+    "abs",
+    "round",
+    "slice",
+    "input",
+    "type",
+    "len",
+    "range",
+    "id",
+}
 
 
 def assign_names(order: list[Node], reserved=()) -> dict[Node, str]:

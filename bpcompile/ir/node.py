@@ -13,7 +13,7 @@ import weakref
 
 import numpy as np
 
-_INTERN: "weakref.WeakValueDictionary[tuple, Node]" = weakref.WeakValueDictionary()
+_INTERN: weakref.WeakValueDictionary[tuple, Node] = weakref.WeakValueDictionary()
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -89,7 +89,7 @@ class Node:
         n = self.attr("name")
         return n if n is not None and self.op in ("input", "param") else NAMES.get(self)
 
-    def named(self, name: str) -> "Node":
+    def named(self, name: str) -> Node:
         """Give this node a readable name for generated code (does not change the graph)."""
         NAMES[self] = name
         return self
@@ -115,7 +115,7 @@ class Node:
 
 # Readable names for non-leaf nodes (user `.named()`, autodiff's d<name>). A side table, so a
 # name never splits two otherwise identical nodes.
-NAMES: "weakref.WeakKeyDictionary[Node, str]" = weakref.WeakKeyDictionary()
+NAMES: weakref.WeakKeyDictionary[Node, str] = weakref.WeakKeyDictionary()
 
 
 def make(op: str, inputs=(), **attrs) -> Node:

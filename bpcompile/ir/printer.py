@@ -28,8 +28,14 @@ def format_graph(outputs: list[Node], labels: list[str] | None = None) -> str:
     names = assign_names(order)
     ins = [n for n in order if n.op == "input"]
     params = [n for n in order if n.op == "param"]
-    lines = ["{ lambda " + " ".join(f"{names[n]}:{type_str(n)}" for n in ins) + " ; "
-             + " ".join(f"{names[n]}:{type_str(n)}" for n in params) + " .", "  let"]
+    lines = [
+        "{ lambda "
+        + " ".join(f"{names[n]}:{type_str(n)}" for n in ins)
+        + " ; "
+        + " ".join(f"{names[n]}:{type_str(n)}" for n in params)
+        + " .",
+        "  let",
+    ]
     for n in order:
         if n.op in ("input", "param"):
             continue
@@ -41,5 +47,7 @@ def format_graph(outputs: list[Node], labels: list[str] | None = None) -> str:
     outs = ", ".join(names[o] for o in outputs)
     lines.append(f"  in ( {outs} ) }}")
     if labels:
-        lines.append("  # outputs: " + ", ".join(f"{lab}={names[o]}" for lab, o in zip(labels, outputs)))
+        lines.append(
+            "  # outputs: " + ", ".join(f"{lab}={names[o]}" for lab, o in zip(labels, outputs))
+        )
     return "\n".join(lines)

@@ -83,7 +83,11 @@ UNARY = {
     "neg": (_vjp_neg, lambda a: -a, "-x"),
     "exp": (lambda y, g, n: (mul(g, y),), sp.exp, "e**x; VJP reuses the output"),
     "log": (lambda y, g, n: (div(g, y.inputs[0]),), sp.log, "natural log"),
-    "log1p": (lambda y, g, n: (div(g, add(y.inputs[0], 1.0)),), sf.log1p, "log(1+x), accurate near 0"),
+    "log1p": (
+        lambda y, g, n: (div(g, add(y.inputs[0], 1.0)),),
+        sf.log1p,
+        "log(1+x), accurate near 0",
+    ),
     "expm1": (lambda y, g, n: (mul(g, add(y, 1.0)),), sf.expm1, "exp(x)-1, accurate near 0"),
     "sqrt": (lambda y, g, n: (div(g, mul(y, 2.0)),), sp.sqrt, "square root"),
     "abs": (lambda y, g, n: (mul(g, unary("sign", y.inputs[0])),), sp.Abs, "|x|; d/dx = sign(x)"),
@@ -112,7 +116,7 @@ for _name, (_vjp, _sym, _doc) in UNARY.items():
             _name,
             "elementwise",
             _unary_infer(_name),
-            (lambda f: (lambda node, g, needs: f(node, g, needs)))(_vjp) if _vjp else None,
+            (lambda f: lambda node, g, needs: f(node, g, needs))(_vjp) if _vjp else None,
             _doc,
             sympy=_sym,
         )
@@ -205,7 +209,7 @@ for _name, (_vjp, _sym, _doc) in BINARY.items():
             _name,
             "elementwise",
             _binary_infer(_name),
-            (lambda f: (lambda node, g, needs: f(node, g, needs)))(_vjp),
+            (lambda f: lambda node, g, needs: f(node, g, needs))(_vjp),
             _doc,
             sympy=_sym,
         )
@@ -283,8 +287,14 @@ COMPARE = {
 }
 for _name, (_sym, _doc) in COMPARE.items():
     register(
-        Op(_name, "elementwise", _compare_infer(_name), lambda node, g, needs: (None, None),
-           _doc + " (bool result; no gradient)", sympy=_sym)
+        Op(
+            _name,
+            "elementwise",
+            _compare_infer(_name),
+            lambda node, g, needs: (None, None),
+            _doc + " (bool result; no gradient)",
+            sympy=_sym,
+        )
     )
 
 
@@ -337,8 +347,14 @@ def _vjp_where(y, g, needs):
 
 
 register(
-    Op("where", "elementwise", _where_infer, _vjp_where, "where(c, a, b): a where c else b",
-       sympy=lambda c, a, b: sp.Piecewise((a, c), (b, True)))
+    Op(
+        "where",
+        "elementwise",
+        _where_infer,
+        _vjp_where,
+        "where(c, a, b): a where c else b",
+        sympy=lambda c, a, b: sp.Piecewise((a, c), (b, True)),
+    )
 )
 
 
@@ -364,9 +380,14 @@ def _vjp_cast(y, g, needs):
 
 
 register(
-    Op("cast", "elementwise", lambda inputs, attrs: (inputs[0].shape, attrs["dtype"]), _vjp_cast,
-       "convert dtype; gradient flows only between float types",
-       sympy=None)  # fusion handles cast itself: a bool operand becomes Piecewise((1, c), (0, True))
+    Op(
+        "cast",
+        "elementwise",
+        lambda inputs, attrs: (inputs[0].shape, attrs["dtype"]),
+        _vjp_cast,
+        "convert dtype; gradient flows only between float types",
+        sympy=None,
+    )  # fusion handles cast itself: a bool operand becomes Piecewise((1, c), (0, True))
 )
 
 
@@ -379,8 +400,14 @@ def cast(x, dtype) -> Node:
 
 
 register(
-    Op("stop_gradient", "elementwise", lambda inputs, attrs: (inputs[0].shape, inputs[0].dtype),
-       lambda node, g, needs: (None,), "identity whose gradient is zero", sympy=lambda a: a)
+    Op(
+        "stop_gradient",
+        "elementwise",
+        lambda inputs, attrs: (inputs[0].shape, inputs[0].dtype),
+        lambda node, g, needs: (None,),
+        "identity whose gradient is zero",
+        sympy=lambda a: a,
+    )
 )
 
 

@@ -20,7 +20,7 @@ def _infer_take(inputs, attrs):
         raise DTypeError(f"take: indices must be int32, got {idx.dtype}")
     if not 0 <= axis < x.ndim:
         raise ShapeError(f"take: axis {axis} out of range for shape {x.shape}")
-    return x.shape[:axis] + idx.shape + x.shape[axis + 1:], x.dtype
+    return x.shape[:axis] + idx.shape + x.shape[axis + 1 :], x.dtype
 
 
 def _vjp_take(y, g, needs):
@@ -32,12 +32,15 @@ def _vjp_take(y, g, needs):
     if not needs[0]:
         return None, None
     axis, n, k = y.attr("axis"), x.shape[y.attr("axis")], idx.size
-    perm = tuple(range(axis, axis + idx.ndim)) + tuple(range(axis)) + tuple(
-        range(axis + idx.ndim, g.ndim))
+    perm = (
+        tuple(range(axis, axis + idx.ndim))
+        + tuple(range(axis))
+        + tuple(range(axis + idx.ndim, g.ndim))
+    )
     gt = reshape(transpose(g, perm), (k, -1))
     oh = one_hot(reshape(idx, (k,)), n, x.dtype)  # (k, n)
     dx = matmul2(swap_last(oh), gt)  # (n, rest)
-    rest = x.shape[:axis] + x.shape[axis + 1:]
+    rest = x.shape[:axis] + x.shape[axis + 1 :]
     dx = reshape(dx, (n,) + rest)
     inv = tuple(range(1, axis + 1)) + (0,) + tuple(range(axis + 1, x.ndim))
     return transpose(dx, inv), None
@@ -60,8 +63,15 @@ def _infer_one_hot(inputs, attrs):
     return idx.shape + (attrs["n"],), attrs["dtype"]
 
 
-register(Op("one_hot", "index", _infer_one_hot, lambda y, g, n: (None,),
-            "one_hot(idx, n)[..., j] = (idx == j); no gradient"))
+register(
+    Op(
+        "one_hot",
+        "index",
+        _infer_one_hot,
+        lambda y, g, n: (None,),
+        "one_hot(idx, n)[..., j] = (idx == j); no gradient",
+    )
+)
 
 
 def one_hot(idx, n: int, dtype="float32") -> Node:

@@ -7,7 +7,7 @@ SymPy; where the derivative contains the forward expression it reuses the output
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import sympy as sp
 
@@ -19,7 +19,7 @@ from .elementwise import _broadcast, as_node
 from .registry import Op, register
 
 
-@lru_cache(maxsize=None)
+@cache
 def sym(i: int) -> sp.Symbol:
     return sp.Symbol(f"a{i}", real=True)
 
@@ -49,8 +49,15 @@ def _vjp(y, g, needs):
     return tuple(out)
 
 
-register(Op("kernel", "kernel", _infer, _vjp,
-            "fused elementwise kernel; attrs: expr (SymPy in a0..), name, dtype"))
+register(
+    Op(
+        "kernel",
+        "kernel",
+        _infer,
+        _vjp,
+        "fused elementwise kernel; attrs: expr (SymPy in a0..), name, dtype",
+    )
+)
 
 
 def kernel(expr: sp.Expr, inputs, name: str = "fused", dtype=None) -> Node:
@@ -81,22 +88,29 @@ def kernel(expr: sp.Expr, inputs, name: str = "fused", dtype=None) -> Node:
         from .leaves import const
 
         return const(float(expr), dtype)
-    if expr in [sym(i) for i in range(len(new_inputs))] and new_inputs[
-            int(str(expr)[1:])].dtype == dtype:
+    if (
+        expr in [sym(i) for i in range(len(new_inputs))]
+        and new_inputs[int(str(expr)[1:])].dtype == dtype
+    ):
         return new_inputs[int(str(expr)[1:])]
     return make("kernel", new_inputs, expr=expr, name=name, dtype=dtype)
 
 
 class ElementwiseFn:
-    """A user op from a SymPy expression: `mish = bp.elementwise(z*sp.tanh(sp.log(1+sp.exp(z))), z)`."""
+    """A user op from a SymPy expression.
+
+    mish = bp.elementwise(z * sp.tanh(sp.log(1 + sp.exp(z))), z, name="mish")
+    """
 
     def __init__(self, expr, symbols, name: str):
         symbols = (symbols,) if isinstance(symbols, sp.Symbol) else tuple(symbols)
         free = sp.sympify(expr).free_symbols
         extra = free - set(symbols)
         if extra:
-            raise ValueError(f"elementwise {name}: expression has free symbols {extra} "
-                             f"that are not among its arguments {symbols}")
+            raise ValueError(
+                f"elementwise {name}: expression has free symbols {extra} "
+                f"that are not among its arguments {symbols}"
+            )
         real = {s: sym(i) for i, s in enumerate(symbols)}
         self.expr = sp.sympify(expr).xreplace(real)
         self.arity = len(symbols)

@@ -20,7 +20,9 @@ def _infer_named(inputs, attrs):
 
 
 register(Op("input", "leaf", _infer_named, None, "A named input fed at call time (data, labels)."))
-register(Op("param", "leaf", _infer_named, None, "A named parameter; gradients are taken w.r.t. these."))
+register(
+    Op("param", "leaf", _infer_named, None, "A named parameter; gradients are taken w.r.t. these.")
+)
 register(
     Op(
         "const",

@@ -19,21 +19,28 @@ def _infer(inputs, attrs):
     if a.shape[-1] != b.shape[-2]:
         raise ShapeError(
             f"matmul: inner dimensions differ: {a.shape} @ {b.shape} "
-            f"({a.shape[-1]} != {b.shape[-2]})")
+            f"({a.shape[-1]} != {b.shape[-2]})"
+        )
     if a.dtype != b.dtype or not is_float(a.dtype):
-        raise DTypeError(f"matmul: needs two operands of one float dtype, got {a.dtype} @ {b.dtype}")
+        raise DTypeError(
+            f"matmul: needs two operands of one float dtype, got {a.dtype} @ {b.dtype}"
+        )
     try:
         batch = tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
     except ValueError:
-        raise ShapeError(f"matmul: batch dimensions of {a.shape} @ {b.shape} do not broadcast") from None
+        raise ShapeError(
+            f"matmul: batch dimensions of {a.shape} @ {b.shape} do not broadcast"
+        ) from None
     return batch + (a.shape[-2], b.shape[-1]), a.dtype
 
 
 def _vjp(y, g, needs):
     # dA = G Bᵀ, dB = Aᵀ G; the reverse sweep sums over broadcast batch axes.
     a, b = y.inputs
-    return (matmul2(g, swap_last(b)) if needs[0] else None,
-            matmul2(swap_last(a), g) if needs[1] else None)
+    return (
+        matmul2(g, swap_last(b)) if needs[0] else None,
+        matmul2(swap_last(a), g) if needs[1] else None,
+    )
 
 
 register(Op("matmul", "matmul", _infer, _vjp, "a @ b over the last two axes, batched"))

@@ -18,8 +18,15 @@ def _infer_reshape(inputs, attrs):
     return shape, x.dtype
 
 
-register(Op("reshape", "movement", _infer_reshape,
-            lambda y, g, n: (reshape(g, y.inputs[0].shape),), "row-major reshape"))
+register(
+    Op(
+        "reshape",
+        "movement",
+        _infer_reshape,
+        lambda y, g, n: (reshape(g, y.inputs[0].shape),),
+        "row-major reshape",
+    )
+)
 
 
 def reshape(x, shape) -> Node:
@@ -45,14 +52,24 @@ def _infer_transpose(inputs, attrs):
     return tuple(x.shape[p] for p in perm), x.dtype
 
 
-register(Op("transpose", "movement", _infer_transpose,
-            lambda y, g, n: (transpose(g, tuple(np.argsort(y.attr("perm")).tolist())),),
-            "permute axes"))
+register(
+    Op(
+        "transpose",
+        "movement",
+        _infer_transpose,
+        lambda y, g, n: (transpose(g, tuple(np.argsort(y.attr("perm")).tolist())),),
+        "permute axes",
+    )
+)
 
 
 def transpose(x, perm=None) -> Node:
     x = as_node(x)
-    perm = tuple(reversed(range(x.ndim))) if perm is None else tuple(int(p) % max(x.ndim, 1) for p in perm)
+    perm = (
+        tuple(reversed(range(x.ndim)))
+        if perm is None
+        else tuple(int(p) % max(x.ndim, 1) for p in perm)
+    )
     if perm == tuple(range(x.ndim)):
         return x
     return make("transpose", (x,), perm=perm)
@@ -77,9 +94,15 @@ def _infer_broadcast(inputs, attrs):
     return shape, x.dtype
 
 
-register(Op("broadcast_to", "movement", _infer_broadcast,
-            lambda y, g, n: (unbroadcast(g, y.inputs[0].shape),),
-            "numpy-style broadcast to a larger shape"))
+register(
+    Op(
+        "broadcast_to",
+        "movement",
+        _infer_broadcast,
+        lambda y, g, n: (unbroadcast(g, y.inputs[0].shape),),
+        "numpy-style broadcast to a larger shape",
+    )
+)
 
 
 def broadcast_to(x, shape) -> Node:
@@ -99,7 +122,8 @@ def unbroadcast(g: Node, shape) -> Node:
         return g
     lead = g.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(
-        lead + i for i, s in enumerate(shape) if s == 1 and g.shape[lead + i] != 1)
+        lead + i for i, s in enumerate(shape) if s == 1 and g.shape[lead + i] != 1
+    )
     return reshape(sum_(g, axes), shape)
 
 
@@ -108,9 +132,11 @@ def _infer_concat(inputs, attrs):
     first = inputs[0]
     for x in inputs:
         if x.ndim != first.ndim or any(
-                a != b for i, (a, b) in enumerate(zip(x.shape, first.shape)) if i != axis):
+            a != b for i, (a, b) in enumerate(zip(x.shape, first.shape)) if i != axis
+        ):
             raise ShapeError(
-                f"concatenate: shapes {[i.shape for i in inputs]} differ off axis {axis}")
+                f"concatenate: shapes {[i.shape for i in inputs]} differ off axis {axis}"
+            )
         if x.dtype != first.dtype:
             raise ShapeError(f"concatenate: dtypes differ: {[i.dtype for i in inputs]}")
     shape = list(first.shape)
@@ -174,8 +200,15 @@ def _vjp_slice(y, g, needs):
     return (pad(g, lo, hi, interior),)
 
 
-register(Op("slice", "movement", _infer_slice, _vjp_slice,
-            "basic slicing start:stop:step (positive steps) on every axis"))
+register(
+    Op(
+        "slice",
+        "movement",
+        _infer_slice,
+        _vjp_slice,
+        "basic slicing start:stop:step (positive steps) on every axis",
+    )
+)
 
 
 def slice_(x, starts, stops, steps) -> Node:
@@ -205,8 +238,15 @@ def _vjp_pad(y, g, needs):
     return (slice_(g, starts, stops, steps),)
 
 
-register(Op("pad", "movement", _infer_pad, _vjp_pad,
-            "zero padding: lo/hi per axis and `interior` zeros between elements (as lax.pad)"))
+register(
+    Op(
+        "pad",
+        "movement",
+        _infer_pad,
+        _vjp_pad,
+        "zero padding: lo/hi per axis and `interior` zeros between elements (as lax.pad)",
+    )
+)
 
 
 def pad(x, lo, hi, interior=None) -> Node:
@@ -231,7 +271,7 @@ def getitem(x: Node, index) -> Node:
     if Ellipsis in [i for i in index if i is Ellipsis]:
         k = index.index(Ellipsis)
         n_real = sum(i is not None for i in index) - 1
-        index = index[:k] + (slice(None),) * (x.ndim - n_real) + index[k + 1:]
+        index = index[:k] + (slice(None),) * (x.ndim - n_real) + index[k + 1 :]
     if sum(i is not None for i in index) > x.ndim:
         raise ShapeError(f"index: too many indices {index} for shape {x.shape}")
     starts, stops, steps, out_shape = [], [], [], []

@@ -33,11 +33,16 @@ def _infer(op):
         (x,) = inputs
         axes, keep = attrs["axes"], attrs["keepdims"]
         if op == "max" and any(x.shape[a] == 0 for a in axes):
-            raise ShapeError(f"max: reduction over an empty axis of shape {x.shape} has no identity")
+            raise ShapeError(
+                f"max: reduction over an empty axis of shape {x.shape} has no identity"
+            )
         if x.dtype == "bool":
             raise ShapeError(f"{op}: cannot reduce a bool tensor; cast it first")
-        shape = keep_shape(x.shape, axes) if keep else tuple(
-            s for i, s in enumerate(x.shape) if i not in axes)
+        shape = (
+            keep_shape(x.shape, axes)
+            if keep
+            else tuple(s for i, s in enumerate(x.shape) if i not in axes)
+        )
         return shape, x.dtype
 
     return infer
@@ -65,8 +70,15 @@ def _vjp_max(y, g, needs):
 
 
 register(Op("sum", "reduce", _infer("sum"), _vjp_sum, "sum over `axes` (keepdims optional)"))
-register(Op("max", "reduce", _infer("max"), _vjp_max,
-            "max over `axes`; the gradient is split evenly among tied maxima (as in JAX)"))
+register(
+    Op(
+        "max",
+        "reduce",
+        _infer("max"),
+        _vjp_max,
+        "max over `axes`; the gradient is split evenly among tied maxima (as in JAX)",
+    )
+)
 
 
 def sum_(x, axes=None, keepdims=False) -> Node:

@@ -5,8 +5,8 @@ Backends keep their own lowering tables keyed by op name; this module never impo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 from ..errors import BackendError
 
@@ -28,9 +28,9 @@ class Op:
     name: str
     kind: str
     infer: Callable
-    vjp: Optional[Callable]
+    vjp: Callable | None
     doc: str
-    sympy: Optional[Callable] = None
+    sympy: Callable | None = None
     attrs_doc: dict = field(default_factory=dict)
 
 

@@ -7,9 +7,8 @@ import numpy as np
 from ..ir.node import Node, make
 from ..ir.traverse import transform
 from ..ops import elementwise as ew
-from ..ops.leaves import const
+from ..ops.leaves import const, scalar_value
 from ..ops.movement import broadcast_to, reshape, transpose
-from ..ops.leaves import scalar_value
 from ..ops.registry import get_op
 from .patterns import is_op, is_scalar, same_shape_as
 
@@ -38,14 +37,15 @@ def _implicit_broadcast(n: Node):
     """f(broadcast_to(x), y) -> f(x, y) and f(c[1,1], y) -> f(c, y) when the other operands
     already give f's shape."""
     if get_op(n.op).kind not in ("elementwise", "kernel") or not any(
-            is_op(i, "broadcast_to") or (i.op == "const" and i.ndim and i.size == 1) for i in n.inputs):
+        is_op(i, "broadcast_to") or (i.op == "const" and i.ndim and i.size == 1) for i in n.inputs
+    ):
         return None
     new = list(n.inputs)
     for k, x in enumerate(n.inputs):
         if is_op(x, "broadcast_to"):
-            trial = new[:k] + [x.inputs[0]] + new[k + 1:]
+            trial = new[:k] + [x.inputs[0]] + new[k + 1 :]
         elif x.op == "const" and x.ndim > 0 and x.size == 1:
-            trial = new[:k] + [const(x.attr("value").array.reshape(()), x.dtype)] + new[k + 1:]
+            trial = new[:k] + [const(x.attr("value").array.reshape(()), x.dtype)] + new[k + 1 :]
         else:
             continue
         if tuple(np.broadcast_shapes(*[t.shape for t in trial])) == n.shape:
@@ -104,7 +104,9 @@ def _rules(n: Node):
         if i[1] is i[2]:
             return same_shape_as(i[1], n)  # where(c, x, x) -> x
         if is_op(i[0], "const") and is_scalar(i[0]):
-            return same_shape_as(i[1] if is_scalar(i[0], True) else i[2], n)  # where(True, a, b) -> a
+            return same_shape_as(
+                i[1] if is_scalar(i[0], True) else i[2], n
+            )  # where(True, a, b) -> a
     if op == "transpose" and is_op(i[0], "transpose"):
         inner, outer = i[0].attr("perm"), n.attr("perm")
         return transpose(i[0].inputs[0], tuple(inner[p] for p in outer))  # (xᵀ)ᵀ -> x
@@ -116,10 +118,18 @@ def _rules(n: Node):
         return broadcast_to(i[0].inputs[0], n.shape)  # bcast(bcast(x)) -> bcast(x)
     if op == "sum" and (r := _sum_of_broadcast(n)) is not None:
         return r  # sum(bcast(x)) over broadcast axes -> x * count
-    if op in ("sum", "max") and i[0].ndim == n.ndim and all(i[0].shape[a] == 1 for a in n.attr("axes")):
+    if (
+        op in ("sum", "max")
+        and i[0].ndim == n.ndim
+        and all(i[0].shape[a] == 1 for a in n.attr("axes"))
+    ):
         return i[0]  # reducing size-1 axes with keepdims -> x
-    if op == "cast" and is_op(i[0], "cast") and i[0].inputs[0].dtype == n.dtype \
-            and i[0].dtype in ("float64",):
+    if (
+        op == "cast"
+        and is_op(i[0], "cast")
+        and i[0].inputs[0].dtype == n.dtype
+        and i[0].dtype in ("float64",)
+    ):
         return i[0].inputs[0]  # widening then narrowing back -> x
     return None
 

@@ -60,8 +60,11 @@ def _expr(n: Node, inlined: set[Node], args: list[Node], root: bool = False):
         return n.attr("expr").xreplace({sym(k): e for k, e in enumerate(ins)})
     if n.op == "cast":
         x = n.inputs[0]
-        return sp.Piecewise((1, ins[0]), (0, True)) if x.dtype == "bool" and isinstance(
-            ins[0], sp.core.relational.Relational) else ins[0]
+        return (
+            sp.Piecewise((1, ins[0]), (0, True))
+            if x.dtype == "bool" and isinstance(ins[0], sp.core.relational.Relational)
+            else ins[0]
+        )
     return get_op(n.op).sympy(*ins)
 
 
@@ -122,4 +125,3 @@ def _kernel_name(n: Node, inlined: set[Node]) -> str:
             ops.append(m.op if m.op != "kernel" else m.attr("name"))
         stack.extend(i for i in m.inputs if i in inlined)
     return "_".join(reversed(ops[:3])) or "fused"
-

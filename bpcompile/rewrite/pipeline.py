@@ -20,7 +20,10 @@ from .stabilize import stabilize
 
 # Run on the forward graph before autodiff: a stable forward gives a stable backward.
 FORWARD_PASSES = [
-    ("canonicalize", canonicalize_forward), ("algebraic", algebraic), ("stabilize", stabilize)]
+    ("canonicalize", canonicalize_forward),
+    ("algebraic", algebraic),
+    ("stabilize", stabilize),
+]
 
 # Run on (loss, gradients...) after autodiff. "simplify" repeats the cheap passes to a fixpoint.
 PASSES = [
@@ -51,8 +54,9 @@ def _stage(name, outputs):
 def run(outputs: list[Node], passes=None, record=None) -> tuple[list[Node], list[Stage]]:
     """Apply `passes` (names or (name, fn) pairs; default PASSES) and return (outputs, stages)."""
     table = dict(PASSES)
-    chosen = PASSES if passes is None else [
-        (p, table[p]) if isinstance(p, str) else p for p in passes]
+    chosen = (
+        PASSES if passes is None else [(p, table[p]) if isinstance(p, str) else p for p in passes]
+    )
     unknown = [p for p in (passes or []) if isinstance(p, str) and p not in table]
     if unknown:
         raise ValueError(f"unknown passes {unknown}; available: {list(table)}")

@@ -51,13 +51,19 @@ def _rule(n: Node):
         if is_op(x, "sigmoid"):
             return ew.neg(ew.unary("softplus", ew.neg(x.inputs[0])))  # log σ(x) -> -softplus(-x)
         if is_op(x, "sub") and is_scalar(x.inputs[0], 1) and is_op(x.inputs[1], "sigmoid"):
-            return ew.neg(ew.unary("softplus", x.inputs[1].inputs[0]))  # log(1-σ(x)) -> -softplus(x)
+            return ew.neg(
+                ew.unary("softplus", x.inputs[1].inputs[0])
+            )  # log(1-σ(x)) -> -softplus(x)
         if is_op(x, "exp"):
             return x.inputs[0]  # log(exp(x)) -> x   (so log(softmax) -> log_softmax)
         if is_op(x, "sum") and is_op(x.inputs[0], "exp") and not _is_shifted(x.inputs[0].inputs[0]):
-            return _logsumexp(x.inputs[0].inputs[0], x.attr("axes"), x.attr("keepdims"))  # log Σ eˣ -> logsumexp
+            return _logsumexp(
+                x.inputs[0].inputs[0], x.attr("axes"), x.attr("keepdims")
+            )  # log Σ eˣ -> logsumexp
         if is_op(x, "div") and is_op(x.inputs[0], "exp"):
-            return ew.sub(x.inputs[0].inputs[0], ew.unary("log", x.inputs[1]))  # log(eᵃ/b) -> a - log b
+            return ew.sub(
+                x.inputs[0].inputs[0], ew.unary("log", x.inputs[1])
+            )  # log(eᵃ/b) -> a - log b
         y = _one_plus(x)
         if y is not None:
             if is_op(y, "exp"):
@@ -67,8 +73,14 @@ def _rule(n: Node):
         return ew.unary("softplus", i[0].inputs[0])  # log1p(eˣ) -> softplus(x)
     if op == "sub" and is_op(i[0], "exp") and is_scalar(i[1], 1) and i[1].ndim == 0:
         return ew.unary("expm1", i[0].inputs[0])  # eˣ - 1 -> expm1(x)
-    if op == "div" and is_op(i[0], "exp") and is_op(i[1], "sum") and i[1].attr("keepdims") \
-            and i[1].inputs[0] is i[0] and not _is_shifted(i[0].inputs[0]):
+    if (
+        op == "div"
+        and is_op(i[0], "exp")
+        and is_op(i[1], "sum")
+        and i[1].attr("keepdims")
+        and i[1].inputs[0] is i[0]
+        and not _is_shifted(i[0].inputs[0])
+    ):
         x = i[0].inputs[0]  # eˣ / Σeˣ -> exp(x - logsumexp(x))   (softmax without overflow)
         return ew.unary("exp", ew.sub(x, _logsumexp(x, i[1].attr("axes"), True)))
     return None

@@ -25,7 +25,9 @@ def one_hot(idx, n, dtype):
 
 
 def iota(shape, axis, dtype):
-    ix = np.arange(shape[axis], dtype=dtype).reshape([-1 if i == axis else 1 for i in range(len(shape))])
+    ix = np.arange(shape[axis], dtype=dtype).reshape(
+        [-1 if i == axis else 1 for i in range(len(shape))]
+    )
     return np.broadcast_to(ix, shape)
 
 
@@ -33,10 +35,22 @@ def pad(x, lo, hi, interior):
     """Zero padding with `interior` zeros between elements (lax.pad semantics, no negatives)."""
     shape = [a + b + n + max(n - 1, 0) * i for a, b, n, i in zip(lo, hi, x.shape, interior)]
     out = np.zeros(shape, x.dtype)
-    out[tuple(slice(a, a + (n - 1) * (i + 1) + 1 if n else a, i + 1)
-              for a, n, i in zip(lo, x.shape, interior))] = x
+    out[
+        tuple(
+            slice(a, a + (n - 1) * (i + 1) + 1 if n else a, i + 1)
+            for a, n, i in zip(lo, x.shape, interior)
+        )
+    ] = x
     return out
 
 
-NAMESPACE = {"np": np, "sigmoid": sigmoid, "softplus": softplus, "relu": relu, "step": step,
-             "one_hot": one_hot, "iota": iota, "pad": pad}
+NAMESPACE = {
+    "np": np,
+    "sigmoid": sigmoid,
+    "softplus": softplus,
+    "relu": relu,
+    "step": step,
+    "one_hot": one_hot,
+    "iota": iota,
+    "pad": pad,
+}
