@@ -30,6 +30,9 @@ from .ops.movement import (  # noqa: F401
     transpose,
 )
 from .ops.reduce import max_, sum_
+
+# Elementwise comparisons by name (`<`, `<=`, `>`, `>=` work as operators; `==` stays identity).
+equal, not_equal, less, less_equal, greater, greater_equal = ew.eq, ew.ne, ew.lt, ew.le, ew.gt, ew.ge
 from .ops.reduce import mean as mean_
 
 
