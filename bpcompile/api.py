@@ -30,10 +30,11 @@ from .ops.movement import (  # noqa: F401
     transpose,
 )
 from .ops.reduce import max_, sum_
+from .ops.reduce import mean as mean_
 
 # Elementwise comparisons by name (`<`, `<=`, `>`, `>=` work as operators; `==` stays identity).
-equal, not_equal, less, less_equal, greater, greater_equal = ew.eq, ew.ne, ew.lt, ew.le, ew.gt, ew.ge
-from .ops.reduce import mean as mean_
+equal, not_equal, less, less_equal = ew.eq, ew.ne, ew.lt, ew.le
+greater, greater_equal = ew.gt, ew.ge
 
 
 def _unary(name):
