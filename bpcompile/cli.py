@@ -12,6 +12,7 @@ on stderr, no traceback), 3 internal error (a bug: traceback on stderr). See doc
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import traceback
 from pathlib import Path
@@ -52,14 +53,14 @@ def _parser() -> argparse.ArgumentParser:
         return sp
 
     def backend(sp):
-        sp.add_argument("--backend", "-b", choices=BACKENDS, default="numpy",
-                        help="code generator (default: numpy)")
+        sp.add_argument("--backend", "-b", choices=BACKENDS, default="numpy", metavar="B",
+                        help=f"code generator: {', '.join(BACKENDS)} (default: numpy)")
 
     c = add("compile", "print the generated derivative code or a graph of it")
     backend(c)
-    c.add_argument("--emit", "-e", choices=list(EMITS), default="source",
-                   help="what to print (default: source); llvm/asm need --backend llvm, "
-                        "jax/stablehlo need --backend jax")
+    c.add_argument("--emit", "-e", choices=list(EMITS), default="source", metavar="WHAT",
+                   help=f"what to print: {', '.join(EMITS)} (default: source); llvm/asm need "
+                        "--backend llvm, jax/stablehlo need --backend jax")
     c.add_argument("--dump-passes", action="store_true",
                    help="print the graph after every stage of the pipeline instead")
     c.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
@@ -125,10 +126,15 @@ def cmd_check(args) -> int:
     if check is None:
         raise UsageError("bpcompile.check is not available in this version")
     model = _load(args.spec)
+    options = {}
+    if importlib.util.find_spec("jax") is None:  # finite differences still check the derivation
+        print("note: jax is not installed; checking against finite differences only "
+              "(pip install 'bpcompile[jax]')", file=sys.stderr)
+        options["use_jax"] = False
     report = check(model.loss, model.wrt, inputs=model.example_inputs(args.seed),
                    params=model.init_params(args.seed), backend=args.backend,
                    seed=model.seed if args.seed is None else args.seed,
-                   rtol=args.rtol, atol=args.atol)
+                   rtol=args.rtol, atol=args.atol, **options)
     print(f"{model.describe()}")
     print(report)
     return 0 if report.ok else 1

@@ -72,9 +72,26 @@ class Program:
         self.impl = backend_cls(outputs, self.args, title=self._title(), **options)
         self.timings = {"graph": t1 - t0, "codegen": time.perf_counter() - t1}
 
+    def memory(self) -> dict:
+        """The backend's static memory plan (peak bytes, buffers, saved for backward), if any."""
+        report = getattr(self.impl, "memory", None)
+        if report is None:
+            raise NotImplementedError(f"the {self.backend_name} backend has no memory plan")
+        return report()
+
     def source(self, stage: str | None = None) -> str:
         """The generated code (NumPy source, LLVM IR, or JAX source, per backend)."""
         return self.impl.source(stage)
+
+    def lowered(self):
+        """(jax backend) The `jax.stages.Lowered` program: `.as_text()`, `.compile()`, ..."""
+        return self._backend_method("lowered")()
+
+    def _backend_method(self, name: str):
+        fn = getattr(self.impl, name, None)
+        if fn is None:
+            raise BackendError(f"{name}() needs backend='jax' (this is {self.backend_name!r})")
+        return fn
 
     def graph(self, stage: str = "final") -> str:
         """The graph at a stage: forward, adjoint (raw), a pass name, or final."""
@@ -131,8 +148,24 @@ class Compiled(Program):
         )
         # A backend may supply its own validated fast call path (see docs/architecture.md).
         make_caller = getattr(self.impl, "make_caller", None)
-        self._call = (
-            make_caller(self.signature, self.grad_names) if make_caller else self._default_call
+        caller = make_caller(self.signature, self.grad_names) if make_caller else None
+        self._call = caller or self._default_call
+        native = getattr(caller, "bp_native", None)
+        if native is not None:
+            # A C-level caller becomes the class's __call__ (a builtin is not bound to self),
+            # so fn(**kw) reaches native code without a Python frame.
+            self.__class__ = type(type(self).__name__, (type(self),), {"__call__": native})
+
+    def as_jax_function(self):
+        """(jax backend) `f(params: dict, **inputs) -> loss` for user JAX code; jax.grad of it
+        runs this compiled backward (jax.custom_vjp). Composes with jax.jit and jax.vmap."""
+        return self._backend_method("as_jax_function")(self.grad_names)
+
+    def data_parallel(self, batch_inputs=None, devices=None):
+        """(jax backend) The same program with the batch axis of `batch_inputs` (names, or
+        {name: axis}; default every input) sharded over `devices` (default jax.devices())."""
+        return self._backend_method("data_parallel")(
+            self.signature, self.grad_names, batch_inputs, devices
         )
 
     def _title(self):

@@ -3,7 +3,6 @@ malformed specs raise SpecError naming the file, the table/key and what was expe
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,10 @@ from bpcompile.errors import SpecError
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TOML_EXAMPLES = ["xor.toml", "mnist_mlp.toml", "mlp_small.toml"]
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
@@ -211,6 +214,17 @@ def test_explicit_input_and_prediction_keys():
     doc["layers"][-1]["input"] = "x"
     model = spec.from_dict(doc, "p.toml")
     assert model.loss.dtype == "float64"
+
+
+def test_flatten_layer():
+    doc = _doc()
+    doc["inputs"][0]["shape"] = [8, 5, 2]
+    doc["layers"].insert(0, {"type": "flatten"})
+    model = spec.from_dict(doc, "f.toml")
+    assert [w.shape for w in model.wrt][0] == (10, 4)
+    assert [w.attr("name") for w in model.wrt][0] == "Wh"
+    _, grads = model.compile()(**model.example_inputs(), **model.init_params())
+    assert np.all(np.isfinite(grads["Wh"])) and np.any(grads["Wh"] != 0)
 
 
 def test_python_model_returning_dict(tmp_path):

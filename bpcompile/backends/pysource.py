@@ -44,8 +44,8 @@ def emit_function(
 
     `outputs[0]` is the loss; nodes it depends on are the forward pass, the rest backward.
     """
-    order = toposort(outputs)
-    names = assign_names(order)
+    order = toposort(list(outputs) + list(args))  # args may be unused after simplification
+    names = assign_names(list(args) + order)  # an unused argument still needs its name
     forward = set(toposort(outputs[:1]))
     consts: dict[str, np.ndarray] = {}
     expr_of: dict[Node, str] = {}

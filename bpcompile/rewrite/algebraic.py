@@ -53,6 +53,21 @@ def _implicit_broadcast(n: Node):
     return make(n.op, new, **dict(n.attrs)) if new != list(n.inputs) else None
 
 
+def _resum(n: Node, x: Node) -> Node:
+    """The reduction `n` applied to another operand of the same shape."""
+    return make("sum", (x,), **dict(n.attrs))
+
+
+def _merge_sums(outer: Node, inner: Node) -> Node:
+    x, a = inner.inputs[0], inner.attr("axes")
+    if inner.attr("keepdims"):
+        axes = set(a) | set(outer.attr("axes"))
+    else:
+        rest = [d for d in range(x.ndim) if d not in a]
+        axes = set(a) | {rest[b] for b in outer.attr("axes")}
+    return make("sum", (x,), axes=tuple(sorted(axes)), keepdims=outer.attr("keepdims"))
+
+
 def _rules(n: Node):
     op, i = n.op, n.inputs
     if (r := _implicit_broadcast(n)) is not None:
@@ -93,6 +108,28 @@ def _rules(n: Node):
         return same_shape_as(i[0], n)  # x / 1 -> x
     if op == "neg" and is_op(i[0], "neg"):
         return i[0].inputs[0]  # --x -> x
+    if (
+        op == "neg"
+        and is_op(i[0], "mul")
+        and i[0].inputs[1].op == "const"
+        and i[0].inputs[1].ndim == 0
+    ):
+        return ew.mul(
+            i[0].inputs[0], const(-scalar_value(i[0].inputs[1]), n.dtype)
+        )  # -(x*c) -> x*(-c)
+    if op == "sum" and is_op(i[0], "sum") and n.attr("keepdims") == i[0].attr("keepdims"):
+        return _merge_sums(n, i[0])  # Σ_b Σ_a x -> Σ_(a∪b) x
+    if op == "sum" and is_op(i[0], "neg"):
+        return ew.neg(_resum(n, i[0].inputs[0]))  # Σ(-x) -> -Σx
+    if (
+        op == "sum"
+        and is_op(i[0], "mul")
+        and i[0].inputs[1].op == "const"
+        and i[0].inputs[1].ndim == 0
+    ):
+        return ew.mul(_resum(n, i[0].inputs[0]), i[0].inputs[1])  # Σ(x*c) -> (Σx)*c
+    if op == "sum" and is_op(i[0], "one_hot") and n.attr("axes") == (i[0].ndim - 1,):
+        return broadcast_to(const(1.0, n.dtype), n.shape)  # one-hot rows sum to 1
     if op == "pow" and i[1].ndim == 0:
         if is_scalar(i[1], 1):
             return same_shape_as(i[0], n)  # x**1 -> x

@@ -121,7 +121,8 @@ def _kernel_name(n: Node, inlined: set[Node]) -> str:
     stack = [n]
     while stack:
         m = stack.pop()
-        if m.op not in ("add", "sub", "mul", "div", "neg", "cast", "where") and m.op not in ops:
+        skip = ("add", "sub", "mul", "div", "neg", "cast", "where") + COMPARISONS
+        if m.op not in skip and m.op not in ops:
             ops.append(m.op if m.op != "kernel" else m.attr("name"))
         stack.extend(i for i in m.inputs if i in inlined)
     return "_".join(reversed(ops[:3])) or "fused"

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from ...errors import BackendError
 from ...ir.node import Node
-from ..kernel_printer import ArrayExprPrinter
+from ..kernel_printer import ArrayExprPrinter, has_literal_branches
 
 PRINTER = ArrayExprPrinter("jnp")
 JNP_DTYPE = {"float32": "jnp.float32", "float64": "jnp.float64", "int32": "jnp.int32",
@@ -43,8 +43,14 @@ def _pad(n, a):
 
 
 def _kernel(n, a):
-    body = PRINTER.print(n.attr("expr"), {f"a{i}": s for i, s in enumerate(a)})
-    return f"jnp.asarray({body}, dtype={JNP_DTYPE[n.dtype]})"
+    expr = n.attr("expr")
+    body = PRINTER.print(expr, {f"a{i}": s for i, s in enumerate(a)})
+    # Python literals are weakly typed in JAX, so a body over operands of the kernel's own
+    # dtype keeps that dtype; literal branches (where(c, 1.0, 0.0)) or mixed-dtype operands
+    # would promote (to float64 under x64), so those get an explicit dtype.
+    if has_literal_branches(expr) or any(i.dtype != n.dtype for i in n.inputs):
+        return f"jnp.asarray({body}, dtype={JNP_DTYPE[n.dtype]})"
+    return body
 
 
 LOWERINGS.update({
@@ -58,12 +64,13 @@ LOWERINGS.update({
                          + (", dtype=jnp.int32)" if n.dtype == "int32" else ")")),
     "max": lambda n, a: f"jnp.max({a[0]}, axis={n.attr('axes')}, keepdims={n.attr('keepdims')})",
     "reshape": lambda n, a: f"jnp.reshape({a[0]}, {n.shape})",
-    "transpose": lambda n, a: f"jnp.transpose({a[0]}, {n.attr('perm')})",
+    "transpose": lambda n, a: (f"{a[0]}.T" if n.attr("perm") == (1, 0)
+                               else f"jnp.transpose({a[0]}, {n.attr('perm')})"),
     "broadcast_to": lambda n, a: f"jnp.broadcast_to({a[0]}, {n.shape})",
     "concatenate": lambda n, a: f"jnp.concatenate([{', '.join(a)}], axis={n.attr('axis')})",
     "slice": _slice,
     "pad": _pad,
-    "matmul": lambda n, a: f"jnp.matmul({a[0]}, {a[1]})",
+    "matmul": lambda n, a: f"{a[0]} @ {a[1]}",
     "take": lambda n, a: f"jnp.take({a[0]}, {a[1]}, axis={n.attr('axis')})",
     "one_hot": lambda n, a: f"jax.nn.one_hot({a[0]}, {n.attr('n')}, dtype={JNP_DTYPE[n.dtype]})",
     "iota": lambda n, a: (f"lax.broadcasted_iota({JNP_DTYPE[n.dtype]}, {n.shape}, "

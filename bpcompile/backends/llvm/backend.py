@@ -26,7 +26,11 @@ from . import blas, cache, jit, pycall
 from .codegen import Program
 from .memplan import ALIGN
 
-OPTIONS = ("gemm_threshold", "copy_outputs", "fast_call", "cache", "opt")
+OPTIONS = ("gemm_threshold", "blas_threads", "copy_outputs", "fast_call", "cache", "opt")
+# OpenBLAS threads per BLAS call. 1 by default: on the shared 2-core machine OpenBLAS's thread
+# server spent >80% of the MNIST step spinning and waiting (perf), single-threaded calls were
+# 3-10x faster there. None leaves OpenBLAS's own setting alone.
+BLAS_THREADS = 1
 
 
 class LLVMBackend:
@@ -43,7 +47,8 @@ class LLVMBackend:
         self.copy_outputs = bool(options.get("copy_outputs", False))
         self.opt = int(options.get("opt", 3))
         t0 = time.perf_counter()
-        self.program = Program(outputs, args, self.gemm_threshold)
+        self.program = Program(outputs, args, self.gemm_threshold,
+                               options.get("blas_threads", BLAS_THREADS))
         self.module = build_module(self.program, title, with_pycall=options.get("fast_call", True))
         self._ir = str(self.module)
         self.tm = jit.target_machine(jit=True, opt=self.opt)
@@ -58,10 +63,11 @@ class LLVMBackend:
             if key:
                 cache.store(key, obj)
         self.timings = {"llvm": time.perf_counter() - t0}
+        if self.program.matmul_plan:
+            blas.register()
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.tm)
         self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self.engine.finalize_object()
-        self._set_blas_globals()
         self._alloc_arena()
         addr = self.engine.get_function_address("bp_entry")
         self._entry = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addr)
@@ -71,17 +77,6 @@ class LLVMBackend:
         self._argv[-1] = self.ws_addr
 
     # -- setup --------------------------------------------------------------------------------
-    def _set_blas_globals(self):
-        if not self.program.matmul_plan:
-            return
-        for name, addr in blas.addresses().items():
-            try:
-                where = self.engine.get_global_value_address(name)
-            except Exception:
-                where = 0
-            if where:
-                ctypes.c_void_p.from_address(where).value = addr
-
     def _alloc_arena(self):
         """Outputs then workspace in one block, each 64-byte aligned, allocated once."""
         def up(n):

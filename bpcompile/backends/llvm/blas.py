@@ -1,8 +1,9 @@
 """Matmul through SciPy's BLAS (sgemm/dgemm) for shapes where it beats inline loops.
 
 SciPy exports the Fortran BLAS as PyCapsules in `scipy.linalg.cython_blas.__pyx_capi__`
-(numba's `call_xxgemm` reaches them the same way). The generated module holds a pointer
-global per routine that the loader fills in, so cached object code stays position independent.
+(numba's `call_xxgemm` reaches them the same way). The generated code calls external
+symbols bp_sgemm / bp_dgemm that the loader binds to those addresses, so cached object code
+holds no process-specific address.
 Fortran convention: every argument by pointer, column-major; a row-major C = A @ B is computed
 as the column-major Cᵀ = Bᵀ Aᵀ, which needs no data movement.
 """
@@ -10,6 +11,7 @@ as the column-major Cᵀ = Bᵀ Aᵀ, which needs no data movement.
 from __future__ import annotations
 
 import ctypes
+import functools
 from dataclasses import dataclass
 
 from llvmlite import ir
@@ -69,11 +71,8 @@ def emit_gemm(ctx, node, a: View, b: View, out: View, p: MatmulPlan):
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     ta, lda = layout(a.shape, a.strides)
     tb, ldb = layout(b.shape, b.strides)
-    gv = ctx.module.globals.get(GLOBALS[node.dtype])
-    if gv is None:
-        gv = ir.GlobalVariable(ctx.module, PTR, GLOBALS[node.dtype])
-        gv.initializer = ir.Constant(PTR, None)
-    fnty = ir.FunctionType(VOID, [PTR] * 13)
+    # an external symbol, bound by the loader with llvm.add_symbol (see `register`)
+    gemm = ctx.em.declare(GLOBALS[node.dtype], VOID, [PTR] * 13)
 
     def cell(ty_, v):
         slot = ctx.alloca(ty_)
@@ -89,10 +88,8 @@ def emit_gemm(ctx, node, a: View, b: View, out: View, p: MatmulPlan):
         pa = em.addr(ctx.ptr(a.buf), a.offset, a.strides, list(bi) + zero, ty)
         pb = em.addr(ctx.ptr(b.buf), b.offset, b.strides, list(bi) + zero, ty)
         pc = em.addr(ctx.ptr(out.buf), out.offset, out.strides, list(bi) + zero, ty)
-        fn = bld.load(gv, typ=PTR)
-        fn.function_type = fnty  # llvmlite's call() reads the callee type from this attribute
         f = args_fixed
-        bld.call(fn, [f["ta"], f["tb"], f["m"], f["n"], f["k"], f["alpha"], pb, f["lda"], pa,
+        bld.call(gemm, [f["ta"], f["tb"], f["m"], f["n"], f["k"], f["alpha"], pb, f["lda"], pa,
                       f["ldb"], f["beta"], pc, f["ldc"]])
 
 
@@ -108,5 +105,39 @@ def capsule_address(name: str) -> int:
     return get_ptr(cap, get_name(cap))
 
 
-def addresses() -> dict[str, int]:
-    return {"bp_sgemm": capsule_address("sgemm"), "bp_dgemm": capsule_address("dgemm")}
+@functools.lru_cache(maxsize=None)
+def register() -> None:
+    """Bind bp_sgemm / bp_dgemm (and the thread-count setter) for MCJIT, once per process."""
+    import llvmlite.binding as llvm
+
+    for sym, name in (("bp_sgemm", "sgemm"), ("bp_dgemm", "dgemm")):
+        llvm.add_symbol(sym, capsule_address(name))
+    addr = threads_setter()
+    if addr:
+        llvm.add_symbol(THREADS_SYMBOL, addr)
+
+
+THREADS_SYMBOL = "bp_blas_threads"
+
+
+@functools.lru_cache(maxsize=None)
+def threads_setter() -> int | None:
+    """Address of OpenBLAS's `openblas_set_num_threads_local` in SciPy's BLAS, if it has one.
+
+    It sets the calling thread's BLAS thread count and returns the previous one, so the
+    generated code can pick a count for its own calls without touching anyone else's.
+    """
+    import glob
+    import os
+
+    try:
+        import scipy
+
+        root = os.path.dirname(os.path.dirname(scipy.__file__))
+        for lib in glob.glob(os.path.join(root, "scipy.libs", "libscipy_openblas*.so*")):
+            fn = getattr(ctypes.CDLL(lib), "openblas_set_num_threads_local", None)
+            if fn is not None:
+                return ctypes.cast(fn, ctypes.c_void_p).value
+    except (ImportError, OSError):
+        pass
+    return None

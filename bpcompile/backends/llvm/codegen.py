@@ -22,7 +22,7 @@ from ...ir.traverse import toposort
 from ...ops.leaves import const_value
 from . import blas
 from .lower import VIEWS, copy, lower
-from .loops import I64, PTR, VOID, Emitter, ir_type
+from .loops import I32, I64, PTR, VOID, Emitter, ir_type
 from .memplan import Buffer, MemoryPlan, View, contiguous, plan
 
 
@@ -56,8 +56,10 @@ class Context:
 class Program:
     """The scheduled graph: steps, buffers, views and the memory plan (no IR yet)."""
 
-    def __init__(self, outputs: list[Node], args: list[Node], gemm_threshold: int):
+    def __init__(self, outputs: list[Node], args: list[Node], gemm_threshold: int,
+                 blas_threads: int | None = None):
         self.outputs, self.args = outputs, args
+        self.blas_threads = blas_threads
         self.order = toposort(outputs)
         self.names = assign_names(self.order)
         forward = set(toposort(outputs[:1]))
@@ -110,6 +112,14 @@ class Program:
         for j, o in enumerate(outputs):
             if self.views[o].buf is not self.out_bufs[j]:
                 self.steps.append(("copy", self.views[o], contiguous(self.out_bufs[j], o.shape)))
+        # int32 inputs used directly as indices: the fast call path range-checks these
+        self.bounds: dict[str, int] = {}
+        for n in self.order:
+            idx, bound = (n.inputs[0], n.attr("n")) if n.op == "one_hot" else (
+                (n.inputs[1], n.inputs[0].shape[n.attr("axis")]) if n.op == "take" else (None, 0))
+            if idx is not None and idx.op == "input":
+                name = idx.attr("name")
+                self.bounds[name] = min(bound, self.bounds.get(name, bound))
         self.backward_start = next((k for k, s in enumerate(self.steps)
                                     if s[0] == "node" and s[1] not in forward), len(self.steps))
         self._liveness()
@@ -177,11 +187,17 @@ class Program:
         for buf, arr in self.consts:
             ptrs[buf] = _const_global(module, buf, arr)
         ctx = Context(em, module, self.views, ptrs, self.temps, self.matmul_plan, eb)
+        threads = self.matmul_plan and self.blas_threads and blas.threads_setter()
+        if threads:  # this thread's BLAS calls use `blas_threads` threads; restored on return
+            setter = em.declare(blas.THREADS_SYMBOL, I32, [I32])
+            prev = b.call(setter, [ir.Constant(I32, self.blas_threads)])
         for s in self.steps:
             if s[0] == "node":
                 lower(ctx, s[1])
             else:
                 copy(ctx, s[1], s[2])
+        if threads:
+            b.call(setter, [prev])
         b.ret_void()
         eb.branch(body)
         # the flat-array entry point: bp_entry(ptr argv) with argv = [in..., out..., ws]

@@ -16,7 +16,7 @@ import llvmlite.binding as llvm
 
 LIBM_FUNCS = ("tanh", "tanhf", "log1p", "log1pf", "expm1", "expm1f")
 PYAPI_FUNCS = ("PyDict_GetItem", "PyDict_Size", "PyDict_New", "PyDict_SetItem", "PyTuple_New",
-               "PyTuple_SetItem", "PyObject_Call")
+               "PyTuple_SetItem", "PyObject_Call", "_Py_Dealloc")
 
 
 @functools.lru_cache(maxsize=None)

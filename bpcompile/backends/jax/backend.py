@@ -1,0 +1,280 @@
+"""JAX backend: the compiler's own forward+backward graph as jax.numpy source, run through XLA.
+
+The simplified graph (after autodiff and every rewrite pass) is printed one statement per node
+with the shared emitter (`pysource.emit_function`) and the jnp lowering table (`lower.py`),
+exec'd, and wrapped in `jax.jit`. JAX never differentiates anything here: the backward pass is
+ours, XLA only compiles it. So the derivative code you read with `fn.source()` is the code that
+runs, on whatever device JAX's default backend is (CPU here, a GPU where present).
+
+Calls:
+- `fn(**arrays)` -> `(loss, {name: grad})`, JAX arrays on the default device. Inputs may be
+  NumPy or JAX arrays. Shapes and dtypes are validated when JAX traces (once per new
+  signature), so a call with an already-seen signature costs only JAX's own dispatch.
+  With `sync=True` (default) the call returns once the results are computed, like the NumPy
+  backend; `sync=False` keeps JAX's asynchronous dispatch (queue the next step while this one
+  runs).
+- `fn.as_jax_function()` -> `f(params: dict, **inputs) -> loss` for use inside user JAX code;
+  `jax.grad` of it runs our compiled backward through `jax.custom_vjp`.
+- `fn.data_parallel(batch_inputs=...)` / `bp.compile(..., data_parallel=True)`: the same
+  program with the batch axis of the data inputs sharded over `jax.devices()`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ...errors import ArgumentError, BackendError
+from ...ir.node import Node
+from ...ir.printer import type_str
+from ...ir.traverse import toposort
+from ..numpy.codegen import exec_source
+from ..pysource import emit_function
+from .lower import NAMESPACE, lower
+
+_ACCEPT = {"float32": "fiub", "float64": "fiub", "int32": "iub", "bool": "b"}
+STAGES = (None, "jax", "stablehlo", "hlo")
+
+
+def x64_enabled() -> bool:
+    """Whether float64 arrays are available now (honours `jax.enable_x64` contexts)."""
+    return jax.dtypes.canonicalize_dtype(np.float64) == np.dtype(np.float64)
+
+
+def _require_x64(nodes, where: str):
+    if x64_enabled():
+        return
+    wide = [n for n in nodes if n.dtype == "float64"]
+    if wide:
+        n = wide[0]
+        what = n.attr("name") if n.op in ("input", "param") else n.op
+        raise BackendError(
+            f"jax backend ({where}): the graph uses float64 ({what}: {type_str(n)}) but JAX "
+            "has 64-bit types disabled, so XLA would silently compute in float32. Enable them "
+            "first: jax.config.update('jax_enable_x64', True) (or JAX_ENABLE_X64=1), or "
+            "declare the graph in float32.")
+
+
+class JaxBackend:
+    """Compiles (outputs, args) to a jitted function of the arg names (keyword arguments)."""
+
+    name = "jax"
+
+    def __init__(self, outputs: list[Node], args: list[Node], title: str = "",
+                 sync: bool = True, data_parallel: bool = False, batch_inputs=None,
+                 devices=None):
+        self.outputs, self.args = list(outputs), list(args)
+        self.names = [a.attr("name") for a in args]
+        self.by_name = dict(zip(self.names, args))
+        self.sync = bool(sync)
+        self._all_nodes = toposort(self.outputs) + self.args
+        _require_x64(self._all_nodes, "compile")
+        self.src, consts = emit_function(self.outputs, self.args, lower, "forward_backward",
+                                         "jnp", title)
+        consts = {k: jnp.asarray(v) for k, v in consts.items()}  # so `const @ x` stays jnp
+        self.fn = exec_source(self.src, consts, "forward_backward", NAMESPACE)
+        self.jitted = jax.jit(self._traced)
+        self.dp = None
+        if data_parallel or batch_inputs is not None:
+            self.dp = DataParallel(self, batch_inputs, devices)
+
+    # -- tracing (runs once per new argument signature) -------------------------------------
+    def _traced(self, **kw):
+        """The traced body: validate the abstract arguments, cast, run the emitted function."""
+        _require_x64(self._all_nodes, "call")
+        missing = [n for n in self.names if n not in kw]
+        extra = [k for k in kw if k not in self.by_name]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append("missing " + ", ".join(
+                    f"{m} (expected {type_str(self.by_name[m])})" for m in missing))
+            if extra:
+                parts.append(f"unexpected {', '.join(map(repr, extra))}")
+            raise ArgumentError("; ".join(parts) + f". The function takes: "
+                                + ", ".join(f"{n}:{type_str(a)}" for n, a in self.by_name.items()))
+        return self.fn(*[self._arg(n, kw[n]) for n in self.names])
+
+    def _arg(self, name: str, v):
+        node = self.by_name[name]
+        if not hasattr(v, "shape") or not hasattr(v, "dtype"):
+            raise ArgumentError(f"argument {name!r}: expected an array {type_str(node)}, got "
+                                f"{type(v).__name__}")
+        dt = np.dtype(v.dtype)
+        if dt.kind not in _ACCEPT[node.dtype]:
+            raise ArgumentError(f"argument {name!r}: expected dtype {node.dtype} "
+                                f"(shape {node.shape}), got {dt}")
+        if tuple(v.shape) != node.shape:
+            raise ArgumentError(f"argument {name!r}: expected shape {node.shape} "
+                                f"({node.dtype}), got {tuple(v.shape)}")
+        return v if dt == np.dtype(node.dtype) else v.astype(node.dtype)
+
+    def _positional(self, *arrays):
+        return self._traced(**dict(zip(self.names, arrays)))
+
+    # -- the Backend interface ------------------------------------------------------------
+    def abstract_args(self) -> dict:
+        return {n: jax.ShapeDtypeStruct(a.shape, np.dtype(a.dtype))
+                for n, a in zip(self.names, self.args)}
+
+    def lowered(self):
+        """`jax.stages.Lowered` for the program at its declared shapes and dtypes."""
+        return self.jitted.lower(**self.abstract_args())
+
+    def source(self, stage: str | None = None) -> str:
+        """stage None/"jax": the emitted jax.numpy source; "stablehlo": the StableHLO module
+        JAX lowers it to; "hlo": XLA's optimised HLO for the default device."""
+        if stage in (None, "jax"):
+            return self.src
+        if stage == "stablehlo":
+            return self.lowered().as_text()
+        if stage == "hlo":
+            return self.lowered().compile().as_text()
+        raise ValueError(f"jax backend: unknown source stage {stage!r}; choose from {STAGES}")
+
+    def run(self, arrays: list):
+        first, rest = self.jitted(**dict(zip(self.names, arrays)))
+        if self.sync:
+            first.block_until_ready()
+        return first, list(rest)
+
+    def make_caller(self, signature, grad_names):
+        """The fast call path: `fn(**arrays)` goes straight to the jitted function."""
+        if self.dp is not None:
+            return self.dp.make_caller(signature, grad_names)
+        jitted, names, sync = self.jitted, tuple(grad_names), self.sync
+        bounds = _host_bounds(signature)
+        if not bounds and sync:
+            def call(**kw):
+                value, grads = jitted(**kw)
+                value.block_until_ready()  # one executable: every output is ready with it
+                return value, dict(zip(names, grads))
+            # A partial is not bound as a method, so Compiled can make it its __call__ and
+            # fn(**kw) skips one Python frame (see Compiled.__init__).
+            call.bp_native = functools.partial(call)
+            return call
+
+        def call_checked(**kw):
+            for name, bound in bounds:
+                _check_range(name, kw.get(name), bound)
+            value, grads = jitted(**kw)
+            if sync:
+                value.block_until_ready()
+            return value, dict(zip(names, grads))
+        return call_checked
+
+    def as_jax_function(self, grad_names):
+        from .interop import as_jax_function
+
+        return as_jax_function(self, list(grad_names))
+
+    def data_parallel(self, signature, grad_names, batch_inputs=None, devices=None):
+        return DataParallel(self, batch_inputs, devices).make_caller(signature, grad_names)
+
+
+def _host_bounds(signature) -> list:
+    return list(getattr(signature, "bounds", {}).items())
+
+
+def _check_range(name, v, bound):
+    """Index range check for host (NumPy) index arrays; device arrays are not copied back,
+    so out-of-range indices there follow JAX (zero one-hot rows, NaN-filled gathers)."""
+    if isinstance(v, np.ndarray) and v.size:
+        lo, hi = v.min(), v.max()
+        if lo < 0 or hi >= bound:
+            bad = lo if lo < 0 else hi
+            raise ArgumentError(f"argument {name!r}: index {bad} out of range [0, {bound})")
+
+
+class DataParallel:
+    """Shard the batch axis of the data inputs over devices; params and outputs replicated.
+
+    The whole program (forward and our backward) is compiled once with `jax.jit` and
+    `NamedSharding`s; XLA's SPMD partitioner splits every op along the batch axis and inserts
+    the all-reduces wherever the graph sums over it. A mean stays a mean over the *global*
+    batch (the graph's 1/N is the global N), so results equal the single-device run up to the
+    order of floating-point summation.
+    """
+
+    def __init__(self, backend: JaxBackend, batch_inputs=None, devices=None):
+        self.backend = backend
+        self.devices = list(devices) if devices is not None else jax.devices()
+        self.mesh = Mesh(np.array(self.devices), ("batch",))
+        self.axes = self._batch_axes(batch_inputs)
+        ndev = len(self.devices)
+        specs = []
+        for name, a in zip(backend.names, backend.args):
+            ax = self.axes.get(name)
+            if ax is None:
+                specs.append(PartitionSpec())
+                continue
+            if a.shape[ax] % ndev:
+                raise BackendError(
+                    f"jax data parallel: batch input {name!r} ({type_str(a)}) has size "
+                    f"{a.shape[ax]} on axis {ax}, not divisible by {ndev} devices; pick a "
+                    f"batch size that is a multiple of {ndev} or pass devices=[...]")
+            specs.append(PartitionSpec(*([None] * ax + ["batch"])))
+        self.in_shardings = tuple(NamedSharding(self.mesh, s) for s in specs)
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.jitted = jax.jit(backend._positional, in_shardings=self.in_shardings,
+                              out_shardings=self.replicated)
+
+    def _batch_axes(self, batch_inputs) -> dict:
+        be = self.backend
+        if batch_inputs is None:  # every data input with a leading axis
+            return {n: 0 for n, a in zip(be.names, be.args) if a.op == "input" and a.ndim}
+        axes = dict(batch_inputs) if isinstance(batch_inputs, dict) else {
+            n: 0 for n in batch_inputs}
+        for n, ax in axes.items():
+            if n not in be.by_name:
+                raise ArgumentError(f"jax data parallel: {n!r} is not an argument; arguments: "
+                                    f"{be.names}")
+            nd = be.by_name[n].ndim
+            if not -nd <= ax < nd:
+                raise ArgumentError(f"jax data parallel: axis {ax} out of range for {n!r} "
+                                    f"({type_str(be.by_name[n])})")
+            axes[n] = ax % nd
+        return axes
+
+    def shard(self, **arrays) -> dict:
+        """Place arrays with this program's shardings (global arrays; with several processes
+        each process passes its local rows of the batch inputs)."""
+        out = {}
+        for name, s in zip(self.backend.names, self.in_shardings):
+            if name not in arrays:
+                continue
+            v = arrays[name]
+            if jax.process_count() > 1 and name in self.axes:
+                out[name] = jax.make_array_from_process_local_data(s, np.asarray(v))
+            else:
+                out[name] = jax.device_put(v, s)
+        return out
+
+    def lowered(self):
+        args = self.backend.abstract_args()
+        return self.jitted.lower(*[args[n] for n in self.backend.names])
+
+    def make_caller(self, signature, grad_names):
+        jitted, names, sync = self.jitted, tuple(grad_names), self.backend.sync
+        order = tuple(self.backend.names)
+        bounds = _host_bounds(signature)
+
+        def call(**kw):
+            missing = [n for n in order if n not in kw]
+            if missing or len(kw) != len(order):
+                self.backend._traced(**kw)  # raises the ArgumentError naming what is wrong
+            for name, bound in bounds:
+                _check_range(name, kw.get(name), bound)
+            value, grads = jitted(*[kw[n] for n in order])
+            if sync:
+                value.block_until_ready()
+            return value, dict(zip(names, grads))
+
+        call.mesh, call.shard, call.lowered = self.mesh, self.shard, self.lowered
+        call.source = lambda stage=None: (self.lowered().as_text() if stage == "stablehlo"
+                                          else self.backend.source(stage))
+        return call

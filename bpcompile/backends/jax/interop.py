@@ -1,0 +1,69 @@
+"""Use a compiled bpcompile gradient inside user JAX code.
+
+`as_jax_function` wraps the jitted forward+backward program in `jax.custom_vjp`: the primal is
+the loss; the forward rule also returns our gradient as the residual, and the backward rule
+scales it by the incoming cotangent. So `jax.grad`, `jax.value_and_grad`, `optax` and friends
+get the compiler's own backward pass (not JAX's autodiff), and the function composes with
+`jax.jit` and `jax.vmap` like any JAX function.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from ...errors import ArgumentError, GradientError
+
+
+def as_jax_function(backend, grad_names: list[str]):
+    """`f(params: dict, **inputs) -> loss` (a 0-d JAX array) differentiable w.r.t. `params`.
+
+    `params` maps names to arrays (a pytree, so optimisers can update it unchanged); every
+    other argument of the compiled program is passed by keyword. Differentiating w.r.t. an
+    argument whose gradient was not compiled (not in `wrt`) is an error, not a silent zero.
+    """
+    program = jax.jit(backend._traced)  # nested jit: inlined into an enclosing trace
+    has_grad = set(grad_names)
+
+    def split(params, inputs):
+        if not isinstance(params, dict):
+            raise ArgumentError(f"as_jax_function: params must be a dict of arrays, got "
+                                f"{type(params).__name__}")
+        both = sorted(set(params) & set(inputs))
+        if both:
+            raise ArgumentError(f"as_jax_function: {both} passed both in params and as inputs")
+        return {**inputs, **params}
+
+    @jax.custom_vjp
+    def core(params, inputs):
+        return program(**split(params, inputs))[0]
+
+    def fwd(params, inputs):
+        p = {k: v.value for k, v in params.items()}
+        x = {k: v.value for k, v in inputs.items()}
+        perturbed = sorted(k for k, v in {**params, **inputs}.items()
+                           if v.perturbed and k not in has_grad)
+        if perturbed:
+            raise GradientError(
+                f"as_jax_function: JAX asks for the gradient w.r.t. {perturbed}, but this "
+                f"function was compiled with wrt={sorted(has_grad)}; add them to wrt")
+        loss, grads = program(**split(p, x))
+        return loss, (dict(zip(grad_names, grads)), list(p), list(x))
+
+    def bwd(res, ct):
+        grads, pnames, xnames = res
+        if isinstance(ct, jax.custom_derivatives.SymbolicZero):
+            return ({k: None for k in pnames}, {k: None for k in xnames})
+        return ({k: (ct * grads[k]).astype(grads[k].dtype) if k in grads else None
+                 for k in pnames},
+                {k: None for k in xnames})
+
+    core.defvjp(fwd, bwd, symbolic_zeros=True)
+
+    def f(params: dict, **inputs):
+        return core(params, inputs)
+
+    f.__doc__ = (f"Loss of the compiled program; differentiable w.r.t. {grad_names} through "
+                 "bpcompile's own backward pass (jax.custom_vjp).")
+    f.__name__ = "bpcompile_loss"
+    return f
+

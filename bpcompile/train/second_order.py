@@ -1,0 +1,175 @@
+"""Second-order methods on top of the differentiable adjoint.
+
+Because gradients are ordinary graph nodes, a Hessian-vector product is the gradient of
+⟨∇L, v⟩: `bp.grad(bp.sum(bp.grad(loss, W) * v), W)`. `hvp` compiles that graph (the gradient
+and H·v in one function), `hessian` stacks H·eᵢ for models with few parameters, and `minimize`
+drives SciPy's optimizers with our compiled value-and-gradient (L-BFGS-B), exact Hessian-vector
+products (Newton-CG, trust-krylov) or the full Hessian (trust-exact, a Newton method with a
+trust region). L-BFGS is SciPy's L-BFGS-B, not an implementation of our own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..autodiff.reverse import check_loss, check_wrt, grad as _raw_grad
+from ..compiled import compile as _compile, function as _function, grad as _grad
+from ..errors import ArgumentError
+from ..ir.node import Node
+from ..ops.elementwise import add, mul
+from ..ops.leaves import input as _input
+from ..ops.reduce import sum_
+
+MAX_HESSIAN_PARAMS = 4096
+
+
+def hvp_graph(loss: Node, wrt) -> tuple[dict, dict]:
+    """({name: v input node}, {"d<name>": gradient, "hv_<name>": H·v}) as graph nodes."""
+    loss, wrt = check_loss(loss), check_wrt(wrt)
+    grads = _grad(loss, wrt)
+    vs = {w.attr("name"): _input(f"v_{w.attr('name')}", w.shape, w.dtype) for w in wrt}
+    inner = None
+    for w, g in zip(wrt, grads):
+        term = sum_(mul(g, vs[w.attr("name")]))
+        inner = term if inner is None else add(inner, term)
+    hv = _raw_grad(inner, wrt)
+    outputs = {}
+    for w, g, h in zip(wrt, grads, hv):
+        outputs[f"d{w.attr('name')}"] = g
+        outputs[f"hv_{w.attr('name')}"] = h
+    return vs, outputs
+
+
+class HVP:
+    """Compiled gradient and Hessian-vector product: `grads, hv = H(v, **inputs_and_params)`
+    with `v` a dict by param name; both results are dicts by param name."""
+
+    def __init__(self, loss: Node, wrt, backend: str = "numpy"):
+        self.wrt = check_wrt(wrt)
+        self.names = [w.attr("name") for w in self.wrt]
+        _, outputs = hvp_graph(loss, self.wrt)
+        self.fn = _function(outputs, backend=backend)
+
+    def __call__(self, v: dict, **values):
+        kw = dict(values)
+        for k in self.names:
+            kw[f"v_{k}"] = v[k]
+        out = self.fn(**kw)
+        return ({k: out[f"d{k}"] for k in self.names}, {k: out[f"hv_{k}"] for k in self.names})
+
+
+def hvp(loss: Node, wrt, backend: str = "numpy") -> HVP:
+    """Compile ∇L and H·v for `loss` w.r.t. `wrt` (exact, from differentiating the adjoint)."""
+    return HVP(loss, wrt, backend)
+
+
+class _Flat:
+    """Pack named arrays into one float64 vector and back (for SciPy)."""
+
+    def __init__(self, wrt):
+        self.names = [w.attr("name") for w in wrt]
+        self.shapes = [w.shape for w in wrt]
+        self.dtypes = [w.dtype for w in wrt]
+        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+        self.n = sum(self.sizes)
+
+    def pack(self, d: dict) -> np.ndarray:
+        return np.concatenate([np.asarray(d[k], np.float64).ravel() for k in self.names])
+
+    def unpack(self, x: np.ndarray) -> dict:
+        out, i = {}, 0
+        for k, s, n, dt in zip(self.names, self.shapes, self.sizes, self.dtypes):
+            out[k] = x[i:i + n].reshape(s).astype(dt)
+            i += n
+        return out
+
+
+def hessian(loss: Node, wrt, backend: str = "numpy", **values) -> np.ndarray:
+    """The full Hessian (n × n, params flattened and concatenated in `wrt` order) at `values`,
+    from n exact Hessian-vector products; for models with at most MAX_HESSIAN_PARAMS params."""
+    wrt = check_wrt(wrt)
+    flat = _Flat(wrt)
+    if flat.n > MAX_HESSIAN_PARAMS:
+        raise ArgumentError(f"hessian: {flat.n} parameters is too many for a dense Hessian "
+                            f"(limit {MAX_HESSIAN_PARAMS}); use bp.train.hvp instead")
+    H = HVP(loss, wrt, backend)
+    return _hessian_from(H, flat, values)
+
+
+def _hessian_from(H: HVP, flat: _Flat, values: dict) -> np.ndarray:
+    out = np.empty((flat.n, flat.n))
+    e = np.zeros(flat.n)
+    for i in range(flat.n):
+        e[i] = 1.0
+        out[:, i] = flat.pack(H(flat.unpack(e), **values)[1])
+        e[i] = 0.0
+    return 0.5 * (out + out.T)
+
+
+@dataclass
+class MinimizeResult:
+    """Params at the optimum by name, the loss there, and SciPy's full result."""
+
+    params: dict
+    fun: float
+    grad_norm: float
+    nit: int
+    success: bool
+    message: str
+    scipy_result: object
+
+
+METHODS = ("L-BFGS-B", "Newton-CG", "trust-krylov", "trust-exact", "CG", "BFGS")
+
+
+def minimize(loss, wrt=None, init: dict | None = None, inputs: dict | None = None,
+             method: str = "L-BFGS-B", backend: str = "numpy", tol: float | None = None,
+             maxiter: int = 1000, callback=None) -> MinimizeResult:
+    """Full-batch minimisation of `loss` over `wrt` with SciPy, fed by compiled derivatives.
+
+    `loss` is a node or a spec Model; `init` the starting params by name (default: the
+    model's init); `inputs` the fixed data by name. Methods: L-BFGS-B (value and gradient),
+    Newton-CG and trust-krylov (exact Hessian-vector products), trust-exact (full Hessian,
+    small models only), CG and BFGS.
+    """
+    import scipy.optimize
+
+    from ..spec import Model
+
+    if isinstance(loss, Model):
+        model = loss
+        loss, wrt = model.loss, model.wrt if wrt is None else wrt
+        init = model.init_params() if init is None else init
+    if method not in METHODS:
+        raise ValueError(f"minimize: unknown method {method!r}; choose from {METHODS}")
+    wrt = check_wrt(wrt)
+    if init is None:
+        raise ArgumentError("minimize: give initial params with init={name: array}")
+    flat = _Flat(wrt)
+    wrt_names = set(flat.names)
+    fixed = {k: v for k, v in (inputs or {}).items()}
+    fixed.update({k: v for k, v in init.items() if k not in wrt_names})
+    vg = _compile(loss, wrt, backend)
+
+    def fun(x):
+        value, grads = vg(**fixed, **flat.unpack(x))
+        return float(value), flat.pack(grads)
+
+    kw = {}
+    if method in ("Newton-CG", "trust-krylov", "trust-exact"):
+        H = HVP(loss, wrt, backend)
+        if method == "trust-exact":
+            kw["hess"] = lambda x: _hessian_from(H, flat, {**fixed, **flat.unpack(x)})
+        else:
+            kw["hessp"] = lambda x, p: flat.pack(
+                H(flat.unpack(p.astype(np.float64)), **fixed, **flat.unpack(x))[1])
+    cb = None
+    if callback is not None:
+        cb = lambda xk, *a: callback(flat.unpack(np.asarray(getattr(xk, "x", xk))))
+    res = scipy.optimize.minimize(fun, flat.pack(init), jac=True, method=method, tol=tol,
+                                  options={"maxiter": maxiter}, callback=cb, **kw)
+    value, g = fun(res.x)
+    return MinimizeResult(flat.unpack(res.x), value, float(np.linalg.norm(g)),
+                          int(getattr(res, "nit", 0)), bool(res.success), str(res.message), res)

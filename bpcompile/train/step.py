@@ -1,0 +1,283 @@
+"""A compiled training step: forward, backward and optimizer update as ONE compiled function.
+
+`compile_train_step(loss, params, optimizer, backend)` builds a multi-output graph whose
+outputs are the loss, the new value of every param and every optimizer state slot (and, with
+`diagnostics=True`, per-param gradient norms and update/weight ratios), compiles it with
+`bp.function`, and wraps it in a `TrainStep` that holds the current params and state as NumPy
+arrays: `loss = step(x=..., y=...)` runs one update. The update count and a learning-rate
+multiplier are scalar inputs (`step`, `lr_scale`), so schedules are evaluated inside the
+compiled code and one compilation serves every step.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from ..compiled import Function, grad as _grad
+from ..errors import ArgumentError, BPError
+from ..ir.node import Node
+from ..ir.traverse import leaves, toposort
+from ..ops.elementwise import add, as_node, div, mul, unary
+from ..ops.leaves import input as _input
+from ..ops.reduce import sum_
+from ..optim import Optimizer, adam
+from ..optim.transforms import OptContext
+
+VANISHING = 1e-7  # gradient norm below this: warn "vanishing"
+EXPLODING = 1e3  # gradient norm above this: warn "exploding"
+
+
+class NonFiniteError(BPError, FloatingPointError):
+    """A training step produced NaN or inf; the message names the first graph node that did."""
+
+
+class TrainStep:
+    """Holds params and optimizer state; `step(**batch) -> loss` applies one compiled update.
+
+    Attributes: `params` and `opt_state` (dicts of NumPy arrays, replaced every step),
+    `count` (updates applied), `lr_scale` (host multiplier), `last` (the last step's
+    diagnostics when compiled with `diagnostics=True`), `fn` (the compiled `bp.Function`:
+    `step.fn.source()` shows the whole fused update).
+    """
+
+    def __init__(self, loss, params=None, optimizer: Optimizer | None = None,
+                 backend: str = "numpy", init: dict | None = None, seed: int = 0,
+                 diagnostics: bool = False, check_finite: bool = True, **options):
+        from ..spec import Init, Model
+
+        model = loss if isinstance(loss, Model) else None
+        if model is not None:
+            loss = model.loss
+            params = model.wrt if params is None else params
+        if not isinstance(loss, Node):
+            raise TypeError(f"compile_train_step: loss must be a bp node or a spec Model, "
+                            f"got {type(loss).__name__}")
+        all_params = leaves([loss], ops=("param",))
+        by_name = {p.attr("name"): p for p in all_params}
+        if params is None:
+            params = all_params
+        wrt = []
+        for p in ([params] if isinstance(params, (Node, str)) else list(params)):
+            if isinstance(p, str):
+                if p not in by_name:
+                    raise ArgumentError(f"compile_train_step: {p!r} is not a param of the loss; "
+                                        f"params: {sorted(by_name)}")
+                p = by_name[p]
+            wrt.append(p)
+        self.loss_node, self.wrt = loss, wrt
+        self.param_names = [p.attr("name") for p in wrt]
+        self.frozen_names = [n for n in by_name if n not in self.param_names]
+        self.input_nodes = leaves([loss], ops=("input",))
+        self.input_names = [x.attr("name") for x in self.input_nodes]
+        self.optimizer = optimizer if optimizer is not None else adam(1e-3)
+        self.backend, self.diagnostics, self.check_finite = backend, diagnostics, check_finite
+
+        # -- initial values ------------------------------------------------------------------
+        if init is None:
+            if model is not None:
+                init = model.init_params(seed)
+            else:
+                init = {}
+                for i, p in enumerate(all_params):
+                    rng = np.random.default_rng([int(seed), i])
+                    kind = Init("glorot") if p.ndim >= 2 else Init("zeros")
+                    init[p.attr("name")] = kind.sample(rng, p.shape, p.dtype)
+        self.params: dict[str, np.ndarray] = {}
+        self.frozen: dict[str, np.ndarray] = {}
+        for name, node in by_name.items():
+            if name not in init:
+                raise ArgumentError(f"compile_train_step: no initial value for param {name!r} "
+                                    f"(expected {node.dtype}{list(node.shape)})")
+            arr = np.array(init[name], dtype=node.dtype)
+            if arr.shape != node.shape:
+                raise ArgumentError(f"compile_train_step: initial {name!r} has shape "
+                                    f"{arr.shape}, expected {node.shape}")
+            (self.params if name in self.param_names else self.frozen)[name] = arr
+        self.opt_state = self.optimizer.init(self.params)
+        self.count, self.lr_scale, self.last = 0, 1.0, {}
+
+        # -- the fused graph -----------------------------------------------------------------
+        self.fn = Function(self._graph(), backend=backend, **options)
+        sig = self.fn.signature
+        self._arg_names = list(sig.names)
+        clash = [n for n in self.input_names if n in self.opt_state or n in ("step", "lr_scale")]
+        if clash:
+            raise ArgumentError(f"compile_train_step: input names {clash} clash with optimizer "
+                                "state / step inputs; rename them")
+        self._outs = self.fn.names
+        self._eval = None
+
+    # ---- graph construction --------------------------------------------------------------------
+    def _graph(self) -> dict:
+        dt = self.wrt[0].dtype
+        ctx = OptContext(count=_input("step", (), dt), lr_scale=_input("lr_scale", (), dt))
+        grads = _grad(self.loss_node, self.wrt)
+        pnodes = {p.attr("name"): p for p in self.wrt}
+        gnodes = dict(zip(self.param_names, grads))
+        state = {k: _input(k, v.shape, v.dtype.name) for k, v in self.opt_state.items()}
+        deltas, new_state = self.optimizer.updates(gnodes, state, pnodes, ctx)
+        outputs = {"loss": self.loss_node}
+        for k in self.param_names:
+            outputs[f"{k}_next"] = add(pnodes[k], deltas[k])
+        for k in self.opt_state:
+            outputs[f"{k}_next"] = new_state[k]
+        if self.diagnostics:
+            for k in self.param_names:
+                g, p, d = gnodes[k], pnodes[k], deltas[k]
+                outputs[f"gnorm_{k}"] = _norm(g)
+                outputs[f"uratio_{k}"] = div(_norm(d), add(_norm(p), as_node(1e-12, p)))
+        return outputs
+
+    # ---- running -------------------------------------------------------------------------------
+    def _feed(self, batch: dict) -> list:
+        extra = [k for k in batch if k not in self.input_names]
+        missing = [k for k in self.input_names if k not in batch]
+        if extra or missing:
+            want = ", ".join(f"{x.attr('name')}:{x.dtype}{list(x.shape)}" for x in self.input_nodes)
+            parts = ([f"missing {missing}"] if missing else []) + (
+                [f"unexpected {extra}"] if extra else [])
+            raise ArgumentError(f"train step: {'; '.join(parts)}; the model's inputs are {want}")
+        sig = self.fn.signature
+        dt = np.dtype(self.wrt[0].dtype)
+        scalars = {"step": np.asarray(self.count, dt), "lr_scale": np.asarray(self.lr_scale, dt)}
+        out = []
+        for name in self._arg_names:
+            if name in batch:
+                out.append(sig.convert(name, batch[name]))
+            elif name in self.params:
+                out.append(self.params[name])
+            elif name in self.opt_state:
+                out.append(self.opt_state[name])
+            elif name in self.frozen:
+                out.append(self.frozen[name])
+            else:
+                out.append(scalars[name])
+        return out
+
+    def __call__(self, **batch) -> float:
+        """Apply one update on `batch` (arrays by input name); return the loss before it."""
+        arrays = self._feed(batch)
+        first, rest = self.fn.impl.run(arrays)
+        loss = float(first)
+        values = dict(zip(self._outs[1:], rest))
+        if self.diagnostics:
+            self.last = self._diagnose(loss, values)
+        if self.check_finite and not (math.isfinite(loss) and all(
+                math.isfinite(v) for k, v in self.last.items() if k.startswith("gnorm_"))):
+            raise NonFiniteError(self.locate_nonfinite(batch))
+        for k in self.param_names:
+            self.params[k] = values[f"{k}_next"]
+        for k in self.opt_state:
+            self.opt_state[k] = values[f"{k}_next"]
+        self.count += 1
+        return loss
+
+    def evaluate(self, **batch) -> float:
+        """The loss at the current params, without updating (compiled once, lazily)."""
+        if self._eval is None:
+            self._eval = Function({"loss": self.loss_node}, backend=self.backend)
+        kw = dict(batch)
+        kw.update(self.params)
+        kw.update(self.frozen)
+        need = set(self._eval.signature.names)
+        return float(self._eval(**{k: v for k, v in kw.items() if k in need})["loss"])
+
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate the next step will use (schedule × lr_scale)."""
+        return self.optimizer.learning_rate(self.count, self.lr_scale)
+
+    # ---- diagnostics ---------------------------------------------------------------------------
+    def _diagnose(self, loss, values) -> dict:
+        d = {"loss": loss}
+        for k in self.param_names:
+            g = float(values[f"gnorm_{k}"])
+            d[f"gnorm_{k}"] = g
+            d[f"uratio_{k}"] = float(values[f"uratio_{k}"])
+            if math.isfinite(g) and g < VANISHING:
+                warnings.warn(f"step {self.count}: vanishing gradient for {k}: "
+                              f"‖d{k}‖ = {g:.3g} < {VANISHING:g}", RuntimeWarning, stacklevel=3)
+            elif math.isfinite(g) and g > EXPLODING:
+                warnings.warn(f"step {self.count}: exploding gradient for {k}: "
+                              f"‖d{k}‖ = {g:.3g} > {EXPLODING:g}", RuntimeWarning, stacklevel=3)
+        return d
+
+    def locate_nonfinite(self, batch: dict) -> str:
+        """Re-run loss and gradients at the current params with the NumPy reference, node by
+        node, and describe the first node whose value is NaN/inf while its inputs are finite."""
+        from ..backends.numpy.codegen import evaluate
+
+        env = {**self.params, **self.frozen}
+        for x in self.input_nodes:
+            env[x.attr("name")] = np.asarray(batch[x.attr("name")], x.dtype)
+        for name, v in env.items():
+            if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+                kind = "input" if name in self.input_names else "param"
+                return f"step {self.count}: {kind} {name!r} already contains NaN/inf"
+        grads = _grad(self.loss_node, self.wrt)
+        order = [n for n in toposort([self.loss_node] + list(grads))
+                 if n.op not in ("input", "param", "const")]
+        values = dict(zip(order, evaluate(order, env)))
+        forward = set(toposort([self.loss_node]))
+        for n in order:
+            v = values[n]
+            if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+                bad = [i for i in n.inputs if i in values and not np.isfinite(values[i]).all()]
+                if bad:
+                    continue
+                label = n.name or n.op
+                where = f", created at {n.where}" if n.where and n in forward else ""
+                ins = ", ".join(i.name or i.op for i in n.inputs)
+                kind = "nan" if np.isnan(v).any() else "inf"
+                pass_ = "forward" if n in forward else "backward"
+                return (f"step {self.count}: non-finite value ({kind}) first produced by node "
+                        f"{label!r} (op {n.op}, {pass_} pass{where}) from inputs ({ins})")
+        return f"step {self.count}: the compiled step produced NaN/inf, but the NumPy " \
+               "reference evaluation of the same graph stays finite (a backend difference)"
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        out = {f"param/{k}": v for k, v in self.params.items()}
+        out.update({f"frozen/{k}": v for k, v in self.frozen.items()})
+        out.update({f"opt/{k}": v for k, v in self.opt_state.items()})
+        out["meta/count"] = np.asarray(self.count)
+        out["meta/lr_scale"] = np.asarray(self.lr_scale)
+        return out
+
+    def load_state_dict(self, d: dict):
+        for group, target in (("param", self.params), ("frozen", self.frozen),
+                              ("opt", self.opt_state)):
+            for k in target:
+                key = f"{group}/{k}"
+                if key not in d:
+                    raise ArgumentError(f"checkpoint has no {key!r}; it was saved from a "
+                                        "different model or optimizer")
+                arr = np.asarray(d[key])
+                if arr.shape != target[k].shape:
+                    raise ArgumentError(f"checkpoint {key!r} has shape {arr.shape}, "
+                                        f"expected {target[k].shape}")
+                target[k] = np.array(arr, dtype=target[k].dtype)
+        self.count = int(d.get("meta/count", 0))
+        self.lr_scale = float(d.get("meta/lr_scale", 1.0))
+
+    def __repr__(self):
+        return (f"<TrainStep {self.backend} {self.optimizer!r}: params "
+                f"{', '.join(self.param_names)}; {self.count} steps>")
+
+
+def _norm(x: Node) -> Node:
+    return unary("sqrt", sum_(mul(x, x)))
+
+
+def compile_train_step(loss, params=None, optimizer: Optimizer | None = None,
+                       backend: str = "numpy", **kw) -> TrainStep:
+    """Compile forward + backward + `optimizer` update of `params` into one function.
+
+    `loss` is a scalar node or a spec `Model`; `params` a list of param nodes or names
+    (default: every param). Keyword options: `init` (initial arrays by name; default the
+    model's init or Glorot weights / zero biases from `seed`), `diagnostics`, `check_finite`.
+    """
+    return TrainStep(loss, params, optimizer, backend, **kw)
