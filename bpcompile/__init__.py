@@ -69,6 +69,7 @@ from .errors import (  # noqa: F401
     SpecError,
 )
 from .ir.node import Node  # noqa: F401
+from .spec import load as load_model  # noqa: F401
 from .nn import (  # noqa: F401
     binary_cross_entropy_with_logits,
     cross_entropy,

@@ -68,6 +68,8 @@ def assign_names(order: list[Node], reserved=()) -> dict[Node, str]:
             names[n] = fresh(NAMES[n]) if NAMES[n] in taken else _take(NAMES[n], taken)
         elif n.op == "kernel":
             names[n] = fresh(n.attr("name"))
+        elif n.op == "transpose" and n.inputs[0] in names:
+            names[n] = fresh(names[n.inputs[0]] + "_T")  # x.T reads as x_T
         elif n.op == "const":
             names[n] = fresh("c")
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from .node import NAMES, Node, rebuild
+from .node import LOCATION_OVERRIDE, NAMES, Node, rebuild
 
 
 def toposort(outputs: Iterable[Node]) -> list[Node]:
@@ -50,8 +50,11 @@ def transform(outputs: list[Node], fn: Callable[[Node], Node]) -> list[Node]:
     """
     memo: dict[Node, Node] = {}
     for n in toposort(outputs):
-        new = rebuild(n, [memo[i] for i in n.inputs])
-        new = fn(new)
+        LOCATION_OVERRIDE.append(n.where)  # nodes a rewrite creates keep the user's line
+        try:
+            new = fn(rebuild(n, [memo[i] for i in n.inputs]))
+        finally:
+            LOCATION_OVERRIDE.pop()
         if new is not n and n in NAMES and new not in NAMES and new.op not in ("input", "param"):
             NAMES[new] = NAMES[n]
         memo[n] = new

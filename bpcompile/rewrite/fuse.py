@@ -105,6 +105,8 @@ def fuse(outputs: list[Node]) -> list[Node]:
             continue
         else:
             memo[n] = rebuild(n, [memo[i] for i in n.inputs])
+            if n in NAMES and memo[n] not in NAMES:
+                NAMES[memo[n]] = NAMES[n]
     return [memo[o] for o in outputs]
 
 

@@ -54,12 +54,12 @@ def _stage(name, outputs):
 def run(outputs: list[Node], passes=None, record=None) -> tuple[list[Node], list[Stage]]:
     """Apply `passes` (names or (name, fn) pairs; default PASSES) and return (outputs, stages)."""
     table = dict(PASSES)
+    unknown = [p for p in (passes or []) if isinstance(p, str) and p not in table]
+    if unknown:  # checked before the lookup below, which would raise a bare KeyError
+        raise ValueError(f"unknown passes {unknown}; available: {list(table)}")
     chosen = (
         PASSES if passes is None else [(p, table[p]) if isinstance(p, str) else p for p in passes]
     )
-    unknown = [p for p in (passes or []) if isinstance(p, str) and p not in table]
-    if unknown:
-        raise ValueError(f"unknown passes {unknown}; available: {list(table)}")
     stages = list(record or [])
     before_fuse = [(n, f) for n, f in chosen if n != "fuse"]
     for round_ in range(SIMPLIFY_ROUNDS):

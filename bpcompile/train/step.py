@@ -39,7 +39,8 @@ class TrainStep:
 
     Attributes: `params` and `opt_state` (dicts of NumPy arrays, replaced every step),
     `count` (updates applied), `lr_scale` (host multiplier), `last` (the last step's
-    diagnostics when compiled with `diagnostics=True`), `fn` (the compiled `bp.Function`:
+    diagnostics when compiled with `diagnostics=True`: `gnorm_<p>` gradient norms,
+    `uratio_<p>` = |update| / |param|, and `warnings`), `fn` (the compiled `bp.Function`:
     `step.fn.source()` shows the whole fused update).
     """
 
@@ -98,6 +99,7 @@ class TrainStep:
             (self.params if name in self.param_names else self.frozen)[name] = arr
         self.opt_state = self.optimizer.init(self.params)
         self.count, self.lr_scale, self.last = 0, 1.0, {}
+        self.warn = True  # emit diagnostics warnings with `warnings.warn` (fit collects them)
 
         # -- the fused graph -----------------------------------------------------------------
         self.fn = Function(self._graph(), backend=backend, **options)
@@ -165,6 +167,9 @@ class TrainStep:
         values = dict(zip(self._outs[1:], rest))
         if self.diagnostics:
             self.last = self._diagnose(loss, values)
+            if self.warn:
+                for msg in self.last["warnings"]:
+                    warnings.warn(msg, RuntimeWarning, stacklevel=2)
         if self.check_finite and not (math.isfinite(loss) and all(
                 math.isfinite(v) for k, v in self.last.items() if k.startswith("gnorm_"))):
             raise NonFiniteError(self.locate_nonfinite(batch))
@@ -192,17 +197,19 @@ class TrainStep:
 
     # ---- diagnostics ---------------------------------------------------------------------------
     def _diagnose(self, loss, values) -> dict:
-        d = {"loss": loss}
+        """Gradient norms and update/weight ratios by param, and warning messages for
+        vanishing (< VANISHING) or exploding (> EXPLODING) gradients."""
+        d = {"loss": loss, "warnings": []}
         for k in self.param_names:
             g = float(values[f"gnorm_{k}"])
             d[f"gnorm_{k}"] = g
             d[f"uratio_{k}"] = float(values[f"uratio_{k}"])
             if math.isfinite(g) and g < VANISHING:
-                warnings.warn(f"step {self.count}: vanishing gradient for {k}: "
-                              f"‖d{k}‖ = {g:.3g} < {VANISHING:g}", RuntimeWarning, stacklevel=3)
+                d["warnings"].append(f"step {self.count}: vanishing gradient for {k}: "
+                                     f"|d{k}| = {g:.3g} < {VANISHING:g}")
             elif math.isfinite(g) and g > EXPLODING:
-                warnings.warn(f"step {self.count}: exploding gradient for {k}: "
-                              f"‖d{k}‖ = {g:.3g} > {EXPLODING:g}", RuntimeWarning, stacklevel=3)
+                d["warnings"].append(f"step {self.count}: exploding gradient for {k}: "
+                                     f"|d{k}| = {g:.3g} > {EXPLODING:g}")
         return d
 
     def locate_nonfinite(self, batch: dict) -> str:

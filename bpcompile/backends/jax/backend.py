@@ -101,6 +101,12 @@ class JaxBackend:
 
     def _arg(self, name: str, v):
         node = self.by_name[name]
+        if isinstance(v, (list, tuple)):  # nested Python sequences, as NumPy would take them
+            try:
+                v = jnp.asarray(v)
+            except (TypeError, ValueError) as e:
+                raise ArgumentError(f"argument {name!r}: cannot convert {type(v).__name__} "
+                                    f"to an array ({e})") from None
         if not hasattr(v, "shape") or not hasattr(v, "dtype"):
             raise ArgumentError(f"argument {name!r}: expected an array {type_str(node)}, got "
                                 f"{type(v).__name__}")
