@@ -50,8 +50,10 @@ def main() -> int:
 
     models = build(bp, jnp, jax)
     print(f"jax {jax.__version__}, devices {jax.devices()}")
-    print(f"{'model':10s} {'inputs':6s} {'JAX us':>9s} {'ours us':>9s} {'ours/JAX':>8s}  "
-          f"compile ours / JAX (s)")
+    print(
+        f"{'model':10s} {'inputs':6s} {'JAX us':>9s} {'ours us':>9s} {'ours/JAX':>8s}  "
+        f"compile ours / JAX (s)"
+    )
     for name in a.models.split(","):
         loss, wrt, inputs, params, jloss = models[name]
         jf = jax.jit(jax.value_and_grad(jloss))
@@ -67,8 +69,10 @@ def main() -> int:
         for cond, (P, I) in (("device", (dev_p, dev_i)), ("numpy", (params, inputs))):
             tj = median_us(lambda: jax.block_until_ready(jf(P, **I)), a.budget)
             to = median_us(lambda: jax.block_until_ready(fn(**I, **P)), a.budget)
-            print(f"{name:10s} {cond:6s} {tj:9.1f} {to:9.1f} {to / tj:8.3f}  "
-                  f"{ours_compile:.3f} / {jax_compile:.3f}")
+            print(
+                f"{name:10s} {cond:6s} {tj:9.1f} {to:9.1f} {to / tj:8.3f}  "
+                f"{ours_compile:.3f} / {jax_compile:.3f}"
+            )
     return 0
 
 

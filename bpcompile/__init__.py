@@ -69,7 +69,7 @@ from .errors import (  # noqa: F401
     SpecError,
 )
 from .ir.node import Node  # noqa: F401
-from .spec import load as load_model  # noqa: F401
+from .layers import *  # noqa: F403  (conv, pooling, attention, norms, dropout, scan, ...)
 from .nn import (  # noqa: F401
     binary_cross_entropy_with_logits,
     cross_entropy,
@@ -79,5 +79,10 @@ from .nn import (  # noqa: F401
     mse,
     softmax,
 )
+from .spec import load as load_model  # noqa: F401
+
+from . import optim, spec, train  # noqa: F401,E402  (issue 6: training)
+from .train import compile_train_step  # noqa: F401,E402
 
 __version__ = "0.1.0"
+from .backends.llvm.export import export  # noqa: F401,E402  (AOT shared library + C header)

@@ -40,7 +40,7 @@ def declare(values: dict, params: tuple, dtype="float64"):
 
 
 def cast_values(values: dict, dtype="float64"):
-    return {k: (np.asarray(v, dtype) if np.asarray(v).dtype.kind == "f" else np.asarray(v, np.int32))
+    return {k: np.asarray(v, dtype if np.asarray(v).dtype.kind == "f" else np.int32)
             for k, v in values.items()}
 
 

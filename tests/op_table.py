@@ -437,6 +437,39 @@ ROWS: list[Row] = [
         lambda P, I: P["p"] * jnp.exp(-P["q"] ** 2), gens(p=normal(3, 4), q=normal(4))),
 ]
 
+
+
+def _rnn_rows():
+    """scan (a loop primitive) when the package has it: a tanh RNN against jax.lax.scan."""
+    try:
+        from bpcompile.ops.scan import scan
+    except ImportError:
+        return []
+
+    def rows(reverse, checkpoint):
+        def f(P, I):
+            def step(h, x):
+                h2 = bp.tanh(h @ P["W"] + x)
+                return h2, h2 * 2.0 + x
+            hT, ys = scan(step, P["h0"], P["xs"], reverse=reverse, checkpoint=checkpoint)
+            return ys * hT
+
+        def jf(P, I):
+            def step(h, x):
+                h2 = jnp.tanh(h @ P["W"] + x)
+                return h2, h2 * 2.0 + x
+            hT, ys = lax.scan(step, P["h0"], P["xs"], reverse=reverse)
+            return ys * hT
+
+        name = "scan_rnn" + ("_reverse" if reverse else "") + (
+            f"_checkpoint{checkpoint}" if checkpoint else "")
+        return Row(name, ("scan",), {"W": (3, 3), "h0": (3,), "xs": (5, 3)}, f, jf,
+                   gens(W=normal(3, 3), h0=normal(3), xs=normal(5, 3)))
+
+    return [rows(False, None), rows(True, None), rows(False, 2)]
+
+
+ROWS += _rnn_rows()
 ROWS = _fix_shapes(ROWS)
 BY_NAME = {r.name: r for r in ROWS}
 assert len(BY_NAME) == len(ROWS), "duplicate row names"

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from layers_harness import BACKENDS, compare, fd_check, jax, jnp
 
 import bpcompile as bp
 from bpcompile.layers import (
-    avg_pool2d, conv1d, conv2d, first_max, flatten, global_avg_pool, max_pool2d,
+    avg_pool2d,
+    conv1d,
+    conv2d,
+    first_max,
+    flatten,
+    global_avg_pool,
+    max_pool2d,
 )
-
-from layers_harness import BACKENDS, compare, fd_check, jax, jnp
 
 lax = jax.lax
 rng = np.random.default_rng(0)

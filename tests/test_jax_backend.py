@@ -44,64 +44,141 @@ def _sep(r, *s):
 
 
 GRAPHS = {
-    "unary": (lambda P, I: bp.sum(bp.exp(P["x"]) + bp.log(P["p"]) + bp.log1p(P["p"])
-                                  + bp.expm1(P["x"]) + bp.sqrt(P["p"]) + bp.abs(P["x"])
-                                  + bp.sign(P["x"]) * P["x"] + bp.sin(P["x"]) * bp.cos(P["x"])
-                                  + bp.tanh(P["x"]) + bp.sigmoid(P["x"]) + bp.relu(P["x"])
-                                  + bp.softplus(P["x"]) - P["x"]),
-              {"x": (3, 4), "p": (3, 4)}, {},
-              lambda r: {"x": _sep(r, 3, 4), "p": _pos(r, 3, 4)}),
-    "binary_broadcast": (lambda P, I: bp.sum(P["a"] * P["b"] + P["a"] / P["c"] - P["c"]
-                                             + P["c"] ** P["b"] + P["a"] ** 2.0
-                                             + bp.maximum(P["a"], P["b"])
-                                             + bp.minimum(P["a"], 0.1)),
-                         {"a": (2, 3, 4), "b": (4,), "c": (3, 1)}, {},
-                         lambda r: {"a": _sep(r, 2, 3, 4), "b": r.standard_normal(4) + 3.0,
-                                    "c": _pos(r, 3, 1)}),
-    "compare_where_cast": (lambda P, I: bp.sum(
-        bp.where(P["x"] < P["y"], P["x"] * P["y"], bp.sin(P["x"]))
-        + bp.where(P["x"] >= 0.0, P["x"], 0.5 * P["y"])
-        + bp.where(bp.equal(I["k"], 1), P["x"], 0.0) + bp.where(bp.not_equal(I["k"], 2), P["y"], 1.0)
-        + (P["x"] > 0.0).astype(P["x"].dtype) * P["y"]
-        + bp.where(P["x"] <= P["y"], P["x"], 2.0) * P["x"] + I["k"] * P["x"]),
-        {"x": (3, 4), "y": (3, 4)}, {"k": ((4,), "int32")},
-        lambda r: {"x": _sep(r, 3, 4), "y": _sep(r, 3, 4) + 3.0,
-                   "k": np.array([0, 1, 2, 1], np.int32)}),
-    "floor_round_stop_gradient": (lambda P, I: bp.sum(
-        P["x"] * bp.floor(bp.stop_gradient(P["x"]) * 3.0) + P["x"] * bp.round(bp.stop_gradient(P["x"]))),
-        {"x": (3, 4)}, {}, lambda r: {"x": r.integers(-4, 4, (3, 4)) + r.uniform(0.1, 0.4, (3, 4))}),
-    "reductions": (lambda P, I: bp.sum(bp.max(P["x"], axis=1) * bp.sum(P["x"], axis=0)[:3])
-                   + bp.mean(P["x"] - bp.mean(P["x"], axis=1, keepdims=True)) + bp.max(P["x"])
-                   + bp.logsumexp(P["x"], axis=0)[1],
-                   {"x": (3, 4)}, {}, lambda r: {"x": r.standard_normal((3, 4))}),
-    "movement": (lambda P, I: bp.sum(
-        bp.reshape(P["x"], (4, 6)) * bp.transpose(bp.reshape(P["x"], (6, 4)), (1, 0))
-        + bp.broadcast_to(P["v"], (4, 6)))
-        + bp.sum(bp.concatenate([P["x"], bp.exp(P["x"])], axis=1)[:, 1:7:2] ** 2)
-        + bp.sum(bp.pad(P["x"], (1, 0), (2, 1), (0, 1)) * 0.5)
-        + bp.sum(bp.transpose(bp.reshape(P["x"], (2, 3, 4)), (2, 0, 1))[1]),
-        {"x": (2, 12), "v": (6,)}, {},
-        lambda r: {"x": r.standard_normal((2, 12)), "v": r.standard_normal(6)}),
-    "matmul": (lambda P, I: bp.sum((P["a"] @ P["b"]) ** 2) + bp.sum(P["a"] @ P["v"])
-               + bp.sum(P["c"] @ P["d"]) + P["v"] @ P["v"],
-               {"a": (3, 4), "b": (4, 5), "v": (4,), "c": (2, 3, 4), "d": (2, 4, 2)}, {},
-               lambda r: {k: r.standard_normal(s) for k, s in
-                          {"a": (3, 4), "b": (4, 5), "v": (4,), "c": (2, 3, 4),
-                           "d": (2, 4, 2)}.items()}),
-    "index": (lambda P, I: bp.sum(bp.take(P["E"], I["idx"], axis=0) ** 2)
-              + bp.sum(bp.one_hot(I["idx"][0], 6, P["E"].dtype) @ P["E"])
-              + bp.sum(P["E"] * bp.iota((6, 3), 1).astype(P["E"].dtype)),
-              {"E": (6, 3)}, {"idx": ((2, 3), "int32")},
-              lambda r: {"E": r.standard_normal((6, 3)),
-                         "idx": np.array([[0, 5, 2], [2, 2, 1]], np.int32)}),
-    "kernel_and_losses": (lambda P, I: bp.sum(MISH(P["z"])) + bp.cross_entropy(P["z"], I["lab"])
-                          + bp.binary_cross_entropy_with_logits(P["z"][:, 0], I["t"])
-                          + bp.mse(bp.softmax(P["z"]), I["soft"]),
-                          {"z": (4, 5)}, {"lab": ((4,), "int32"), "t": ((4,), "float"),
-                                          "soft": ((4, 5), "float")},
-                          lambda r: {"z": r.standard_normal((4, 5)),
-                                     "lab": r.integers(0, 5, 4).astype(np.int32),
-                                     "t": r.uniform(0, 1, 4), "soft": r.uniform(0, 1, (4, 5))}),
+    "unary": (
+        lambda P, I: bp.sum(
+            bp.exp(P["x"])
+            + bp.log(P["p"])
+            + bp.log1p(P["p"])
+            + bp.expm1(P["x"])
+            + bp.sqrt(P["p"])
+            + bp.abs(P["x"])
+            + bp.sign(P["x"]) * P["x"]
+            + bp.sin(P["x"]) * bp.cos(P["x"])
+            + bp.tanh(P["x"])
+            + bp.sigmoid(P["x"])
+            + bp.relu(P["x"])
+            + bp.softplus(P["x"])
+            - P["x"]
+        ),
+        {"x": (3, 4), "p": (3, 4)},
+        {},
+        lambda r: {"x": _sep(r, 3, 4), "p": _pos(r, 3, 4)},
+    ),
+    "binary_broadcast": (
+        lambda P, I: bp.sum(
+            P["a"] * P["b"]
+            + P["a"] / P["c"]
+            - P["c"]
+            + P["c"] ** P["b"]
+            + P["a"] ** 2.0
+            + bp.maximum(P["a"], P["b"])
+            + bp.minimum(P["a"], 0.1)
+        ),
+        {"a": (2, 3, 4), "b": (4,), "c": (3, 1)},
+        {},
+        lambda r: {"a": _sep(r, 2, 3, 4), "b": r.standard_normal(4) + 3.0, "c": _pos(r, 3, 1)},
+    ),
+    "compare_where_cast": (
+        lambda P, I: bp.sum(
+            bp.where(P["x"] < P["y"], P["x"] * P["y"], bp.sin(P["x"]))
+            + bp.where(P["x"] >= 0.0, P["x"], 0.5 * P["y"])
+            + bp.where(bp.equal(I["k"], 1), P["x"], 0.0)
+            + bp.where(bp.not_equal(I["k"], 2), P["y"], 1.0)
+            + (P["x"] > 0.0).astype(P["x"].dtype) * P["y"]
+            + bp.where(P["x"] <= P["y"], P["x"], 2.0) * P["x"]
+            + I["k"] * P["x"]
+        ),
+        {"x": (3, 4), "y": (3, 4)},
+        {"k": ((4,), "int32")},
+        lambda r: {
+            "x": _sep(r, 3, 4),
+            "y": _sep(r, 3, 4) + 3.0,
+            "k": np.array([0, 1, 2, 1], np.int32),
+        },
+    ),
+    "floor_round_stop_gradient": (
+        lambda P, I: bp.sum(
+            P["x"] * bp.floor(bp.stop_gradient(P["x"]) * 3.0)
+            + P["x"] * bp.round(bp.stop_gradient(P["x"]))
+        ),
+        {"x": (3, 4)},
+        {},
+        lambda r: {"x": r.integers(-4, 4, (3, 4)) + r.uniform(0.1, 0.4, (3, 4))},
+    ),
+    "reductions": (
+        lambda P, I: (
+            bp.sum(bp.max(P["x"], axis=1) * bp.sum(P["x"], axis=0)[:3])
+            + bp.mean(P["x"] - bp.mean(P["x"], axis=1, keepdims=True))
+            + bp.max(P["x"])
+            + bp.logsumexp(P["x"], axis=0)[1]
+        ),
+        {"x": (3, 4)},
+        {},
+        lambda r: {"x": r.standard_normal((3, 4))},
+    ),
+    "movement": (
+        lambda P, I: (
+            bp.sum(
+                bp.reshape(P["x"], (4, 6)) * bp.transpose(bp.reshape(P["x"], (6, 4)), (1, 0))
+                + bp.broadcast_to(P["v"], (4, 6))
+            )
+            + bp.sum(bp.concatenate([P["x"], bp.exp(P["x"])], axis=1)[:, 1:7:2] ** 2)
+            + bp.sum(bp.pad(P["x"], (1, 0), (2, 1), (0, 1)) * 0.5)
+            + bp.sum(bp.transpose(bp.reshape(P["x"], (2, 3, 4)), (2, 0, 1))[1])
+        ),
+        {"x": (2, 12), "v": (6,)},
+        {},
+        lambda r: {"x": r.standard_normal((2, 12)), "v": r.standard_normal(6)},
+    ),
+    "matmul": (
+        lambda P, I: (
+            bp.sum((P["a"] @ P["b"]) ** 2)
+            + bp.sum(P["a"] @ P["v"])
+            + bp.sum(P["c"] @ P["d"])
+            + P["v"] @ P["v"]
+        ),
+        {"a": (3, 4), "b": (4, 5), "v": (4,), "c": (2, 3, 4), "d": (2, 4, 2)},
+        {},
+        lambda r: {
+            k: r.standard_normal(s)
+            for k, s in {
+                "a": (3, 4),
+                "b": (4, 5),
+                "v": (4,),
+                "c": (2, 3, 4),
+                "d": (2, 4, 2),
+            }.items()
+        },
+    ),
+    "index": (
+        lambda P, I: (
+            bp.sum(bp.take(P["E"], I["idx"], axis=0) ** 2)
+            + bp.sum(bp.one_hot(I["idx"][0], 6, P["E"].dtype) @ P["E"])
+            + bp.sum(P["E"] * bp.iota((6, 3), 1).astype(P["E"].dtype))
+        ),
+        {"E": (6, 3)},
+        {"idx": ((2, 3), "int32")},
+        lambda r: {
+            "E": r.standard_normal((6, 3)),
+            "idx": np.array([[0, 5, 2], [2, 2, 1]], np.int32),
+        },
+    ),
+    "kernel_and_losses": (
+        lambda P, I: (
+            bp.sum(MISH(P["z"]))
+            + bp.cross_entropy(P["z"], I["lab"])
+            + bp.binary_cross_entropy_with_logits(P["z"][:, 0], I["t"])
+            + bp.mse(bp.softmax(P["z"]), I["soft"])
+        ),
+        {"z": (4, 5)},
+        {"lab": ((4,), "int32"), "t": ((4,), "float"), "soft": ((4, 5), "float")},
+        lambda r: {
+            "z": r.standard_normal((4, 5)),
+            "lab": r.integers(0, 5, 4).astype(np.int32),
+            "t": r.uniform(0, 1, 4),
+            "soft": r.uniform(0, 1, (4, 5)),
+        },
+    ),
 }
 
 
@@ -120,8 +197,13 @@ def build(name, dtype):
 def assert_close(ours, ref, dtype, what):
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     assert ours.shape == ref.shape, what
-    np.testing.assert_allclose(ours, ref, rtol=RTOL[dtype], atol=ATOL[dtype] * max(
-        1.0, float(np.abs(ref).max(initial=0.0))), err_msg=what)
+    np.testing.assert_allclose(
+        ours,
+        ref,
+        rtol=RTOL[dtype],
+        atol=ATOL[dtype] * max(1.0, float(np.abs(ref).max(initial=0.0))),
+        err_msg=what,
+    )
 
 
 def compare_backends(loss, wrt, values, dtype, passes=None):
@@ -157,7 +239,7 @@ def test_op_table_matches_jax_grad(name):
         env = {**values, **p}
         return f(*[env[n] for n in names])[0]
 
-    rv, rg = jax.value_and_grad(jl)({k: jnp.asarray(values[k]) for k in wn})
+    rv, rg = jax.jit(jax.value_and_grad(jl))({k: jnp.asarray(values[k]) for k in wn})
     assert_close(v, rv, "float64", "loss")
     for k in wn:
         assert_close(g[k], rg[k], "float64", f"d{k}")
@@ -172,8 +254,9 @@ def test_every_op_is_lowered_and_exercised():
         used |= {n.op for n in toposort(fj.outputs)}
         fused, _, _ = compare_backends(loss, wrt, values, "float64")
         used |= {n.op for n in toposort(fused.outputs)}
-    ops = set(all_ops())
-    assert ops <= jax_lower.lowered_ops(), ops - jax_lower.lowered_ops()
+    assert set(all_ops()) <= jax_lower.lowered_ops(), set(all_ops()) - jax_lower.lowered_ops()
+    # control-flow ops (scan) carry sub-graphs; tests/test_scan.py runs them on this backend
+    ops = {name for name, op in all_ops().items() if op.kind != "control"}
     assert ops - used == set(), f"ops no table graph exercises: {sorted(ops - used)}"
 
 
@@ -183,28 +266,55 @@ def scorecard_models(dtype="float32"):
     A = lambda *s: (r.standard_normal(s) * 0.1).astype(dtype)
     out = {}
     x, y = bp.input("x", (4, 2), dtype), bp.input("y", (4, 1), dtype)
-    ps = [bp.param("W1", (2, 4), dtype), bp.param("b1", (4,), dtype),
-          bp.param("W2", (4, 1), dtype), bp.param("b2", (1,), dtype)]
+    ps = [
+        bp.param("W1", (2, 4), dtype),
+        bp.param("b1", (4,), dtype),
+        bp.param("W2", (4, 1), dtype),
+        bp.param("b2", (1,), dtype),
+    ]
     loss = 0.5 * bp.sum((bp.sigmoid(bp.sigmoid(x @ ps[0] + ps[1]) @ ps[2] + ps[3]) - y) ** 2)
-    vals = dict(W1=A(2, 4), b1=A(4), W2=A(4, 1), b2=A(1),
-                x=np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype),
-                y=np.array([[0], [1], [1], [0]], dtype))
+    vals = dict(
+        W1=A(2, 4),
+        b1=A(4),
+        W2=A(4, 1),
+        b2=A(1),
+        x=np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype),
+        y=np.array([[0], [1], [1], [0]], dtype),
+    )
     out["xor"] = (loss, ps, vals)
     x, y = bp.input("x", (1, 10), dtype), bp.input("y", (1, 1), dtype)
-    ps = [bp.param(n, s, dtype) for n, s in [("W1", (10, 32)), ("b1", (32,)), ("W2", (32, 32)),
-                                              ("b2", (32,)), ("W3", (32, 1)), ("b3", (1,))]]
+    ps = [
+        bp.param(n, s, dtype)
+        for n, s in [
+            ("W1", (10, 32)),
+            ("b1", (32,)),
+            ("W2", (32, 32)),
+            ("b2", (32,)),
+            ("W3", (32, 1)),
+            ("b3", (1,)),
+        ]
+    ]
     h = bp.tanh(bp.tanh(x @ ps[0] + ps[1]) @ ps[2] + ps[3])
     loss = bp.mean((h @ ps[4] + ps[5] - y) ** 2)
     vals = {p.attr("name"): A(*p.shape) for p in ps} | dict(x=A(1, 10), y=A(1, 1))
     out["mlp_small"] = (loss, ps, vals)
     x, lab = bp.input("x", (128, 784), dtype), bp.input("labels", (128,), "int32")
-    ps = [bp.param(n, s, dtype) for n, s in [("W1", (784, 256)), ("b1", (256,)),
-                                              ("W2", (256, 256)), ("b2", (256,)),
-                                              ("W3", (256, 10)), ("b3", (10,))]]
+    ps = [
+        bp.param(n, s, dtype)
+        for n, s in [
+            ("W1", (784, 256)),
+            ("b1", (256,)),
+            ("W2", (256, 256)),
+            ("b2", (256,)),
+            ("W3", (256, 10)),
+            ("b3", (10,)),
+        ]
+    ]
     h = bp.relu(bp.relu(x @ ps[0] + ps[1]) @ ps[2] + ps[3])
     loss = bp.cross_entropy(h @ ps[4] + ps[5], lab)
     vals = {p.attr("name"): A(*p.shape) for p in ps} | dict(
-        x=A(128, 784), labels=r.integers(0, 10, 128).astype(np.int32))
+        x=A(128, 784), labels=r.integers(0, 10, 128).astype(np.int32)
+    )
     out["mlp_mnist"] = (loss, ps, vals)
     return out
 
@@ -222,8 +332,9 @@ def test_scorecard_models(dtype):
         assert list(gj) == [w.attr("name") for w in wrt]  # wrt order, like numpy
         for k in gn:
             scale = float(np.abs(gn[k]).max())
-            np.testing.assert_allclose(np.asarray(gj[k]), gn[k], rtol=rtol,
-                                       atol=rtol * scale, err_msg=f"{name} d{k}")
+            np.testing.assert_allclose(
+                np.asarray(gj[k]), gn[k], rtol=rtol, atol=rtol * scale, err_msg=f"{name} d{k}"
+            )
 
 
 def test_jax_array_inputs_and_dtype_casts():
@@ -293,8 +404,13 @@ def test_function_on_jax():
 
 def test_bp_check_on_jax_backend():
     loss, wrt, values = build("kernel_and_losses", "float64")
-    rep = bp.check(loss, wrt, {k: v for k, v in values.items() if k not in ("z",)},
-                   params={"z": values["z"]}, backend="jax")
+    rep = bp.check(
+        loss,
+        wrt,
+        {k: v for k, v in values.items() if k not in ("z",)},
+        params={"z": values["z"]},
+        backend="jax",
+    )
     assert rep.ok, str(rep)
     assert rep.backend == "jax"
     loss, wrt, vals = scorecard_models("float32")["xor"]
@@ -326,8 +442,13 @@ def test_float64_without_x64_subprocess():
         x = bp.param("x", (3,), "float32")
         print("F32", bp.compile(bp.sum(x * x), [x], backend="jax")(x=[1.0, 2.0, 3.0])[0])
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=_env(JAX_ENABLE_X64="0"), timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_env(JAX_ENABLE_X64="0"),
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "ERR jax backend (compile): the graph uses float64 (x: f64[3])" in out.stdout
     assert "F32 14.0" in out.stdout
@@ -348,8 +469,11 @@ def _mlp64():
     W2 = bp.param("W2", (5, 4), "float64")
     loss = bp.cross_entropy(bp.tanh(x @ W1 + b1) @ W2, lab)
     r = np.random.default_rng(1)
-    params = {"W1": r.standard_normal((3, 5)), "b1": r.standard_normal(5),
-              "W2": r.standard_normal((5, 4))}
+    params = {
+        "W1": r.standard_normal((3, 5)),
+        "b1": r.standard_normal(5),
+        "W2": r.standard_normal((5, 4)),
+    }
     inputs = {"x": r.standard_normal((6, 3)), "lab": r.integers(0, 4, 6).astype(np.int32)}
     return loss, [W1, b1, W2], params, inputs
 
@@ -362,6 +486,7 @@ def _reference_loss(loss, wrt):
     def ref(params, **inputs):
         env = {**inputs, **params}
         return f(*[env[n] for n in names])[0]
+
     return ref
 
 
@@ -382,8 +507,10 @@ def test_as_jax_function_grad_uses_our_backward():
     for k in params:
         assert_close(g3[k], 3 * np.asarray(rg[k]), "float64", k)
     # JAX really goes through custom_vjp (our backward), not through the traced forward
-    jaxpr = str(jax.make_jaxpr(jax.grad(f))(params, **inputs))
-    assert "custom_vjp_call" in jaxpr
+    assert "custom_vjp_call" in str(jax.make_jaxpr(f)(params, **inputs))
+    # under grad, the gradient is the output of our compiled program (pjit _traced), scaled
+    grad_jaxpr = str(jax.make_jaxpr(jax.grad(f))(params, **inputs))
+    assert "_traced" in grad_jaxpr and "mul 1.0" in grad_jaxpr
 
 
 def test_as_jax_function_under_jit_and_vmap():
@@ -407,7 +534,8 @@ def test_as_jax_function_under_jit_and_vmap():
         for k in params:
             assert_close(pg[k][i], gi[k], "float64", f"vmap d{k}[{i}]")
     mean_g = jax.grad(lambda p: jnp.mean(jax.vmap(lambda x, lab: f(p, x=x, lab=lab))(xs, labs)))(
-        params)
+        params
+    )
     for k in params:
         assert_close(mean_g[k], np.mean(np.asarray(pg[k]), axis=0), "float64", k)
 

@@ -98,6 +98,7 @@ def _logistic():
     return loss, [w, b], {"x": X, "y": t}
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # scipy, krylov
 @pytest.mark.parametrize("method", ["L-BFGS-B", "Newton-CG", "trust-exact", "trust-krylov"])
 def test_second_order_minimizers_agree_on_a_convex_problem(method):
     loss, wrt, data = _logistic()

@@ -48,6 +48,7 @@ def emit_function(
     names = assign_names(list(args) + order)  # an unused argument still needs its name
     forward = set(toposort(outputs[:1]))
     consts: dict[str, np.ndarray] = {}
+    helpers: list[str] = []
     expr_of: dict[Node, str] = {}
     for n in order:
         if n.op in ("input", "param"):
@@ -81,6 +82,9 @@ def emit_function(
                 f"{ns}.asarray({o}, {ns}.{n.inputs[k].dtype})" for k, o in enumerate(operands)
             ]
         rhs = lower(n, operands)
+        if getattr(rhs, "defs", None):  # module-level helpers a lowering needs (scan loops)
+            helpers.append(rhs.defs)
+            consts.update(rhs.consts)
         if isinstance(rhs, tuple):  # (temporaries, expression): hoisted common subexpressions
             temps, rhs = rhs
             for tname, texpr in temps:
@@ -112,5 +116,6 @@ def emit_function(
             header.append(
                 f"# {cname}: {v.dtype.name}{list(v.shape)} constant, passed in at exec time"
             )
+    header += [h + "\n" for h in helpers]
     src = "\n".join(header + ([""] if header else []) + lines) + "\n"
     return src, consts

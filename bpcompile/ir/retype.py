@@ -13,6 +13,9 @@ def retype(outputs: list[Node], src: str = "float32", dst: str = "float64") -> l
         attrs = dict(n.attrs)
         if attrs.get("dtype") == src:
             attrs["dtype"] = dst
+        for k, v in attrs.items():
+            if hasattr(v, "retype"):  # a sub-graph attribute (a scan body) retypes itself
+                attrs[k] = v.retype(src, dst)
         if n.op == "const" and n.dtype == src:
             attrs["value"] = ConstValue(attrs["value"].array.astype(dst))
         memo[n] = make(n.op, [memo[i] for i in n.inputs], **attrs)

@@ -80,8 +80,8 @@ def _windows(xp: Node, window, stride, dilation, out_hw) -> list[Node]:
     for i in range(kh):
         for j in range(kw):
             a, b = i * dh, j * dw
-            views.append(slice_(xp, (0, 0, a, b), (n, c, a + (ho - 1) * sh + 1, b + (wo - 1) * sw + 1),
-                                (1, 1, sh, sw)))
+            stops = (n, c, a + (ho - 1) * sh + 1, b + (wo - 1) * sw + 1)
+            views.append(slice_(xp, (0, 0, a, b), stops, (1, 1, sh, sw)))
     return views
 
 
@@ -136,11 +136,13 @@ def conv1d(x, w, b=None, stride: int = 1, padding="valid", dilation: int = 1,
     if x.ndim != 3 or w.ndim != 3:
         raise ShapeError(f"conv1d: needs x (N,C,L) and w (O,I,k), got {x.shape}, {w.shape}")
     if isinstance(padding, str):
-        (pl,) = conv_padding(padding, (x.shape[2],), (w.shape[2],), (int(stride),), (int(dilation),))
+        (pl,) = conv_padding(padding, (x.shape[2],), (w.shape[2],), (int(stride),),
+                             (int(dilation),))
     elif isinstance(padding, (int, np.integer)):
         pl = (int(padding), int(padding))
     else:
-        pl = tuple(padding[0]) if len(padding) == 1 and not isinstance(padding[0], int) else tuple(padding)
+        nested = len(padding) == 1 and not isinstance(padding[0], (int, np.integer))
+        pl = tuple(padding[0]) if nested else tuple(padding)
     x4 = reshape(x, (x.shape[0], x.shape[1], 1, x.shape[2]))
     w4 = reshape(w, (w.shape[0], w.shape[1], 1, w.shape[2]))
     y = conv2d(x4, w4, b, (1, stride), ((0, 0), pl), (1, dilation), groups)

@@ -84,16 +84,24 @@ def kernel(expr: sp.Expr, inputs, name: str = "fused", dtype=None) -> Node:
     dtype = canonical(dtype)
     if not is_float(dtype):
         raise DTypeError(f"kernel {name}: output dtype must be float, got {dtype}")
+    # Dropping inputs SymPy cancelled ((a0 - a0)*a1 -> 0) must not shrink the result's shape.
+    full = _broadcast("kernel " + name, [x.shape for x in inputs])
     if not new_inputs:  # a constant expression
         from .leaves import const
 
-        return const(float(expr), dtype)
-    if (
+        out = const(float(expr), dtype)
+    elif (
         expr in [sym(i) for i in range(len(new_inputs))]
         and new_inputs[int(str(expr)[1:])].dtype == dtype
     ):
-        return new_inputs[int(str(expr)[1:])]
-    return make("kernel", new_inputs, expr=expr, name=name, dtype=dtype)
+        out = new_inputs[int(str(expr)[1:])]
+    else:
+        out = make("kernel", new_inputs, expr=expr, name=name, dtype=dtype)
+    if out.shape != full:
+        from .movement import broadcast_to
+
+        out = broadcast_to(out, full)
+    return out
 
 
 class ElementwiseFn:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from ..errors import BackendError
 
-# kinds: leaf | elementwise | reduce | movement | matmul | index | kernel
-KINDS = ("leaf", "elementwise", "reduce", "movement", "matmul", "index", "kernel")
+# kinds: leaf | elementwise | reduce | movement | matmul | index | kernel | control (scan)
+KINDS = ("leaf", "elementwise", "reduce", "movement", "matmul", "index", "kernel", "control")
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,15 @@ gradient element first), so `adam(1e-3, clip_norm=1.0)` equals
 from __future__ import annotations
 
 from .transforms import (
-    AddDecayedWeights, ClipByGlobalNorm, ClipByValue, Optimizer, ScaleByAdam,
-    ScaleByLearningRate, ScaleByRms, Trace, Transform,
+    AddDecayedWeights,
+    ClipByGlobalNorm,
+    ClipByValue,
+    Optimizer,
+    ScaleByAdam,
+    ScaleByLearningRate,
+    ScaleByRms,
+    Trace,
+    Transform,
 )
 
 

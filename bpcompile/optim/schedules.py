@@ -191,7 +191,7 @@ class Linear(Schedule):
 
 @dataclass(repr=False)
 class Join(Schedule):
-    """`schedules[i]` from `boundaries[i-1]` on, each restarted at count 0 (optax.join_schedules)."""
+    """`schedules[i]` from `boundaries[i-1]` on, restarted at count 0 (optax.join_schedules)."""
 
     schedules: list
     boundaries: list

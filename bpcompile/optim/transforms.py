@@ -17,7 +17,18 @@ import numpy as np
 
 from ..ir.node import Node
 from ..ops.elementwise import (
-    add, as_node, cast, div, lt, maximum, minimum, mul, power, sub, unary, where,
+    add,
+    as_node,
+    cast,
+    div,
+    lt,
+    maximum,
+    minimum,
+    mul,
+    power,
+    sub,
+    unary,
+    where,
 )
 from ..ops.reduce import sum_
 from .schedules import Schedule, as_schedule
@@ -122,7 +133,8 @@ class ScaleByRms(Transform):
     def apply(self, updates, state, params, ctx):
         out, new = {}, {"nu": {}}
         for k, g in updates.items():
-            nu = add(mul(_c(1.0 - self.decay, g), mul(g, g)), mul(_c(self.decay, g), state["nu"][k]))
+            nu = add(mul(_c(1.0 - self.decay, g), mul(g, g)),
+                     mul(_c(self.decay, g), state["nu"][k]))
             new["nu"][k] = nu
             if self.eps_in_sqrt:
                 out[k] = div(g, unary("sqrt", add(nu, _c(self.eps, g))))
@@ -139,7 +151,8 @@ class ScaleByAdam(Transform):
 
     def __init__(self, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                  eps_root: float = 0.0):
-        self.b1, self.b2, self.eps, self.eps_root = float(b1), float(b2), float(eps), float(eps_root)
+        self.b1, self.b2 = float(b1), float(b2)
+        self.eps, self.eps_root = float(eps), float(eps_root)
 
     def apply(self, updates, state, params, ctx):
         t = add(ctx.count, _c(1.0, ctx.count))

@@ -329,7 +329,7 @@ def fit(model_or_loss, data, epochs: int = 10, batch_size: int | None = None,
                     f"{es['patience']} epochs (best {best:.6g} at epoch {hist.best_epoch})")
             break
     if best_params is not None:
-        step.params.update(best_params)
+        step.set_params(best_params)
     return hist
 
 

@@ -34,6 +34,10 @@ def plot_history(history, path) -> Path:
         ax1.axvline(history.best_epoch, color="grey", ls=":", lw=1, label="best epoch")
     if all(v > 0 for v in history.loss):
         ax1.set_yscale("log")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.set_title("loss")
@@ -44,7 +48,8 @@ def plot_history(history, path) -> Path:
             ax2.plot(ep[-len(g):], g, label=k)
         if all(v > 0 for g in history.grad_norm.values() for v in g):
             ax2.set_yscale("log")
-        ax2.axhline(1e-7, color="tab:red", ls="--", lw=0.8)
+        if min(min(g) for g in history.grad_norm.values()) < 1e-5:
+            ax2.axhline(1e-7, color="tab:red", ls="--", lw=0.8, label="vanishing (1e-7)")
         ax2.legend(ncol=2, fontsize="small")
     else:
         ax2.text(0.5, 0.5, "no gradient diagnostics recorded", ha="center", va="center",

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..autodiff.reverse import check_loss, check_wrt, grad as _raw_grad
-from ..compiled import compile as _compile, function as _function, grad as _grad
+from ..autodiff.reverse import check_loss, check_wrt
+from ..autodiff.reverse import grad as _raw_grad
+from ..compiled import compile as _compile
+from ..compiled import function as _function
+from ..compiled import grad as _grad
 from ..errors import ArgumentError
 from ..ir.node import Node
 from ..ops.elementwise import add, mul

@@ -16,7 +16,8 @@ import warnings
 
 import numpy as np
 
-from ..compiled import Function, grad as _grad
+from ..compiled import Function
+from ..compiled import grad as _grad
 from ..errors import ArgumentError, BPError
 from ..ir.node import Node
 from ..ir.traverse import leaves, toposort
@@ -46,7 +47,8 @@ class TrainStep:
 
     def __init__(self, loss, params=None, optimizer: Optimizer | None = None,
                  backend: str = "numpy", init: dict | None = None, seed: int = 0,
-                 diagnostics: bool = False, check_finite: bool = True, **options):
+                 diagnostics: bool = False, check_finite: bool = True, native=None,
+                 **options):
         from ..spec import Init, Model
 
         model = loss if isinstance(loss, Model) else None
@@ -86,7 +88,7 @@ class TrainStep:
                     rng = np.random.default_rng([int(seed), i])
                     kind = Init("glorot") if p.ndim >= 2 else Init("zeros")
                     init[p.attr("name")] = kind.sample(rng, p.shape, p.dtype)
-        self.params: dict[str, np.ndarray] = {}
+        params0: dict[str, np.ndarray] = {}
         self.frozen: dict[str, np.ndarray] = {}
         for name, node in by_name.items():
             if name not in init:
@@ -96,35 +98,47 @@ class TrainStep:
             if arr.shape != node.shape:
                 raise ArgumentError(f"compile_train_step: initial {name!r} has shape "
                                     f"{arr.shape}, expected {node.shape}")
-            (self.params if name in self.param_names else self.frozen)[name] = arr
-        self.opt_state = self.optimizer.init(self.params)
+            (params0 if name in self.param_names else self.frozen)[name] = arr
+        state0 = self.optimizer.init(params0)
+        self.state_names = list(state0)
         self.count, self.lr_scale, self.last = 0, 1.0, {}
         self.warn = True  # emit diagnostics warnings with `warnings.warn` (fit collects them)
-
-        # -- the fused graph -----------------------------------------------------------------
-        self.fn = Function(self._graph(), backend=backend, **options)
-        sig = self.fn.signature
-        self._arg_names = list(sig.names)
-        clash = [n for n in self.input_names if n in self.opt_state or n in ("step", "lr_scale")]
+        clash = [n for n in self.input_names if n in state0 or n in ("step", "lr_scale")]
         if clash:
             raise ArgumentError(f"compile_train_step: input names {clash} clash with optimizer "
                                 "state / step inputs; rename them")
+
+        # -- the fused graph -----------------------------------------------------------------
+        graph = self._graph(state0)
+        self.fn = Function(graph, backend=backend, **options)
+        self._arg_names = list(self.fn.signature.names)
         self._outs = self.fn.names
         self._eval = None
+        dt = np.dtype(self.wrt[0].dtype)
+        self._scalars = {"step": np.zeros((), dt), "lr_scale": np.ones((), dt)}
+        self._carried = self.param_names + self.state_names  # updated every step
+        self._native = None
+        if native is not False:
+            self._native = _PingPong.create(self, graph, backend, options)
+        if self._native is None:
+            self._cur = {**self.frozen, **self._scalars}
+        else:
+            self._cur = self._native.feeds[0]
+        self._write_carried({**params0, **state0})
 
     # ---- graph construction --------------------------------------------------------------------
-    def _graph(self) -> dict:
+    def _graph(self, state0: dict) -> dict:
         dt = self.wrt[0].dtype
         ctx = OptContext(count=_input("step", (), dt), lr_scale=_input("lr_scale", (), dt))
         grads = _grad(self.loss_node, self.wrt)
         pnodes = {p.attr("name"): p for p in self.wrt}
         gnodes = dict(zip(self.param_names, grads))
-        state = {k: _input(k, v.shape, v.dtype.name) for k, v in self.opt_state.items()}
+        state = {k: _input(k, v.shape, v.dtype.name) for k, v in state0.items()}
         deltas, new_state = self.optimizer.updates(gnodes, state, pnodes, ctx)
         outputs = {"loss": self.loss_node}
         for k in self.param_names:
             outputs[f"{k}_next"] = add(pnodes[k], deltas[k])
-        for k in self.opt_state:
+        for k in state0:
             outputs[f"{k}_next"] = new_state[k]
         if self.diagnostics:
             for k in self.param_names:
@@ -133,8 +147,42 @@ class TrainStep:
                 outputs[f"uratio_{k}"] = div(_norm(d), add(_norm(p), as_node(1e-12, p)))
         return outputs
 
+    # ---- state -------------------------------------------------------------------------------
+    @property
+    def params(self) -> dict:
+        """The current params by name. On a native backend these are views of the buffers the
+        compiled code updates in place: copy them to keep a snapshot across steps."""
+        return {k: self._cur[k] for k in self.param_names}
+
+    @property
+    def opt_state(self) -> dict:
+        """The current optimizer state by slot name (`mu_W1`, ...); views, like `params`."""
+        return {k: self._cur[k] for k in self.state_names}
+
+    def set_params(self, values: dict):
+        """Overwrite some or all params (e.g. restore the best epoch's)."""
+        self._write_carried({k: v for k, v in values.items() if k in self.param_names})
+
+    def reset(self, init: dict):
+        """Start over from `init` params (fresh optimizer state, count 0), keeping the compiled
+        function: cheap restarts for many seeds."""
+        params = {k: np.asarray(init[k], self.fn.signature.by_name[k].dtype)
+                  for k in self.param_names}
+        for k in self.frozen:
+            if k in init:
+                np.copyto(self.frozen[k], init[k], casting="same_kind")
+        self._write_carried({**params, **self.optimizer.init(params)})
+        self.count, self.lr_scale, self.last = 0, 1.0, {}
+
+    def _write_carried(self, values: dict):
+        for k, v in values.items():
+            if self._native is None:
+                self._cur[k] = np.array(v, dtype=self.fn.signature.by_name[k].dtype)
+            else:
+                np.copyto(self._cur[k], v, casting="same_kind")
+
     # ---- running -------------------------------------------------------------------------------
-    def _feed(self, batch: dict) -> list:
+    def _check_batch(self, batch: dict):
         extra = [k for k in batch if k not in self.input_names]
         missing = [k for k in self.input_names if k not in batch]
         if extra or missing:
@@ -142,29 +190,21 @@ class TrainStep:
             parts = ([f"missing {missing}"] if missing else []) + (
                 [f"unexpected {extra}"] if extra else [])
             raise ArgumentError(f"train step: {'; '.join(parts)}; the model's inputs are {want}")
-        sig = self.fn.signature
-        dt = np.dtype(self.wrt[0].dtype)
-        scalars = {"step": np.asarray(self.count, dt), "lr_scale": np.asarray(self.lr_scale, dt)}
-        out = []
-        for name in self._arg_names:
-            if name in batch:
-                out.append(sig.convert(name, batch[name]))
-            elif name in self.params:
-                out.append(self.params[name])
-            elif name in self.opt_state:
-                out.append(self.opt_state[name])
-            elif name in self.frozen:
-                out.append(self.frozen[name])
-            else:
-                out.append(scalars[name])
-        return out
 
     def __call__(self, **batch) -> float:
         """Apply one update on `batch` (arrays by input name); return the loss before it."""
-        arrays = self._feed(batch)
-        first, rest = self.fn.impl.run(arrays)
-        loss = float(first)
-        values = dict(zip(self._outs[1:], rest))
+        if len(batch) != len(self.input_names) or any(k not in batch for k in self.input_names):
+            self._check_batch(batch)
+        self._scalars["step"][()] = self.count
+        self._scalars["lr_scale"][()] = self.lr_scale
+        if self._native is not None:
+            loss, values, nxt = self._native.run(batch)
+        else:
+            sig, cur = self.fn.signature, self._cur
+            arrays = [sig.convert(n, batch[n]) if n in batch else cur[n] for n in self._arg_names]
+            first, rest = self.fn.impl.run(arrays)
+            loss, values, nxt = first, dict(zip(self._outs[1:], rest)), None
+        loss = float(loss)
         if self.diagnostics:
             self.last = self._diagnose(loss, values)
             if self.warn:
@@ -172,11 +212,13 @@ class TrainStep:
                     warnings.warn(msg, RuntimeWarning, stacklevel=2)
         if self.check_finite and not (math.isfinite(loss) and all(
                 math.isfinite(v) for k, v in self.last.items() if k.startswith("gnorm_"))):
-            raise NonFiniteError(self.locate_nonfinite(batch))
-        for k in self.param_names:
-            self.params[k] = values[f"{k}_next"]
-        for k in self.opt_state:
-            self.opt_state[k] = values[f"{k}_next"]
+            raise NonFiniteError(self.locate_nonfinite(batch))  # the update is not committed
+        if nxt is not None:
+            self._native.phase = nxt
+            self._cur = self._native.feeds[nxt]
+        else:
+            for k in self._carried:
+                self._cur[k] = values[f"{k}_next"]
         self.count += 1
         return loss
 
@@ -255,18 +297,25 @@ class TrainStep:
         return out
 
     def load_state_dict(self, d: dict):
-        for group, target in (("param", self.params), ("frozen", self.frozen),
-                              ("opt", self.opt_state)):
-            for k in target:
+        values = {}
+        for group, names, ref in (("param", self.param_names, None),
+                                  ("frozen", list(self.frozen), self.frozen),
+                                  ("opt", self.state_names, None)):
+            for k in names:
                 key = f"{group}/{k}"
                 if key not in d:
                     raise ArgumentError(f"checkpoint has no {key!r}; it was saved from a "
                                         "different model or optimizer")
                 arr = np.asarray(d[key])
-                if arr.shape != target[k].shape:
+                want = self.fn.signature.by_name[k].shape
+                if arr.shape != want:
                     raise ArgumentError(f"checkpoint {key!r} has shape {arr.shape}, "
-                                        f"expected {target[k].shape}")
-                target[k] = np.array(arr, dtype=target[k].dtype)
+                                        f"expected {want}")
+                if ref is not None:
+                    np.copyto(ref[k], arr, casting="unsafe")
+                else:
+                    values[k] = arr
+        self._write_carried(values)
         self.count = int(d.get("meta/count", 0))
         self.lr_scale = float(d.get("meta/lr_scale", 1.0))
 
@@ -288,3 +337,48 @@ def compile_train_step(loss, params=None, optimizer: Optimizer | None = None,
     model's init or Glorot weights / zero biases from `seed`), `diagnostics`, `check_finite`.
     """
     return TrainStep(loss, params, optimizer, backend, **kw)
+
+
+class _PingPong:
+    """In-place training on a backend whose compiled function writes its outputs into
+    preallocated native buffers and offers a validated native call path (LLVM).
+
+    Two instances of the same compiled code (the second is a cache hit) take turns: A reads
+    params and state from B's output buffers and writes the new ones into its own, then B reads
+    A's. No array is allocated or copied per step: the per-step Python work is one native call
+    with a dict of the batch plus fixed buffers. The current params are whichever buffers the
+    next call reads (`feeds[phase]`); a failed (non-finite) step simply does not flip.
+    """
+
+    @classmethod
+    def create(cls, step: TrainStep, graph: dict, backend: str, options: dict):
+        impl = step.fn.impl
+        if not (hasattr(impl, "out_arrays") and hasattr(impl, "make_caller")):
+            return None
+        other = Function(graph, backend=backend, **options)
+        callers = [f.impl.make_caller(f.signature, f.names[1:]) for f in (step.fn, other)]
+        if any(c is None or not hasattr(c, "bp_native") for c in callers):
+            return None
+        return cls(step, [step.fn, other], [c.bp_native for c in callers])
+
+    def __init__(self, step: TrainStep, fns: list, callers: list):
+        self.step, self.fns, self.callers = step, fns, callers
+        fixed = {**step.frozen, **step._scalars}
+        idx = {n: j for j, n in enumerate(fns[0].names)}
+        # feeds[i] is what fns[i] reads: the carried values from the other function's buffers
+        self.feeds = []
+        for i in (0, 1):
+            outs = fns[1 - i].impl.out_arrays
+            feed = dict(fixed)
+            for k in step._carried:
+                feed[k] = outs[idx[f"{k}_next"]]
+            self.feeds.append(feed)
+        self.phase = 0
+
+    def run(self, batch: dict):
+        """One native call; returns (loss, outputs by name, the phase to adopt on commit)."""
+        i = self.phase
+        feed = self.feeds[i]
+        feed.update(batch)
+        loss, values = self.callers[i](**feed)
+        return loss, values, 1 - i

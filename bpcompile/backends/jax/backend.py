@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ...errors import ArgumentError, BackendError
@@ -56,7 +57,8 @@ def _require_x64(nodes, where: str):
             f"jax backend ({where}): the graph uses float64 ({what}: {type_str(n)}) but JAX "
             "has 64-bit types disabled, so XLA would silently compute in float32. Enable them "
             "first: jax.config.update('jax_enable_x64', True) (or JAX_ENABLE_X64=1), or "
-            "declare the graph in float32.")
+            "declare the graph in float32."
+        )
 
 
 class JaxBackend:
@@ -64,17 +66,25 @@ class JaxBackend:
 
     name = "jax"
 
-    def __init__(self, outputs: list[Node], args: list[Node], title: str = "",
-                 sync: bool = True, data_parallel: bool = False, batch_inputs=None,
-                 devices=None):
+    def __init__(
+        self,
+        outputs: list[Node],
+        args: list[Node],
+        title: str = "",
+        sync: bool = True,
+        data_parallel: bool = False,
+        batch_inputs=None,
+        devices=None,
+    ):
         self.outputs, self.args = list(outputs), list(args)
         self.names = [a.attr("name") for a in args]
         self.by_name = dict(zip(self.names, args))
         self.sync = bool(sync)
         self._all_nodes = toposort(self.outputs) + self.args
         _require_x64(self._all_nodes, "compile")
-        self.src, consts = emit_function(self.outputs, self.args, lower, "forward_backward",
-                                         "jnp", title)
+        self.src, consts = emit_function(
+            self.outputs, self.args, lower, "forward_backward", "jnp", title
+        )
         consts = {k: jnp.asarray(v) for k, v in consts.items()}  # so `const @ x` stays jnp
         self.fn = exec_source(self.src, consts, "forward_backward", NAMESPACE)
         self.jitted = jax.jit(self._traced)
@@ -91,12 +101,17 @@ class JaxBackend:
         if missing or extra:
             parts = []
             if missing:
-                parts.append("missing " + ", ".join(
-                    f"{m} (expected {type_str(self.by_name[m])})" for m in missing))
+                parts.append(
+                    "missing "
+                    + ", ".join(f"{m} (expected {type_str(self.by_name[m])})" for m in missing)
+                )
             if extra:
                 parts.append(f"unexpected {', '.join(map(repr, extra))}")
-            raise ArgumentError("; ".join(parts) + f". The function takes: "
-                                + ", ".join(f"{n}:{type_str(a)}" for n, a in self.by_name.items()))
+            raise ArgumentError(
+                "; ".join(parts)
+                + ". The function takes: "
+                + ", ".join(f"{n}:{type_str(a)}" for n, a in self.by_name.items())
+            )
         return self.fn(*[self._arg(n, kw[n]) for n in self.names])
 
     def _arg(self, name: str, v):
@@ -105,18 +120,23 @@ class JaxBackend:
             try:
                 v = jnp.asarray(v)
             except (TypeError, ValueError) as e:
-                raise ArgumentError(f"argument {name!r}: cannot convert {type(v).__name__} "
-                                    f"to an array ({e})") from None
+                raise ArgumentError(
+                    f"argument {name!r}: cannot convert {type(v).__name__} to an array ({e})"
+                ) from None
         if not hasattr(v, "shape") or not hasattr(v, "dtype"):
-            raise ArgumentError(f"argument {name!r}: expected an array {type_str(node)}, got "
-                                f"{type(v).__name__}")
+            raise ArgumentError(
+                f"argument {name!r}: expected an array {type_str(node)}, got {type(v).__name__}"
+            )
         dt = np.dtype(v.dtype)
         if dt.kind not in _ACCEPT[node.dtype]:
-            raise ArgumentError(f"argument {name!r}: expected dtype {node.dtype} "
-                                f"(shape {node.shape}), got {dt}")
+            raise ArgumentError(
+                f"argument {name!r}: expected dtype {node.dtype} (shape {node.shape}), got {dt}"
+            )
         if tuple(v.shape) != node.shape:
-            raise ArgumentError(f"argument {name!r}: expected shape {node.shape} "
-                                f"({node.dtype}), got {tuple(v.shape)}")
+            raise ArgumentError(
+                f"argument {name!r}: expected shape {node.shape} "
+                f"({node.dtype}), got {tuple(v.shape)}"
+            )
         return v if dt == np.dtype(node.dtype) else v.astype(node.dtype)
 
     def _positional(self, *arrays):
@@ -124,8 +144,10 @@ class JaxBackend:
 
     # -- the Backend interface ------------------------------------------------------------
     def abstract_args(self) -> dict:
-        return {n: jax.ShapeDtypeStruct(a.shape, np.dtype(a.dtype))
-                for n, a in zip(self.names, self.args)}
+        return {
+            n: jax.ShapeDtypeStruct(a.shape, np.dtype(a.dtype))
+            for n, a in zip(self.names, self.args)
+        }
 
     def lowered(self):
         """`jax.stages.Lowered` for the program at its declared shapes and dtypes."""
@@ -155,10 +177,12 @@ class JaxBackend:
         jitted, names, sync = self.jitted, tuple(grad_names), self.sync
         bounds = _host_bounds(signature)
         if not bounds and sync:
+
             def call(**kw):
                 value, grads = jitted(**kw)
                 value.block_until_ready()  # one executable: every output is ready with it
                 return value, dict(zip(names, grads))
+
             # A partial is not bound as a method, so Compiled can make it its __call__ and
             # fn(**kw) skips one Python frame (see Compiled.__init__).
             call.bp_native = functools.partial(call)
@@ -171,6 +195,7 @@ class JaxBackend:
             if sync:
                 value.block_until_ready()
             return value, dict(zip(names, grads))
+
         return call_checked
 
     def as_jax_function(self, grad_names):
@@ -222,27 +247,33 @@ class DataParallel:
                 raise BackendError(
                     f"jax data parallel: batch input {name!r} ({type_str(a)}) has size "
                     f"{a.shape[ax]} on axis {ax}, not divisible by {ndev} devices; pick a "
-                    f"batch size that is a multiple of {ndev} or pass devices=[...]")
+                    f"batch size that is a multiple of {ndev} or pass devices=[...]"
+                )
             specs.append(PartitionSpec(*([None] * ax + ["batch"])))
         self.in_shardings = tuple(NamedSharding(self.mesh, s) for s in specs)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.jitted = jax.jit(backend._positional, in_shardings=self.in_shardings,
-                              out_shardings=self.replicated)
+        self.jitted = jax.jit(
+            backend._positional, in_shardings=self.in_shardings, out_shardings=self.replicated
+        )
 
     def _batch_axes(self, batch_inputs) -> dict:
         be = self.backend
         if batch_inputs is None:  # every data input with a leading axis
             return {n: 0 for n, a in zip(be.names, be.args) if a.op == "input" and a.ndim}
-        axes = dict(batch_inputs) if isinstance(batch_inputs, dict) else {
-            n: 0 for n in batch_inputs}
+        axes = (
+            dict(batch_inputs) if isinstance(batch_inputs, dict) else {n: 0 for n in batch_inputs}
+        )
         for n, ax in axes.items():
             if n not in be.by_name:
-                raise ArgumentError(f"jax data parallel: {n!r} is not an argument; arguments: "
-                                    f"{be.names}")
+                raise ArgumentError(
+                    f"jax data parallel: {n!r} is not an argument; arguments: {be.names}"
+                )
             nd = be.by_name[n].ndim
             if not -nd <= ax < nd:
-                raise ArgumentError(f"jax data parallel: axis {ax} out of range for {n!r} "
-                                    f"({type_str(be.by_name[n])})")
+                raise ArgumentError(
+                    f"jax data parallel: axis {ax} out of range for {n!r} "
+                    f"({type_str(be.by_name[n])})"
+                )
             axes[n] = ax % nd
         return axes
 
@@ -281,6 +312,7 @@ class DataParallel:
             return value, dict(zip(names, grads))
 
         call.mesh, call.shard, call.lowered = self.mesh, self.shard, self.lowered
-        call.source = lambda stage=None: (self.lowered().as_text() if stage == "stablehlo"
-                                          else self.backend.source(stage))
+        call.source = lambda stage=None: (
+            self.lowered().as_text() if stage == "stablehlo" else self.backend.source(stage)
+        )
         return call

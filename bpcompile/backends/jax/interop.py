@@ -26,8 +26,9 @@ def as_jax_function(backend, grad_names: list[str]):
 
     def split(params, inputs):
         if not isinstance(params, dict):
-            raise ArgumentError(f"as_jax_function: params must be a dict of arrays, got "
-                                f"{type(params).__name__}")
+            raise ArgumentError(
+                f"as_jax_function: params must be a dict of arrays, got {type(params).__name__}"
+            )
         both = sorted(set(params) & set(inputs))
         if both:
             raise ArgumentError(f"as_jax_function: {both} passed both in params and as inputs")
@@ -40,30 +41,37 @@ def as_jax_function(backend, grad_names: list[str]):
     def fwd(params, inputs):
         p = {k: v.value for k, v in params.items()}
         x = {k: v.value for k, v in inputs.items()}
-        perturbed = sorted(k for k, v in {**params, **inputs}.items()
-                           if v.perturbed and k not in has_grad)
+        perturbed = sorted(
+            k for k, v in {**params, **inputs}.items() if v.perturbed and k not in has_grad
+        )
         if perturbed:
             raise GradientError(
                 f"as_jax_function: JAX asks for the gradient w.r.t. {perturbed}, but this "
-                f"function was compiled with wrt={sorted(has_grad)}; add them to wrt")
+                f"function was compiled with wrt={sorted(has_grad)}; add them to wrt"
+            )
         loss, grads = program(**split(p, x))
-        return loss, (dict(zip(grad_names, grads)), list(p), list(x))
+        grads = dict(zip(grad_names, grads))
+        # Residuals: our gradient per param (None, a leafless pytree, where there is none)
+        # and the input names as a leafless {name: None} so bwd can rebuild the structure.
+        return loss, ({k: grads.get(k) for k in p}, {k: None for k in x})
 
     def bwd(res, ct):
-        grads, pnames, xnames = res
+        grads, no_grad = res
         if isinstance(ct, jax.custom_derivatives.SymbolicZero):
-            return ({k: None for k in pnames}, {k: None for k in xnames})
-        return ({k: (ct * grads[k]).astype(grads[k].dtype) if k in grads else None
-                 for k in pnames},
-                {k: None for k in xnames})
+            return {k: None for k in grads}, no_grad
+        return (
+            {k: None if g is None else (ct * g).astype(g.dtype) for k, g in grads.items()},
+            no_grad,
+        )
 
     core.defvjp(fwd, bwd, symbolic_zeros=True)
 
     def f(params: dict, **inputs):
         return core(params, inputs)
 
-    f.__doc__ = (f"Loss of the compiled program; differentiable w.r.t. {grad_names} through "
-                 "bpcompile's own backward pass (jax.custom_vjp).")
+    f.__doc__ = (
+        f"Loss of the compiled program; differentiable w.r.t. {grad_names} through "
+        "bpcompile's own backward pass (jax.custom_vjp)."
+    )
     f.__name__ = "bpcompile_loss"
     return f
-

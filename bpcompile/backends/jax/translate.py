@@ -14,8 +14,9 @@ from .lower import NAMESPACE, lower
 
 def to_jax_function(outputs: list[Node], args: list[Node], name: str = "jax_forward"):
     """Return (fn, source): fn(*arrays in `args` order) -> (outputs[0], (outputs[1:]...))."""
-    src, consts = emit_function(list(outputs), list(args), lower, name, "jnp",
-                                title="JAX translation of the forward graph")
+    src, consts = emit_function(
+        list(outputs), list(args), lower, name, "jnp", title="JAX translation of the forward graph"
+    )
     import jax.numpy as jnp
 
     consts = {k: jnp.asarray(v) for k, v in consts.items()}

@@ -19,7 +19,6 @@ import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 
-from ...errors import BackendError
 from ...ir.node import Node
 from ...ir.printer import format_graph
 from . import blas, cache, jit, pycall
@@ -153,6 +152,3 @@ def build_module(program: Program, title: str = "", with_pycall: bool = True,
         module.name = title[:200]
     return module
 
-
-def _unused():  # pragma: no cover - keeps BackendError importable for callers of this module
-    return BackendError

@@ -22,7 +22,7 @@ from .memplan import View
 # M*N*K at or above which the BLAS call wins over inline loops. Measured on this machine
 # (benchmarks/bench_llvm.py --gemm-threshold): single 2-d float32 products; the BLAS call has a
 # fixed cost of ~1 µs, which the vectorised inline loops beat below about 64³/4.
-GEMM_THRESHOLD = 65536
+GEMM_THRESHOLD = 48**3
 
 GLOBALS = {"float32": "bp_sgemm", "float64": "bp_dgemm"}
 
@@ -105,7 +105,7 @@ def capsule_address(name: str) -> int:
     return get_ptr(cap, get_name(cap))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def register() -> None:
     """Bind bp_sgemm / bp_dgemm (and the thread-count setter) for MCJIT, once per process."""
     import llvmlite.binding as llvm
@@ -120,7 +120,7 @@ def register() -> None:
 THREADS_SYMBOL = "bp_blas_threads"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def threads_setter() -> int | None:
     """Address of OpenBLAS's `openblas_set_num_threads_local` in SciPy's BLAS, if it has one.
 

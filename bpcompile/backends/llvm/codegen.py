@@ -21,8 +21,8 @@ from ...ir.node import Node
 from ...ir.traverse import toposort
 from ...ops.leaves import const_value
 from . import blas
-from .lower import VIEWS, copy, lower
 from .loops import I32, I64, PTR, VOID, Emitter, ir_type
+from .lower import VIEWS, copy, lower
 from .memplan import Buffer, MemoryPlan, View, contiguous, plan
 
 

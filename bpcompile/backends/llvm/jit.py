@@ -19,7 +19,7 @@ PYAPI_FUNCS = ("PyDict_GetItem", "PyDict_Size", "PyDict_New", "PyDict_SetItem", 
                "PyTuple_SetItem", "PyObject_Call", "_Py_Dealloc")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def init() -> None:
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
@@ -30,11 +30,12 @@ def init() -> None:
         llvm.add_symbol(name, ctypes.cast(getattr(ctypes.pythonapi, name), ctypes.c_void_p).value)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def host() -> tuple[str, str, str]:
     """(triple, cpu name, cpu features) of this machine."""
     init()
-    return llvm.get_process_triple(), llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+    features = llvm.get_host_cpu_features().flatten()
+    return llvm.get_process_triple(), llvm.get_host_cpu_name(), features
 
 
 def target_machine(jit: bool = True, opt: int = 3):

@@ -7,16 +7,15 @@ cases). Every registered op needs an entry in `LOWERINGS` (tests check `lowered_
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-import numpy as np
 from llvmlite import ir
 
 from ...errors import BackendError
 from ...ir.node import Node
 from . import blas
-from .kernels import _FUNCS, KernelPrinter, sign
-from .loops import F32, F64, I1, I8, I32, REDUCE_FLAGS, fconst, i64, ir_type
+from .kernels import _FUNCS, KernelPrinter
+from .loops import F32, F64, I8, I32, REDUCE_FLAGS, fconst, i64, ir_type
 from .memplan import View, contiguous_strides
 
 LOWERINGS: dict[str, Callable] = {}
@@ -245,7 +244,7 @@ def _reduce(ctx, n: Node):
     ostr, k = [], 0
     kept_out = [s for i, s in enumerate(out.strides) if not (n.attr("keepdims") and i in axes)] \
         if n.attr("keepdims") else list(out.strides)
-    for d in range(x.ndim if hasattr(x, "ndim") else len(x.shape)):
+    for d in range(len(x.shape)):
         if d in axes:
             ostr.append(0)
         else:
@@ -383,7 +382,6 @@ def _matmul_loops(ctx, a: View, bv: View, out: View, dtype: str):
     em, b = ctx.em, ctx.em.b
     ty = ir_type(dtype)
     M, K, N = a.shape[-2], a.shape[-1], bv.shape[-1]
-    nb = len(out.shape) - 2
     with em.nest(out.shape[:-2], "b") as bi:
         with em.loop(M, "m") as i:
             with em.loop(N, "n0") as j:
@@ -397,7 +395,6 @@ def _matmul_loops(ctx, a: View, bv: View, out: View, dtype: str):
                                     list(bi) + [i, j], ty)
                         acc = b.load(p, typ=ty)
                         b.store(b.fadd(acc, b.fmul(av, bval), flags=("contract",)), p)
-    del nb
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,6 +426,3 @@ def lower(ctx, n: Node):
         raise BackendError(f"llvm backend: no lowering for op {n.op!r} ({n!r})")
     fn(ctx, n)
 
-
-__all__ = ["LOWERINGS", "VIEWS", "lowered_ops", "lower", "copy", "broadcast_view", "sign",
-           "I1", "np"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import ctypes
 import functools
 
-import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 
@@ -236,7 +235,7 @@ class _MethodDef(ctypes.Structure):
 METH_VARARGS_KEYWORDS = 0x0001 | 0x0002
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def layout_ok() -> bool:
     """Check every struct offset the wrapper relies on against live objects."""
     try:

@@ -127,3 +127,7 @@ def lower(n: Node, a: list[str]) -> str:
 
 def lowered_ops() -> set[str]:
     return set(LOWERINGS) | {"input", "param", "const"}
+
+from ..pyscan import numpy_scan  # noqa: E402  (scan: a for loop over a generated body function)
+
+LOWERINGS["scan"] = numpy_scan

@@ -1,0 +1,164 @@
+"""Lowering of the `scan` op for the Python-source backends (numpy and jax).
+
+A scan node becomes a call to two generated module-level functions placed above the main one:
+`<name>_body`, the step sub-graph emitted like any graph (after the usual rewrite passes),
+and `<name>_loop`, which threads the carries through it - a plain `for` loop over time in
+NumPy, `jax.lax.scan` in JAX - and packs final carries, stacked ys and saved carries into
+the node's flat output (ops/scan.py describes the layout). The helpers reach the emitter as
+attributes of the returned expression (`Lowered.defs`, `Lowered.consts`).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..ir.node import NAMES, Node
+from ..ir.traverse import toposort
+
+_ids = itertools.count(1)
+
+
+class Lowered(str):
+    """An expression string that also carries module-level definitions it needs."""
+
+    defs: str = ""
+    consts: dict = {}
+
+
+def _body_source(body, lower, ns: str, fn_name: str):
+    """Source of `def fn_name(used params...)` for the optimised body, the used params, consts."""
+    from ..rewrite import pipeline
+    from .pysource import emit_function
+
+    outs, _ = pipeline.run(list(body.outputs))
+    outs = list(outs)
+    for c in toposort(outs):  # array constants live at module level: give them unique names
+        if c.op == "const" and c.ndim > 0:
+            NAMES[c] = f"{fn_name}_const"
+    src, consts = emit_function(outs, list(body.params), lower, fn_name, ns,
+                                title=f"scan body {body.name}: "
+                                f"({', '.join(p.attr('name') for p in body.params)}) -> "
+                                f"{len(body.new_carries)} carries, {len(body.ys)} ys")
+    return src, consts
+
+
+def _shape(s) -> str:
+    return repr(tuple(int(d) for d in s))
+
+
+def _prefix(n: Node) -> str:
+    return f"{n.attr('body').name}{next(_ids)}"
+
+
+def numpy_scan(n: Node, a: list[str]) -> Lowered:
+    from .numpy.lower import NP_DTYPE, lower
+
+    return _emit(n, a, lower, "np", NP_DTYPE, _numpy_loop)
+
+
+def jax_scan(n: Node, a: list[str]) -> Lowered:
+    from .jax.lower import JNP_DTYPE, lower
+
+    return _emit(n, a, lower, "jnp", JNP_DTYPE, _jax_loop)
+
+
+def _emit(n: Node, a: list[str], lower, ns, dtypes, loop) -> Lowered:
+    body = n.attr("body")
+    pre = _prefix(n)
+    body_src, consts = _body_source(body, lower, ns, f"{pre}_body")
+    loop_src = loop(n, pre, dtypes)
+    out = Lowered(f"{pre}_loop({', '.join(a)})")
+    out.defs = body_src + "\n\n" + loop_src
+    out.consts = consts
+    return out
+
+
+def _args(n: Node):
+    body = n.attr("body")
+    nc, nx = len(body.carries), len(body.xs)
+    init = [f"init{i}" for i in range(nc)]
+    xs = [f"xs{i}" for i in range(nx)]
+    ks = [p.attr("name") for p in body.consts]
+    return init, xs, ks
+
+
+def _numpy_loop(n: Node, pre: str, dtypes) -> str:
+    from ..ops.scan import layout, n_saved
+
+    body, T, rev, save = (n.attr(k) for k in ("body", "length", "reverse", "save"))
+    nc, ny = len(body.carries), len(body.ys)
+    init, xs, ks = _args(n)
+    c = [f"c{i}" for i in range(nc)]
+    lay = layout(n)
+    direction = "reversed, " if rev else ""
+    saves = {0: "no carries", 1: f"all {T + 1} carries"}.get(
+        save, f"{n_saved(T, save)} checkpoint carries (every {save} steps)")
+    lines = [f"def {pre}_loop({', '.join(init + xs + ks)}):",
+             f'    """scan {body.name} over {T} steps ({direction}saves {saves})."""',
+             f"    out = np.empty({n.shape[0]}, {dtypes[n.dtype]})"]
+    for kind, i, off, shape in lay:
+        size = int(np.prod(shape, dtype=np.int64))
+        if kind == "y":
+            lines.append(f"    ys{i} = out[{off}:{off + size}].reshape({_shape(shape)})")
+        elif kind == "saved":
+            lines.append(f"    saved{i} = out[{off}:{off + size}].reshape({_shape(shape)})")
+    lines.append(f"    {', '.join(c)}{',' if nc == 1 else ''} = {', '.join(init)}"
+                 f"{',' if nc == 1 else ''}")
+    rng = f"range({T} - 1, -1, -1)" if rev else f"range({T})"
+    lines.append(f"    for t in {rng}:")
+    if save == 1:
+        at = "t + 1" if rev else "t"
+        lines += [f"        saved{i}[{at}] = c{i}" for i in range(nc)]
+    elif save > 1:
+        lines.append(f"        if t % {save} == 0:")
+        lines += [f"            saved{i}[t // {save}] = c{i}" for i in range(nc)]
+    call_args = c + [f"{x}[t]" for x in xs] + ks
+    outs = c + [f"y{j}" for j in range(ny)]
+    lines.append(f"        {outs[0]}, ({''.join(o + ', ' for o in outs[1:])}) = "
+                 f"{pre}_body({', '.join(call_args)})")
+    lines += [f"        ys{j}[t] = y{j}" for j in range(ny)]
+    if save == 1:
+        at = "0" if rev else str(T)
+        lines += [f"    saved{i}[{at}] = c{i}" for i in range(nc)]
+    for kind, i, off, shape in lay:
+        if kind == "carry":
+            size = int(np.prod(shape, dtype=np.int64))
+            lines.append(f"    out[{off}:{off + size}] = np.ravel(c{i})")
+    lines.append("    return out")
+    return "\n".join(lines)
+
+
+def _jax_loop(n: Node, pre: str, dtypes) -> str:
+    body, T, rev, save = (n.attr(k) for k in ("body", "length", "reverse", "save"))
+    nc, ny, nx = len(body.carries), len(body.ys), len(body.xs)
+    init, xs, ks = _args(n)
+    c = [f"c{i}" for i in range(nc)]
+    x = [f"x{i}" for i in range(nx)]
+    nxt = [f"n{i}" for i in range(nc)]
+    outs = nxt + [f"y{j}" for j in range(ny)]
+    saved_now = c if save else []  # the carries entering the step
+    lines = [f"def {pre}_loop({', '.join(init + xs + ks)}):",
+             f'    """scan {body.name} over {T} steps with jax.lax.scan'
+             f'{" (reverse)" if rev else ""}."""',
+             "    def step(carry, x):",
+             f"        ({''.join(ci + ', ' for ci in c)}) = carry",
+             f"        ({''.join(xi + ', ' for xi in x)}) = x",
+             f"        {outs[0]}, ({''.join(o + ', ' for o in outs[1:])}) = "
+             f"{pre}_body({', '.join(c + x + ks)})",
+             f"        return ({''.join(ni + ', ' for ni in nxt)}), "
+             f"(({''.join(f'y{j}, ' for j in range(ny))}), "
+             f"({''.join(s + ', ' for s in saved_now)}))",
+             f"    ({''.join(ci + ', ' for ci in c)}), (ys, saved) = lax.scan("
+             f"step, ({''.join(i + ', ' for i in init)}), "
+             f"({''.join(xi + ', ' for xi in xs)}), length={T}, reverse={rev})"]
+    parts = [f"jnp.ravel(c{i})" for i in range(nc)] + [f"jnp.ravel(ys[{j}])" for j in range(ny)]
+    for i in range(nc if save else 0):
+        if save == 1:  # layout: saved[t] enters element t (reverse: saved[t + 1])
+            both = [f"c{i}[None]", f"saved[{i}]"] if rev else [f"saved[{i}]", f"c{i}[None]"]
+            parts.append(f"jnp.ravel(jnp.concatenate([{', '.join(both)}]))")
+        else:
+            parts.append(f"jnp.ravel(saved[{i}][::{save}])")
+    lines.append(f"    return jnp.concatenate([{', '.join(parts)}]).astype({dtypes[n.dtype]})")
+    return "\n".join(lines)

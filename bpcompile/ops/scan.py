@@ -1,0 +1,680 @@
+"""`scan`: a loop primitive holding a sub-graph; its VJP is a reverse scan (BPTT).
+
+Everything about the op sits here: the traced body (`Body`), the shape rule, the VJP (plain,
+truncated and checkpointed backpropagation through time) and the user function `scan`.
+Backends lower it in their own tables (backends/pyscan.py for numpy and jax).
+
+The node
+    scan(init carries..., xs..., consts...; body, length, reverse, save) -> one flat array
+runs `carries, ys = body(carries, xs[t], consts)` for t = 0..T-1 (T-1..0 when reverse).
+Its single output is a flat vector of the common float dtype holding, in order,
+    the final carries | each y stacked over time, (T, ...) | the saved carries
+and `bp.scan` hands the user reshaped slices of it (a node has one value; slicing a flat
+vector is free in every backend, and the slices' VJPs give the scan VJP a cotangent whose
+unused parts are symbolic zeros, see `_split_cotangent`).
+
+Saved carries (attr `save`) are what the backward pass reads:
+    save = 0: none (the VJP reruns the loop once, saving every carry);
+    save = 1: every carry: T+1 of them, indexed by element position - saved[t] is the carry
+              entering element t and saved[T] the final one (reverse scans: saved[t+1]
+              enters element t, saved[0] is final);
+    save = k > 1 (checkpointing, forward scans): the carries entering elements 0, k, 2k, ...
+              The VJP recomputes each k-step segment from its checkpoint and runs BPTT on it,
+              so ~T/k + k carries are alive instead of T+1, for one extra forward pass.
+
+The VJP builds a reverse scan whose body is the VJP of the step (built with the ordinary VJP
+rules, so nested scans, fused kernels and second derivatives work) and whose carries are the
+carry cotangent plus one accumulator per constant (the per-step parameter gradients summed
+over time). Values the step's VJP needs that the forward already stored - the carry leaving
+the step and the ys - are read from the saved outputs instead of being recomputed.
+
+Carries and ys must share one float dtype; xs and consts may be any dtype (int token ids).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+
+import numpy as np
+
+from ..errors import DTypeError, ShapeError
+from ..ir.dtypes import is_float
+from ..ir.node import Node, make
+from ..ir.traverse import toposort
+from .elementwise import add, as_node, cast, stop_gradient, where
+from .leaves import const
+from .movement import broadcast_to, concatenate, pad, reshape, slice_, unbroadcast
+from .registry import Op, get_op, register
+
+_SCOPES = itertools.count(1)
+
+
+def placeholder(name: str, shape, dtype: str, scope: int) -> Node:
+    """A body argument: an `input` leaf made unique to one body by its `scope` attribute."""
+    return make("input", (), name=name, shape=tuple(int(s) for s in shape), dtype=dtype,
+                scope=scope)
+
+
+class Body:
+    """A step function as a graph: params (carries, xs, consts) -> outputs (new carries, ys).
+
+    Hashable by identity, so scan nodes that hold it are interned per trace. Backends cache
+    their generated code for it in `cache`.
+    """
+
+    def __init__(self, carries, xs, consts, new_carries, ys, name: str = "step"):
+        self.carries, self.xs, self.consts = tuple(carries), tuple(xs), tuple(consts)
+        self.new_carries, self.ys = tuple(new_carries), tuple(ys)
+        self.name = name
+        self.cache: dict = {}
+        params = set(self.params)
+        if len(params) != len(self.params):
+            raise ValueError(f"scan body {name}: a node is bound to two arguments")
+        stray = [n for n in toposort(self.outputs) if n.op in ("input", "param")
+                 and n not in params]
+        if stray:  # an internal invariant: every leaf of a body is one of its arguments
+            raise ValueError(f"scan body {name}: leaves {stray} are not body arguments")
+
+    @property
+    def params(self) -> tuple:
+        return self.carries + self.xs + self.consts
+
+    @property
+    def outputs(self) -> tuple:
+        return self.new_carries + self.ys
+
+    def __repr__(self):
+        return (f"{self.name}({len(self.carries)} carries, {len(self.xs)} xs, "
+                f"{len(self.consts)} consts -> {len(self.ys)} ys)")
+
+    def retype(self, src: str, dst: str) -> Body:
+        """The same body in another float precision (for float64 finite-difference checks)."""
+        from ..ir.retype import retype
+
+        nodes = retype(list(self.params) + list(self.outputs), src, dst)
+        c, x, k = len(self.carries), len(self.xs), len(self.consts)
+        p, o = nodes[:c + x + k], nodes[c + x + k:]
+        return Body(p[:c], p[c:c + x], p[c + x:], o[:c], o[c:], self.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# layout of the flat output
+
+
+def n_saved(length: int, save: int) -> int:
+    """How many carries a scan with this `save` attribute stores."""
+    if save == 0:
+        return 0
+    if save == 1:
+        return length + 1
+    return -(-length // save)
+
+
+def layout(node_or_attrs) -> list[tuple[str, int, int, tuple]]:
+    """[(kind, index, offset, shape)] of the flat output: final carries, ys, saved carries."""
+    body, length, save = (node_or_attrs.attr(k) for k in ("body", "length", "save"))
+    out, off = [], 0
+    for kind, nodes, lead in (("carry", body.new_carries, ()), ("y", body.ys, (length,)),
+                              ("saved", body.carries, (n_saved(length, save),))):
+        if kind == "saved" and save == 0:
+            break
+        for i, n in enumerate(nodes):
+            shape = lead + n.shape
+            out.append((kind, i, off, shape))
+            off += int(np.prod(shape, dtype=np.int64))
+    return out
+
+
+def _infer(inputs, attrs):
+    body, length, save = attrs["body"], attrs["length"], attrs["save"]
+    nc, nx = len(body.carries), len(body.xs)
+    if len(inputs) != len(body.params):
+        raise ShapeError(f"scan {body.name}: {len(inputs)} operands for {len(body.params)} "
+                         "body arguments")
+    for i, (v, p) in enumerate(zip(inputs, body.params)):
+        want = ((length,) + p.shape) if nc <= i < nc + nx else p.shape
+        if v.shape != want or v.dtype != p.dtype:
+            role = "init" if i < nc else "xs" if i < nc + nx else "const"
+            raise ShapeError(f"scan {body.name}: {role} operand {i} is {v.dtype}{list(v.shape)}, "
+                             f"the body expects {p.dtype}{list(want)}")
+    for c, nc_ in zip(body.carries, body.new_carries):
+        if c.shape != nc_.shape or c.dtype != nc_.dtype:
+            raise ShapeError(f"scan {body.name}: the step returns a carry {nc_.dtype}"
+                             f"{list(nc_.shape)} for a carry {c.dtype}{list(c.shape)}")
+    dts = {n.dtype for n in body.outputs}
+    if len(dts) > 1 or not all(is_float(d) for d in dts):
+        raise DTypeError(f"scan {body.name}: carries and ys must share one float dtype, got "
+                         f"{sorted(dts)}")
+    if save > 1 and attrs["reverse"]:
+        raise ShapeError("scan: checkpointing (save > 1) is only for forward scans")
+    size = sum(int(np.prod(s, dtype=np.int64)) for _, _, _, s in layout_from(attrs))
+    return (size,), (dts.pop() if dts else "float32")
+
+
+def layout_from(attrs: dict):
+    class _A:
+        def attr(self, k):
+            return attrs[k]
+
+    return layout(_A())
+
+
+def unpack(node: Node):
+    """(final carries, ys, saved carries) of a scan node, as reshaped slices of its output."""
+    parts = {"carry": [], "y": [], "saved": []}
+    for kind, _i, off, shape in layout(node):
+        size = int(np.prod(shape, dtype=np.int64))
+        parts[kind].append(reshape(slice_(node, (off,), (off + size,), (1,)), shape))
+    return parts["carry"], parts["y"], parts["saved"]
+
+
+# ---------------------------------------------------------------------------------------------
+# reverse sweep over a body (cotangents seeded on several outputs, w.r.t. arbitrary leaves)
+
+
+def backprop(seeds: dict, wrt) -> list:
+    """Cotangents of `wrt` leaves given output cotangents `seeds` {node: ct}; None = zero.
+
+    The same sweep as autodiff.reverse.grad (un-broadcast, cast, fan-out by add, symbolic
+    zeros, stop_gradient cuts), seeded on vectors instead of a scalar loss.
+    """
+    order = toposort(list(seeds))
+    depends = set(wrt)
+    for n in order:
+        if n not in depends and n.op != "stop_gradient" and any(i in depends for i in n.inputs):
+            depends.add(n)
+    cts: dict[Node, Node] = {}
+    for n, g in seeds.items():
+        if g is not None and n in depends:
+            g = _fit(g, n)
+            cts[n] = add(cts[n], g) if n in cts else g
+    for n in reversed(order):
+        g = cts.get(n)
+        if g is None or not n.inputs:
+            continue
+        needs = tuple(i in depends and is_float(i.dtype) for i in n.inputs)
+        if not any(needs):
+            continue
+        op = get_op(n.op)
+        if op.vjp is None:
+            from ..errors import NonDifferentiableError
+
+            raise NonDifferentiableError(f"op {n.op!r} inside a scan body is on the gradient "
+                                         "path but is not differentiable")
+        for x, c, need in zip(n.inputs, op.vjp(n, g, needs), needs):
+            if c is None or not need:
+                continue
+            c = _fit(c, x)
+            cts[x] = add(cts[x], c) if x in cts else c
+    return [cts.get(w) for w in wrt]
+
+
+def _fit(c: Node, x: Node) -> Node:
+    c = unbroadcast(c, x.shape)
+    return cast(c, x.dtype) if c.dtype != x.dtype else c
+
+
+def zeros(shape, dtype) -> Node:
+    return broadcast_to(const(0.0, dtype), shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# the VJP
+
+
+def _nonzero_ranges(g: Node, n: int):
+    """[(lo, hi, node)] of a flat cotangent that is a sum of 1-d pads (what slicing a scan's
+    output produces under the reverse sweep), or None when g has another form."""
+    if g.op == "pad" and g.ndim == 1 and g.attr("interior") == (0,):
+        lo = g.attr("lo")[0]
+        return [(lo, n - g.attr("hi")[0], g.inputs[0])]
+    if g.op == "add" and g.inputs[0].shape == g.inputs[1].shape == (n,):
+        a, b = _nonzero_ranges(g.inputs[0], n), _nonzero_ranges(g.inputs[1], n)
+        return None if a is None or b is None else a + b
+    return None
+
+
+def _split_cotangent(y: Node, g: Node):
+    """Cotangents of (final carries, ys, saved) as lists with None for symbolic zeros."""
+    lay = layout(y)
+    n = y.shape[0]
+    ranges = _nonzero_ranges(g, n)
+    parts = {"carry": [], "y": [], "saved": []}
+    for kind, _i, off, shape in lay:
+        size = int(np.prod(shape, dtype=np.int64))
+        if ranges is None:
+            piece = slice_(g, (off,), (off + size,), (1,))
+        else:
+            piece = None
+            for lo, hi, v in ranges:
+                if hi <= off or lo >= off + size:
+                    continue
+                if lo <= off and off + size <= hi:
+                    part = slice_(v, (off - lo,), (off - lo + size,), (1,))
+                else:  # overlaps partially: take the window out of the padded vector
+                    full = pad(v, (lo,), (n - hi,))
+                    part = slice_(full, (off,), (off + size,), (1,))
+                piece = part if piece is None else add(piece, part)
+        parts[kind].append(None if piece is None else reshape(piece, shape))
+    return parts["carry"], parts["y"], parts["saved"]
+
+
+def _tslice(x: Node, a: int, b: int) -> Node:
+    """x[a:b] along axis 0."""
+    return slice_(x, (a,) + (0,) * (x.ndim - 1), (b,) + x.shape[1:], (1,) * x.ndim)
+
+
+def _vjp_scan(y: Node, g: Node, needs):
+    body, T, rev, save = (y.attr(k) for k in ("body", "length", "reverse", "save"))
+    nc, nx = len(body.carries), len(body.xs)
+    init, xs, consts = y.inputs[:nc], y.inputs[nc:nc + nx], y.inputs[nc + nx:]
+    g_final, g_ys, g_saved = _split_cotangent(y, g)
+    if all(v is None for v in g_final + g_ys + g_saved):
+        return (None,) * len(y.inputs)
+    extra = None  # cotangent reaching the carry entering each step through saved outputs
+    if any(v is not None for v in g_saved):
+        g_saved = [zeros(s.shape, y.dtype) if v is None else v
+                   for v, s in zip(g_saved, unpack(y)[2])]
+        if save == 1:
+            extra = [_tslice(v, 1, T + 1) if rev else _tslice(v, 0, T) for v in g_saved]
+            last = [_tslice(v, 0, 1) if rev else _tslice(v, T, T + 1) for v in g_saved]
+            g_final = [reshape(lv, c.shape) if gf is None else add(gf, reshape(lv, c.shape))
+                       for gf, lv, c in zip(g_final, last, body.carries)]
+        else:  # checkpoints enter steps 0, k, 2k...: spread them over a (T, ...) zero array
+            extra = []
+            for v in g_saved:
+                z = pad(v, (0,) * v.ndim, (0,) * v.ndim, (save - 1,) + (0,) * (v.ndim - 1))
+                extra.append(pad(z, (0,) * v.ndim, (T - z.shape[0],) + (0,) * (v.ndim - 1)))
+    nk = len(consts)
+    need_c, need_x, need_k = needs[:nc], needs[nc:nc + nx], needs[nc + nx:]
+    if save > 1 and extra is None:
+        d_init, d_xs, d_k = _checkpointed(body, T, y, init, xs, consts, g_final, g_ys,
+                                          need_x, need_k)
+    else:
+        src = y if save == 1 else make("scan", y.inputs, **dict(y.attrs, save=1))
+        _, stored_ys, saved = unpack(src)
+        d_init, d_xs, d_k = bptt(body, T, rev, saved, stored_ys, xs, consts, g_final, g_ys,
+                                 need_x, need_k, extra=extra)
+    return (tuple(d if n else None for d, n in zip(d_init, need_c))
+            + tuple(d if n else None for d, n in zip(d_xs, need_x))
+            + tuple(d if n else None for d, n in zip(d_k, need_k[:nk])))
+
+
+def bptt(body: Body, T: int, rev: bool, saved, stored_ys, xs, consts, g_final, g_ys,
+         need_x, need_k, acc_init=None, extra=None):
+    """Backpropagation through time as a reverse scan, from all T+1 saved carries.
+
+    Returns (d init carries, d xs, d consts) lists (None where not needed). `acc_init` seeds
+    the constant-gradient accumulators (checkpoint segments chain them); `extra` adds a
+    per-step cotangent to the carry entering each step.
+    """
+    nc = len(body.carries)
+    dtype = body.outputs[0].dtype
+    scope = next(_SCOPES)
+    taken = {p.attr("name") for p in body.params}
+
+    def ph(base, shape, dt):
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        return placeholder(name, shape, dt, scope)
+
+    k_idx = [i for i, (k, need) in enumerate(zip(body.consts, need_k))
+             if need and is_float(k.dtype)]
+    x_idx = [i for i, (x, need) in enumerate(zip(body.xs, need_x)) if need and is_float(x.dtype)]
+    dc = [ph(f"d{c.attr('name')}", c.shape, c.dtype) for c in body.carries]
+    acc = [ph(f"d{body.consts[i].attr('name')}", body.consts[i].shape, body.consts[i].dtype)
+           for i in k_idx]
+    c_next = [ph(f"{c.attr('name')}_next", c.shape, c.dtype) for c in body.carries]
+    dy_ph = [None if gy is None else ph(f"d{y_.attr('name') if y_.op == 'input' else 'y'}{j}",
+                                        y_.shape, dtype)
+             for j, (y_, gy) in enumerate(zip(body.ys, g_ys))]
+    ys_ph = [ph(f"y{j}_out", y_.shape, y_.dtype) for j, y_ in enumerate(body.ys)]
+    ex_ph = [ph(f"d{c.attr('name')}_saved", c.shape, c.dtype) for c in body.carries] \
+        if extra is not None else []
+
+    seeds = {}
+    for n, d in zip(body.new_carries, dc):
+        seeds[n] = add(seeds[n], d) if n in seeds else d
+    for n, d in zip(body.ys, dy_ph):
+        if d is not None:
+            seeds[n] = add(seeds[n], d) if n in seeds else d
+    wrt = list(body.carries) + [body.xs[i] for i in x_idx] + [body.consts[i] for i in k_idx]
+    cts = backprop(seeds, wrt)
+    d_c, d_x, d_k = cts[:nc], cts[nc:nc + len(x_idx)], cts[nc + len(x_idx):]
+    if extra is not None:
+        d_c = [e if d is None else add(d, e) for d, e in zip(d_c, ex_ph)]
+    new_dc = [zeros(c.shape, c.dtype) if d is None else d for d, c in zip(d_c, body.carries)]
+    new_acc = [a if d is None else add(a, d) for a, d in zip(acc, d_k)]
+    dxs = [zeros(body.xs[i].shape, body.xs[i].dtype) if d is None else d
+           for i, d in zip(x_idx, d_x)]
+    # Read what the forward pass stored instead of recomputing it: the carry leaving the step
+    # and the ys (only where the step's VJP uses those nodes).
+    subst = {}
+    for n, p in zip(body.new_carries, c_next):
+        if n.op not in ("input", "param", "const"):
+            subst.setdefault(n, p)
+    for n, p in zip(body.ys, ys_ph):
+        if n.op not in ("input", "param", "const"):
+            subst.setdefault(n, p)
+    outs = _substitute(new_dc + new_acc + dxs, subst)
+    new_dc, new_acc, dxs = outs[:nc], outs[nc:nc + len(acc)], outs[nc + len(acc):]
+
+    # per-step inputs of the reverse scan, dropped when the reverse body does not read them
+    c_in_all = [_tslice(s, 1, T + 1) if rev else _tslice(s, 0, T) for s in saved]
+    c_out_all = [_tslice(s, 0, T) if rev else _tslice(s, 1, T + 1) for s in saved]
+    used = set(toposort(outs))
+    xs_pairs = [(p, v) for p, v in zip(body.carries, c_in_all) if p in used]
+    xs_pairs += [(p, v) for p, v in zip(c_next, c_out_all) if p in used]
+    xs_pairs += [(p, v) for p, v in zip(body.xs, xs) if p in used]
+    xs_pairs += [(p, v) for p, v in zip(ys_ph, stored_ys) if p in used]
+    xs_pairs += [(p, v) for p, v, gy in zip(dy_ph, g_ys, g_ys) if p is not None and p in used]
+    xs_pairs += [(p, v) for p, v in zip(ex_ph, extra or []) if p in used]
+    k_pairs = [(p, v) for p, v in zip(body.consts, consts) if p in used]
+    rbody = Body(dc + acc, [p for p, _ in xs_pairs], [p for p, _ in k_pairs], new_dc + new_acc,
+                 dxs, name=f"{body.name}_bptt")
+    g0 = [zeros(c.shape, c.dtype) if g is None else g for g, c in zip(g_final, body.carries)]
+    a0 = [zeros(body.consts[i].shape, body.consts[i].dtype) for i in k_idx] \
+        if acc_init is None else [a if a is not None else zeros(body.consts[i].shape, dtype)
+                                  for a, i in zip(acc_init, k_idx)]
+    r = make("scan", g0 + a0 + [v for _, v in xs_pairs] + [v for _, v in k_pairs],
+             body=rbody, length=T, reverse=not rev, save=0)
+    fin, dx_stacked, _ = unpack(r)
+    d_init = fin[:nc]
+    d_k = [None] * len(body.consts)
+    for i, a in zip(k_idx, fin[nc:]):
+        d_k[i] = a
+    d_xs = [None] * len(body.xs)
+    for i, d in zip(x_idx, dx_stacked):
+        d_xs[i] = d
+    return d_init, d_xs, d_k
+
+
+def _substitute(outputs, mapping: dict):
+    """Rebuild `outputs` with nodes in `mapping` replaced (their subgraphs become dead)."""
+    if not mapping:
+        return list(outputs)
+    memo: dict[Node, Node] = {}
+    for n in toposort(outputs):
+        if n in mapping:
+            memo[n] = mapping[n]
+            continue
+        from ..ir.node import rebuild
+
+        memo[n] = rebuild(n, [memo[i] for i in n.inputs])
+    return [memo[o] for o in outputs]
+
+
+def _checkpointed(body: Body, T: int, y: Node, init, xs, consts, g_final, g_ys, need_x,
+                  need_k):
+    """BPTT from checkpoints every k steps: recompute each segment, then reverse it.
+
+    The segments are visited last to first by an outer reverse scan whose body runs a k-step
+    forward scan (saving every carry) from the segment's checkpoint and the plain BPTT of that
+    segment; a shorter tail segment (T % k steps) is handled first, outside the loop.
+    """
+    k = y.attr("save")
+    nc = len(body.carries)
+    full, r = divmod(T, k)
+    _, _, ckpts = unpack(y)
+    dtype = y.dtype
+    k_idx = [i for i, (c, need) in enumerate(zip(body.consts, need_k))
+             if need and is_float(c.dtype)]
+    dc = [zeros(c.shape, c.dtype) if g is None else g for g, c in zip(g_final, body.carries)]
+    acc = [zeros(body.consts[i].shape, body.consts[i].dtype) for i in k_idx]
+    dx_parts = [[] for _ in body.xs]
+
+    def segment(length, ck, seg_xs, seg_gys, seg_consts, dc, acc):
+        fwd = make("scan", list(ck) + list(seg_xs) + list(seg_consts), body=body, length=length,
+                   reverse=False, save=1)
+        _, st_ys, saved = unpack(fwd)
+        accs = [None] * len(body.consts)
+        for i, a in zip(k_idx, acc):
+            accs[i] = a
+        d_init, d_xs, d_k = bptt(body, length, False, saved, st_ys, seg_xs, seg_consts, dc,
+                                 seg_gys, need_x, need_k, acc_init=[accs[i] for i in k_idx])
+        return d_init, d_xs, [d_k[i] for i in k_idx]
+
+    if r:  # the tail segment, last in time, first in the backward pass
+        start = full * k
+        ck = [reshape(_tslice(c, full, full + 1), c.shape[1:]) for c in ckpts]
+        seg_xs = [_tslice(x, start, T) for x in xs]
+        seg_gys = [None if gy is None else _tslice(gy, start, T) for gy in g_ys]
+        dc, d_xs, acc = segment(r, ck, seg_xs, seg_gys, consts, dc, acc)
+        for i, d in enumerate(d_xs):
+            if d is not None:
+                dx_parts[i].append(d)
+    if full:
+        scope = next(_SCOPES)
+
+        def ph(name, shape, dt):
+            return placeholder(name, shape, dt, scope)
+
+        p_dc = [ph(f"d{c.attr('name')}", c.shape, c.dtype) for c in body.carries]
+        p_acc = [ph(f"d{body.consts[i].attr('name')}", body.consts[i].shape,
+                    body.consts[i].dtype) for i in k_idx]
+        p_ck = [ph(f"{c.attr('name')}_ckpt", c.shape, c.dtype) for c in body.carries]
+        p_xs = [ph(f"{x.attr('name')}_seg", (k,) + x.shape, x.dtype) for x in body.xs]
+        p_gy = [None if gy is None else ph(f"dy{j}_seg", (k,) + y_.shape, dtype)
+                for j, (gy, y_) in enumerate(zip(g_ys, body.ys))]
+        p_k = [ph(f"{c.attr('name')}_c", c.shape, c.dtype) for c in body.consts]
+        s_dc, s_dxs, s_acc = segment(k, p_ck, p_xs, p_gy, p_k, p_dc, p_acc)
+        x_idx = [i for i, d in enumerate(s_dxs) if d is not None]
+        seg_xs_vals = [reshape(_tslice(x, 0, full * k), (full, k) + x.shape[1:]) for x in xs]
+        seg_gy_vals = [None if gy is None else
+                       reshape(_tslice(gy, 0, full * k), (full, k) + gy.shape[1:]) for gy in g_ys]
+        ck_vals = [_tslice(c, 0, full) for c in ckpts]
+        xs_pairs = list(zip(p_ck, ck_vals)) + list(zip(p_xs, seg_xs_vals)) + [
+            (p, v) for p, v in zip(p_gy, seg_gy_vals) if p is not None]
+        used = set(toposort(list(s_dc) + list(s_acc) + [s_dxs[i] for i in x_idx]))
+        xs_pairs = [(p, v) for p, v in xs_pairs if p in used]
+        k_pairs = [(p, v) for p, v in zip(p_k, consts) if p in used]
+        obody = Body(p_dc + p_acc, [p for p, _ in xs_pairs], [p for p, _ in k_pairs],
+                     list(s_dc) + list(s_acc), [s_dxs[i] for i in x_idx],
+                     name=f"{body.name}_ckpt_bptt")
+        outer = make("scan", list(dc) + list(acc) + [v for _, v in xs_pairs]
+                     + [v for _, v in k_pairs], body=obody, length=full, reverse=True, save=0)
+        fin, dxs, _ = unpack(outer)
+        dc, acc = fin[:nc], fin[nc:]
+        for i, d in zip(x_idx, dxs):
+            dx_parts[i].insert(0, reshape(d, (full * k,) + d.shape[2:]))
+    d_xs = [None] * len(body.xs)
+    for i, parts in enumerate(dx_parts):
+        if parts:
+            d_xs[i] = concatenate(parts, 0) if len(parts) > 1 else parts[0]
+    d_k = [None] * len(body.consts)
+    for i, a in zip(k_idx, acc):
+        d_k[i] = a
+    return dc, d_xs, d_k
+
+
+register(Op("scan", "control", _infer, _vjp_scan,
+            "loop a body sub-graph over the leading axis of xs, threading carries; "
+            "attrs: body, length, reverse, save (0 none / 1 every carry / k checkpoints)"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the user function
+
+
+def _flatten(tree, what):
+    if tree is None:
+        return [], None
+    if isinstance(tree, (tuple, list)):
+        return [as_node(t) for t in tree], type(tree)
+    if isinstance(tree, Node) or np.isscalar(tree) or isinstance(tree, np.ndarray):
+        return [as_node(tree)], "leaf"
+    raise TypeError(f"scan: {what} must be a tensor, a tuple/list of tensors or None, "
+                    f"got {type(tree).__name__}")
+
+
+def _unflatten(nodes, kind):
+    if kind is None:
+        return None
+    if kind == "leaf":
+        return nodes[0]
+    return kind(nodes)
+
+
+def scan(step, init, xs=None, length: int | None = None, reverse: bool = False,
+         truncate: int | None = None, checkpoint=None, name: str | None = None):
+    """Loop `carry, y = step(carry, x)` over the leading axis of `xs`, like jax.lax.scan.
+
+    init: a tensor or tuple/list of tensors (the carry); xs: a tensor, tuple/list or None
+    (then give `length`). Returns (final carry, ys) with ys stacked over time, (T, ...).
+    The step is traced ONCE into a sub-graph, so code size and compile time do not grow
+    with T; tensors it uses from outside (weights) become loop constants whose gradients
+    are accumulated over the steps.
+
+    truncate=k: truncated BPTT - the carry's gradient is cut every k steps (at elements
+      k, 2k, ... in iteration order), as `stop_gradient` on the carry there would.
+    checkpoint: None/False saves every carry for the backward pass; an int k >= 2 saves every
+      k-th and recomputes the rest in the backward pass; True picks k = ceil(sqrt(T)).
+    """
+    init_nodes, init_kind = _flatten(init, "init")
+    if not init_nodes:
+        raise ShapeError("scan: needs at least one carry (init)")
+    xs_nodes, xs_kind = _flatten(xs, "xs")
+    if length is None:
+        if not xs_nodes:
+            raise ShapeError("scan: give xs or length")
+        length = xs_nodes[0].shape[0] if xs_nodes[0].ndim else None
+    T = int(length)
+    for x in xs_nodes:
+        if x.ndim == 0 or x.shape[0] != T:
+            raise ShapeError(f"scan: every xs must have leading axis {T}, got {x.shape}")
+    for c in init_nodes:
+        if not is_float(c.dtype):
+            raise DTypeError(f"scan: carries must be float tensors, got {c.dtype}")
+    name = name or getattr(step, "__name__", "step")
+    if not name.isidentifier() or name == "<lambda>":
+        name = "step"
+    scope = next(_SCOPES)
+    argnames = _arg_names(step)
+    c_ph = [placeholder(f"{argnames[0]}{i}" if len(init_nodes) > 1 else argnames[0],
+                        c.shape, c.dtype, scope) for i, c in enumerate(init_nodes)]
+    x_ph = [placeholder(f"{argnames[1]}{i}" if len(xs_nodes) > 1 else argnames[1],
+                        x.shape[1:], x.dtype, scope) for i, x in enumerate(xs_nodes)]
+    reset_ph = None
+    if truncate is not None:
+        truncate = int(truncate)
+        if truncate < 1:
+            raise ValueError(f"scan: truncate must be >= 1, got {truncate}")
+        it = np.arange(T)
+        cut = (it % truncate == 0) & (it > 0)
+        reset_val = const(cut[::-1].copy() if reverse else cut)
+        reset_ph = placeholder("cut_gradient", (), "bool", scope)
+    carries = c_ph
+    if reset_ph is not None:  # truncated BPTT: the carry's gradient stops at segment starts
+        carries = [where(reset_ph, stop_gradient(c), c) for c in c_ph]
+    out = step(_unflatten(carries, init_kind), _unflatten(x_ph, xs_kind))
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise TypeError(f"scan: step {name} must return (new_carry, y) (y may be None)")
+    new_c, _ = _flatten(out[0], "the new carry")
+    ys, ys_kind = _flatten(out[1], "y")
+    if len(new_c) != len(init_nodes):
+        raise ShapeError(f"scan: step {name} returns {len(new_c)} carries for {len(init_nodes)}")
+    new_c = [cast(n, c.dtype) if is_float(n.dtype) and n.dtype != c.dtype else n
+             for n, c in zip(new_c, init_nodes)]
+    new_c = [broadcast_to(n, c.shape) if n.shape != c.shape and n.ndim <= c.ndim else n
+             for n, c in zip(new_c, init_nodes)]
+    # forward rewrites (stabilisation) on the body, as on any forward graph
+    from ..rewrite.pipeline import FORWARD_PASSES
+
+    outs = list(new_c) + list(ys)
+    for _, fn in FORWARD_PASSES:
+        outs = fn(outs)
+    params = set(c_ph) | set(x_ph) | ({reset_ph} if reset_ph is not None else set())
+    outs, consts, k_ph = _capture(outs, params, scope, {p.attr("name") for p in params})
+    body_xs = list(x_ph) + ([reset_ph] if reset_ph is not None else [])
+    body = Body(c_ph, body_xs, k_ph, outs[:len(new_c)], outs[len(new_c):], name)
+    xs_in = list(xs_nodes) + ([reset_val] if reset_ph is not None else [])
+    save = 1
+    if checkpoint:
+        save = int(math.ceil(math.sqrt(T))) if checkpoint is True else int(checkpoint)
+        if save < 1:
+            raise ValueError(f"scan: checkpoint must be True or an int >= 1, got {checkpoint}")
+        if reverse:
+            raise ValueError("scan: checkpoint is supported for forward scans only")
+        save = min(save, max(T, 1))
+    node = make("scan", list(init_nodes) + xs_in + consts, body=body, length=T,
+                reverse=bool(reverse), save=save)
+    fin, stacked, _ = unpack(node)
+    return _unflatten(fin, init_kind), _unflatten(stacked, ys_kind)
+
+
+def _arg_names(step):
+    try:
+        ps = [p.name for p in inspect.signature(step).parameters.values()]
+    except (TypeError, ValueError):
+        ps = []
+    ps = [p for p in ps if p.isidentifier()] + ["carry", "x"]
+    return ps[0], ps[1] if ps[1] != ps[0] else "x"
+
+
+def _capture(outs, params: set, scope: int, taken: set):
+    """Turn tensors the step used from outside into loop constants.
+
+    Nodes that do not depend on the step's arguments and are not pure constants are the
+    step's free variables; the maximal ones become const operands of the scan, bound inside
+    the body to a placeholder (leaves keep their own name where it is free).
+    """
+    order = toposort(outs)
+    dep = set(params)
+    constant = set()
+    for n in order:
+        if n in params:
+            continue
+        if any(i in dep for i in n.inputs):
+            dep.add(n)
+        elif n.op in ("const", "iota") or (n.inputs and all(i in constant for i in n.inputs)):
+            constant.add(n)
+    free = []
+    seen = set()
+    for n in order:
+        if n not in dep:
+            continue
+        for i in n.inputs:
+            if i not in dep and i not in constant and i not in seen:
+                seen.add(i)
+                free.append(i)
+    for o in outs:
+        if o not in dep and o not in constant and o not in seen:
+            seen.add(o)
+            free.append(o)
+    mapping, k_ph = {}, []
+    for j, f in enumerate(free):
+        nm = f.attr("name") if f.op in ("input", "param") else None
+        if nm is not None and nm not in taken and f.attr("scope") is None:
+            p = f  # an outer leaf keeps its own name inside the body
+        else:
+            base = nm or f"k{j}"
+            nm2, c = base, 0
+            while nm2 in taken:
+                c += 1
+                nm2 = f"{base}_{c}"
+            p = placeholder(nm2, f.shape, f.dtype, scope)
+        taken.add(p.attr("name"))
+        mapping[f] = p
+        k_ph.append(p)
+    return _substitute(outs, mapping), free, k_ph
+
+
+def scan_stats(outputs) -> list[dict]:
+    """One row per scan node reachable from `outputs` (not inside bodies): its body, length,
+    direction, and how many carries (and float elements) it stores for the backward pass."""
+    outputs = [outputs] if isinstance(outputs, Node) else list(outputs)
+    rows = []
+    for n in toposort(outputs):
+        if n.op != "scan":
+            continue
+        body, T, save = n.attr("body"), n.attr("length"), n.attr("save")
+        per = sum(c.size for c in body.carries)
+        rows.append({"body": body.name, "length": T, "reverse": n.attr("reverse"),
+                     "save": save, "saved_carries": n_saved(T, save),
+                     "saved_elements": n_saved(T, save) * per})
+    return rows

@@ -1,0 +1,116 @@
+"""`bpcompile train SPEC --data FILE.npz ...`: train a spec on arrays from an .npz file.
+
+    bpcompile train SPEC --data FILE.npz --epochs N [--batch-size B] [--optimizer adam]
+                    [--lr 1e-3] [--seed S] [--checkpoint DIR] [--resume] [--plot FILE.png]
+                    [--val FILE.npz | --val-split F] [--patience P] [--clip-norm C]
+                    [--backend B] [--no-progress]
+
+The .npz holds one array per model input (by input name, examples on the leading axis).
+Wired into `bpcompile/cli.py` as the `train` subcommand: `add_parser(subparsers)`, `run(args)`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..errors import BPError
+
+BACKENDS = ("numpy", "llvm", "jax")
+
+
+def add_parser(subparsers):
+    from ..optim import OPTIMIZERS
+
+    help_ = "train a model on .npz data with a compiled training step"
+    t = subparsers.add_parser("train", help=help_, description=help_)
+    t.add_argument("spec", metavar="SPEC", help="model spec (.toml) or model file (.py)")
+    t.add_argument("--data", required=True, metavar="FILE.npz",
+                   help="training arrays by input name, examples on the leading axis")
+    t.add_argument("--epochs", type=int, default=10, metavar="N", help="epochs (default 10)")
+    t.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="minibatch size (default: the spec's input batch size)")
+    t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam", metavar="OPT",
+                   help=f"one of {', '.join(sorted(OPTIMIZERS))} (default adam)")
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    t.add_argument("--clip-norm", type=float, default=None, metavar="C",
+                   help="clip gradients to global norm C")
+    t.add_argument("--seed", type=int, default=0, help="seed for init and shuffling")
+    val = t.add_mutually_exclusive_group()
+    val.add_argument("--val", metavar="FILE.npz", help="validation arrays")
+    val.add_argument("--val-split", type=float, metavar="F",
+                     help="hold out this fraction of the data for validation")
+    t.add_argument("--patience", type=int, default=None, metavar="P",
+                   help="early stopping: stop after P epochs without improvement")
+    t.add_argument("--checkpoint", metavar="DIR", help="save last.npz/best.npz here each epoch")
+    t.add_argument("--resume", action="store_true", help="continue from DIR/last.npz")
+    t.add_argument("--plot", metavar="FILE.png", help="draw loss and gradient-norm curves")
+    t.add_argument("--backend", "-b", choices=BACKENDS, default="numpy", metavar="B",
+                   help=f"code generator: {', '.join(BACKENDS)} (default: numpy)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar or epoch lines")
+    return t
+
+
+def run(args) -> int:
+    """Train; print a summary; exit 0 (errors raise BPError, reported by the main CLI)."""
+    from ..optim import get
+    from ..spec import load
+    from .fit import fit
+
+    if args.resume and not args.checkpoint:
+        raise BPError("--resume needs --checkpoint DIR")
+    if args.epochs < 1:
+        raise BPError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.plot:  # fail before training, not after it
+        from .plot import _pyplot
+
+        _pyplot()
+    model = load(args.spec)
+    kw = {"clip_norm": args.clip_norm} if args.clip_norm else {}
+    try:
+        opt = get(args.optimizer, args.lr, **kw)
+    except ValueError as e:
+        raise BPError(str(e)) from None
+    hist = fit(model, args.data, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
+               seed=args.seed, validation=args.val if args.val else args.val_split,
+               early_stopping=args.patience, checkpoint_dir=args.checkpoint,
+               resume=args.resume, progress=not args.no_progress, backend=args.backend)
+    if not hist.loss:
+        print(f"nothing to do: the checkpoint is already at epoch {args.epochs}")
+        return 0
+    last = hist.loss[-1]
+    if not math.isfinite(last):
+        raise BPError(f"training diverged: loss {last}")
+    summary = f"trained {hist.epoch[-1]} epochs: loss {last:.6g}"
+    if hist.val_loss and hist.val_loss[-1] is not None:
+        summary += f", val_loss {hist.val_loss[-1]:.6g}"
+    if hist.best_epoch is not None:
+        summary += f", best {hist.best_loss:.6g} at epoch {hist.best_epoch}"
+    print(summary)
+    for w in hist.warnings[:10]:
+        print(f"warning: {w}")
+    if args.checkpoint:
+        print(f"checkpoints in {Path(args.checkpoint)}/ (last.npz, best.npz, history.json)")
+    if args.plot:
+        print(f"wrote {hist.plot(args.plot)}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry (`python -m bpcompile.train.cli`), same behaviour as `bpcompile train`."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="bpcompile")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except BPError as e:
+        print(f"bpcompile train: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
