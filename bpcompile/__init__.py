@@ -1,5 +1,6 @@
 """bpcompile: a symbolic-to-code autodiff compiler for neural networks."""
 
+from . import optim, spec, train  # noqa: F401  (issue 6: training)
 from .api import (  # noqa: F401
     abs_ as abs,
 )
@@ -80,9 +81,7 @@ from .nn import (  # noqa: F401
     softmax,
 )
 from .spec import load as load_model  # noqa: F401
-
-from . import optim, spec, train  # noqa: F401,E402  (issue 6: training)
-from .train import compile_train_step  # noqa: F401,E402
+from .train import compile_train_step  # noqa: F401  (issue 6: training)
 
 __version__ = "0.1.0"
 from .backends.llvm.export import export  # noqa: F401,E402  (AOT shared library + C header)

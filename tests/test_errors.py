@@ -284,3 +284,38 @@ def test_duplicate_leaf_names_are_refused():
     a64 = bp.param("dup", (2,), "float64")
     with pytest.raises(ValueError, match="dup"):
         bp.compile(bp.sum(a32).astype("float64") + bp.sum(a64), wrt=[a64])
+
+
+def test_scalar_arguments_stay_scalar():
+    """Regression: a 0-d argument became shape (1,), so the loss came back as a 1-vector."""
+    s = bp.param("s", (), "float64")
+    t = bp.input("t", (), "float64")
+    fn = bp.compile(s * t * s, wrt=[s])
+    value, g = fn(s=np.float64(3.0), t=2.0)
+    assert np.shape(value) == () and float(value) == 18.0
+    assert g["s"].shape == () and float(g["s"]) == 12.0
+
+
+def test_param_the_loss_does_not_reach_gets_a_zero_gradient():
+    """Regression: an argument unused by every output crashed code generation (KeyError)."""
+    a = bp.param("a", (2,), "float64")
+    b = bp.param("b", (3,), "float64")
+    fn = bp.compile(bp.sum(a * a), wrt=[a, b])
+    value, g = fn(a=np.array([1.0, 2.0]), b=np.ones(3))
+    assert float(value) == 5.0
+    np.testing.assert_array_equal(g["b"], np.zeros(3))
+    np.testing.assert_array_equal(g["a"], [2.0, 4.0])
+
+
+def test_stop_gradient_survives_until_autodiff():
+    """Regression: canonicalize dropped stop_gradient from the forward graph before autodiff,
+    so d/dx [x * stop_gradient(x)] came out 2x instead of x."""
+    x = bp.param("x", (3,), "float64")
+    fn = bp.compile(bp.sum(x * bp.stop_gradient(x)), wrt=[x])
+    _, g = fn(x=np.array([1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(g["x"], [1.0, 2.0, 3.0])
+    (gx,) = bp.grad(bp.sum(x * bp.stop_gradient(x)), [x])
+    from bpcompile.backends.numpy.codegen import evaluate
+
+    np.testing.assert_array_equal(evaluate([gx], {"x": np.array([1.0, 2.0, 3.0])})[0],
+                                  [1.0, 2.0, 3.0])

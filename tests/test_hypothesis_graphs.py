@@ -79,8 +79,9 @@ def recipes(draw):
             axis = draw(st.sampled_from([0, 1, None]))
             return ("reduce", how, axis, expr(depth - 1))
         if kind == "movement":
-            return ("movement", draw(st.sampled_from(["reshape_t", "transpose2", "slice"])),
-                    expr(depth - 1))
+            return ("movement", draw(st.sampled_from(
+                ["reshape_t", "transpose2", "slice", "pad_slice", "concat_slice", "take_rev"])),
+                expr(depth - 1))
         if kind == "where":
             return ("where", expr(depth - 1), expr(depth - 1), expr(depth - 1))
         if kind == "softmax":
@@ -130,6 +131,23 @@ class Interp:
                 y = bp.transpose(y, (2, 1, 0)) if self.lib == "bp" else jnp.transpose(
                     y, (2, 1, 0))
                 return y.reshape((n, m)).T * 1.0
+            if r[1] == "pad_slice":  # zero-pad both axes, then slice the interior back out
+                if self.lib == "bp":
+                    y = bp.pad(x, (1, 2), (2, 0), (0, 1))
+                else:
+                    y = jax.lax.pad(x, jnp.zeros((), x.dtype), ((1, 2, 0), (2, 0, 1)))
+                return y[1:1 + m, 2::2] * 1.5
+            if r[1] == "concat_slice":  # [x; tanh(x)] along rows, keep the tanh half
+                if self.lib == "bp":
+                    y = bp.concatenate([x, bp.tanh(x)], axis=0)
+                else:
+                    y = jnp.concatenate([x, jnp.tanh(x)], axis=0)
+                return y[m:] + y[:m]
+            if r[1] == "take_rev":  # gather rows in reverse order (twice the last one)
+                idx = np.array([m - 1] + list(range(m - 1, 0, -1)), np.int32)
+                if self.lib == "bp":
+                    return bp.take(x, bp.const(idx), axis=0)
+                return jnp.take(x, idx, axis=0)
             return x[:, ::2]  # slice with a step (shape (m, ceil(n/2)))
         if kind == "where":
             a, b = self(r[1]), self(r[2])
@@ -179,3 +197,30 @@ def test_random_graph_gradients_match_jax(recipe):
         atol = 1e-9 * max(1.0, float(np.max(np.abs(ref))))
         np.testing.assert_allclose(grads[k], ref, rtol=1e-8, atol=atol,
                                    err_msg=f"d{k} for recipe {r}")
+
+
+PASS_SETS = [[], ["canonicalize", "algebraic"], ["stabilize", "fold"], ["cse", "fuse"],
+             ["algebraic", "fuse"], None]
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(recipes(), st.sampled_from(PASS_SETS[1:]))
+def test_random_graphs_give_the_same_values_under_any_pass_subset(recipe, passes):
+    """Rewrites are semantics-preserving: every pass subset agrees with no passes at all."""
+    base, params, r = recipe
+    P = {k: bp.param(k, s, "float64") for k, s in params.items()}
+    out = Interp("bp", base, P)(r)
+    u = bp.input("u", out.shape, "float64")
+    loss = bp.sum(out * u) + bp.sum(P["Q"] * 0.0)
+    rng = np.random.default_rng(zlib.crc32(repr(recipe).encode()))
+    vals = {k: rng.standard_normal(s) for k, s in params.items()}
+    vals["u"] = rng.standard_normal(out.shape)
+    ref_v, ref_g = bp.compile(loss, wrt=list(P.values()), passes=[])(**vals)
+    value, grads = bp.compile(loss, wrt=list(P.values()), passes=passes)(**vals)
+    np.testing.assert_allclose(value, ref_v, rtol=1e-10, atol=1e-12)
+    for k in params:
+        assert grads[k].shape == params[k]
+        atol = 1e-10 * max(1.0, float(np.max(np.abs(ref_g[k]))))
+        np.testing.assert_allclose(grads[k], ref_g[k], rtol=1e-9, atol=atol,
+                                   err_msg=f"d{k} with passes {passes} for recipe {r}")

@@ -60,6 +60,7 @@ SCRIPT = textwrap.dedent("""
                         batch_inputs={"x": 0, "lab": 0, "t": 1})
         v6, g6 = fn(**vals)
         np.testing.assert_allclose(float(v6), float(v1), rtol=1e-13)
+        assert "mhlo.num_partitions = 4" in fn.source("stablehlo")
         print(kind, "ok", float(v1), float(v4))
     try:
         x3 = bp.input("x3", (6, 5), "float64")

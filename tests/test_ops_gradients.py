@@ -13,12 +13,11 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import op_table as T
 import pytest
 
 import bpcompile as bp
 from bpcompile.backends.numpy.codegen import evaluate
-
-import op_table as T
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
@@ -26,7 +25,7 @@ jnp = jax.numpy
 IDS = [r.name for r in T.ROWS]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled(name: str, dtype: str):
     row = T.BY_NAME[name]
     P, I, f, loss, values = T.build(row, dtype)
@@ -132,3 +131,40 @@ def test_row_declares_only_ops_it_uses(name):
     fused_ok = {n.op for n in toposort(fn.outputs)}
     missing = set(row.ops) - present - fused_ok
     assert not missing, f"{name}: declares {sorted(missing)} but its graphs do not contain them"
+
+
+CHECK_ROWS = ["softmax", "cross_entropy_int_labels", "matmul_batch_broadcast", "pad_interior",
+              "take_axis1", "elementwise_mish"]
+
+
+@pytest.mark.parametrize("name", CHECK_ROWS)
+def test_bp_check_agrees_on_table_rows(name):
+    """bp.check (JAX translation + float64 finite differences) passes where our oracles do."""
+    row, P, I, f, loss, values, fn = compiled(name, "float64")
+    report = bp.check(loss, list(P.values()), inputs={k: v for k, v in values.items()
+                                                      if k not in P},
+                      params={k: values[k] for k in P})
+    assert report.ok, str(report)
+    assert sorted(r.name for r in report.rows) == sorted(P)
+    assert all(r.ok and r.rel_err_jax < 1e-8 for r in report.rows), str(report)
+
+
+def test_oracles_catch_a_broken_vjp(monkeypatch):
+    """Mutation check of the harness: a wrong VJP rule (sin' = sin) fails every oracle."""
+    import dataclasses
+
+    from bpcompile.ops import elementwise as ew
+    from bpcompile.ops import registry
+
+    row = T.BY_NAME["sin"]
+    P, I, f, loss, values = T.build(row, "float64")
+    good = registry.get_op("sin")
+    bad = dataclasses.replace(good, vjp=lambda y, g, needs: (ew.mul(g, ew.unary("sin",
+                                                                              y.inputs[0])),))
+    monkeypatch.setitem(registry._OPS, "sin", bad)
+    _, grads = bp.compile(loss, wrt=list(P.values()))(**values)
+    _, ref_g, _ = T.jax_oracle(row, "float64")
+    assert not np.allclose(grads["x"], ref_g["x"], rtol=1e-3)
+    report = bp.check(loss, list(P.values()), inputs={"u": values["u"]},
+                      params={"x": values["x"]})
+    assert not report.ok

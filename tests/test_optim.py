@@ -74,6 +74,10 @@ CASES = {
                       lambda: optax.sgd(optax.exponential_decay(0.1, 3, 0.5, staircase=True))),
     "sgd_step": (lambda: optim.sgd(optim.piecewise_constant(0.1, {3: 0.5, 7: 0.1})),
                  lambda: optax.sgd(optax.piecewise_constant_schedule(0.1, {3: 0.5, 7: 0.1}))),
+    "chain": (lambda: optim.chain(optim.clip_by_value(0.5), optim.ScaleByAdam(b1=0.8),
+                                  optim.Trace(0.5), optim.ScaleByLearningRate(0.01)),
+              lambda: optax.chain(optax.clip(0.5), optax.scale_by_adam(b1=0.8), optax.trace(0.5),
+                                  optax.scale_by_learning_rate(0.01))),
     "adam_warmup_cosine": (
         lambda: optim.adam(optim.warmup_cosine_decay(0.0, 0.05, 4, 10, 0.001)),
         lambda: optax.adam(optax.warmup_cosine_decay_schedule(0.0, 0.05, 4, 10, 0.001))),

@@ -178,7 +178,7 @@ def test_algebraic_identities():
     assert _simplified(x + 0.0) is x  # x+0 -> x
     assert _simplified(x - 0.0) is x
     assert _simplified(x / 1.0) is x
-    assert _simplified(-(-x)) is x  # --x -> x
+    assert _simplified(bp.neg(bp.neg(x))) is x  # --x -> x
     assert _simplified(x.T.T) is x  # transpose of transpose
     assert _simplified(bp.transpose(bp.transpose(y, (1, 0)), (1, 0))) is y
     rr = bp.reshape(bp.reshape(x, (3, 2)), (6,))
@@ -202,7 +202,7 @@ def test_sum_of_broadcast_becomes_multiplication():
 def test_algebraic_rewrites_keep_values():
     x = bp.param("x", (2, 3), "float64")
     b = bp.param("b", (3,), "float64")
-    expr = bp.sum(((-(-x)) * 1.0 + 0.0).T.T * bp.broadcast_to(b, (2, 3)) / 1.0) \
+    expr = bp.sum((bp.neg(-x) * 1.0 + 0.0).T.T * bp.broadcast_to(b, (2, 3)) / 1.0) \
         + bp.sum(bp.reshape(bp.reshape(x, (3, 2)), (6,)) ** 2)
     out = _simplified(expr)
     assert len(ops_of([out])) < len(ops_of([expr]))
@@ -398,3 +398,88 @@ def test_unknown_pass_name_is_refused():
     loss, wrt, vals = _rich_model()
     with pytest.raises(ValueError, match="bogus"):
         bp.compile(loss, wrt=wrt, passes=["bogus"])
+
+
+def test_fusion_that_cancels_inputs_keeps_the_shape():
+    """Regression: SymPy cancels (a0 - a0)*a1 to 0; the kernel must still have a0's shape
+    (it became a 0-d constant and the sum over axes (0, 1) failed at run time)."""
+    p = bp.param("p", (1, 1), "float64")
+    q = bp.param("q", (3, 4), "float64")
+    a = bp.param("a", (4,), "float64")
+    (k,) = fuse([(q - q) * 2.0 + a])
+    assert k.shape == (3, 4)
+    u = bp.input("u", (1, 1), "float64")
+    fn = bp.compile(bp.sum((p - p) * u) + bp.sum((q - q) * 2.0 + a), wrt=[p, q, a])
+    v, g = fn(p=np.ones((1, 1)), q=np.ones((3, 4)), a=np.arange(4.0), u=np.ones((1, 1)))
+    assert float(v) == 18.0
+    np.testing.assert_array_equal(g["p"], np.zeros((1, 1)))
+    np.testing.assert_array_equal(g["q"], np.zeros((3, 4)))
+    np.testing.assert_array_equal(g["a"], np.full(4, 3.0))
+
+
+def test_softmax_over_a_size_one_axis_then_matmul():
+    """Regression: softmax over one element folds to the constant 1; the matmul consuming it
+    needs it 2-d (a 0-d constant raised 'matmul: operands must be at least 2-d')."""
+    z = bp.param("z", (1, 1), "float64")
+    Q = bp.param("Q", (1, 1), "float64")
+    fn = bp.compile(bp.sum(bp.softmax(z) @ Q), wrt=[z, Q])
+    v, g = fn(z=np.array([[3.0]]), Q=np.array([[2.0]]))
+    assert float(v) == 2.0
+    np.testing.assert_allclose(g["Q"], [[1.0]])
+    np.testing.assert_allclose(g["z"], [[0.0]], atol=1e-15)
+
+
+# ---- composites and naive formulas at extreme logits, against a float64 JAX reference --------
+
+
+def _extreme_cases():
+    def t_eye(dt):
+        return np.eye(2, 3)[[0, 1]].astype(dt)
+
+    return {
+        "cross_entropy": (lambda z, t, lab: bp.cross_entropy(z, lab),
+                          lambda jnp, jax, z, t, lab: -jnp.mean(
+                              jax.nn.log_softmax(z)[jnp.arange(2), lab])),
+        "bce": (lambda z, t, lab: bp.binary_cross_entropy_with_logits(z, t),
+                lambda jnp, jax, z, t, lab: jnp.mean(jnp.logaddexp(0.0, z) - z * t)),
+        "naive_bce": (lambda z, t, lab: bp.mean(-t * bp.log(bp.sigmoid(z))
+                                                - (1.0 - t) * bp.log(1.0 - bp.sigmoid(z))),
+                      lambda jnp, jax, z, t, lab: jnp.mean(jnp.logaddexp(0.0, z) - z * t)),
+        "naive_xent": (lambda z, t, lab: -bp.mean(bp.sum(t * bp.log(
+            bp.exp(z) / bp.sum(bp.exp(z), axis=1, keepdims=True)), axis=1)),
+            lambda jnp, jax, z, t, lab: -jnp.mean(jnp.sum(t * jax.nn.log_softmax(z), axis=1))),
+        "naive_lse": (lambda z, t, lab: bp.sum(bp.log(bp.sum(bp.exp(z), axis=1))),
+                      lambda jnp, jax, z, t, lab: jnp.sum(
+                          jax.scipy.special.logsumexp(z, axis=1))),
+        "softplus_sigmoid": (lambda z, t, lab: bp.sum(bp.softplus(z) * bp.sigmoid(-z)),
+                             lambda jnp, jax, z, t, lab: jnp.sum(
+                                 jnp.logaddexp(0.0, z) * jax.nn.sigmoid(-z))),
+    }, t_eye
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("case", sorted(_extreme_cases()[0]))
+def test_extreme_logits_are_finite_and_correct(case, dtype):
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    cases, t_eye = _extreme_cases()
+    build, ref = cases[case]
+    z = bp.param("z", (2, 3), dtype)
+    t = bp.input("t", (2, 3), dtype)
+    lab = bp.input("lab", (2,), "int32")
+    loss = build(z, t, lab)
+    fn = bp.compile(loss, wrt=[z])
+    zv = np.array([[1000.0, -1000.0, 0.0], [-1000.0, 1000.0, 999.0]])
+    kw = {"z": zv.astype(dtype)}
+    names = {n.name for n in toposort([loss]) if n.op == "input"}
+    if "t" in names:
+        kw["t"] = t_eye(dtype)
+    if "lab" in names:
+        kw["lab"] = np.array([0, 2], np.int32)
+    v, g = fn(**kw)
+    assert np.isfinite(v) and np.all(np.isfinite(g["z"])), (v, g["z"])
+    rv, rg = jax.value_and_grad(lambda zz: ref(jnp, jax, zz, t_eye("float64"),
+                                               np.array([0, 2])))(zv)
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    np.testing.assert_allclose(v, float(rv), rtol=tol)
+    np.testing.assert_allclose(g["z"], np.asarray(rg), rtol=tol, atol=tol)

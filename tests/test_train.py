@@ -129,6 +129,39 @@ def test_nonfinite_names_the_first_node():
         step(x=np.array([1.0, np.nan, 1.0]))
 
 
+def test_nonfinite_in_the_backward_pass_names_the_forward_value():
+    w = bp.param("w", (3,), "float64")
+    x = bp.input("x", (3,), "float64")
+    r = bp.sqrt(w * x).named("r")  # d sqrt(u)/du = 1/(2 sqrt u) is inf at u = 0
+    step = bp.compile_train_step(bp.sum(r), [w], optim.sgd(0.1), diagnostics=True,
+                                 init={"w": np.array([1.0, 0.0, 1.0])})
+    with pytest.raises(train.NonFiniteError,
+                       match="backward pass.*derivative through forward value\\(s\\) 'r'"):
+        step(x=np.ones(3))
+
+
+def test_jax_backend_train_step_matches_numpy():
+    from bpcompile.compiled import get_backend
+
+    try:
+        get_backend("jax")
+    except bp.BackendError as e:
+        pytest.skip(str(e))
+    x = bp.input("x", (4, 2), "float32")
+    y = bp.input("y", (4, 1), "float32")
+    W = bp.param("W", (2, 1), "float32")
+    loss = bp.mse(bp.tanh(x @ W), y)
+    init = {"W": np.array([[0.3], [-0.2]], np.float32)}
+    a = bp.compile_train_step(loss, [W], optim.adam(0.1), init=init)
+    b = bp.compile_train_step(loss, [W], optim.adam(0.1), init=init, backend="jax")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        X = rng.standard_normal((4, 2)).astype(np.float32)
+        Y = rng.standard_normal((4, 1)).astype(np.float32)
+        assert b(x=X, y=Y) == pytest.approx(a(x=X, y=Y), rel=1e-5)
+    np.testing.assert_allclose(b.params["W"], a.params["W"], rtol=1e-5)
+
+
 # ---- fit -------------------------------------------------------------------------------------
 def test_fit_learns_and_is_seeded(spec_path):
     data = _data()

@@ -2,6 +2,8 @@
 dropout, embedding, recurrent cells. Only primitives carry VJPs and lowerings, so every
 backend runs these (docs/layers.md)."""
 
+from ..ops.scan import scan, scan_stats  # noqa: F401
+from . import spec_layers  # noqa: E402,F401,I001  (registers the [[layers]] types of specs)
 from .attention import (  # noqa: F401
     causal_mask,
     merge_heads,
@@ -26,5 +28,6 @@ __all__ = [
     "avg_pool2d", "batch_norm", "causal_mask", "conv1d", "conv2d", "dropout", "dropout_mask",
     "dropout_masks", "embedding", "first_max", "flatten", "global_avg_pool", "layer_norm",
     "max_pool2d", "merge_heads", "multi_head_attention", "residual",
-    "scaled_dot_product_attention", "split_heads",
+    "scaled_dot_product_attention", "split_heads", "gru", "gru_cell", "lstm", "lstm_cell",
+    "rnn", "rnn_cell", "scan", "scan_stats",
 ]

@@ -595,7 +595,7 @@ def scan(step, init, xs=None, length: int | None = None, reverse: bool = False,
     xs_in = list(xs_nodes) + ([reset_val] if reset_ph is not None else [])
     save = 1
     if checkpoint:
-        save = int(math.ceil(math.sqrt(T))) if checkpoint is True else int(checkpoint)
+        save = sqrt_segment(T) if checkpoint is True else int(checkpoint)
         if save < 1:
             raise ValueError(f"scan: checkpoint must be True or an int >= 1, got {checkpoint}")
         if reverse:
@@ -605,6 +605,77 @@ def scan(step, init, xs=None, length: int | None = None, reverse: bool = False,
                 reverse=bool(reverse), save=save)
     fin, stacked, _ = unpack(node)
     return _unflatten(fin, init_kind), _unflatten(stacked, ys_kind)
+
+
+def sqrt_segment(T: int) -> int:
+    """Checkpoint spacing for checkpoint=True: a divisor of T near sqrt(T) when there is one
+    within a factor 1.5 (no ragged tail segment), else ceil(sqrt(T))."""
+    r = math.sqrt(T)
+    divs = [d for d in range(2, T + 1) if T % d == 0 and r / 1.5 <= d <= r * 1.5]
+    return min(divs, key=lambda d: abs(d - r)) if divs else max(1, int(math.ceil(r)))
+
+
+def prune_outputs(outputs: list[Node]) -> list[Node]:
+    """Rewrite pass: drop the ys no one reads and the saved carries no backward pass reads.
+
+    A scan's flat output is consumed through 1-d slices; regions no slice touches are dead.
+    Dropping a y removes it from the body (its computation becomes dead code); unread saved
+    carries turn `save` off (forward-only use of a scan built for training).
+    """
+    from ..ir.node import rebuild
+    from ..ir.traverse import consumers
+
+    order = toposort(outputs)
+    users = consumers(order)
+    outs = set(outputs)
+    plans = {}
+    for n in order:
+        if n.op != "scan" or n in outs:
+            continue
+        us = users[n]
+        if not us or any(u.op != "slice" for u in us):
+            continue
+        spans = [(u.attr("starts")[0], u.attr("stops")[0]) for u in us]
+        lay = layout(n)
+
+        def read(off, shape, spans=spans):
+            size = int(np.prod(shape, dtype=np.int64))
+            return any(a < off + size and b > off for a, b in spans)
+
+        body = n.attr("body")
+        keep_y = [read(off, shape) for kind, _i, off, shape in lay if kind == "y"]
+        keep_saved = any(read(off, shape) for kind, _i, off, shape in lay if kind == "saved")
+        if all(keep_y) and (keep_saved or n.attr("save") == 0):
+            continue
+        if any(a < off and b > off for a, b in spans for _k, _i, off, _s in lay if off > 0):
+            continue  # a slice straddles two regions: leave the node alone
+        nb = Body(body.carries, body.xs, body.consts, body.new_carries,
+                  [y for y, k in zip(body.ys, keep_y) if k], body.name)
+        attrs = dict(n.attrs, body=nb, save=n.attr("save") if keep_saved else 0)
+        new = make("scan", n.inputs, **attrs)
+        old_off = {(k, i): off for k, i, off, _ in lay}
+        ymap = [i for i, k in enumerate(keep_y) if k]
+        new_off = {}
+        for k, i, off, _ in layout(new):
+            new_off[(k, ymap[i] if k == "y" else i)] = off
+        plans[n] = (attrs, old_off, new_off)
+    if not plans:
+        return outputs
+    memo: dict[Node, Node] = {}
+    for n in order:
+        ins = [memo[i] for i in n.inputs]
+        if n in plans:
+            memo[n] = make("scan", ins, **plans[n][0])
+        elif n.op == "slice" and n.inputs[0] in plans:
+            _, old_off, new_off = plans[n.inputs[0]]
+            a, b = n.attr("starts")[0], n.attr("stops")[0]
+            key = max((kv for kv in old_off.items() if kv[1] <= a), key=lambda kv: kv[1])[0]
+            shift = new_off[key] - old_off[key]
+            memo[n] = make("slice", (ins[0],), starts=(a + shift,), stops=(b + shift,),
+                           steps=n.attr("steps"))
+        else:
+            memo[n] = rebuild(n, ins)
+    return [memo[o] for o in outputs]
 
 
 def _arg_names(step):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ..ir.node import Node
 from ..ir.traverse import toposort
+from ..ops.scan import prune_outputs
 from .algebraic import algebraic
 from .canonicalize import canonicalize, canonicalize_forward, cse
 from .fold import fold_constants
@@ -32,6 +33,7 @@ PASSES = [
     ("stabilize", stabilize),
     ("fold", fold_constants),
     ("cse", cse),
+    ("scan_outputs", prune_outputs),  # drop scan ys / saved carries nothing reads (ops/scan.py)
     ("fuse", fuse),
 ]
 SIMPLIFY_ROUNDS = 4

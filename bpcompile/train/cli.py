@@ -1,6 +1,6 @@
 """`bpcompile train SPEC --data FILE.npz ...`: train a spec on arrays from an .npz file.
 
-    bpcompile train SPEC --data FILE.npz --epochs N [--batch-size B] [--optimizer adam]
+    bpcompile train SPEC [--data FILE.npz] --epochs N [--batch-size B] [--optimizer adam]
                     [--lr 1e-3] [--seed S] [--checkpoint DIR] [--resume] [--plot FILE.png]
                     [--val FILE.npz | --val-split F] [--patience P] [--clip-norm C]
                     [--backend B] [--no-progress]
@@ -25,8 +25,9 @@ def add_parser(subparsers):
     help_ = "train a model on .npz data with a compiled training step"
     t = subparsers.add_parser("train", help=help_, description=help_)
     t.add_argument("spec", metavar="SPEC", help="model spec (.toml) or model file (.py)")
-    t.add_argument("--data", required=True, metavar="FILE.npz",
-                   help="training arrays by input name, examples on the leading axis")
+    t.add_argument("--data", metavar="FILE.npz",
+                   help="training arrays by input name, examples on the leading axis "
+                        "(default: the spec's literal [data], if it gives every input)")
     t.add_argument("--epochs", type=int, default=10, metavar="N", help="epochs (default 10)")
     t.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="minibatch size (default: the spec's input batch size)")
@@ -35,7 +36,8 @@ def add_parser(subparsers):
     t.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     t.add_argument("--clip-norm", type=float, default=None, metavar="C",
                    help="clip gradients to global norm C")
-    t.add_argument("--seed", type=int, default=0, help="seed for init and shuffling")
+    t.add_argument("--seed", type=int, default=None,
+                   help="seed for init and shuffling (default: the spec's [init] seed)")
     val = t.add_mutually_exclusive_group()
     val.add_argument("--val", metavar="FILE.npz", help="validation arrays")
     val.add_argument("--val-split", type=float, metavar="F",
@@ -66,12 +68,19 @@ def run(args) -> int:
 
         _pyplot()
     model = load(args.spec)
+    data = args.data
+    if data is None:
+        names = [x.attr("name") for x in model.inputs]
+        if not all(n in model.data for n in names):
+            raise BPError(f"{args.spec}: no --data FILE.npz given and the spec has no literal "
+                          f"data for every input ({', '.join(names)})")
+        data = {n: model.data[n] for n in names}
     kw = {"clip_norm": args.clip_norm} if args.clip_norm else {}
     try:
         opt = get(args.optimizer, args.lr, **kw)
     except ValueError as e:
         raise BPError(str(e)) from None
-    hist = fit(model, args.data, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
+    hist = fit(model, data, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
                seed=args.seed, validation=args.val if args.val else args.val_split,
                early_stopping=args.patience, checkpoint_dir=args.checkpoint,
                resume=args.resume, progress=not args.no_progress, backend=args.backend)

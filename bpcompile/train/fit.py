@@ -196,7 +196,7 @@ class _Progress:
 
 # ---- the loop --------------------------------------------------------------------------------
 def fit(model_or_loss, data, epochs: int = 10, batch_size: int | None = None,
-        optimizer: Optimizer | None = None, seed: int = 0, validation=None,
+        optimizer: Optimizer | None = None, seed: int | None = None, validation=None,
         early_stopping=None, checkpoint_dir=None, resume: bool = False, progress: bool = True,
         backend: str = "numpy", init: dict | None = None, params=None,
         diagnostics: bool = True, shuffle: bool = True, plateau: ReduceLROnPlateau | None = None,
@@ -213,6 +213,8 @@ def fit(model_or_loss, data, epochs: int = 10, batch_size: int | None = None,
     plateau: a ReduceLROnPlateau fed the monitored loss each epoch (scales the learning rate).
     """
     src = ModelSource(model_or_loss)
+    if seed is None:  # the spec's own [init] seed, else 0
+        seed = src.model.seed if src.model is not None else 0
     if isinstance(data, (str, Path)):
         data = load_npz(data)
     if isinstance(validation, (str, Path)):

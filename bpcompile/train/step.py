@@ -116,6 +116,8 @@ class TrainStep:
         self._eval = None
         dt = np.dtype(self.wrt[0].dtype)
         self._scalars = {"step": np.zeros((), dt), "lr_scale": np.ones((), dt)}
+        self._step_arr, self._scale_arr = self._scalars["step"], self._scalars["lr_scale"]
+        self._input_set = set(self.input_names)
         self._carried = self.param_names + self.state_names  # updated every step
         self._native = None
         if native is not False:
@@ -193,29 +195,36 @@ class TrainStep:
 
     def __call__(self, **batch) -> float:
         """Apply one update on `batch` (arrays by input name); return the loss before it."""
-        if len(batch) != len(self.input_names) or any(k not in batch for k in self.input_names):
+        if batch.keys() != self._input_set:
             self._check_batch(batch)
-        self._scalars["step"][()] = self.count
-        self._scalars["lr_scale"][()] = self.lr_scale
-        if self._native is not None:
-            loss, values, nxt = self._native.run(batch)
+        self._step_arr[()] = self.count
+        self._scale_arr[()] = self.lr_scale
+        native = self._native
+        if native is not None:  # one native call on fixed buffers (see _PingPong)
+            i = native.phase
+            feed = native.feeds[i]
+            feed.update(batch)
+            loss, values = native.callers[i](**feed)
         else:
             sig, cur = self.fn.signature, self._cur
             arrays = [sig.convert(n, batch[n]) if n in batch else cur[n] for n in self._arg_names]
-            first, rest = self.fn.impl.run(arrays)
-            loss, values, nxt = first, dict(zip(self._outs[1:], rest)), None
+            loss, rest = self.fn.impl.run(arrays)
+            values = dict(zip(self._outs[1:], rest))
         loss = float(loss)
         if self.diagnostics:
             self.last = self._diagnose(loss, values)
             if self.warn:
                 for msg in self.last["warnings"]:
                     warnings.warn(msg, RuntimeWarning, stacklevel=2)
-        if self.check_finite and not (math.isfinite(loss) and all(
-                math.isfinite(v) for k, v in self.last.items() if k.startswith("gnorm_"))):
+            finite = math.isfinite(loss) and all(
+                math.isfinite(self.last[f"gnorm_{k}"]) for k in self.param_names)
+        else:
+            finite = math.isfinite(loss)
+        if self.check_finite and not finite:
             raise NonFiniteError(self.locate_nonfinite(batch))  # the update is not committed
-        if nxt is not None:
-            self._native.phase = nxt
-            self._cur = self._native.feeds[nxt]
+        if native is not None:
+            native.phase = 1 - i
+            self._cur = native.feeds[1 - i]
         else:
             for k in self._carried:
                 self._cur[k] = values[f"{k}_next"]
@@ -282,8 +291,15 @@ class TrainStep:
                 ins = ", ".join(i.name or i.op for i in n.inputs)
                 kind = "nan" if np.isnan(v).any() else "inf"
                 pass_ = "forward" if n in forward else "backward"
-                return (f"step {self.count}: non-finite value ({kind}) first produced by node "
-                        f"{label!r} (op {n.op}, {pass_} pass{where}) from inputs ({ins})")
+                msg = (f"step {self.count}: non-finite value ({kind}) first produced by node "
+                       f"{label!r} (op {n.op}, {pass_} pass{where}) from inputs ({ins})")
+                if n not in forward:
+                    near = _forward_sources(n, forward)
+                    if near:
+                        msg += ("; it is part of the derivative through forward value(s) "
+                                + ", ".join(f"{m.name!r}" + (f" ({m.where})" if m.where else "")
+                                            for m in near))
+                return msg
         return f"step {self.count}: the compiled step produced NaN/inf, but the NumPy " \
                "reference evaluation of the same graph stays finite (a backend difference)"
 
@@ -322,6 +338,27 @@ class TrainStep:
     def __repr__(self):
         return (f"<TrainStep {self.backend} {self.optimizer!r}: params "
                 f"{', '.join(self.param_names)}; {self.count} steps>")
+
+
+def _forward_sources(n: Node, forward: set, depth: int = 3) -> list:
+    """Named forward-pass nodes within `depth` inputs of backward node `n` (what it
+    differentiates), nearest first."""
+    out, frontier, seen = [], [n], {n}
+    for _ in range(depth):
+        nxt = []
+        for m in frontier:
+            for i in m.inputs:
+                if i in seen or i.op in ("const", "param", "input"):
+                    continue
+                seen.add(i)
+                if i in forward and i.name:
+                    out.append(i)
+                else:
+                    nxt.append(i)
+        if out:
+            return out
+        frontier = nxt
+    return out
 
 
 def _norm(x: Node) -> Node:
@@ -374,11 +411,3 @@ class _PingPong:
                 feed[k] = outs[idx[f"{k}_next"]]
             self.feeds.append(feed)
         self.phase = 0
-
-    def run(self, batch: dict):
-        """One native call; returns (loss, outputs by name, the phase to adopt on commit)."""
-        i = self.phase
-        feed = self.feeds[i]
-        feed.update(batch)
-        loss, values = self.callers[i](**feed)
-        return loss, values, 1 - i

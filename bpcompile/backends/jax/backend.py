@@ -150,7 +150,10 @@ class JaxBackend:
         }
 
     def lowered(self):
-        """`jax.stages.Lowered` for the program at its declared shapes and dtypes."""
+        """`jax.stages.Lowered` for the program at its declared shapes and dtypes (sharded
+        over the mesh when compiled with data_parallel)."""
+        if self.dp is not None:
+            return self.dp.lowered()
         return self.jitted.lower(**self.abstract_args())
 
     def source(self, stage: str | None = None) -> str:

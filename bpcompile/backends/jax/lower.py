@@ -144,6 +144,7 @@ def lower(n: Node, a: list[str]) -> str:
 def lowered_ops() -> set[str]:
     return set(LOWERINGS) | {"input", "param", "const"}
 
+
 from ..pyscan import jax_scan  # noqa: E402  (scan: jax.lax.scan over a generated body function)
 
 LOWERINGS["scan"] = jax_scan

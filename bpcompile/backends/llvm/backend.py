@@ -26,9 +26,11 @@ from .codegen import Program
 from .memplan import ALIGN
 
 OPTIONS = ("gemm_threshold", "blas_threads", "copy_outputs", "fast_call", "cache", "opt")
-# OpenBLAS threads per BLAS call. 1 by default: on the shared 2-core machine OpenBLAS's thread
-# server spent >80% of the MNIST step spinning and waiting (perf), single-threaded calls were
-# 3-10x faster there. None leaves OpenBLAS's own setting alone.
+# OpenBLAS threads for big BLAS calls (>= blas.PARALLEL_THRESHOLD); None keeps OpenBLAS's own
+# count. 1 by default: on the shared, loaded 2-core machine threaded OpenBLAS calls were
+# catastrophic (perf: >80% of the MNIST step spinning in its thread server; p50 of 16-200 ms
+# per step against ~2 ms single-threaded, benchmarks/bench_llvm.py). On an idle machine
+# blas_threads=2 is faster for the big products.
 BLAS_THREADS = 1
 
 

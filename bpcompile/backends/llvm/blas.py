@@ -21,8 +21,13 @@ from .memplan import View
 
 # M*N*K at or above which the BLAS call wins over inline loops. Measured on this machine
 # (benchmarks/bench_llvm.py --gemm-threshold): single 2-d float32 products; the BLAS call has a
-# fixed cost of ~1 µs, which the vectorised inline loops beat below about 64³/4.
+# fixed cost of ~1 µs; inline loops win up to ~40³, BLAS from ~64³ on (crossover 48³-64³).
 GEMM_THRESHOLD = 48**3
+
+# M*N*K from which a BLAS call may use several threads. Below it OpenBLAS's thread hand-off
+# costs more than it saves; measured on the MNIST model (2 cores): threads for the 128x784x256
+# and 128x256x256 products only.
+PARALLEL_THRESHOLD = 2**22
 
 GLOBALS = {"float32": "bp_sgemm", "float64": "bp_dgemm"}
 
@@ -88,6 +93,10 @@ def emit_gemm(ctx, node, a: View, b: View, out: View, p: MatmulPlan):
         pa = em.addr(ctx.ptr(a.buf), a.offset, a.strides, list(bi) + zero, ty)
         pb = em.addr(ctx.ptr(b.buf), b.offset, b.strides, list(bi) + zero, ty)
         pc = em.addr(ctx.ptr(out.buf), out.offset, out.strides, list(bi) + zero, ty)
+        if ctx.blas_threads:
+            setter, big = ctx.blas_threads
+            one = ir.Constant(I32, 1)
+            bld.call(setter, [big if M * N * K >= PARALLEL_THRESHOLD else one])
         f = args_fixed
         bld.call(gemm, [f["ta"], f["tb"], f["m"], f["n"], f["k"], f["alpha"], pb, f["lda"], pa,
                       f["ldb"], f["beta"], pc, f["ldc"]])

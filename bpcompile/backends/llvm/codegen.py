@@ -26,6 +26,9 @@ from .lower import VIEWS, copy, lower
 from .memplan import Buffer, MemoryPlan, View, contiguous, plan
 
 
+SPLIT_STEPS = 48  # schedules longer than this get one function per step (see Program.emit)
+
+
 class Context:
     """What lowerings see: views of nodes, buffer pointers, loads/stores, entry-block allocas."""
 
@@ -38,7 +41,14 @@ class Context:
         return self.views[n]
 
     def ptr(self, buf: Buffer) -> ir.Value:
-        return self.ptrs[buf]
+        p = self.ptrs.get(buf)
+        if p is None:  # workspace buffers: a constant offset into ws, made on first use
+            ws = self._entry.function.args[-1]
+            with self._entry.goto_entry_block():
+                p = self._entry.gep(ws, [ir.Constant(I64, buf.offset)], inbounds=True,
+                                    source_etype=ir.IntType(8), name=_ident(buf.label))
+            self.ptrs[buf] = p
+        return p
 
     def load(self, v: View, strides, idx) -> ir.Value:
         ty = ir_type(v.dtype)
@@ -69,6 +79,8 @@ class Program:
         self.consts: list[tuple[Buffer, np.ndarray]] = []
         self.temps: dict = {}
         self.matmul_plan: dict = {}
+        self.scan_plan: dict = {}
+        self.gemm_threshold = gemm_threshold
         self.arg_bufs = []
         for i, a in enumerate(args):
             buf = self._buf("arg", i, a.size, a.dtype, a.attr("name"))
@@ -108,6 +120,10 @@ class Program:
             step = len(self.steps)
             if n.op == "matmul":
                 self._plan_matmul(n, step, gemm_threshold)
+            elif n.op == "scan":
+                from .scan import plan_scan
+
+                self.scan_plan[n] = plan_scan(self, n, step)
             self.steps.append(("node", n))
         for j, o in enumerate(outputs):
             if self.views[o].buf is not self.out_bufs[j]:
@@ -125,6 +141,12 @@ class Program:
         self._liveness()
         self.memory: MemoryPlan = plan(self.buffers, self.backward_start)
 
+    def temp(self, shape, dtype: str, label: str, step: int) -> View:
+        """A workspace buffer live during one step only (operand copies, loop state)."""
+        buf = self._buf("ws", -1, int(np.prod(shape, dtype=np.int64)), dtype, label)
+        buf.first = buf.last = step
+        return contiguous(buf, tuple(shape))
+
     def _buf(self, kind, index, size, dtype, label) -> Buffer:
         b = Buffer(kind, index, size, dtype, label)
         self.buffers.append(b)
@@ -139,10 +161,8 @@ class Program:
         batch = n.shape[:-2]
         for k, (need, v) in enumerate(((p.copy_a, a), (p.copy_b, b))):
             if need:
-                shape = batch + v.shape[-2:]
-                buf = self._buf("ws", -1, int(np.prod(shape)), n.dtype, f"{self.names[n]}.op{k}")
-                buf.first = buf.last = step
-                self.temps[(n, k)] = contiguous(buf, shape)
+                self.temps[(n, k)] = self.temp(batch + v.shape[-2:], n.dtype,
+                                               f"{self.names[n]}.op{k}", step)
 
     def _liveness(self):
         for k, s in enumerate(self.steps):
@@ -159,10 +179,10 @@ class Program:
                 b.last = max(b.last, k)
 
     # -- IR -----------------------------------------------------------------------------------
-    def emit(self, module: ir.Module) -> ir.Function:
+    def _function(self, module: ir.Module, name: str, consts: dict):
+        """A function with the (in..., out..., ws) signature and its lowering context."""
         nin, nout = len(self.args), len(self.outputs)
-        fnty = ir.FunctionType(VOID, [PTR] * (nin + nout + 1))
-        fn = ir.Function(module, fnty, "bp_main")
+        fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * (nin + nout + 1)), name)
         for a in fn.args:
             a.add_attribute("noalias")
         for a, arg in zip(fn.args[:nin], self.args):
@@ -170,41 +190,61 @@ class Program:
         for a, j in zip(fn.args[nin:nin + nout], range(nout)):
             a.name = f"out{j}"
         fn.args[-1].name = "ws"
-        entry = fn.append_basic_block("entry")
-        body = fn.append_basic_block("body")
-        eb = ir.IRBuilder(entry)
-        b = ir.IRBuilder(body)
+        eb = ir.IRBuilder(fn.append_basic_block("entry"))
+        b = ir.IRBuilder(fn.append_basic_block("body"))
         em = Emitter(module, b)
-        ptrs = {}
-        for buf, a in zip(self.arg_bufs, fn.args[:nin]):
-            ptrs[buf] = a
-        for buf, a in zip(self.out_bufs, fn.args[nin:nin + nout]):
-            ptrs[buf] = a
-        for buf in self.buffers:
-            if buf.kind == "ws":
-                ptrs[buf] = eb.gep(fn.args[-1], [ir.Constant(I64, buf.offset)], inbounds=True,
-                                   source_etype=ir.IntType(8), name=_ident(buf.label))
-        for buf, arr in self.consts:
-            ptrs[buf] = _const_global(module, buf, arr)
+        ptrs = dict(consts)
+        ptrs.update(zip(self.arg_bufs, fn.args[:nin]))
+        ptrs.update(zip(self.out_bufs, fn.args[nin:nin + nout]))
         ctx = Context(em, module, self.views, ptrs, self.temps, self.matmul_plan, eb)
-        threads = self.matmul_plan and self.blas_threads and blas.threads_setter()
-        if threads:  # this thread's BLAS calls use `blas_threads` threads; restored on return
-            setter = em.declare(blas.THREADS_SYMBOL, I32, [I32])
-            prev = b.call(setter, [ir.Constant(I32, self.blas_threads)])
-        for s in self.steps:
-            if s[0] == "node":
-                lower(ctx, s[1])
-            else:
-                copy(ctx, s[1], s[2])
-        if threads:
-            b.call(setter, [prev])
+        ctx.scan_plan = self.scan_plan
+        ctx.blas_threads = None
+        if self.matmul_plan and self.blas_threads and blas.threads_setter():
+            # big products use `blas_threads` BLAS threads, small ones 1 (this thread only)
+            ctx.blas_threads = (em.declare(blas.THREADS_SYMBOL, I32, [I32]),
+                                ir.Constant(I32, self.blas_threads))
+        return fn, ctx
+
+    def _lower_step(self, ctx, s):
+        if s[0] == "node":
+            lower(ctx, s[1])
+        else:
+            copy(ctx, s[1], s[2])
+
+    def emit(self, module: ir.Module, name: str = "bp_main", with_entry: bool = True):
+        """Emit `name` (and bp_entry). Long schedules get one non-inlined function per step:
+        LLVM's O3 time grows faster than linearly with function size (a 50-step unrolled RNN
+        took 98 s as one function)."""
+        consts = {buf: _const_global(module, buf, arr) for buf, arr in self.consts}
+        fn, ctx = self._function(module, name, consts)
+        b = ctx.em.b
+        if ctx.blas_threads:  # restore the caller's BLAS thread count on return
+            prev = b.call(ctx.blas_threads[0], [ir.Constant(I32, 1)])
+        if len(self.steps) <= SPLIT_STEPS:
+            for s in self.steps:
+                self._lower_step(ctx, s)
+        else:
+            for k, s in enumerate(self.steps):
+                label = _ident(self.names[s[1]] if s[0] == "node" else "copy")
+                sf, sctx = self._function(module, f"{name}.{k}.{label}", consts)
+                sf.linkage = "internal"
+                sf.attributes.add("noinline")
+                self._lower_step(sctx, s)
+                sctx.em.b.ret_void()
+                sctx._entry.branch(sf.blocks[1])
+                b.call(sf, list(fn.args))
+        if ctx.blas_threads:
+            b.call(ctx.blas_threads[0], [prev])
         b.ret_void()
-        eb.branch(body)
+        ctx._entry.branch(fn.blocks[1])
+        if not with_entry:
+            return fn
         # the flat-array entry point: bp_entry(ptr argv) with argv = [in..., out..., ws]
+        nargs = len(self.args) + len(self.outputs) + 1
         ent = ir.Function(module, ir.FunctionType(VOID, [PTR]), "bp_entry")
         bb = ir.IRBuilder(ent.append_basic_block())
         ptrs = [bb.load(bb.gep(ent.args[0], [ir.Constant(I64, k)], source_etype=PTR), typ=PTR)
-                for k in range(nin + nout + 1)]
+                for k in range(nargs)]
         bb.call(fn, ptrs)
         bb.ret_void()
         return fn

@@ -413,6 +413,15 @@ LOWERINGS.update({
     "concatenate": _concatenate, "pad": _pad, "take": _take, "one_hot": _one_hot,
     "iota": _iota, "matmul": _matmul,
 })
+
+
+def _scan(ctx, n: Node):
+    from .scan import lower_scan  # scan compiles its body with codegen, which imports us
+
+    lower_scan(ctx, n)
+
+
+LOWERINGS["scan"] = _scan
 LEAVES = ("input", "param", "const")
 
 

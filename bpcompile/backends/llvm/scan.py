@@ -1,0 +1,139 @@
+"""`scan` on the LLVM backend: the body sub-graph becomes its own function, called in a loop.
+
+The body is simplified by the usual pipeline and compiled by a nested `Program` into
+`void bp_scan<k>_<name>(carries..., x[t]..., consts..., new carries..., y[t]..., workspace)`.
+The loop keeps the carries in two workspace buffers (in and out, copied after each step),
+writes each y straight into its time slice of the node's flat output and stores saved
+carries as the layout in ops/scan.py asks (every step, every k-th, or none). The body's own
+workspace is a slice of the outer one, live only during the scan.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+
+from ...ops.scan import layout
+from .loops import I1, I64, PTR, VOID, i64
+from .memplan import View
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class ScanPlan:
+    sub: object  # codegen.Program of the body
+    fn_name: str
+    operands: list  # per scan input: a contiguous temp View to copy into, or None
+    carry_in: list
+    carry_out: list
+    body_ws: View
+
+
+def plan_scan(prog, n, step: int) -> ScanPlan:
+    from ...rewrite import pipeline
+    from .codegen import Program
+
+    body = n.attr("body")
+    outs, _ = pipeline.run(list(body.outputs))
+    sub = Program(list(outs), list(body.params), prog.gemm_threshold, prog.blas_threads)
+    label = prog.names[n]
+    operands = []
+    for k, x in enumerate(n.inputs):
+        v = prog.views[x]
+        operands.append(None if v.is_contiguous() else prog.temp(x.shape, x.dtype,
+                                                                   f"{label}.in{k}", step))
+    carry_in = [prog.temp(c.shape, c.dtype, f"{label}.c{i}", step)
+                for i, c in enumerate(body.carries)]
+    carry_out = [prog.temp(c.shape, c.dtype, f"{label}.n{i}", step)
+                 for i, c in enumerate(body.carries)]
+    ws = prog.temp((max(sub.memory.workspace_bytes, 1),), "bool", f"{label}.ws", step)
+    name = f"bp_scan{next(_ids)}_{''.join(ch if ch.isalnum() else '_' for ch in body.name)}"
+    return ScanPlan(sub, name, operands, carry_in, carry_out, ws)
+
+
+def _memcpy(ctx, dst, src, nbytes: int):
+    if nbytes:
+        fn = ctx.em.declare("llvm.memcpy.p0.p0.i64", VOID, [PTR, PTR, I64, I1])
+        ctx.em.b.call(fn, [dst, src, i64(nbytes), ir.Constant(I1, 0)])
+
+
+def _ptr(ctx, v: View, extra_bytes=None):
+    """Byte pointer to the first element of a contiguous view (+ a dynamic byte offset)."""
+    b = ctx.em.b
+    isz = np.dtype(v.dtype).itemsize
+    off = i64(v.offset * isz)
+    if extra_bytes is not None:
+        off = b.add(off, extra_bytes)
+    return b.gep(ctx.ptr(v.buf), [off], source_etype=ir.IntType(8))
+
+
+def lower_scan(ctx, n):
+    from .lower import copy
+
+    plan: ScanPlan = ctx.scan_plan[n]
+    em, b = ctx.em, ctx.em.b
+    body = n.attr("body")
+    T, rev, save = n.attr("length"), n.attr("reverse"), n.attr("save")
+    fn = ctx.module.globals.get(plan.fn_name)
+    if fn is None:
+        saved_block = b.block
+        fn = plan.sub.emit(ctx.module, plan.fn_name, with_entry=False)
+        fn.linkage = "internal"
+        b.position_at_end(saved_block)
+    views = []
+    for x, tmp in zip(n.inputs, plan.operands):
+        v = ctx.view(x)
+        if tmp is not None:
+            copy(ctx, v, tmp)
+            v = tmp
+        views.append(v)
+    nc, nx = len(body.carries), len(body.xs)
+    inits, xs, consts = views[:nc], views[nc:nc + nx], views[nc + nx:]
+    isz = np.dtype(n.dtype).itemsize
+    for ci, v in zip(plan.carry_in, inits):
+        _memcpy(ctx, _ptr(ctx, ci), _ptr(ctx, v), v.size * np.dtype(v.dtype).itemsize)
+    out = ctx.view(n)
+    lay = layout(n)
+    ys = [(off, shape) for kind, _, off, shape in lay if kind == "y"]
+    saved = [(off, shape) for kind, _, off, shape in lay if kind == "saved"]
+    finals = [(off, shape) for kind, _, off, shape in lay if kind == "carry"]
+    cbytes = [c.size * np.dtype(c.dtype).itemsize for c in plan.carry_in]
+
+    def slot(base_off, shape, idx):  # element idx along the leading axis of a layout part
+        step_bytes = int(np.prod(shape[1:], dtype=np.int64)) * isz
+        return _ptr(ctx, View(out.buf, out.offset + base_off, shape, ()),
+                    b.mul(idx, i64(step_bytes)))
+
+    if T:
+        with em.loop(T, "t") as k:
+            t = b.sub(i64(T - 1), k) if rev else k
+            if save == 1:
+                at = b.add(t, i64(1)) if rev else t
+                for (off, shape), ci, nb in zip(saved, plan.carry_in, cbytes):
+                    _memcpy(ctx, slot(off, shape, at), _ptr(ctx, ci), nb)
+            elif save > 1:
+                hit = b.icmp_unsigned("==", b.urem(t, i64(save)), i64(0))
+                with b.if_then(hit):
+                    for (off, shape), ci, nb in zip(saved, plan.carry_in, cbytes):
+                        _memcpy(ctx, slot(off, shape, b.udiv(t, i64(save))), _ptr(ctx, ci), nb)
+            args = [_ptr(ctx, ci) for ci in plan.carry_in]
+            for x in xs:
+                step_bytes = int(np.prod(x.shape[1:], dtype=np.int64)) * np.dtype(x.dtype).itemsize
+                args.append(_ptr(ctx, x, b.mul(t, i64(step_bytes))))
+            args += [_ptr(ctx, c) for c in consts]
+            args += [_ptr(ctx, co) for co in plan.carry_out]
+            args += [slot(off, shape, t) for off, shape in ys]
+            args.append(_ptr(ctx, plan.body_ws))
+            b.call(fn, args)
+            for ci, co, nb in zip(plan.carry_in, plan.carry_out, cbytes):
+                _memcpy(ctx, _ptr(ctx, ci), _ptr(ctx, co), nb)
+    if save == 1:
+        for (off, shape), ci, nb in zip(saved, plan.carry_in, cbytes):
+            _memcpy(ctx, slot(off, shape, i64(0 if rev else T)), _ptr(ctx, ci), nb)
+    for (off, _shape), ci, nb in zip(finals, plan.carry_in, cbytes):
+        _memcpy(ctx, _ptr(ctx, View(out.buf, out.offset + off, (), ())), _ptr(ctx, ci), nb)
+
