@@ -1,9 +1,9 @@
 """JAX backend benchmark: bpcompile's jitted forward+backward vs jax.jit(jax.value_and_grad).
 
 Same process, same inputs, median time per call after a warm-up, every call blocked until its
-results are ready on both sides. Rounds alternate JAX and ours (several short rounds, the median
-of the round medians is reported) so a noisy shared machine affects both alike. Two input
-conditions:
+results are ready on both sides. Calls alternate JAX, ours, JAX, ours, ... in several rounds
+(the median of the round medians is reported), so load on a shared machine hits both alike.
+Two input conditions:
   device: both functions get JAX arrays already on the device (the program-vs-program figure);
   numpy:  both functions get host NumPy arrays (each call pays the host->device transfer).
 The scorecard (../shared/scorecard.py) mixes the two: JAX gets device arrays, ours NumPy ones.

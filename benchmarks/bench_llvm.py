@@ -79,13 +79,35 @@ def models(bp, jax, jnp):
     out["mlp_mnist"] = (loss, ps, dict(x=A(128, 784),
                                        labels=r.integers(0, 10, 128).astype(np.int32)), P, jmnist)
 
-    # rnn_bptt: tanh RNN unrolled over 50 steps, MSE on a projection of the last state
+    # cnn_digits: conv 3x3 1->8, relu, 2x2 max-pool, dense 72->10, CE on one-hot, batch 64
+    x, y = bp.input("x", (64, 1, 8, 8)), bp.input("y", (64, 10))
+    ps = [bp.param("K", (8, 1, 3, 3)), bp.param("bk", (8,)), bp.param("W", (72, 10)),
+          bp.param("b", (10,))]
+    z = bp.max_pool2d(bp.relu(bp.conv2d(x, ps[0], ps[1])), 2)
+    loss = bp.cross_entropy(bp.reshape(z, (64, 72)) @ ps[2] + ps[3], y)
+
+    def jcnn(p, x, y):
+        z = jax.lax.conv_general_dilated(x, p["K"], (1, 1), "VALID")
+        z = jax.nn.relu(z + p["bk"][None, :, None, None])
+        z = jax.lax.reduce_window(z, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+        lp = jax.nn.log_softmax(z.reshape(z.shape[0], -1) @ p["W"] + p["b"])
+        return -jnp.mean(jnp.sum(lp * y, axis=-1))
+
+    P = dict(K=A(8, 1, 3, 3), bk=A(8), W=A(72, 10), b=A(10))
+    Y = np.eye(10, dtype=np.float32)[r.integers(0, 10, 64)]
+    out["cnn_digits"] = (loss, ps, dict(x=A(64, 1, 8, 8), y=Y), P, jcnn)
+
+    # rnn_bptt: tanh RNN over 50 steps with bp scan (the body is compiled once, like lax.scan)
+    from bpcompile.layers import scan
+
     xs, y = bp.input("xs", (50, 32, 16)), bp.input("y", (32, 1))
     ps = [bp.param("Wx", (16, 64)), bp.param("Wh", (64, 64)), bp.param("b", (64,)),
           bp.param("Wo", (64, 1))]
-    hs = bp.tanh(xs[0] @ ps[0] + ps[2])
-    for t in range(1, 50):
-        hs = bp.tanh(xs[t] @ ps[0] + hs @ ps[1] + ps[2])
+
+    def step(h, x):
+        return bp.tanh(x @ ps[0] + h @ ps[1] + ps[2]), None
+
+    hs, _ = scan(step, bp.tanh(xs[0] @ ps[0] + ps[2]), xs[1:])
     loss = bp.mean((hs @ ps[3] - y) ** 2)
     P = dict(Wx=A(16, 64), Wh=A(64, 64), b=A(64), Wo=A(64, 1))
 

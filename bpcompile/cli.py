@@ -193,6 +193,17 @@ def _write(text: str, output: str | None):
         sys.stdout.write(text)
 
 
+def _enable_jax_x64():
+    """A CLI run owns its process, so float64 specs may use JAX's 64-bit mode (float32 graphs
+    stay float32: every dtype in generated code is explicit)."""
+    try:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    except ImportError:
+        pass  # the jax backend reports itself unavailable with an install hint
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (also callable in-process from tests)."""
     parser = _parser()
@@ -200,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help/--version exit 0, bad usage exits 2
         return int(e.code or 0) if not isinstance(e.code, str) else 2
+    if getattr(args, "backend", None) == "jax":
+        _enable_jax_x64()
     try:
         return COMMANDS[args.command](args)
     except BPError as e:

@@ -46,7 +46,8 @@ def test_hessian_vector_product_matches_jax_jvp_of_grad():
     P = {"W1": vals["W1"], "W2": vals["W2"]}
     V = {"W1": vals["v1"], "W2": vals["v2"]}
     gradf = jax.grad(lambda p: _jax_mlp(p, vals["x"], vals["y"]))
-    g_ref, hv_ref = jax.jvp(gradf, (P,), (V,))
+    g_ref, hv_ref = jax.jit(lambda p, v: jax.jvp(gradf, (p,), (v,)),
+                            compiler_options=T.FAST_COMPILE)(P, V)
     dot_ref = sum(np.sum(np.asarray(g_ref[k]) * V[k]) for k in P)
     np.testing.assert_allclose(value, dot_ref, rtol=1e-10)
     for k in P:
@@ -81,7 +82,7 @@ def test_gradient_of_gradient_norm():
         return _jax_mlp(P, vals["x"], vals["y"]) + 0.1 * sum(jnp.sum(t * t) for t in g.values())
 
     P = {"W1": vals["W1"], "W2": vals["W2"]}
-    rv, rg = jax.value_and_grad(ref)(P)
+    rv, rg = jax.jit(jax.value_and_grad(ref), compiler_options=T.FAST_COMPILE)(P)
     np.testing.assert_allclose(value, float(rv), rtol=1e-10)
     for k in P:
         np.testing.assert_allclose(grads[k], np.asarray(rg[k]), rtol=1e-9, atol=1e-12)
@@ -99,7 +100,7 @@ def test_gradient_of_gradient_norm_float32():
         return jnp.sqrt(jnp.sum(g * g))
 
     P = {"W1": vals["W1"], "W2": vals["W2"]}
-    rv, rg = jax.value_and_grad(ref)(P)
+    rv, rg = jax.jit(jax.value_and_grad(ref), compiler_options=T.FAST_COMPILE)(P)
     np.testing.assert_allclose(value, float(rv), rtol=1e-5)
     for k in P:
         np.testing.assert_allclose(grads[k], np.asarray(rg[k]), rtol=2e-4, atol=2e-5)
@@ -121,7 +122,7 @@ def test_full_hessian_matches_jax_hessian():
         bce = jnp.mean(jnp.logaddexp(0.0, z) - z * vals["t"])
         return bce + 0.5 * jnp.sum(jnp.exp(w) * w)
 
-    H_ref = np.asarray(jax.hessian(f)(vals["w"]))
+    H_ref = np.asarray(jax.jit(jax.hessian(f), compiler_options=T.FAST_COMPILE)(vals["w"]))
     np.testing.assert_allclose(H, H_ref, rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(H, H.T, rtol=1e-12, atol=1e-14)  # symmetric, as it must be
 

@@ -379,6 +379,8 @@ def test_source_and_stablehlo():
     assert "stablehlo.dot_general" in hlo
     assert "HloModule" in fn.source("hlo")
     assert fn.lowered().as_text() == hlo
+    assert "module @jit_forward_backward" in hlo
+    assert "tensor<4x2xf32>" in hlo.split("func.func public @main(")[1].split(",")[0]  # x first
     with pytest.raises(ValueError, match="stage"):
         fn.source("ptx")
     with pytest.raises(bp.BackendError, match="backend='jax'"):
@@ -510,7 +512,7 @@ def test_as_jax_function_grad_uses_our_backward():
     assert "custom_vjp_call" in str(jax.make_jaxpr(f)(params, **inputs))
     # under grad, the gradient is the output of our compiled program (pjit _traced), scaled
     grad_jaxpr = str(jax.make_jaxpr(jax.grad(f))(params, **inputs))
-    assert "_traced" in grad_jaxpr and "mul 1.0" in grad_jaxpr
+    assert "forward_backward" in grad_jaxpr and "mul 1.0" in grad_jaxpr
 
 
 def test_as_jax_function_under_jit_and_vmap():

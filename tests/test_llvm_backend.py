@@ -58,7 +58,7 @@ def test_every_registered_op_has_an_llvm_lowering():
 def test_op_table_matches_numpy(row, dtype):
     P, I, f, loss, values = T.build(row, dtype)
     # gemm_threshold=0 sends every matmul through BLAS; the default keeps tiny ones inline
-    for thr in ((0, 10**9) if "matmul" in row.ops or "take" in row.ops else (10**9,)):
+    for thr in ((0, 10**9) if {"matmul", "take", "scan"} & set(row.ops) else (10**9,)):
         _compare(loss, list(P.values()), values, dtype, gemm_threshold=thr)
 
 
@@ -270,3 +270,27 @@ def test_int_and_bool_tensors():
     r = np.random.default_rng(4)
     vals = {"x": r.standard_normal((4, 5)), "k": r.integers(-5, 5, (4, 5)).astype(np.int32)}
     _compare(loss, [x], vals, "float64")
+
+
+def test_concurrent_calls_from_threads_agree():
+    import threading
+
+    loss, wrt, vals = _mlp(batch=64, dtype="float64")
+    fn = bp.compile(loss, wrt, backend="llvm", gemm_threshold=0, copy_outputs=True)
+    ref = bp.compile(loss, wrt, backend="numpy")
+    inputs = [dict(vals, W1=vals["W1"] * s) for s in (0.5, 1.0, 2.0)]
+    expect = [ref(**kw)[1]["W1"] for kw in inputs]
+    errors = []
+
+    def work(k):
+        for _ in range(30):
+            for kw, e in zip(inputs[k:] + inputs[:k], expect[k:] + expect[:k]):
+                if not np.allclose(fn(**kw)[1]["W1"], e, rtol=1e-10):
+                    errors.append(k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors

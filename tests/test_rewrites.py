@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pytest
 import sympy as sp
+from op_table import FAST_COMPILE
 
 import bpcompile as bp
 from bpcompile.backends.numpy.codegen import evaluate
@@ -388,7 +389,7 @@ def test_pass_subsets_match_jax():
         return ce + 0.01 * reg + jnp.mean(lsm)
 
     P = {w.name: vals[w.name] for w in wrt}
-    rv, rg = jax.value_and_grad(ref)(P)
+    rv, rg = jax.jit(jax.value_and_grad(ref), compiler_options=FAST_COMPILE)(P)
     np.testing.assert_allclose(v, float(rv), rtol=1e-10)
     for k in P:
         np.testing.assert_allclose(g[k], np.asarray(rg[k]), rtol=1e-9, atol=1e-12)
@@ -478,8 +479,9 @@ def test_extreme_logits_are_finite_and_correct(case, dtype):
         kw["lab"] = np.array([0, 2], np.int32)
     v, g = fn(**kw)
     assert np.isfinite(v) and np.all(np.isfinite(g["z"])), (v, g["z"])
-    rv, rg = jax.value_and_grad(lambda zz: ref(jnp, jax, zz, t_eye("float64"),
-                                               np.array([0, 2])))(zv)
+    rv, rg = jax.jit(jax.value_and_grad(lambda zz: ref(jnp, jax, zz, t_eye("float64"),
+                                                       np.array([0, 2]))),
+                     compiler_options=FAST_COMPILE)(zv)
     tol = 1e-4 if dtype == "float32" else 1e-10
     np.testing.assert_allclose(v, float(rv), rtol=tol)
     np.testing.assert_allclose(g["z"], np.asarray(rg), rtol=tol, atol=tol)

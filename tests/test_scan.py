@@ -324,3 +324,12 @@ def test_scan_errors_are_clear():
         scan(lambda c, x: (c, None), h, (x, bp.input("z", (3, 2), F64)))
     with pytest.raises(bp.ShapeError, match="carr"):
         scan(lambda c, x: ((c, c), None), h, x)
+
+
+def test_check_oracle_keeps_truncation():
+    """bp.check's JAX oracle translates the scan body as traced, so JAX sees stop_gradient."""
+    loss, P = _rnn_graph(6, truncate=2)
+    vals = _rnn_values(6)
+    report = bp.check(loss, list(P.values()), {k: vals[k] for k in ("xs", "y")},
+                      {k: vals[k] for k in P}, fd=False)
+    assert report.ok, str(report)

@@ -53,7 +53,7 @@ class ArrayExprPrinter:
     def _p(self, e) -> str:
         if e.is_Symbol:
             return self.names[e.name]
-        if e.is_Number:
+        if e.is_Number or e.is_NumberSymbol:  # NumberSymbol: pi, E (GELU's sqrt(2/pi))
             return self._num(e)
         if e is sp.true:
             return "True"

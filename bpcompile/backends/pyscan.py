@@ -27,13 +27,19 @@ class Lowered(str):
     consts: dict = {}
 
 
-def _body_source(body, lower, ns: str, fn_name: str):
-    """Source of `def fn_name(used params...)` for the optimised body, the used params, consts."""
+def _body_source(body, lower, ns: str, fn_name: str, optimize: bool):
+    """(source of `def fn_name(params...)`, constants) for the body.
+
+    optimize: run the rewrite passes on it first (numpy). The jax lowering emits the body as
+    traced: it also serves bp.check's JAX oracle (backends/jax/translate.py), which JAX then
+    differentiates, so stop_gradient must survive - and XLA optimises the body anyway.
+    """
     from ..rewrite import pipeline
     from .pysource import emit_function
 
-    outs, _ = pipeline.run(list(body.outputs))
-    outs = list(outs)
+    outs = list(body.outputs)
+    if optimize:
+        outs = list(pipeline.run(outs)[0])
     for c in toposort(outs):  # array constants live at module level: give them unique names
         if c.op == "const" and c.ndim > 0:
             NAMES[c] = f"{fn_name}_const"
@@ -55,19 +61,19 @@ def _prefix(n: Node) -> str:
 def numpy_scan(n: Node, a: list[str]) -> Lowered:
     from .numpy.lower import NP_DTYPE, lower
 
-    return _emit(n, a, lower, "np", NP_DTYPE, _numpy_loop)
+    return _emit(n, a, lower, "np", NP_DTYPE, _numpy_loop, optimize=True)
 
 
 def jax_scan(n: Node, a: list[str]) -> Lowered:
     from .jax.lower import JNP_DTYPE, lower
 
-    return _emit(n, a, lower, "jnp", JNP_DTYPE, _jax_loop)
+    return _emit(n, a, lower, "jnp", JNP_DTYPE, _jax_loop, optimize=False)
 
 
-def _emit(n: Node, a: list[str], lower, ns, dtypes, loop) -> Lowered:
+def _emit(n: Node, a: list[str], lower, ns, dtypes, loop, optimize: bool) -> Lowered:
     body = n.attr("body")
     pre = _prefix(n)
-    body_src, consts = _body_source(body, lower, ns, f"{pre}_body")
+    body_src, consts = _body_source(body, lower, ns, f"{pre}_body", optimize)
     loop_src = loop(n, pre, dtypes)
     out = Lowered(f"{pre}_loop({', '.join(a)})")
     out.defs = body_src + "\n\n" + loop_src

@@ -87,7 +87,17 @@ class JaxBackend:
         )
         consts = {k: jnp.asarray(v) for k, v in consts.items()}  # so `const @ x` stays jnp
         self.fn = exec_source(self.src, consts, "forward_backward", NAMESPACE)
-        self.jitted = jax.jit(self._traced)
+        traced = self._traced
+
+        def forward_backward(**arrays):  # the name JAX gives the jitted/lowered module
+            return traced(**arrays)
+
+        def forward_backward_positional(*arrays):
+            return traced(**dict(zip(self.names, arrays)))
+
+        forward_backward_positional.__name__ = "forward_backward"
+        self._positional = forward_backward_positional
+        self.jitted = jax.jit(forward_backward)
         self.dp = None
         if data_parallel or batch_inputs is not None:
             self.dp = DataParallel(self, batch_inputs, devices)
@@ -139,9 +149,6 @@ class JaxBackend:
             )
         return v if dt == np.dtype(node.dtype) else v.astype(node.dtype)
 
-    def _positional(self, *arrays):
-        return self._traced(**dict(zip(self.names, arrays)))
-
     # -- the Backend interface ------------------------------------------------------------
     def abstract_args(self) -> dict:
         return {
@@ -154,7 +161,8 @@ class JaxBackend:
         over the mesh when compiled with data_parallel)."""
         if self.dp is not None:
             return self.dp.lowered()
-        return self.jitted.lower(**self.abstract_args())
+        args = self.abstract_args()  # positional, so the module's arguments keep our order
+        return jax.jit(self._positional).lower(*[args[n] for n in self.names])
 
     def source(self, stage: str | None = None) -> str:
         """stage None/"jax": the emitted jax.numpy source; "stablehlo": the StableHLO module

@@ -21,7 +21,7 @@ def as_jax_function(backend, grad_names: list[str]):
     other argument of the compiled program is passed by keyword. Differentiating w.r.t. an
     argument whose gradient was not compiled (not in `wrt`) is an error, not a silent zero.
     """
-    program = jax.jit(backend._traced)  # nested jit: inlined into an enclosing trace
+    program = backend.jitted  # a nested jit is inlined into an enclosing trace
     has_grad = set(grad_names)
 
     def split(params, inputs):

@@ -22,7 +22,7 @@ from llvmlite import ir
 from ...ir.node import Node
 from ...ir.printer import format_graph
 from . import blas, cache, jit, pycall
-from .codegen import Program
+from .codegen import SPLIT_STEPS, Program
 from .memplan import ALIGN
 
 OPTIONS = ("gemm_threshold", "blas_threads", "copy_outputs", "fast_call", "cache", "opt")
@@ -59,19 +59,20 @@ class LLVMBackend:
         self.cache_hit = obj is not None
         self._optimized = None
         if obj is None:
-            self._optimized = jit.optimize(self._ir, self.tm, speed=min(self.opt, 3))
+            self._optimized = self._optimize()
             obj = self.tm.emit_object(self._optimized)
             if key:
                 cache.store(key, obj)
         self.timings = {"llvm": time.perf_counter() - t0}
-        if self.program.matmul_plan:
-            blas.register()
+        blas.register()  # nested scan bodies may call BLAS too; binding is once per process
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.tm)
         self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self.engine.finalize_object()
         self._alloc_arena()
         addr = self.engine.get_function_address("bp_entry")
-        self._entry = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addr)
+        # PYFUNCTYPE keeps the GIL held: calls of one function (sharing one arena and argv)
+        # never overlap, whichever thread makes them
+        self._entry = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)(addr)
         self._argv = (ctypes.c_void_p * (len(args) + len(outputs) + 1))()
         for j, a in enumerate(self.out_arrays):
             self._argv[len(args) + j] = a.ctypes.data
@@ -120,6 +121,10 @@ class LLVMBackend:
             grads = [g.copy() for g in grads]
         return value, list(grads)
 
+    def _optimize(self):
+        small = len(self.program.steps) <= SPLIT_STEPS
+        return jit.optimize(self._ir, self.tm, speed=min(self.opt, 3), unroll=small)
+
     def make_caller(self, signature, grad_names):
         """The fast validated call path (pycall.py), or None to use the default one."""
         if self.copy_outputs:
@@ -133,7 +138,7 @@ class LLVMBackend:
             return self._ir
         if stage in ("llvm", "asm"):
             if self._optimized is None:  # loaded from the cache: redo the (deterministic) work
-                self._optimized = jit.optimize(self._ir, self.tm, speed=min(self.opt, 3))
+                self._optimized = self._optimize()
             return str(self._optimized) if stage == "llvm" else self.tm.emit_assembly(
                 self._optimized)
         raise ValueError(f"unknown stage {stage!r}; choose from llvm, llvm-unoptimized, asm")

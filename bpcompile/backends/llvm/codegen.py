@@ -25,7 +25,6 @@ from .loops import I32, I64, PTR, VOID, Emitter, ir_type
 from .lower import VIEWS, copy, lower
 from .memplan import Buffer, MemoryPlan, View, contiguous, plan
 
-
 SPLIT_STEPS = 48  # schedules longer than this get one function per step (see Program.emit)
 
 
@@ -261,7 +260,7 @@ def _const_global(module: ir.Module, buf: Buffer, arr: np.ndarray) -> ir.GlobalV
         flat = flat.astype(np.int8)
     arr_ty = ir.ArrayType(ty, max(flat.size, 1))
     vals = [float(v) if buf.dtype in ("float32", "float64") else int(v) for v in flat] or [0]
-    g = ir.GlobalVariable(module, arr_ty, f"const_{_ident(buf.label)}_{buf.index}")
+    g = ir.GlobalVariable(module, arr_ty, module.get_unique_name(f"const_{_ident(buf.label)}"))
     g.global_constant = True
     g.linkage = "private"
     g.align = 64

@@ -48,13 +48,17 @@ def target_machine(jit: bool = True, opt: int = 3):
                                         codemodel="default")
 
 
-def optimize(ir_text: str, tm, speed: int = 3):
-    """Parse, verify (before any optimisation), and run LLVM's O<speed> pipeline."""
+def optimize(ir_text: str, tm, speed: int = 3, unroll: bool = True):
+    """Parse, verify (before any optimisation), and run LLVM's O<speed> pipeline.
+
+    unroll=False skips loop unrolling (big schedules: full unrolling of every small static
+    loop dominated compile time and code size)."""
     mod = llvm.parse_assembly(ir_text)
     mod.verify()
     pto = llvm.create_pipeline_tuning_options(speed_level=speed)
     pto.loop_vectorization = True
     pto.slp_vectorization = True
+    pto.loop_unrolling = unroll
     pb = llvm.create_pass_builder(tm, pto)
     pb.getModulePassManager().run(mod, pb)
     return mod

@@ -10,7 +10,6 @@ workspace is a slice of the outer one, live only during the scan.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +18,6 @@ from llvmlite import ir
 from ...ops.scan import layout
 from .loops import I1, I64, PTR, VOID, i64
 from .memplan import View
-
-_ids = itertools.count(1)
-
 
 @dataclass
 class ScanPlan:
@@ -51,7 +47,7 @@ def plan_scan(prog, n, step: int) -> ScanPlan:
     carry_out = [prog.temp(c.shape, c.dtype, f"{label}.n{i}", step)
                  for i, c in enumerate(body.carries)]
     ws = prog.temp((max(sub.memory.workspace_bytes, 1),), "bool", f"{label}.ws", step)
-    name = f"bp_scan{next(_ids)}_{''.join(ch if ch.isalnum() else '_' for ch in body.name)}"
+    name = f"{''.join(ch if ch.isalnum() else '_' for ch in body.name)}"
     return ScanPlan(sub, name, operands, carry_in, carry_out, ws)
 
 
@@ -78,10 +74,15 @@ def lower_scan(ctx, n):
     em, b = ctx.em, ctx.em.b
     body = n.attr("body")
     T, rev, save = n.attr("length"), n.attr("reverse"), n.attr("save")
-    fn = ctx.module.globals.get(plan.fn_name)
+    # one function per plan and module, numbered in emission order (deterministic names keep
+    # the IR, and so the compile-cache key, identical between processes)
+    emitted = ctx.module.__dict__.setdefault("_bp_scans", {})
+    fn = emitted.get(id(plan))
     if fn is None:
         saved_block = b.block
-        fn = plan.sub.emit(ctx.module, plan.fn_name, with_entry=False)
+        name = f"bp_scan{len(emitted) + 1}_{plan.fn_name}"
+        fn = plan.sub.emit(ctx.module, name, with_entry=False)
+        emitted[id(plan)] = fn
         fn.linkage = "internal"
         b.position_at_end(saved_block)
     views = []
