@@ -174,7 +174,7 @@ ROWS: list[Row] = [
         lambda P, I: jnp.expm1(P["x"]), gens(x=normal(3, 4))),
     Row("sqrt", ("sqrt",), {"x": (3, 4)}, lambda P, I: bp.sqrt(P["x"]),
         lambda P, I: jnp.sqrt(P["x"]), gens(x=positive(3, 4))),
-    Row("abs", ("abs", "sign"), {"x": (3, 4)}, lambda P, I: bp.abs(P["x"]),
+    Row("abs", ("abs", "ge", "where"), {"x": (3, 4)}, lambda P, I: bp.abs(P["x"]),
         lambda P, I: jnp.abs(P["x"]), gens(x=away_from_zero(3, 4))),
     Row("sign", ("sign",), {"x": (3, 4)}, lambda P, I: bp.sign(P["x"]) * P["x"] + P["x"],
         lambda P, I: jnp.sign(P["x"]) * P["x"] + P["x"], gens(x=away_from_zero(3, 4))),

@@ -168,3 +168,44 @@ def test_oracles_catch_a_broken_vjp(monkeypatch):
     report = bp.check(loss, list(P.values()), inputs={"u": values["u"]},
                       params={"x": values["x"]})
     assert not report.ok
+
+
+def _degenerate_cases():
+    s = bp.param("s", (), "float64")
+    x = bp.input("x", (), "float64")
+    W = bp.param("W", (2, 2), "float64")
+    v = bp.param("v", (3,), "float64")
+    vv = np.arange(3.0)
+    return {
+        # name: (loss, wrt, args, expected value, expected grads)
+        "loss_is_a_param": (s, [s], {"s": 2.0}, 2.0, {"s": 1.0}),
+        "loss_is_minus_a_param": (-s, [s], {"s": 2.0}, -2.0, {"s": -1.0}),
+        "loss_ignores_the_param": (x * 1.0, [s], {"s": 2.0, "x": 3.0}, 3.0, {"s": 0.0}),
+        "max_with_diagonal_ties": (bp.max(W), [W], {"W": np.eye(2)}, 1.0,
+                                   {"W": np.eye(2) / 2}),
+        "vector_dot_itself": (v @ v, [v], {"v": vv}, 5.0, {"v": 2 * vv}),
+        "scalar_elements": (v[1] * v[2], [v], {"v": vv}, 2.0, {"v": [0.0, 2.0, 1.0]}),
+        "sum_of_empty_slice": (bp.sum(v[0:0]) + bp.sum(v), [v], {"v": vv}, 3.0,
+                               {"v": np.ones(3)}),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_degenerate_cases()))
+def test_degenerate_losses(case):
+    loss, wrt, args, value, grads = _degenerate_cases()[case]
+    v, g = bp.compile(loss, wrt=wrt)(**args)
+    assert np.shape(v) == () and float(v) == value
+    for k, ref in grads.items():
+        np.testing.assert_array_equal(g[k], np.broadcast_to(ref, g[k].shape))
+        assert g[k].shape == dict((w.name, w.shape) for w in wrt)[k]
+
+
+def test_abs_gradient_at_zero_matches_jax():
+    """d|x|/dx at exactly 0 is +1 in JAX (select(x >= 0, g, -g)); ours must agree."""
+    jax = pytest.importorskip("jax")
+    x = bp.param("x_abs0", (3,), "float64")
+    fn = bp.compile(bp.sum(bp.abs(x)), wrt=[x])
+    xv = np.array([-1.0, 0.0, 2.0])
+    _, g = fn(x_abs0=xv)
+    ref = jax.grad(lambda v: jax.numpy.sum(jax.numpy.abs(v)))(xv)
+    np.testing.assert_array_equal(g["x_abs0"], np.asarray(ref))

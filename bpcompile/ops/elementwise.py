@@ -90,7 +90,11 @@ UNARY = {
     ),
     "expm1": (lambda y, g, n: (mul(g, add(y, 1.0)),), sf.expm1, "exp(x)-1, accurate near 0"),
     "sqrt": (lambda y, g, n: (div(g, mul(y, 2.0)),), sp.sqrt, "square root"),
-    "abs": (lambda y, g, n: (mul(g, unary("sign", y.inputs[0])),), sp.Abs, "|x|; d/dx = sign(x)"),
+    "abs": (
+        lambda y, g, n: (where(ge(y.inputs[0], 0.0), g, neg(g)),),
+        sp.Abs,
+        "|x|; d/dx = 1 for x >= 0 else -1 (JAX's choice at 0)",
+    ),
     "sign": (lambda y, g, n: (None,), sp.sign, "sign(x); zero derivative"),
     "sin": (lambda y, g, n: (mul(g, unary("cos", y.inputs[0])),), sp.sin, "sine"),
     "cos": (lambda y, g, n: (neg(mul(g, unary("sin", y.inputs[0]))),), sp.cos, "cosine"),

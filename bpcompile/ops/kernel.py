@@ -113,6 +113,13 @@ class ElementwiseFn:
     def __init__(self, expr, symbols, name: str):
         symbols = (symbols,) if isinstance(symbols, sp.Symbol) else tuple(symbols)
         free = sp.sympify(expr).free_symbols
+        bad = sf.unsupported_functions(sp.sympify(expr))
+        if bad:
+            raise ValueError(
+                f"elementwise {name}: no backend can print {sorted(bad)}; supported: "
+                "exp log log1p expm1 sqrt tanh sin cos Abs sign floor Max Min Heaviside "
+                "Piecewise sigmoid softplus relu step, with +, -, *, /, ** and constants"
+            )
         extra = free - set(symbols)
         if extra:
             raise ValueError(

@@ -39,6 +39,17 @@ class relu(sp.Function):
         return step(self.args[0])
 
 
+# Functions every backend's kernel printer knows; bp.elementwise refuses others up front.
+SUPPORTED = (sp.exp, sp.log, log1p, expm1, sp.tanh, sp.sin, sp.cos, sp.Abs, sp.sign, sp.floor,
+             sp.Max, sp.Min, sp.Heaviside, sp.DiracDelta, sp.Piecewise)
+
+
+def unsupported_functions(expr) -> set:
+    ours = (sigmoid, softplus, relu, step)
+    return {f.func.__name__ for f in expr.atoms(sp.Function)
+            if f.func not in SUPPORTED and not issubclass(f.func, ours)}
+
+
 def strip_distributions(expr: sp.Expr) -> sp.Expr:
     """Derivatives of sign/Heaviside are zero almost everywhere (as in JAX): drop DiracDelta."""
     return expr.replace(sp.DiracDelta, lambda *a: sp.Integer(0))

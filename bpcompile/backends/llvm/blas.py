@@ -95,6 +95,8 @@ def emit_gemm(ctx, node, a: View, b: View, out: View, p: MatmulPlan):
         pc = em.addr(ctx.ptr(out.buf), out.offset, out.strides, list(bi) + zero, ty)
         if ctx.blas_threads:
             setter, big = ctx.blas_threads
+            if isinstance(big, ir.GlobalVariable):
+                big = bld.load(big, typ=I32)
             one = ir.Constant(I32, 1)
             bld.call(setter, [big if M * N * K >= PARALLEL_THRESHOLD else one])
         f = args_fixed
@@ -150,3 +152,78 @@ def threads_setter() -> int | None:
     except (ImportError, OSError):
         pass
     return None
+
+
+def mode_global(module: ir.Module) -> ir.GlobalVariable:
+    """i32 @bp_blas_mode: BLAS threads for big products in the current call ("auto")."""
+    g = module.globals.get("bp_blas_mode")
+    if g is None:
+        g = ir.GlobalVariable(module, I32, "bp_blas_mode")
+        g.initializer = ir.Constant(I32, 1)
+    return g
+
+
+class AdaptiveThreads:
+    """blas_threads="auto": choose 1 or the caller's OpenBLAS thread count per call.
+
+    Threaded OpenBLAS is ~1.6x faster on an idle 2-core machine and 10-100x slower when the
+    cores are busy with other work (its workers spin and wait for CPU time). The generated
+    code times every call (cycle counter) and keeps a moving average of log(cycles) per mode,
+    alpha 1/4, so a single outlier moves it by at most a factor e^(ln(100)/4) ~ 3; it runs the
+    faster mode, tries each mode 4 times first, and re-tries the other one every 32nd call.
+    State is per compiled function; calls are serialised by the GIL.
+    """
+
+    def __init__(self, em, module, prev):
+        b = self.b = em.b
+        self.em = em
+        f64, i64t = ir.DoubleType(), ir.IntType(64)
+        arr_f, arr_i = ir.ArrayType(f64, 2), ir.ArrayType(i64t, 2)
+        self.ema = _global(module, "bp_blas_ema", arr_f)
+        self.count = _global(module, "bp_blas_count", arr_i)
+        self.calls = _global(module, "bp_blas_calls", i64t)
+        calls = b.load(self.calls, typ=i64t)
+        b.store(b.add(calls, ir.Constant(i64t, 1)), self.calls)
+
+        def at(g, ty, k):
+            return b.gep(g, [ir.Constant(I32, 0), k], inbounds=True)
+
+        self.at = at
+        zero, one = ir.Constant(I32, 0), ir.Constant(I32, 1)
+        n0 = b.load(at(self.count, arr_i, zero), typ=i64t)
+        n1 = b.load(at(self.count, arr_i, one), typ=i64t)
+        e0 = b.load(at(self.ema, arr_f, zero), typ=f64)
+        e1 = b.load(at(self.ema, arr_f, one), typ=f64)
+        best = b.select(b.fcmp_ordered("<", e1, e0), one, zero)
+        four = ir.Constant(i64t, 4)
+        explore = b.select(b.icmp_unsigned("<", n0, four), zero,
+                           b.select(b.icmp_unsigned("<", n1, four), one, best))
+        probe = b.icmp_unsigned("==", b.and_(calls, ir.Constant(i64t, 31)),
+                                ir.Constant(i64t, 31))
+        mode = b.select(probe, b.sub(one, explore), explore)
+        b.store(b.select(b.icmp_unsigned("==", mode, one), prev, one), mode_global(module))
+        self.mode = mode
+        self.arr_f, self.arr_i = arr_f, arr_i
+        self.t0 = b.call(em.declare("llvm.readcyclecounter", i64t, []), [])
+
+    def finish(self):
+        b, em = self.b, self.em
+        f64, i64t = ir.DoubleType(), ir.IntType(64)
+        t1 = b.call(em.declare("llvm.readcyclecounter", i64t, []), [])
+        dt = b.uitofp(b.sub(t1, self.t0), f64)
+        x = em.intrinsic("log", b.fadd(dt, ir.Constant(f64, 1.0)))
+        pe = self.at(self.ema, self.arr_f, self.mode)
+        pn = self.at(self.count, self.arr_i, self.mode)
+        n = b.load(pn, typ=i64t)
+        e = b.load(pe, typ=f64)
+        upd = b.fadd(e, b.fmul(b.fsub(x, e), ir.Constant(f64, 0.25)))
+        b.store(b.select(b.icmp_unsigned("==", n, ir.Constant(i64t, 0)), x, upd), pe)
+        b.store(b.add(n, ir.Constant(i64t, 1)), pn)
+
+
+def _global(module, name, ty):
+    g = module.globals.get(name)
+    if g is None:
+        g = ir.GlobalVariable(module, ty, name)
+        g.initializer = ir.Constant(ty, None)
+    return g

@@ -199,9 +199,11 @@ class Program:
         ctx.scan_plan = self.scan_plan
         ctx.blas_threads = None
         if self.matmul_plan and self.blas_threads and blas.threads_setter():
-            # big products use `blas_threads` BLAS threads, small ones 1 (this thread only)
-            ctx.blas_threads = (em.declare(blas.THREADS_SYMBOL, I32, [I32]),
-                                ir.Constant(I32, self.blas_threads))
+            # big products use `blas_threads` BLAS threads, small ones 1 (this thread only);
+            # "auto": the count the adaptive controller in bp_main chose for this call
+            big = (blas.mode_global(module) if self.blas_threads == "auto"
+                   else ir.Constant(I32, self.blas_threads))
+            ctx.blas_threads = (em.declare(blas.THREADS_SYMBOL, I32, [I32]), big)
         return fn, ctx
 
     def _lower_step(self, ctx, s):
@@ -219,6 +221,13 @@ class Program:
         b = ctx.em.b
         if ctx.blas_threads:  # restore the caller's BLAS thread count on return
             prev = b.call(ctx.blas_threads[0], [ir.Constant(I32, 1)])
+        auto = (with_entry and self.blas_threads == "auto" and blas.threads_setter()
+                and (self.matmul_plan or self.scan_plan))
+        if auto:
+            if not ctx.blas_threads:
+                prev = b.call(ctx.em.declare(blas.THREADS_SYMBOL, I32, [I32]),
+                              [ir.Constant(I32, 1)])
+            controller = blas.AdaptiveThreads(ctx.em, module, prev)
         if len(self.steps) <= SPLIT_STEPS:
             for s in self.steps:
                 self._lower_step(ctx, s)
@@ -232,8 +241,10 @@ class Program:
                 sctx.em.b.ret_void()
                 sctx._entry.branch(sf.blocks[1])
                 b.call(sf, list(fn.args))
-        if ctx.blas_threads:
-            b.call(ctx.blas_threads[0], [prev])
+        if auto:
+            controller.finish()
+        if ctx.blas_threads or auto:
+            b.call(ctx.em.declare(blas.THREADS_SYMBOL, I32, [I32]), [prev])
         b.ret_void()
         ctx._entry.branch(fn.blocks[1])
         if not with_entry:

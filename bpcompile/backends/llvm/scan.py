@@ -19,6 +19,7 @@ from ...ops.scan import layout
 from .loops import I1, I64, PTR, VOID, i64
 from .memplan import View
 
+
 @dataclass
 class ScanPlan:
     sub: object  # codegen.Program of the body
