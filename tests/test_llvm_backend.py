@@ -294,3 +294,31 @@ def test_concurrent_calls_from_threads_agree():
     for t in threads:
         t.join()
     assert not errors
+
+
+@pytest.mark.parametrize("threads", [2, "auto"])
+def test_blas_thread_options_agree(threads):
+    loss, wrt, vals = _mlp(batch=64, dtype="float64")
+    ref = bp.compile(loss, wrt, backend="numpy")(**vals)
+    fn = bp.compile(loss, wrt, backend="llvm", gemm_threshold=0, blas_threads=threads)
+    for _ in range(12):  # "auto" explores both modes in its first calls
+        v, g = fn(**vals)
+        np.testing.assert_allclose(v, ref[0], rtol=1e-10)
+        for k in g:
+            np.testing.assert_allclose(g[k], ref[1][k], rtol=1e-10, atol=1e-12)
+
+
+def test_size_zero_and_size_one_dimensions():
+    x = bp.input("x", (0, 3), "float64")
+    W = bp.param("W", (3, 1), "float64")
+    v = bp.param("v", (1, 1), "float64")
+    e = bp.param("e", (2, 0), "float64")
+    # an empty batch, an empty inner dimension (K = 0 matmul), size-1 broadcasting both ways
+    loss = (bp.sum(bp.tanh(x @ W) + v) + bp.sum(e @ bp.transpose(e)) * v[0, 0]
+            + bp.sum(W * v + bp.transpose(W)))
+    vals = {"x": np.zeros((0, 3)), "W": np.arange(3.0).reshape(3, 1) / 4,
+            "v": np.array([[0.5]]), "e": np.zeros((2, 0))}
+    for thr in (0, 10**9):
+        _compare(loss, [W, v, e], vals, "float64", gemm_threshold=thr)
+    with pytest.raises(bp.ShapeError, match="empty"):
+        bp.max(x, axis=0)

@@ -260,9 +260,11 @@ def test_integer_xs_embedding_inside_the_step():
         np.testing.assert_allclose(g[k], jg[k], rtol=1e-10, atol=1e-12)
 
 
-def test_second_order_through_scan():
-    """Hessian-vector product: grad of <grad, v> through the reverse scan."""
-    T, H = 4, 3
+@pytest.mark.parametrize("checkpoint", [None, 3])
+def test_second_order_through_scan(checkpoint):
+    """Hessian-vector product: grad of <grad, v> through the reverse scan (and through the
+    nested scans of checkpointed BPTT)."""
+    T, H = 7, 3
     xs = bp.input("xs", (T, 1, H), F64)
     W = bp.param("W", (H, H), F64)
     v = bp.input("v", (H, H), F64)
@@ -271,7 +273,7 @@ def test_second_order_through_scan():
         h = bp.tanh(h @ W + x)
         return h, None
 
-    hT, _ = scan(step, bp.broadcast_to(bp.const(0.0, F64), (1, H)), xs)
+    hT, _ = scan(step, bp.broadcast_to(bp.const(0.0, F64), (1, H)), xs, checkpoint=checkpoint)
     loss = bp.sum(hT * hT)
     gW = bp.grad(loss, W)
     hv = bp.grad(bp.sum(gW * v), W)
@@ -333,3 +335,52 @@ def test_check_oracle_keeps_truncation():
     report = bp.check(loss, list(P.values()), {k: vals[k] for k in ("xs", "y")},
                       {k: vals[k] for k in P}, fd=False)
     assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_passthrough_carry_constant_y_and_inference(backend):
+    """A carry returned unchanged, a y that is the x itself, a constant y; and inference
+    through bp.function stores no carries (the scan_outputs pass turns saving off)."""
+    if not available(backend):
+        pytest.skip(backend)
+    T, H = 4, 3
+    xs = bp.input("xs", (T, H), "float32")
+    W = bp.param("W", (H, H), "float32")
+
+    def step(carry, x):
+        fixed, h = carry
+        h = bp.tanh(h @ W + x * fixed)
+        return (fixed, h), (x, bp.broadcast_to(bp.const(2.0), (H,)), h)
+
+    init = (bp.broadcast_to(bp.const(0.5), (H,)), bp.broadcast_to(bp.const(0.0), (H,)))
+    (fixed, hT), (xcopy, twos, hs) = scan(step, init, xs)
+    loss = bp.sum(hT) + bp.sum(xcopy * twos) + bp.sum(hs * hs) + bp.sum(fixed)
+    vals = {"xs": rng.standard_normal((T, H)).astype(np.float32),
+            "W": rng.standard_normal((H, H)).astype(np.float32)}
+    v, g = bp.compile(loss, [W], backend=backend)(**vals)
+
+    def jl(W, xs):
+        def st(c, x):
+            h = jnp.tanh(c[1] @ W + x * c[0])
+            return (c[0], h), (x, jnp.full((H,), 2.0), h)
+        (f, h), (xc, tw, hs) = lax.scan(st, (jnp.full((H,), 0.5), jnp.zeros(H)), xs)
+        return jnp.sum(h) + jnp.sum(xc * tw) + jnp.sum(hs * hs) + jnp.sum(f)
+
+    jv, jg = jax.value_and_grad(jl)(vals["W"], vals["xs"])
+    np.testing.assert_allclose(v, jv, rtol=2e-5)
+    np.testing.assert_allclose(g["W"], jg, rtol=2e-4, atol=1e-5)
+    inf = bp.function({"h": hT}, backend=backend)
+    np.testing.assert_allclose(inf(xs=vals["xs"], W=vals["W"])["h"],
+                               lax.scan(lambda c, x: ((c[0], jnp.tanh(c[1] @ vals["W"] + x * c[0])),
+                                                      None),
+                                        (jnp.full((H,), 0.5), jnp.zeros(H)), vals["xs"])[0][1],
+                               rtol=2e-5)
+    assert all(s["save"] == 0 for s in scan_stats(inf.outputs))
+
+
+@pytest.mark.parametrize("backend", ["jax", "llvm"])
+def test_reverse_truncated_and_checkpointed_truncated_other_backends(backend):
+    for kw in (dict(reverse=True, truncate=2), dict(truncate=3, checkpoint=2)):
+        loss, P = _rnn_graph(6, dtype="float32", **kw)
+        jkw = {k: v for k, v in kw.items() if k != "checkpoint"}
+        _maybe_llvm_gap(backend, _check, loss, P, _rnn_values(6), backend, rtol=2e-4, **jkw)

@@ -90,13 +90,35 @@ def _args(n: Node):
     return init, xs, ks
 
 
+def _loop_names(body):
+    """Readable, unique local names for the numpy loop: carry `h` starts as `h_init`, is saved
+    into `h_saved`; an x `x` is read from `x_seq[t]`; constants keep their names."""
+    taken = {"out", "t", "np"} | {f"y{j}" for j in range(len(body.ys))} | {
+        f"ys{j}" for j in range(len(body.ys))}
+
+    def fresh(base):
+        base = base if base.isidentifier() else "v"
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        return name
+
+    ks = [fresh(p.attr("name")) for p in body.consts]
+    c = [fresh(p.attr("name")) for p in body.carries]
+    init = [fresh(f"{p.attr('name')}_init") for p in body.carries]
+    saved = [fresh(f"{p.attr('name')}_saved") for p in body.carries]
+    xs = [fresh(f"{p.attr('name')}_seq") for p in body.xs]
+    return c, init, saved, xs, ks
+
+
 def _numpy_loop(n: Node, pre: str, dtypes) -> str:
     from ..ops.scan import layout, n_saved
 
     body, T, rev, save = (n.attr(k) for k in ("body", "length", "reverse", "save"))
     nc, ny = len(body.carries), len(body.ys)
-    init, xs, ks = _args(n)
-    c = [f"c{i}" for i in range(nc)]
+    c, init, sv, xs, ks = _loop_names(body)
     lay = layout(n)
     direction = "reversed, " if rev else ""
     saves = {0: "no carries", 1: f"all {T + 1} carries"}.get(
@@ -109,17 +131,17 @@ def _numpy_loop(n: Node, pre: str, dtypes) -> str:
         if kind == "y":
             lines.append(f"    ys{i} = out[{off}:{off + size}].reshape({_shape(shape)})")
         elif kind == "saved":
-            lines.append(f"    saved{i} = out[{off}:{off + size}].reshape({_shape(shape)})")
+            lines.append(f"    {sv[i]} = out[{off}:{off + size}].reshape({_shape(shape)})")
     lines.append(f"    {', '.join(c)}{',' if nc == 1 else ''} = {', '.join(init)}"
                  f"{',' if nc == 1 else ''}")
     rng = f"range({T} - 1, -1, -1)" if rev else f"range({T})"
     lines.append(f"    for t in {rng}:")
     if save == 1:
         at = "t + 1" if rev else "t"
-        lines += [f"        saved{i}[{at}] = c{i}" for i in range(nc)]
+        lines += [f"        {sv[i]}[{at}] = {c[i]}" for i in range(nc)]
     elif save > 1:
         lines.append(f"        if t % {save} == 0:")
-        lines += [f"            saved{i}[t // {save}] = c{i}" for i in range(nc)]
+        lines += [f"            {sv[i]}[t // {save}] = {c[i]}" for i in range(nc)]
     call_args = c + [f"{x}[t]" for x in xs] + ks
     outs = c + [f"y{j}" for j in range(ny)]
     lines.append(f"        {outs[0]}, ({''.join(o + ', ' for o in outs[1:])}) = "
@@ -127,11 +149,11 @@ def _numpy_loop(n: Node, pre: str, dtypes) -> str:
     lines += [f"        ys{j}[t] = y{j}" for j in range(ny)]
     if save == 1:
         at = "0" if rev else str(T)
-        lines += [f"    saved{i}[{at}] = c{i}" for i in range(nc)]
+        lines += [f"    {sv[i]}[{at}] = {c[i]}" for i in range(nc)]
     for kind, i, off, shape in lay:
         if kind == "carry":
             size = int(np.prod(shape, dtype=np.int64))
-            lines.append(f"    out[{off}:{off + size}] = np.ravel(c{i})")
+            lines.append(f"    out[{off}:{off + size}] = np.ravel({c[i]})")
     lines.append("    return out")
     return "\n".join(lines)
 
@@ -144,7 +166,7 @@ def _jax_loop(n: Node, pre: str, dtypes) -> str:
     x = [f"x{i}" for i in range(nx)]
     nxt = [f"n{i}" for i in range(nc)]
     outs = nxt + [f"y{j}" for j in range(ny)]
-    saved_now = c if save else []  # the carries entering the step
+    saved_now = c if save == 1 else []  # the carries entering the step
     lines = [f"def {pre}_loop({', '.join(init + xs + ks)}):",
              f'    """scan {body.name} over {T} steps with jax.lax.scan'
              f'{" (reverse)" if rev else ""}."""',
@@ -155,16 +177,41 @@ def _jax_loop(n: Node, pre: str, dtypes) -> str:
              f"{pre}_body({', '.join(c + x + ks)})",
              f"        return ({''.join(ni + ', ' for ni in nxt)}), "
              f"(({''.join(f'y{j}, ' for j in range(ny))}), "
-             f"({''.join(s + ', ' for s in saved_now)}))",
-             f"    ({''.join(ci + ', ' for ci in c)}), (ys, saved) = lax.scan("
-             f"step, ({''.join(i + ', ' for i in init)}), "
-             f"({''.join(xi + ', ' for xi in xs)}), length={T}, reverse={rev})"]
+             f"({''.join(s + ', ' for s in saved_now)}))"]
+    tup = _tuple
+    if save > 1:  # checkpoints: an outer scan over k-step segments keeps only their first carry
+        k = save
+        full, r = divmod(T, k)
+        lines += [
+            "    def segment(carry, xseg):",
+            f"        carry2, (ys, _) = lax.scan(step, carry, xseg, length={k})",
+            "        return carry2, (ys, carry)",
+            f"    xs_main = tuple(a[:{full * k}].reshape(({full}, {k}) + a.shape[1:]) "
+            f"for a in {tup(xs)})",
+            f"    carry, (ys, saved) = lax.scan(segment, {tup(init)}, xs_main, length={full})",
+            f"    ys = tuple(a.reshape(({full * k},) + a.shape[2:]) for a in ys)"]
+        if r:
+            lines += [
+                "    tail_start = carry",
+                f"    carry, (ys_tail, _) = lax.scan(step, carry, tuple(a[{full * k}:] for a in "
+                f"{tup(xs)}), length={r})",
+                "    ys = tuple(jnp.concatenate([a, b]) for a, b in zip(ys, ys_tail))",
+                "    saved = tuple(jnp.concatenate([a, b[None]])"
+                " for a, b in zip(saved, tail_start))"]
+        lines.append(f"    {tup(c)} = carry")
+    else:
+        lines.append(f"    {tup(c)}, (ys, saved) = lax.scan(step, {tup(init)}, {tup(xs)}, "
+                     f"length={T}, reverse={rev})")
     parts = [f"jnp.ravel(c{i})" for i in range(nc)] + [f"jnp.ravel(ys[{j}])" for j in range(ny)]
     for i in range(nc if save else 0):
         if save == 1:  # layout: saved[t] enters element t (reverse: saved[t + 1])
             both = [f"c{i}[None]", f"saved[{i}]"] if rev else [f"saved[{i}]", f"c{i}[None]"]
             parts.append(f"jnp.ravel(jnp.concatenate([{', '.join(both)}]))")
         else:
-            parts.append(f"jnp.ravel(saved[{i}][::{save}])")
+            parts.append(f"jnp.ravel(saved[{i}])")
     lines.append(f"    return jnp.concatenate([{', '.join(parts)}]).astype({dtypes[n.dtype]})")
     return "\n".join(lines)
+
+
+def _tuple(names) -> str:
+    return "(" + "".join(nm + ", " for nm in names) + ")"

@@ -183,7 +183,8 @@ def first_max(stack: Node, axis: int = -1) -> Node:
     axis = axis % stack.ndim
     k = stack.shape[axis]
     m = max_(stack, axis, keepdims=True)
-    idx = iota(stack.shape, axis, stack.dtype)
+    idx = reshape(iota((k,), 0, stack.dtype),
+                  tuple(k if a == axis else 1 for a in range(stack.ndim)))  # broadcasts
     # first index attaining the max, as -max(where(is_max, -idx, -k))
     neg_first = max_(where(eq(stack, m), neg(idx), const(-float(k), stack.dtype)), axis,
                      keepdims=True)

@@ -735,9 +735,11 @@ def _capture(outs, params: set, scope: int, taken: set):
     return _substitute(outs, mapping), free, k_ph
 
 
-def scan_stats(outputs) -> list[dict]:
-    """One row per scan node reachable from `outputs` (not inside bodies): its body, length,
-    direction, and how many carries (and float elements) it stores for the backward pass."""
+def scan_stats(outputs, _depth: int = 0) -> list[dict]:
+    """One row per scan node reachable from `outputs`, then those nested in its body
+    (depth + 1): body name, length, direction, and how many carries (and float elements) it
+    stores for the backward pass. Nested scans run one at a time, so the peak number of stored
+    carries is a top-level scan's plus the largest of its nested ones."""
     outputs = [outputs] if isinstance(outputs, Node) else list(outputs)
     rows = []
     for n in toposort(outputs):
@@ -745,7 +747,8 @@ def scan_stats(outputs) -> list[dict]:
             continue
         body, T, save = n.attr("body"), n.attr("length"), n.attr("save")
         per = sum(c.size for c in body.carries)
-        rows.append({"body": body.name, "length": T, "reverse": n.attr("reverse"),
-                     "save": save, "saved_carries": n_saved(T, save),
-                     "saved_elements": n_saved(T, save) * per})
+        rows.append({"body": body.name, "depth": _depth, "length": T,
+                     "reverse": n.attr("reverse"), "save": save,
+                     "saved_carries": n_saved(T, save), "saved_elements": n_saved(T, save) * per})
+        rows += scan_stats(list(body.outputs), _depth + 1)
     return rows

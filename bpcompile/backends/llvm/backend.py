@@ -26,11 +26,12 @@ from .codegen import SPLIT_STEPS, Program
 from .memplan import ALIGN
 
 OPTIONS = ("gemm_threshold", "blas_threads", "copy_outputs", "fast_call", "cache", "opt")
-# OpenBLAS threads for big BLAS calls (>= blas.PARALLEL_THRESHOLD); None keeps OpenBLAS's own
-# count. 1 by default: on the shared, loaded 2-core machine threaded OpenBLAS calls were
-# catastrophic (perf: >80% of the MNIST step spinning in its thread server; p50 of 16-200 ms
-# per step against ~2 ms single-threaded, benchmarks/bench_llvm.py). On an idle machine
-# blas_threads=2 is faster for the big products.
+# OpenBLAS threads for big BLAS calls (>= blas.PARALLEL_THRESHOLD): an int, None (OpenBLAS's
+# own count), or "auto" (per call, whichever of 1 / OpenBLAS's count has been faster; see
+# blas.AdaptiveThreads). 1 by default: on the shared, loaded 2-core machine threaded OpenBLAS
+# calls were catastrophic (perf: >80% of the MNIST step spinning in its thread server; p50 of
+# 7-200 ms per step against ~1.8 ms single-threaded, benchmarks/bench_llvm.py). On a dedicated
+# machine blas_threads=2 (or "auto") is faster for the big products.
 BLAS_THREADS = 1
 
 

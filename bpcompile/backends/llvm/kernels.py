@@ -48,6 +48,8 @@ class KernelPrinter:
             return ir.Constant(I1, int(e is sp.true))
         if e.is_Number:
             return fconst(ty, _number(e))
+        if e.is_number and not e.free_symbols and e.is_real:  # pi, sqrt(2/pi), E: fold
+            return fconst(ty, float(e.evalf(30)))
         if e.is_Add:
             terms = [self._p(a) for a in e.args]
             out = terms[0]

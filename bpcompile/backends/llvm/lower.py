@@ -242,8 +242,8 @@ def _reduce(ctx, n: Node):
         return
     # strides of the output indexed by x's dims (0 on reduced axes)
     ostr, k = [], 0
-    kept_out = [s for i, s in enumerate(out.strides) if not (n.attr("keepdims") and i in axes)] \
-        if n.attr("keepdims") else list(out.strides)
+    kept_out = ([s for i, s in enumerate(out.strides) if i not in axes]
+                if n.attr("keepdims") else list(out.strides))
     for d in range(len(x.shape)):
         if d in axes:
             ostr.append(0)
@@ -254,7 +254,7 @@ def _reduce(ctx, n: Node):
     if inner_reduced or x.size == 0:
         # out-major: one register accumulator per output element
         kept = [d for d in range(len(x.shape)) if d not in axes]
-        red = [d for d in axes]
+        red = list(axes)
         acc = ctx.alloca(ty)
         with em.nest([x.shape[d] for d in kept], "o") as oi:
             b.store(ident, acc)
