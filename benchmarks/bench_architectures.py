@@ -152,8 +152,10 @@ def bench_checkpoint(T=1000, B=32, I=16, H=64, budget=2.0, backend="numpy"):
     for label, ck in (("plain", None), ("checkpoint sqrt(T)", True)):
         xs, y = bp.input("xs", (T, B, I)), bp.input("y", (B, 1))
         P = {k: bp.param(k, v.shape) for k, v in vals.items()}
-        hT, _ = bp.rnn(xs, bp.broadcast_to(bp.const(0.0), (B, H)), P["Wx"], P["Wh"], P["b"],
-                       checkpoint=ck)
+        def rnn_step(h, x, P=P):  # the projection inside the step, as in bench_models_jax.py
+            return bp.tanh(x @ P["Wx"] + h @ P["Wh"] + P["b"]), None
+
+        hT, _ = bp.scan(rnn_step, bp.broadcast_to(bp.const(0.0), (B, H)), xs, checkpoint=ck)
         loss = bp.mean((hT @ P["Wo"] - y) ** 2)
         t0 = time.perf_counter()
         fn = bp.compile(loss, list(P.values()), backend=backend)

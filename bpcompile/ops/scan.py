@@ -113,8 +113,10 @@ def n_saved(length: int, save: int) -> int:
 
 
 def layout(node_or_attrs) -> list[tuple[str, int, int, tuple]]:
-    """[(kind, index, offset, shape)] of the flat output: final carries, ys, saved carries."""
-    body, length, save = (node_or_attrs.attr(k) for k in ("body", "length", "save"))
+    """[(kind, index, offset, shape)] of the flat output of a scan node (or its attrs dict):
+    final carries, then ys, then saved carries."""
+    get = node_or_attrs.get if isinstance(node_or_attrs, dict) else node_or_attrs.attr
+    body, length, save = get("body"), get("length"), get("save")
     out, off = [], 0
     for kind, nodes, lead in (("carry", body.new_carries, ()), ("y", body.ys, (length,)),
                               ("saved", body.carries, (n_saved(length, save),))):
@@ -149,16 +151,8 @@ def _infer(inputs, attrs):
                          f"{sorted(dts)}")
     if save > 1 and attrs["reverse"]:
         raise ShapeError("scan: checkpointing (save > 1) is only for forward scans")
-    size = sum(int(np.prod(s, dtype=np.int64)) for _, _, _, s in layout_from(attrs))
+    size = sum(int(np.prod(s, dtype=np.int64)) for _, _, _, s in layout(attrs))
     return (size,), (dts.pop() if dts else "float32")
-
-
-def layout_from(attrs: dict):
-    class _A:
-        def attr(self, k):
-            return attrs[k]
-
-    return layout(_A())
 
 
 def unpack(node: Node):
@@ -372,7 +366,7 @@ def bptt(body: Body, T: int, rev: bool, saved, stored_ys, xs, consts, g_final, g
     xs_pairs += [(p, v) for p, v in zip(c_next, c_out_all) if p in used]
     xs_pairs += [(p, v) for p, v in zip(body.xs, xs) if p in used]
     xs_pairs += [(p, v) for p, v in zip(ys_ph, stored_ys) if p in used]
-    xs_pairs += [(p, v) for p, v, gy in zip(dy_ph, g_ys, g_ys) if p is not None and p in used]
+    xs_pairs += [(p, gy) for p, gy in zip(dy_ph, g_ys) if p is not None and p in used]
     xs_pairs += [(p, v) for p, v in zip(ex_ph, extra or []) if p in used]
     k_pairs = [(p, v) for p, v in zip(body.consts, consts) if p in used]
     rbody = Body(dc + acc, [p for p, _ in xs_pairs], [p for p, _ in k_pairs], new_dc + new_acc,
@@ -432,11 +426,8 @@ def _checkpointed(body: Body, T: int, y: Node, init, xs, consts, g_final, g_ys, 
         fwd = make("scan", list(ck) + list(seg_xs) + list(seg_consts), body=body, length=length,
                    reverse=False, save=1)
         _, st_ys, saved = unpack(fwd)
-        accs = [None] * len(body.consts)
-        for i, a in zip(k_idx, acc):
-            accs[i] = a
         d_init, d_xs, d_k = bptt(body, length, False, saved, st_ys, seg_xs, seg_consts, dc,
-                                 seg_gys, need_x, need_k, acc_init=[accs[i] for i in k_idx])
+                                 seg_gys, need_x, need_k, acc_init=list(acc))
         return d_init, d_xs, [d_k[i] for i in k_idx]
 
     if r:  # the tail segment, last in time, first in the backward pass

@@ -1,9 +1,12 @@
-"""Matmul through SciPy's BLAS (sgemm/dgemm) for shapes where it beats inline loops.
+"""Matmul through a real BLAS (sgemm/dgemm) for shapes where it beats inline loops.
 
-SciPy exports the Fortran BLAS as PyCapsules in `scipy.linalg.cython_blas.__pyx_capi__`
-(numba's `call_xxgemm` reaches them the same way). The generated code calls external
-symbols bp_sgemm / bp_dgemm that the loader binds to those addresses, so cached object code
-holds no process-specific address.
+Preferred: the OpenBLAS that NumPy itself links (its ILP64 Fortran symbols scipy_sgemm_64_,
+found in numpy.libs), so the process has ONE BLAS thread pool: two OpenBLAS pools (NumPy's and
+SciPy's) spin against each other on a 2-core machine and a threaded gemm then takes 30x longer.
+Fallback: SciPy's Fortran BLAS, exported as PyCapsules in
+`scipy.linalg.cython_blas.__pyx_capi__` (numba's `call_xxgemm` reaches them the same way).
+The generated code calls external symbols bp_sgemm / bp_dgemm that the loader binds to those
+addresses, so cached object code holds no process-specific address.
 Fortran convention: every argument by pointer, column-major; a row-major C = A @ B is computed
 as the column-major Cᵀ = Bᵀ Aᵀ, which needs no data movement.
 """
@@ -84,10 +87,11 @@ def emit_gemm(ctx, node, a: View, b: View, out: View, p: MatmulPlan):
         bld.store(ir.Constant(ty_, v) if not isinstance(v, ir.Value) else v, slot)
         return slot
 
+    INT = ir.IntType(library().int_bits)  # Fortran INTEGER of the bound BLAS (LP64 / ILP64)
     args_fixed = dict(
-        ta=cell(I8, ord(tb)), tb=cell(I8, ord(ta)), m=cell(I32, N), n=cell(I32, M),
-        k=cell(I32, K), alpha=cell(ty, 1.0), lda=cell(I32, ldb), ldb=cell(I32, lda),
-        beta=cell(ty, 0.0), ldc=cell(I32, N))
+        ta=cell(I8, ord(tb)), tb=cell(I8, ord(ta)), m=cell(INT, N), n=cell(INT, M),
+        k=cell(INT, K), alpha=cell(ty, 1.0), lda=cell(INT, ldb), ldb=cell(INT, lda),
+        beta=cell(ty, 0.0), ldc=cell(INT, N))
     with em.nest(out.shape[:-2], "g") as bi:
         zero = [ir.Constant(ir.IntType(64), 0)] * 2
         pa = em.addr(ctx.ptr(a.buf), a.offset, a.strides, list(bi) + zero, ty)
@@ -116,28 +120,75 @@ def capsule_address(name: str) -> int:
     return get_ptr(cap, get_name(cap))
 
 
+@dataclass(frozen=True)
+class BlasLibrary:
+    name: str
+    int_bits: int  # width of the Fortran INTEGER arguments
+    sgemm: int
+    dgemm: int
+    set_threads: int | None  # openblas_set_num_threads_local, if exported
+
+
+def _numpy_openblas() -> BlasLibrary | None:
+    """NumPy's own OpenBLAS (wheels ship it as numpy.libs/libscipy_openblas64_*.so)."""
+    import glob
+    import os
+
+    import numpy
+
+    root = os.path.dirname(os.path.dirname(numpy.__file__))
+    for lib in sorted(glob.glob(os.path.join(root, "numpy.libs", "libscipy_openblas64_*.so*"))):
+        try:
+            dll = ctypes.CDLL(lib)  # already loaded by numpy: the same handle
+            s, d = dll.scipy_sgemm_64_, dll.scipy_dgemm_64_
+        except (OSError, AttributeError):
+            continue
+        setter = getattr(dll, "openblas_set_num_threads_local", None)
+
+        def addr(f):
+            return ctypes.cast(f, ctypes.c_void_p).value
+
+        return BlasLibrary(os.path.basename(lib), 64, addr(s), addr(d),
+                           addr(setter) if setter is not None else None)
+    return None
+
+
+def _scipy_blas() -> BlasLibrary:
+    return BlasLibrary("scipy.linalg.cython_blas", 32, capsule_address("sgemm"),
+                       capsule_address("dgemm"), _scipy_threads_setter())
+
+
+@functools.cache
+def library() -> BlasLibrary:
+    """The BLAS the generated code calls (see the module docstring for the preference)."""
+    return _numpy_openblas() or _scipy_blas()
+
+
 @functools.cache
 def register() -> None:
     """Bind bp_sgemm / bp_dgemm (and the thread-count setter) for MCJIT, once per process."""
     import llvmlite.binding as llvm
 
-    for sym, name in (("bp_sgemm", "sgemm"), ("bp_dgemm", "dgemm")):
-        llvm.add_symbol(sym, capsule_address(name))
-    addr = threads_setter()
-    if addr:
-        llvm.add_symbol(THREADS_SYMBOL, addr)
+    lib = library()
+    llvm.add_symbol("bp_sgemm", lib.sgemm)
+    llvm.add_symbol("bp_dgemm", lib.dgemm)
+    if lib.set_threads:
+        llvm.add_symbol(THREADS_SYMBOL, lib.set_threads)
 
 
 THREADS_SYMBOL = "bp_blas_threads"
 
 
-@functools.cache
 def threads_setter() -> int | None:
-    """Address of OpenBLAS's `openblas_set_num_threads_local` in SciPy's BLAS, if it has one.
+    """Address of OpenBLAS's `openblas_set_num_threads_local` in the bound BLAS, if any.
 
     It sets the calling thread's BLAS thread count and returns the previous one, so the
     generated code can pick a count for its own calls without touching anyone else's.
     """
+    return library().set_threads
+
+
+def _scipy_threads_setter() -> int | None:
     import glob
     import os
 
