@@ -58,7 +58,7 @@ from .api import (
     round_ as round,
 )
 from .check import CheckReport, check  # noqa: F401
-from .compiled import Compiled, Function, compile, function, grad  # noqa: F401
+from .compiled import Compiled, Function, compile, export, function, grad  # noqa: F401
 from .errors import (  # noqa: F401
     ArgumentError,
     BackendError,
@@ -84,4 +84,3 @@ from .spec import load as load_model  # noqa: F401
 from .train import compile_train_step  # noqa: F401  (issue 6: training)
 
 __version__ = "0.1.0"
-from .backends.llvm.export import export  # noqa: F401,E402  (AOT shared library + C header)

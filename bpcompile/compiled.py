@@ -242,3 +242,13 @@ def compile(loss: Node, wrt, backend: str = "numpy", passes=None, **options) -> 
 def function(outputs: dict, backend: str = "numpy", passes=None, **options) -> Function:
     """Compile a graph with named outputs (no gradient added) for `backend`."""
     return Function(outputs, backend, passes, **options)
+
+
+def export(loss: Node, wrt, out_dir: str, name: str = "model", cc: str | None = None) -> dict:
+    """Write lib<name>.so and <name>.h (a C ABI for loss and gradients) to `out_dir`.
+
+    See bpcompile/backends/llvm/export.py; llvmlite is imported only when this is called.
+    """
+    from .backends.llvm.export import export as _export
+
+    return _export(loss, wrt, out_dir, name=name, cc=cc)
