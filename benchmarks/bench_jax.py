@@ -8,9 +8,7 @@ Two input conditions:
   numpy:  both functions get host NumPy arrays (each call pays the host->device transfer).
 The scorecard (../shared/scorecard.py) mixes the two: JAX gets device arrays, ours NumPy ones.
 
-Models: the six of /work/shared/BENCHMARKS.md (float32). xor, mlp_small and mlp_mnist come from
-benchmarks/models.py (defined as scorecard.py does); cnn_digits, rnn_bptt and attention are
-defined below with the public API, each beside its JAX twin (as in bench_models_jax.py).
+Models: the six of ../shared/BENCHMARKS.md (float32), from benchmarks/models.py.
 
     python benchmarks/bench_jax.py [--budget 0.3] [--rounds 5] [--models xor,mlp_small,...]
 """
@@ -25,94 +23,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-ALL = ("xor", "mlp_small", "mlp_mnist", "cnn_digits", "rnn_bptt", "attention")
-
-
-def extra_models(names, seed=1):
-    """cnn_digits, rnn_bptt and attention: (loss, wrt, inputs, params, jax_loss)."""
-    import jax
-    import jax.numpy as jnp
-
-    import bpcompile as bp
-    from bpcompile.ops.scan import scan
-
-    r = np.random.default_rng(seed)
-
-    def A(*s):
-        return (r.standard_normal(s) * 0.1).astype(np.float32)
-
-    def jce(logits, y):
-        return -jnp.mean(jnp.sum(jax.nn.log_softmax(logits) * y, axis=-1))
-
-    out = {}
-    if "cnn_digits" in names:
-        x, y = bp.input("x", (64, 1, 8, 8)), bp.input("y", (64, 10))
-        ps = [
-            bp.param("K", (8, 1, 3, 3)),
-            bp.param("bk", (8,)),
-            bp.param("W", (72, 10)),
-            bp.param("b", (10,)),
-        ]
-        z = bp.max_pool2d(bp.relu(bp.conv2d(x, ps[0], ps[1])), 2)
-        loss = bp.cross_entropy(bp.reshape(z, (64, 72)) @ ps[2] + ps[3], y)
-
-        def jl(p, x, y):
-            z = jax.lax.conv_general_dilated(x, p["K"], (1, 1), "VALID")
-            z = jax.nn.relu(z + p["bk"][None, :, None, None])
-            z = jax.lax.reduce_window(z, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
-            return jce(z.reshape(z.shape[0], -1) @ p["W"] + p["b"], y)
-
-        P = dict(K=A(8, 1, 3, 3), bk=A(8), W=A(72, 10), b=A(10))
-        Y = np.eye(10, dtype=np.float32)[r.integers(0, 10, 64)]
-        out["cnn_digits"] = (loss, ps, dict(x=A(64, 1, 8, 8), y=Y), P, jl)
-    if "rnn_bptt" in names:
-        xs, y = bp.input("xs", (50, 32, 16)), bp.input("y", (32, 1))
-        ps = [
-            bp.param("Wx", (16, 64)),
-            bp.param("Wh", (64, 64)),
-            bp.param("b", (64,)),
-            bp.param("Wo", (64, 1)),
-        ]
-
-        def step(h, x):
-            h = bp.tanh(x @ ps[0] + h @ ps[1] + ps[2])
-            return h, h
-
-        hT, _ = scan(step, bp.broadcast_to(bp.const(0.0, "float32"), (32, 64)), xs)
-        loss = bp.mean((hT @ ps[3] - y) ** 2)
-
-        def jl(p, xs, y):
-            def jstep(h, x):
-                return jnp.tanh(x @ p["Wx"] + h @ p["Wh"] + p["b"]), None
-
-            h, _ = jax.lax.scan(jstep, jnp.zeros((xs.shape[1], 64), jnp.float32), xs)
-            return jnp.mean((h @ p["Wo"] - y) ** 2)
-
-        P = dict(Wx=A(16, 64), Wh=A(64, 64), b=A(64), Wo=A(64, 1))
-        out["rnn_bptt"] = (loss, ps, dict(xs=A(50, 32, 16), y=A(32, 1)), P, jl)
-    if "attention" in names:
-        x, y = bp.input("x", (8, 64, 64)), bp.input("y", (8, 64, 64))
-        shapes = dict(
-            Wq=(64, 64), Wk=(64, 64), Wv=(64, 64), Wo=(64, 64), W1=(64, 128), W2=(128, 64)
-        )
-        p = {k: bp.param(k, s) for k, s in shapes.items()}
-        q, k, v = x @ p["Wq"], x @ p["Wk"], x @ p["Wv"]
-        a = bp.softmax(q @ bp.transpose(k, (0, 2, 1)) / 8.0, axis=-1)
-        h = x + a @ v @ p["Wo"]
-        h = h + bp.tanh(h @ p["W1"]) @ p["W2"]
-        loss = bp.mean((h - y) ** 2)
-
-        def jl(p, x, y):
-            q, k, v = x @ p["Wq"], x @ p["Wk"], x @ p["Wv"]
-            a = jax.nn.softmax(q @ jnp.swapaxes(k, -1, -2) / 8.0, axis=-1)
-            h = x + a @ v @ p["Wo"]
-            h = h + jnp.tanh(h @ p["W1"]) @ p["W2"]
-            return jnp.mean((h - y) ** 2)
-
-        P = {k: A(*s) for k, s in shapes.items()}
-        out["attention"] = (loss, list(p.values()), dict(x=A(8, 64, 64), y=A(8, 64, 64)), P, jl)
-    return out
+from models import ALL  # noqa: E402
 
 
 def timed_rounds(fa, fb, budget, rounds):
@@ -150,8 +61,7 @@ def main() -> int:
     import bpcompile as bp
 
     names = a.models.split(",")
-    models = build(tuple(n for n in names if n in ("xor", "mlp_small", "mlp_mnist")))
-    models.update(extra_models(names))
+    models = build(names)
     print(f"jax {jax.__version__}, devices {jax.devices()}")
     print(
         f"{'model':10s} {'inputs':6s} {'JAX us':>9s} {'ours us':>9s} {'JAX/ours':>8s}  "

@@ -28,12 +28,12 @@ from .memplan import ALIGN
 OPTIONS = ("gemm_threshold", "blas_threads", "copy_outputs", "fast_call", "cache", "opt")
 # OpenBLAS threads for big BLAS calls (>= blas.PARALLEL_THRESHOLD): an int, None (OpenBLAS's
 # own count), or "auto" (per call, whichever of 1 / OpenBLAS's count has been faster; see
-# blas.AdaptiveThreads). None by default: threaded OpenBLAS roughly halves the MNIST step on
+# blas.AdaptiveThreads). "auto" by default: threaded OpenBLAS roughly halves the MNIST step on
 # an idle 2-core machine (~0.9 ms vs ~1.6 ms), but when the cores are busy with other work its
 # spinning workers make a step 10-100x slower; "auto" measures both and keeps the faster.
 # (Threaded calls were catastrophic with SciPy's BLAS while NumPy's pool also spun: blas.py
 # now binds NumPy's own OpenBLAS, so the process has one pool.)
-BLAS_THREADS = None
+BLAS_THREADS = "auto"
 
 
 class LLVMBackend:

@@ -220,8 +220,9 @@ class AdaptiveThreads:
     Threaded OpenBLAS is ~1.6x faster on an idle 2-core machine and 10-100x slower when the
     cores are busy with other work (its workers spin and wait for CPU time). The generated
     code times every call (cycle counter) and keeps a moving average of log(cycles) per mode,
-    alpha 1/4, so a single outlier moves it by at most a factor e^(ln(100)/4) ~ 3; it runs the
-    faster mode, tries each mode 4 times first, and re-tries the other one every 32nd call.
+    alpha 1/2, so a mode that was slow during a burst of contention recovers in ~3 probes; it
+    runs the faster mode, tries each mode twice first, and re-tries the other one every 16th
+    call (bounding the cost of probing a bad mode to ~1/16 of the calls).
     State is per compiled function; calls are serialised by the GIL.
     """
 
@@ -246,11 +247,11 @@ class AdaptiveThreads:
         e0 = b.load(at(self.ema, arr_f, zero), typ=f64)
         e1 = b.load(at(self.ema, arr_f, one), typ=f64)
         best = b.select(b.fcmp_ordered("<", e1, e0), one, zero)
-        four = ir.Constant(i64t, 4)
-        explore = b.select(b.icmp_unsigned("<", n0, four), zero,
-                           b.select(b.icmp_unsigned("<", n1, four), one, best))
-        probe = b.icmp_unsigned("==", b.and_(calls, ir.Constant(i64t, 31)),
-                                ir.Constant(i64t, 31))
+        warm = ir.Constant(i64t, 2)
+        explore = b.select(b.icmp_unsigned("<", n0, warm), zero,
+                           b.select(b.icmp_unsigned("<", n1, warm), one, best))
+        probe = b.icmp_unsigned("==", b.and_(calls, ir.Constant(i64t, 15)),
+                                ir.Constant(i64t, 15))
         mode = b.select(probe, b.sub(one, explore), explore)
         b.store(b.select(b.icmp_unsigned("==", mode, one), prev, one), mode_global(module))
         self.mode = mode
@@ -267,7 +268,7 @@ class AdaptiveThreads:
         pn = self.at(self.count, self.arr_i, self.mode)
         n = b.load(pn, typ=i64t)
         e = b.load(pe, typ=f64)
-        upd = b.fadd(e, b.fmul(b.fsub(x, e), ir.Constant(f64, 0.25)))
+        upd = b.fadd(e, b.fmul(b.fsub(x, e), ir.Constant(f64, 0.5)))
         b.store(b.select(b.icmp_unsigned("==", n, ir.Constant(i64t, 0)), x, upd), pe)
         b.store(b.add(n, ir.Constant(i64t, 1)), pn)
 
