@@ -4,6 +4,7 @@
     bpcompile check   SPEC [--backend B] [--seed N] [--rtol R] [--atol A]
     bpcompile export  SPEC -o DIR [--name NAME]
     bpcompile run     SPEC [--backend B] [--seed N] [--steps K --lr LR]
+    bpcompile train   SPEC [--data FILE.npz] --epochs N [--optimizer O] [--lr LR] ...
 
 Exit codes: 0 success, 1 gradient check mismatch, 2 usage, spec or bpcompile error (one line
 on stderr, no traceback), 3 internal error (a bug: traceback on stderr). See docs/spec.md.
@@ -82,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=int, default=0,
                    help="take this many plain gradient-descent steps, printing the loss")
     r.add_argument("--lr", type=float, default=0.1, help="learning rate for --steps")
+    from .train.cli import add_parser as add_train_parser
+
+    add_train_parser(sub)  # `bpcompile train` (bpcompile/train/cli.py)
     return p
 
 
@@ -180,7 +184,14 @@ def cmd_run(args) -> int:
     return 0
 
 
-COMMANDS = {"compile": cmd_compile, "check": cmd_check, "export": cmd_export, "run": cmd_run}
+def cmd_train(args) -> int:
+    from .train.cli import run
+
+    return run(args)
+
+
+COMMANDS = {"compile": cmd_compile, "check": cmd_check, "export": cmd_export, "run": cmd_run,
+            "train": cmd_train}
 
 
 def _write(text: str, output: str | None):

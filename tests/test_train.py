@@ -375,3 +375,15 @@ def test_llvm_fit_equals_numpy_fit(spec_path):
     b = train.fit(spec_path, _data(), backend="llvm", **kw)
     np.testing.assert_allclose(b.loss, a.loss, rtol=1e-10)
     np.testing.assert_allclose(b.val_loss, a.val_loss, rtol=1e-10)
+
+
+def test_main_cli_has_the_train_subcommand(spec_path, tmp_path, capsys):
+    from bpcompile.cli import main
+
+    data = tmp_path / "d.npz"
+    np.savez(data, **_data())
+    assert main(["train", str(spec_path), "--data", str(data), "--epochs", "2",
+                 "--optimizer", "sgd", "--lr", "0.1", "--no-progress"]) == 0
+    assert "trained 2 epochs" in capsys.readouterr().out
+    assert main(["train", str(spec_path), "--data", str(tmp_path / "nope.npz")]) == 2
+    assert "no such data file" in capsys.readouterr().err
