@@ -37,6 +37,12 @@ def _infer(inputs, attrs):
 def _vjp(y, g, needs):
     # dA = G Bᵀ, dB = Aᵀ G; the reverse sweep sums over broadcast batch axes.
     a, b = y.inputs
+    if b.ndim == 2 and a.ndim > 2:
+        # A shared 2-d weight: Σ_batch A_iᵀ G_i is one product of the flattened batches
+        # (one GEMM instead of a batched product plus a reduction over the batch).
+        k, n = b.shape
+        db = matmul2(swap_last(reshape(a, (-1, k))), reshape(g, (-1, n))) if needs[1] else None
+        return (matmul2(g, swap_last(b)) if needs[0] else None, db)
     return (
         matmul2(g, swap_last(b)) if needs[0] else None,
         matmul2(swap_last(a), g) if needs[1] else None,

@@ -119,6 +119,9 @@ def _rules(n: Node):
         )  # -(x*c) -> x*(-c)
     if op == "sum" and is_op(i[0], "sum") and n.attr("keepdims") == i[0].attr("keepdims"):
         return _merge_sums(n, i[0])  # Σ_b Σ_a x -> Σ_(a∪b) x
+    if op == "matmul" and i[1].ndim == 2 and i[0].ndim > 2:
+        a, k = i[0], i[1].shape[0]  # (..., M, K) @ (K, N): one GEMM over the flattened batch
+        return reshape(make("matmul", (reshape(a, (-1, k)), i[1])), n.shape)
     if op == "sum" and is_op(i[0], "neg"):
         return ew.neg(_resum(n, i[0].inputs[0]))  # Σ(-x) -> -Σx
     if (
