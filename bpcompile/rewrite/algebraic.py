@@ -68,6 +68,23 @@ def _merge_sums(outer: Node, inner: Node) -> Node:
     return make("sum", (x,), axes=tuple(sorted(axes)), keepdims=outer.attr("keepdims"))
 
 
+def _softmax_from_shifted_exp(n: Node):
+    """exp(x - (log Σ e + m)) with e = exp(x - m) -> e / Σ e: softmax reuses the exponentials
+    logsumexp already computed (one exp pass instead of two; e ≤ 1 and Σ e ≥ 1, so stable)."""
+    d = n.inputs[0]
+    if not is_op(d, "sub") or not is_op(d.inputs[1], "add"):
+        return None
+    x, lse = d.inputs
+    for lg, m in (lse.inputs, reversed(lse.inputs)):
+        if not (is_op(lg, "log") and is_op(lg.inputs[0], "sum") and lg.inputs[0].attr("keepdims")):
+            continue
+        s = lg.inputs[0]
+        e = s.inputs[0]
+        if is_op(e, "exp") and is_op(e.inputs[0], "sub") and e.inputs[0].inputs == (x, m):
+            return ew.div(e, s)
+    return None
+
+
 def _rules(n: Node):
     op, i = n.op, n.inputs
     if (r := _implicit_broadcast(n)) is not None:
@@ -122,6 +139,8 @@ def _rules(n: Node):
     if op == "matmul" and i[1].ndim == 2 and i[0].ndim > 2:
         a, k = i[0], i[1].shape[0]  # (..., M, K) @ (K, N): one GEMM over the flattened batch
         return reshape(make("matmul", (reshape(a, (-1, k)), i[1])), n.shape)
+    if op == "exp" and (r := _softmax_from_shifted_exp(n)) is not None:
+        return r  # exp(x - logsumexp(x)) -> exp(x - m) / Σ exp(x - m)
     if op == "sum" and is_op(i[0], "neg"):
         return ew.neg(_resum(n, i[0].inputs[0]))  # Σ(-x) -> -Σx
     if (
