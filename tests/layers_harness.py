@@ -1,8 +1,9 @@
 """Shared harness for the layer tests (test_conv, test_attention, test_scan, test_layers_*).
 
-`compare(build, jbuild, values, ...)` builds loss = sum(f * u) with a random cotangent u in
-bpcompile and in jax.numpy, compiles our gradient on each available backend and asserts value
-and gradients match JAX's value_and_grad; `fd_check` adds float64 central differences.
+`assert_matches_jax(build, jbuild, values, ...)` builds loss = sum(f * u) with a random
+cotangent u in bpcompile and in jax.numpy, compiles our gradient on each available backend and
+asserts value and gradients match JAX's value_and_grad; `fd_check` adds float64 central
+differences.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def cast_values(values: dict, dtype="float64"):
             for k, v in values.items()}
 
 
-def compare(build, jbuild, values: dict, params: tuple, backend="numpy", dtype="float64",
+def assert_matches_jax(build, jbuild, values: dict, params: tuple, backend="numpy", dtype="float64",
             rtol=None, seed=0, cotangent=True):
     """Assert bp and JAX agree on f's value (through sum(f*u)) and gradients w.r.t. params."""
     if not available(backend):

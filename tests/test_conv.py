@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from layers_harness import BACKENDS, compare, fd_check, jax, jnp
+from layers_harness import BACKENDS, assert_matches_jax, fd_check, jax, jnp
 
 import bpcompile as bp
 from bpcompile.layers import (
@@ -44,8 +44,11 @@ CONV_CASES = [
 @pytest.mark.parametrize("case", range(len(CONV_CASES)))
 def test_conv2d_matches_lax(case):
     xs, ws, stride, padding, dil, groups = CONV_CASES[case]
-    values = {"x": rng.standard_normal(xs), "w": rng.standard_normal(ws),
-              "b": rng.standard_normal(ws[0])}
+    values = {
+        "x": rng.standard_normal(xs),
+        "w": rng.standard_normal(ws),
+        "b": rng.standard_normal(ws[0]),
+    }
     s2 = (stride, stride) if isinstance(stride, int) else stride
     d2 = (dil, dil) if isinstance(dil, int) else dil
 
@@ -53,11 +56,12 @@ def test_conv2d_matches_lax(case):
         return conv2d(V["x"], V["w"], V["b"], stride, padding, dil, groups)
 
     def jbuild(V):
-        y = lax.conv_general_dilated(V["x"], V["w"], s2, _jpad(padding), rhs_dilation=d2,
-                                     feature_group_count=groups)
+        y = lax.conv_general_dilated(
+            V["x"], V["w"], s2, _jpad(padding), rhs_dilation=d2, feature_group_count=groups
+        )
         return y + V["b"][None, :, None, None]
 
-    compare(build, jbuild, values, ("x", "w", "b"))
+    assert_matches_jax(build, jbuild, values, ("x", "w", "b"))
 
 
 @pytest.mark.parametrize("backend", BACKENDS[1:])
@@ -69,10 +73,11 @@ def test_conv2d_other_backends(backend):
         return conv2d(V["x"], V["w"], None, stride, padding, dil, groups)
 
     def jbuild(V):
-        return lax.conv_general_dilated(V["x"], V["w"], stride, "VALID", rhs_dilation=dil,
-                                        feature_group_count=groups)
+        return lax.conv_general_dilated(
+            V["x"], V["w"], stride, "VALID", rhs_dilation=dil, feature_group_count=groups
+        )
 
-    compare(build, jbuild, values, ("x", "w"), backend=backend, dtype="float32")
+    assert_matches_jax(build, jbuild, values, ("x", "w"), backend=backend, dtype="float32")
 
 
 def test_conv2d_finite_differences():
@@ -88,13 +93,20 @@ def test_conv1d_matches_lax(stride, padding, dil):
         p = padding.upper() if isinstance(padding, str) else [(padding, padding)]
         return lax.conv_general_dilated(V["x"], V["w"], (stride,), p, rhs_dilation=(dil,))
 
-    compare(lambda V: conv1d(V["x"], V["w"], None, stride, padding, dil), jbuild, values,
-            ("x", "w"))
+    assert_matches_jax(
+        lambda V: conv1d(V["x"], V["w"], None, stride, padding, dil), jbuild, values, ("x", "w")
+    )
 
 
 def _jmax_pool(x, window, stride, padding):
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1) + window, (1, 1) + stride,
-                             _jpool_pad(padding, x.shape, window, stride))
+    return lax.reduce_window(
+        x,
+        -jnp.inf,
+        lax.max,
+        (1, 1) + window,
+        (1, 1) + stride,
+        _jpool_pad(padding, x.shape, window, stride),
+    )
 
 
 def _jpool_pad(padding, shape, window, stride):
@@ -116,8 +128,12 @@ POOL_CASES = [
 def test_max_pool2d_matches_reduce_window(case):
     shape, window, stride, padding = POOL_CASES[case]
     values = {"x": rng.standard_normal(shape)}
-    compare(lambda V: max_pool2d(V["x"], window, stride, padding),
-            lambda V: _jmax_pool(V["x"], window, stride, padding), values, ("x",))
+    assert_matches_jax(
+        lambda V: max_pool2d(V["x"], window, stride, padding),
+        lambda V: _jmax_pool(V["x"], window, stride, padding),
+        values,
+        ("x",),
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -128,9 +144,14 @@ def test_max_pool_ties_first_max_gets_gradient(backend, stride):
     x = np.concatenate([x, np.ones_like(x)], axis=1)  # channel 2: all tied
     values = {"x": x}
     dtype = "float64" if backend == "numpy" else "float32"
-    _, _, g = compare(lambda V: max_pool2d(V["x"], 2, stride),
-                      lambda V: _jmax_pool(V["x"], (2, 2), stride, "valid"), values, ("x",),
-                      backend=backend, dtype=dtype)
+    _, _, g = assert_matches_jax(
+        lambda V: max_pool2d(V["x"], 2, stride),
+        lambda V: _jmax_pool(V["x"], (2, 2), stride, "valid"),
+        values,
+        ("x",),
+        backend=backend,
+        dtype=dtype,
+    )
     if stride == (2, 2):  # each window's gradient lands on exactly one element
         assert np.count_nonzero(g["x"][0, 1]) == 4 and g["x"][0, 1, 0, 0] != 0
 
@@ -149,30 +170,55 @@ def test_avg_pool2d_matches_reduce_window(case):
     k = window[0] * window[1]
 
     def jbuild(V):
-        return lax.reduce_window(V["x"], 0.0, lax.add, (1, 1) + window, (1, 1) + stride,
-                                 _jpool_pad(padding, shape, window, stride)) / k
+        return (
+            lax.reduce_window(
+                V["x"],
+                0.0,
+                lax.add,
+                (1, 1) + window,
+                (1, 1) + stride,
+                _jpool_pad(padding, shape, window, stride),
+            )
+            / k
+        )
 
-    compare(lambda V: avg_pool2d(V["x"], window, stride, padding), jbuild, values, ("x",))
+    assert_matches_jax(
+        lambda V: avg_pool2d(V["x"], window, stride, padding), jbuild, values, ("x",)
+    )
 
 
 def test_global_avg_pool_and_flatten():
     values = {"x": rng.standard_normal((2, 3, 4, 5))}
-    compare(lambda V: flatten(global_avg_pool(V["x"]) * 2.0),
-            lambda V: jnp.mean(V["x"], axis=(2, 3)) * 2.0, values, ("x",))
+    assert_matches_jax(
+        lambda V: flatten(global_avg_pool(V["x"]) * 2.0),
+        lambda V: jnp.mean(V["x"], axis=(2, 3)) * 2.0,
+        values,
+        ("x",),
+    )
 
 
 def test_pool_finite_differences():
     values = {"x": rng.standard_normal((1, 2, 5, 6))}
-    fd_check(lambda V: max_pool2d(V["x"], 3, 2, "same") + avg_pool2d(V["x"], 2, 1, "valid")[
-        :, :, :3, :3], values, ("x",))
+    fd_check(
+        lambda V: (
+            max_pool2d(V["x"], 3, 2, "same") + avg_pool2d(V["x"], 2, 1, "valid")[:, :, :3, :3]
+        ),
+        values,
+        ("x",),
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cnn_digits_model(backend):
     """The cnn_digits benchmark model end to end (conv, relu, max-pool, dense, CE)."""
-    values = {"x": rng.standard_normal((8, 1, 8, 8)) * 0.5, "K": rng.standard_normal((8, 1, 3, 3)),
-              "bk": rng.standard_normal(8), "W": rng.standard_normal((72, 10)) * 0.3,
-              "b": rng.standard_normal(10), "y": np.eye(10)[rng.integers(0, 10, 8)]}
+    values = {
+        "x": rng.standard_normal((8, 1, 8, 8)) * 0.5,
+        "K": rng.standard_normal((8, 1, 3, 3)),
+        "bk": rng.standard_normal(8),
+        "W": rng.standard_normal((72, 10)) * 0.3,
+        "b": rng.standard_normal(10),
+        "y": np.eye(10)[rng.integers(0, 10, 8)],
+    }
 
     def build(V):
         z = bp.relu(conv2d(V["x"], V["K"], V["bk"]))
@@ -185,8 +231,9 @@ def test_cnn_digits_model(backend):
         return -jnp.mean(jnp.sum(jax.nn.log_softmax(z @ V["W"] + V["b"]) * V["y"], -1))
 
     dtype = "float64" if backend == "numpy" else "float32"
-    compare(build, jbuild, values, ("K", "bk", "W", "b"), backend=backend, dtype=dtype,
-            cotangent=False)
+    assert_matches_jax(
+        build, jbuild, values, ("K", "bk", "W", "b"), backend=backend, dtype=dtype, cotangent=False
+    )
 
 
 def test_conv_errors_name_the_problem():

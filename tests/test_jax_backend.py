@@ -206,7 +206,7 @@ def assert_close(ours, ref, dtype, what):
     )
 
 
-def compare_backends(loss, wrt, values, dtype, passes=None):
+def assert_backends_agree(loss, wrt, values, dtype, passes=None):
     fj = bp.compile(loss, wrt, backend="jax", passes=passes)
     fn = bp.compile(loss, wrt, backend="numpy", passes=passes)
     vj, gj = fj(**values)
@@ -223,7 +223,7 @@ def compare_backends(loss, wrt, values, dtype, passes=None):
 @pytest.mark.parametrize("name", list(GRAPHS))
 def test_op_table_matches_numpy_backend(name, dtype):
     loss, wrt, values = build(name, dtype)
-    compare_backends(loss, wrt, values, dtype)
+    assert_backends_agree(loss, wrt, values, dtype)
 
 
 @pytest.mark.parametrize("name", list(GRAPHS))
@@ -250,9 +250,9 @@ def test_every_op_is_lowered_and_exercised():
     used = set()
     for name in GRAPHS:
         loss, wrt, values = build(name, "float64")
-        fj, _, _ = compare_backends(loss, wrt, values, "float64", passes=[])
+        fj, _, _ = assert_backends_agree(loss, wrt, values, "float64", passes=[])
         used |= {n.op for n in toposort(fj.outputs)}
-        fused, _, _ = compare_backends(loss, wrt, values, "float64")
+        fused, _, _ = assert_backends_agree(loss, wrt, values, "float64")
         used |= {n.op for n in toposort(fused.outputs)}
     assert set(all_ops()) <= jax_lower.lowered_ops(), set(all_ops()) - jax_lower.lowered_ops()
     # control-flow ops (scan) carry sub-graphs; tests/test_scan.py runs them on this backend

@@ -29,22 +29,22 @@ def _cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("BPCOMPILE_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def _agree(a, b, dtype):
+def _assert_agree(a, b, dtype):
     rt = RTOL[dtype]
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rt, atol=rt)
 
 
-def _compare(loss, wrt, values, dtype, **options):
+def _assert_matches_numpy(loss, wrt, values, dtype, **options):
     ref = bp.compile(loss, wrt, backend="numpy")
     fn = bp.compile(loss, wrt, backend="llvm", **options)
     v1, g1 = ref(**values)
     v2, g2 = fn(**values)
     assert np.asarray(v2).dtype == np.asarray(v1).dtype
-    _agree(v1, v2, dtype)
+    _assert_agree(v1, v2, dtype)
     assert set(g1) == set(g2)
     for k in g1:
         assert g2[k].shape == g1[k].shape and g2[k].dtype == g1[k].dtype, k
-        _agree(g1[k], g2[k], dtype)
+        _assert_agree(g1[k], g2[k], dtype)
     return fn
 
 
@@ -58,8 +58,8 @@ def test_every_registered_op_has_an_llvm_lowering():
 def test_op_table_matches_numpy(row, dtype):
     P, I, f, loss, values = T.build(row, dtype)
     # gemm_threshold=0 sends every matmul through BLAS; the default keeps tiny ones inline
-    for thr in ((0, 10**9) if {"matmul", "take", "scan"} & set(row.ops) else (10**9,)):
-        _compare(loss, list(P.values()), values, dtype, gemm_threshold=thr)
+    for thr in (0, 10**9) if {"matmul", "take", "scan"} & set(row.ops) else (10**9,):
+        _assert_matches_numpy(loss, list(P.values()), values, dtype, gemm_threshold=thr)
 
 
 def _mlp(batch=5, dtype="float64", act=bp.tanh):
@@ -69,8 +69,13 @@ def _mlp(batch=5, dtype="float64", act=bp.tanh):
     lab = bp.input("labels", (batch,), "int32")
     loss = bp.cross_entropy(act(x @ W1 + b1) @ W2 + b2, lab)
     r = np.random.default_rng(1)
-    vals = dict(x=r.standard_normal((batch, 3)), W1=r.standard_normal((3, 4)),
-                b1=r.standard_normal(4), W2=r.standard_normal((4, 2)), b2=r.standard_normal(2))
+    vals = dict(
+        x=r.standard_normal((batch, 3)),
+        W1=r.standard_normal((3, 4)),
+        b1=r.standard_normal(4),
+        W2=r.standard_normal((4, 2)),
+        b2=r.standard_normal(2),
+    )
     vals = {k: v.astype(dtype) for k, v in vals.items()}
     vals["labels"] = r.integers(0, 2, batch).astype(np.int32)
     return loss, [W1, b1, W2, b2], vals
@@ -80,7 +85,7 @@ def _mlp(batch=5, dtype="float64", act=bp.tanh):
 def test_classifier_both_matmul_paths(dtype):
     loss, wrt, vals = _mlp(dtype=dtype)
     for thr in (0, 10**9):
-        _compare(loss, wrt, vals, dtype, gemm_threshold=thr)
+        _assert_matches_numpy(loss, wrt, vals, dtype, gemm_threshold=thr)
 
 
 def test_batched_broadcast_matmul_with_transposed_and_sliced_operands():
@@ -91,10 +96,13 @@ def test_batched_broadcast_matmul_with_transposed_and_sliced_operands():
     c = a @ b[:, 1:7, ::2] + a @ bp.transpose(w, (0, 2, 1))  # (2,3,5,4)
     loss = bp.sum(bp.tanh(c) * c)
     r = np.random.default_rng(2)
-    vals = {"a": r.standard_normal((2, 1, 5, 6)), "b": r.standard_normal((3, 7, 8)),
-            "w": r.standard_normal((3, 4, 6))}
+    vals = {
+        "a": r.standard_normal((2, 1, 5, 6)),
+        "b": r.standard_normal((3, 7, 8)),
+        "w": r.standard_normal((3, 4, 6)),
+    }
     for thr in (0, 10**9):
-        _compare(loss, [a, b, w], vals, "float64", gemm_threshold=thr)
+        _assert_matches_numpy(loss, [a, b, w], vals, "float64", gemm_threshold=thr)
 
 
 def test_nan_and_inf_propagate_like_numpy():
@@ -115,15 +123,19 @@ def test_extreme_activations_stay_finite(dtype):
     x = bp.param("x", (8,), dtype)
     loss = bp.sum(bp.sigmoid(x) + bp.softplus(x) * 1e-3 + bp.tanh(x))
     vals = {"x": np.array([-1e4, -100, -20, -1e-8, 0, 1e-8, 20, 1e4], dtype)}
-    fn = _compare(loss, [x], vals, dtype)
+    fn = _assert_matches_numpy(loss, [x], vals, dtype)
     v, g = fn(**vals)
     assert np.isfinite(v) and np.all(np.isfinite(g["x"]))
 
 
 def _xor():
     x, y = bp.input("x", (4, 2)), bp.input("y", (4, 1))
-    ps = [bp.param("W1", (2, 4)), bp.param("b1", (4,)), bp.param("W2", (4, 1)),
-          bp.param("b2", (1,))]
+    ps = [
+        bp.param("W1", (2, 4)),
+        bp.param("b1", (4,)),
+        bp.param("W2", (4, 1)),
+        bp.param("b2", (1,)),
+    ]
     loss = 0.5 * bp.sum((bp.sigmoid(bp.sigmoid(x @ ps[0] + ps[1]) @ ps[2] + ps[3]) - y) ** 2)
     r = np.random.default_rng(0)
     vals = {p.name: (r.standard_normal(p.shape) * 0.5).astype(np.float32) for p in ps}
@@ -136,7 +148,7 @@ def test_benchmark_models_match_jax():
     jax = pytest.importorskip("jax")
     jnp = jax.numpy
     loss, ps, vals = _xor()
-    fn = _compare(loss, ps, vals, "float32")
+    fn = _assert_matches_numpy(loss, ps, vals, "float32")
 
     def jl(p, x, y):
         h = jax.nn.sigmoid(x @ p["W1"] + p["b1"])
@@ -154,13 +166,19 @@ def test_mnist_shaped_model_matches_numpy():
     r = np.random.default_rng(0)
     x = bp.input("x", (32, 50))
     lab = bp.input("labels", (32,), dtype="int32")
-    ps = [bp.param("W1", (50, 64)), bp.param("b1", (64,)), bp.param("W2", (64, 10)),
-          bp.param("b2", (10,))]
+    ps = [
+        bp.param("W1", (50, 64)),
+        bp.param("b1", (64,)),
+        bp.param("W2", (64, 10)),
+        bp.param("b2", (10,)),
+    ]
     loss = bp.cross_entropy(bp.relu(x @ ps[0] + ps[1]) @ ps[2] + ps[3], lab)
     vals = {p.name: (r.standard_normal(p.shape) * 0.1).astype(np.float32) for p in ps}
-    vals.update(x=r.standard_normal((32, 50)).astype(np.float32),
-                labels=r.integers(0, 10, 32).astype(np.int32))
-    fn = _compare(loss, ps, vals, "float32", gemm_threshold=0)
+    vals.update(
+        x=r.standard_normal((32, 50)).astype(np.float32),
+        labels=r.integers(0, 10, 32).astype(np.int32),
+    )
+    fn = _assert_matches_numpy(loss, ps, vals, "float32", gemm_threshold=0)
     mem = fn.memory()
     assert mem["peak_bytes"] >= mem["workspace_bytes"] > 0
     assert mem["saved_for_backward_bytes"] > 0
@@ -189,8 +207,13 @@ def test_fast_path_is_native_and_refuses_what_bind_refuses():
         fn(1, **vals)
     # accepted after conversion by the slow path: lists, float64, non-contiguous, big-endian
     x = vals["x"]
-    for xx in (x.tolist(), x.astype(np.float64), np.asfortranarray(x),
-               np.repeat(x, 2, axis=1)[:, ::2], x.astype(">f4")):
+    for xx in (
+        x.tolist(),
+        x.astype(np.float64),
+        np.asfortranarray(x),
+        np.repeat(x, 2, axis=1)[:, ::2],
+        x.astype(">f4"),
+    ):
         v, g = fn(**dict(vals, x=xx))
         assert float(v) == pytest.approx(v0, rel=1e-6)
         for k in g0:
@@ -254,9 +277,13 @@ def test_outputs_that_are_views_inputs_or_constants():
     # dx = u (an input), dy = transpose(u) (a view), dz = 0 (a constant)
     loss = bp.sum(x * u) + bp.sum(bp.transpose(y) * u) + 0.0 * bp.sum(z)
     r = np.random.default_rng(3)
-    vals = {"x": r.standard_normal((3, 4)), "y": r.standard_normal((4, 3)),
-            "z": r.standard_normal(2), "u": r.standard_normal((3, 4))}
-    _compare(loss, [x, y, z], vals, "float64")
+    vals = {
+        "x": r.standard_normal((3, 4)),
+        "y": r.standard_normal((4, 3)),
+        "z": r.standard_normal(2),
+        "u": r.standard_normal((3, 4)),
+    }
+    _assert_matches_numpy(loss, [x, y, z], vals, "float64")
 
 
 def test_int_and_bool_tensors():
@@ -269,7 +296,7 @@ def test_int_and_bool_tensors():
     loss = bp.sum(f * bp.cast(bp.iota((4, 5), 1), "float64"))
     r = np.random.default_rng(4)
     vals = {"x": r.standard_normal((4, 5)), "k": r.integers(-5, 5, (4, 5)).astype(np.int32)}
-    _compare(loss, [x], vals, "float64")
+    _assert_matches_numpy(loss, [x], vals, "float64")
 
 
 def test_concurrent_calls_from_threads_agree():
@@ -314,11 +341,18 @@ def test_size_zero_and_size_one_dimensions():
     v = bp.param("v", (1, 1), "float64")
     e = bp.param("e", (2, 0), "float64")
     # an empty batch, an empty inner dimension (K = 0 matmul), size-1 broadcasting both ways
-    loss = (bp.sum(bp.tanh(x @ W) + v) + bp.sum(e @ bp.transpose(e)) * v[0, 0]
-            + bp.sum(W * v + bp.transpose(W)))
-    vals = {"x": np.zeros((0, 3)), "W": np.arange(3.0).reshape(3, 1) / 4,
-            "v": np.array([[0.5]]), "e": np.zeros((2, 0))}
+    loss = (
+        bp.sum(bp.tanh(x @ W) + v)
+        + bp.sum(e @ bp.transpose(e)) * v[0, 0]
+        + bp.sum(W * v + bp.transpose(W))
+    )
+    vals = {
+        "x": np.zeros((0, 3)),
+        "W": np.arange(3.0).reshape(3, 1) / 4,
+        "v": np.array([[0.5]]),
+        "e": np.zeros((2, 0)),
+    }
     for thr in (0, 10**9):
-        _compare(loss, [W, v, e], vals, "float64", gemm_threshold=thr)
+        _assert_matches_numpy(loss, [W, v, e], vals, "float64", gemm_threshold=thr)
     with pytest.raises(bp.ShapeError, match="empty"):
         bp.max(x, axis=0)
