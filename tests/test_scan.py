@@ -384,3 +384,42 @@ def test_reverse_truncated_and_checkpointed_truncated_other_backends(backend):
         loss, P = _rnn_graph(6, dtype="float32", **kw)
         jkw = {k: v for k, v in kw.items() if k != "checkpoint"}
         _maybe_llvm_gap(backend, _check, loss, P, _rnn_values(6), backend, rtol=2e-4, **jkw)
+
+
+def test_weight_and_bias_gradients_leave_the_bptt_loop():
+    """dWh = Σ_t h_tᵀ δ_t and db = Σ_t Σ_rows δ_t are computed after the reverse loop (one GEMM,
+    one reduction over time x batch): the BPTT body carries only the state's cotangent, and the
+    gradients still equal JAX's lax.scan gradients."""
+    from bpcompile.ir.traverse import toposort
+
+    r = np.random.default_rng(3)
+    xs, h0 = bp.input("xs_h", (6, 4, 3), "float64"), bp.input("h0_h", (4, 5), "float64")
+    Wx, Wh, b = (bp.param("Wx_h", (3, 5), "float64"), bp.param("Wh_h", (5, 5), "float64"),
+                 bp.param("b_h", (5,), "float64"))
+
+    def step(h, x):
+        h = bp.tanh(x @ Wx + h @ Wh + b)
+        return h, h
+
+    hT, hs = scan(step, h0, xs)
+    loss = bp.sum(hs * hs) + bp.sum(hT)
+    fn = bp.compile(loss, wrt=[Wx, Wh, b])
+    scans = [n for n in toposort(fn.outputs) if n.op == "scan"]
+    bptt = [n for n in scans if n.attr("body").name.endswith("_bptt")]
+    assert bptt and all(len(n.attr("body").carries) == 1 for n in bptt)
+    vals = {"xs_h": r.standard_normal((6, 4, 3)), "h0_h": r.standard_normal((4, 5)),
+            "Wx_h": r.standard_normal((3, 5)) * 0.5, "Wh_h": r.standard_normal((5, 5)) * 0.5,
+            "b_h": r.standard_normal(5)}
+    _, g = fn(**vals)
+
+    def jloss(p):
+        def jstep(h, x):
+            h = jnp.tanh(x @ p["Wx_h"] + h @ p["Wh_h"] + p["b_h"])
+            return h, h
+
+        hT, hs = jax.lax.scan(jstep, vals["h0_h"], vals["xs_h"])
+        return jnp.sum(hs * hs) + jnp.sum(hT)
+
+    ref = jax.grad(jloss)({k: vals[k] for k in ("Wx_h", "Wh_h", "b_h")})
+    for k in ref:
+        np.testing.assert_allclose(g[k], np.asarray(ref[k]), rtol=1e-10, err_msg=k)
