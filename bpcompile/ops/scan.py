@@ -45,9 +45,7 @@ from ..ir.node import Node, make
 from ..ir.traverse import toposort
 from .elementwise import add, as_node, cast, stop_gradient, where
 from .leaves import const
-from .linalg import matmul
-from .movement import broadcast_to, concatenate, pad, reshape, slice_, swap_last, unbroadcast
-from .reduce import sum_
+from .movement import broadcast_to, concatenate, pad, reshape, slice_, unbroadcast
 from .registry import Op, get_op, register
 
 _SCOPES = itertools.count(1)
@@ -359,38 +357,6 @@ def bptt(body: Body, T: int, rev: bool, saved, stored_ys, xs, consts, g_final, g
             subst.setdefault(n, p)
     outs = _substitute(new_dc + new_acc + dxs, subst)
     new_dc, new_acc, dxs = outs[:nc], outs[nc:nc + len(acc)], outs[nc + len(acc):]
-    # Weight gradients of the form Σ_t A_tᵀ B_t (a matmul step's dW = hᵀ δ) and bias gradients
-    # Σ_t Σ_rows B_t leave the loop: the reverse scan emits B_t as a per-step output and one
-    # GEMM (or one reduction) over the flattened time and batch axes sums them afterwards,
-    # instead of T small GEMMs into an accumulator.
-    per_step = dict(zip(body.carries, [_tslice(s, 1, T + 1) if rev else _tslice(s, 0, T)
-                                       for s in saved]))
-    per_step.update(zip(c_next, [_tslice(s, 0, T) if rev else _tslice(s, 1, T + 1)
-                                 for s in saved]))
-    per_step.update(zip(body.xs, xs))
-    hoist = {}  # accumulator position -> (stacked A, index of B among the extra ys)
-    extra_ys = []
-    def emit(b: Node) -> int:
-        if b not in extra_ys:
-            extra_ys.append(b)
-        return extra_ys.index(b)
-
-    for j, (a, na) in enumerate(zip(acc, new_acc)):
-        d = na.inputs[1] if na.op == "add" and na.inputs[0] is a else None
-        if d is None or d.ndim not in (1, 2) or d.dtype != dtype:
-            continue
-        lhs = d.inputs[0]
-        if d.op == "matmul" and lhs.op == "transpose" and lhs.attr("perm") == (1, 0) \
-                and lhs.inputs[0] in per_step and lhs.inputs[0].ndim == 2:
-            hoist[j] = (per_step[lhs.inputs[0]], emit(d.inputs[1]))  # Σ_t A_tᵀ B_t
-            new_acc[j] = a
-        elif d.op == "sum" and d.attr("axes") == (0,) and not d.attr("keepdims") \
-                and lhs.ndim == 2:
-            hoist[j] = (None, emit(lhs))  # Σ_t Σ_rows B_t: a bias gradient
-            new_acc[j] = a
-    keep = [j for j in range(len(acc)) if j not in hoist]
-    acc_k, new_acc_k = [acc[j] for j in keep], [new_acc[j] for j in keep]
-    outs = new_dc + new_acc_k + dxs + extra_ys
 
     # per-step inputs of the reverse scan, dropped when the reverse body does not read them
     c_in_all = [_tslice(s, 1, T + 1) if rev else _tslice(s, 0, T) for s in saved]
@@ -403,28 +369,19 @@ def bptt(body: Body, T: int, rev: bool, saved, stored_ys, xs, consts, g_final, g
     xs_pairs += [(p, gy) for p, gy in zip(dy_ph, g_ys) if p is not None and p in used]
     xs_pairs += [(p, v) for p, v in zip(ex_ph, extra or []) if p in used]
     k_pairs = [(p, v) for p, v in zip(body.consts, consts) if p in used]
-    rbody = Body(dc + acc_k, [p for p, _ in xs_pairs], [p for p, _ in k_pairs],
-                 new_dc + new_acc_k, dxs + extra_ys, name=f"{body.name}_bptt")
+    rbody = Body(dc + acc, [p for p, _ in xs_pairs], [p for p, _ in k_pairs], new_dc + new_acc,
+                 dxs, name=f"{body.name}_bptt")
     g0 = [zeros(c.shape, c.dtype) if g is None else g for g, c in zip(g_final, body.carries)]
     a0 = [zeros(body.consts[i].shape, body.consts[i].dtype) for i in k_idx] \
         if acc_init is None else [a if a is not None else zeros(body.consts[i].shape, dtype)
                                   for a, i in zip(acc_init, k_idx)]
-    r = make("scan", g0 + [a0[j] for j in keep] + [v for _, v in xs_pairs]
-             + [v for _, v in k_pairs], body=rbody, length=T, reverse=not rev, save=0)
-    fin, ys_stacked, _ = unpack(r)
-    dx_stacked, b_stacked = ys_stacked[:len(dxs)], ys_stacked[len(dxs):]
+    r = make("scan", g0 + a0 + [v for _, v in xs_pairs] + [v for _, v in k_pairs],
+             body=rbody, length=T, reverse=not rev, save=0)
+    fin, dx_stacked, _ = unpack(r)
     d_init = fin[:nc]
-    acc_final = dict(zip(keep, fin[nc:]))
     d_k = [None] * len(body.consts)
-    for j, i in enumerate(k_idx):
-        if j in hoist:
-            a_st, b = hoist[j]
-            bs = reshape(b_stacked[b], (-1, b_stacked[b].shape[-1]))
-            flat = (sum_(bs, (0,)) if a_st is None
-                    else matmul(swap_last(reshape(a_st, (-1, a_st.shape[-1]))), bs))
-            d_k[i] = flat if acc_init is None else add(a0[j], flat)
-        else:
-            d_k[i] = acc_final[j]
+    for i, a in zip(k_idx, fin[nc:]):
+        d_k[i] = a
     d_xs = [None] * len(body.xs)
     for i, d in zip(x_idx, dx_stacked):
         d_xs[i] = d
