@@ -40,18 +40,7 @@ class Signature:
         return ", ".join(f"{n}:{type_str(a)}" for n, a in zip(self.names, self.args))
 
     def bind(self, kwargs: dict) -> list[np.ndarray]:
-        missing = [n for n in self.names if n not in kwargs]
-        extra = [k for k in kwargs if k not in self.by_name]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(
-                    "missing "
-                    + ", ".join(f"{m} (expected {type_str(self.by_name[m])})" for m in missing)
-                )
-            if extra:
-                parts.append(f"unexpected {', '.join(map(repr, extra))}")
-            raise ArgumentError("; ".join(parts) + f". The function takes: {self.describe()}")
+        check_names(self.args, kwargs)
         return [self.convert(n, kwargs[n]) for n in self.names]
 
     def convert(self, name: str, value) -> np.ndarray:
@@ -83,3 +72,20 @@ class Signature:
             bad = arr[(arr < 0) | (arr >= bound)].flat[0]
             raise ArgumentError(f"argument {name!r}: index {bad} out of range [0, {bound})")
         return arr
+
+
+def check_names(args: list[Node], kwargs) -> None:
+    """Raise an ArgumentError naming every missing or unexpected keyword argument."""
+    by_name = {a.attr("name"): a for a in args}
+    missing = [n for n in by_name if n not in kwargs]
+    extra = [k for k in kwargs if k not in by_name]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(
+                "missing " + ", ".join(f"{m} (expected {type_str(by_name[m])})" for m in missing)
+            )
+        if extra:
+            parts.append(f"unexpected {', '.join(map(repr, extra))}")
+        described = ", ".join(f"{n}:{type_str(a)}" for n, a in by_name.items())
+        raise ArgumentError("; ".join(parts) + f". The function takes: {described}")

@@ -33,6 +33,7 @@ from ...errors import ArgumentError, BackendError
 from ...ir.node import Node
 from ...ir.printer import type_str
 from ...ir.traverse import toposort
+from ...signature import check_names
 from ..numpy.codegen import exec_source
 from ..pysource import emit_function
 from .lower import NAMESPACE, lower
@@ -106,22 +107,7 @@ class JaxBackend:
     def _traced(self, **kw):
         """The traced body: validate the abstract arguments, cast, run the emitted function."""
         _require_x64(self._all_nodes, "call")
-        missing = [n for n in self.names if n not in kw]
-        extra = [k for k in kw if k not in self.by_name]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(
-                    "missing "
-                    + ", ".join(f"{m} (expected {type_str(self.by_name[m])})" for m in missing)
-                )
-            if extra:
-                parts.append(f"unexpected {', '.join(map(repr, extra))}")
-            raise ArgumentError(
-                "; ".join(parts)
-                + ". The function takes: "
-                + ", ".join(f"{n}:{type_str(a)}" for n, a in self.by_name.items())
-            )
+        check_names(self.args, kw)
         return self.fn(*[self._arg(n, kw[n]) for n in self.names])
 
     def _arg(self, name: str, v):
