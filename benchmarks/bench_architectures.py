@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 import tracemalloc
 
@@ -25,16 +26,8 @@ import numpy as np  # noqa: E402
 import bpcompile as bp  # noqa: E402
 from bpcompile.ops.scan import scan_stats  # noqa: E402
 
-
-def med(f, budget):
-    f()
-    f()
-    ts, t0 = [], time.perf_counter()
-    while time.perf_counter() - t0 < budget or len(ts) < 5:
-        s = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - s)
-    return float(np.median(ts)) * 1e6
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from models import median_us as med  # noqa: E402  (shared timing helper)
 
 
 def _ce(logits, y):
