@@ -17,6 +17,7 @@ from .algebraic import algebraic
 from .canonicalize import canonicalize, canonicalize_forward, cse
 from .fold import fold_constants
 from .fuse import fuse
+from .scan_hoist import hoist_scans
 from .stabilize import stabilize
 
 # Run on the forward graph before autodiff: a stable forward gives a stable backward.
@@ -34,6 +35,7 @@ PASSES = [
     ("fold", fold_constants),
     ("cse", cse),
     ("scan_outputs", prune_outputs),  # drop scan ys / saved carries nothing reads (ops/scan.py)
+    ("scan_hoist", hoist_scans),  # loop-invariant work leaves scan bodies (scan_hoist.py)
     ("fuse", fuse),
 ]
 SIMPLIFY_ROUNDS = 4

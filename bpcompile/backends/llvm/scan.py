@@ -2,9 +2,10 @@
 
 The body is simplified by the usual pipeline and compiled by a nested `Program` into
 `void bp_scan<k>_<name>(carries..., x[t]..., consts..., new carries..., y[t]..., workspace)`.
-The loop keeps the carries in two workspace buffers (in and out, copied after each step),
-writes each y straight into its time slice of the node's flat output and stores saved
-carries as the layout in ops/scan.py asks (every step, every k-th, or none). The body's own
+The loop never copies a carry between steps: when every carry is saved (plain BPTT), step t
+reads saved slot t of the node's flat output and writes slot t+1; otherwise two workspace
+buffers swap roles each step. Each y goes straight into its time slice of the output, and
+checkpointed scans copy every k-th carry to its slot (ops/scan.py has the layout). The body's own
 workspace is a slice of the outer one, live only during the scan.
 """
 
@@ -110,32 +111,46 @@ def lower_scan(ctx, n):
         return _ptr(ctx, View(out.buf, out.offset + base_off, shape, ()),
                     b.mul(idx, i64(step_bytes)))
 
+    # Carries are never copied between steps. With every carry saved (save=1) step t reads
+    # its carry from saved slot t and writes the next one straight into slot t+1 (mirrored for
+    # reverse scans); otherwise the two workspace buffers swap roles every step (ping-pong).
+    first, last = (T, 0) if rev else (0, T)
+    if save == 1:
+        for (off, shape), v, nb in zip(saved, inits, cbytes):
+            _memcpy(ctx, slot(off, shape, i64(first)), _ptr(ctx, v), nb)
+    else:
+        for ci, v, nb in zip(plan.carry_in, inits, cbytes):
+            _memcpy(ctx, _ptr(ctx, ci), _ptr(ctx, v), nb)
     if T:
         with em.loop(T, "t") as k:
             t = b.sub(i64(T - 1), k) if rev else k
             if save == 1:
-                at = b.add(t, i64(1)) if rev else t
-                for (off, shape), ci, nb in zip(saved, plan.carry_in, cbytes):
-                    _memcpy(ctx, slot(off, shape, at), _ptr(ctx, ci), nb)
-            elif save > 1:
+                at_in, at_out = (b.add(t, i64(1)), t) if rev else (t, b.add(t, i64(1)))
+                c_in = [slot(off, shape, at_in) for off, shape in saved]
+                c_out = [slot(off, shape, at_out) for off, shape in saved]
+            else:
+                odd = b.trunc(k, I1)
+                pa = [_ptr(ctx, ci) for ci in plan.carry_in]
+                pb = [_ptr(ctx, co) for co in plan.carry_out]
+                c_in = [b.select(odd, y, x) for x, y in zip(pa, pb)]
+                c_out = [b.select(odd, x, y) for x, y in zip(pa, pb)]
+            if save > 1:
                 hit = b.icmp_unsigned("==", b.urem(t, i64(save)), i64(0))
                 with b.if_then(hit):
-                    for (off, shape), ci, nb in zip(saved, plan.carry_in, cbytes):
-                        _memcpy(ctx, slot(off, shape, b.udiv(t, i64(save))), _ptr(ctx, ci), nb)
-            args = [_ptr(ctx, ci) for ci in plan.carry_in]
+                    for (off, shape), ci, nb in zip(saved, c_in, cbytes):
+                        _memcpy(ctx, slot(off, shape, b.udiv(t, i64(save))), ci, nb)
+            args = list(c_in)
             for x in xs:
                 step_bytes = int(np.prod(x.shape[1:], dtype=np.int64)) * np.dtype(x.dtype).itemsize
                 args.append(_ptr(ctx, x, b.mul(t, i64(step_bytes))))
             args += [_ptr(ctx, c) for c in consts]
-            args += [_ptr(ctx, co) for co in plan.carry_out]
+            args += c_out
             args += [slot(off, shape, t) for off, shape in ys]
             args.append(_ptr(ctx, plan.body_ws))
             b.call(fn, args)
-            for ci, co, nb in zip(plan.carry_in, plan.carry_out, cbytes):
-                _memcpy(ctx, _ptr(ctx, ci), _ptr(ctx, co), nb)
     if save == 1:
-        for (off, shape), ci, nb in zip(saved, plan.carry_in, cbytes):
-            _memcpy(ctx, slot(off, shape, i64(0 if rev else T)), _ptr(ctx, ci), nb)
-    for (off, _shape), ci, nb in zip(finals, plan.carry_in, cbytes):
-        _memcpy(ctx, _ptr(ctx, View(out.buf, out.offset + off, (), ())), _ptr(ctx, ci), nb)
-
+        final = [slot(off, shape, i64(last)) for off, shape in saved]
+    else:
+        final = [_ptr(ctx, c) for c in (plan.carry_in if T % 2 == 0 else plan.carry_out)]
+    for (off, _shape), src, nb in zip(finals, final, cbytes):
+        _memcpy(ctx, _ptr(ctx, View(out.buf, out.offset + off, (), ())), src, nb)
