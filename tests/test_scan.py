@@ -384,3 +384,81 @@ def test_reverse_truncated_and_checkpointed_truncated_other_backends(backend):
         loss, P = _rnn_graph(6, dtype="float32", **kw)
         jkw = {k: v for k, v in kw.items() if k != "checkpoint"}
         _maybe_llvm_gap(backend, _check, loss, P, _rnn_values(6), backend, rtol=2e-4, **jkw)
+
+
+# -- loop-invariant hoisting (rewrite/scan_hoist.py) -----------------------------------------
+
+
+def _scans(outputs):
+    from bpcompile.ir.traverse import toposort
+
+    return [n for n in toposort(outputs) if n.op == "scan"]
+
+
+def _body_ops(scan_node):
+    from bpcompile.ir.traverse import toposort
+
+    body = scan_node.attr("body")
+    return [n.op for n in toposort(body.outputs) if n not in set(body.params)]
+
+
+def test_hoist_moves_invariant_work_and_input_projection_out_of_the_loop():
+    """The BPTT body's Wh.T and the forward body's x @ Wx leave their loops."""
+    from bpcompile.rewrite.scan_hoist import hoist_scans
+
+    loss, P = _rnn_graph(6)
+    outs = [loss] + bp.grad(loss, list(P.values()))
+    before, after = _scans(outs), _scans(hoist_scans(outs))
+    assert len(before) == len(after) == 2
+    (fwd0, bwd0), (fwd1, bwd1) = sorted(before, key=lambda n: n.attr("reverse")), sorted(
+        after, key=lambda n: n.attr("reverse"))
+    assert "transpose" in _body_ops(bwd0) and _body_ops(fwd0).count("matmul") == 2
+    consts = bwd1.attr("body").consts
+    assert "Wh_T" in [c.attr("name") for c in consts]  # one transposed copy, before the loop
+    assert _body_ops(fwd1).count("matmul") == 1  # h @ Wh; x @ Wx is one GEMM outside
+    assert [p.shape for p in fwd1.attr("body").xs] == [(3, 5)]  # projected inputs replace xs
+    once = hoist_scans(outs)
+    assert all(a is b for a, b in zip(once, hoist_scans(once)))  # a fixpoint
+
+
+def test_hoist_keeps_checkpointed_scans_small():
+    """A checkpointed scan keeps its per-step products: hoisting them would store T of them."""
+    from bpcompile.rewrite.scan_hoist import hoist_scans
+
+    loss, P = _rnn_graph(16, checkpoint=4)
+    fwd = [n for n in _scans(hoist_scans([loss])) if n.attr("save") == 4]
+    assert fwd and _body_ops(fwd[0]).count("matmul") == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hoisted_invariants_give_the_jax_gradient(backend):
+    if not available(backend):
+        pytest.skip(backend)
+    T, B, H = 5, 2, 3
+    dtype = F64 if backend == "numpy" else "float32"
+    xs = bp.input("xs", (T, B, H), dtype)
+    W, U = bp.param("W", (H, H), dtype), bp.param("U", (H, H), dtype)
+
+    def step(h, x):
+        h = bp.tanh(x @ W + h @ (bp.transpose(U, (1, 0)) * bp.sigmoid(W)))
+        return h, bp.exp(-bp.sum(W * W)) * h
+
+    hT, hs = scan(step, bp.broadcast_to(bp.const(0.1, dtype), (B, H)), xs)
+    loss = bp.sum(hT) + bp.mean(hs)
+    vals = {"xs": rng.standard_normal((T, B, H)), "W": rng.standard_normal((H, H)) * 0.5,
+            "U": rng.standard_normal((H, H)) * 0.5}
+    vals = {k: v.astype(dtype) for k, v in vals.items()}
+
+    def jl(W, U, xs):
+        def js(h, x):
+            h = jnp.tanh(x @ W + h @ (U.T * jax.nn.sigmoid(W)))
+            return h, jnp.exp(-jnp.sum(W * W)) * h
+        hT, hs = lax.scan(js, jnp.full((B, H), 0.1, dtype), xs)
+        return jnp.sum(hT) + jnp.mean(hs)
+
+    v, g = bp.compile(loss, [W, U], backend=backend)(**vals)
+    jv, (gW, gU) = jax.value_and_grad(jl, (0, 1))(vals["W"], vals["U"], vals["xs"])
+    rtol = 1e-10 if dtype == F64 else 2e-4
+    np.testing.assert_allclose(v, jv, rtol=rtol)
+    np.testing.assert_allclose(g["W"], gW, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(g["U"], gU, rtol=rtol, atol=rtol)
