@@ -1,11 +1,13 @@
 """LLVM backend vs jax.jit(jax.value_and_grad(...)) on the benchmark models, one process.
 
-    python benchmarks/bench_llvm.py [models...] [--budget S] [--gemm-threshold]
+    python benchmarks/bench_llvm.py [models...] [--budget S] [--gemm-threshold] [--gemm-threads]
 
 Prints per model: median µs per call (ours, JAX), ratio JAX/ours, compile seconds with a cold
 and a warm on-disk cache (ours; warm = a fresh compile of the same graph), JAX's compile time,
 and whether the gradients agree. --gemm-threshold times single 2-d float32 matmuls through
-inline loops and through BLAS to place blas.GEMM_THRESHOLD.
+inline loops and through BLAS to place blas.GEMM_THRESHOLD; --gemm-threads times the products
+of the benchmark models on one and on two BLAS threads to place blas.PARALLEL_THRESHOLD and
+blas.PARALLEL_MIN_OUTPUT.
 """
 
 from __future__ import annotations
@@ -75,14 +77,40 @@ def bench_gemm(budget):
         print(f"{n:6d} {row[0]:10.2f} {row[1]:9.2f}", flush=True)
 
 
+def bench_gemm_threads(budget):
+    """One vs two OpenBLAS threads for single float32 products (row-major A @ B or Aᵀ @ B)."""
+    import bpcompile as bp
+    from bpcompile.backends.llvm.backend import LLVMBackend
+
+    print(f"{'M x K x N':>16s} {'form':>5s} {'1 thread us':>12s} {'2 threads us':>13s}")
+    r = np.random.default_rng(0)
+    for m, k, n, form in ((512, 64, 64, "A@B"), (512, 64, 128, "A@B"), (128, 256, 256, "A@B"),
+                          (64, 512, 64, "AT@B"), (64, 512, 128, "AT@B"), (256, 128, 256, "AT@B")):
+        if form == "A@B":
+            a, b = bp.input("a", (m, k)), bp.input("b", (k, n))
+            c, va = a @ b, r.standard_normal((m, k)).astype(np.float32)
+        else:
+            a, b = bp.input("a", (k, m)), bp.input("b", (k, n))
+            c, va = bp.transpose(a, (1, 0)) @ b, r.standard_normal((k, m)).astype(np.float32)
+        vb = r.standard_normal((k, n)).astype(np.float32)
+        row = []
+        for threads in (1, 2):
+            be = LLVMBackend([c], [a, b], gemm_threshold=0, blas_threads=threads, cache=False)
+            row.append(median_us(lambda: be.run([va, vb]), budget))
+        print(f"{m:4d} x{k:4d} x{n:4d} {form:>5s} {row[0]:12.1f} {row[1]:13.1f}", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="*")
     ap.add_argument("--budget", type=float, default=1.5)
     ap.add_argument("--gemm-threshold", action="store_true")
+    ap.add_argument("--gemm-threads", action="store_true")
     a = ap.parse_args(argv)
     if a.gemm_threshold:
         bench_gemm(a.budget / 4)
+    elif a.gemm_threads:
+        bench_gemm_threads(a.budget / 4)
     else:
         bench_models(a.models, a.budget)
 

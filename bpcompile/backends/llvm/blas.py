@@ -27,10 +27,14 @@ from .memplan import View
 # fixed cost of ~1 µs; inline loops win up to ~40³, BLAS from ~64³ on (crossover 48³-64³).
 GEMM_THRESHOLD = 48**3
 
-# M*N*K from which a BLAS call may use several threads. Below it OpenBLAS's thread hand-off
-# costs more than it saves; measured on the MNIST model (2 cores): threads for the 128x784x256
-# and 128x256x256 products only.
-PARALLEL_THRESHOLD = 2**22
+# When a BLAS call may use several threads: M*N*K at least PARALLEL_THRESHOLD (below it
+# OpenBLAS's thread hand-off costs more than it saves) and an output of at least
+# PARALLEL_MIN_OUTPUT elements (OpenBLAS splits the output, not the K sum: a 64x64 weight
+# gradient summed over 512 rows took 47 us on one thread and 69 us on two). Measured with
+# single products on this 2-core machine (/tmp-free: benchmarks/bench_llvm.py --gemm-threshold):
+# 512x64x64 went 44 -> 28 us and 512x64x128 86 -> 51 us on two threads.
+PARALLEL_THRESHOLD = 2**21
+PARALLEL_MIN_OUTPUT = 2**14
 
 GLOBALS = {"float32": "bp_sgemm", "float64": "bp_dgemm"}
 
@@ -102,7 +106,8 @@ def emit_gemm(ctx, node, a: View, b: View, out: View, p: MatmulPlan):
             if isinstance(big, ir.GlobalVariable):
                 big = bld.load(big, typ=I32)
             one = ir.Constant(I32, 1)
-            bld.call(setter, [big if M * N * K >= PARALLEL_THRESHOLD else one])
+            parallel = M * N * K >= PARALLEL_THRESHOLD and M * N >= PARALLEL_MIN_OUTPUT
+            bld.call(setter, [big if parallel else one])
         f = args_fixed
         bld.call(gemm, [f["ta"], f["tb"], f["m"], f["n"], f["k"], f["alpha"], pb, f["lda"], pa,
                       f["ldb"], f["beta"], pc, f["ldc"]])

@@ -35,6 +35,7 @@ class Context:
         self.em, self.module = em, module
         self.views, self.ptrs, self.temps, self.matmul_plan = views, ptrs, temps, matmul_plan
         self._entry = entry
+        self.alias: dict = {}  # ws Buffer -> (alias.scope, noalias) metadata of the current step
 
     def view(self, n: Node) -> View:
         return self.views[n]
@@ -51,11 +52,28 @@ class Context:
 
     def load(self, v: View, strides, idx) -> ir.Value:
         ty = ir_type(v.dtype)
-        return self.em.b.load(self.em.addr(self.ptr(v.buf), v.offset, strides, idx, ty), typ=ty)
+        return self.tag(self.em.b.load(self.em.addr(self.ptr(v.buf), v.offset, strides, idx, ty),
+                                       typ=ty), v.buf)
 
     def store(self, v: View, strides, idx, value: ir.Value):
         ty = ir_type(v.dtype)
-        self.em.b.store(value, self.em.addr(self.ptr(v.buf), v.offset, strides, idx, ty))
+        self.tag(self.em.b.store(value, self.em.addr(self.ptr(v.buf), v.offset, strides, idx, ty)),
+                 v.buf)
+
+    def tag(self, instr, buf: Buffer):
+        """Attach scoped-noalias metadata to a load/store of a workspace buffer.
+
+        Every workspace buffer is an offset from the one `ws` pointer, so LLVM cannot tell that
+        a loop reading one buffer and writing another has no loop-carried dependence, and it
+        leaves such loops scalar ("unknown data dependence"). The metadata states what the
+        memory plan knows: buffers whose byte ranges are disjoint never alias. Buffers that
+        share bytes (reuse across lifetimes) are never declared disjoint.
+        """
+        md = self.alias.get(buf)
+        if md is not None:
+            instr.set_metadata("alias.scope", md[0])
+            instr.set_metadata("noalias", md[1])
+        return instr
 
     def alloca(self, ty: ir.Type) -> ir.Value:
         with self._entry.goto_entry_block():
@@ -208,9 +226,48 @@ class Program:
 
     def _lower_step(self, ctx, s):
         if s[0] == "node":
+            n = s[1]
+            bufs = [self.views[n].buf] + [self.views[i].buf for i in n.inputs] + [
+                v.buf for (m, _k), v in self.temps.items() if m is n]
+        else:
+            bufs = [s[1].buf, s[2].buf]
+        ctx.alias = self._alias_metadata(ctx.module, bufs)
+        if s[0] == "node":
             lower(ctx, s[1])
         else:
             copy(ctx, s[1], s[2])
+        ctx.alias = {}
+
+    def _alias_metadata(self, module: ir.Module, bufs) -> dict:
+        """(alias.scope, noalias) per workspace buffer of one step (see Context.tag): each
+        buffer is its own scope, and a buffer's noalias list names the other buffers of the step
+        whose byte ranges do not overlap its own. Listing only the step's buffers keeps the
+        metadata linear in program size; the claims hold function-wide all the same."""
+        ws = list(dict.fromkeys(b for b in bufs if b.kind == "ws" and b.nbytes))
+        if len(ws) < 2:
+            return {}
+        scopes = module.__dict__.setdefault("_bp_alias_scopes", {})
+        if "domain" not in scopes:
+            scopes["domain"] = module.add_metadata(
+                [ir.MetaDataString(module, "bp.workspace")])
+
+        def scope(b):
+            md = scopes.get(b)
+            if md is None:
+                name = f"bp.ws.{len(scopes)}.{_ident(b.label)}"  # unique, and stable for the cache
+                md = scopes[b] = module.add_metadata(
+                    [ir.MetaDataString(module, name), scopes["domain"]])
+            return md
+
+        def disjoint(a, b):
+            return a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
+
+        out = {}
+        for b in ws:
+            others = [scope(o) for o in ws if o is not b and disjoint(o, b)]
+            if others:
+                out[b] = (module.add_metadata([scope(b)]), module.add_metadata(others))
+        return out
 
     def emit(self, module: ir.Module, name: str = "bp_main", with_entry: bool = True):
         """Emit `name` (and bp_entry). Long schedules get one non-inlined function per step:

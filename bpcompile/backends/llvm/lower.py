@@ -265,11 +265,12 @@ def _reduce(ctx, n: Node):
                         idx[d] = i
                     for d, i in zip(red, ri):
                         idx[d] = i
-                    v = b.load(em.addr(ctx.ptr(x.buf), x.offset, x.strides, idx, ty), typ=ty)
+                    v = ctx.tag(b.load(em.addr(ctx.ptr(x.buf), x.offset, x.strides, idx, ty),
+                                       typ=ty), x.buf)
                     b.store(comb(b.load(acc, typ=ty), v), acc)
             oaddr = em.addr(ctx.ptr(out.buf), out.offset,
                             [ostr[d] for d in kept], oi, ty)
-            b.store(b.load(acc, typ=ty), oaddr)
+            ctx.tag(b.store(b.load(acc, typ=ty), oaddr), out.buf)
     else:
         # input-major: walk x in memory order and accumulate into the (small) output
         elementwise(ctx, None, [], lambda v: ident, out=out)
@@ -277,7 +278,7 @@ def _reduce(ctx, n: Node):
         with em.nest(shape) as idx:
             v = ctx.load(x, strides[0], idx)
             p = em.addr(ctx.ptr(out.buf), out.offset, strides[1], idx, ty)
-            b.store(comb(b.load(p, typ=ty), v), p)
+            ctx.tag(b.store(comb(ctx.tag(b.load(p, typ=ty), out.buf), v), p), out.buf)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,7 +326,7 @@ def _take(ctx, n: Node):
         ok = b.icmp_unsigned("<", j, i64(bound))
         safe = b.select(ok, j, i64(0))
         xi = list(oi[:axis]) + [safe] + list(oi[axis + k:])
-        v = b.load(em.addr(ctx.ptr(x.buf), x.offset, x.strides, xi, ty), typ=ty)
+        v = ctx.tag(b.load(em.addr(ctx.ptr(x.buf), x.offset, x.strides, xi, ty), typ=ty), x.buf)
         bad = fconst(ty, float("nan")) if n.dtype in ("float32", "float64") else \
             ir.Constant(ty, 0)
         ctx.store(out, out.strides, oi, b.select(ok, v, bad))
@@ -393,8 +394,9 @@ def _matmul_loops(ctx, a: View, bv: View, out: View, dtype: str):
                         bval = ctx.load(bv, bv.strides, list(bi) + [k, j])
                         p = em.addr(ctx.ptr(out.buf), out.offset, out.strides,
                                     list(bi) + [i, j], ty)
-                        acc = b.load(p, typ=ty)
-                        b.store(b.fadd(acc, b.fmul(av, bval), flags=("contract",)), p)
+                        acc = ctx.tag(b.load(p, typ=ty), out.buf)
+                        ctx.tag(b.store(b.fadd(acc, b.fmul(av, bval), flags=("contract",)), p),
+                                out.buf)
 
 
 # ---------------------------------------------------------------------------------------------
