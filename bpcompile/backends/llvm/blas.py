@@ -30,9 +30,9 @@ GEMM_THRESHOLD = 48**3
 # When a BLAS call may use several threads: M*N*K at least PARALLEL_THRESHOLD (below it
 # OpenBLAS's thread hand-off costs more than it saves) and an output of at least
 # PARALLEL_MIN_OUTPUT elements (OpenBLAS splits the output, not the K sum: a 64x64 weight
-# gradient summed over 512 rows took 47 us on one thread and 69 us on two). Measured with
-# single products on this 2-core machine (/tmp-free: benchmarks/bench_llvm.py --gemm-threshold):
-# 512x64x64 went 44 -> 28 us and 512x64x128 86 -> 51 us on two threads.
+# gradient summed over 512 rows gains nothing from a second thread). Measured on this 2-core
+# machine with `python benchmarks/bench_llvm.py --gemm-threads`: 512x64x64 went 46 -> 27 us,
+# 512x64x128 89 -> 48 us, 128x256x256 170 -> 98 us; 64x512x64 (Aᵀ@B) 49 -> 49 us.
 PARALLEL_THRESHOLD = 2**21
 PARALLEL_MIN_OUTPUT = 2**14
 
