@@ -519,3 +519,21 @@ def test_softmax_computes_one_exponential_and_stays_stable():
     f = lambda a: jax.numpy.sum(jax.nn.softmax(a) * yv)  # noqa: E731
     np.testing.assert_allclose(v, float(f(xv)), rtol=1e-12)
     np.testing.assert_allclose(g["x_sm1"], np.asarray(jax.grad(f)(xv)), rtol=1e-10, atol=1e-300)
+
+
+def test_transposed_product_is_computed_in_the_layout_it_is_read():
+    """(A B)ᵀ -> Bᵀ Aᵀ: the product is written transposed instead of copied afterwards (the
+    attention VJP's dK = (Qᵀ dS)ᵀ); batch axes stay put; other permutations are left alone."""
+    rng = np.random.default_rng(3)
+    a, b = bp.input("a", (3, 4, 5), "float64"), bp.input("b", (3, 5, 6), "float64")
+    t = bp.transpose(a @ b, (0, 2, 1))
+    (r,) = algebraic([t])
+    assert r.op == "matmul" and [i.op for i in r.inputs] == ["transpose", "transpose"]
+    va, vb = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 5, 6))
+    want = np.transpose(va @ vb, (0, 2, 1))
+    np.testing.assert_allclose(evaluate([r], {"a": va, "b": vb})[0], want, rtol=1e-12)
+    other = bp.transpose(a @ b, (1, 0, 2))  # moves a batch axis: not a matrix transpose
+    assert algebraic([other])[0].op == "transpose"
+    x, w = bp.input("x", (4, 5)), bp.input("w", (5, 6))
+    (r2,) = algebraic([bp.transpose(x @ w, (1, 0))])
+    assert r2.op == "matmul" and r2.shape == (6, 4)

@@ -58,6 +58,19 @@ def _resum(n: Node, x: Node) -> Node:
     return make("sum", (x,), **dict(n.attrs))
 
 
+def _transposed_product(n: Node):
+    """transpose(a @ b) swapping the matrix axes -> bᵀ @ aᵀ. Transposed operands are free (a
+    BLAS flag, a strided view); a transposed result is not: whoever reshapes it copies it."""
+    a, b = n.inputs[0].inputs
+    nd = n.ndim
+    if nd < 2 or a.ndim != nd or b.ndim != nd:
+        return None
+    if n.attr("perm") != tuple(range(nd - 2)) + (nd - 1, nd - 2):
+        return None
+    perm = n.attr("perm")
+    return make("matmul", (transpose(b, perm), transpose(a, perm)))
+
+
 def _merge_sums(outer: Node, inner: Node) -> Node:
     x, a = inner.inputs[0], inner.attr("axes")
     if inner.attr("keepdims"):
@@ -169,6 +182,8 @@ def _rules(n: Node):
     if op == "transpose" and is_op(i[0], "transpose"):
         inner, outer = i[0].attr("perm"), n.attr("perm")
         return transpose(i[0].inputs[0], tuple(inner[p] for p in outer))  # (xᵀ)ᵀ -> x
+    if op == "transpose" and is_op(i[0], "matmul") and (r := _transposed_product(n)) is not None:
+        return r  # (A B)ᵀ -> Bᵀ Aᵀ: the product is written in the layout its users read
     if op == "reshape" and is_op(i[0], "broadcast_to") and i[0].inputs[0].size == 1:
         return broadcast_to(reshape(i[0].inputs[0], ()), n.shape)  # reshape(bcast(c)) -> bcast(c)
     if op == "reshape" and is_op(i[0], "reshape"):
