@@ -383,3 +383,35 @@ def test_workspace_loops_vectorise_with_noalias_metadata(monkeypatch):
     monkeypatch.setattr(codegen.Context, "tag", lambda self, instr, buf: instr)
     untagged = bp.compile(loss, [W], backend="llvm", cache=False)
     assert vector_ops(tagged) > vector_ops(untagged)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_add_of_a_product_folds_into_the_gemm(dtype):
+    """x + A @ B runs as copy x -> out, then GEMM with beta = 1 (no product buffer): batched,
+    product on either side, and the BPTT accumulation dW + hᵀδ inside a scan."""
+    from bpcompile.backends.llvm.codegen import Program
+
+    rng = np.random.default_rng(9)
+    x, W, V = bp.input("x", (4, 64, 64), dtype), bp.param("W", (64, 64), dtype), bp.param(
+        "V", (64, 64), dtype)
+    b, xs = bp.param("b", (64,), dtype), bp.input("xs", (6, 32, 64), dtype)
+    h = x + bp.tanh(x) @ W  # (4,64,64) @ (64,64): one flattened GEMM added onto a copy of x
+    g = bp.reshape(h, (256, 64)) @ V
+    loss = bp.mean(bp.tanh(g @ W + g) ** 2)
+    assert len(Program([loss], [x, W, V], 48**3).accumulate) >= 2
+    hT, _ = bp.rnn(xs, bp.broadcast_to(bp.const(0.0, dtype), (32, 64)), W, V, b)
+    loss2 = bp.mean(hT**2)
+    vals = {"x": rng.standard_normal((4, 64, 64)) * 0.3, "W": rng.standard_normal((64, 64)) * 0.1,
+            "V": rng.standard_normal((64, 64)) * 0.1, "xs": rng.standard_normal((6, 32, 64)),
+            "b": rng.standard_normal(64) * 0.1}
+    vals = {k: v.astype(dtype) for k, v in vals.items()}
+    rtol = 1e-10 if dtype == "float64" else 2e-4
+    cases = ((loss, [W, V], ("x", "W", "V")), (loss2, [W, V, b], ("xs", "W", "V", "b")))
+    for lo, wrt, names in cases:
+        args = {k: vals[k] for k in names}
+        v0, g0 = bp.compile(lo, wrt, backend="numpy")(**args)
+        v1, g1 = bp.compile(lo, wrt, backend="llvm", cache=False)(**args)
+        np.testing.assert_allclose(v1, v0, rtol=rtol)
+        for w in wrt:
+            k = w.attr("name")
+            np.testing.assert_allclose(g1[k], g0[k], rtol=rtol, atol=rtol * 1e-2, err_msg=k)

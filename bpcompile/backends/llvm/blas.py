@@ -59,15 +59,23 @@ def layout(shape, strides):
     return None
 
 
+def plan_shape(a_shape, b_shape, threshold: int) -> bool:
+    """Whether a product of these operand shapes goes to BLAS (2-d or batched operands)."""
+    if len(a_shape) < 2 or len(b_shape) < 2:
+        return False
+    m, k = a_shape[-2:]
+    n = b_shape[-1]
+    return m * n * k >= threshold and m > 0 and n > 0 and k > 0
+
+
 def plan(node, a: View, b: View, threshold: int) -> MatmulPlan | None:
-    m, k = a.shape[-2:]
-    n = b.shape[-1]
-    if m * n * k < threshold or m == 0 or n == 0 or k == 0:
+    if not plan_shape(a.shape, b.shape, threshold):
         return None
     return MatmulPlan(layout(a.shape, a.strides) is None, layout(b.shape, b.strides) is None)
 
 
-def emit_gemm(ctx, node, a: View, b: View, out: View, p: MatmulPlan):
+def emit_gemm(ctx, node, a: View, b: View, out: View, p: MatmulPlan, beta: float = 0.0):
+    """out = a @ b (beta=0) or out += a @ b (beta=1), batched over out's leading axes."""
     from .lower import broadcast_view, copy
 
     em, bld = ctx.em, ctx.em.b
@@ -95,7 +103,7 @@ def emit_gemm(ctx, node, a: View, b: View, out: View, p: MatmulPlan):
     args_fixed = dict(
         ta=cell(I8, ord(tb)), tb=cell(I8, ord(ta)), m=cell(INT, N), n=cell(INT, M),
         k=cell(INT, K), alpha=cell(ty, 1.0), lda=cell(INT, ldb), ldb=cell(INT, lda),
-        beta=cell(ty, 0.0), ldc=cell(INT, N))
+        beta=cell(ty, beta), ldc=cell(INT, N))
     with em.nest(out.shape[:-2], "g") as bi:
         zero = [ir.Constant(ir.IntType(64), 0)] * 2
         pa = em.addr(ctx.ptr(a.buf), a.offset, a.strides, list(bi) + zero, ty)

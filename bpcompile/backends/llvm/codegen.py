@@ -97,6 +97,7 @@ class Program:
         self.temps: dict = {}
         self.matmul_plan: dict = {}
         self.scan_plan: dict = {}
+        self.accumulate: dict = {}  # add node -> (matmul node, addend node): see _fold_candidates
         self.gemm_threshold = gemm_threshold
         self.arg_bufs = []
         for i, a in enumerate(args):
@@ -110,8 +111,9 @@ class Program:
             if o not in owner and o.op not in ("input", "param", "const"):
                 owner[o] = self.out_bufs[j]
         ws_count = 0
+        folds = self._fold_candidates(owner)
         for n in self.order:
-            if n in self.views:
+            if n in self.views or n in folds:  # a folded product is emitted by its add
                 continue
             if n.op not in ("input", "param") and n in args:
                 raise BackendError(f"llvm backend: leaf {n!r} is not an argument")
@@ -135,7 +137,11 @@ class Program:
             buf.forward = n in forward
             self.views[n] = contiguous(buf, n.shape)
             step = len(self.steps)
-            if n.op == "matmul":
+            if n in self.accumulate:
+                m, _x = self.accumulate[n]
+                self.views[m] = self.views[n]
+                self._plan_matmul(m, step, gemm_threshold)
+            elif n.op == "matmul":
                 self._plan_matmul(n, step, gemm_threshold)
             elif n.op == "scan":
                 from .scan import plan_scan
@@ -157,6 +163,34 @@ class Program:
                                     if s[0] == "node" and s[1] not in forward), len(self.steps))
         self._liveness()
         self.memory: MemoryPlan = plan(self.buffers, self.backward_start)
+
+    def _fold_candidates(self, owner) -> set:
+        """Products to fold into their add: `x + A @ B` becomes copy x -> out, then one GEMM
+        with beta = 1 into out (no product buffer, one pass less over the result). For BPTT's
+        gradient accumulations dW + hᵀδ and residual connections x + f(x) W. Only a BLAS
+        product whose one consumer is a same-shape add qualifies."""
+        from ...ir.traverse import consumers
+
+        users = consumers(self.order)
+        folds = set()
+        for n in self.order:
+            if n.op != "add" or n.dtype not in blas.GLOBALS or n in self.views:
+                continue
+            for m, x in (n.inputs, reversed(n.inputs)):
+                if (m.op == "matmul" and m is not x and m not in owner and m.shape == n.shape
+                        and x.shape == n.shape and x.dtype == n.dtype and m not in folds
+                        and len(users[m]) == 1
+                        and self._blas_product(m)):
+                    self.accumulate[n] = (m, x)
+                    folds.add(m)
+                    break
+        return folds
+
+    def _blas_product(self, m: Node) -> bool:
+        """Will this product be a BLAS call? (its operands' views are not built yet: decide on
+        shapes, as blas.plan does)."""
+        a, b = m.inputs
+        return blas.plan_shape(a.shape, b.shape, self.gemm_threshold)
 
     def temp(self, shape, dtype: str, label: str, step: int) -> View:
         """A workspace buffer live during one step only (operand copies, loop state)."""
@@ -189,6 +223,8 @@ class Program:
                 if out.first < 0:
                     out.first = k
                 reads = [self.views[i].buf for i in n.inputs]
+                if n in self.accumulate:
+                    reads += [self.views[i].buf for i in self.accumulate[n][0].inputs]
             else:
                 reads = [s[1].buf]
                 s[2].buf.first = k if s[2].buf.first < 0 else s[2].buf.first
@@ -227,16 +263,33 @@ class Program:
     def _lower_step(self, ctx, s):
         if s[0] == "node":
             n = s[1]
+            prod = self.accumulate[n][0] if n in self.accumulate else None
             bufs = [self.views[n].buf] + [self.views[i].buf for i in n.inputs] + [
-                v.buf for (m, _k), v in self.temps.items() if m is n]
+                v.buf for (m, _k), v in self.temps.items() if m is n or m is prod]
+            if prod is not None:
+                bufs += [self.views[i].buf for i in prod.inputs]
         else:
             bufs = [s[1].buf, s[2].buf]
         ctx.alias = self._alias_metadata(ctx.module, bufs)
-        if s[0] == "node":
+        if s[0] == "node" and s[1] in self.accumulate:
+            self._lower_accumulate(ctx, s[1])
+        elif s[0] == "node":
             lower(ctx, s[1])
         else:
             copy(ctx, s[1], s[2])
         ctx.alias = {}
+
+    def _lower_accumulate(self, ctx, n: Node):
+        from .lower import broadcast_view
+
+        m, x = self.accumulate[n]
+        out = self.views[n]
+        copy(ctx, self.views[x], out)
+        if out.size == 0:
+            return
+        batch = out.shape[:-2]
+        a, b = (broadcast_view(self.views[i], batch + i.shape[-2:]) for i in m.inputs)
+        blas.emit_gemm(ctx, m, a, b, out, self.matmul_plan[m], beta=1.0)
 
     def _alias_metadata(self, module: ir.Module, bufs) -> dict:
         """(alias.scope, noalias) per workspace buffer of one step (see Context.tag): each
