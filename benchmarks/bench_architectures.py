@@ -15,9 +15,9 @@ import time
 import tracemalloc
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One BLAS thread for NumPy, as the llvm backend uses: on the shared 2-core machine OpenBLAS's
-# thread server makes NumPy's small matmuls 10-100x slower and erratic under load.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# OpenBLAS keeps its default thread count, as JAX keeps its thread pool: the llvm backend's
+# blas_threads="auto" times one and many BLAS threads per call and keeps the faster (set
+# OPENBLAS_NUM_THREADS=1 to compare single-threaded).
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
