@@ -97,7 +97,7 @@ class Program:
         self.temps: dict = {}
         self.matmul_plan: dict = {}
         self.scan_plan: dict = {}
-        self.accumulate: dict = {}  # add node -> (matmul node, addend node): see _fold_candidates
+        self.accumulate: dict = {}  # add -> (product, addend, operand): see _fold_candidates
         self.gemm_threshold = gemm_threshold
         self.arg_bufs = []
         for i, a in enumerate(args):
@@ -137,10 +137,11 @@ class Program:
             buf.forward = n in forward
             self.views[n] = contiguous(buf, n.shape)
             step = len(self.steps)
-            if n in self.accumulate:
-                m, _x = self.accumulate[n]
+            if n in self.accumulate:  # the product (or its reshape) is the add's output
+                prod, _x, m = self.accumulate[n]
                 self.views[m] = self.views[n]
-                self._plan_matmul(m, step, gemm_threshold)
+                self.views[prod] = contiguous(buf, prod.shape)
+                self._plan_matmul(prod, step, gemm_threshold)
             elif n.op == "matmul":
                 self._plan_matmul(n, step, gemm_threshold)
             elif n.op == "scan":
@@ -177,12 +178,15 @@ class Program:
             if n.op != "add" or n.dtype not in blas.GLOBALS or n in self.views:
                 continue
             for m, x in (n.inputs, reversed(n.inputs)):
-                if (m.op == "matmul" and m is not x and m not in owner and m.shape == n.shape
-                        and x.shape == n.shape and x.dtype == n.dtype and m not in folds
-                        and len(users[m]) == 1
-                        and self._blas_product(m)):
-                    self.accumulate[n] = (m, x)
-                    folds.add(m)
+                # the product itself, or a reshape of it (the flattened (B·M,K)@(K,N) form)
+                prod = m.inputs[0] if m.op == "reshape" else m
+                chain = {m, prod}
+                if (prod.op == "matmul" and m is not x and x.shape == n.shape == m.shape
+                        and x.dtype == n.dtype and not chain & (folds | set(owner))
+                        and all(len(users[c]) == 1 for c in chain)
+                        and self._blas_product(prod)):
+                    self.accumulate[n] = (prod, x, m)
+                    folds |= chain
                     break
         return folds
 
@@ -282,9 +286,9 @@ class Program:
     def _lower_accumulate(self, ctx, n: Node):
         from .lower import broadcast_view
 
-        m, x = self.accumulate[n]
-        out = self.views[n]
-        copy(ctx, self.views[x], out)
+        m, x, _ = self.accumulate[n]
+        out = self.views[m]  # the add's buffer, in the product's shape
+        copy(ctx, self.views[x], self.views[n])
         if out.size == 0:
             return
         batch = out.shape[:-2]
