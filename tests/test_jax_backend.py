@@ -366,13 +366,111 @@ def test_argument_errors():
         fn(**{**vals, "labels": bad})
 
 
+def test_call_path_keyword_order_and_single_argument():
+    """The fast path picks arguments by name (any keyword order); one-argument programs too."""
+    loss, wrt, vals = scorecard_models("float32")["xor"]
+    fn = bp.compile(loss, wrt, backend="jax")
+    v0, g0 = fn(**vals)
+    v1, g1 = fn(**dict(reversed(list(vals.items()))))
+    assert float(v0) == float(v1) and list(g1) == [w.attr("name") for w in wrt]
+    for k in g0:
+        np.testing.assert_array_equal(np.asarray(g0[k]), np.asarray(g1[k]))
+    w = bp.param("w", (3,), "float64")
+    f1 = bp.compile(bp.sum(w * w), [w], backend="jax")
+    v, g = f1(w=np.array([1.0, 2.0, 3.0]))
+    assert float(v) == 14.0 and list(g) == ["w"]
+    np.testing.assert_array_equal(np.asarray(g["w"]), [2.0, 4.0, 6.0])
+    with pytest.raises(bp.ArgumentError, match=r"missing w \(expected f64\[3\]\)") as e:
+        f1(v=np.ones(3))  # right count, wrong name: the pick fails, then names are checked
+    assert e.value.__suppress_context__  # reported on its own, not "during KeyError"
+    with pytest.raises(bp.ArgumentError, match="unexpected 'v'"):
+        f1(w=np.ones(3), v=np.ones(3))
+    with pytest.raises(bp.ArgumentError, match=r"'w': expected shape \(3,\)"):
+        f1(w=np.ones(4))
+
+
+# ---- small reductions: unrolled in the backend's program -------------------------------------
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_small_reductions_are_unrolled_and_agree(dtype):
+    """Reductions over <= SMALL_REDUCTION elements per output are emitted as elementwise
+    chains; they agree with the NumPy backend and with jax.grad of the op-for-op oracle,
+    including max ties (ReLU zeros in the pooling windows) and reductions over several axes."""
+    r = np.random.default_rng(3)
+    x = bp.input("x", (6, 1, 8, 8), dtype)
+    K, bk = bp.param("K", (4, 1, 3, 3), dtype), bp.param("bk", (4,), dtype)
+    W = bp.param("W", (6, 4), dtype)
+    z = bp.max_pool2d(bp.relu(bp.conv2d(x, K, bk)), 2)  # (6, 4, 3, 3): max over 4 (ties)
+    s = bp.sum(z * z, axis=(2, 3))  # over 9 elements: stays jnp.sum
+    t = bp.sum(bp.max(bp.reshape(z, (6, 4, 9)), axis=2), axis=0)  # max over 9, sum over 6
+    u = bp.sum(bp.reshape(z, (6, 2, 2, 9)), axis=(1, 2), keepdims=True)  # 2x2 per output
+    loss = bp.sum(s * W) + bp.sum(t) + bp.sum(u * u) + bp.sum(bp.max(W, axis=0))
+    wrt = [K, bk, W]
+    values = {
+        "x": r.standard_normal((6, 1, 8, 8)).astype(dtype),
+        "K": r.standard_normal((4, 1, 3, 3)).astype(dtype),
+        "bk": (r.standard_normal(4) - 0.5).astype(dtype),
+        "W": np.repeat(r.standard_normal((1, 4)), 6, axis=0).astype(dtype),  # max ties
+    }
+    fj, v, g = assert_backends_agree(loss, wrt, values, dtype)
+    src = fj.source()
+    assert "max_unrolled(" in src and "sum_unrolled(" in src
+    assert "jnp.sum(" in src and "jnp.max(" in src  # larger reductions keep the jnp form
+    assert "keepdims=True" in src.split("max_unrolled(", 1)[1].split("\n", 1)[0]
+    if dtype == "float64":
+        args = leaves([loss] + wrt)
+        f, oracle_src = to_jax_function([loss], args)
+        assert "_unrolled(" not in oracle_src  # the oracle keeps each primitive's own VJP
+        names = [a.attr("name") for a in args]
+        wn = [w.attr("name") for w in wrt]
+
+        def jl(p):
+            env = {**values, **p}
+            return f(*[env[n] for n in names])[0]
+
+        rv, rg = jax.value_and_grad(jl)({k: jnp.asarray(values[k]) for k in wn})
+        assert_close(v, rv, dtype, "loss")
+        for k in wn:
+            assert_close(g[k], rg[k], dtype, f"d{k}")
+
+
+def test_unrolled_reduction_helpers():
+    """sum_unrolled/max_unrolled equal jnp.sum/jnp.max (any axes, keepdims, NaN)."""
+    r = np.random.default_rng(4)
+    x = r.standard_normal((3, 2, 4, 2))
+    x[1, 0, 2, 1] = np.nan
+    for axes in [(0,), (3,), (1, 3), (0, 2), (0, 1, 2, 3)]:
+        for keep in (True, False):
+            for mine, ref in [
+                (jax_lower.sum_unrolled, jnp.sum),
+                (jax_lower.max_unrolled, jnp.max),
+            ]:
+                got = np.asarray(mine(jnp.asarray(x), axes, keepdims=keep))
+                want = np.asarray(ref(jnp.asarray(x), axis=axes, keepdims=keep))
+                assert got.shape == want.shape, (mine.__name__, axes, keep)
+                np.testing.assert_allclose(got, want, rtol=1e-14, err_msg=f"{axes} {keep}")
+
+
+def test_one_hot_scatter_matches_jax_one_hot():
+    """The program's one_hot (a scatter) equals jax.nn.one_hot, out-of-range labels included."""
+    for labels in ([0, 3, -1, 4, 2], [[1, 7], [-3, 0]], 2):
+        lab = jnp.asarray(labels, jnp.int32)
+        for dtype in (jnp.float32, jnp.float64, jnp.int32):
+            got = jax_lower.one_hot_scatter(lab, 4, dtype)
+            want = jax.nn.one_hot(lab, 4, dtype=dtype)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    loss, wrt, vals = scorecard_models("float32")["mlp_mnist"]
+    src = bp.compile(loss, wrt, backend="jax").source()
+    assert "one_hot_scatter(labels, 10, jnp.float32)" in src
+
+
 def test_source_and_stablehlo():
     loss, wrt, vals = scorecard_models("float32")["xor"]
     fn = bp.compile(loss, wrt, backend="jax")
     src = fn.source()
     assert src == fn.source("jax")
     assert "def forward_backward(" in src and "# ---- backward ----" in src
-    assert "jnp.sum(" in src and " @ " in src and "# matmul -> f32[2,4]" in src
+    assert "sum_unrolled(" in src and " @ " in src and "# matmul -> f32[2,4]" in src
     assert "jax.grad" not in src and "value_and_grad" not in src
     hlo = fn.source("stablehlo")
     assert "stablehlo" in hlo and "func.func" in hlo

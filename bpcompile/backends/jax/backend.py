@@ -22,6 +22,7 @@ Calls:
 from __future__ import annotations
 
 import functools
+import operator
 
 import numpy as np
 
@@ -36,7 +37,7 @@ from ...ir.traverse import toposort
 from ...signature import check_names
 from ..numpy.codegen import exec_source
 from ..pysource import emit_function
-from .lower import NAMESPACE, lower
+from .lower import NAMESPACE, lower_program
 
 _ACCEPT = {"float32": "fiub", "float64": "fiub", "int32": "iub", "bool": "b"}
 STAGES = (None, "jax", "stablehlo", "hlo")
@@ -84,7 +85,7 @@ class JaxBackend:
         self._all_nodes = toposort(self.outputs) + self.args
         _require_x64(self._all_nodes, "compile")
         self.src, consts = emit_function(
-            self.outputs, self.args, lower, "forward_backward", "jnp", title
+            self.outputs, self.args, lower_program, "forward_backward", "jnp", title
         )
         consts = {k: jnp.asarray(v) for k, v in consts.items()}  # so `const @ x` stays jnp
         self.fn = exec_source(self.src, consts, "forward_backward", NAMESPACE)
@@ -98,7 +99,10 @@ class JaxBackend:
 
         forward_backward_positional.__name__ = "forward_backward"
         self._positional = forward_backward_positional
-        self.jitted = jax.jit(forward_backward)
+        self.jitted = jax.jit(forward_backward)  # by keyword (as_jax_function)
+        # By position: the call path (JAX's C++ dispatch takes positional arrays faster than
+        # keywords, which it flattens as a dict) and `lowered()`.
+        self.jitted_positional = jax.jit(forward_backward_positional)
         self.dp = None
         if data_parallel or batch_inputs is not None:
             self.dp = DataParallel(self, batch_inputs, devices)
@@ -148,7 +152,7 @@ class JaxBackend:
         if self.dp is not None:
             return self.dp.lowered()
         args = self.abstract_args()  # positional, so the module's arguments keep our order
-        return jax.jit(self._positional).lower(*[args[n] for n in self.names])
+        return self.jitted_positional.lower(*[args[n] for n in self.names])
 
     def source(self, stage: str | None = None) -> str:
         """stage None/"jax": the emitted jax.numpy source; "stablehlo": the StableHLO module
@@ -162,21 +166,35 @@ class JaxBackend:
         raise ValueError(f"jax backend: unknown source stage {stage!r}; choose from {STAGES}")
 
     def run(self, arrays: list):
-        first, rest = self.jitted(**dict(zip(self.names, arrays)))
+        first, rest = self.jitted_positional(*arrays)
         if self.sync:
             first.block_until_ready()
         return first, list(rest)
 
     def make_caller(self, signature, grad_names):
-        """The fast call path: `fn(**arrays)` goes straight to the jitted function."""
+        """The fast call path: `fn(**arrays)` goes straight to the jitted function.
+
+        Per call: one C-level pick of the arguments out of the keywords in program order, JAX's
+        C++ dispatch of the positional program, a block on the loss (with sync) and the
+        gradients paired with their names. A missing or unexpected name surfaces as a failed
+        pick or a wrong count and only then gets its ArgumentError; shapes and dtypes are
+        checked when JAX traces (once per new signature, see `_traced`).
+        """
         if self.dp is not None:
             return self.dp.make_caller(signature, grad_names)
-        jitted, names, sync = self.jitted, tuple(grad_names), self.sync
+        jitted, names, sync = self.jitted_positional, tuple(grad_names), self.sync
+        pick, count, bad = _picker(self.names), len(self.names), self._bad_names
         bounds = _host_bounds(signature)
         if not bounds and sync:
 
             def call(**kw):
-                value, grads = jitted(**kw)
+                if len(kw) != count:
+                    bad(kw)
+                try:
+                    args = pick(kw)
+                except KeyError:
+                    bad(kw)
+                value, grads = jitted(*args)
                 value.block_until_ready()  # one executable: every output is ready with it
                 return value, dict(zip(names, grads))
 
@@ -186,14 +204,29 @@ class JaxBackend:
             return call
 
         def call_checked(**kw):
+            if len(kw) != count:
+                bad(kw)
+            try:
+                args = pick(kw)
+            except KeyError:
+                bad(kw)
             for name, bound in bounds:
-                _check_range(name, kw.get(name), bound)
-            value, grads = jitted(**kw)
+                _check_range(name, kw[name], bound)
+            value, grads = jitted(*args)
             if sync:
                 value.block_until_ready()
             return value, dict(zip(names, grads))
 
+        call_checked.bp_native = functools.partial(call_checked)
         return call_checked
+
+    def _bad_names(self, kw):
+        """Raise the ArgumentError naming what is missing or unexpected in `kw`."""
+        try:
+            check_names(self.args, kw)
+        except ArgumentError as e:
+            raise e from None  # not "during handling of KeyError"
+        raise ArgumentError(f"arguments {sorted(kw)} do not match {self.names}")  # unreachable
 
     def as_jax_function(self, grad_names):
         from .interop import as_jax_function
@@ -202,6 +235,16 @@ class JaxBackend:
 
     def data_parallel(self, signature, grad_names, batch_inputs=None, devices=None):
         return DataParallel(self, batch_inputs, devices).make_caller(signature, grad_names)
+
+
+def _picker(names):
+    """kw -> tuple of kw[name] for `names` in order (operator.itemgetter, made tuple-valued)."""
+    if len(names) == 1:
+        (only,) = names
+        return lambda kw: (kw[only],)
+    if not names:
+        return lambda kw: ()
+    return operator.itemgetter(*names)
 
 
 def _host_bounds(signature) -> list:

@@ -1,9 +1,15 @@
 """jax.numpy lowering table: op name -> function(node, operand strings) -> expression.
 
-Used by the JAX backend and by `translate` (the independent JAX oracle for bp.check).
+`lower` (the op-for-op table) is used by `translate` (the independent JAX oracle for bp.check)
+and by scan bodies; the JAX backend's program uses `lower_program`, the same table plus a few
+entries chosen for how XLA:CPU runs them (`PROGRAM_LOWERINGS`). Those never reach the oracle,
+which jax.grad differentiates and so must keep each primitive's own derivative.
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +57,39 @@ def _step(x):
     return jnp.where(x > 0, 1, 0).astype(x.dtype)
 
 
+def _unrolled(op, x, axes, keepdims):
+    """Reduce `axes` of x with a chain of elementwise `op`s over index slices (row-major order).
+
+    XLA fuses the chain, with whatever produced x, into one elementwise loop."""
+    parts = [x]
+    for ax in axes:
+        parts = [
+            jax.lax.index_in_dim(p, i, ax, keepdims=True) for p in parts for i in range(x.shape[ax])
+        ]
+    out = functools.reduce(op, parts)
+    if keepdims:
+        return out
+    return jnp.reshape(out, tuple(d for i, d in enumerate(x.shape) if i not in axes))
+
+
+def sum_unrolled(x, axes, keepdims=False):
+    """jnp.sum over a few elements per output, as additions (see SMALL_REDUCTION)."""
+    return _unrolled(jnp.add, x, axes, keepdims)
+
+
+def max_unrolled(x, axes, keepdims=False):
+    """jnp.max over a few elements per output, as jnp.maximum (NaN-propagating, like max)."""
+    return _unrolled(jnp.maximum, x, axes, keepdims)
+
+
+def one_hot_scatter(labels, n, dtype):
+    """jax.nn.one_hot(labels, n, dtype=dtype) as ones scattered into zeros (out-of-range or
+    negative labels give zero rows, as in jax.nn.one_hot). See PROGRAM_LOWERINGS."""
+    rows = jnp.indices(labels.shape, sparse=True)
+    out = jnp.zeros(labels.shape + (n,), dtype)
+    return out.at[(*rows, labels)].set(1, mode="drop", wrap_negative_indices=False)
+
+
 NAMESPACE = {
     "jnp": jnp,
     "jax": jax,
@@ -59,10 +98,47 @@ NAMESPACE = {
     "softplus": jax.nn.softplus,
     "relu": jax.nn.relu,
     "step": _step,
+    "sum_unrolled": sum_unrolled,
+    "max_unrolled": max_unrolled,
+    "one_hot_scatter": one_hot_scatter,
 }
 
 
 lower = dispatcher(LOWERINGS, "jax")
+
+# XLA:CPU (jax 0.10) hands reductions to YNNPACK, which is slow when each output reduces only a
+# few elements: a 2x2 max-pool's max over 4 took ~80 us for 4608 outputs, against ~10 us as three
+# fused jnp.maximum. Up to this many elements per output, a float sum/max in the backend's
+# program is emitted as an unrolled elementwise chain (`sum_unrolled`/`max_unrolled`).
+SMALL_REDUCTION = 8
+
+
+def _small_reduction(op: str):
+    def lower_(n, a):
+        x, axes = n.inputs[0], n.attr("axes")
+        k = math.prod(x.shape[i] for i in axes)
+        if n.dtype in ("float32", "float64") and x.dtype == n.dtype and 1 < k <= SMALL_REDUCTION:
+            return f"{op}_unrolled({a[0]}, {tuple(axes)!r}, keepdims={n.attr('keepdims')})"
+        return LOWERINGS[op](n, a)
+
+    return lower_
+
+
+# one_hot: jax.nn.one_hot is a compare with an iota, which XLA fuses into every consumer; as a
+# scatter (what JAX's own gradient of take_along_axis emits) it is computed once, up front, off
+# the critical path. On mlp_mnist (XLA:CPU, both cores free) that took the program from
+# 0.83-0.96 of jax.value_and_grad's speed to 0.96-1.00 (same HLO otherwise); docs/performance.md.
+PROGRAM_LOWERINGS = {
+    "sum": _small_reduction("sum"),
+    "max": _small_reduction("max"),
+    "one_hot": lambda n, a: f"one_hot_scatter({a[0]}, {n.attr('n')}, {JNP_DTYPE[n.dtype]})",
+}
+
+
+def lower_program(n, a):
+    """The backend program's lowering: `PROGRAM_LOWERINGS` first, else the shared table."""
+    fn = PROGRAM_LOWERINGS.get(n.op)
+    return fn(n, a) if fn is not None else lower(n, a)
 
 
 def lowered_ops() -> set[str]:
