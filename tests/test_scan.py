@@ -402,32 +402,25 @@ def _body_ops(scan_node):
     return [n.op for n in toposort(body.outputs) if n not in set(body.params)]
 
 
-def test_hoist_moves_invariant_work_and_input_projection_out_of_the_loop():
-    """The BPTT body's Wh.T and the forward body's x @ Wx leave their loops."""
+def test_hoist_moves_loop_invariants_out_of_the_loop():
+    """The BPTT body's Wh.T leaves its loop (one contiguous copy before it); per-step work
+    (x @ Wx, h @ Wh) stays, so no scan stores more than before."""
     from bpcompile.rewrite.scan_hoist import hoist_scans
 
     loss, P = _rnn_graph(6)
     outs = [loss] + bp.grad(loss, list(P.values()))
     before, after = _scans(outs), _scans(hoist_scans(outs))
     assert len(before) == len(after) == 2
-    (fwd0, bwd0), (fwd1, bwd1) = sorted(before, key=lambda n: n.attr("reverse")), sorted(
-        after, key=lambda n: n.attr("reverse"))
-    assert "transpose" in _body_ops(bwd0) and _body_ops(fwd0).count("matmul") == 2
+    (fwd0, bwd0), (fwd1, bwd1) = (sorted(s, key=lambda n: n.attr("reverse"))
+                                  for s in (before, after))
+    n0, n1 = _body_ops(bwd0).count("transpose"), _body_ops(bwd1).count("transpose")
+    assert n1 == n0 - 1  # Wh.T left; x.T and h.T read per-step values and stay
     consts = bwd1.attr("body").consts
-    assert "Wh_T" in [c.attr("name") for c in consts]  # one transposed copy, before the loop
-    assert _body_ops(fwd1).count("matmul") == 1  # h @ Wh; x @ Wx is one GEMM outside
-    assert [p.shape for p in fwd1.attr("body").xs] == [(3, 5)]  # projected inputs replace xs
+    assert "Wh_T" in [c.attr("name") for c in consts]
+    assert "Wh" not in [c.attr("name") for c in consts]  # unread constants are dropped
+    assert _body_ops(fwd1) == _body_ops(fwd0) and fwd1.shape == fwd0.shape
     once = hoist_scans(outs)
     assert all(a is b for a, b in zip(once, hoist_scans(once)))  # a fixpoint
-
-
-def test_hoist_keeps_checkpointed_scans_small():
-    """A checkpointed scan keeps its per-step products: hoisting them would store T of them."""
-    from bpcompile.rewrite.scan_hoist import hoist_scans
-
-    loss, P = _rnn_graph(16, checkpoint=4)
-    fwd = [n for n in _scans(hoist_scans([loss])) if n.attr("save") == 4]
-    assert fwd and _body_ops(fwd[0]).count("matmul") == 2
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
