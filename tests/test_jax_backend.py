@@ -671,3 +671,42 @@ def test_as_jax_function_with_optax():
         p, state, v = step(p, state)
         losses.append(float(v))
     assert set(p) == set(params) and losses[-1] < 0.5 * losses[0]
+
+
+def test_small_numpy_inputs_are_packed_into_one_transfer(monkeypatch):
+    """Small NumPy arguments go to the device as one vector per dtype; big ones, JAX arrays,
+    and anything needing validation take the ordinary path. Every path gives the NumPy
+    reference's result."""
+    from bpcompile.backends.jax import packing
+
+    monkeypatch.setattr(packing, "SMALL_BYTES", 64)  # x (4 KiB) and W (512 B) are not small
+    rng = np.random.default_rng(4)
+    x, lab = bp.input("x", (32, 32)), bp.input("lab", (32,), "int32")
+    W, b, c = bp.param("W", (32, 4)), bp.param("b", (4,)), bp.param("c", (4,))
+    loss = bp.cross_entropy((x @ W + b) * c, lab)
+    vals = {"x": rng.standard_normal((32, 32)).astype(np.float32),
+            "lab": rng.integers(0, 4, 32).astype(np.int32),
+            "W": rng.standard_normal((32, 4)).astype(np.float32) * 0.1,
+            "b": rng.standard_normal(4).astype(np.float32) * 0.1,
+            "c": 1 + rng.standard_normal(4).astype(np.float32) * 0.1}
+    calls = []
+    orig = packing.Packer.__call__
+    monkeypatch.setattr(packing.Packer, "__call__",
+                        lambda self, args: calls.append(orig(self, args)) or calls[-1])
+    fn = bp.compile(loss, [W, b, c], backend="jax")
+    v0, g0 = bp.compile(loss, [W, b, c], backend="numpy")(**vals)
+    v1, g1 = fn(**vals)
+    assert calls[-1] is not None  # b and c went as one vector
+    v2, g2 = fn(**{k: jnp.asarray(v) for k, v in vals.items()})
+    assert calls[-1] is None  # JAX arrays: the ordinary path
+    v3, g3 = fn(**dict(vals, c=jnp.asarray(vals["c"])))
+    assert calls[-1] is None
+    for v, g in ((v1, g1), (v2, g2), (v3, g3)):
+        np.testing.assert_allclose(v, v0, rtol=1e-5)
+        for k in g0:
+            np.testing.assert_allclose(g[k], g0[k], rtol=1e-5, atol=1e-7)
+    v4, _ = fn(**dict(vals, b=vals["b"].astype(np.float64)))  # cast, as on the ordinary path
+    assert calls[-1] is None
+    np.testing.assert_allclose(v4, v0, rtol=1e-5)
+    with pytest.raises(bp.errors.ArgumentError, match="'c'"):
+        fn(**dict(vals, c=vals["c"][:3]))
