@@ -38,7 +38,6 @@ from ...signature import check_names
 from ..numpy.codegen import exec_source
 from ..pysource import emit_function
 from .lower import NAMESPACE, lower_program
-from .packing import Packer
 
 _ACCEPT = {"float32": "fiub", "float64": "fiub", "int32": "iub", "bool": "b"}
 STAGES = (None, "jax", "stablehlo", "hlo")
@@ -186,8 +185,6 @@ class JaxBackend:
         jitted, names, sync = self.jitted_positional, tuple(grad_names), self.sync
         pick, count, bad = _picker(self.names), len(self.names), self._bad_names
         bounds = _host_bounds(signature)
-        packer = Packer(self.args, self._positional)  # NumPy inputs: one transfer per dtype
-        packed = packer if packer.useful else (lambda args: None)
         if not bounds and sync:
 
             def call(**kw):
@@ -197,8 +194,7 @@ class JaxBackend:
                     args = pick(kw)
                 except KeyError:
                     bad(kw)
-                out = packed(args)
-                value, grads = out if out is not None else jitted(*args)
+                value, grads = jitted(*args)
                 value.block_until_ready()  # one executable: every output is ready with it
                 return value, dict(zip(names, grads))
 
@@ -216,8 +212,7 @@ class JaxBackend:
                 bad(kw)
             for name, bound in bounds:
                 _check_range(name, kw[name], bound)
-            out = packed(args)
-            value, grads = out if out is not None else jitted(*args)
+            value, grads = jitted(*args)
             if sync:
                 value.block_until_ready()
             return value, dict(zip(names, grads))
