@@ -173,7 +173,7 @@ class Program:
         from ...ir.traverse import consumers
 
         users = consumers(self.order)
-        folds = set()
+        folds, owned = set(), set(owner)
         for n in self.order:
             if n.op != "add" or n.dtype not in blas.GLOBALS or n in self.views:
                 continue
@@ -182,7 +182,7 @@ class Program:
                 prod = m.inputs[0] if m.op == "reshape" else m
                 chain = {m, prod}
                 if (prod.op == "matmul" and m is not x and x.shape == n.shape == m.shape
-                        and x.dtype == n.dtype and not chain & (folds | set(owner))
+                        and x.dtype == n.dtype and not chain & (folds | owned)
                         and all(len(users[c]) == 1 for c in chain)
                         and self._blas_product(prod)):
                     self.accumulate[n] = (prod, x, m)
