@@ -470,11 +470,12 @@ def test_source_and_stablehlo():
     src = fn.source()
     assert src == fn.source("jax")
     assert "def forward_backward(" in src and "# ---- backward ----" in src
-    assert "sum_unrolled(" in src and " @ " in src and "# matmul -> f32[2,4]" in src
+    # xor's tiny products and sums are emitted as fused elementwise chains (lower.py)
+    assert "sum_unrolled(" in src and "matmul_unrolled(" in src and "# matmul -> f32[2,4]" in src
     assert "jax.grad" not in src and "value_and_grad" not in src
     hlo = fn.source("stablehlo")
     assert "stablehlo" in hlo and "func.func" in hlo
-    assert "stablehlo.dot_general" in hlo
+    assert "stablehlo.multiply" in hlo and "stablehlo.dot_general" not in hlo
     assert "HloModule" in fn.source("hlo")
     assert fn.lowered().as_text() == hlo
     assert "module @jit_forward_backward" in hlo
@@ -671,3 +672,64 @@ def test_as_jax_function_with_optax():
         p, state, v = step(p, state)
         losses.append(float(v))
     assert set(p) == set(params) and losses[-1] < 0.5 * losses[0]
+
+
+def test_small_numpy_inputs_are_packed_into_one_transfer(monkeypatch):
+    """Small NumPy arguments go to the device as one vector per dtype; big ones stay apart;
+    JAX arrays, other dtypes and wrong shapes take the ordinary (validating) path. Every path
+    gives the NumPy reference's result."""
+    from bpcompile.backends.jax import packing
+
+    monkeypatch.setattr(packing, "SMALL_BYTES", 64)  # x (4 KiB) and W (512 B) are not small
+    rng = np.random.default_rng(4)
+    x, lab = bp.input("x", (32, 32)), bp.input("lab", (32,), "int32")
+    W, b, c = bp.param("W", (32, 4)), bp.param("b", (4,)), bp.param("c", (4,))
+    loss = bp.cross_entropy((x @ W + b) * c, lab)
+    vals = {
+        "x": rng.standard_normal((32, 32)).astype(np.float32),
+        "lab": rng.integers(0, 4, 32).astype(np.int32),
+        "W": rng.standard_normal((32, 4)).astype(np.float32) * 0.1,
+        "b": rng.standard_normal(4).astype(np.float32) * 0.1,
+        "c": 1 + rng.standard_normal(4).astype(np.float32) * 0.1,
+    }
+    used = []
+    orig = packing.Packer.__call__
+    monkeypatch.setattr(
+        packing.Packer, "__call__", lambda self, args: used.append(True) or orig(self, args)
+    )
+    fn = bp.compile(loss, [W, b, c], backend="jax")
+    v0, g0 = bp.compile(loss, [W, b, c], backend="numpy")(**vals)
+    results = []
+    for call, packs in [
+        (vals, True),  # b and c went as one vector
+        ({k: jnp.asarray(v) for k, v in vals.items()}, False),
+        (dict(vals, c=jnp.asarray(vals["c"])), False),
+        (dict(vals, b=vals["b"].astype(np.float64)), False),  # cast on the ordinary path
+    ]:
+        used.clear()
+        results.append(fn(**call))
+        assert bool(used) == packs
+    for v, g in results:
+        np.testing.assert_allclose(v, v0, rtol=1e-5)
+        for k in g0:
+            np.testing.assert_allclose(g[k], g0[k], rtol=1e-5, atol=1e-7)
+    # b and c swapped for arrays of another shape but the same total size: not packed blindly
+    with pytest.raises(bp.errors.ArgumentError, match="'c'"):
+        fn(**dict(vals, c=vals["c"].reshape(2, 2)))
+    with pytest.raises(bp.errors.ArgumentError, match="'c'"):
+        fn(**dict(vals, c=vals["c"][:3]))
+    with pytest.raises(bp.errors.ArgumentError, match="index 9"):
+        fn(**dict(vals, lab=np.full(32, 9, np.int32)))
+
+
+@pytest.mark.parametrize(
+    "sa,sb", [((4, 2), (2, 3)), ((3, 1), (1, 5)), ((2, 3, 4), (4, 2)), ((2, 1, 3, 2), (3, 2, 4))]
+)
+def test_small_matmuls_as_outer_products(sa, sb):
+    """matmul_unrolled (tiny products in the backend program) equals a @ b, batched too."""
+    from bpcompile.backends.jax.lower import matmul_unrolled
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(sa), rng.standard_normal(sb)
+    np.testing.assert_allclose(np.asarray(matmul_unrolled(jnp.asarray(a), jnp.asarray(b))), a @ b,
+                               rtol=1e-5, atol=1e-6)

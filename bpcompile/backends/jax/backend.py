@@ -38,6 +38,7 @@ from ...signature import check_names
 from ..numpy.codegen import exec_source
 from ..pysource import emit_function
 from .lower import NAMESPACE, lower_program
+from .packing import Packer
 
 _ACCEPT = {"float32": "fiub", "float64": "fiub", "int32": "iub", "bool": "b"}
 STAGES = (None, "jax", "stablehlo", "hlo")
@@ -172,19 +173,25 @@ class JaxBackend:
         return first, list(rest)
 
     def make_caller(self, signature, grad_names):
-        """The fast call path: `fn(**arrays)` goes straight to the jitted function.
+        """The fast call path: `fn(**arrays)` goes straight to a jitted program.
 
-        Per call: one C-level pick of the arguments out of the keywords in program order, JAX's
-        C++ dispatch of the positional program, a block on the loss (with sync) and the
-        gradients paired with their names. A missing or unexpected name surfaces as a failed
-        pick or a wrong count and only then gets its ArgumentError; shapes and dtypes are
-        checked when JAX traces (once per new signature, see `_traced`).
+        Per call: one C-level pick of the arguments out of the keywords in program order,
+        JAX's C++ dispatch of the positional program, a block on the loss (with sync) and the
+        gradients paired with their names (in wrt order; a dict out of jit would come back
+        sorted by name). A missing or
+        unexpected name surfaces as a failed pick or a wrong count and only then gets its
+        ArgumentError; shapes and dtypes are checked when JAX traces (once per new
+        signature, see `_traced`). When every argument is a NumPy array of its declared dtype
+        and shape, the small ones cross to the device packed (packing.py).
         """
         if self.dp is not None:
             return self.dp.make_caller(signature, grad_names)
         jitted, names, sync = self.jitted_positional, tuple(grad_names), self.sync
         pick, count, bad = _picker(self.names), len(self.names), self._bad_names
         bounds = _host_bounds(signature)
+        packer = Packer(self.args, self._positional)
+        # A call with any JAX array fails the first (type) test and goes straight to `jitted`.
+        packed, host = (packer, packer.types) if packer.useful else (None, None)
         if not bounds and sync:
 
             def call(**kw):
@@ -194,7 +201,10 @@ class JaxBackend:
                     args = pick(kw)
                 except KeyError:
                     bad(kw)
-                value, grads = jitted(*args)
+                if tuple(map(type, args)) == host and packed.ready(args):
+                    value, grads = packed(args)
+                else:
+                    value, grads = jitted(*args)
                 value.block_until_ready()  # one executable: every output is ready with it
                 return value, dict(zip(names, grads))
 
@@ -212,7 +222,10 @@ class JaxBackend:
                 bad(kw)
             for name, bound in bounds:
                 _check_range(name, kw[name], bound)
-            value, grads = jitted(*args)
+            if tuple(map(type, args)) == host and packed.ready(args):
+                value, grads = packed(args)
+            else:
+                value, grads = jitted(*args)
             if sync:
                 value.block_until_ready()
             return value, dict(zip(names, grads))

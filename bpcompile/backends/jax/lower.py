@@ -82,6 +82,14 @@ def max_unrolled(x, axes, keepdims=False):
     return _unrolled(jnp.maximum, x, axes, keepdims)
 
 
+def matmul_unrolled(a, b):
+    """a @ b as a sum of K outer products (see SMALL_MATMUL_K): elementwise ops that XLA fuses
+    with the matmul's producers and consumers into one loop, where a dot is its own call."""
+    k = a.shape[-1]
+    terms = [a[..., :, i : i + 1] * b[..., i : i + 1, :] for i in range(k)]
+    return functools.reduce(jnp.add, terms)
+
+
 def one_hot_scatter(labels, n, dtype):
     """jax.nn.one_hot(labels, n, dtype=dtype) as ones scattered into zeros (out-of-range or
     negative labels give zero rows, as in jax.nn.one_hot). See PROGRAM_LOWERINGS."""
@@ -101,6 +109,7 @@ NAMESPACE = {
     "sum_unrolled": sum_unrolled,
     "max_unrolled": max_unrolled,
     "one_hot_scatter": one_hot_scatter,
+    "matmul_unrolled": matmul_unrolled,
 }
 
 
@@ -128,7 +137,26 @@ def _small_reduction(op: str):
 # scatter (what JAX's own gradient of take_along_axis emits) it is computed once, up front, off
 # the critical path. On mlp_mnist (XLA:CPU, both cores free) that took the program from
 # 0.83-0.96 of jax.value_and_grad's speed to 0.96-1.00 (same HLO otherwise); docs/performance.md.
+# A dot is a call of its own in XLA:CPU's runtime (~0.5 us each, whatever its size), where
+# elementwise ops fuse with their neighbours into one loop. A matmul contracting over at most
+# SMALL_MATMUL_K terms, with at most SMALL_MATMUL_WORK multiply-adds in all, is emitted as a sum
+# of outer products (`matmul_unrolled`): xor's five products went from five dots to nothing
+# but fused loops (device-array call 18.7 -> 16.1 us). Contracting over 32 terms (mlp_small's
+# 32x32 layer) made XLA's fused loops slower than its dot, so the bound stays small.
+SMALL_MATMUL_K = 8
+SMALL_MATMUL_WORK = 4096
+
+
+def _small_matmul(n, a):
+    k = n.inputs[0].shape[-1]
+    if n.dtype in ("float32", "float64") and k <= SMALL_MATMUL_K:
+        if math.prod(n.shape) * k <= SMALL_MATMUL_WORK:
+            return f"matmul_unrolled({a[0]}, {a[1]})"
+    return LOWERINGS["matmul"](n, a)
+
+
 PROGRAM_LOWERINGS = {
+    "matmul": _small_matmul,
     "sum": _small_reduction("sum"),
     "max": _small_reduction("max"),
     "one_hot": lambda n, a: f"one_hot_scatter({a[0]}, {n.attr('n')}, {JNP_DTYPE[n.dtype]})",
