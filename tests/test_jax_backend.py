@@ -705,6 +705,7 @@ def test_small_numpy_inputs_are_packed_into_one_transfer(monkeypatch):
         ({k: jnp.asarray(v) for k, v in vals.items()}, False),
         (dict(vals, c=jnp.asarray(vals["c"])), False),
         (dict(vals, b=vals["b"].astype(np.float64)), False),  # cast on the ordinary path
+        (dict(vals, b=vals["b"][::-1].copy()[::-1]), True),  # no contiguous buffer to join
     ]:
         used.clear()
         results.append(fn(**call))

@@ -205,8 +205,9 @@ class JaxBackend:
                     value, grads = packed(args)
                 else:
                     value, grads = jitted(*args)
+                grads = dict(zip(names, grads))  # while XLA runs: see `_SYNC_NOTE`
                 value.block_until_ready()  # one executable: every output is ready with it
-                return value, dict(zip(names, grads))
+                return value, grads
 
             # A partial is not bound as a method, so Compiled can make it its __call__ and
             # fn(**kw) skips one Python frame (see Compiled.__init__).
@@ -226,9 +227,10 @@ class JaxBackend:
                 value, grads = packed(args)
             else:
                 value, grads = jitted(*args)
+            grads = dict(zip(names, grads))
             if sync:
                 value.block_until_ready()
-            return value, dict(zip(names, grads))
+            return value, grads
 
         call_checked.bp_native = functools.partial(call_checked)
         return call_checked
@@ -248,6 +250,13 @@ class JaxBackend:
 
     def data_parallel(self, signature, grad_names, batch_inputs=None, devices=None):
         return DataParallel(self, batch_inputs, devices).make_caller(signature, grad_names)
+
+
+# _SYNC_NOTE: XLA:CPU runs a program of over ~1000 flops on a worker thread, which spins for
+# ~10 us after finishing and then sleeps; waking it again cost ~45 us on our 2-core VM. So on
+# small models, whatever Python does between a result being ready and the next dispatch decides
+# whether the next call takes 15 us or 60 us: the caller's work after a sync call is not
+# overlapped with XLA, so the call does its own bookkeeping before it blocks.
 
 
 def _picker(names):

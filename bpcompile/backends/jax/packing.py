@@ -4,8 +4,10 @@ JAX turns each NumPy argument of a jitted call into a device buffer on its own, 
 several µs per array on CPU (more once an array is a few KiB), so for a small model that cost
 is most of the call: mlp_small's eight arrays took ~70 µs as NumPy arrays, ~19 µs as device
 arrays. When every argument is a NumPy array of its declared dtype and shape, the small ones of
-each dtype are copied into one fresh host vector (`np.concatenate`, ~1 µs) and a second jitted
-program slices them apart inside XLA, where a slice and reshape of an argument is free.
+each dtype are copied into one fresh host vector and a second jitted program slices them apart
+inside XLA, where a slice and reshape of an argument is free. The copy joins the arrays' raw
+bytes (`b"".join`, 0.6 µs for mlp_small's eight; `np.concatenate` took 2.5 µs), which is why
+the dtype test is exact; an array with no contiguous buffer falls back to `np.concatenate`.
 Arguments over `SMALL_BYTES` go across on their own: copying them would cost more than the
 per-array overhead it saves. Any other call (a JAX array, a list, another dtype or shape) takes
 the ordinary path, which validates and casts; the packed program compiles on first use only.
@@ -62,7 +64,7 @@ class Packer:
 
         self._program = forward_backward
         self._jitted = None
-        self._groups = [_getter(idx) for idx in groups]
+        self._groups = [(_getter(idx), self.dtypes[idx[0]]) for idx in groups]
         self._rest = _getter(rest)
 
     def ready(self, args) -> bool:
@@ -76,7 +78,10 @@ class Packer:
     def __call__(self, args):
         if self._jitted is None:
             self._jitted = jax.jit(self._program)
-        flats = [np.concatenate(g(args), axis=None) for g in self._groups]
+        try:
+            flats = [np.frombuffer(b"".join(g(args)), dt) for g, dt in self._groups]
+        except (TypeError, BufferError):  # a non-contiguous array has no raw buffer to join
+            flats = [np.concatenate(g(args), axis=None) for g, _ in self._groups]
         return self._jitted(*flats, *self._rest(args))
 
 
