@@ -17,6 +17,7 @@ import sympy as sp
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
+import op_table as T  # noqa: E402
 
 import bpcompile as bp  # noqa: E402
 from bpcompile.backends.jax import lower as jax_lower  # noqa: E402
@@ -734,3 +735,26 @@ def test_small_matmuls_as_outer_products(sa, sb):
     a, b = rng.standard_normal(sa), rng.standard_normal(sb)
     np.testing.assert_allclose(np.asarray(matmul_unrolled(jnp.asarray(a), jnp.asarray(b))), a @ b,
                                rtol=1e-5, atol=1e-6)
+
+
+# ---- the core op table (tests/op_table.py), every row on this backend -----------------------
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("row", T.ROWS, ids=[r.name for r in T.ROWS])
+def test_core_op_table_rows(row, dtype):
+    """Every row of the core op table, compiled for JAX, against the NumPy reference backend
+    (same graph) and jax.grad of the row's independent jax.numpy definition."""
+    P, I, f, loss, values = T.build(row, dtype)
+    wrt = list(P.values())
+    v0, g0 = bp.compile(loss, wrt, backend="numpy")(**values)
+    v1, g1 = bp.compile(loss, wrt, backend="jax")(**values)
+    jv, jg, _ = T.jax_oracle(row, dtype)
+    assert list(g1) == list(g0)
+    rt = RTOL[dtype]
+    np.testing.assert_allclose(np.asarray(v1), v0, rtol=rt, atol=ATOL[dtype])
+    np.testing.assert_allclose(np.asarray(v1), jv, rtol=max(rt, row.rtol64 if dtype == "float64"
+                                                             else row.rtol32), atol=ATOL[dtype])
+    for k in g0:
+        assert g1[k].shape == g0[k].shape and g1[k].dtype == g0[k].dtype, k
+        np.testing.assert_allclose(np.asarray(g1[k]), g0[k], rtol=rt, atol=rt, err_msg=k)
+        jt = row.rtol64 if dtype == "float64" else row.rtol32
+        np.testing.assert_allclose(np.asarray(g1[k]), jg[k], rtol=jt, atol=jt, err_msg=k)
