@@ -38,7 +38,7 @@ from ...signature import check_names
 from ..numpy.codegen import exec_source
 from ..pysource import emit_function
 from .lower import NAMESPACE, lower_program
-from .packing import Packer
+from .packing import Packer, dtype_of, shape_of
 
 _ACCEPT = {"float32": "fiub", "float64": "fiub", "int32": "iub", "bool": "b"}
 STAGES = (None, "jax", "stablehlo", "hlo")
@@ -189,9 +189,14 @@ class JaxBackend:
         jitted, names, sync = self.jitted_positional, tuple(grad_names), self.sync
         pick, count, bad = _picker(self.names), len(self.names), self._bad_names
         bounds = _host_bounds(signature)
-        packer = Packer(self.args, self._positional)
-        # A call with any JAX array fails the first (type) test and goes straight to `jitted`.
-        packed, host = (packer, packer.types) if packer.useful else (None, None)
+        # NumPy arguments: one host->device transfer per dtype (packing.py). A call with any
+        # JAX array fails the first (type) test and goes straight to `jitted`; the shape and
+        # dtype tests are written out here, not in a method, because they sit before the
+        # dispatch on the NumPy path (see _SYNC_NOTE).
+        pk = Packer(self.args, self._positional)
+        packed, host, shapes, dtypes = (
+            (pk.call, pk.types, pk.shapes, pk.dtypes) if pk.useful else (None, None, None, None)
+        )
         if not bounds and sync:
 
             def call(**kw):
@@ -201,7 +206,11 @@ class JaxBackend:
                     args = pick(kw)
                 except KeyError:
                     bad(kw)
-                if tuple(map(type, args)) == host and packed.ready(args):
+                if (
+                    tuple(map(type, args)) == host
+                    and tuple(map(shape_of, args)) == shapes
+                    and tuple(map(dtype_of, args)) == dtypes
+                ):
                     value, grads = packed(args)
                 else:
                     value, grads = jitted(*args)
@@ -223,7 +232,11 @@ class JaxBackend:
                 bad(kw)
             for name, bound in bounds:
                 _check_range(name, kw[name], bound)
-            if tuple(map(type, args)) == host and packed.ready(args):
+            if (
+                tuple(map(type, args)) == host
+                and tuple(map(shape_of, args)) == shapes
+                and tuple(map(dtype_of, args)) == dtypes
+            ):
                 value, grads = packed(args)
             else:
                 value, grads = jitted(*args)

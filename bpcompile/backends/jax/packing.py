@@ -1,16 +1,17 @@
 """Host NumPy arguments reach a jitted program in one transfer per dtype.
 
-JAX turns each NumPy argument of a jitted call into a device buffer on its own, at a cost of
-several µs per array on CPU (more once an array is a few KiB), so for a small model that cost
-is most of the call: mlp_small's eight arrays took ~70 µs as NumPy arrays, ~19 µs as device
-arrays. When every argument is a NumPy array of its declared dtype and shape, the small ones of
-each dtype are copied into one fresh host vector and a second jitted program slices them apart
-inside XLA, where a slice and reshape of an argument is free. The copy joins the arrays' raw
-bytes (`b"".join`, 0.6 µs for mlp_small's eight; `np.concatenate` took 2.5 µs), which is why
-the dtype test is exact; an array with no contiguous buffer falls back to `np.concatenate`.
-Arguments over `SMALL_BYTES` go across on their own: copying them would cost more than the
-per-array overhead it saves. Any other call (a JAX array, a list, another dtype or shape) takes
-the ordinary path, which validates and casts; the packed program compiles on first use only.
+JAX turns each NumPy argument of a jitted call into a device buffer on its own, ~1.5 µs per
+small array on CPU (more from a few KiB), so for a small model the transfers are a large part of
+the call, and they sit between one result and the next dispatch, where XLA:CPU's worker thread
+goes to sleep if they take long (backend._SYNC_NOTE). When every argument is a NumPy array of
+its declared dtype and shape, the small ones of each dtype are copied into one fresh host vector
+and a second jitted program slices them apart inside XLA, where slicing and reshaping an
+argument is free. The copy joins the arrays' raw bytes (`bytearray().join`: 0.6 µs for
+mlp_small's eight, against 2.5 µs for `np.concatenate`), which is why the dtype test is exact;
+an array with no contiguous buffer falls back to `np.concatenate`. Arguments over `SMALL_BYTES`
+go across on their own: copying them would cost more than the per-array overhead it saves. Any
+other call (a JAX array, a list, another dtype or shape) takes the ordinary path, which
+validates and casts; the packed program compiles on its first call only.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ SMALL_BYTES = 64 * 1024  # per array; above it the copy costs more than the tran
 
 
 class Packer:
-    """The packed variant of a positional program: `ready(args)` says whether a call's
-    arguments can go packed, `__call__(args)` runs them so."""
+    """The packed variant of a positional program. `call(args)` runs it on arguments that
+    passed the caller's test: every type `types`, shape `shapes` and dtype `dtypes` (written
+    out in backend.make_caller, where it sits before each dispatch)."""
 
     def __init__(self, nodes: list, positional):
         self.types = (np.ndarray,) * len(nodes)
@@ -62,31 +64,35 @@ class Packer:
             ]
             return positional(*args)
 
-        self._program = forward_backward
-        self._jitted = None
-        self._groups = [(_getter(idx), self.dtypes[idx[0]]) for idx in groups]
-        self._rest = _getter(rest)
+        jitted = jax.jit(forward_backward)  # compiles on its first call only
+        getters = [(_getter(idx), self.dtypes[idx[0]]) for idx in groups]
+        others = _getter(rest)
+        # a fresh bytearray per call: writable, which JAX takes ~0.4 us faster than read-only
+        # bytes; nothing else holds it, so JAX may alias it
+        frombuffer, join, concatenate = np.frombuffer, bytearray().join, np.concatenate
 
-    def ready(self, args) -> bool:
-        """Whether every argument is a NumPy array of the declared dtype and shape."""
-        return (
-            tuple(map(type, args)) == self.types
-            and tuple(map(_shape, args)) == self.shapes
-            and tuple(map(_dtype, args)) == self.dtypes
-        )
+        def call_grouped(args):
+            """The program's outputs for `args`, packed per dtype."""
+            try:
+                flats = [frombuffer(join(g(args)), dt) for g, dt in getters]
+            except (TypeError, BufferError):  # a non-contiguous array has no raw buffer
+                flats = [concatenate(g(args), axis=None) for g, _ in getters]
+            return jitted(*flats, *others(args))
 
-    def __call__(self, args):
-        if self._jitted is None:
-            self._jitted = jax.jit(self._program)
-        try:
-            flats = [np.frombuffer(b"".join(g(args)), dt) for g, dt in self._groups]
-        except (TypeError, BufferError):  # a non-contiguous array has no raw buffer to join
-            flats = [np.concatenate(g(args), axis=None) for g, _ in self._groups]
-        return self._jitted(*flats, *self._rest(args))
+        dt = getters[0][1] if getters else None
 
+        def call_single(args):
+            """The same when all arguments are small and of one dtype (xor, mlp_small)."""
+            try:
+                return jitted(frombuffer(join(args), dt))
+            except (TypeError, BufferError):
+                return jitted(concatenate(args, axis=None))
 
-_shape = operator.attrgetter("shape")
-_dtype = operator.attrgetter("dtype")
+        single = len(groups) == 1 and not rest
+        self.call = call_single if single else call_grouped
+
+shape_of = operator.attrgetter("shape")
+dtype_of = operator.attrgetter("dtype")
 
 
 def _getter(positions):
