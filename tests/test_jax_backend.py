@@ -676,9 +676,10 @@ def test_as_jax_function_with_optax():
 
 
 def test_small_numpy_inputs_are_packed_into_one_transfer(monkeypatch):
-    """Small NumPy arguments go to the device as one vector per dtype; big ones stay apart;
-    JAX arrays, other dtypes and wrong shapes take the ordinary (validating) path. Every path
-    gives the NumPy reference's result."""
+    """Small NumPy arguments go to the device as one vector per dtype; big ones stay apart.
+    JAX arrays, other dtypes and shapes, and non-contiguous arrays take the ordinary
+    (validating, casting) path, either before the packed dispatch or by discarding its result.
+    Every call gives the NumPy reference's result."""
     from bpcompile.backends.jax import packing
 
     monkeypatch.setattr(packing, "SMALL_BYTES", 64)  # x (4 KiB) and W (512 B) are not small
@@ -693,33 +694,42 @@ def test_small_numpy_inputs_are_packed_into_one_transfer(monkeypatch):
         "b": rng.standard_normal(4).astype(np.float32) * 0.1,
         "c": 1 + rng.standard_normal(4).astype(np.float32) * 0.1,
     }
-    used = []
+    attempts = []  # per packed attempt: did it run the packed program?
     init = packing.Packer.__init__
 
     def counting_init(self, *a):
         init(self, *a)
         inner = self.call
-        self.call = lambda args: used.append(True) or inner(args)
+
+        def call(args):
+            out = inner(args)
+            attempts.append(out is not None)
+            return out
+
+        self.call = call
 
     monkeypatch.setattr(packing.Packer, "__init__", counting_init)
     fn = bp.compile(loss, [W, b, c], backend="jax")
     v0, g0 = bp.compile(loss, [W, b, c], backend="numpy")(**vals)
-    results = []
-    for call, packs in [
-        (vals, True),  # b and c went as one vector
-        ({k: jnp.asarray(v) for k, v in vals.items()}, False),
-        (dict(vals, c=jnp.asarray(vals["c"])), False),
-        (dict(vals, b=vals["b"].astype(np.float64)), False),  # cast on the ordinary path
-        (dict(vals, b=vals["b"][::-1].copy()[::-1]), True),  # no contiguous buffer to join
-    ]:
-        used.clear()
-        results.append(fn(**call))
-        assert bool(used) == packs
-    for v, g in results:
-        np.testing.assert_allclose(v, v0, rtol=1e-5)
-        for k in g0:
-            np.testing.assert_allclose(g[k], g0[k], rtol=1e-5, atol=1e-7)
-    # b and c swapped for arrays of another shape but the same total size: not packed blindly
+    c_int = np.array([1, 2, 1, 1], np.int32)  # same bytes as float32: run, then discarded
+    v5, g5 = bp.compile(loss, [W, b, c], backend="numpy")(**dict(vals, c=c_int))
+    cases = [
+        (vals, [True], (v0, g0)),  # b and c went as one vector
+        ({k: jnp.asarray(v) for k, v in vals.items()}, [], (v0, g0)),
+        (dict(vals, c=jnp.asarray(vals["c"])), [], (v0, g0)),
+        (dict(vals, b=vals["b"].astype(np.float64)), [False], (v0, g0)),  # sizes differ
+        (dict(vals, b=vals["b"][::-1].copy()[::-1]), [False], (v0, g0)),  # not contiguous
+        (dict(vals, x=vals["x"].astype(np.float64)), [], (v0, g0)),  # unpacked: tested first
+        (dict(vals, c=c_int), [True], (v5, g5)),  # ordinary path casts the ints
+    ]
+    for call, expected, (vr, gr) in cases:
+        attempts.clear()
+        v, g = fn(**call)
+        assert attempts == expected
+        np.testing.assert_allclose(v, vr, rtol=1e-5)
+        for k in gr:
+            np.testing.assert_allclose(g[k], gr[k], rtol=1e-5, atol=1e-7)
+    # the same bytes in another shape is not packed blindly
     with pytest.raises(bp.errors.ArgumentError, match="'c'"):
         fn(**dict(vals, c=vals["c"].reshape(2, 2)))
     with pytest.raises(bp.errors.ArgumentError, match="'c'"):

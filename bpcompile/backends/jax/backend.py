@@ -38,7 +38,7 @@ from ...signature import check_names
 from ..numpy.codegen import exec_source
 from ..pysource import emit_function
 from .lower import NAMESPACE, lower_program
-from .packing import Packer, dtype_of, shape_of
+from .packing import Packer, dtype_of, shape_of, signature_of
 
 _ACCEPT = {"float32": "fiub", "float64": "fiub", "int32": "iub", "bool": "b"}
 STAGES = (None, "jax", "stablehlo", "hlo")
@@ -189,14 +189,7 @@ class JaxBackend:
         jitted, names, sync = self.jitted_positional, tuple(grad_names), self.sync
         pick, count, bad = _picker(self.names), len(self.names), self._bad_names
         bounds = _host_bounds(signature)
-        # NumPy arguments: one host->device transfer per dtype (packing.py). A call with any
-        # JAX array fails the first (type) test and goes straight to `jitted`; the shape and
-        # dtype tests are written out here, not in a method, because they sit before the
-        # dispatch on the NumPy path (see _SYNC_NOTE).
-        pk = Packer(self.args, self._positional)
-        packed, host, shapes, dtypes = (
-            (pk.call, pk.types, pk.shapes, pk.dtypes) if pk.useful else (None, None, None, None)
-        )
+        dispatch = _dispatcher(jitted, Packer(self.args, self._positional))
         if not bounds and sync:
 
             def call(**kw):
@@ -206,14 +199,7 @@ class JaxBackend:
                     args = pick(kw)
                 except KeyError:
                     bad(kw)
-                if (
-                    tuple(map(type, args)) == host
-                    and tuple(map(shape_of, args)) == shapes
-                    and tuple(map(dtype_of, args)) == dtypes
-                ):
-                    value, grads = packed(args)
-                else:
-                    value, grads = jitted(*args)
+                value, grads = dispatch(args)
                 grads = dict(zip(names, grads))  # while XLA runs: see `_SYNC_NOTE`
                 value.block_until_ready()  # one executable: every output is ready with it
                 return value, grads
@@ -232,14 +218,7 @@ class JaxBackend:
                 bad(kw)
             for name, bound in bounds:
                 _check_range(name, kw[name], bound)
-            if (
-                tuple(map(type, args)) == host
-                and tuple(map(shape_of, args)) == shapes
-                and tuple(map(dtype_of, args)) == dtypes
-            ):
-                value, grads = packed(args)
-            else:
-                value, grads = jitted(*args)
+            value, grads = dispatch(args)
             grads = dict(zip(names, grads))
             if sync:
                 value.block_until_ready()
@@ -270,6 +249,38 @@ class JaxBackend:
 # small models, whatever Python does between a result being ready and the next dispatch decides
 # whether the next call takes 15 us or 60 us: the caller's work after a sync call is not
 # overlapped with XLA, so the call does its own bookkeeping before it blocks.
+
+
+def _dispatcher(jitted, packer):
+    """args -> the program's outputs: packed when every argument is a NumPy array of its
+    declared dtype and shape (packing.py), else the positional program, which validates.
+
+    The exact shape and dtype test runs after the packed dispatch, while XLA computes (on the
+    NumPy path it would otherwise sit between one result and the next dispatch, _SYNC_NOTE):
+    a call that fails it discards the packed result and runs the ordinary path, which raises
+    the ArgumentError or casts. Only the type test, which keeps JAX arrays off the host path,
+    comes first.
+    """
+    if not packer.useful:
+        return lambda args: jitted(*args)
+    host, shapes, dtypes, packed = packer.types, packer.shapes, packer.dtypes, packer.call
+    rest, rest_signature = packer.rest, packer.rest_signature
+
+    def dispatch(args):
+        if tuple(map(type, args)) != host:
+            return jitted(*args)
+        if rest is not None and tuple(map(signature_of, rest(args))) != rest_signature:
+            return jitted(*args)
+        out = packed(args)  # None when the bytes do not add up to the declared sizes
+        if (
+            out is None
+            or tuple(map(shape_of, args)) != shapes
+            or tuple(map(dtype_of, args)) != dtypes
+        ):
+            return jitted(*args)
+        return out
+
+    return dispatch
 
 
 def _picker(names):

@@ -8,7 +8,7 @@ its declared dtype and shape, the small ones of each dtype are copied into one f
 and a second jitted program slices them apart inside XLA, where slicing and reshaping an
 argument is free. The copy joins the arrays' raw bytes (`bytearray().join`: 0.6 µs for
 mlp_small's eight, against 2.5 µs for `np.concatenate`), which is why the dtype test is exact;
-an array with no contiguous buffer falls back to `np.concatenate`. Arguments over `SMALL_BYTES`
+an array with no contiguous buffer takes the ordinary path. Arguments over `SMALL_BYTES`
 go across on their own: copying them would cost more than the per-array overhead it saves. Any
 other call (a JAX array, a list, another dtype or shape) takes the ordinary path, which
 validates and casts; the packed program compiles on its first call only.
@@ -27,9 +27,10 @@ SMALL_BYTES = 64 * 1024  # per array; above it the copy costs more than the tran
 
 
 class Packer:
-    """The packed variant of a positional program. `call(args)` runs it on arguments that
-    passed the caller's test: every type `types`, shape `shapes` and dtype `dtypes` (written
-    out in backend.make_caller, where it sits before each dispatch)."""
+    """The packed variant of a positional program. `call(args)` runs it on NumPy arrays
+    (`types`) whose unpacked arguments (`rest`) have their declared `rest_signature`; its
+    result stands only if every argument also has the declared `shapes` and `dtypes`, which
+    the caller tests while XLA runs (backend._dispatcher)."""
 
     def __init__(self, nodes: list, positional):
         self.types = (np.ndarray,) * len(nodes)
@@ -56,6 +57,9 @@ class Packer:
             where[i] = (None, j, None)
         shapes, ng = self.shapes, len(groups)
 
+        def nbytes(positions):
+            return sum(math.prod(shapes[i]) * self.dtypes[i].itemsize for i in positions)
+
         def forward_backward(*flat_and_rest):  # the name JAX gives the jitted module
             flats, others = flat_and_rest[:ng], flat_and_rest[ng:]
             args = [
@@ -65,34 +69,50 @@ class Packer:
             return positional(*args)
 
         jitted = jax.jit(forward_backward)  # compiles on its first call only
-        getters = [(_getter(idx), self.dtypes[idx[0]]) for idx in groups]
+        getters = [(_getter(idx), self.dtypes[idx[0]], nbytes(idx)) for idx in groups]
         others = _getter(rest)
         # a fresh bytearray per call: writable, which JAX takes ~0.4 us faster than read-only
         # bytes; nothing else holds it, so JAX may alias it
-        frombuffer, join, concatenate = np.frombuffer, bytearray().join, np.concatenate
+        frombuffer, join = np.frombuffer, bytearray().join
 
         def call_grouped(args):
-            """The program's outputs for `args`, packed per dtype."""
-            try:
-                flats = [frombuffer(join(g(args)), dt) for g, dt in getters]
-            except (TypeError, BufferError):  # a non-contiguous array has no raw buffer
-                flats = [concatenate(g(args), axis=None) for g, _ in getters]
+            """The program's outputs for `args`, packed per dtype; None if the arrays' bytes
+            do not add up to the declared sizes or one has no contiguous buffer (the caller
+            then takes the ordinary path)."""
+            flats = []
+            for g, dt, size in getters:
+                try:
+                    raw = join(g(args))
+                except (TypeError, BufferError):
+                    return None
+                if len(raw) != size:
+                    return None
+                flats.append(frombuffer(raw, dt))
             return jitted(*flats, *others(args))
 
-        dt = getters[0][1] if getters else None
+        single_dtype, single_size = getters[0][1:] if getters else (None, None)
 
         def call_single(args):
             """The same when all arguments are small and of one dtype (xor, mlp_small)."""
             try:
-                return jitted(frombuffer(join(args), dt))
+                raw = join(args)
             except (TypeError, BufferError):
-                return jitted(concatenate(args, axis=None))
+                return None
+            if len(raw) != single_size:
+                return None
+            return jitted(frombuffer(raw, single_dtype))
 
         single = len(groups) == 1 and not rest
         self.call = call_single if single else call_grouped
+        # the unpacked arguments' signature, tested before the dispatch: a float64 `x` for a
+        # float32 graph would otherwise run the packed program for nothing on every call
+        self.rest = others if rest else None
+        self.rest_signature = tuple((self.shapes[i], self.dtypes[i]) for i in rest)
+
 
 shape_of = operator.attrgetter("shape")
 dtype_of = operator.attrgetter("dtype")
+signature_of = operator.attrgetter("shape", "dtype")
 
 
 def _getter(positions):
