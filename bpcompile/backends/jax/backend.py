@@ -176,13 +176,13 @@ class JaxBackend:
         """The fast call path: `fn(**arrays)` goes straight to a jitted program.
 
         Per call: one C-level pick of the arguments out of the keywords in program order,
-        JAX's C++ dispatch of the positional program, a block on the loss (with sync) and the
-        gradients paired with their names (in wrt order; a dict out of jit would come back
-        sorted by name). A missing or
-        unexpected name surfaces as a failed pick or a wrong count and only then gets its
-        ArgumentError; shapes and dtypes are checked when JAX traces (once per new
-        signature, see `_traced`). When every argument is a NumPy array of its declared dtype
-        and shape, the small ones cross to the device packed (packing.py).
+        JAX's C++ dispatch of the positional program, the gradients paired with their names
+        (in wrt order; a dict out of jit would come back sorted by name) and a block on the
+        loss (with sync). A missing or unexpected name surfaces as a failed pick or a wrong
+        count and only then gets its ArgumentError; shapes and dtypes are checked when JAX
+        traces (once per new signature, see `_traced`). When every argument is a NumPy array
+        of its declared dtype and shape, the small ones cross to the device packed
+        (`_dispatcher`, packing.py).
         """
         if self.dp is not None:
             return self.dp.make_caller(signature, grad_names)
@@ -258,8 +258,8 @@ def _dispatcher(jitted, packer):
     The exact shape and dtype test runs after the packed dispatch, while XLA computes (on the
     NumPy path it would otherwise sit between one result and the next dispatch, _SYNC_NOTE):
     a call that fails it discards the packed result and runs the ordinary path, which raises
-    the ArgumentError or casts. Only the type test, which keeps JAX arrays off the host path,
-    comes first.
+    the ArgumentError or casts. Before the dispatch come only the type test, which keeps JAX
+    arrays off the host path, and the few unpacked arguments' test (Packer.rest_signature).
     """
     if not packer.useful:
         return lambda args: jitted(*args)
