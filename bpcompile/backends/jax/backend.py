@@ -22,7 +22,6 @@ Calls:
 from __future__ import annotations
 
 import functools
-import operator
 
 import numpy as np
 
@@ -38,7 +37,7 @@ from ...signature import check_names
 from ..numpy.codegen import exec_source
 from ..pysource import emit_function
 from .lower import NAMESPACE, lower_program
-from .packing import Packer, dtype_of, shape_of, signature_of
+from .packing import Packer, dtype_of, shape_of, signature_of, tuple_getter
 
 _ACCEPT = {"float32": "fiub", "float64": "fiub", "int32": "iub", "bool": "b"}
 STAGES = (None, "jax", "stablehlo", "hlo")
@@ -187,7 +186,7 @@ class JaxBackend:
         if self.dp is not None:
             return self.dp.make_caller(signature, grad_names)
         jitted, names, sync = self.jitted_positional, tuple(grad_names), self.sync
-        pick, count, bad = _picker(self.names), len(self.names), self._bad_names
+        pick, count, bad = tuple_getter(self.names), len(self.names), self._bad_names
         bounds = _host_bounds(signature)
         dispatch = _dispatcher(jitted, Packer(self.args, self._positional))
         if not bounds and sync:
@@ -281,16 +280,6 @@ def _dispatcher(jitted, packer):
         return out
 
     return dispatch
-
-
-def _picker(names):
-    """kw -> tuple of kw[name] for `names` in order (operator.itemgetter, made tuple-valued)."""
-    if len(names) == 1:
-        (only,) = names
-        return lambda kw: (kw[only],)
-    if not names:
-        return lambda kw: ()
-    return operator.itemgetter(*names)
 
 
 def _host_bounds(signature) -> list:
