@@ -133,10 +133,6 @@ def _small_reduction(op: str):
     return lower_
 
 
-# one_hot: jax.nn.one_hot is a compare with an iota, which XLA fuses into every consumer; as a
-# scatter (what JAX's own gradient of take_along_axis emits) it is computed once, up front, off
-# the critical path. On mlp_mnist (XLA:CPU, both cores free) that took the program from
-# 0.83-0.96 of jax.value_and_grad's speed to 0.96-1.00 (same HLO otherwise); docs/performance.md.
 # A dot is a call of its own in XLA:CPU's runtime (~0.5 us each, whatever its size), where
 # elementwise ops fuse with their neighbours into one loop. A matmul contracting over at most
 # SMALL_MATMUL_K terms, with at most SMALL_MATMUL_WORK multiply-adds in all, is emitted as a sum
@@ -155,6 +151,10 @@ def _small_matmul(n, a):
     return LOWERINGS["matmul"](n, a)
 
 
+# one_hot: jax.nn.one_hot is a compare with an iota, which XLA fuses into every consumer; as a
+# scatter (what JAX's own gradient of take_along_axis emits) it is computed once, up front, off
+# the critical path. On mlp_mnist (XLA:CPU, both cores free) that took the program from
+# 0.83-0.96 of jax.value_and_grad's speed to 0.96-1.00 (same HLO otherwise); docs/performance.md.
 PROGRAM_LOWERINGS = {
     "matmul": _small_matmul,
     "sum": _small_reduction("sum"),
