@@ -149,7 +149,10 @@ class Interp:
                 if self.lib == "bp":
                     return bp.take(x, bp.const(idx), axis=0)
                 return jnp.take(x, idx, axis=0)
-            return x[:, ::2]  # slice with a step (shape (m, ceil(n/2)))
+            y = x[:, ::2]  # slice with a step (shape (m, ceil(n/2))), summed back to (m, 1)
+            if self.lib == "bp":
+                return bp.sum(y * 2.0, axis=1, keepdims=True)
+            return jnp.sum(y * 2.0, axis=1, keepdims=True)
         if kind == "where":
             a, b = self(r[1]), self(r[2])
             if self.lib == "bp":

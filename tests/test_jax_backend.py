@@ -772,3 +772,20 @@ def test_core_op_table_rows(row, dtype):
         np.testing.assert_allclose(np.asarray(g1[k]), g0[k], rtol=rt, atol=rt, err_msg=k)
         jt = row.rtol64 if dtype == "float64" else row.rtol32
         np.testing.assert_allclose(np.asarray(g1[k]), jg[k], rtol=jt, atol=jt, err_msg=k)
+
+
+def test_constant_scalar_outputs_keep_the_graph_dtype():
+    """A gradient that simplifies to a scalar constant (an unused 0-d param) is returned in
+    the graph's dtype, not as a Python literal that x64 (on in this test session) would make
+    float64."""
+    assert jax.config.jax_enable_x64
+    p, s = bp.param("p", (2,)), bp.param("s", ())
+    loss = bp.sum(p * 2.0)
+    vals = {"p": np.ones(2, np.float32), "s": np.float32(3)}
+    for backend in ("jax", "numpy", "llvm"):
+        v, g = bp.compile(loss, [p, s], backend=backend)(**vals)
+        assert np.asarray(v).dtype == np.float32, backend
+        assert g["s"].shape == () and np.asarray(g["s"]).dtype == np.float32, backend
+        assert float(g["s"]) == 0.0
+    out = bp.function({"y": bp.const(np.float32(1.5)) + 0.0 * s, "z": p}, backend="jax")(**vals)
+    assert out["y"].dtype == np.float32 and float(out["y"]) == 1.5

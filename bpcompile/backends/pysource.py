@@ -105,6 +105,9 @@ def emit_function(
         pad = max(1, COMMENT_COL - len(stmt))
         lines.append(stmt + " " * pad + note)
         expr_of[n] = names[n]
+    for o in outputs:  # a literal output would take the target's default float (x64: f64)
+        if o.op == "const" and o.ndim == 0:
+            expr_of[o] = f"{ns}.asarray({expr_of[o]}, {ns}.{o.dtype})"
     lines.append(
         f"    return {expr_of[outputs[0]]}, ({''.join(expr_of[o] + ', ' for o in outputs[1:])})"
     )
