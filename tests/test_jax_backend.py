@@ -789,3 +789,18 @@ def test_constant_scalar_outputs_keep_the_graph_dtype():
         assert float(g["s"]) == 0.0
     out = bp.function({"y": bp.const(np.float32(1.5)) + 0.0 * s, "z": p}, backend="jax")(**vals)
     assert out["y"].dtype == np.float32 and float(out["y"]) == 1.5
+
+
+@pytest.mark.parametrize("backend", ["jax", "llvm"])
+def test_empty_batch_agrees_with_numpy(backend):
+    """A zero-size batch: every backend agrees with the reference (the weight gradient is a
+    matmul contracting over zero terms, which the JAX program must not unroll into nothing)."""
+    x, W, b = bp.input("x", (0, 3)), bp.param("W", (3, 2)), bp.param("b", (2,))
+    loss = bp.sum(bp.tanh(x @ W + b)) + bp.sum(b * b)
+    vals = {"x": np.zeros((0, 3), np.float32), "W": np.ones((3, 2), np.float32),
+            "b": np.ones(2, np.float32)}
+    v0, g0 = bp.compile(loss, [W, b], backend="numpy")(**vals)
+    v, g = bp.compile(loss, [W, b], backend=backend)(**vals)
+    np.testing.assert_allclose(float(v), float(v0))
+    for k in g0:
+        np.testing.assert_allclose(np.asarray(g[k]), g0[k])

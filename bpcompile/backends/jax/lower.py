@@ -145,7 +145,7 @@ SMALL_MATMUL_WORK = 4096
 
 def _small_matmul(n, a):
     k = n.inputs[0].shape[-1]
-    if n.dtype in ("float32", "float64") and k <= SMALL_MATMUL_K:
+    if n.dtype in ("float32", "float64") and 1 <= k <= SMALL_MATMUL_K:
         if math.prod(n.shape) * k <= SMALL_MATMUL_WORK:
             return f"matmul_unrolled({a[0]}, {a[1]})"
     return LOWERINGS["matmul"](n, a)
