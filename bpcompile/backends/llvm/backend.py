@@ -13,6 +13,7 @@ function (copy them to keep them, or compile with `copy_outputs=True`).
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
 
 import llvmlite.binding as llvm
@@ -72,9 +73,12 @@ class LLVMBackend:
         self.engine.finalize_object()
         self._alloc_arena()
         addr = self.engine.get_function_address("bp_entry")
-        # PYFUNCTYPE keeps the GIL held: calls of one function (sharing one arena and argv)
-        # never overlap, whichever thread makes them
+        # PYFUNCTYPE keeps the GIL held, so the native code of two calls never overlaps; the
+        # Python around it in `run` (filling argv, copying results out of the shared arena)
+        # can be interleaved by another thread, hence the lock. (The fast path, pycall.py,
+        # runs entirely in native code under the GIL.)
         self._entry = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)(addr)
+        self._lock = threading.Lock()
         self._argv = (ctypes.c_void_p * (len(args) + len(outputs) + 1))()
         for j, a in enumerate(self.out_arrays):
             self._argv[len(args) + j] = a.ctypes.data
@@ -105,16 +109,17 @@ class LLVMBackend:
 
     # -- running ------------------------------------------------------------------------------
     def run(self, arrays: list[np.ndarray]):
-        argv = self._argv
-        for k, a in enumerate(arrays):
-            p = a.ctypes.data
-            if a.nbytes and p < self.arena_hi and p + a.nbytes > self.arena_lo:
-                a = a.copy()  # an earlier result fed back in: never read what we are writing
-                arrays[k] = a
+        with self._lock:  # one call at a time owns argv, the arena and the result copies
+            argv = self._argv
+            for k, a in enumerate(arrays):
                 p = a.ctypes.data
-            argv[k] = p
-        self._entry(argv)
-        return self._results()
+                if a.nbytes and p < self.arena_hi and p + a.nbytes > self.arena_lo:
+                    a = a.copy()  # an earlier result fed back in: never read what we write
+                    arrays[k] = a
+                    p = a.ctypes.data
+                argv[k] = p
+            self._entry(argv)
+            return self._results()
 
     def _results(self):
         value = self.out_arrays[0][()]
