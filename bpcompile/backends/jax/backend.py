@@ -9,7 +9,9 @@ runs, on whatever device JAX's default backend is (CPU here, a GPU where present
 Calls:
 - `fn(**arrays)` -> `(loss, {name: grad})`, JAX arrays on the default device. Inputs may be
   NumPy or JAX arrays. Shapes and dtypes are validated when JAX traces (once per new
-  signature), so a call with an already-seen signature costs only JAX's own dispatch.
+  signature), so a call with an already-seen signature costs only JAX's own dispatch. Small
+  NumPy arguments of the declared dtypes and shapes cross to the device as one vector per
+  dtype (packing.py, `_dispatcher`).
   With `sync=True` (default) the call returns once the results are computed, like the NumPy
   backend; `sync=False` keeps JAX's asynchronous dispatch (queue the next step while this one
   runs).
