@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import os
 
 import numpy as np
 
@@ -264,8 +265,9 @@ def _waiter(nodes):
     sleeps in block_until_ready must be woken by XLA's worker, and on a VM that wake-up can
     cost more than the whole program, and it delays the next dispatch past the worker's spin
     window (_SYNC_NOTE). mlp_small with NumPy arguments: calls in the slow mode 19-24 % ->
-    3-4 %. Bigger programs block at once, leaving both cores to XLA."""
-    if _work(nodes) > SPIN_WORK:
+    3-4 %. Bigger programs, and any program on a single usable CPU (where polling would keep
+    XLA's worker from running), block at once."""
+    if _work(nodes) > SPIN_WORK or _usable_cpus() < 2:  # with one CPU, polling starves XLA
         return operator.methodcaller("block_until_ready")
 
     def wait(value):
@@ -276,6 +278,13 @@ def _waiter(nodes):
         value.block_until_ready()
 
     return wait
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _work(nodes) -> int:
