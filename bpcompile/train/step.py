@@ -12,6 +12,7 @@ compiled code and one compilation serves every step.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 
 import numpy as np
@@ -43,6 +44,9 @@ class TrainStep:
     diagnostics when compiled with `diagnostics=True`: `gnorm_<p>` gradient norms,
     `uratio_<p>` = |update| / |param|, and `warnings`), `fn` (the compiled `bp.Function`:
     `step.fn.source()` shows the whole fused update).
+
+    Thread-safe: steps (and reset/set_params/load_state_dict/evaluate) from several threads
+    run one at a time under a lock, so N threads x k steps apply N*k updates in some order.
     """
 
     def __init__(self, loss, params=None, optimizer: Optimizer | None = None,
@@ -120,6 +124,7 @@ class TrainStep:
         self._input_set = set(self.input_names)
         self._carried = self.param_names + self.state_names  # updated every step
         self._native = None
+        self._lock = threading.Lock()  # one step at a time: no lost or interleaved updates
         if native is not False:
             self._native = _PingPong.create(self, graph, backend, options)
         if self._native is None:
@@ -163,11 +168,16 @@ class TrainStep:
 
     def set_params(self, values: dict):
         """Overwrite some or all params (e.g. restore the best epoch's)."""
-        self._write_carried({k: v for k, v in values.items() if k in self.param_names})
+        with self._lock:
+            self._write_carried({k: v for k, v in values.items() if k in self.param_names})
 
     def reset(self, init: dict):
         """Start over from `init` params (fresh optimizer state, count 0), keeping the compiled
         function: cheap restarts for many seeds."""
+        with self._lock:
+            self._reset(init)
+
+    def _reset(self, init: dict):
         params = {k: np.asarray(init[k], self.fn.signature.by_name[k].dtype)
                   for k in self.param_names}
         for k in self.frozen:
@@ -197,42 +207,52 @@ class TrainStep:
         """Apply one update on `batch` (arrays by input name); return the loss before it."""
         if batch.keys() != self._input_set:
             self._check_batch(batch)
-        self._step_arr[()] = self.count
-        self._scale_arr[()] = self.lr_scale
-        native = self._native
-        if native is not None:  # one native call on fixed buffers (see _PingPong)
-            i = native.phase
-            feed = native.feeds[i]
-            feed.update(batch)
-            loss, values = native.callers[i](**feed)
-        else:
-            sig, cur = self.fn.signature, self._cur
-            arrays = [sig.convert(n, batch[n]) if n in batch else cur[n] for n in self._arg_names]
-            loss, rest = self.fn.impl.run(arrays)
-            values = dict(zip(self._outs[1:], rest))
-        loss = float(loss)
-        if self.diagnostics:
-            self.last = self._diagnose(loss, values)
-            if self.warn:
-                for msg in self.last["warnings"]:
-                    warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            finite = math.isfinite(loss) and all(
-                math.isfinite(self.last[f"gnorm_{k}"]) for k in self.param_names)
-        else:
-            finite = math.isfinite(loss)
-        if self.check_finite and not finite:
-            raise NonFiniteError(self.locate_nonfinite(batch))  # the update is not committed
-        if native is not None:
-            native.phase = 1 - i
-            self._cur = native.feeds[1 - i]
-        else:
-            for k in self._carried:
-                self._cur[k] = values[f"{k}_next"]
-        self.count += 1
-        return loss
+        lock = self._lock  # one step at a time (threads): no update is lost
+        lock.acquire()  # (explicit calls: ~0.1 us cheaper per step than `with`)
+        try:
+            self._step_arr[()] = self.count
+            self._scale_arr[()] = self.lr_scale
+            native = self._native
+            if native is not None:  # one native call on fixed buffers (see _PingPong)
+                i = native.phase
+                feed = native.feeds[i]
+                feed.update(batch)
+                loss, values = native.callers[i](**feed)
+            else:
+                sig, cur = self.fn.signature, self._cur
+                arrays = [sig.convert(n, batch[n]) if n in batch else cur[n]
+                          for n in self._arg_names]
+                loss, rest = self.fn.impl.run(arrays)
+                values = dict(zip(self._outs[1:], rest))
+            loss = float(loss)
+            if self.diagnostics:
+                self.last = self._diagnose(loss, values)
+                if self.warn:
+                    for msg in self.last["warnings"]:
+                        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                finite = math.isfinite(loss) and all(
+                    math.isfinite(self.last[f"gnorm_{k}"]) for k in self.param_names)
+            else:
+                finite = math.isfinite(loss)
+            if self.check_finite and not finite:
+                raise NonFiniteError(self.locate_nonfinite(batch))  # the update is not committed
+            if native is not None:
+                native.phase = 1 - i
+                self._cur = native.feeds[1 - i]
+            else:
+                for k in self._carried:
+                    self._cur[k] = values[f"{k}_next"]
+            self.count += 1
+            return loss
+        finally:
+            lock.release()
 
     def evaluate(self, **batch) -> float:
         """The loss at the current params, without updating (compiled once, lazily)."""
+        with self._lock:
+            return self._evaluate(batch)
+
+    def _evaluate(self, batch: dict) -> float:
         if self._eval is None:
             self._eval = Function({"loss": self.loss_node}, backend=self.backend)
         kw = dict(batch)
@@ -313,6 +333,10 @@ class TrainStep:
         return out
 
     def load_state_dict(self, d: dict):
+        with self._lock:
+            self._load_state_dict(d)
+
+    def _load_state_dict(self, d: dict):
         values = {}
         for group, names, ref in (("param", self.param_names, None),
                                   ("frozen", list(self.frozen), self.frozen),
@@ -390,22 +414,26 @@ class _PingPong:
     @classmethod
     def create(cls, step: TrainStep, graph: dict, backend: str, options: dict):
         impl = step.fn.impl
-        if not (hasattr(impl, "out_arrays") and hasattr(impl, "make_caller")):
+        if not (hasattr(impl, "new_arena") and hasattr(impl, "make_caller")):
             return None
         other = Function(graph, backend=backend, **options)
-        callers = [f.impl.make_caller(f.signature, f.names[1:]) for f in (step.fn, other)]
+        # pinned: each instance writes one arena of its own whichever thread steps (steps
+        # hold the TrainStep's lock), not the calling thread's
+        callers = [f.impl.make_caller(f.signature, f.names[1:], pinned=True)
+                   for f in (step.fn, other)]
         if any(c is None or not hasattr(c, "bp_native") for c in callers):
             return None
-        return cls(step, [step.fn, other], [c.bp_native for c in callers])
+        return cls(step, [step.fn, other], callers)
 
     def __init__(self, step: TrainStep, fns: list, callers: list):
-        self.step, self.fns, self.callers = step, fns, callers
+        self.step, self.fns = step, fns
+        self.callers = [c.bp_native for c in callers]
         fixed = {**step.frozen, **step._scalars}
         idx = {n: j for j, n in enumerate(fns[0].names)}
         # feeds[i] is what fns[i] reads: the carried values from the other function's buffers
         self.feeds = []
         for i in (0, 1):
-            outs = fns[1 - i].impl.out_arrays
+            outs = callers[1 - i].arena.out_arrays
             feed = dict(fixed)
             for k in step._carried:
                 feed[k] = outs[idx[f"{k}_next"]]

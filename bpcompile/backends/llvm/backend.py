@@ -2,12 +2,13 @@
 
 Compile: schedule + memory plan (codegen.Program) -> IR -> verify -> O3 for the host CPU ->
 object code (cached on disk, see cache.py) -> loaded into an MCJIT engine. One arena per
-compiled function holds the outputs and the planned workspace, allocated once. Calls go
-through a CPython-callable wrapper generated in the same module (pycall.py) when possible and
-through ctypes otherwise.
+compiled function and calling thread (`Arena`) holds the outputs and the planned workspace,
+allocated on the thread's first call. Calls go through a CPython-callable wrapper generated in
+the same module (pycall.py) when possible and through ctypes otherwise.
 
-Returned gradients are views of the arena and are overwritten by the next call of the same
-function (copy them to keep them, or compile with `copy_outputs=True`).
+Returned arrays are views of the calling thread's arena and are overwritten by that thread's
+next call of the same function, never by another thread's (copy them to keep them, or compile
+with `copy_outputs=True`).
 """
 
 from __future__ import annotations
@@ -71,72 +72,39 @@ class LLVMBackend:
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.tm)
         self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self.engine.finalize_object()
-        self._alloc_arena()
-        addr = self.engine.get_function_address("bp_entry")
-        # PYFUNCTYPE keeps the GIL held, so the native code of two calls never overlaps; the
-        # Python around it in `run` (filling argv, copying results out of the shared arena)
-        # can be interleaved by another thread, hence the lock. (The fast path, pycall.py,
-        # runs entirely in native code under the GIL.)
-        self._entry = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)(addr)
-        self._lock = threading.Lock()
-        self._argv = (ctypes.c_void_p * (len(args) + len(outputs) + 1))()
-        for j, a in enumerate(self.out_arrays):
-            self._argv[len(args) + j] = a.ctypes.data
-        self._argv[-1] = self.ws_addr
-
-    # -- setup --------------------------------------------------------------------------------
-    def _alloc_arena(self):
-        """Outputs then workspace in one block, each 64-byte aligned, allocated once."""
-        def up(n):
-            return (n + ALIGN - 1) // ALIGN * ALIGN
-
-        offs, top = [], 0
-        for b in self.program.out_bufs:
-            offs.append(top)
-            top += up(max(b.nbytes, 1))
-        ws_off = top
-        top += max(self.program.memory.workspace_bytes, ALIGN)
-        raw = np.zeros(top + ALIGN, np.uint8)
-        start = (-raw.ctypes.data) % ALIGN
-        self.arena = raw[start:start + top]
-        self.out_arrays = []
-        for b, off, o in zip(self.program.out_bufs, offs, self.outputs):
-            arr = self.arena[off:off + b.nbytes].view(np.dtype(b.dtype)).reshape(o.shape)
-            self.out_arrays.append(arr)
-        self.ws_addr = self.arena.ctypes.data + ws_off
-        self.arena_lo = self.arena.ctypes.data
-        self.arena_hi = self.arena_lo + top
+        self._entry = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)(
+            self.engine.get_function_address("bp_entry"))
+        self._local = threading.local()  # .arena: the calling thread's Arena, made lazily
 
     # -- running ------------------------------------------------------------------------------
-    def run(self, arrays: list[np.ndarray]):
-        with self._lock:  # one call at a time owns argv, the arena and the result copies
-            argv = self._argv
-            for k, a in enumerate(arrays):
-                p = a.ctypes.data
-                if a.nbytes and p < self.arena_hi and p + a.nbytes > self.arena_lo:
-                    a = a.copy()  # an earlier result fed back in: never read what we write
-                    arrays[k] = a
-                    p = a.ctypes.data
-                argv[k] = p
-            self._entry(argv)
-            return self._results()
+    def thread_arena(self) -> Arena:
+        """The calling thread's arena (made on its first call; freed with the thread, or later
+        while arrays it returned are alive): concurrent calls never share output buffers."""
+        arena = getattr(self._local, "arena", None)
+        if arena is None:
+            arena = self._local.arena = self.new_arena()
+        return arena
 
-    def _results(self):
-        value = self.out_arrays[0][()]
-        grads = self.out_arrays[1:]
-        if self.copy_outputs:
-            grads = [g.copy() for g in grads]
-        return value, list(grads)
+    def new_arena(self) -> Arena:
+        """An arena owned by nobody but the caller (the train step pins one per instance)."""
+        return Arena(self.program, self.outputs, len(self.args), self._entry)
+
+    def run(self, arrays: list[np.ndarray]):
+        return self.thread_arena().run(arrays, self.copy_outputs)
 
     def _optimize(self):
         small = len(self.program.steps) <= SPLIT_STEPS
         return jit.optimize(self._ir, self.tm, speed=min(self.opt, 3), unroll=small)
 
-    def make_caller(self, signature, grad_names):
-        """The fast validated call path (pycall.py), or None to use the default one."""
-        if self.copy_outputs:
-            return None
-        return pycall.make_caller(self, signature, grad_names)
+    def make_caller(self, signature, grad_names, pinned: bool = False):
+        """The fast validated call path (pycall.py), or None to use the default one.
+
+        Default: the calling thread's arena, per thread. `pinned=True`: one new arena used from
+        whichever thread calls (the caller serialises the calls; None with copy_outputs)."""
+        if pinned:
+            return None if self.copy_outputs else pycall.make_pinned_caller(
+                self, signature, grad_names)
+        return pycall.make_caller(self, signature, grad_names, copy=self.copy_outputs)
 
     # -- inspection ---------------------------------------------------------------------------
     def source(self, stage: str | None = None) -> str:
@@ -152,6 +120,56 @@ class LLVMBackend:
 
     def memory(self) -> dict:
         return self.program.memory.as_dict()
+
+
+class Arena:
+    """Output buffers + workspace in one block (each 64-byte aligned), and the ctypes argv that
+    points at them. Used by one thread at a time: its own (LLVMBackend.thread_arena), or the
+    train step's under the step's lock. References no backend, so a thread-local arena never
+    keeps a compiled function alive."""
+
+    def __init__(self, program: Program, outputs: list[Node], nargs: int, entry):
+        def up(n):
+            return (n + ALIGN - 1) // ALIGN * ALIGN
+
+        offs, top = [], 0
+        for b in program.out_bufs:
+            offs.append(top)
+            top += up(max(b.nbytes, 1))
+        ws_off = top
+        top += max(program.memory.workspace_bytes, ALIGN)
+        raw = np.zeros(top + ALIGN, np.uint8)
+        start = (-raw.ctypes.data) % ALIGN
+        self.block = raw[start:start + top]
+        self.out_arrays = []
+        for b, off, o in zip(program.out_bufs, offs, outputs):
+            arr = self.block[off:off + b.nbytes].view(np.dtype(b.dtype)).reshape(o.shape)
+            self.out_arrays.append(arr)
+        self.ws_addr = self.block.ctypes.data + ws_off
+        self.lo = self.block.ctypes.data
+        self.hi = self.lo + top
+        # PYFUNCTYPE keeps the GIL held while native code runs; argv and the outputs are this
+        # arena's own, so Python around the call needs no lock.
+        self.entry = entry
+        self.argv = (ctypes.c_void_p * (nargs + len(outputs) + 1))()
+        for j, a in enumerate(self.out_arrays):
+            self.argv[nargs + j] = a.ctypes.data
+        self.argv[-1] = self.ws_addr
+
+    def run(self, arrays: list[np.ndarray], copy: bool):
+        argv = self.argv
+        for k, a in enumerate(arrays):
+            p = a.ctypes.data
+            if a.nbytes and p < self.hi and p + a.nbytes > self.lo:
+                a = a.copy()  # an earlier result fed back in: never read what we write
+                arrays[k] = a
+                p = a.ctypes.data
+            argv[k] = p
+        self.entry(argv)
+        first, rest = self.out_arrays[0], self.out_arrays[1:]
+        if copy:  # every output, the first one too when it is an array (bp.function)
+            return first[()] if first.ndim == 0 else first.copy(), [g.copy() for g in rest]
+        return first[()], list(rest)
 
 
 def build_module(program: Program, title: str = "", with_pycall: bool = True,

@@ -16,7 +16,8 @@ import llvmlite.binding as llvm
 
 LIBM_FUNCS = ("tanh", "tanhf", "log1p", "log1pf", "expm1", "expm1f")
 PYAPI_FUNCS = ("PyDict_GetItem", "PyDict_Size", "PyDict_New", "PyDict_SetItem", "PyTuple_New",
-               "PyTuple_SetItem", "PyObject_Call", "_Py_Dealloc")
+               "PyTuple_SetItem", "PyObject_Call", "_Py_Dealloc", "PyThreadState_Get",
+               "PyThreadState_GetID")
 
 
 @functools.cache

@@ -11,17 +11,21 @@ slow path, `Signature.bind` + the ctypes route, which converts or raises a clear
 ArgumentError. Native code therefore only ever sees memory of the planned size.
 
 On success it calls bp_main and returns (loss scalar, {name: gradient}), the gradients being
-the same preallocated arrays every call (valid until the next call). Object pointers the
-wrapper needs (names, dtype descriptors, output arrays, the slow path) sit in a global table
-that the loader fills after the object code is loaded, so cached code holds no addresses.
-The layout assumptions are verified with ctypes before the wrapper is ever used; if any fails
-the ctypes path is used instead.
+the preallocated arrays of one arena (backend.Arena), the same every call of one thread (valid
+until that thread's next call). Everything the wrapper needs (names, dtype descriptors, the
+arena's output arrays and workspace, the slow path) sits in a table of int64 slots that is the
+wrapper's `self`, a `_Table` array filled after loading, so cached code holds no addresses and
+one function has one table per arena. A table has an owner thread (PyThreadState_GetID, never
+reused); a call from any other thread goes to `other`, which finds or makes that thread's own
+table and arena. The layout assumptions are verified with ctypes before the wrapper is ever
+used; if any fails the ctypes path is used instead.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 
 import numpy as np
 from llvmlite import ir
@@ -37,12 +41,15 @@ NPY_C_CONTIGUOUS, NPY_ALIGNED = 0x1, 0x100
 TP_ALLOC = 304  # offsetof(PyTypeObject, tp_alloc) on 64-bit CPython 3.8-3.13
 TP_BASE = 256
 
-# ctx table slots
+# table slots; C_OWNER: the thread id that may use this table's arena (0: any, the caller
+# serialises), C_OTHER: the callable that takes calls from other threads
 C_SLOW, C_SCALAR_TYPE, C_TP_ALLOC, C_ARENA_LO, C_ARENA_HI, C_WS, C_ARRAY_TYPE = range(7)
-C_FIXED = 7
+C_OWNER, C_OTHER = 7, 8
+C_FIXED = 9
 
 PYAPI = ("PyDict_GetItem", "PyDict_Size", "PyDict_New", "PyDict_SetItem", "PyTuple_New",
-         "PyTuple_SetItem", "PyObject_Call", "_Py_Dealloc")
+         "PyTuple_SetItem", "PyObject_Call", "_Py_Dealloc", "PyThreadState_Get",
+         "PyThreadState_GetID")
 
 
 def _slots(nin: int, nout: int) -> dict:
@@ -52,28 +59,28 @@ def _slots(nin: int, nout: int) -> dict:
 
 
 def emit_wrapper(module: ir.Module, program) -> None:
-    """Add @bp_ctx and @bp_pycall to `module` (only for float scalar losses)."""
+    """Add @bp_pycall to `module` (only for float scalar losses)."""
     outs, args = program.outputs, program.args
     if outs[0].shape != () or outs[0].dtype not in ("float32", "float64"):
         return
     nin, nout = len(args), len(outs)
     slots = _slots(nin, nout)
-    tab_ty = ir.ArrayType(I64, slots["size"])
-    tab = ir.GlobalVariable(module, tab_ty, "bp_ctx")
-    tab.initializer = ir.Constant(tab_ty, None)
     fn = ir.Function(module, ir.FunctionType(PTR, [PTR, PTR, PTR]), "bp_pycall")
     _self, pargs, kwargs = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     em = Emitter(module, b)
     slow = fn.append_basic_block("slow")
     fail = fn.append_basic_block("fail")
-
-    def ctx(k, ty=PTR):
-        v = b.load(b.gep(tab, [i64(0), i64(k)], inbounds=True, source_etype=tab_ty), typ=I64)
-        return b.inttoptr(v, PTR) if ty == PTR else v
+    other = fn.append_basic_block("other_thread")
 
     def field(obj, off, ty):
         return b.load(b.gep(obj, [i64(off)], inbounds=True, source_etype=I8), typ=ty)
+
+    tab = field(_self, AR_DATA, PTR)  # `self` is the _Table array: its data are the slots
+
+    def ctx(k, ty=PTR):
+        v = b.load(b.gep(tab, [i64(k)], inbounds=True, source_etype=I64), typ=I64)
+        return b.inttoptr(v, PTR) if ty == PTR else v
 
     def check(cond_ok):
         nxt = fn.append_basic_block("ok")
@@ -81,6 +88,12 @@ def emit_wrapper(module: ir.Module, program) -> None:
         b.position_at_end(nxt)
 
     api = {n: em.declare(n, *_API_TYPES[n]) for n in PYAPI}
+    owner = ctx(C_OWNER, I64)
+    with b.if_then(b.icmp_unsigned("!=", owner, i64(0))):  # this arena is one thread's
+        tid = b.call(api["PyThreadState_GetID"], [b.call(api["PyThreadState_Get"], [])])
+        mine = fn.append_basic_block("own_thread")
+        b.cbranch(b.icmp_unsigned("==", tid, owner), mine, other)
+        b.position_at_end(mine)
     has_args = b.icmp_unsigned("!=", pargs, ir.Constant(PTR, None))
     with b.if_then(has_args):  # positional arguments: let the slow path raise TypeError
         nxt = fn.append_basic_block("no_positional")
@@ -164,6 +177,8 @@ def emit_wrapper(module: ir.Module, program) -> None:
     b.ret(ir.Constant(PTR, None))
     b.position_at_end(slow)
     b.ret(b.call(api["PyObject_Call"], [ctx(C_SLOW), pargs, kwargs]))
+    b.position_at_end(other)
+    b.ret(b.call(api["PyObject_Call"], [ctx(C_OTHER), pargs, kwargs]))
 
 
 _API_TYPES = {
@@ -175,6 +190,8 @@ _API_TYPES = {
     "PyTuple_SetItem": (I32, [PTR, I64, PTR]),
     "PyObject_Call": (PTR, [PTR, PTR, PTR]),
     "_Py_Dealloc": (ir.VoidType(), [PTR]),
+    "PyThreadState_Get": (PTR, []),
+    "PyThreadState_GetID": (I64, [PTR]),
 }
 
 
@@ -235,14 +252,21 @@ class _MethodDef(ctypes.Structure):
 METH_VARARGS_KEYWORDS = 0x0001 | 0x0002
 
 
+class _Table(np.ndarray):
+    """The wrapper's `self`: int64 slots (read natively through the data pointer at AR_DATA);
+    `keep` holds every object whose address sits in a slot."""
+
+
 @functools.cache
 def layout_ok() -> bool:
     """Check every struct offset the wrapper relies on against live objects."""
     try:
         a = np.zeros((3, 5), np.float32)
+        t = np.zeros(4, np.int64).view(_Table)
         rd = lambda addr, t: t.from_address(addr).value
         ok = (rd(id(a) + OB_TYPE, ctypes.c_void_p) == id(np.ndarray)
               and rd(id(a) + AR_DATA, ctypes.c_void_p) == a.ctypes.data
+              and rd(id(t) + AR_DATA, ctypes.c_void_p) == t.ctypes.data
               and rd(id(a) + AR_ND, ctypes.c_int) == 2
               and rd(rd(id(a) + AR_DIMS, ctypes.c_void_p) + 8, ctypes.c_ssize_t) == 5
               and rd(id(a) + AR_DESCR, ctypes.c_void_p) == id(a.dtype)
@@ -253,63 +277,121 @@ def layout_ok() -> bool:
               and rd(id(np.float64(2.5)) + SCALAR_VALUE, ctypes.c_double) == 2.5
               and rd(id(np.float32) + TP_BASE, ctypes.c_void_p) == id(np.float32.__base__)
               and rd(id(np.float32) + TP_ALLOC, ctypes.c_void_p)
-              and rd(id((1, 2, 3)) + TUPLE_SIZE, ctypes.c_ssize_t) == 3)
+              and rd(id((1, 2, 3)) + TUPLE_SIZE, ctypes.c_ssize_t) == 3
+              and thread_id() > 0)
         return bool(ok)
     except Exception:
         return False
 
 
-def make_caller(backend, signature, grad_names):
-    """A builtin function object wrapping bp_pycall, or None when the fast path is unavailable."""
+def thread_id() -> int:
+    """The calling thread's PyThreadState_GetID: unique in the interpreter, never reused (unlike
+    threading.get_ident), so a dead thread's table can never match a new thread."""
+    api = ctypes.pythonapi
+    api.PyThreadState_Get.restype = ctypes.c_void_p
+    api.PyThreadState_GetID.restype, api.PyThreadState_GetID.argtypes = (
+        ctypes.c_uint64, [ctypes.c_void_p])
+    return api.PyThreadState_GetID(api.PyThreadState_Get())
+
+
+class _Builder:
+    """Makes wrapper builtins over arenas of one backend: the table of each, its slow path."""
+
+    def __init__(self, backend, signature, grad_names):
+        self.fn_addr = backend.engine.get_function_address("bp_pycall")
+        program = backend.program
+        args, outs = program.args, program.outputs
+        self.nin, self.slots = len(args), _slots(len(args), len(outs))
+        self.stype = np.float32 if outs[0].dtype == "float32" else np.float64
+        self.inputs = [(_intern(a.attr("name")), np.dtype(a.dtype)) for a in args]
+        self.out_names = [_intern("loss")] + [_intern(g) for g in grad_names]
+        self.signature, self.grad_names = signature, list(grad_names)
+        self.ml = _MethodDef(b"compiled_gradient", self.fn_addr, METH_VARARGS_KEYWORDS,
+                             b"bpcompile LLVM gradient function (validated fast path)")
+
+    def builtin(self, arena, owner: int = 0, other=None, keep=()):
+        """A builtin calling bp_pycall on `arena`; from a thread other than `owner` (if not 0)
+        it calls `other` instead. `keep`: more objects the builtin must keep alive."""
+        signature, names = self.signature, self.grad_names
+
+        def compiled_gradient(**kwargs):  # the slow path: converts, or raises a clear error
+            value, grads = arena.run(signature.bind(kwargs), False)
+            return value, dict(zip(names, grads))
+
+        slots = self.slots
+        table = np.zeros(slots["size"], np.int64).view(_Table)
+        table[C_SLOW] = id(compiled_gradient)
+        table[C_SCALAR_TYPE] = id(self.stype)
+        table[C_TP_ALLOC] = ctypes.c_void_p.from_address(id(self.stype) + TP_ALLOC).value
+        table[C_ARENA_LO], table[C_ARENA_HI] = arena.lo, arena.hi
+        table[C_WS] = arena.ws_addr
+        table[C_ARRAY_TYPE] = id(np.ndarray)
+        table[C_OWNER] = owner
+        table[C_OTHER] = id(other)
+        for i, (key, descr) in enumerate(self.inputs):
+            table[slots["in"](i)] = id(key)
+            table[slots["in"](i) + 1] = id(descr)
+        for j, (arr, gname) in enumerate(zip(arena.out_arrays, self.out_names)):
+            s = slots["out"](j)
+            table[s], table[s + 1], table[s + 2] = arr.ctypes.data, id(arr), id(gname)
+        table.keep = (compiled_gradient, arena, other, self.stype, self.inputs, self.out_names,
+                      self.ml, *keep)
+        new = ctypes.pythonapi.PyCFunction_NewEx
+        new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.py_object,
+                                                       ctypes.c_void_p]
+        return new(ctypes.addressof(self.ml), table, None)
+
+
+def _usable(backend, signature) -> bool:
     program = backend.program
     try:
-        table_addr = backend.engine.get_global_value_address("bp_ctx")
         fn_addr = backend.engine.get_function_address("bp_pycall")
     except Exception:
-        return None
-    if not table_addr or not fn_addr or not layout_ok():
-        return None
-    if any(program.bounds.get(k) != v for k, v in signature.bounds.items()):
-        return None  # the native range checks must cover every bound the signature enforces
-    args, outs = program.args, program.outputs
-    slots = _slots(len(args), len(outs))
-    names = [a.attr("name") for a in args]
+        return False
+    if not fn_addr or not layout_ok():
+        return False
+    # the native range checks must cover every bound the signature enforces
+    return all(program.bounds.get(k) == v for k, v in signature.bounds.items())
 
-    def compiled_gradient(**kwargs):  # the slow path: converts, or raises a clear error
-        arrays = signature.bind(kwargs)
-        value, grads = backend.run(arrays)
-        return value, dict(zip(grad_names, grads))
 
-    keep = [compiled_gradient, backend]
-    table = (ctypes.c_int64 * slots["size"]).from_address(table_addr)
-    stype = np.float32 if outs[0].dtype == "float32" else np.float64
-    table[C_SLOW] = id(compiled_gradient)
-    table[C_SCALAR_TYPE] = id(stype)
-    table[C_TP_ALLOC] = ctypes.c_void_p.from_address(id(stype) + TP_ALLOC).value
-    table[C_ARENA_LO], table[C_ARENA_HI] = backend.arena_lo, backend.arena_hi
-    table[C_WS] = backend.ws_addr
-    table[C_ARRAY_TYPE] = id(np.ndarray)
-    for i, (name, a) in enumerate(zip(names, args)):
-        key = _intern(name)
-        descr = np.dtype(a.dtype)
-        keep += [key, descr]
-        table[slots["in"](i)] = id(key)
-        table[slots["in"](i) + 1] = id(descr)
-    for j, arr in enumerate(backend.out_arrays):
-        gname = _intern(grad_names[j - 1]) if j else _intern("loss")
-        keep += [arr, gname]
-        s = slots["out"](j)
-        table[s], table[s + 1], table[s + 2] = arr.ctypes.data, id(arr), id(gname)
-    ml = _MethodDef(b"compiled_gradient", fn_addr, METH_VARARGS_KEYWORDS,
-                    b"bpcompile LLVM gradient function (validated fast path)")
-    keep.append(ml)
-    new = ctypes.pythonapi.PyCFunction_NewEx
-    new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.py_object,
-                                                   ctypes.c_void_p]
-    owner = tuple(keep)  # the function's `self`: keeps every object in the table alive
-    fn = new(ctypes.addressof(ml), owner, None)
-    backend._pycall_keep = owner
-    return _Native(fn)
+def make_caller(backend, signature, grad_names, copy: bool = False):
+    """A caller wrapping bp_pycall with one arena per calling thread, or None when the fast path
+    is unavailable. The calling (compiling) thread's arena is checked natively (owner id); any
+    other thread's call is forwarded once, through a Python frame, to that thread's own builtin
+    and arena (thread-local, freed when the thread ends). With `copy`, every output is copied."""
+    if not _usable(backend, signature):
+        return None
+    mk = _Builder(backend, signature, grad_names)
+    local = threading.local()
+
+    def other(*args, **kwargs):  # a call from a thread that does not own the main table
+        c = getattr(local, "builtin", None)
+        if c is None:  # owner 0: only this thread's local ever reaches it; no backend ref,
+            c = local.builtin = mk.builtin(backend.thread_arena())  # so no leak per thread
+        return c(*args, **kwargs)
+
+    fn = mk.builtin(backend.thread_arena(), thread_id(), other, keep=(backend, local))
+    if not copy:
+        return _Native(fn)
+
+    def copied(**kwargs):  # the native result is this thread's arena: copy before returning
+        value, grads = fn(**kwargs)
+        for k, g in grads.items():
+            grads[k] = g.copy()
+        return value, grads
+
+    return copied
+
+
+def make_pinned_caller(backend, signature, grad_names):
+    """A caller over one new arena, from any thread (the caller serialises calls): `.arena`
+    holds its output arrays. Used by the train step, which reads them in place."""
+    if not _usable(backend, signature):
+        return None
+    arena = backend.new_arena()
+    native = _Native(_Builder(backend, signature, grad_names).builtin(arena, keep=(backend,)))
+    native.arena = arena
+    return native
 
 
 def _intern(s: str) -> str:
