@@ -4,7 +4,8 @@ Every value the generated code touches is a `View` (offset, shape, strides in el
 `Buffer`: an argument, an output, a constant global, or a slice of one workspace block. Movement
 ops that are pure index arithmetic (transpose, broadcast, slice, most reshapes) produce views and
 no code. Workspace buffers whose lifetimes do not overlap share bytes; the plan is computed once
-at compile time and the workspace is allocated once per compiled function.
+at compile time and the workspace is allocated once per compiled function and calling
+thread (backend.Arena).
 """
 
 from __future__ import annotations
