@@ -146,7 +146,8 @@ def test_llvm_each_thread_has_its_own_arena_reused_by_its_calls():
 
 def test_llvm_thread_arenas_do_not_keep_functions_alive():
     """Per-thread state lives in thread-locals that must not reference the compiled function:
-    a function compiled in one thread and called from a living other thread is freed."""
+    a function compiled in one thread and called from a living other thread is freed; a
+    thread's arena is freed when the thread ends."""
     pytest.importorskip("llvmlite")
     loss, wrt = _tiny()
     kw = _input_sets(1)[0]
@@ -156,6 +157,19 @@ def test_llvm_thread_arenas_do_not_keep_functions_alive():
     t.join()
     fn = box.pop("fn")
     fn(**kw)  # this (main, living) thread gets its own arena and caller
+    # a worker's arena goes with the worker; the arrays it returned keep their memory
+    arenas, held = [], []
+
+    def work(f):
+        held.append(f(**kw)[1]["W1"])
+        arenas.append(weakref.ref(f.impl._local.arena))
+
+    t = threading.Thread(target=work, args=(fn,))
+    t.start()
+    t.join()
+    gc.collect()
+    assert arenas[0]() is None
+    np.testing.assert_array_equal(held[0], fn(**kw)[1]["W1"])
     ref = weakref.ref(fn.impl)
     del fn
     gc.collect()
