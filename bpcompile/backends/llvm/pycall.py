@@ -319,7 +319,8 @@ class _Builder:
             return value, dict(zip(names, grads))
 
         slots = self.slots
-        table = np.zeros(slots["size"], np.int64).view(_Table)
+        table = _Table((slots["size"],), np.int64)  # owns its data (no writable base)
+        table[:] = 0
         table[C_SLOW] = id(compiled_gradient)
         table[C_SCALAR_TYPE] = id(self.stype)
         table[C_TP_ALLOC] = ctypes.c_void_p.from_address(id(self.stype) + TP_ALLOC).value
@@ -336,6 +337,7 @@ class _Builder:
             table[s], table[s + 1], table[s + 2] = arr.ctypes.data, id(arr), id(gname)
         table.keep = (compiled_gradient, arena, other, self.stype, self.inputs, self.out_names,
                       self.ml, *keep)
+        table.flags.writeable = False  # reachable as fn.__call__.__self__: no accidents
         new = ctypes.pythonapi.PyCFunction_NewEx
         new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.py_object,
                                                        ctypes.c_void_p]
@@ -365,9 +367,10 @@ def make_caller(backend, signature, grad_names, copy: bool = False):
     local = threading.local()
 
     def other(*args, **kwargs):  # a call from a thread that does not own the main table
-        c = getattr(local, "builtin", None)
-        if c is None:  # owner 0: only this thread's local ever reaches it; no backend ref,
-            c = local.builtin = mk.builtin(backend.thread_arena())  # so no leak per thread
+        try:
+            c = local.builtin
+        except AttributeError:  # owner 0: only this thread's local reaches it; it holds no
+            c = local.builtin = mk.builtin(backend.thread_arena())  # backend: no leak
         return c(*args, **kwargs)
 
     fn = mk.builtin(backend.thread_arena(), thread_id(), other, keep=(backend, local))
