@@ -74,11 +74,14 @@ def _run_threads(work, n=THREADS):
         raise errors[0]
 
 
-@pytest.mark.parametrize("backend", ["numpy", "llvm", "llvm-copy", "jax"])
+OPTIONS = {"llvm-copy": {"copy_outputs": True}, "llvm-ctypes": {"fast_call": False}}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm", "llvm-copy", "llvm-ctypes", "jax"])
 def test_concurrent_calls_equal_serial_results(backend):
     _skip_unavailable(backend)
     loss, wrt = _tiny()
-    options = {"copy_outputs": True} if backend == "llvm-copy" else {}
+    options = OPTIONS.get(backend, {})
     fn = bp.compile(loss, wrt, backend=backend.split("-")[0], **options)
     sets = _input_sets()
     expect = []
