@@ -70,6 +70,8 @@ class LLVMBackend:
         if not addr:
             if obj is not None:
                 cache.discard(key)
+                # that engine owns self.tm (llvmlite): a second engine needs a TM of its own
+                self.tm = jit.target_machine(jit=True, opt=self.opt)
             self.cache_hit = False
             self._optimized = self._optimize()
             obj = self.tm.emit_object(self._optimized)
