@@ -72,8 +72,8 @@ def key(graph_text: str, ir_text: str, opt: int, codegen: dict | None = None) ->
 def load(k: Key) -> bytes | None:
     """The object code for `k`, or None (a miss) when absent, refused or damaged."""
     machine = elfcheck.machine_for(jit.host()[0])
-    dfd = _open_dir()
-    if dfd is None or machine is None:
+    dfd = _open_dir() if machine is not None else None
+    if dfd is None:
         return None
     try:
         secret = _secret(dfd, create=False)
