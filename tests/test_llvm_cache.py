@@ -351,3 +351,35 @@ def test_object_without_entry_point_is_a_miss_and_replaced(cdir):
     cache.store(k, empty)
     _compile_and_check()
     _compile_and_check(hit=True)
+
+
+def test_elf_check_is_total_on_damaged_objects():
+    """The checker itself never raises (a raise would fail the compile instead of missing):
+    random byte damage and truncation of a real object give None or a reason."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from bpcompile.backends.llvm import jit
+
+    machine = elfcheck.machine_for(jit.host()[0])
+    if machine is None:
+        pytest.skip("no ELF check on this host")
+    loss, wrt = _model()
+    fn = bp.compile(loss, wrt, backend="llvm", cache=False)
+    good = fn.impl.tm.emit_object(fn.impl._optimize())
+    assert elfcheck.check(good, machine, cache._resolvable) is None
+
+    @settings(max_examples=100, deadline=None, derandomize=True)
+    @given(st.lists(st.tuples(st.integers(0, len(good) - 1), st.integers(0, 255)), max_size=8),
+           st.integers(0, len(good)))
+    def check(edits, cut):
+        bad = bytearray(good[:cut])
+        for pos, byte in edits:
+            if pos < len(bad):
+                bad[pos] = byte
+        why = elfcheck.check(bytes(bad), machine, cache._resolvable)
+        assert why is None or isinstance(why, str)
+        if cut < 64:
+            assert why is not None
+
+    check()
