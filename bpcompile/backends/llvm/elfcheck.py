@@ -30,6 +30,9 @@ ALLOWED_SECTIONS = {SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SH
                     SHT_NOBITS, SHT_INIT_ARRAY, SHT_FINI_ARRAY, SHT_X86_64_UNWIND,
                     SHT_LLVM_ADDRSIG}
 SHN_UNDEF, SHN_ABS, SHN_COMMON = 0, 0xFFF1, 0xFFF2
+# write, alloc, exec, merge, strings, info-link, link-order, processor-specific (x86-64
+# large); not TLS (RuntimeDyld aborts: "allocation of TLS not implemented"), group, compressed
+SECTION_FLAGS = 0x1 | 0x2 | 0x4 | 0x10 | 0x20 | 0x40 | 0x80 | 0xF0000000
 MAX_ALIGN = 1 << 12
 
 # e_machine per target-triple architecture, and the relocation types (-> bytes patched) that
@@ -69,9 +72,9 @@ def check(data: bytes, machine: int, resolve: Callable[[str], bool]) -> str | No
     secs = [SHDR.unpack_from(data, shoff + i * SHDR.size) for i in range(shnum)]
     if secs[0][1] != SHT_NULL or not 0 < shstrndx < shnum or secs[shstrndx][1] != SHT_STRTAB:
         return "bad section 0 or section-name table"
-    for i, (_nm, typ, _fl, _a, off, size, link, _info, align, _es) in enumerate(secs[1:], 1):
-        if typ not in ALLOWED_SECTIONS:
-            return f"section {i}: unexpected type {typ:#x}"
+    for i, (_nm, typ, flags, _a, off, size, link, _info, align, _es) in enumerate(secs[1:], 1):
+        if typ not in ALLOWED_SECTIONS or flags & ~SECTION_FLAGS:
+            return f"section {i}: unexpected type {typ:#x} or flags {flags:#x}"
         if typ != SHT_NOBITS and off + size > n:
             return f"section {i}: contents out of bounds"
         if link >= shnum or align > MAX_ALIGN or align & (align - 1):
