@@ -57,24 +57,44 @@ class LLVMBackend:
         self.module = build_module(self.program, title, with_pycall=options.get("fast_call", True))
         self._ir = str(self.module)
         self.tm = jit.target_machine(jit=True, opt=self.opt)
-        key = cache.key(format_graph(outputs), self._ir, self.opt) if options.get(
-            "cache", True) else None
+        # bound before a cached object is checked: its external symbols must all resolve
+        blas.register()  # nested scan bodies may call BLAS too; binding is once per process
+        key = cache.key(format_graph(outputs), self._ir, self.opt, self._codegen()) if (
+            options.get("cache", True)) else None
         obj = cache.load(key) if key else None
         self.cache_hit = obj is not None
         self._optimized = None
-        if obj is None:
+        try:
+            addr = self._load(obj) if obj is not None else 0
+        except RuntimeError:  # LLVM refused the cached object: a miss, never an error
+            addr = 0
+        if not addr:
+            if obj is not None:
+                cache.discard(key)
+                # that engine owns self.tm (llvmlite): a second engine needs a TM of its own
+                self.tm = jit.target_machine(jit=True, opt=self.opt)
+            self.cache_hit = False
             self._optimized = self._optimize()
             obj = self.tm.emit_object(self._optimized)
             if key:
                 cache.store(key, obj)
+            addr = self._load(obj)
         self.timings = {"llvm": time.perf_counter() - t0}
-        blas.register()  # nested scan bodies may call BLAS too; binding is once per process
+        self._entry = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)(addr)
+        self._local = threading.local()  # .arena: the calling thread's Arena, made lazily
+
+    # -- setup --------------------------------------------------------------------------------
+    def _codegen(self) -> dict:
+        """Codegen settings not visible in the IR (part of the object cache's key)."""
+        return {"tm": "mcjit-jitdefault", "speed": min(self.opt, 3),
+                "unroll": len(self.program.steps) <= SPLIT_STEPS}
+
+    def _load(self, obj: bytes) -> int:
+        """Map `obj` into a fresh MCJIT engine; the address of bp_entry (0 if absent)."""
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.tm)
         self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self.engine.finalize_object()
-        self._entry = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)(
-            self.engine.get_function_address("bp_entry"))
-        self._local = threading.local()  # .arena: the calling thread's Arena, made lazily
+        return self.engine.get_function_address("bp_entry")
 
     # -- running ------------------------------------------------------------------------------
     def thread_arena(self) -> Arena:
@@ -93,8 +113,8 @@ class LLVMBackend:
         return self.thread_arena().run(arrays, self.copy_outputs)
 
     def _optimize(self):
-        small = len(self.program.steps) <= SPLIT_STEPS
-        return jit.optimize(self._ir, self.tm, speed=min(self.opt, 3), unroll=small)
+        cg = self._codegen()
+        return jit.optimize(self._ir, self.tm, speed=cg["speed"], unroll=cg["unroll"])
 
     def make_caller(self, signature, grad_names, pinned: bool = False):
         """The fast validated call path (pycall.py), or None to use the default one.
