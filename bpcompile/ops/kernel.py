@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import cache
 
 import sympy as sp
+from sympy.logic.boolalg import BooleanAtom
 
 from ..errors import BackendError, DTypeError, GradientError, ShapeError
 from ..ir.dtypes import canonical, is_float
@@ -97,6 +98,8 @@ def kernel(expr: sp.Expr, inputs, name: str = "fused", dtype=None) -> Node:
     """Build a kernel node, dropping unused inputs and merging repeated ones."""
     inputs = [as_node(i) for i in inputs]
     expr = sp.sympify(expr)
+    if isinstance(expr, (BooleanAtom, sp.core.relational.Relational)):  # a truth value: 1 or 0
+        expr = sp.Piecewise((1, expr), (0, True))
     stray = {s.name for s in expr.free_symbols} - {sym(i).name for i in range(len(inputs))}
     if stray:
         raise ShapeError(f"kernel {name}: expression uses unknown symbols {sorted(stray)}")

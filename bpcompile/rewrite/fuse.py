@@ -19,6 +19,9 @@ from ..ops.kernel import kernel, sym
 from ..ops.registry import get_op
 
 COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
+# SymPy truth values: a comparison, or one SymPy decided (a0 > a0 is false). A Symbol is a
+# sympy Boolean too, so that class is too wide.
+TRUTH = (sp.logic.boolalg.BooleanAtom, sp.core.relational.Relational)
 
 
 def fusable(n: Node) -> bool:
@@ -63,7 +66,7 @@ def _expr(n: Node, inlined: set[Node], args: list[Node], root: bool = False):
         x = n.inputs[0]
         return (
             sp.Piecewise((1, ins[0]), (0, True))
-            if x.dtype == "bool" and isinstance(ins[0], sp.core.relational.Relational)
+            if x.dtype == "bool" and isinstance(ins[0], TRUTH)
             else ins[0]
         )
     return get_op(n.op).sympy(*ins)
