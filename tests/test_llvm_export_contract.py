@@ -20,7 +20,7 @@ pytest.importorskip("llvmlite")
 CC = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler")
 
-ARGS = ["x", "z", "W1", "b1", "W2", "labels"]  # checked against the header below
+ARGS = ["x", "W1", "b1", "W2", "labels", "z"]  # checked against the header below
 OUTS = [("loss", 1), ("dW1", 12), ("db1", 4), ("dW2", 12)]
 
 
@@ -79,9 +79,9 @@ static void reset(void) {
     }
 }
 static int call(void) {
-    return clf_grad(P(0, const double, x), P(1, const double, z), P(2, const double, W1),
-                    P(3, const double, b1), P(4, const double, W2),
-                    P(5, const int32_t, labels), P(6, double, loss), P(7, double, dW1),
+    return clf_grad(P(0, const double, x), P(1, const double, W1), P(2, const double, b1),
+                    P(3, const double, W2), P(4, const int32_t, labels),
+                    P(5, const double, z), P(6, double, loss), P(7, double, dW1),
                     P(8, double, db1), P(9, double, dW2), P(10, void, ws));
 }
 static int untouched(void) {
@@ -115,7 +115,7 @@ struct job { double out[29]; void *ws; int rc; double xs[15]; };
 static void *worker(void *arg) {
     struct job *j = arg;
     for (int it = 0; it < 300 && !j->rc; it++)
-        j->rc = clf_grad(j->xs, z_init, W1_init, b1_init, W2_init, labels_init, j->out,
+        j->rc = clf_grad(j->xs, W1_init, b1_init, W2_init, labels_init, z_init, j->out,
                          j->out + 1, j->out + 13, j->out + 17, j->ws);
     return NULL;
 }
@@ -168,7 +168,7 @@ int main(void) {
         pthread_join(th[t], NULL);
         double serial[29];
         void *ws = malloc(CLF_WORKSPACE_BYTES + 1);
-        int rc = clf_grad(jobs[t].xs, z_init, W1_init, b1_init, W2_init, labels_init, serial,
+        int rc = clf_grad(jobs[t].xs, W1_init, b1_init, W2_init, labels_init, z_init, serial,
                           serial + 1, serial + 13, serial + 17, ws);
         threads_ok &= rc == 0 && jobs[t].rc == 0
                       && memcmp(serial, jobs[t].out, sizeof serial) == 0;
@@ -245,7 +245,7 @@ def test_overlapping_outputs_return_err_overlap(run_harness):
 def test_inputs_may_share_memory(run_harness):
     _, rows, loss, wrt, vals = run_harness
     assert rows["z_is_x"] == ["0", "0"]
-    same = dict(vals, z=vals["x"])
+    same = dict(vals, x=vals["z"])  # reset() copied z's values into the shared buffer last
     np.testing.assert_allclose([float(v) for v in rows["values_z_is_x"]],
                                _reference(loss, wrt, same), rtol=1e-10, atol=1e-12)
 
@@ -279,7 +279,7 @@ def test_cpu_check_lists_the_target_features():
 
     p = bp.param("p", (3,), "float32")
     fn = bp.compile(bp.sum(p * p), [p])
-    src = api_source(Program(fn.outputs, fn.args), "m", ["loss", "dp"],
+    src = api_source(Program(fn.outputs, fn.args, gemm_threshold=2**62), "m", ["loss", "dp"],
                      ["avx2", "avx512f", "fma", "widekl", "sse4.2"])
     for f in ("avx2", "avx512f", "fma", "sse4.2"):
         assert f'__builtin_cpu_supports("{f}")' in src
