@@ -77,6 +77,21 @@ def test_kernel_drops_operands_a_merge_cancels():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_kernel_keeps_repeated_operands_when_merging_divides_by_zero(backend):
+    """kernel(a0/(a1 - a2), [x, y, y]): merging a2 into a1 gives a0/0 = zoo*a0 in SymPy; the
+    operands stay apart instead, so the result is IEEE x/(y - y) (inf, -inf or NaN)."""
+    x = bp.input("x", (4,), "float64")
+    y = bp.input("y", (4,), "float64")
+    a0, a1, a2 = sym(0), sym(1), sym(2)
+    out = kernel(a0 / (a1 - a2), [x, y, y], name="k", dtype="float64")
+    assert not sf.nonfinite_atoms(out.attr("expr"))
+    f = bp.function({"z": out * 1.0}, backend=backend)
+    xv, yv = np.array([1.0, -2.0, 0.0, np.nan]), np.array([3.0, 0.5, 1.0, 2.0])
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(np.asarray(f(x=xv, y=yv)["z"]), xv / (yv - yv))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_function_outputs_are_fresh_arrays_of_their_declared_type(backend):
     """Outputs that are arguments, views or broadcasts of arguments, or constants come back as
     new, writable, C-contiguous arrays of the declared shape and dtype (as JAX returns them)."""

@@ -79,14 +79,14 @@ def _check_finite(expr, name: str) -> None:
         )
 
 
-def _compact(expr, inputs):
+def _compact(expr, inputs, merge: bool = True):
     """(expr, inputs) without the inputs `expr` does not use, repeated inputs merged."""
     used, subs, new_inputs = {s.name for s in expr.free_symbols}, {}, []
     for i, x in enumerate(inputs):
         s = sym(i)
         if s.name not in used:
             continue
-        if x in new_inputs:
+        if merge and x in new_inputs:
             subs[s] = sym(new_inputs.index(x))
         else:
             subs[s] = sym(len(new_inputs))
@@ -104,11 +104,14 @@ def kernel(expr: sp.Expr, inputs, name: str = "fused", dtype=None) -> Node:
     if stray:
         raise ShapeError(f"kernel {name}: expression uses unknown symbols {sorted(stray)}")
     _check_finite(expr, name)
+    given = expr
     expr, new_inputs = _compact(expr, inputs)
     # Merging repeated inputs can cancel terms (a0*(a1/a0 - a2/a0) with a1 = a2 is 0), leaving
     # inputs the merged expression no longer uses: compact again until nothing changes.
     while len(expr.free_symbols) < len(new_inputs):
         expr, new_inputs = _compact(expr, new_inputs)
+    if sf.nonfinite_atoms(expr):  # merging divided by zero (a0/(a1 - a2) with a1 = a2 is zoo):
+        expr, new_inputs = _compact(given, inputs, merge=False)  # keep the IEEE x/(y - y)
     if dtype is None:
         fl = [x.dtype for x in new_inputs + inputs if is_float(x.dtype)]
         dtype = fl[0] if fl else "float32"

@@ -120,12 +120,13 @@ def _plan_kernels(order: list[Node], inlined: set[Node]) -> dict:
                 continue
             args: list[Node] = []
             expr = _expr(n, inlined, args, root=True)
-            group = _members(n, inlined)
-            if group and sf.nonfinite_atoms(expr):
-                split = group
-                break
+            if sf.nonfinite_atoms(expr):
+                split = _members(n, inlined)
+                if split:
+                    break
+                continue  # a kernel whose repeated operands merged to a0/0: keep it as it is
             replaced[n] = (expr, args, _kernel_name(n, inlined))
-        if split is None:
+        if not split:
             return replaced
         inlined -= split
 
