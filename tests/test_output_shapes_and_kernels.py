@@ -137,6 +137,26 @@ def test_gradient_that_is_a_broadcast_constant(backend):
     np.testing.assert_array_equal(np.asarray(g["q"]), np.full((3, 2), 0.25, np.float32))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_writing_into_a_constant_output_does_not_change_the_next_call(backend):
+    """An output (or gradient) that is an array constant was the compiled function's own module
+    constant on NumPy: writing into it changed every later result."""
+    q = bp.param("q", (2, 2), "float32")
+    C = bp.const(np.arange(4, dtype=np.float32).reshape(2, 2))
+    f = bp.function({"C": C, "y": q * 1.0}, backend=backend)
+    fn = bp.compile(bp.sum(q * C), [q], backend=backend)
+    qv = np.ones((2, 2), np.float32)
+    r, (_, g) = f(q=qv), fn(q=qv)
+    _check_array(r["C"], (2, 2), "float32", backend)
+    _check_array(g["q"], (2, 2), "float32", backend)
+    if backend != "jax":
+        r["C"][0, 0] = 99.0
+        g["q"][0, 0] = 99.0
+    want = np.arange(4, dtype=np.float32).reshape(2, 2)
+    np.testing.assert_array_equal(np.asarray(f(q=qv)["C"]), want)
+    np.testing.assert_array_equal(np.asarray(fn(q=qv)[1]["q"]), want)
+
+
 # ---- item 7: total kernel construction --------------------------------------------------------
 
 
