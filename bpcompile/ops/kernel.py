@@ -10,8 +10,9 @@ from __future__ import annotations
 from functools import cache
 
 import sympy as sp
+from sympy.logic.boolalg import BooleanAtom
 
-from ..errors import DTypeError, ShapeError
+from ..errors import BackendError, DTypeError, GradientError, ShapeError
 from ..ir.dtypes import canonical, is_float
 from ..ir.node import Node, make
 from . import sympy_funcs as sf
@@ -37,6 +38,13 @@ def _vjp(y, g, needs):
             out.append(None)
             continue
         d = sf.diff(expr, sym(i))
+        if sf.nonfinite_atoms(d):
+            raise GradientError(
+                f"kernel {y.attr('name')}: d/da{i} of {expr} is {d}, which contains the "
+                f"non-finite atom(s) {', '.join(sf.nonfinite_atoms(d))} (a division by a "
+                f"constant zero branch); input {i} is {x.dtype}{list(x.shape)}. Write the "
+                "expression so that no branch divides by zero"
+            )
         if d == 0:
             out.append(None)
             continue
@@ -60,26 +68,52 @@ register(
 )
 
 
-def kernel(expr: sp.Expr, inputs, name: str = "fused", dtype=None) -> Node:
-    """Build a kernel node, dropping unused inputs and merging repeated ones."""
-    inputs = [as_node(i) for i in inputs]
-    expr = sp.sympify(expr)
+def _check_finite(expr, name: str) -> None:
+    """The guard that keeps SymPy's zoo/oo/nan out of every printer (fusion never makes one)."""
+    bad = sf.nonfinite_atoms(expr)
+    if bad:
+        raise BackendError(
+            f"kernel {name}: the SymPy body {expr} contains the non-finite atom(s) "
+            f"{', '.join(bad)}, which no backend can print with IEEE semantics; keep the ops "
+            "unfused (a non-finite constant belongs in a const node, not in the body)"
+        )
+
+
+def _compact(expr, inputs, merge: bool = True):
+    """(expr, inputs) without the inputs `expr` does not use, repeated inputs merged."""
     used, subs, new_inputs = {s.name for s in expr.free_symbols}, {}, []
     for i, x in enumerate(inputs):
         s = sym(i)
         if s.name not in used:
             continue
-        if x in new_inputs:
+        if merge and x in new_inputs:
             subs[s] = sym(new_inputs.index(x))
         else:
             subs[s] = sym(len(new_inputs))
             new_inputs.append(x)
-    stray = used - {sym(i).name for i in range(len(inputs))}
+    return expr.xreplace(subs), new_inputs
+
+
+def kernel(expr: sp.Expr, inputs, name: str = "fused", dtype=None) -> Node:
+    """Build a kernel node, dropping unused inputs and merging repeated ones."""
+    inputs = [as_node(i) for i in inputs]
+    expr = sp.sympify(expr)
+    if isinstance(expr, (BooleanAtom, sp.core.relational.Relational)):  # a truth value: 1 or 0
+        expr = sp.Piecewise((1, expr), (0, True))
+    stray = {s.name for s in expr.free_symbols} - {sym(i).name for i in range(len(inputs))}
     if stray:
         raise ShapeError(f"kernel {name}: expression uses unknown symbols {sorted(stray)}")
-    expr = expr.xreplace(subs)
+    _check_finite(expr, name)
+    given = expr
+    expr, new_inputs = _compact(expr, inputs)
+    # Merging repeated inputs can cancel terms (a0*(a1/a0 - a2/a0) with a1 = a2 is 0), leaving
+    # inputs the merged expression no longer uses: compact again until nothing changes.
+    while len(expr.free_symbols) < len(new_inputs):
+        expr, new_inputs = _compact(expr, new_inputs)
+    if sf.nonfinite_atoms(expr):  # merging divided by zero (a0/(a1 - a2) with a1 = a2 is zoo):
+        expr, new_inputs = _compact(given, inputs, merge=False)  # keep the IEEE x/(y - y)
     if dtype is None:
-        fl = [x.dtype for x in new_inputs if is_float(x.dtype)]
+        fl = [x.dtype for x in new_inputs + inputs if is_float(x.dtype)]
         dtype = fl[0] if fl else "float32"
     dtype = canonical(dtype)
     if not is_float(dtype):
@@ -119,6 +153,11 @@ class ElementwiseFn:
                 f"elementwise {name}: no backend can print {sorted(bad)}; supported: "
                 "exp log log1p expm1 sqrt tanh sin cos Abs sign floor Max Min Heaviside "
                 "Piecewise sigmoid softplus relu step, with +, -, *, /, ** and constants"
+            )
+        if sf.nonfinite_atoms(sp.sympify(expr)):
+            raise ValueError(
+                f"elementwise {name}: expression {expr} contains the non-finite atom(s) "
+                f"{sf.nonfinite_atoms(sp.sympify(expr))}; pass infinities as tensor arguments"
             )
         extra = free - set(symbols)
         if extra:

@@ -50,6 +50,16 @@ def unsupported_functions(expr) -> set:
             if f.func not in SUPPORTED and not issubclass(f.func, ours)}
 
 
+# IEEE arithmetic and SymPy's disagree on these (x - oo -> -oo for real x, NaN - inf = NaN;
+# 1/0 -> zoo loses the sign), so no kernel body may contain one (ops/kernel.py).
+NONFINITE = (sp.zoo, sp.oo, sp.S.NegativeInfinity, sp.nan)
+
+
+def nonfinite_atoms(expr) -> list:
+    """The non-finite SymPy atoms (zoo, oo, -oo, nan) in `expr`, by name."""
+    return [str(a) for a in NONFINITE if expr.has(a)]
+
+
 def strip_distributions(expr: sp.Expr) -> sp.Expr:
     """Derivatives of sign/Heaviside are zero almost everywhere (as in JAX): drop DiracDelta."""
     return expr.replace(sp.DiracDelta, lambda *a: sp.Integer(0))

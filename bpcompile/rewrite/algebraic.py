@@ -198,6 +198,8 @@ def _rules(n: Node):
         and all(i[0].shape[a] == 1 for a in n.attr("axes"))
     ):
         return i[0]  # reducing size-1 axes with keepdims -> x
+    if op in ("sum", "max") and all(i[0].shape[a] == 1 for a in n.attr("axes")):
+        return reshape(i[0], n.shape)  # reducing size-1 axes -> reshape(x) (no max-tie mask)
     if (
         op == "cast"
         and is_op(i[0], "cast")

@@ -14,10 +14,14 @@ import sympy as sp
 from ..ir.dtypes import is_float
 from ..ir.node import NAMES, Node, rebuild
 from ..ir.traverse import consumers, toposort
+from ..ops import sympy_funcs as sf
 from ..ops.kernel import kernel, sym
 from ..ops.registry import get_op
 
 COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
+# SymPy truth values: a comparison, or one SymPy decided (a0 > a0 is false). A Symbol is a
+# sympy Boolean too, so that class is too wide.
+TRUTH = (sp.logic.boolalg.BooleanAtom, sp.core.relational.Relational)
 
 
 def fusable(n: Node) -> bool:
@@ -62,7 +66,7 @@ def _expr(n: Node, inlined: set[Node], args: list[Node], root: bool = False):
         x = n.inputs[0]
         return (
             sp.Piecewise((1, ins[0]), (0, True))
-            if x.dtype == "bool" and isinstance(ins[0], sp.core.relational.Relational)
+            if x.dtype == "bool" and isinstance(ins[0], TRUTH)
             else ins[0]
         )
     return get_op(n.op).sympy(*ins)
@@ -70,9 +74,10 @@ def _expr(n: Node, inlined: set[Node], args: list[Node], root: bool = False):
 
 def _arg(n: Node, args: list[Node]):
     if n.op == "const" and n.ndim == 0 and n.dtype != "bool":
-        v = float(n.attr("value").array.item())  # scalar constants become numbers in the body
-        r = sp.Rational(v).limit_denominator(1 << 12) if np.isfinite(v) else None
-        return r if r is not None and float(r) == v else sp.Float(v)
+        v = float(n.attr("value").array.item())  # finite scalar constants become numbers
+        if np.isfinite(v):  # inf/nan stay operands: SymPy would fold x - oo to -oo (NaN - inf)
+            r = sp.Rational(v).limit_denominator(1 << 12)
+            return r if float(r) == v else sp.Float(v)
     if n not in args:
         args.append(n)
     s = sym(args.index(n))
@@ -82,16 +87,7 @@ def _arg(n: Node, args: list[Node]):
 def fuse(outputs: list[Node]) -> list[Node]:
     order = toposort(outputs)
     inlined = _inline_plan(order, outputs)
-    replaced: dict[Node, Node] = {}
-    for n in order:
-        if n in inlined or not fusable(n) or n.dtype == "bool":
-            continue
-        group_size = _count(n, inlined)
-        if group_size < 2 and n.op != "kernel":
-            continue
-        args: list[Node] = []
-        expr = _expr(n, inlined, args, root=True)
-        replaced[n] = (expr, args, _kernel_name(n, inlined))
+    replaced = _plan_kernels(order, inlined)
 
     # Rebuild bottom-up: roots become kernels over the (rebuilt) argument nodes.
     memo: dict[Node, Node] = {}
@@ -108,6 +104,42 @@ def fuse(outputs: list[Node]) -> list[Node]:
             if n in NAMES and memo[n] not in NAMES:
                 NAMES[memo[n]] = NAMES[n]
     return [memo[o] for o in outputs]
+
+
+def _plan_kernels(order: list[Node], inlined: set[Node]) -> dict:
+    """{root: (expr, args, name)}. SymPy evaluates constant branches as it builds a body
+    (1/where(c, x, 0) -> Piecewise((1/x, c), (zoo, True))), and zoo/oo/nan have no IEEE
+    meaning; a group whose body gets one stays unfused (its ops keep IEEE semantics), so
+    kernel construction never fails on a valid graph. `inlined` is fuse()'s own set."""
+    while True:  # each retry un-inlines at least one node, so this ends
+        replaced, split = {}, None
+        for n in order:
+            if n in inlined or not fusable(n) or n.dtype == "bool":
+                continue
+            if _count(n, inlined) < 2 and n.op != "kernel":
+                continue
+            args: list[Node] = []
+            expr = _expr(n, inlined, args, root=True)
+            if sf.nonfinite_atoms(expr):
+                split = _members(n, inlined)
+                if split:
+                    break
+                continue  # a kernel whose repeated operands merged to a0/0: keep it as it is
+            replaced[n] = (expr, args, _kernel_name(n, inlined))
+        if not split:
+            return replaced
+        inlined -= split
+
+
+def _members(n: Node, inlined: set[Node]) -> set[Node]:
+    out, stack = set(), [n]
+    while stack:
+        m = stack.pop()
+        for i in m.inputs:
+            if i in inlined and i not in out:
+                out.add(i)
+                stack.append(i)
+    return out
 
 
 def _count(n: Node, inlined: set[Node]) -> int:

@@ -6,7 +6,9 @@
 The library needs no Python: matmuls are inline loops (no BLAS), math comes from libm. The C
 ABI (see the generated header) is one function taking every input and param as a const pointer
 (row-major, in the order of the header), the loss and gradients as pointers to caller-owned
-arrays, and a caller-owned workspace of MODEL_WORKSPACE_BYTES bytes.
+arrays, and a caller-owned workspace of MODEL_WORKSPACE_BYTES bytes. The header states every
+contract (layout, NULL, alignment, aliasing, NaN, threads, CPU) and the error codes; the C entry
+point (`api_source`) checks them before the LLVM code runs.
 """
 
 from __future__ import annotations
@@ -14,22 +16,46 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import textwrap
 
 from llvmlite import ir
 
 from ...errors import BackendError
 from . import jit
 from .codegen import Program
-from .loops import I32, I64, PTR
+from .loops import I32, PTR
 
 C_TYPES = {"float32": "float", "float64": "double", "int32": "int32_t", "bool": "uint8_t"}
+
+
+# Error codes of <name>_grad (the header's <NAME>_OK, <NAME>_ERR_*). 1 keeps its old meaning.
+ERRORS = [
+    ("OK", 0, "success; every output was written"),
+    ("ERR_INDEX", 1, "an int32 index argument is out of range (nothing written)"),
+    ("ERR_NULL", 2, "a required pointer is NULL (nothing read or written)"),
+    ("ERR_ALIGN", 3, "a pointer is not aligned to its element type (nothing read or written)"),
+    ("ERR_OVERLAP", 4, "an output or the workspace overlaps another buffer (nothing written)"),
+    ("ERR_CPU", 5, "this CPU lacks an instruction set the library was compiled for"),
+]
+
+# LLVM x86 feature -> the name __builtin_cpu_supports knows (GCC >= 6 and clang): the features
+# vectorised float code uses. Others the target enables are listed by <name>_cpu_features().
+X86_CHECKED = {
+    "sse3": "sse3", "ssse3": "ssse3", "sse4.1": "sse4.1", "sse4.2": "sse4.2", "popcnt": "popcnt",
+    "avx": "avx", "avx2": "avx2", "fma": "fma", "bmi": "bmi", "bmi2": "bmi2",
+    "avx512f": "avx512f", "avx512vl": "avx512vl", "avx512bw": "avx512bw",
+    "avx512dq": "avx512dq", "avx512cd": "avx512cd",
+}
 
 
 def export(loss, wrt, out_dir: str, name: str = "model", cc: str | None = None) -> dict:
     """Write lib<name>.so and <name>.h to `out_dir`; returns their paths.
 
     The exported function is `int <name>_grad(inputs..., params..., loss, grads..., workspace)`;
-    it returns 0, or 1 (computing nothing) when an int32 index input is out of range.
+    it returns 0, or one of the header's error codes (computing nothing): see `ERRORS`.
+    The computation is LLVM code for this host's CPU (`<name>__compute`, hidden); the checking
+    entry point is C compiled for the baseline ISA, so a CPU without the features gets an error
+    code instead of an illegal instruction.
     """
     from ...compiled import compile as bp_compile
 
@@ -44,34 +70,57 @@ def export(loss, wrt, out_dir: str, name: str = "model", cc: str | None = None) 
     main = program.emit(module)
     for f in (main, module.globals["bp_entry"]):
         f.linkage = "internal"
-    _emit_api(module, program, main, name)
+    _emit_compute(module, program, main, name)
+    # Every global must be constant for the header's "reentrant" to hold (no hidden state).
+    mutable = [g.name for g in module.global_values
+               if isinstance(g, ir.GlobalVariable) and not g.global_constant]
+    if mutable:
+        raise BackendError(f"export {name}: the code keeps mutable global state {mutable}")
+    text = str(module).replace(f'define i32 @"{name}__compute"',
+                               f'define hidden i32 @"{name}__compute"', 1)
+    assert "define hidden" in text, "export: could not hide the compute function"
     tm = jit.target_machine(jit=False)
-    optimized = jit.optimize(str(module), tm)
-    obj = tm.emit_object(optimized)
+    obj = tm.emit_object(jit.optimize(text, tm))
     os.makedirs(out_dir, exist_ok=True)
     obj_path = os.path.join(out_dir, f"{name}.o")
+    api_c = os.path.join(out_dir, f"{name}_api.c")
+    api_o = os.path.join(out_dir, f"{name}_api.o")
     lib_path = os.path.join(out_dir, f"lib{name}.so")
     header_path = os.path.join(out_dir, f"{name}.h")
     with open(obj_path, "wb") as f:
         f.write(obj)
+    labels = ["loss"] + ["d" + w.attr("name") for w in fn.wrt]
+    features = [f[1:] for f in jit.host()[2].split(",") if f.startswith("+")]
+    with open(header_path, "w") as f:
+        f.write(header(program, name, labels, jit.host()[1], features))
+    with open(api_c, "w") as f:
+        f.write(api_source(program, name, labels, features))
     cc = cc or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise BackendError("export: no C compiler/linker found (set CC)")
-    res = subprocess.run([cc, "-shared", "-o", lib_path, obj_path, "-lm"],
-                         capture_output=True, text=True)
-    if res.returncode:
-        raise BackendError(f"export: linking {lib_path} failed:\n{res.stderr}")
-    os.remove(obj_path)
-    labels = ["loss"] + ["d" + w.attr("name") for w in fn.wrt]
-    with open(header_path, "w") as f:
-        f.write(header(program, name, labels))
+    try:
+        # The checks are compiled for the baseline ISA (no -march): they must run anywhere.
+        _run([cc, "-std=c11", "-O2", "-fPIC", "-c", "-o", api_o, api_c, f"-I{out_dir}"],
+             f"compiling {api_c}")
+        _run([cc, "-shared", "-o", lib_path, api_o, obj_path, "-lm"], f"linking {lib_path}")
+    finally:
+        for p in (obj_path, api_c, api_o):
+            if os.path.exists(p):
+                os.remove(p)
     return {"library": lib_path, "header": header_path,
             "workspace_bytes": program.memory.workspace_bytes}
 
 
-def _emit_api(module: ir.Module, program: Program, main, name: str):
+def _run(cmd, what: str) -> None:
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        raise BackendError(f"export: {what} failed:\n{res.stderr}")
+
+
+def _emit_compute(module: ir.Module, program: Program, main, name: str):
+    """`int <name>__compute(in..., out..., ws)`: index range check (1), then the program (0)."""
     nin, nout = len(program.args), len(program.outputs)
-    fn = ir.Function(module, ir.FunctionType(I32, [PTR] * (nin + nout + 1)), f"{name}_grad")
+    fn = ir.Function(module, ir.FunctionType(I32, [PTR] * (nin + nout + 1)), f"{name}__compute")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     bad = fn.append_basic_block("bad_index")
     from .loops import Emitter
@@ -86,23 +135,140 @@ def _emit_api(module: ir.Module, program: Program, main, name: str):
     b.ret(ir.Constant(I32, 0))
     b.position_at_end(bad)
     b.ret(ir.Constant(I32, 1))
-    size = ir.Function(module, ir.FunctionType(I64, []), f"{name}_workspace_size")
-    sb = ir.IRBuilder(size.append_basic_block())
-    sb.ret(ir.Constant(I64, program.memory.workspace_bytes))
 
 
-def header(program: Program, name: str, labels) -> str:
+def _buffers(program: Program, labels):
+    """(C name, C type, element count, writable) for every pointer argument, in ABI order."""
+    out = [(a.attr("name"), C_TYPES[a.dtype], a.size, False) for a in program.args]
+    out += [(lab, C_TYPES[o.dtype], o.size, True) for lab, o in zip(labels, program.outputs)]
+    return out
+
+
+def api_source(program: Program, name: str, labels, features) -> str:
+    """The C entry point: NULL, alignment, overlap and CPU checks, then <name>__compute."""
     up = name.upper()
+    bufs = _buffers(program, labels)
+    ws = program.memory.workspace_bytes
+    params = [f"const {t} *{n}" if not w else f"{t} *{n}" for n, t, _, w in bufs]
+    params.append("void *workspace")
+    checked = [X86_CHECKED[f] for f in features if f in X86_CHECKED]
+    lines = [
+        f"/* {name}_api.c: the checking entry point of lib{name}.so (generated by bpcompile). */",
+        "#include <stddef.h>",
+        "#include <stdint.h>",
+        f'#include "{name}.h"',
+        "",
+        f"int {name}__compute({', '.join(params)});",
+        "",
+        "/* Byte ranges [a, a+na) and [b, b+nb) intersect (empty ranges never do). */",
+        "static int bp_overlap(const void *a, size_t na, const void *b, size_t nb) {",
+        "    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;",
+        "    return na && nb && x < y + nb && y < x + na;",
+        "}",
+        "",
+        f"size_t {name}_workspace_size(void) {{ return {ws}u; }}",
+        "",
+        f'const char *{name}_cpu_features(void) {{ return "{",".join(features)}"; }}',
+        "",
+        f"int {name}_cpu_supported(void) {{",
+        "#if defined(__x86_64__) || defined(__i386__)",
+        "    __builtin_cpu_init();",
+        "    return 1" + "".join(f' && __builtin_cpu_supports("{c}")' for c in checked) + ";",
+        "#else",
+        "    return 1; /* not checked on this architecture */",
+        "#endif",
+        "}",
+        "",
+        f"const char *{name}_strerror(int code) {{",
+        "    switch (code) {",
+    ]
+    lines += [f'    case {up}_{e}: return "{doc}";' for e, _, doc in ERRORS]
+    lines += [
+        '    default: return "unknown error code";',
+        "    }",
+        "}",
+        "",
+        f"int {name}_grad({', '.join(params)}) {{",
+        "    struct { const void *p; size_t bytes, align; int writable; } b[] = {",
+    ]
+    for n, t, size, w in bufs:
+        lines.append(f"        {{{n}, {size}u * sizeof({t}), _Alignof({t}), {int(w)}}},")
+    lines += [
+        f"        {{workspace, {ws}u, {WS_ALIGN}u, 1}},",
+        "    };",
+        "    const size_t n = sizeof b / sizeof b[0];",
+        "    for (size_t i = 0; i < n; i++) {",
+        "        if (b[i].p == NULL) {",
+        "            if (b[i].bytes) return " + up + "_ERR_NULL;  /* NULL only for 0 bytes */",
+        "        } else if ((uintptr_t)b[i].p % b[i].align) {",
+        f"            return {up}_ERR_ALIGN;",
+        "        }",
+        "    }",
+        "    /* Inputs are only read, so they may share memory; a written buffer may not. */",
+        "    for (size_t i = 0; i < n; i++)",
+        "        for (size_t j = i + 1; j < n; j++)",
+        "            if ((b[i].writable || b[j].writable)",
+        "                && bp_overlap(b[i].p, b[i].bytes, b[j].p, b[j].bytes))",
+        f"                return {up}_ERR_OVERLAP;",
+        f"    if (!{name}_cpu_supported()) return {up}_ERR_CPU;",
+        f"    return {name}__compute({', '.join([n for n, *_ in bufs] + ['workspace'])});",
+        "}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+WS_ALIGN = 8  # bytes: workspace buffers hold at most 8-byte elements at 64-byte offsets
+
+
+def header(program: Program, name: str, labels, cpu: str = "", features=()) -> str:
+    up = name.upper()
+    checked = [f for f in features if f in X86_CHECKED]
+    ws = program.memory.workspace_bytes
     lines = [
         f"/* {name}.h: C interface to lib{name}.so, generated by bpcompile (LLVM backend).",
         " *",
         f" * int {name}_grad(inputs and params..., loss, gradients..., workspace)",
-        " *   Computes the loss and its gradients. All arrays are dense, row-major (C order),",
-        " *   with exactly the shapes below; outputs are written, never read. `workspace` must",
-        f" *   point to {up}_WORKSPACE_BYTES writable bytes (any malloc'd block; reuse it",
-        " *   between calls, one per concurrent caller). Returns 0 on success, 1 when an",
-        " *   int32 index argument is out of range (nothing is written then).",
-        " *   No global state; thread-safe with distinct output and workspace buffers.",
+        " *   Computes the loss and its gradients; returns " + up + "_OK (0) or an error code",
+        " *   below, in which case nothing was written.",
+        " *",
+        " * Buffers. Every array is dense and row-major (C order, contiguous, no strides) with",
+        " *   exactly the element count listed at its parameter; a 0-d array is one element.",
+        " *   `workspace` is scratch memory of " + up + "_WORKSPACE_BYTES bytes (its contents",
+        " *   need not be kept between calls). Outputs are written, never read first: their",
+        " *   previous contents do not matter.",
+        " * NULL. Every pointer must be non-NULL, except one whose buffer has 0 bytes (a",
+        " *   zero-size array, or the workspace when " + up + "_WORKSPACE_BYTES is 0):",
+        " *   otherwise " + up + "_ERR_NULL.",
+        " * Alignment. Each array must be aligned to its element type (float, int32_t: 4",
+        f" *   bytes; double: 8), the workspace to {WS_ALIGN} bytes: otherwise {up}_ERR_ALIGN."
+        " Any",
+        " *   malloc'd block qualifies; 64-byte alignment (aligned_alloc) is fastest.",
+        " * Aliasing. Inputs and params are only read and may share memory with each other",
+        " *   (pass one array twice). An output or the workspace may not overlap any other",
+        " *   buffer (including another output): checked, " + up + "_ERR_OVERLAP. Overlap is",
+        " *   judged on byte ranges [p, p + bytes); in-place updates (params as outputs) are",
+        " *   therefore refused: write into a second buffer and swap.",
+        " * Index inputs (int32) must lie in the range given at their parameter: checked",
+        " *   before anything is written, " + up + "_ERR_INDEX.",
+        " * NaN and infinity. IEEE 754 arithmetic without fast-math: a NaN input propagates to",
+        " *   every output it reaches (max/maximum/minimum return NaN when an operand is NaN,",
+        " *   as NumPy does; comparisons with NaN are false, != true). Sums may be reassociated",
+        " *   and multiply-adds contracted (FMA) for vectorisation: results can differ from a",
+        " *   sequential evaluation in the last bits, and where partial sums overflow, in which",
+        " *   of +inf, -inf or NaN a sum gives. float32 exp/tanh are polynomials (relative error",
+        " *   <= 3.3e-7). Floating-point exceptions are not raised (no traps, flags unspecified).",
+        " * Threads. The library keeps no mutable global state: calls are reentrant and",
+        " *   thread-safe as long as concurrent calls use distinct outputs and workspaces",
+        " *   (inputs may be shared). No call allocates memory, blocks or spawns threads.",
+        f" * CPU. The code was compiled for this CPU: {cpu or 'host'}, with the features listed",
+        f" *   by {name}_cpu_features() (LLVM names). Loading the library on any CPU is safe;",
+        f" *   {name}_grad first checks the instruction sets vectorised code uses and returns",
+        f" *   {up}_ERR_CPU when one is missing:",
+        *[" *     " + ln for ln in textwrap.wrap(", ".join(checked) or "none here", 80)],
+        " *   Other listed features are not",
+        " *   checked: running on a CPU that lacks them is undefined behaviour. Re-export on (or",
+        " *   for) the target machine to be sure.",
         " */",
         f"#ifndef {up}_H",
         f"#define {up}_H",
@@ -112,12 +278,26 @@ def header(program: Program, name: str, labels) -> str:
         'extern "C" {',
         "#endif",
         "",
-        f"#define {up}_WORKSPACE_BYTES {max(program.memory.workspace_bytes, 1)}u",
+        f"#define {up}_WORKSPACE_BYTES {ws}u",
+        f"#define {up}_WORKSPACE_ALIGN {WS_ALIGN}u",
         f"#define {up}_NUM_ARGS {len(program.args)}",
         f"#define {up}_NUM_OUTPUTS {len(program.outputs)}",
         "",
+        f"/* Return codes of {name}_grad. */",
+        f"enum {name}_status {{",
+    ]
+    lines += [f"    {up}_{e} = {v}, /* {doc} */" for e, v, doc in ERRORS]
+    lines += [
+        "};",
+        "",
         f"/* workspace size in bytes (= {up}_WORKSPACE_BYTES) */",
         f"size_t {name}_workspace_size(void);",
+        "/* 1 when this CPU has the checked instruction sets (see above), else 0 */",
+        f"int {name}_cpu_supported(void);",
+        "/* the LLVM target features the code was compiled with, comma-separated */",
+        f"const char *{name}_cpu_features(void);",
+        f"/* a static English description of a return code of {name}_grad */",
+        f"const char *{name}_strerror(int code);",
         "",
         f"int {name}_grad(",
     ]
@@ -130,11 +310,10 @@ def header(program: Program, name: str, labels) -> str:
                        f"{kind} {a.dtype}{list(a.shape)}, {a.size} elements{note}"))
     for label, o in zip(labels, program.outputs):
         params.append((f"    {C_TYPES[o.dtype]} *{label}",
-                       f"out {o.dtype}{list(o.shape)}, {max(o.size, 1)} elements"))
-    params.append(("    void *workspace", f"{up}_WORKSPACE_BYTES bytes"))
+                       f"out {o.dtype}{list(o.shape)}, {o.size} elements"))
+    params.append(("    void *workspace", f"{up}_WORKSPACE_BYTES bytes, or NULL if 0"))
     for k, (decl, note) in enumerate(params):
         sep = "," if k < len(params) - 1 else ");"
         lines.append(f"{decl + sep:<44s} /* {note} */")
     lines += ["", "#ifdef __cplusplus", "}", "#endif", f"#endif /* {up}_H */", ""]
     return "\n".join(lines)
-

@@ -40,6 +40,7 @@ class NumpyBackend:
         self.src, consts = emit_function(outputs, args, lower, "forward_backward", "np", title)
         self.fn = exec_source(self.src, consts, "forward_backward", NAMESPACE)
         self.out_dtypes = [np.dtype(o.dtype) for o in outputs]
+        self.out_copy = [_shares_or_broadcasts(o) for o in outputs]
 
     def source(self, stage: str | None = None) -> str:
         return self.src
@@ -47,9 +48,29 @@ class NumpyBackend:
     def run(self, arrays: list[np.ndarray]):
         with np.errstate(all="ignore"):  # NaN/inf propagate as in NumPy, quietly (as JAX does)
             value, grads = self.fn(*arrays)
-        value = np.asarray(value, self.out_dtypes[0])[()]
-        grads = [np.asarray(g, dt) for g, dt in zip(grads, self.out_dtypes[1:])]
+        dts, cp = self.out_dtypes, self.out_copy
+        value = np.array(value, dts[0], order="C") if cp[0] else np.asarray(value, dts[0])
+        value = value[()] if value.ndim == 0 else value
+        grads = [
+            np.array(g, dt, order="C") if c else np.asarray(g, dt)
+            for g, dt, c in zip(grads, dts[1:], cp[1:])
+        ]
         return value, grads
+
+
+# NumPy ops that may return a view of their operand rather than a new array.
+VIEW_OPS = ("reshape", "transpose", "broadcast_to", "slice", "stop_gradient")
+
+
+def _shares_or_broadcasts(n: Node) -> bool:
+    """Whether output `n` could come back as a view of an argument or a module constant, or as
+    a read-only broadcast view: such outputs are copied so that every returned array is fresh
+    and writable, as JAX's are."""
+    while n.op in VIEW_OPS:
+        if n.op == "broadcast_to":
+            return True
+        n = n.inputs[0]
+    return n.op in ("input", "param", "const")
 
 
 def evaluate(outputs: list[Node], env: dict[str, np.ndarray]):
