@@ -7,8 +7,10 @@ exact type (ndarray), ndim, every dimension, dtype descriptor identity, C-contig
 alignment; int32 index inputs are range-checked element by element, and an input that overlaps
 the function's own output/workspace arena is refused. Anything unexpected (a list, a
 non-contiguous or byte-swapped array, a missing or extra name, a bad index) goes to the Python
-slow path, `Signature.bind` + the ctypes route, which converts or raises a clear
-ArgumentError. Native code therefore only ever sees memory of the planned size.
+slow path, `Signature.bind` + the ctypes route, which converts by the one rule of
+signature.py or raises a clear ArgumentError. Positional arguments are named there in
+signature order and come back through the native checks. Native code therefore only ever
+sees memory of the planned size.
 
 On success it calls bp_main and returns (loss scalar, {name: gradient}), the gradients being
 the same preallocated arrays every call (valid until the next call). Object pointers the
@@ -275,7 +277,11 @@ def make_caller(backend, signature, grad_names):
     slots = _slots(len(args), len(outs))
     names = [a.attr("name") for a in args]
 
-    def compiled_gradient(**kwargs):  # the slow path: converts, or raises a clear error
+    native = []  # the builtin made below
+
+    def compiled_gradient(*args, **kwargs):  # the slow path: converts, or raises a clear error
+        if args:  # named in signature order, then back through the native checks
+            return native[0](**signature.merge(args, kwargs))
         arrays = signature.bind(kwargs)
         value, grads = backend.run(arrays)
         return value, dict(zip(grad_names, grads))
@@ -308,6 +314,7 @@ def make_caller(backend, signature, grad_names):
                                                    ctypes.c_void_p]
     owner = tuple(keep)  # the function's `self`: keeps every object in the table alive
     fn = new(ctypes.addressof(ml), owner, None)
+    native.append(fn)
     backend._pycall_keep = owner
     return _Native(fn)
 
