@@ -304,3 +304,21 @@ def test_integer_shapes_are_exact():
         bp.reshape(x, (2.5, 4))
     with pytest.raises(ShapeError, match="broadcast_to: .*negative"):
         bp.broadcast_to(x, (-2, 3))
+
+
+def test_data_parallel_path_follows_the_rule():
+    """The data-parallel JAX caller converts host arrays and takes positional arguments."""
+    n = 2 * len(jax.devices())
+    x, w = bp.input("x", (n, 3), "float64"), bp.param("w", (3,), "float64")
+    loss = bp.sum(bp.square(x @ w))
+    fn = bp.compile(loss, [w], backend="jax", data_parallel=True)
+    ref = bp.compile(loss, [w], backend="numpy")
+    xv, wv = np.arange(3.0 * n).reshape(n, 3), np.array([1.0, -2.0, 0.5])
+    want = ref(x=xv, w=wv)
+    order = fn.signature.names
+    args = {"x": xv.astype(">f8")[:, ::-1][:, ::-1], "w": wv.astype(">f8")}
+    for got in (fn(**args), fn(*[args[k] for k in order])):
+        np.testing.assert_allclose(np.asarray(got[0]), want[0], rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(got[1]["w"]), want[1]["w"], rtol=1e-12)
+    with pytest.raises(ArgumentError, match="argument 'x'.*int64"):
+        fn(x=xv.astype(np.int64), w=wv)
