@@ -184,9 +184,10 @@ class JaxBackend:
         (in wrt order; a dict out of jit would come back sorted by name) and a block on the
         loss (with sync). A missing or unexpected name surfaces as a failed pick or a wrong
         count and only then gets its ArgumentError; shapes and dtypes are checked when JAX
-        traces (once per new signature, see `_traced`). When every argument is a NumPy array
-        of its declared dtype and shape, the small ones cross to the device packed
-        (`_dispatcher`, packing.py).
+        traces (once per new signature, see `_traced`), after host values of other dtypes,
+        byte orders or types are converted by signature.py's rule (`_dispatcher`). When every
+        argument is a NumPy array of its declared dtype and shape, the small ones cross to the
+        device packed (packing.py). Positional arguments are named by `signature.merge`.
         """
         if self.dp is not None:
             return self.dp.make_caller(signature, grad_names)
