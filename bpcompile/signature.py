@@ -82,9 +82,20 @@ class Signature:
     def bind(self, kwargs: dict, args: tuple = ()) -> list[np.ndarray]:
         """Every argument converted by the rule, in `names` order (`args` positional)."""
         if args:
-            kwargs = self.merge(args, kwargs)
+            return self.call_positional(lambda **kw: self.bind(kw), args, kwargs)
         check_names(self.args, kwargs)
         return [self.convert(n, kwargs[n]) for n in self.names]
+
+    def call_positional(self, call, args: tuple, kwargs: dict):
+        """`call(**merged)`; an ArgumentError then also says which order positions follow
+        (a misordered call usually shows up as a shape mismatch)."""
+        merged = self.merge(args, kwargs)
+        try:
+            return call(**merged)
+        except ArgumentError as e:
+            raise ArgumentError(
+                f"{e} (positional arguments follow the order {', '.join(self.names)})"
+            ) from None
 
     def merge(self, args: tuple, kwargs: dict) -> dict:
         """Positional `args` named in signature order, joined with `kwargs` (as Python binds a

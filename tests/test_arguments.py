@@ -255,6 +255,9 @@ def test_positional_arguments(backend, options):
         fn(*ordered[:1], **vals)
     with pytest.raises(ArgumentError, match=rf"missing {names[-1]}"):
         fn(*ordered[:-1])
+    # a misordered call: the dtype/shape error names the order positions follow
+    with pytest.raises(ArgumentError, match=rf"expected .*follow the order {names[0]}, "):
+        fn(*ordered[::-1])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

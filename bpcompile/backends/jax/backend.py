@@ -187,14 +187,14 @@ class JaxBackend:
         traces (once per new signature, see `_traced`), after host values of other dtypes,
         byte orders or types are converted by signature.py's rule (`_dispatcher`). When every
         argument is a NumPy array of its declared dtype and shape, the small ones cross to the
-        device packed (packing.py). Positional arguments are named by `signature.merge`.
+        device packed (packing.py). Positional arguments are named by `signature.call_positional`.
         """
         if self.dp is not None:
             return self.dp.make_caller(signature, grad_names)
         jitted, names, sync = self.jitted_positional, tuple(grad_names), self.sync
         pick, count, bad = tuple_getter(self.names), len(self.names), self._bad_names
         bounds = _host_bounds(signature)
-        merge = signature.merge
+        positional = signature.call_positional
         dispatch = _dispatcher(jitted, Packer(self.args, self._positional),
                                _host_converter(signature, self.names))
         wait = _waiter(self._all_nodes)
@@ -202,7 +202,7 @@ class JaxBackend:
 
             def call(*pos, **kw):
                 if pos:  # named in signature order (signature.merge)
-                    kw = merge(pos, kw)
+                    return positional(call, pos, kw)
                 if len(kw) != count:
                     bad(kw)
                 try:
@@ -221,7 +221,7 @@ class JaxBackend:
 
         def call_checked(*pos, **kw):
             if pos:
-                kw = merge(pos, kw)
+                return positional(call_checked, pos, kw)
             if len(kw) != count:
                 bad(kw)
             try:
@@ -463,7 +463,7 @@ class DataParallel:
 
         def call(*pos, **kw):
             if pos:
-                kw = signature.merge(pos, kw)
+                return signature.call_positional(call, pos, kw)
             missing = [n for n in order if n not in kw]
             if missing or len(kw) != len(order):
                 self.backend._traced(**kw)  # raises the ArgumentError naming what is wrong

@@ -281,7 +281,7 @@ def make_caller(backend, signature, grad_names):
 
     def compiled_gradient(*args, **kwargs):  # the slow path: converts, or raises a clear error
         if args:  # named in signature order, then back through the native checks
-            return native[0](**signature.merge(args, kwargs))
+            return signature.call_positional(native[0], args, kwargs)
         arrays = signature.bind(kwargs)
         value, grads = backend.run(arrays)
         return value, dict(zip(grad_names, grads))
