@@ -122,7 +122,10 @@ class Program:
 
 
 class Compiled(Program):
-    """A compiled loss-and-gradient function: `value, grads = fn(**inputs_and_params)`."""
+    """A compiled loss-and-gradient function: `value, grads = fn(**inputs_and_params)`.
+
+    Arguments may also go by position, in the order of `fn.signature.names` (see repr(fn)).
+    """
 
     def __init__(self, loss: Node, wrt, backend: str = "numpy", passes=None, **options):
         t0 = time.perf_counter()
@@ -174,11 +177,11 @@ class Compiled(Program):
             f"args: {self.signature.describe()}"
         )
 
-    def __call__(self, **kwargs):
-        return self._call(**kwargs)
+    def __call__(self, *args, **kwargs):
+        return self._call(*args, **kwargs)
 
-    def _default_call(self, **kwargs):
-        arrays = self.signature.bind(kwargs)
+    def _default_call(self, *args, **kwargs):
+        arrays = self.signature.bind(kwargs, args)
         value, grads = self.impl.run(arrays)
         return value, dict(zip(self.grad_names, grads))
 
@@ -211,8 +214,8 @@ class Function(Program):
             f"args: {self.signature.describe()}"
         )
 
-    def __call__(self, **kwargs):
-        first, rest = self.impl.run(self.signature.bind(kwargs))
+    def __call__(self, *args, **kwargs):
+        first, rest = self.impl.run(self.signature.bind(kwargs, args))
         return dict(zip(self.names, [first] + list(rest)))
 
 

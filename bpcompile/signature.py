@@ -1,9 +1,17 @@
 """Call-time argument checking shared by every backend.
 
-A compiled function takes every input and param by keyword. Anything missing, extra,
-mis-shaped or of the wrong kind of dtype is refused with a message naming the argument and the
-expected shape/dtype; integer inputs used as indices are range-checked, so an out-of-range label
-is an error rather than a silent zero row.
+A compiled function takes its inputs and params by keyword, or by position in the order of
+`Signature.names` (mixed as in any Python call). Anything missing, extra, duplicated,
+mis-shaped or of a dtype the conversion rule refuses is an ArgumentError naming the argument and
+the expected shape/dtype; integer inputs used as indices are range-checked, so an out-of-range
+label is an error rather than a silent zero row.
+
+The conversion rule (docs/reliability.md, "Argument conversion, byte order and odd arrays") is
+written once here, `refusal`, and every backend's call path applies it: an array (anything with
+a dtype) must already hold the declared kind of number (any float width for a float, any
+integer for int32, bool for bool); Python scalars and lists are weakly typed, as in JAX, so
+bools and ints may also fill a float and bools an int32. Accepted values are converted to the
+declared dtype in native byte order, C-contiguous and aligned.
 """
 
 from __future__ import annotations
@@ -15,7 +23,39 @@ from .ir.node import Node
 from .ir.printer import type_str
 from .ir.traverse import toposort
 
-_ACCEPT = {"float32": "fiub", "float64": "fiub", "int32": "iub", "bool": "b"}
+# dtype kinds an argument may have, per declared dtype: arrays (strict) and Python data (weak)
+_ARRAY_KINDS = {"float32": "f", "float64": "f", "int32": "iu", "bool": "b"}
+_PYTHON_KINDS = {"float32": "fiub", "float64": "fiub", "int32": "iub", "bool": "b"}
+_KIND_NAMES = {"f": "float", "i": "int", "u": "unsigned int", "b": "bool", "c": "complex",
+               "O": "object", "U": "string", "S": "bytes", "M": "datetime", "m": "timedelta",
+               "V": "void"}
+
+
+def refusal(name: str, node: Node, dtype, python_data: bool = False) -> str | None:
+    """Why a value of `dtype` cannot be the argument `name` (declared `node`), or None.
+
+    The one conversion rule of every backend: an array must hold the declared kind of number
+    (float64 -> float32 rounds, int64 -> int32 is range-checked, but int -> float,
+    float -> int, bool <-> number are refused: each is usually a mistake, and NumPy's
+    `same_kind` would allow the first silently); `python_data` (scalars and lists) may also
+    widen bool -> int -> float, as Python numbers do in NumPy and JAX expressions.
+    """
+    dt = np.dtype(dtype)
+    kinds = (_PYTHON_KINDS if python_data else _ARRAY_KINDS)[node.dtype]
+    if dt.kind in kinds:
+        return None
+    got = f"dtype {dt} ({_KIND_NAMES.get(dt.kind, dt.kind)})"
+    if python_data:
+        got = f"Python data that NumPy reads as {dt}"
+    return (
+        f"argument {name!r}: expected dtype {node.dtype} (shape {node.shape}), got {got}; "
+        f"convert it explicitly (e.g. .astype(np.{node.dtype})) if that is meant"
+    )
+
+
+def _python_data(value) -> bool:
+    """Python scalars and (nested) lists/tuples: values without a dtype of their own."""
+    return not hasattr(value, "dtype")
 
 
 class Signature:
@@ -39,34 +79,70 @@ class Signature:
     def describe(self) -> str:
         return ", ".join(f"{n}:{type_str(a)}" for n, a in zip(self.names, self.args))
 
-    def bind(self, kwargs: dict) -> list[np.ndarray]:
+    def bind(self, kwargs: dict, args: tuple = ()) -> list[np.ndarray]:
+        """Every argument converted by the rule, in `names` order (`args` positional)."""
+        if args:
+            return self.call_positional(lambda **kw: self.bind(kw), args, kwargs)
         check_names(self.args, kwargs)
         return [self.convert(n, kwargs[n]) for n in self.names]
 
+    def call_positional(self, call, args: tuple, kwargs: dict):
+        """`call(**merged)`; an ArgumentError then also says which order positions follow
+        (a misordered call usually shows up as a shape mismatch)."""
+        merged = self.merge(args, kwargs)
+        try:
+            return call(**merged)
+        except ArgumentError as e:
+            raise ArgumentError(
+                f"{e} (positional arguments follow the order {', '.join(self.names)})"
+            ) from None
+
+    def merge(self, args: tuple, kwargs: dict) -> dict:
+        """Positional `args` named in signature order, joined with `kwargs` (as Python binds a
+        call); too many, or one given both ways, is an ArgumentError."""
+        if len(args) > len(self.names):
+            raise ArgumentError(
+                f"{len(args)} positional arguments given, but the function takes "
+                f"{len(self.names)}: {self.describe()}"
+            )
+        both = [n for n in self.names[: len(args)] if n in kwargs]
+        if both:
+            raise ArgumentError(
+                f"argument {both[0]!r} given both by position and by keyword. "
+                f"The function takes: {self.describe()}"
+            )
+        merged = dict(zip(self.names, args))
+        merged.update(kwargs)
+        return merged
+
     def convert(self, name: str, value) -> np.ndarray:
+        """`value` as the array the compiled code reads for `name`: the declared dtype in
+        native byte order, C-contiguous and aligned (a copy only when one of these differs)."""
         node = self.by_name[name]
         want = np.dtype(node.dtype)
+        weak = _python_data(value)
         try:
             arr = np.asarray(value)
         except Exception as e:  # ragged lists and the like
             raise ArgumentError(
                 f"argument {name!r}: cannot convert {type(value).__name__} to an array ({e})"
             ) from None
-        if arr.dtype.kind not in _ACCEPT[node.dtype]:
-            raise ArgumentError(
-                f"argument {name!r}: expected dtype {node.dtype} "
-                f"(shape {node.shape}), got {arr.dtype}"
-            )
+        why = refusal(name, node, arr.dtype, weak)
+        if why:
+            raise ArgumentError(why)
         if arr.shape != node.shape:
             raise ArgumentError(
                 f"argument {name!r}: expected shape {node.shape} ({node.dtype}), got {arr.shape}"
             )
-        if arr.dtype != want:
+        if arr.dtype != want:  # another width or kind, or non-native byte order
             if node.dtype == "int32" and arr.size and (arr.min() < -(2**31) or arr.max() >= 2**31):
-                raise ArgumentError(f"argument {name!r}: values do not fit in int32")
+                raise ArgumentError(
+                    f"argument {name!r}: values of {arr.dtype} do not fit in int32 "
+                    f"(range [{arr.min()}, {arr.max()}])"
+                )
             arr = arr.astype(want)
-        if not arr.flags.c_contiguous:  # (ascontiguousarray would turn a 0-d array 1-d)
-            arr = np.ascontiguousarray(arr)
+        if not (arr.flags.c_contiguous and arr.flags.aligned):
+            arr = np.array(arr, order="C")  # (ascontiguousarray would turn a 0-d array 1-d)
         bound = self.bounds.get(name)
         if bound is not None and arr.size and (arr.min() < 0 or arr.max() >= bound):
             bad = arr[(arr < 0) | (arr >= bound)].flat[0]

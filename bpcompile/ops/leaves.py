@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import operator
+
 import numpy as np
 
 from ..errors import DTypeError, ShapeError
@@ -9,10 +12,42 @@ from ..ir.dtypes import canonical
 from ..ir.node import ConstValue, Node, make
 from .registry import Op, register
 
+INT64_MAX = 2**63 - 1
 
-def _check_shape(op, shape):
-    if not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise ShapeError(f"{op}: shape must be a tuple of non-negative ints, got {shape!r}")
+
+def static_shape(what: str, shape, infer: bool = False) -> tuple[int, ...]:
+    """`shape` (a tuple of ints, or one int) as a tuple of Python ints, or a ShapeError naming
+    `what`. Shapes are static and exact: None (a dynamic size), a float such as 2.5 (never
+    truncated to 2), a bool, a negative size (-1 only where `infer`) and sizes whose product
+    overflows int64 are refused. np.int64 and other integer types are fine.
+    """
+    dims = (shape,) if isinstance(shape, (int, np.integer)) else shape
+    try:
+        dims = tuple(dims)
+    except TypeError:
+        raise ShapeError(f"{what}: shape must be a tuple of ints, got {shape!r}") from None
+    out = []
+    for d in dims:
+        if d is None:
+            raise ShapeError(
+                f"{what}: shape {shape!r} has a None; shapes are static. Declare the size you "
+                "will call with (e.g. the batch size) and compile again for another size"
+            )
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
+            raise ShapeError(
+                f"{what}: shape {shape!r}: size {d!r} ({type(d).__name__}) is not an integer"
+            )
+        d = operator.index(d)
+        if d < 0 and not (infer and d == -1):
+            raise ShapeError(f"{what}: shape {shape!r}: size {d} is negative")
+        out.append(d)
+    known = [d for d in out if d >= 0]
+    if any(d > INT64_MAX for d in known) or math.prod(known) > INT64_MAX:
+        raise ShapeError(
+            f"{what}: shape {tuple(out)} is too large: every size and their product must fit "
+            f"in int64 (at most 2**63 - 1 = {INT64_MAX})"
+        )
+    return tuple(out)
 
 
 def _infer_named(inputs, attrs):
@@ -46,8 +81,7 @@ register(
 def _named(op: str, name: str, shape, dtype) -> Node:
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"{op} name must be a Python identifier, got {name!r}")
-    shape = tuple(int(s) for s in shape) if not isinstance(shape, int) else (shape,)
-    _check_shape(op, shape)
+    shape = static_shape(f"{op} {name!r}", shape)
     return make(op, (), name=name, shape=shape, dtype=canonical(dtype))
 
 
@@ -76,8 +110,7 @@ def const(value, dtype=None) -> Node:
 
 
 def iota(shape, axis: int, dtype="int32") -> Node:
-    shape = tuple(int(s) for s in shape)
-    _check_shape("iota", shape)
+    shape = static_shape("iota", shape)
     if not 0 <= axis < len(shape):
         raise ShapeError(f"iota: axis {axis} out of range for shape {shape}")
     return make("iota", (), shape=shape, axis=axis, dtype=canonical(dtype))

@@ -7,6 +7,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..ir.node import Node, make
 from .elementwise import as_node
+from .leaves import static_shape
 from .registry import Op, register
 
 
@@ -31,7 +32,7 @@ register(
 
 def reshape(x, shape) -> Node:
     x = as_node(x)
-    shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    shape = static_shape("reshape", shape, infer=True)
     if shape.count(-1) > 1:
         raise ShapeError(f"reshape: at most one -1 allowed, got {shape}")
     if -1 in shape:
@@ -107,7 +108,7 @@ register(
 
 def broadcast_to(x, shape) -> Node:
     x = as_node(x)
-    shape = tuple(int(s) for s in shape)
+    shape = static_shape("broadcast_to", shape)
     if x.shape == shape:
         return x
     return make("broadcast_to", (x,), shape=shape)

@@ -8,10 +8,11 @@ runs, on whatever device JAX's default backend is (CPU here, a GPU where present
 
 Calls:
 - `fn(**arrays)` -> `(loss, {name: grad})`, JAX arrays on the default device. Inputs may be
-  NumPy or JAX arrays. Shapes and dtypes are validated when JAX traces (once per new
-  signature), so a call with an already-seen signature costs only JAX's own dispatch. Small
-  NumPy arguments of the declared dtypes and shapes cross to the device as one vector per
-  dtype (packing.py, `_dispatcher`).
+  NumPy or JAX arrays, by keyword or by position. JAX arrays' shapes and dtypes are validated
+  when JAX traces (once per new signature), so a call with an already-seen signature costs only
+  JAX's own dispatch. NumPy arguments of exactly the declared dtypes go to JAX as they are
+  (small ones as one vector per dtype, packing.py, `_dispatcher`); any other host value is
+  first converted on the host by the rule of signature.py (byte order, casts, Python data).
   With `sync=True` (default) the call returns once the results are computed, like the NumPy
   backend; `sync=False` keeps JAX's asynchronous dispatch (queue the next step while this one
   runs).
@@ -37,13 +38,12 @@ from ...errors import ArgumentError, BackendError
 from ...ir.node import Node
 from ...ir.printer import type_str
 from ...ir.traverse import toposort
-from ...signature import check_names
+from ...signature import check_names, refusal
 from ..numpy.codegen import exec_source
 from ..pysource import emit_function
 from .lower import NAMESPACE, lower_program
 from .packing import Packer, dtype_of, shape_of, signature_of, tuple_getter
 
-_ACCEPT = {"float32": "fiub", "float64": "fiub", "int32": "iub", "bool": "b"}
 STAGES = (None, "jax", "stablehlo", "hlo")
 
 
@@ -120,6 +120,8 @@ class JaxBackend:
 
     def _arg(self, name: str, v):
         node = self.by_name[name]
+        # Python numbers are weakly typed (signature.refusal): traced as weak-typed scalars
+        weak = isinstance(v, (list, tuple)) or getattr(getattr(v, "aval", None), "weak_type", 0)
         if isinstance(v, (list, tuple)):  # nested Python sequences, as NumPy would take them
             try:
                 v = jnp.asarray(v)
@@ -132,10 +134,9 @@ class JaxBackend:
                 f"argument {name!r}: expected an array {type_str(node)}, got {type(v).__name__}"
             )
         dt = np.dtype(v.dtype)
-        if dt.kind not in _ACCEPT[node.dtype]:
-            raise ArgumentError(
-                f"argument {name!r}: expected dtype {node.dtype} (shape {node.shape}), got {dt}"
-            )
+        why = refusal(name, node, dt, bool(weak))
+        if why:
+            raise ArgumentError(why)
         if tuple(v.shape) != node.shape:
             raise ArgumentError(
                 f"argument {name!r}: expected shape {node.shape} "
@@ -183,20 +184,25 @@ class JaxBackend:
         (in wrt order; a dict out of jit would come back sorted by name) and a block on the
         loss (with sync). A missing or unexpected name surfaces as a failed pick or a wrong
         count and only then gets its ArgumentError; shapes and dtypes are checked when JAX
-        traces (once per new signature, see `_traced`). When every argument is a NumPy array
-        of its declared dtype and shape, the small ones cross to the device packed
-        (`_dispatcher`, packing.py).
+        traces (once per new signature, see `_traced`), after host values of other dtypes,
+        byte orders or types are converted by signature.py's rule (`_dispatcher`). When every
+        argument is a NumPy array of its declared dtype and shape, the small ones cross to the
+        device packed (packing.py). Positional arguments are named by `signature.call_positional`.
         """
         if self.dp is not None:
             return self.dp.make_caller(signature, grad_names)
         jitted, names, sync = self.jitted_positional, tuple(grad_names), self.sync
         pick, count, bad = tuple_getter(self.names), len(self.names), self._bad_names
         bounds = _host_bounds(signature)
-        dispatch = _dispatcher(jitted, Packer(self.args, self._positional))
+        positional = signature.call_positional
+        dispatch = _dispatcher(jitted, Packer(self.args, self._positional),
+                               _host_converter(signature, self.names))
         wait = _waiter(self._all_nodes)
         if not bounds and sync:
 
-            def call(**kw):
+            def call(*pos, **kw):
+                if pos:  # named in signature order (signature.merge)
+                    return positional(call, pos, kw)
                 if len(kw) != count:
                     bad(kw)
                 try:
@@ -213,7 +219,9 @@ class JaxBackend:
             call.bp_native = functools.partial(call)
             return call
 
-        def call_checked(**kw):
+        def call_checked(*pos, **kw):
+            if pos:
+                return positional(call_checked, pos, kw)
             if len(kw) != count:
                 bad(kw)
             try:
@@ -296,36 +304,67 @@ def _work(nodes) -> int:
     return total
 
 
-def _dispatcher(jitted, packer):
+def _dispatcher(jitted, packer, convert):
     """args -> the program's outputs: packed when every argument is a NumPy array of its
-    declared dtype and shape (packing.py), else the positional program, which validates.
+    declared dtype and shape (packing.py); the positional program directly when every
+    argument is a JAX array (validated when JAX traces); anything else is first converted on
+    the host by `convert` (signature.py's rule), so JAX never sees a NumPy array of another
+    dtype than the declared one. (A warm jit reads a byte-swapped array's bytes as native:
+    `jax.jit(f)(a.astype(">f4"))` returned 0.0 for 6.0 with JAX 0.10.)
 
     The exact shape and dtype test runs after the packed dispatch, while XLA computes (on the
     NumPy path it would otherwise sit between one result and the next dispatch, _SYNC_NOTE):
-    a call that fails it discards the packed result and runs the ordinary path, which raises
-    the ArgumentError or casts. Before the dispatch come only the type test, which keeps JAX
-    arrays off the host path, and the few unpacked arguments' test (Packer.rest_signature).
+    a call that fails it discards the packed result and runs the converting path, which raises
+    the ArgumentError or converts. Before the dispatch come only the type test and the few
+    unpacked arguments' test (Packer.rest_signature).
     """
+    host, shapes, dtypes = packer.types, packer.shapes, packer.dtypes
+    device = (_DEVICE_ARRAY,) * len(host)
+
+    def slow(args):
+        return jitted(*convert(args))
+
     if not packer.useful:
-        return lambda args: jitted(*args)
-    host, shapes, dtypes, packed = packer.types, packer.shapes, packer.dtypes, packer.call
-    rest, rest_signature = packer.rest, packer.rest_signature
+
+        def dispatch_unpacked(args):
+            types = tuple(map(type, args))
+            if types == device or (types == host and tuple(map(dtype_of, args)) == dtypes):
+                return jitted(*args)  # (shapes: a new one retraces, and _traced checks it)
+            return slow(args)
+
+        return dispatch_unpacked
+    packed, rest, rest_signature = packer.call, packer.rest, packer.rest_signature
 
     def dispatch(args):
-        if tuple(map(type, args)) != host:
-            return jitted(*args)
+        types = tuple(map(type, args))
+        if types != host:
+            return jitted(*args) if types == device else slow(args)
         if rest is not None and tuple(map(signature_of, rest(args))) != rest_signature:
-            return jitted(*args)
+            return slow(args)
         out = packed(args)  # None when the bytes do not add up to the declared sizes
         if (
             out is None
             or tuple(map(shape_of, args)) != shapes
             or tuple(map(dtype_of, args)) != dtypes
         ):
-            return jitted(*args)
+            return slow(args)
         return out
 
     return dispatch
+
+
+_DEVICE_ARRAY = type(jnp.zeros(()))  # JAX's concrete array class (jax.Array is abstract)
+
+
+def _host_converter(signature, names):
+    """args -> args with every host value (NumPy arrays and scalars, Python data) converted by
+    signature.py's rule; JAX arrays and tracers pass through (checked when JAX traces)."""
+    conv = signature.convert
+
+    def convert(args):
+        return [a if isinstance(a, jax.Array) else conv(n, a) for n, a in zip(names, args)]
+
+    return convert
 
 
 def _host_bounds(signature) -> list:
@@ -420,14 +459,17 @@ class DataParallel:
         jitted, names, sync = self.jitted, tuple(grad_names), self.backend.sync
         order = tuple(self.backend.names)
         bounds = _host_bounds(signature)
+        convert = _host_converter(signature, order)
 
-        def call(**kw):
+        def call(*pos, **kw):
+            if pos:
+                return signature.call_positional(call, pos, kw)
             missing = [n for n in order if n not in kw]
             if missing or len(kw) != len(order):
                 self.backend._traced(**kw)  # raises the ArgumentError naming what is wrong
             for name, bound in bounds:
                 _check_range(name, kw.get(name), bound)
-            value, grads = jitted(*[kw[n] for n in order])
+            value, grads = jitted(*convert([kw[n] for n in order]))
             if sync:
                 value.block_until_ready()
             return value, dict(zip(names, grads))

@@ -10,8 +10,9 @@ argument is free. The copy joins the arrays' raw bytes (`bytearray().join`: 0.6 
 mlp_small's eight, against 2.5 µs for `np.concatenate`), which is why the dtype test is exact;
 an array with no contiguous buffer takes the ordinary path. Arguments over `SMALL_BYTES`
 go across on their own: copying them would cost more than the per-array overhead it saves. Any
-other call (a JAX array, a list, another dtype or shape) takes the ordinary path, which
-validates and casts; the packed program compiles on its first call only.
+other call (a JAX array, a list, another dtype, byte order or shape) takes the ordinary path,
+which converts or refuses by signature.py's rule; the packed program compiles on its first call
+only.
 """
 
 from __future__ import annotations

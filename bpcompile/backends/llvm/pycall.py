@@ -7,8 +7,10 @@ exact type (ndarray), ndim, every dimension, dtype descriptor identity, C-contig
 alignment; int32 index inputs are range-checked element by element, and an input that overlaps
 the function's own output/workspace arena is refused. Anything unexpected (a list, a
 non-contiguous or byte-swapped array, a missing or extra name, a bad index) goes to the Python
-slow path, `Signature.bind` + the ctypes route, which converts or raises a clear
-ArgumentError. Native code therefore only ever sees memory of the planned size.
+slow path, `Signature.bind` + the ctypes route, which converts by the one rule of
+signature.py or raises a clear ArgumentError. Positional arguments are named there in
+signature order and come back through the native checks. Native code therefore only ever
+sees memory of the planned size.
 
 On success it calls bp_main and returns (loss scalar, {name: gradient}), the gradients being
 the preallocated arrays of one arena (backend.Arena), the same every call of one thread (valid
@@ -314,9 +316,14 @@ class _Builder:
         it calls `other` instead. `keep`: more objects the builtin must keep alive."""
         signature, names = self.signature, self.grad_names
 
-        def compiled_gradient(**kwargs):  # the slow path: converts, or raises a clear error
+        def slow(**kwargs):
             value, grads = arena.run(signature.bind(kwargs), False)
             return value, dict(zip(names, grads))
+
+        def compiled_gradient(*args, **kwargs):  # the slow path: converts, or raises a clear error
+            if args:  # named in signature order (no reference back to the builtin: no cycle)
+                return signature.call_positional(slow, args, kwargs)
+            return slow(**kwargs)
 
         slots = self.slots
         table = _Table((slots["size"],), np.int64)  # owns its data (no writable base)
@@ -377,8 +384,8 @@ def make_caller(backend, signature, grad_names, copy: bool = False):
     if not copy:
         return _Native(fn)
 
-    def copied(**kwargs):  # the native result is this thread's arena: copy before returning
-        value, grads = fn(**kwargs)
+    def copied(*args, **kwargs):  # the native result is this thread's arena: copy it
+        value, grads = fn(*args, **kwargs)
         for k, g in grads.items():
             grads[k] = g.copy()
         return value, grads
