@@ -131,7 +131,7 @@ class Compiled(Program):
         t0 = time.perf_counter()
         self.loss = check_loss(loss)
         self.wrt = check_wrt(wrt)
-        self.args = leaves([self.loss] + self.wrt)
+        self.args = _declared_order(leaves([self.loss] + self.wrt))
         _check_unique_names(self.args)
         self.signature = Signature(self.args, [self.loss])
         self.grad_names = [w.attr("name") for w in self.wrt]
@@ -201,7 +201,7 @@ class Function(Program):
                 raise TypeError(f"bp.function: output {k!r} is {type(v).__name__}, not a node")
         self.names = list(outputs)
         nodes = list(outputs.values())
-        self.args = leaves(nodes)
+        self.args = _declared_order(leaves(nodes))
         _check_unique_names(self.args)
         self.signature = Signature(self.args, nodes)
         stages = [pipeline._stage("forward", nodes)]
@@ -223,6 +223,12 @@ def _name_outputs(outputs, labels):
     for o, label in zip(outputs, labels):
         if o.op not in ("input", "param", "const") and o not in NAMES:
             NAMES[o] = label
+
+
+def _declared_order(args: list[Node]) -> list[Node]:
+    """Inputs and params in the order the user declared them: the order positional arguments
+    follow (as a Python function's parameters do), independent of where the graph reads them."""
+    return sorted(args, key=lambda n: n.serial)
 
 
 def _check_unique_names(args):

@@ -7,11 +7,10 @@ the expected shape/dtype; integer inputs used as indices are range-checked, so a
 label is an error rather than a silent zero row.
 
 The conversion rule (docs/reliability.md, "Argument conversion, byte order and odd arrays") is
-written once here, `refusal`, and every backend's call path applies it: an array (anything with
-a dtype) must already hold the declared kind of number (any float width for a float, any
-integer for int32, bool for bool); Python scalars and lists are weakly typed, as in JAX, so
-bools and ints may also fill a float and bools an int32. Accepted values are converted to the
-declared dtype in native byte order, C-contiguous and aligned.
+written once here, `refusal`, and every backend's call path applies it: NumPy's `same_kind`
+casting from the value's dtype to the declared one (bool -> int -> float, any float width;
+never float -> int or number -> bool), with int -> int32 range-checked. Accepted values are
+converted to the declared dtype in native byte order, C-contiguous and aligned.
 """
 
 from __future__ import annotations
@@ -23,9 +22,6 @@ from .ir.node import Node
 from .ir.printer import type_str
 from .ir.traverse import toposort
 
-# dtype kinds an argument may have, per declared dtype: arrays (strict) and Python data (weak)
-_ARRAY_KINDS = {"float32": "f", "float64": "f", "int32": "iu", "bool": "b"}
-_PYTHON_KINDS = {"float32": "fiub", "float64": "fiub", "int32": "iub", "bool": "b"}
 _KIND_NAMES = {"f": "float", "i": "int", "u": "unsigned int", "b": "bool", "c": "complex",
                "O": "object", "U": "string", "S": "bytes", "M": "datetime", "m": "timedelta",
                "V": "void"}
@@ -34,22 +30,22 @@ _KIND_NAMES = {"f": "float", "i": "int", "u": "unsigned int", "b": "bool", "c": 
 def refusal(name: str, node: Node, dtype, python_data: bool = False) -> str | None:
     """Why a value of `dtype` cannot be the argument `name` (declared `node`), or None.
 
-    The one conversion rule of every backend: an array must hold the declared kind of number
-    (float64 -> float32 rounds, int64 -> int32 is range-checked, but int -> float,
-    float -> int, bool <-> number are refused: each is usually a mistake, and NumPy's
-    `same_kind` would allow the first silently); `python_data` (scalars and lists) may also
-    widen bool -> int -> float, as Python numbers do in NumPy and JAX expressions.
+    The one conversion rule of every backend is NumPy's `same_kind` casting from the value's
+    dtype to the declared one, for real numbers only: bool -> int -> float and any float width
+    convert (as `np.asarray(x, dtype)` would in a NumPy program, so `X = np.array([[0, 1]])`
+    fills a float input); float -> int, number -> bool, complex, object, string, datetime and
+    void are refused. int -> int32 is then range-checked (never wrapped).
     """
     dt = np.dtype(dtype)
-    kinds = (_PYTHON_KINDS if python_data else _ARRAY_KINDS)[node.dtype]
-    if dt.kind in kinds:
+    if dt.kind in "biuf" and np.can_cast(dt, np.dtype(node.dtype), "same_kind"):
         return None
     got = f"dtype {dt} ({_KIND_NAMES.get(dt.kind, dt.kind)})"
     if python_data:
         got = f"Python data that NumPy reads as {dt}"
     return (
-        f"argument {name!r}: expected dtype {node.dtype} (shape {node.shape}), got {got}; "
-        f"convert it explicitly (e.g. .astype(np.{node.dtype})) if that is meant"
+        f"argument {name!r}: expected dtype {node.dtype} (shape {node.shape}), got {got}, "
+        f"which NumPy's same_kind casting does not convert; convert it explicitly "
+        f"(e.g. .astype(np.{node.dtype})) if that is meant"
     )
 
 

@@ -28,7 +28,7 @@ def run(capsys, *argv):
 def test_compile_emit_source(capsys):
     code, out, err = run(capsys, "compile", XOR, "--emit", "source")
     assert code == 0, err
-    assert "def forward_backward(x, W1, b1, W2, b2, y):" in out
+    assert "def forward_backward(x, y, W1, b1, W2, b2):" in out  # declaration order
     for name in ("dW1", "db1", "dW2", "db2", "dz1", "dz2"):
         assert f"    {name} = " in out, name
     assert "return loss, (dW1, db1, dW2, db2" in out

@@ -25,11 +25,12 @@ OUTS = [("loss", 1), ("dW1", 12), ("db1", 4), ("dW2", 12)]
 
 
 def _model():
+    # declared in the ABI order (ARGS): arguments follow the order of declaration
     x = bp.input("x", (5, 3), "float64")
-    z = bp.input("z", (5, 3), "float64")  # same shape as x: the caller may pass x twice
-    lab = bp.input("labels", (5,), "int32")
     W1, b1 = bp.param("W1", (3, 4), "float64"), bp.param("b1", (4,), "float64")
     W2 = bp.param("W2", (4, 3), "float64")
+    lab = bp.input("labels", (5,), "int32")
+    z = bp.input("z", (5, 3), "float64")  # same shape as x: the caller may pass x twice
     loss = bp.cross_entropy(bp.tanh(x @ W1 + b1) @ W2, lab) + 0.1 * bp.sum(bp.tanh(z) * x)
     return loss, [W1, b1, W2]
 

@@ -7,6 +7,7 @@ subexpressions are shared by construction and graph equality is object identity.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import weakref
@@ -15,6 +16,11 @@ import numpy as np
 
 _INTERN: weakref.WeakValueDictionary[tuple, Node] = weakref.WeakValueDictionary()
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SERIAL = itertools.count()  # creation order: a compiled function's positional order
+
+
+def next_serial() -> int:
+    return next(_SERIAL)
 
 
 class ConstValue:
@@ -59,7 +65,7 @@ def _user_location() -> str | None:
 class Node:
     """One value in the graph. Never construct directly: use `make` (or the public API)."""
 
-    __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "where", "__weakref__")
+    __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "where", "serial", "__weakref__")
     __array_priority__ = 1000  # so `ndarray * node` defers to Node.__rmul__
 
     op: str
@@ -134,6 +140,7 @@ def make(op: str, inputs=(), **attrs) -> Node:
     n.op, n.inputs, n.attrs = op, inputs, key_attrs
     n.shape, n.dtype = tuple(int(s) for s in shape), dtype
     n.where = _user_location()
+    n.serial = next(_SERIAL)
     _INTERN[key] = n
     return n
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import DTypeError, ShapeError
 from ..ir.dtypes import canonical
-from ..ir.node import ConstValue, Node, make
+from ..ir.node import ConstValue, Node, make, next_serial
 from .registry import Op, register
 
 INT64_MAX = 2**63 - 1
@@ -82,7 +82,11 @@ def _named(op: str, name: str, shape, dtype) -> Node:
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"{op} name must be a Python identifier, got {name!r}")
     shape = static_shape(f"{op} {name!r}", shape)
-    return make(op, (), name=name, shape=shape, dtype=canonical(dtype))
+    node = make(op, (), name=name, shape=shape, dtype=canonical(dtype))
+    # an interned leaf declared again takes its place in this declaration order (positional
+    # arguments follow it); the serial is not part of the node's identity
+    node.serial = next_serial()
+    return node
 
 
 def input(name: str, shape, dtype="float32") -> Node:  # noqa: A001 - public API name
