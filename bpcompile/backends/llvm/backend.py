@@ -22,8 +22,10 @@ from llvmlite import ir
 
 from ...ir.node import Node
 from ...ir.printer import format_graph
+from ...ops.index import describe_site, index_range, range_error
 from . import blas, cache, jit, pycall
 from .codegen import SPLIT_STEPS, Program
+from .lower import STATUS
 from .memplan import ALIGN
 
 OPTIONS = ("gemm_threshold", "blas_threads", "copy_outputs", "fast_call", "cache", "opt")
@@ -72,6 +74,12 @@ class LLVMBackend:
         self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self.engine.finalize_object()
         self._alloc_arena()
+        # computed indices out of range: the kernels record the first one here (lower.py)
+        self.index_sites = self.module.__dict__.get("_bp_index_sites", [])
+        self._status = None
+        if self.index_sites:
+            st = self.engine.get_global_value_address(STATUS)
+            self._status = (ctypes.c_int64 * 2).from_address(st)
         addr = self.engine.get_function_address("bp_entry")
         # PYFUNCTYPE keeps the GIL held, so the native code of two calls never overlaps; the
         # Python around it in `run` (filling argv, copying results out of the shared arena)
@@ -118,8 +126,21 @@ class LLVMBackend:
                     arrays[k] = a
                     p = a.ctypes.data
                 argv[k] = p
-            self._entry(argv)
+            st = self._status
+            if st is None:
+                self._entry(argv)
+            else:
+                st[0] = 0
+                self._entry(argv)
+                if st[0]:
+                    raise self._index_error(int(st[0]), int(st[1]))
             return self._results()
+
+    def _index_error(self, site: int, bad: int):
+        self._status[0] = 0
+        node = self.index_sites[site - 1]
+        _, lo, hi, _ = index_range(node)
+        return range_error(describe_site(node), lo, hi, bad)
 
     def _results(self):
         value = self.out_arrays[0][()]
