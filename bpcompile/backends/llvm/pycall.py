@@ -206,7 +206,9 @@ def _range_check(em: Emitter, fn, data, size: int, bound, slow):
     with em.loop(size, "chk") as i:
         v = b.load(b.gep(data, [i], inbounds=True, source_etype=I32), typ=I32)
         # v - lo >= hi - lo unsigned: below lo wraps to huge, so one compare tests both ends
-        out = b.icmp_unsigned(">=", b.sub(v, ir.Constant(I32, lo)), ir.Constant(I32, hi - lo))
+        if lo:
+            v = b.sub(v, ir.Constant(I32, lo))
+        out = b.icmp_unsigned(">=", v, ir.Constant(I32, hi - lo))
         b.store(b.or_(b.load(bad, typ=ir.IntType(1)), out), bad)
     nxt = fn.append_basic_block("range_ok")
     b.cbranch(b.load(bad, typ=ir.IntType(1)), slow, nxt)
