@@ -315,9 +315,9 @@ STATUS = "bp_index_status"  # [site + 1, bad index]: the first out-of-range comp
 
 def _index_guard(ctx, n: Node, j, lo: int, hi: int):
     """`ok` = lo <= j < hi for an index computed in the graph; None for an int32 input, which
-    was range-checked at call time (so no per-element test is emitted). A miss is recorded in the module's status global,
-    which the caller turns into an IndexRangeError (backend.py); the kernel itself only ever
-    reads and writes in bounds and poisons the value (NaN)."""
+    was range-checked at call time (so no per-element test is emitted). A miss is recorded in
+    the module's status global, which the caller turns into an IndexRangeError (backend.py);
+    the kernel itself only ever reads and writes in bounds and poisons the value (NaN)."""
     b = ctx.em.b
     if n.inputs[-1] in ctx.checked:
         return None

@@ -6,8 +6,8 @@ theirs here with `LOWERINGS[name] = fn`; the test suite fails when an op has no 
 
 from __future__ import annotations
 
-from ..array_lowering import dispatcher, dtype_name, table
 from ...ops.index import describe_site
+from ..array_lowering import dispatcher, dtype_name, table
 from ..kernel_printer import ArrayExprPrinter, has_literal_branches
 
 PRINTER = ArrayExprPrinter("np")
@@ -32,7 +32,9 @@ LOWERINGS.update(
             f"one_hot({a[0]}, {n.attr('n')}, {NP_DTYPE[n.dtype]}"
             + (", wrap=True" if n.attr("wrap") else "") + f", site={describe_site(n)!r})"
         ),
-        "take": lambda n, a: f"take_in_range({a[0]}, {a[1]}, {n.attr('axis')}, {describe_site(n)!r})",
+        "take": lambda n, a: (
+            f"take_in_range({a[0]}, {a[1]}, {n.attr('axis')}, {describe_site(n)!r})"
+        ),
         "iota": lambda n, a: f"iota({n.shape}, {n.attr('axis')}, {NP_DTYPE[n.dtype]})",
         "kernel": _kernel,
     }
