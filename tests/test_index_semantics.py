@@ -304,3 +304,18 @@ def test_exported_library_poisons_out_of_range(tmp_path):
     assert call([1, 5, 0]) == 0 and np.isfinite(out[0])
     assert call([1, 7, 0]) == 0  # lab is in range for the call-time check; lab - 1 is not
     assert np.isnan(out[0]) and np.isnan(gx).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_step_out_of_range_label_is_named(backend):
+    """A train step never commits an update from a bad computed label; on JAX the non-finite
+    step's diagnosis (the NumPy reference) names the op too."""
+    z = bp.param("z", (3, 4), F64)
+    lab = bp.input("lab", (3,), "int32")
+    step = bp.compile_train_step(bp.cross_entropy(z, lab - 1), [z], bp.optim.sgd(0.1),
+                                 backend=backend)
+    before = np.array(step.params["z"])
+    with pytest.raises(IndexRangeError, match=r"one_hot \(n=4\).*index 4 .*\[0, 4\)"):
+        step(lab=np.array([1, 5, 2], np.int32))
+    np.testing.assert_array_equal(np.asarray(step.params["z"]), before)
+    assert np.isfinite(step(lab=np.array([1, 4, 2], np.int32)))
