@@ -319,3 +319,17 @@ def test_train_step_out_of_range_label_is_named(backend):
         step(lab=np.array([1, 5, 2], np.int32))
     np.testing.assert_array_equal(np.asarray(step.params["z"]), before)
     assert np.isfinite(step(lab=np.array([1, 4, 2], np.int32)))
+
+
+def test_jax_device_array_labels_poison():
+    """Device-array labels are not copied back for the call-time check; out of range they
+    poison the loss and its gradient like computed ones (before: a finite loss that ignored
+    the example, and a gradient that did not)."""
+    z = bp.param("z", (3, 4), F64)
+    lab = bp.input("lab", (3,), "int32")
+    fn = bp.compile(bp.cross_entropy(z, lab), [z], backend="jax")
+    zv = rng.standard_normal((3, 4))
+    v, g = fn(z=zv, lab=jnp.asarray([0, 4, 1], jnp.int32))
+    assert np.isnan(np.asarray(v)) and np.isnan(np.asarray(g["z"])[1]).all()
+    v, g = fn(z=zv, lab=jnp.asarray([0, 3, 1], jnp.int32))
+    _close(v, _jax_ce(zv, jnp.asarray([0, 3, 1])))
