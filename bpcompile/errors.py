@@ -31,3 +31,7 @@ class BackendError(BPError, RuntimeError):
 
 class SpecError(BPError, ValueError):
     """A model spec file is malformed."""
+
+
+class IndexRangeError(ArgumentError, IndexError):
+    """An index computed in the graph fell outside its op's range at run time (take, one_hot)."""

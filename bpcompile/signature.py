@@ -21,6 +21,7 @@ from .errors import ArgumentError
 from .ir.node import Node
 from .ir.printer import type_str
 from .ir.traverse import toposort
+from .ops.index import input_ranges
 
 _KIND_NAMES = {"f": "float", "i": "int", "u": "unsigned int", "b": "bool", "c": "complex",
                "O": "object", "U": "string", "S": "bytes", "M": "datetime", "m": "timedelta",
@@ -60,17 +61,8 @@ class Signature:
         self.names = [a.attr("name") for a in args]
         self.by_name = {a.attr("name"): a for a in args}
         self.dtypes = [np.dtype(a.dtype) for a in args]
-        # index bounds: input name -> number of classes/rows it indexes
-        self.bounds: dict[str, int] = {}
-        for n in toposort(graph_outputs):
-            idx = None
-            if n.op == "one_hot":
-                idx, bound = n.inputs[0], n.attr("n")
-            elif n.op == "take":
-                idx, bound = n.inputs[1], n.inputs[0].shape[n.attr("axis")]
-            if idx is not None and idx.op == "input":
-                name = idx.attr("name")
-                self.bounds[name] = min(bound, self.bounds.get(name, bound))
+        # index ranges: input name -> (lo, hi), the valid [lo, hi) of the take/one_hot it feeds
+        self.bounds: dict[str, tuple[int, int]] = input_ranges(toposort(graph_outputs))
 
     def describe(self) -> str:
         return ", ".join(f"{n}:{type_str(a)}" for n, a in zip(self.names, self.args))
@@ -140,9 +132,10 @@ class Signature:
         if not (arr.flags.c_contiguous and arr.flags.aligned):
             arr = np.array(arr, order="C")  # (ascontiguousarray would turn a 0-d array 1-d)
         bound = self.bounds.get(name)
-        if bound is not None and arr.size and (arr.min() < 0 or arr.max() >= bound):
-            bad = arr[(arr < 0) | (arr >= bound)].flat[0]
-            raise ArgumentError(f"argument {name!r}: index {bad} out of range [0, {bound})")
+        if bound is not None and arr.size and (arr.min() < bound[0] or arr.max() >= bound[1]):
+            lo, hi = bound
+            bad = arr[(arr < lo) | (arr >= hi)].flat[0]
+            raise ArgumentError(f"argument {name!r}: index {bad} out of range [{lo}, {hi})")
         return arr
 
 

@@ -452,14 +452,23 @@ def test_unrolled_reduction_helpers():
 
 
 def test_one_hot_scatter_matches_jax_one_hot():
-    """The program's one_hot (a scatter) equals jax.nn.one_hot, out-of-range labels included."""
+    """The program's one_hot (a scatter) equals jax.nn.one_hot on labels in [0, n) and, like
+    the plain table's `one_hot`, gives a NaN row for any other label (ops/index.py: a jitted
+    program cannot raise; a zero row would let cross_entropy's loss and gradient disagree)."""
     for labels in ([0, 3, -1, 4, 2], [[1, 7], [-3, 0]], 2):
         lab = jnp.asarray(labels, jnp.int32)
-        for dtype in (jnp.float32, jnp.float64, jnp.int32):
-            got = jax_lower.one_hot_scatter(lab, 4, dtype)
-            want = jax.nn.one_hot(lab, 4, dtype=dtype)
-            assert got.dtype == want.dtype and got.shape == want.shape
-            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        bad = np.asarray((lab < 0) | (lab >= 4))
+        for dtype in (jnp.float32, jnp.float64):
+            want = np.array(jax.nn.one_hot(lab, 4, dtype=dtype))
+            want[bad] = np.nan
+            for mine in (jax_lower.one_hot_scatter, jax_lower.one_hot):
+                got = mine(lab, 4, dtype)
+                assert got.dtype == dtype and got.shape == want.shape
+                np.testing.assert_array_equal(np.asarray(got), want)
+            wrapped = np.array(jax.nn.one_hot(jnp.where(lab < 0, lab + 4, lab), 4, dtype=dtype))
+            wrapped[np.asarray((lab < -4) | (lab >= 4))] = np.nan
+            for mine in (jax_lower.one_hot_scatter, jax_lower.one_hot):
+                np.testing.assert_array_equal(np.asarray(mine(lab, 4, dtype, wrap=True)), wrapped)
     loss, wrt, vals = scorecard_models("float32")["mlp_mnist"]
     src = bp.compile(loss, wrt, backend="jax").source()
     assert "one_hot_scatter(labels, 10, jnp.float32)" in src

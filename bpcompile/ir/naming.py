@@ -20,6 +20,7 @@ RESERVED = {
     "relu",
     "step",
     "one_hot",
+    "take_in_range",
     "iota",
     "pad",
     "float",

@@ -1,12 +1,26 @@
 """Integer indexing: take (gather) and one_hot, for labels and embeddings.
 
-Integer operands never receive gradients. The compiled function checks index ranges of
-integer inputs at call time, so an out-of-range label is an error, never a silent zero.
+Index semantics (those of `jnp.take` / `jnp.take_along_axis` in their default mode, where sound):
+
+- `take(x, idx, axis)`: an index i in [-n, n) (n = x.shape[axis]) selects x[..., i, ...];
+  a negative index counts from the end (wraps once), in the forward pass and in the gradient,
+  which is scattered (summed) to the wrapped position.
+- `one_hot(labels, n)`: a label in [0, n) gives the row e_label. A label outside [0, n) is an
+  error (JAX gives a zero row, which with cross_entropy would give a loss and a gradient that
+  disagree). `wrap=True` (take's gradient) also accepts [-n, -1], counting from the end.
+- Anything else is an error: int32 *inputs* are range-checked when the compiled function is
+  called (`Signature`, the LLVM fast path, the exported C entry); indices *computed* in the
+  graph are checked at run time by the NumPy and LLVM backends (`IndexRangeError`), and the
+  native code never reads or writes out of bounds. A jitted JAX program cannot raise: there an
+  out-of-range computed index poisons its result (NaN gathered values, NaN one-hot rows), so
+  the loss and every gradient it reaches are NaN, never a finite wrong answer.
+
+Integer operands never receive gradients.
 """
 
 from __future__ import annotations
 
-from ..errors import DTypeError, ShapeError
+from ..errors import DTypeError, IndexRangeError, ShapeError
 from ..ir.dtypes import canonical, is_float
 from ..ir.node import Node, make
 from .elementwise import as_node
@@ -24,7 +38,8 @@ def _infer_take(inputs, attrs):
 
 
 def _vjp_take(y, g, needs):
-    # d x = one_hot(idx)ᵀ @ g, with the gathered axis moved to the front.
+    # d x = one_hot(idx)ᵀ @ g, with the gathered axis moved to the front; wrap=True scatters a
+    # negative index's cotangent to the row it read (x[-1] is x[n-1]).
     from .linalg import matmul2
     from .movement import reshape, swap_last, transpose
 
@@ -38,7 +53,7 @@ def _vjp_take(y, g, needs):
         + tuple(range(axis + idx.ndim, g.ndim))
     )
     gt = reshape(transpose(g, perm), (k, -1))
-    oh = one_hot(reshape(idx, (k,)), n, x.dtype)  # (k, n)
+    oh = one_hot(reshape(idx, (k,)), n, x.dtype, wrap=True)  # (k, n)
     dx = matmul2(swap_last(oh), gt)  # (n, rest)
     rest = x.shape[:axis] + x.shape[axis + 1 :]
     dx = reshape(dx, (n,) + rest)
@@ -46,10 +61,21 @@ def _vjp_take(y, g, needs):
     return transpose(dx, inv), None
 
 
-register(Op("take", "index", _infer_take, _vjp_take, "gather x along `axis` at int32 indices"))
+register(
+    Op(
+        "take",
+        "index",
+        _infer_take,
+        _vjp_take,
+        "gather x along `axis` at int32 indices in [-n, n) (negatives count from the end)",
+    )
+)
 
 
 def take(x, idx, axis=0) -> Node:
+    """x gathered along `axis` at int32 `idx` (jnp.take): idx in [-n, n), n = x.shape[axis],
+    negatives counting from the end in the value and in the gradient; other indices are an
+    error (see the module docstring)."""
     x, idx = as_node(x), as_node(idx)
     if not -x.ndim <= axis < x.ndim:
         raise ShapeError(f"take: axis {axis} out of range for shape {x.shape}")
@@ -69,16 +95,60 @@ register(
         "index",
         _infer_one_hot,
         lambda y, g, n: (None,),
-        "one_hot(idx, n)[..., j] = (idx == j); no gradient",
+        "one_hot(idx, n)[..., j] = (idx == j), idx in [0, n) ([-n, n) with wrap); no gradient",
     )
 )
 
 
-def one_hot(idx, n: int, dtype="float32") -> Node:
+def one_hot(idx, n: int, dtype="float32", wrap: bool = False) -> Node:
+    """Rows e_idx of the n×n identity for int32 labels in [0, n); with `wrap`, labels in
+    [-n, -1] count from the end (take's gradient uses this). Other labels are an error."""
     idx = as_node(idx)
     dtype = canonical(dtype)
     if not is_float(dtype):
         raise DTypeError(f"one_hot: dtype must be float, got {dtype}")
     if n < 1:
         raise ShapeError(f"one_hot: n must be >= 1, got {n}")
-    return make("one_hot", (idx,), n=int(n), dtype=dtype)
+    extra = {"wrap": True} if wrap else {}  # absent when False: graphs without it are unchanged
+    return make("one_hot", (idx,), n=int(n), dtype=dtype, **extra)
+
+
+# ---- index ranges, shared by the call-time checks and the backends' run-time checks --------
+
+
+def index_range(n: Node) -> tuple[Node, int, int, int] | None:
+    """(index operand, lo, hi, axis size) of a take/one_hot node, valid indices in [lo, hi)."""
+    if n.op == "take":
+        size = n.inputs[0].shape[n.attr("axis")]
+        return n.inputs[1], -size, size, size
+    if n.op == "one_hot":
+        size = n.attr("n")
+        return n.inputs[0], (-size if n.attr("wrap") else 0), size, size
+    return None
+
+
+def input_ranges(nodes) -> dict[str, tuple[int, int]]:
+    """{input name: (lo, hi)} for int32 inputs used directly as indices (intersected over uses);
+    these are checked when the compiled function is called."""
+    out: dict[str, tuple[int, int]] = {}
+    for n in nodes:
+        r = index_range(n)
+        if r is not None and r[0].op == "input":
+            name = r[0].attr("name")
+            lo, hi = out.get(name, (r[1], r[2]))
+            out[name] = (max(lo, r[1]), min(hi, r[2]))
+    return out
+
+
+def describe_site(n: Node) -> str:
+    """'take (axis 1, size 5)' / 'one_hot (n=3)' with the user's line, for run-time errors."""
+    what = (f"take (axis {n.attr('axis')} of size {n.inputs[0].shape[n.attr('axis')]})"
+            if n.op == "take" else f"one_hot (n={n.attr('n')})")
+    return what + (f", made at {n.where}" if n.where else "")
+
+
+def range_error(site: str, lo: int, hi: int, bad: int, found=None) -> IndexRangeError:
+    """The error for an out-of-range index computed in the graph (every backend words it so)."""
+    span = f"; indices found span [{found[0]}, {found[1]}]" if found is not None else ""
+    return IndexRangeError(
+        f"{site}: computed index {bad} is out of range, valid indices are [{lo}, {hi}){span}")

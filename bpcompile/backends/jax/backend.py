@@ -373,12 +373,14 @@ def _host_bounds(signature) -> list:
 
 def _check_range(name, v, bound):
     """Index range check for host (NumPy) index arrays; device arrays are not copied back,
-    so out-of-range indices there follow JAX (zero one-hot rows, NaN-filled gathers)."""
+    so out-of-range indices there poison the result as computed ones do (NaN-filled gathers,
+    NaN one-hot rows; ops/index.py)."""
     if isinstance(v, np.ndarray) and v.size:
         lo, hi = v.min(), v.max()
-        if lo < 0 or hi >= bound:
-            bad = lo if lo < 0 else hi
-            raise ArgumentError(f"argument {name!r}: index {bad} out of range [0, {bound})")
+        if lo < bound[0] or hi >= bound[1]:
+            bad = lo if lo < bound[0] else hi
+            raise ArgumentError(
+                f"argument {name!r}: index {bad} out of range [{bound[0]}, {bound[1]})")
 
 
 class DataParallel:

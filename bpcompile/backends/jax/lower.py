@@ -43,7 +43,7 @@ LOWERINGS.update(
         "stop_gradient": lambda n, a: f"lax.stop_gradient({a[0]})",
         "pad": _pad,
         "one_hot": lambda n, a: (
-            f"jax.nn.one_hot({a[0]}, {n.attr('n')}, dtype={JNP_DTYPE[n.dtype]})"
+            f"one_hot({a[0]}, {n.attr('n')}, {JNP_DTYPE[n.dtype]}{_wrap(n)})"
         ),
         "iota": lambda n, a: (
             f"lax.broadcasted_iota({JNP_DTYPE[n.dtype]}, {n.shape}, {n.attr('axis')})"
@@ -90,11 +90,32 @@ def matmul_unrolled(a, b):
     return functools.reduce(jnp.add, terms)
 
 
-def one_hot_scatter(labels, n, dtype):
-    """jax.nn.one_hot(labels, n, dtype=dtype) as ones scattered into zeros (out-of-range or
-    negative labels give zero rows, as in jax.nn.one_hot). See PROGRAM_LOWERINGS."""
+def _wrap(n) -> str:
+    return ", wrap=True" if n.attr("wrap") else ""
+
+
+def _labels(labels, n, wrap):
+    """Labels wrapped once when `wrap` (take's gradient), and the mask of out-of-range ones."""
+    if wrap:
+        labels = jnp.where(labels < 0, labels + n, labels)
+    return labels, (labels < 0) | (labels >= n)
+
+
+def one_hot(labels, n, dtype, wrap=False):
+    """jax.nn.one_hot, except that an out-of-range label gives a NaN row, not a zero row: a
+    jitted program cannot raise, and with a zero row cross_entropy's loss would ignore the
+    example while its (simplified) gradient does not. NaN makes both NaN (ops/index.py)."""
+    labels, bad = _labels(labels, n, wrap)
+    return jnp.where(bad[..., None], jnp.nan, jax.nn.one_hot(labels, n, dtype=dtype))
+
+
+def one_hot_scatter(labels, n, dtype, wrap=False):
+    """`one_hot` as ones scattered into zeros (NaN rows for out-of-range labels). See
+    PROGRAM_LOWERINGS."""
+    labels, bad = _labels(labels, n, wrap)
     rows = jnp.indices(labels.shape, sparse=True)
-    out = jnp.zeros(labels.shape + (n,), dtype)
+    base = jnp.where(bad[..., None], jnp.asarray(jnp.nan, dtype), jnp.zeros((), dtype))
+    out = jnp.broadcast_to(base, labels.shape + (n,))
     return out.at[(*rows, labels)].set(1, mode="drop", wrap_negative_indices=False)
 
 
@@ -108,6 +129,7 @@ NAMESPACE = {
     "step": _step,
     "sum_unrolled": sum_unrolled,
     "max_unrolled": max_unrolled,
+    "one_hot": one_hot,
     "one_hot_scatter": one_hot_scatter,
     "matmul_unrolled": matmul_unrolled,
 }
@@ -159,7 +181,9 @@ PROGRAM_LOWERINGS = {
     "matmul": _small_matmul,
     "sum": _small_reduction("sum"),
     "max": _small_reduction("max"),
-    "one_hot": lambda n, a: f"one_hot_scatter({a[0]}, {n.attr('n')}, {JNP_DTYPE[n.dtype]})",
+    "one_hot": lambda n, a: (
+        f"one_hot_scatter({a[0]}, {n.attr('n')}, {JNP_DTYPE[n.dtype]}{_wrap(n)})"
+    ),
 }
 
 

@@ -23,8 +23,10 @@ from llvmlite import ir
 
 from ...ir.node import Node
 from ...ir.printer import format_graph
+from ...ops.index import describe_site, index_range, range_error
 from . import blas, cache, jit, pycall
 from .codegen import SPLIT_STEPS, Program
+from .lower import STATUS
 from .memplan import ALIGN
 
 OPTIONS = ("gemm_threshold", "blas_threads", "copy_outputs", "fast_call", "cache", "opt")
@@ -82,6 +84,14 @@ class LLVMBackend:
         self.timings = {"llvm": time.perf_counter() - t0}
         self._entry = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)(addr)
         self._local = threading.local()  # .arena: the calling thread's Arena, made lazily
+        # computed indices out of range: the kernels record the first one in a status word of
+        # the module (lower.py), shared by every arena of this function; `IndexStatus` resets,
+        # calls and reads it under one lock, so no thread sees another's miss or loses its own
+        self.index_sites = self.module.__dict__.get("_bp_index_sites", [])
+        self._status = None
+        if self.index_sites:
+            st = self.engine.get_global_value_address(STATUS)
+            self._status = IndexStatus((ctypes.c_int64 * 2).from_address(st), self.index_sites)
 
     # -- setup --------------------------------------------------------------------------------
     def _codegen(self) -> dict:
@@ -107,7 +117,7 @@ class LLVMBackend:
 
     def new_arena(self) -> Arena:
         """An arena owned by nobody but the caller (the train step pins one per instance)."""
-        return Arena(self.program, self.outputs, len(self.args), self._entry)
+        return Arena(self.program, self.outputs, len(self.args), self._entry, self._status)
 
     def run(self, arrays: list[np.ndarray]):
         return self.thread_arena().run(arrays, self.copy_outputs)
@@ -142,13 +152,35 @@ class LLVMBackend:
         return self.program.memory.as_dict()
 
 
+class IndexStatus:
+    """The module's index status word ([site + 1, bad index], 0 when all computed indices were
+    in range) and the nodes of its sites. Native code holds the GIL, but Python may switch
+    threads between a call and reading the word: the lock makes reset, call and read one step.
+    (The native fast path checks the word inside its own call and retries here on a miss.)"""
+
+    def __init__(self, word, sites: list[Node]):
+        self.word, self.sites, self.lock = word, sites, threading.Lock()
+
+    def call(self, entry, argv):
+        with self.lock:
+            self.word[0] = 0
+            entry(argv)
+            site, bad = int(self.word[0]), int(self.word[1])
+            self.word[0] = 0
+        if site:
+            node = self.sites[site - 1]
+            _, lo, hi, _ = index_range(node)
+            raise range_error(describe_site(node), lo, hi, bad)
+
+
 class Arena:
     """Output buffers + workspace in one block (each 64-byte aligned), and the ctypes argv that
     points at them. Used by one thread at a time: its own (LLVMBackend.thread_arena), or the
     train step's under the step's lock. References no backend, so a thread-local arena never
     keeps a compiled function alive."""
 
-    def __init__(self, program: Program, outputs: list[Node], nargs: int, entry):
+    def __init__(self, program: Program, outputs: list[Node], nargs: int, entry,
+                 status: IndexStatus | None = None):
         def up(n):
             return (n + ALIGN - 1) // ALIGN * ALIGN
 
@@ -170,7 +202,7 @@ class Arena:
         self.hi = self.lo + top
         # PYFUNCTYPE keeps the GIL held while native code runs; argv and the outputs are this
         # arena's own, so Python around the call needs no lock.
-        self.entry = entry
+        self.entry, self.status = entry, status
         self.argv = (ctypes.c_void_p * (nargs + len(outputs) + 1))()
         for j, a in enumerate(self.out_arrays):
             self.argv[nargs + j] = a.ctypes.data
@@ -185,7 +217,10 @@ class Arena:
                 arrays[k] = a
                 p = a.ctypes.data
             argv[k] = p
-        self.entry(argv)
+        if self.status is None:
+            self.entry(argv)
+        else:
+            self.status.call(self.entry, argv)
         first, rest = self.out_arrays[0], self.out_arrays[1:]
         if copy:  # every output, the first one too when it is an array (bp.function)
             return first[()] if first.ndim == 0 else first.copy(), [g.copy() for g in rest]

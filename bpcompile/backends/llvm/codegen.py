@@ -19,6 +19,7 @@ from ...errors import BackendError
 from ...ir.naming import assign_names
 from ...ir.node import Node
 from ...ir.traverse import toposort
+from ...ops.index import input_ranges
 from ...ops.leaves import const_value
 from . import blas
 from .loops import I32, I64, PTR, VOID, Emitter, ir_type
@@ -84,8 +85,13 @@ class Program:
     """The scheduled graph: steps, buffers, views and the memory plan (no IR yet)."""
 
     def __init__(self, outputs: list[Node], args: list[Node], gemm_threshold: int,
-                 blas_threads: int | None = None):
+                 blas_threads: int | None = None, checked_args: bool = True,
+                 index_status: bool = True):
         self.outputs, self.args = outputs, args
+        # int32 args whose index range the caller checks (a scan body's are computed values),
+        # and whether out-of-range computed indices are reported (`lower._index_guard`)
+        self.checked = {a for a in args if a.op == "input"} if checked_args else set()
+        self.index_status = index_status
         self.blas_threads = blas_threads
         self.order = toposort(outputs)
         self.names = assign_names(self.order)
@@ -152,14 +158,8 @@ class Program:
         for j, o in enumerate(outputs):
             if self.views[o].buf is not self.out_bufs[j]:
                 self.steps.append(("copy", self.views[o], contiguous(self.out_bufs[j], o.shape)))
-        # int32 inputs used directly as indices: the fast call path range-checks these
-        self.bounds: dict[str, int] = {}
-        for n in self.order:
-            idx, bound = (n.inputs[0], n.attr("n")) if n.op == "one_hot" else (
-                (n.inputs[1], n.inputs[0].shape[n.attr("axis")]) if n.op == "take" else (None, 0))
-            if idx is not None and idx.op == "input":
-                name = idx.attr("name")
-                self.bounds[name] = min(bound, self.bounds.get(name, bound))
+        # int32 inputs used directly as indices: (lo, hi) the fast call path range-checks
+        self.bounds: dict[str, tuple[int, int]] = input_ranges(self.order)
         self.backward_start = next((k for k, s in enumerate(self.steps)
                                     if s[0] == "node" and s[1] not in forward), len(self.steps))
         self._liveness()
@@ -255,6 +255,9 @@ class Program:
         ptrs.update(zip(self.out_bufs, fn.args[nin:nin + nout]))
         ctx = Context(em, module, self.views, ptrs, self.temps, self.matmul_plan, eb)
         ctx.scan_plan = self.scan_plan
+        ctx.checked = self.checked
+        ctx.index_sites = (module.__dict__.setdefault("_bp_index_sites", [])
+                           if self.index_status else None)
         ctx.blas_threads = None
         if self.matmul_plan and self.blas_threads and blas.threads_setter():
             # big products use `blas_threads` BLAS threads, small ones 1 (this thread only);

@@ -63,7 +63,9 @@ def export(loss, wrt, out_dir: str, name: str = "model", cc: str | None = None) 
         raise ValueError(f"export: name must be a C identifier, got {name!r}")
     fn = bp_compile(loss, wrt, backend="numpy")  # only for the simplified graph
     outputs, args = fn.outputs, fn.args
-    program = Program(outputs, args, gemm_threshold=2**62)  # no BLAS: self-contained
+    # no BLAS: self-contained; no status global (no global state): a computed index out of
+    # range poisons the outputs with NaN instead (ops/index.py)
+    program = Program(outputs, args, gemm_threshold=2**62, index_status=False)
     jit.init()
     module = ir.Module(name)
     module.triple = jit.host()[0]
@@ -305,7 +307,7 @@ def header(program: Program, name: str, labels, cpu: str = "", features=()) -> s
     for a in program.args:
         kind = "param" if a.op == "param" else "input"
         bound = program.bounds.get(a.attr("name"))
-        note = f", values in [0, {bound})" if bound is not None else ""
+        note = f", values in [{bound[0]}, {bound[1]})" if bound is not None else ""
         params.append((f"    const {C_TYPES[a.dtype]} *{a.attr('name')}",
                        f"{kind} {a.dtype}{list(a.shape)}, {a.size} elements{note}"))
     for label, o in zip(labels, program.outputs):

@@ -310,6 +310,36 @@ def _pad(ctx, n: Node):
 # indexing
 
 
+STATUS = "bp_index_status"  # [site + 1, bad index]: the first out-of-range computed index
+
+
+def _index_guard(ctx, n: Node, j, lo: int, hi: int):
+    """`ok` = lo <= j < hi for an index computed in the graph; None for an int32 input, which
+    was range-checked at call time (so no per-element test is emitted). A miss is recorded in
+    the module's status global, which the caller turns into an IndexRangeError (backend.py);
+    the kernel itself only ever reads and writes in bounds and poisons the value (NaN)."""
+    b = ctx.em.b
+    if n.inputs[-1] in ctx.checked:
+        return None
+    ok = b.and_(b.icmp_signed(">=", j, i64(lo)), b.icmp_signed("<", j, i64(hi)))
+    if ctx.index_sites is None:  # no status word (the exported library): poison only
+        return ok
+    sites = ctx.index_sites
+    if n not in sites:
+        sites.append(n)
+    g = ctx.module.globals.get(STATUS)
+    if g is None:
+        ty = ir.ArrayType(ir.IntType(64), 2)
+        g = ir.GlobalVariable(ctx.module, ty, STATUS)
+        g.initializer = ir.Constant(ty, None)
+    with b.if_then(b.not_(ok), likely=False):
+        first = b.gep(g, [i64(0), i64(0)], inbounds=True)
+        with b.if_then(b.icmp_signed("==", b.load(first, typ=ir.IntType(64)), i64(0))):
+            b.store(i64(sites.index(n) + 1), first)
+            b.store(j, b.gep(g, [i64(0), i64(1)], inbounds=True))
+    return ok
+
+
 def _take(ctx, n: Node):
     em, b = ctx.em, ctx.em.b
     x, idxv, out = ctx.view(n.inputs[0]), ctx.view(n.inputs[1]), ctx.view(n)
@@ -321,9 +351,11 @@ def _take(ctx, n: Node):
     with em.nest(out.shape) as oi:
         j = ctx.load(idxv, idxv.strides, oi[axis:axis + k])
         j = b.sext(j, ir.IntType(64))
-        # negative indices wrap (np.take); anything still out of range reads nothing: NaN / 0
+        ok = _index_guard(ctx, n, j, -bound, bound)
+        # negative indices wrap once (jnp.take); a bad one reads row 0 and yields NaN / 0
         j = b.select(b.icmp_signed("<", j, i64(0)), b.add(j, i64(bound)), j)
-        ok = b.icmp_unsigned("<", j, i64(bound))
+        if ok is None:  # a checked input: clamp anyway, so no value can address out of bounds
+            ok = b.icmp_unsigned("<", j, i64(bound))
         safe = b.select(ok, j, i64(0))
         xi = list(oi[:axis]) + [safe] + list(oi[axis + k:])
         v = ctx.tag(b.load(em.addr(ctx.ptr(x.buf), x.offset, x.strides, xi, ty), typ=ty), x.buf)
@@ -335,13 +367,18 @@ def _take(ctx, n: Node):
 def _one_hot(ctx, n: Node):
     em, b = ctx.em, ctx.em.b
     idxv, out = ctx.view(n.inputs[0]), ctx.view(n)
-    ty = ir_type(n.dtype)
+    ty, size = ir_type(n.dtype), n.attr("n")
     if out.size == 0:
         return
     with em.nest(out.shape) as oi:
-        j = ctx.load(idxv, idxv.strides, oi[:-1])
-        hit = b.icmp_signed("==", b.sext(j, ir.IntType(64)), oi[-1])
-        ctx.store(out, out.strides, oi, b.select(hit, fconst(ty, 1.0), fconst(ty, 0.0)))
+        j = b.sext(ctx.load(idxv, idxv.strides, oi[:-1]), ir.IntType(64))
+        ok = _index_guard(ctx, n, j, -size if n.attr("wrap") else 0, size)
+        if n.attr("wrap"):
+            j = b.select(b.icmp_signed("<", j, i64(0)), b.add(j, i64(size)), j)
+        hit = b.select(b.icmp_signed("==", j, oi[-1]), fconst(ty, 1.0), fconst(ty, 0.0))
+        if ok is not None:
+            hit = b.select(ok, hit, fconst(ty, float("nan")))
+        ctx.store(out, out.strides, oi, hit)
 
 
 def _iota(ctx, n: Node):

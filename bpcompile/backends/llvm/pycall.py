@@ -33,6 +33,7 @@ import numpy as np
 from llvmlite import ir
 
 from .loops import F32, F64, I8, I32, I64, PTR, Emitter, i64
+from .lower import STATUS
 
 # PyObject / PyArrayObject field offsets (CPython >= 3.8 default build, NumPy 1.x and 2.x)
 OB_REFCNT, OB_TYPE = 0, 8
@@ -137,6 +138,9 @@ def emit_wrapper(module: ir.Module, program) -> None:
     out_ptrs = [ctx(slots["out"](j)) for j in range(nout)]
     main = module.globals["bp_main"]
     b.call(main, datas + out_ptrs + [ctx(C_WS)])
+    status = module.globals.get(STATUS)
+    if status is not None:  # a computed index was out of range: the slow path re-runs, raises
+        check(b.icmp_signed("==", b.load(status, typ=I64), i64(0)))
     # loss: a fresh numpy scalar of the loss dtype, filled in place
     ty = F32 if outs[0].dtype == "float32" else F64
     alloc = ctx(C_TP_ALLOC)
@@ -211,14 +215,19 @@ def _decref(b, api, obj):
         b.call(api["_Py_Dealloc"], [obj])
 
 
-def _range_check(em: Emitter, fn, data, size: int, bound: int, slow):
-    """Every int32 index in [0, bound); otherwise take the slow path (which raises)."""
+def _range_check(em: Emitter, fn, data, size: int, bound, slow):
+    """Every int32 index in [lo, hi) (`bound` = (lo, hi), or hi for [0, hi)); otherwise take
+    the slow path (which raises)."""
     b = em.b
+    lo, hi = bound if isinstance(bound, tuple) else (0, bound)
     bad = b.alloca(ir.IntType(1))
     b.store(ir.Constant(ir.IntType(1), 0), bad)
     with em.loop(size, "chk") as i:
         v = b.load(b.gep(data, [i], inbounds=True, source_etype=I32), typ=I32)
-        out = b.icmp_unsigned(">=", v, ir.Constant(I32, bound))  # negatives are huge unsigned
+        # v - lo >= hi - lo unsigned: below lo wraps to huge, so one compare tests both ends
+        if lo:
+            v = b.sub(v, ir.Constant(I32, lo))
+        out = b.icmp_unsigned(">=", v, ir.Constant(I32, hi - lo))
         b.store(b.or_(b.load(bad, typ=ir.IntType(1)), out), bad)
     nxt = fn.append_basic_block("range_ok")
     b.cbranch(b.load(bad, typ=ir.IntType(1)), slow, nxt)

@@ -37,7 +37,8 @@ def plan_scan(prog, n, step: int) -> ScanPlan:
 
     body = n.attr("body")
     outs, _ = pipeline.run(list(body.outputs))
-    sub = Program(list(outs), list(body.params), prog.gemm_threshold, prog.blas_threads)
+    sub = Program(list(outs), list(body.params), prog.gemm_threshold, prog.blas_threads,
+                  checked_args=False, index_status=prog.index_status)
     label = prog.names[n]
     operands = []
     for k, x in enumerate(n.inputs):

@@ -6,6 +6,7 @@ theirs here with `LOWERINGS[name] = fn`; the test suite fails when an op has no 
 
 from __future__ import annotations
 
+from ...ops.index import describe_site
 from ..array_lowering import dispatcher, dtype_name, table
 from ..kernel_printer import ArrayExprPrinter, has_literal_branches
 
@@ -27,7 +28,13 @@ LOWERINGS.update(
     {
         "stop_gradient": lambda n, a: a[0],
         "pad": lambda n, a: f"pad({a[0]}, {n.attr('lo')}, {n.attr('hi')}, {n.attr('interior')})",
-        "one_hot": lambda n, a: f"one_hot({a[0]}, {n.attr('n')}, {NP_DTYPE[n.dtype]})",
+        "one_hot": lambda n, a: (
+            f"one_hot({a[0]}, {n.attr('n')}, {NP_DTYPE[n.dtype]}"
+            + (", wrap=True" if n.attr("wrap") else "") + f", site={describe_site(n)!r})"
+        ),
+        "take": lambda n, a: (
+            f"take_in_range({a[0]}, {a[1]}, {n.attr('axis')}, {describe_site(n)!r})"
+        ),
         "iota": lambda n, a: f"iota({n.shape}, {n.attr('axis')}, {NP_DTYPE[n.dtype]})",
         "kernel": _kernel,
     }
