@@ -333,3 +333,41 @@ def test_jax_device_array_labels_poison():
     assert np.isnan(np.asarray(v)) and np.isnan(np.asarray(g["z"])[1]).all()
     v, g = fn(z=zv, lab=jnp.asarray([0, 3, 1], jnp.int32))
     _close(v, _jax_ce(zv, jnp.asarray([0, 3, 1])))
+
+
+@pytest.mark.parametrize("fast_call", [True, False], ids=["native", "ctypes"])
+def test_llvm_index_status_from_threads(fast_call):
+    """The status word is one per function, shared by every thread's arena: threads calling
+    with bad and good computed indices at once each get exactly their own outcome."""
+    import sys
+    import threading
+
+    loss, x, w = _take_graph(0, (3,), offset=1)
+    fn = bp.compile(loss, [x], backend="llvm", fast_call=fast_call)
+    xv = rng.standard_normal(x.shape)
+    good, bad = np.array([1, 5, 0], np.int32), np.array([1, 6, 0], np.int32)
+    want = float(_jax_take(xv, good - 1, 0, w))
+    errors: list = []
+
+    def worker(k):
+        for i in range(300):
+            lab = bad if (i + k) % 3 == 0 else good
+            try:
+                v, _ = fn(x=xv, lab=lab)
+                if lab is bad or not np.isclose(float(v), want, rtol=1e-12):
+                    errors.append(("wrong", k, i, float(v)))
+            except IndexRangeError:
+                if lab is good:
+                    errors.append(("raised", k, i))
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors[:5]
