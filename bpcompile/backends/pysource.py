@@ -7,17 +7,32 @@ Scalar constants are inlined as literals; array constants become module-level na
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from contextvars import ContextVar
 
 import numpy as np
 
-from ..ir.naming import assign_names
+from ..ir.naming import Namespace, assign_names
 from ..ir.node import Node
 from ..ir.printer import type_str
 from ..ir.traverse import toposort
 from ..ops.leaves import const_value
 
 COMMENT_COL = 56
+# The namespace of the module being emitted: scan lowerings (pyscan.py) name their helper
+# functions and loop locals from it, and emit the body function into it.
+_MODULE: ContextVar[Namespace | None] = ContextVar("bpcompile_module", default=None)
+_TEMP = re.compile(r"\{self\}_t\d+")
+
+
+def current_namespace() -> Namespace:
+    """The namespace of the module `emit_function` is emitting (for lowerings that add
+    module-level definitions)."""
+    ns = _MODULE.get()
+    if ns is None:
+        raise RuntimeError("current_namespace: no module is being emitted")
+    return ns
 
 
 def _literal(v: np.ndarray) -> str:
@@ -43,9 +58,23 @@ def emit_function(
     """Return (source, constants) for `def fn_name(*args): ... return outputs`.
 
     `outputs[0]` is the loss; nodes it depends on are the forward pass, the rest backward.
+    Called inside another emission (a scan body), the function joins that module: its
+    locals and constants are named from the same namespace, and `fn_name` must come from it.
     """
+    outer = _MODULE.get()
+    module = outer if outer is not None else Namespace({fn_name})
+    token = _MODULE.set(module)
+    try:
+        return _emit(outputs, args, lower, fn_name, ns, title, module)
+    finally:
+        _MODULE.reset(token)
+
+
+def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
     order = toposort(list(outputs) + list(args))  # args may be unused after simplification
-    names = assign_names(list(args) + order)  # an unused argument still needs its name
+    scope = module.scope()
+    # an unused argument still needs its name; array constants are module globals
+    names = assign_names(list(args) + order, scope=scope, global_consts=True)
     forward = set(toposort(outputs[:1]))
     consts: dict[str, np.ndarray] = {}
     helpers: list[str] = []
@@ -87,11 +116,16 @@ def emit_function(
             consts.update(rhs.consts)
         if isinstance(rhs, tuple):  # (temporaries, expression): hoisted common subexpressions
             temps, rhs = rhs
+            local: dict[str, str] = {}  # "{self}_t0" -> a fresh local of this function
+
+            def subst(text, local=local, n=n):
+                text = _TEMP.sub(lambda m: local[m.group()], text)
+                return text.replace("{self}", names[n])
+
             for tname, texpr in temps:
-                lines.append(
-                    f"    {tname.replace('{self}', names[n])} = {texpr.replace('{self}', names[n])}"
-                )
-            rhs = rhs.replace("{self}", names[n])
+                local[tname] = scope.user(tname.replace("{self}", names[n]))
+                lines.append(f"    {local[tname]} = {subst(texpr)}")
+            rhs = subst(rhs)
         if (
             n.op in ("broadcast_to", "reshape")
             and n.inputs[0].op == "const"
