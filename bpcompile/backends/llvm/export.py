@@ -12,6 +12,7 @@ arrays, and a caller-owned workspace of MODEL_WORKSPACE_BYTES bytes.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -23,6 +24,44 @@ from .codegen import Program
 from .loops import I32, I64, PTR
 
 C_TYPES = {"float32": "float", "float64": "double", "int32": "int32_t", "bool": "uint8_t"}
+# Names a header parameter must not take: C and C++ keywords (the header is extern "C" for
+# C++ too), the types, macros and functions it uses or declares (the model's own are added).
+C_RESERVED = set("""
+alignas alignof and and_eq asm auto bitand bitor bool break case catch char char8_t char16_t
+char32_t class compl concept const consteval constexpr constinit const_cast continue
+co_await co_return co_yield decltype default delete do double dynamic_cast else enum explicit
+export extern false float for friend goto if inline int long mutable namespace new noexcept
+not not_eq nullptr operator or or_eq private protected public register reinterpret_cast
+requires restrict return short signed sizeof static static_assert static_cast struct switch
+template this thread_local throw true try typedef typeid typename union unsigned using virtual
+void volatile wchar_t while xor xor_eq _Alignas _Alignof _Atomic _Bool _Complex _Generic
+_Imaginary _Noreturn _Static_assert _Thread_local NULL size_t int32_t uint8_t int64_t
+uint64_t ptrdiff_t offsetof errno assert
+""".split())
+_C_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def c_names(labels: list[str], model: str) -> list[str]:
+    """C parameter names for `labels` (user names, d<name>, loss, workspace): the label itself
+    where it is a plain ASCII C identifier that is free, else a mangled unique one (`class` ->
+    `class_`, `α` -> `u03b1`). Only the header's parameter names change, never the ABI."""
+    up = model.upper()
+    taken = set(C_RESERVED) | {f"{model}_grad", f"{model}_workspace_size", f"{up}_H"}
+    out = []
+    for label in labels:
+        base = "".join(c if c.isascii() and (c.isalnum() or c == "_") else f"u{ord(c):04x}"
+                       for c in label) or "arg"
+        if base[0].isdigit():
+            base = "_" + base
+        if base.startswith("__") or re.match(r"_[A-Z]", base):  # reserved to the C library
+            base = "arg" + base
+        cand, k = base, 0
+        while cand in taken or cand.startswith(up + "_") or not _C_IDENT.match(cand):
+            k += 1
+            cand = f"{base}_" if k == 1 else f"{base}_{k - 1}"
+        taken.add(cand)
+        out.append(cand)
+    return out
 
 
 def export(loss, wrt, out_dir: str, name: str = "model", cc: str | None = None) -> dict:
@@ -33,8 +72,9 @@ def export(loss, wrt, out_dir: str, name: str = "model", cc: str | None = None) 
     """
     from ...compiled import compile as bp_compile
 
-    if not name.isidentifier():
-        raise ValueError(f"export: name must be a C identifier, got {name!r}")
+    if not _C_IDENT.match(name) or name in C_RESERVED:
+        raise ValueError(f"export: name must be a C identifier (ASCII letters, digits and _, "
+                         f"not a C keyword), got {name!r}")
     fn = bp_compile(loss, wrt, backend="numpy")  # only for the simplified graph
     outputs, args = fn.outputs, fn.args
     program = Program(outputs, args, gemm_threshold=2**62)  # no BLAS: self-contained
@@ -122,16 +162,22 @@ def header(program: Program, name: str, labels) -> str:
         f"int {name}_grad(",
     ]
     params = []
-    for a in program.args:
+    user = [a.attr("name") for a in program.args] + list(labels)
+    cn = c_names(user + ["workspace"], name)
+
+    def was(k):  # the bpcompile name, when the C name had to differ
+        return f" ({user[k]!r} in bpcompile)" if cn[k] != user[k] else ""
+
+    for k, a in enumerate(program.args):
         kind = "param" if a.op == "param" else "input"
         bound = program.bounds.get(a.attr("name"))
         note = f", values in [0, {bound})" if bound is not None else ""
-        params.append((f"    const {C_TYPES[a.dtype]} *{a.attr('name')}",
-                       f"{kind} {a.dtype}{list(a.shape)}, {a.size} elements{note}"))
-    for label, o in zip(labels, program.outputs):
-        params.append((f"    {C_TYPES[o.dtype]} *{label}",
-                       f"out {o.dtype}{list(o.shape)}, {max(o.size, 1)} elements"))
-    params.append(("    void *workspace", f"{up}_WORKSPACE_BYTES bytes"))
+        params.append((f"    const {C_TYPES[a.dtype]} *{cn[k]}",
+                       f"{kind} {a.dtype}{list(a.shape)}, {a.size} elements{note}{was(k)}"))
+    for k, o in enumerate(program.outputs, len(program.args)):
+        params.append((f"    {C_TYPES[o.dtype]} *{cn[k]}",
+                       f"out {o.dtype}{list(o.shape)}, {max(o.size, 1)} elements{was(k)}"))
+    params.append((f"    void *{cn[-1]}", f"{up}_WORKSPACE_BYTES bytes"))
     for k, (decl, note) in enumerate(params):
         sep = "," if k < len(params) - 1 else ");"
         lines.append(f"{decl + sep:<44s} /* {note} */")

@@ -1,0 +1,184 @@
+"""User names never meet generated identifiers (issue 13, item 3).
+
+A property test draws the names of inputs, params (one a scan constant, used inside the step),
+a named intermediate, the step function and its arguments from the identifiers the backends
+generate themselves (collected from emitted sources), Python keywords and builtins, module
+names and SymPy kernel symbols; builds a model with a bp.scan, fused kernels and array
+constants; and checks every backend against a plain-NumPy reference and against each other.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import keyword
+import re
+import tokenize
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from layers_harness import available
+
+import bpcompile as bp
+from bpcompile.errors import DeclarationError
+from bpcompile.ir.naming import RESERVED
+from bpcompile.ops.scan import scan
+
+F64 = "float64"
+T = 3
+BACKENDS = [b for b in ("numpy", "jax", "llvm") if available(b)]
+K_IN = np.array([0.5, -1.5])  # array constants: module-level names in generated code
+K_STEP = np.array([1.25, 0.75])
+
+
+def build(n):
+    """The model, declared under the names in `n`; returns (loss, wrt)."""
+    xs = bp.input(n["xs"], (T, 2), F64)
+    y = bp.input(n["y"], (2,), F64)
+    w = bp.param(n["w"], (2,), F64)  # used inside the step: a scan constant
+    v = bp.param(n["v"], (2, 2), F64)
+
+    def impl(h, x):
+        h = bp.tanh(h * w + x * bp.const(K_STEP, F64))
+        return h, bp.sigmoid(h) * w
+
+    step = eval(f"lambda {n['h']}, {n['x']}: impl({n['h']}, {n['x']})", {"impl": impl})
+    step.__name__ = n["step"]
+    h0 = bp.broadcast_to(bp.const(0.1, F64), (2,))
+    hT, hs = scan(step, h0, xs)
+    z = (hT @ v).named(n["z"])
+    e = bp.exp(w) * bp.const(K_IN, F64)
+    loss = bp.sum((z - y) ** 2) + bp.mean(bp.softplus(hs)) + bp.sum(e * e + e)
+    return loss, [w, v]
+
+
+def reference(vals, n):
+    """The loss in plain NumPy."""
+    xs, y, w, v = (vals[n[k]] for k in ("xs", "y", "w", "v"))
+    h, ys = np.full(2, 0.1), []
+    for t in range(T):
+        h = np.tanh(h * w + xs[t] * K_STEP)
+        ys.append(w / (1 + np.exp(-h)))
+    e = np.exp(w) * K_IN
+    return (np.sum((h @ v - y) ** 2) + np.mean(np.logaddexp(0, np.array(ys)))
+            + np.sum(e * e + e))
+
+
+def values(n):
+    r = np.random.default_rng(0)
+    return {n["xs"]: r.standard_normal((T, 2)), n["y"]: r.standard_normal(2),
+            n["w"]: r.standard_normal(2) * 0.5, n["v"]: r.standard_normal((2, 2))}
+
+
+PLAIN = {"xs": "xs", "y": "y", "w": "w", "v": "v", "z": "z", "h": "h", "x": "x",
+         "step": "rnn"}
+
+
+def _identifiers(src: str) -> set[str]:
+    toks = tokenize.generate_tokens(io.StringIO(src).readline)
+    return {t.string for t in toks if t.type == tokenize.NAME}
+
+
+def generated_identifiers() -> set[str]:
+    """Every identifier in the sources the Python backends emit for the model."""
+    loss, wrt = build(PLAIN)
+    out = set()
+    for b in ("numpy", "jax"):
+        if b in BACKENDS:
+            out |= _identifiers(bp.compile(loss, wrt, backend=b).source())
+    return out - set(PLAIN.values())
+
+
+GENERATED = sorted(generated_identifiers())
+MODULES = ["np", "jnp", "lax", "jax", "math", "numpy"]
+KERNEL = ["a0", "a1", "a2", "_cse0", "x0", "c0"]  # SymPy kernel symbols, cse temporaries
+SPECIAL = ["carry", "step", "init0", "y0", "n0", "x0", "out", "t", "forward_backward", "input",
+           "float", "range", "zip", "tuple", "sum", "max", "pow", "__builtins__", "ω", "loss",
+           "dw", "dv", "w_T", "step_fn", "rnn_loop", "xs0", "h_init", "h_saved", "xs_seq"]
+GROUPS = [GENERATED, sorted(set(keyword.kwlist) | set(keyword.softkwlist)),
+          MODULES + KERNEL + SPECIAL, sorted(b for b in dir(builtins) if not b.startswith("_"))]
+HOSTILE = sorted(set().union(*GROUPS))
+NAME = st.one_of(*[st.sampled_from(g) for g in GROUPS])
+# step argument names must be usable as lambda parameters
+ARG = NAME.filter(lambda s: not keyword.iskeyword(s) and s != "__builtins__")
+ROLES = ["xs", "y", "w", "v", "z", "step"]
+
+
+def test_pool_has_the_generated_names():
+    """The pool really holds the generator's own names, the scan locals included."""
+    assert {"np", "forward_backward"} <= set(GENERATED)
+    assert {"init0", "c0", "carry", "lax", "jnp", "step_fn", "rnn_body"} <= set(GENERATED)
+    assert "class" in HOSTILE and "lambda" in HOSTILE
+
+
+def _check_all_backends(n):
+    loss, wrt = build(n)
+    vals = values(n)
+    ref = reference(vals, n)
+    results = {}
+    for b in BACKENDS:
+        v, g = bp.compile(loss, wrt, backend=b)(**vals)
+        assert set(g) == {n["w"], n["v"]}, (b, sorted(g))  # user-facing names never change
+        np.testing.assert_allclose(float(v), ref, rtol=1e-10, err_msg=f"{b}: {n}")
+        results[b] = {k: np.asarray(x) for k, x in g.items()}
+    for b in BACKENDS[1:]:
+        for k in results["numpy"]:
+            np.testing.assert_allclose(results[b][k], results["numpy"][k], rtol=1e-9,
+                                       atol=1e-12, err_msg=f"{b} d{k}: {n}")
+
+
+@settings(max_examples=10, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_hostile_names_every_backend(data):
+    names = data.draw(st.lists(NAME, min_size=len(ROLES), max_size=len(ROLES), unique=True))
+    n = dict(zip(ROLES, names))
+    h, x = data.draw(st.lists(ARG, min_size=2, max_size=2, unique=True))
+    n.update(h=h, x=x)
+    _check_all_backends(n)
+
+
+@pytest.mark.parametrize("name", ["c0", "carry", "step", "np", "jnp", "lax", "class", "lambda",
+                                  "init0", "y0"])
+def test_issue_repro_names(name):
+    """The issue's cases: a param of that name used inside a scan step (and the input too)."""
+    n = dict(PLAIN, w=name)
+    _check_all_backends(n)
+    if name not in ("c0", "step"):
+        _check_all_backends(dict(PLAIN, xs=name, w="w"))
+
+
+def test_source_keeps_free_names_and_mangles_only_collisions():
+    """Readable: a free user name is kept verbatim; a colliding one gets a trailing `_`."""
+    loss, wrt = build(dict(PLAIN, w="W1", v="np", y="class"))
+    src = bp.compile(loss, wrt, backend="numpy").source()
+    head = re.search(r"def forward_backward\((.*)\):", src).group(1)
+    assert sorted(head.split(", ")) == ["W1", "class_", "np_", "xs"]
+    compile(src, "<test>", "exec")
+
+
+def test_every_runtime_name_is_reserved():
+    """A helper added to a backend's namespace must be reserved, or a user name could shadow
+    it."""
+    from bpcompile.backends.numpy.runtime import NAMESPACE as NP_NS
+
+    names = set(NP_NS)
+    if "jax" in BACKENDS:
+        from bpcompile.backends.jax.lower import NAMESPACE as JAX_NS
+
+        names |= set(JAX_NS)
+    assert names <= RESERVED, sorted(names - RESERVED)
+
+
+@pytest.mark.parametrize("bad", ["my-input", "1x", "", "a b", "x.y", "ﬁ", 3, None])
+def test_non_identifier_names_refused_at_declaration(bad):
+    for decl in (bp.input, bp.param):
+        with pytest.raises(DeclarationError, match=r"name") as e:
+            decl(bad, (2,), F64)
+        assert repr(bad) in str(e.value)
+
+
+def test_unicode_identifiers_work():
+    _check_all_backends(dict(PLAIN, w="ω", v="Wₒ".replace("ₒ", "o"), y="β"))
