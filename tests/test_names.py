@@ -182,3 +182,52 @@ def test_non_identifier_names_refused_at_declaration(bad):
 
 def test_unicode_identifiers_work():
     _check_all_backends(dict(PLAIN, w="ω", v="Wₒ".replace("ₒ", "o"), y="β"))
+
+
+def test_exported_header_mangles_c_names(tmp_path):
+    """Exported C: parameter names that are C/C++ keywords, header macros, non-ASCII or equal
+    to another parameter (`loss`, `workspace`, `dW` beside the gradient of `W`) are renamed in
+    the header, which compiles as C and C++; the library computes what NumPy does."""
+    import ctypes
+    import shutil
+    import subprocess
+
+    cc, cxx = shutil.which("cc") or shutil.which("gcc"), shutil.which("c++")
+    if cc is None or "llvm" not in BACKENDS:
+        pytest.skip("needs llvmlite and a C compiler")
+    names = {"int": (3,), "class": (3,), "W": (3,), "dW": (3,), "loss": (3,), "workspace": (3,),
+             "α": (3,), "NAMES_WORKSPACE_BYTES": (3,), "size_t": (3,)}
+    params = ["W", "int", "α", "size_t"]
+    nodes = {k: (bp.param if k in params else bp.input)(k, s, F64) for k, s in names.items()}
+    total = sum(nodes.values(), bp.const(0.0, F64))
+    loss = bp.sum(bp.tanh(total) * nodes["W"] + nodes["int"] ** 2 * nodes["α"])
+    wrt = [nodes[k] for k in params]
+    info = bp.export(loss, wrt, str(tmp_path), name="names")
+    header = open(info["header"]).read()
+    for compiler, lang in ((cc, "c"), (cxx, "c++")):
+        if compiler:
+            (tmp_path / f"t.{lang}").write_text('#include "names.h"\nint main(void){return 0;}\n')
+            res = subprocess.run([compiler, "-fsyntax-only", "-x", lang, "-I", str(tmp_path),
+                                  str(tmp_path / f"t.{lang}")], capture_output=True, text=True)
+            assert res.returncode == 0, (lang, res.stderr, header)
+    decls = [ln for ln in header.splitlines() if re.match(r"    (const )?\w+ \*", ln)]
+    cnames = [re.match(r"    (?:const )?\w+ \*(\w+)", ln).group(1) for ln in decls]
+    assert len(set(cnames)) == len(cnames) and "int" not in cnames and "class" not in cnames
+    # the user's name is kept in a comment where the C name differs; map C order -> user names
+    order = []
+    for ln, c in zip(decls, cnames):
+        m = re.search(r"\('(.+)' in bpcompile\)", ln)
+        order.append(m.group(1) if m else c)
+    r = np.random.default_rng(1)
+    vals = {k: r.standard_normal(s) for k, s in names.items()}
+    ref_v, ref_g = bp.compile(loss, wrt, backend="numpy")(**vals)
+    lib = ctypes.CDLL(info["library"])
+    lib.names_workspace_size.restype = ctypes.c_size_t
+    ws = np.zeros(max(lib.names_workspace_size(), 1), np.uint8)
+    outs = [np.zeros(1)] + [np.zeros(3) for _ in wrt]
+    ins = [np.ascontiguousarray(vals[k]) for k in order[:len(names)]]
+    ptr = [a.ctypes.data_as(ctypes.c_void_p) for a in ins + outs + [ws]]
+    assert lib.names_grad(*ptr) == 0
+    np.testing.assert_allclose(outs[0][0], ref_v, rtol=1e-12)
+    for k, o in zip(params, outs[1:]):
+        np.testing.assert_allclose(o, ref_g[k], rtol=1e-12)

@@ -53,10 +53,11 @@ def c_names(labels: list[str], model: str) -> list[str]:
                        for c in label) or "arg"
         if base[0].isdigit():
             base = "_" + base
-        if base.startswith("__") or re.match(r"_[A-Z]", base):  # reserved to the C library
-            base = "arg" + base
+        # reserved to the C library (__x, _X) or to the header's macros (MODEL_...)
+        if base.startswith(("__", up + "_")) or re.match(r"_[A-Z]", base):
+            base = "arg_" + base
         cand, k = base, 0
-        while cand in taken or cand.startswith(up + "_") or not _C_IDENT.match(cand):
+        while cand in taken:
             k += 1
             cand = f"{base}_" if k == 1 else f"{base}_{k - 1}"
         taken.add(cand)
@@ -174,9 +175,10 @@ def header(program: Program, name: str, labels) -> str:
         note = f", values in [0, {bound})" if bound is not None else ""
         params.append((f"    const {C_TYPES[a.dtype]} *{cn[k]}",
                        f"{kind} {a.dtype}{list(a.shape)}, {a.size} elements{note}{was(k)}"))
-    for k, o in enumerate(program.outputs, len(program.args)):
+    for j, (k, o) in enumerate(enumerate(program.outputs, len(program.args))):
+        what = "the loss" if j == 0 else f"gradient of {labels[j][1:]!r}"  # labels: d<name>
         params.append((f"    {C_TYPES[o.dtype]} *{cn[k]}",
-                       f"out {o.dtype}{list(o.shape)}, {max(o.size, 1)} elements{was(k)}"))
+                       f"out {o.dtype}{list(o.shape)}, {max(o.size, 1)} elements, {what}"))
     params.append((f"    void *{cn[-1]}", f"{up}_WORKSPACE_BYTES bytes"))
     for k, (decl, note) in enumerate(params):
         sep = "," if k < len(params) - 1 else ");"
