@@ -231,3 +231,26 @@ def test_exported_header_mangles_c_names(tmp_path):
     np.testing.assert_allclose(outs[0][0], ref_v, rtol=1e-12)
     for k, o in zip(params, outs[1:]):
         np.testing.assert_allclose(o, ref_g[k], rtol=1e-12)
+
+
+def test_kernel_symbols_and_kernel_names_stay_out_of_the_source():
+    """A user kernel whose SymPy symbols are named like the printer's own (a0, a1, _cse0),
+    applied to params of those names in swapped order, and whose name holds a line break
+    (it reaches a comment in the source), computes the same on every backend."""
+    import sympy as sp
+
+    u, v, w = sp.symbols("a1 a0 _cse0")
+    f = bp.elementwise(u * sp.exp(v) + u * u + sp.sin(w) * w, (u, v, w),
+                       name="np\nraise SystemExit('injected')")
+    P = {k: bp.param(k, (2,), F64) for k in ("a0", "a1", "_cse0")}
+    loss = bp.sum(f(P["a0"], P["a1"], P["_cse0"]))
+    r = np.random.default_rng(2)
+    vals = {k: r.standard_normal(2) for k in P}
+    U, V, W = vals["a0"], vals["a1"], vals["_cse0"]
+    ref = np.sum(U * np.exp(V) + U * U + np.sin(W) * W)
+    ref_g = {"a0": np.exp(V) + 2 * U, "a1": U * np.exp(V), "_cse0": np.cos(W) * W + np.sin(W)}
+    for b in BACKENDS:
+        val, g = bp.compile(loss, list(P.values()), backend=b)(**vals)
+        np.testing.assert_allclose(float(val), ref, rtol=1e-12, err_msg=b)
+        for k in P:
+            np.testing.assert_allclose(np.asarray(g[k]), ref_g[k], rtol=1e-12, err_msg=b)
