@@ -60,6 +60,8 @@ def normal(name: str) -> str:
 
 def legal(base: str) -> str:
     """`base` made a Python identifier: NFKC form, other characters to `_`, no leading digit."""
+    if base.isascii() and base.isidentifier():  # the common case, already in NFKC form
+        return base
     base = normal(base)
     base = "".join(ch if ("a" + ch).isidentifier() else "_" for ch in base)
     if not base or not base.isidentifier():
@@ -71,7 +73,7 @@ class Namespace:
     """The identifiers of one generated module (see the module docstring)."""
 
     def __init__(self, reserved=()):
-        self.globals = {normal(r) for r in RESERVED | set(reserved)}
+        self.globals = set(RESERVED) | {normal(r) for r in reserved}
         self.used = set(self.globals)  # every name given out in the module, any scope
         self.memo: dict = {}  # key (a const node, say) -> its module-level name
 
@@ -108,6 +110,7 @@ class Scope:
     def __init__(self, ns: Namespace):
         self.ns = ns
         self.taken: set[str] = set()
+        self.counter: dict[str, int] = {}
 
     def free(self, name: str) -> bool:
         return name not in self.ns.globals and name not in self.taken
@@ -123,23 +126,27 @@ class Scope:
         base = legal(base)
         if self.free(base) and not base[-1].isdigit():
             return self.take(base)
-        return self.take(_first(base, self.free, numbered_only=True))
+        return self.take(_first(base, self.free, True, self.counter))
 
     def user(self, name: str) -> str:
         """A local for a user's name: verbatim when free, else `name_`, then numbered."""
         base = legal(name)
         if self.free(base):
             return self.take(base)
-        return self.take(_first(base + "_", self.free))
+        return self.take(_first(base + "_", self.free, False, self.counter))
 
 
-def _first(base: str, ok, numbered_only: bool = False) -> str:
+def _first(base: str, ok, numbered_only: bool = False, counter: dict | None = None) -> str:
+    """`base` if ok, else the first ok of base1, base2, ... (base_1 after a digit); `counter`
+    remembers where each base's search ended (names are only ever added, so that is safe)."""
     if not numbered_only and ok(base):
         return base
     sep = "_" if base[-1].isdigit() else ""
-    k = 1
+    k = counter.get(base, 0) + 1 if counter is not None else 1
     while not ok(f"{base}{sep}{k}"):
         k += 1
+    if counter is not None:
+        counter[base] = k
     return f"{base}{sep}{k}"
 
 
