@@ -254,3 +254,16 @@ def test_kernel_symbols_and_kernel_names_stay_out_of_the_source():
         np.testing.assert_allclose(float(val), ref, rtol=1e-12, err_msg=b)
         for k in P:
             np.testing.assert_allclose(np.asarray(g[k]), ref_g[k], rtol=1e-12, err_msg=b)
+
+
+def test_check_oracle_with_hostile_names():
+    """bp.check's JAX oracle (jax/translate.py, named `jax_forward`) emits its own module."""
+    if "jax" not in BACKENDS:
+        pytest.skip("needs jax")
+    n = dict(PLAIN, w="jax_forward", v="lax", xs="class", y="c0", step="jnp", z="init0",
+             h="carry", x="step")
+    loss, wrt = build(n)
+    vals = values(n)
+    rep = bp.check(loss, wrt, inputs={n["xs"]: vals[n["xs"]], n["y"]: vals[n["y"]]},
+                   params={n["w"]: vals[n["w"]], n["v"]: vals[n["v"]]}, fd=False)
+    assert rep.ok, rep
