@@ -17,6 +17,7 @@ the module draws its locals from a `Scope` of it. Rules:
 from __future__ import annotations
 
 import builtins
+import itertools
 import keyword
 import unicodedata
 
@@ -76,6 +77,7 @@ class Namespace:
         self.globals = set(RESERVED) | {normal(r) for r in reserved}
         self.used = set(self.globals)  # every name given out in the module, any scope
         self.memo: dict = {}  # key (a const node, say) -> its module-level name
+        self.counter: dict[str, int] = {}
 
     def scope(self) -> Scope:
         return Scope(self)
@@ -84,7 +86,7 @@ class Namespace:
         """A fresh module-level name (memoised by `key` when given)."""
         if key is not None and key in self.memo:
             return self.memo[key]
-        name = _first(legal(base), lambda c: c not in self.used)
+        name = _first(legal(base), lambda c: c not in self.used, False, self.counter)
         self.globals.add(name)
         self.used.add(name)
         if key is not None:
@@ -94,7 +96,7 @@ class Namespace:
     def global_prefix(self, base: str, suffixes) -> str:
         """A prefix p such that every p + suffix is a fresh module-level name (taken)."""
         base = legal(base)
-        for k in range(10**9):
+        for k in itertools.count():
             p = base if k == 0 else f"{base}{k}"
             cands = [normal(p + s) for s in suffixes]
             if all(c.isidentifier() and c not in self.used for c in cands):
