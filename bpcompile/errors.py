@@ -25,6 +25,10 @@ class NonDifferentiableError(GradientError):
     """A cotangent reached an op that has no derivative (e.g. floor, round)."""
 
 
+class DeclarationError(BPError, ValueError):
+    """A declaration (bp.input, bp.param) is malformed, e.g. a name that is not an identifier."""
+
+
 class BackendError(BPError, RuntimeError):
     """A backend cannot lower an op or is unavailable."""
 

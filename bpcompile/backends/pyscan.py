@@ -6,18 +6,18 @@ and `<name>_loop`, which threads the carries through it - a plain `for` loop ove
 NumPy, `jax.lax.scan` in JAX - and packs final carries, stacked ys and saved carries into
 the node's flat output (ops/scan.py describes the layout). The helpers reach the emitter as
 attributes of the returned expression (`Lowered.defs`, `Lowered.consts`).
+
+Every identifier here comes from the namespace of the module being emitted
+(`pysource.current_namespace`, ir/naming.py): the helper names are fresh module-level names,
+the loop's locals a scope of their own, so a user's name (a constant called `carry`, `c0` or
+`step`) can neither shadow them nor be shadowed.
 """
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
-from ..ir.node import NAMES, Node
-from ..ir.traverse import toposort
-
-_ids = itertools.count(1)
+from ..ir.node import Node
 
 
 class Lowered(str):
@@ -40,9 +40,6 @@ def _body_source(body, lower, ns: str, fn_name: str, optimize: bool):
     outs = list(body.outputs)
     if optimize:
         outs = list(pipeline.run(outs)[0])
-    for c in toposort(outs):  # array constants live at module level: give them unique names
-        if c.op == "const" and c.ndim > 0:
-            NAMES[c] = f"{fn_name}_const"
     src, consts = emit_function(outs, list(body.params), lower, fn_name, ns,
                                 title=f"scan body {body.name}: "
                                 f"({', '.join(p.attr('name') for p in body.params)}) -> "
@@ -55,7 +52,10 @@ def _shape(s) -> str:
 
 
 def _prefix(n: Node) -> str:
-    return f"{n.attr('body').name}{next(_ids)}"
+    """`p` with `p_body` and `p_loop` fresh module-level names (p: the step's name)."""
+    from .pysource import current_namespace
+
+    return current_namespace().global_prefix(n.attr("body").name, ("_body", "_loop"))
 
 
 def numpy_scan(n: Node, a: list[str]) -> Lowered:
@@ -81,36 +81,20 @@ def _emit(n: Node, a: list[str], lower, ns, dtypes, loop, optimize: bool) -> Low
     return out
 
 
-def _args(n: Node):
-    body = n.attr("body")
-    nc, nx = len(body.carries), len(body.xs)
-    init = [f"init{i}" for i in range(nc)]
-    xs = [f"xs{i}" for i in range(nx)]
-    ks = [p.attr("name") for p in body.consts]
-    return init, xs, ks
+def _loop_names(body, extra=()):
+    """Locals of a loop function, from a scope of the module's namespace: carry `h` starts as
+    `h_init`, is saved into `h_saved`; an x `x` is read from `x_seq[t]`; constants keep their
+    names where free. `extra`: bases of further locals, returned in a dict."""
+    from .pysource import current_namespace
 
-
-def _loop_names(body):
-    """Readable, unique local names for the numpy loop: carry `h` starts as `h_init`, is saved
-    into `h_saved`; an x `x` is read from `x_seq[t]`; constants keep their names."""
-    taken = {"out", "t", "np"} | {f"y{j}" for j in range(len(body.ys))} | {
-        f"ys{j}" for j in range(len(body.ys))}
-
-    def fresh(base):
-        base = base if base.isidentifier() else "v"
-        name, k = base, 0
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        taken.add(name)
-        return name
-
-    ks = [fresh(p.attr("name")) for p in body.consts]
-    c = [fresh(p.attr("name")) for p in body.carries]
-    init = [fresh(f"{p.attr('name')}_init") for p in body.carries]
-    saved = [fresh(f"{p.attr('name')}_saved") for p in body.carries]
-    xs = [fresh(f"{p.attr('name')}_seq") for p in body.xs]
-    return c, init, saved, xs, ks
+    sc = current_namespace().scope()
+    nm = [p.attr("name") for p in body.carries]
+    init = [sc.user(f"{b}_init") for b in nm]
+    xs = [sc.user(f"{p.attr('name')}_seq") for p in body.xs]
+    ks = [sc.user(p.attr("name")) for p in body.consts]
+    c = [sc.user(b) for b in nm]
+    saved = [sc.user(f"{b}_saved") for b in nm]
+    return c, init, saved, xs, ks, {e: sc.user(e) for e in extra}
 
 
 def _numpy_loop(n: Node, pre: str, dtypes) -> str:
@@ -118,97 +102,116 @@ def _numpy_loop(n: Node, pre: str, dtypes) -> str:
 
     body, T, rev, save = (n.attr(k) for k in ("body", "length", "reverse", "save"))
     nc, ny = len(body.carries), len(body.ys)
-    c, init, sv, xs, ks = _loop_names(body)
+    c, init, sv, xs, ks, v = _loop_names(
+        body, ["out", "t"] + [f"y{j}" for j in range(ny)] + [f"ys{j}" for j in range(ny)])
+    out, t, y, ys = v["out"], v["t"], [v[f"y{j}"] for j in range(ny)], [
+        v[f"ys{j}"] for j in range(ny)]
     lay = layout(n)
     direction = "reversed, " if rev else ""
     saves = {0: "no carries", 1: f"all {T + 1} carries"}.get(
         save, f"{n_saved(T, save)} checkpoint carries (every {save} steps)")
     lines = [f"def {pre}_loop({', '.join(init + xs + ks)}):",
              f'    """scan {body.name} over {T} steps ({direction}saves {saves})."""',
-             f"    out = np.empty({n.shape[0]}, {dtypes[n.dtype]})"]
+             f"    {out} = np.empty({n.shape[0]}, {dtypes[n.dtype]})"]
     for kind, i, off, shape in lay:
         size = int(np.prod(shape, dtype=np.int64))
         if kind == "y":
-            lines.append(f"    ys{i} = out[{off}:{off + size}].reshape({_shape(shape)})")
+            lines.append(f"    {ys[i]} = {out}[{off}:{off + size}].reshape({_shape(shape)})")
         elif kind == "saved":
-            lines.append(f"    {sv[i]} = out[{off}:{off + size}].reshape({_shape(shape)})")
+            lines.append(f"    {sv[i]} = {out}[{off}:{off + size}].reshape({_shape(shape)})")
     lines.append(f"    {', '.join(c)}{',' if nc == 1 else ''} = {', '.join(init)}"
                  f"{',' if nc == 1 else ''}")
     rng = f"range({T} - 1, -1, -1)" if rev else f"range({T})"
-    lines.append(f"    for t in {rng}:")
+    lines.append(f"    for {t} in {rng}:")
     if save == 1:
-        at = "t + 1" if rev else "t"
+        at = f"{t} + 1" if rev else t
         lines += [f"        {sv[i]}[{at}] = {c[i]}" for i in range(nc)]
     elif save > 1:
-        lines.append(f"        if t % {save} == 0:")
-        lines += [f"            {sv[i]}[t // {save}] = {c[i]}" for i in range(nc)]
-    call_args = c + [f"{x}[t]" for x in xs] + ks
-    outs = c + [f"y{j}" for j in range(ny)]
+        lines.append(f"        if {t} % {save} == 0:")
+        lines += [f"            {sv[i]}[{t} // {save}] = {c[i]}" for i in range(nc)]
+    call_args = c + [f"{x}[{t}]" for x in xs] + ks
+    outs = c + y
     lines.append(f"        {outs[0]}, ({''.join(o + ', ' for o in outs[1:])}) = "
                  f"{pre}_body({', '.join(call_args)})")
-    lines += [f"        ys{j}[t] = y{j}" for j in range(ny)]
+    lines += [f"        {ys[j]}[{t}] = {y[j]}" for j in range(ny)]
     if save == 1:
         at = "0" if rev else str(T)
         lines += [f"    {sv[i]}[{at}] = {c[i]}" for i in range(nc)]
     for kind, i, off, shape in lay:
         if kind == "carry":
             size = int(np.prod(shape, dtype=np.int64))
-            lines.append(f"    out[{off}:{off + size}] = np.ravel({c[i]})")
-    lines.append("    return out")
+            lines.append(f"    {out}[{off}:{off + size}] = np.ravel({c[i]})")
+    lines.append(f"    return {out}")
     return "\n".join(lines)
 
 
 def _jax_loop(n: Node, pre: str, dtypes) -> str:
+    from .pysource import current_namespace
+
     body, T, rev, save = (n.attr(k) for k in ("body", "length", "reverse", "save"))
     nc, ny, nx = len(body.carries), len(body.ys), len(body.xs)
-    init, xs, ks = _args(n)
-    c = [f"c{i}" for i in range(nc)]
-    x = [f"x{i}" for i in range(nx)]
-    nxt = [f"n{i}" for i in range(nc)]
-    outs = nxt + [f"y{j}" for j in range(ny)]
+    sc = current_namespace().scope()  # every local below, the nested step's included
+    init = [sc.user(f"init{i}") for i in range(nc)]
+    xs = [sc.user(f"xs{i}") for i in range(nx)]
+    ks = [sc.user(p.attr("name")) for p in body.consts]
+    v = {b: sc.user(b) for b in ("step_fn", "carry", "x", "segment", "xseg", "carry2", "ys",
+                                 "saved", "xs_main", "tail_start", "ys_tail", "a", "b", "_")}
+    step, carry, x_, ys_, saved, a, b_, _ = (v[k] for k in (
+        "step_fn", "carry", "x", "ys", "saved", "a", "b", "_"))
+    c = [sc.user(f"c{i}") for i in range(nc)]
+    x = [sc.user(f"x{i}") for i in range(nx)]
+    nxt = [sc.user(f"n{i}") for i in range(nc)]
+    y = [sc.user(f"y{j}") for j in range(ny)]
+    outs = nxt + y
     saved_now = c if save == 1 else []  # the carries entering the step
     lines = [f"def {pre}_loop({', '.join(init + xs + ks)}):",
              f'    """scan {body.name} over {T} steps with jax.lax.scan'
              f'{" (reverse)" if rev else ""}."""',
-             "    def step(carry, x):",
-             f"        ({''.join(ci + ', ' for ci in c)}) = carry",
-             f"        ({''.join(xi + ', ' for xi in x)}) = x",
+             f"    def {step}({carry}, {x_}):",
+             f"        ({''.join(ci + ', ' for ci in c)}) = {carry}",
+             f"        ({''.join(xi + ', ' for xi in x)}) = {x_}",
              f"        {outs[0]}, ({''.join(o + ', ' for o in outs[1:])}) = "
              f"{pre}_body({', '.join(c + x + ks)})",
              f"        return ({''.join(ni + ', ' for ni in nxt)}), "
-             f"(({''.join(f'y{j}, ' for j in range(ny))}), "
+             f"(({''.join(yj + ', ' for yj in y)}), "
              f"({''.join(s + ', ' for s in saved_now)}))"]
     tup = _tuple
     if save > 1:  # checkpoints: an outer scan over k-step segments keeps only their first carry
         k = save
         full, r = divmod(T, k)
+        seg, xseg, carry2 = v["segment"], v["xseg"], v["carry2"]
+        xs_main, tail_start, ys_tail = v["xs_main"], v["tail_start"], v["ys_tail"]
         lines += [
-            "    def segment(carry, xseg):",
-            f"        carry2, (ys, _) = lax.scan(step, carry, xseg, length={k})",
-            "        return carry2, (ys, carry)",
-            f"    xs_main = tuple(a[:{full * k}].reshape(({full}, {k}) + a.shape[1:]) "
-            f"for a in {tup(xs)})",
-            f"    carry, (ys, saved) = lax.scan(segment, {tup(init)}, xs_main, length={full})",
-            f"    ys = tuple(a.reshape(({full * k},) + a.shape[2:]) for a in ys)"]
+            f"    def {seg}({carry}, {xseg}):",
+            f"        {carry2}, ({ys_}, {_}) = lax.scan({step}, {carry}, {xseg}, length={k})",
+            f"        return {carry2}, ({ys_}, {carry})",
+            f"    {xs_main} = tuple({a}[:{full * k}].reshape(({full}, {k}) + {a}.shape[1:]) "
+            f"for {a} in {tup(xs)})",
+            f"    {carry}, ({ys_}, {saved}) = lax.scan({seg}, {tup(init)}, {xs_main}, "
+            f"length={full})",
+            f"    {ys_} = tuple({a}.reshape(({full * k},) + {a}.shape[2:]) for {a} in {ys_})"]
         if r:
             lines += [
-                "    tail_start = carry",
-                f"    carry, (ys_tail, _) = lax.scan(step, carry, tuple(a[{full * k}:] for a in "
-                f"{tup(xs)}), length={r})",
-                "    ys = tuple(jnp.concatenate([a, b]) for a, b in zip(ys, ys_tail))",
-                "    saved = tuple(jnp.concatenate([a, b[None]])"
-                " for a, b in zip(saved, tail_start))"]
-        lines.append(f"    {tup(c)} = carry")
+                f"    {tail_start} = {carry}",
+                f"    {carry}, ({ys_tail}, {_}) = lax.scan({step}, {carry}, tuple({a}[{full * k}:]"
+                f" for {a} in {tup(xs)}), length={r})",
+                f"    {ys_} = tuple(jnp.concatenate([{a}, {b_}]) for {a}, {b_} in "
+                f"zip({ys_}, {ys_tail}))",
+                f"    {saved} = tuple(jnp.concatenate([{a}, {b_}[None]])"
+                f" for {a}, {b_} in zip({saved}, {tail_start}))"]
+        lines.append(f"    {tup(c)} = {carry}")
     else:
-        lines.append(f"    {tup(c)}, (ys, saved) = lax.scan(step, {tup(init)}, {tup(xs)}, "
-                     f"length={T}, reverse={rev})")
-    parts = [f"jnp.ravel(c{i})" for i in range(nc)] + [f"jnp.ravel(ys[{j}])" for j in range(ny)]
+        lines.append(f"    {tup(c)}, ({ys_}, {saved}) = lax.scan({step}, {tup(init)}, "
+                     f"{tup(xs)}, length={T}, reverse={rev})")
+    parts = [f"jnp.ravel({c[i]})" for i in range(nc)] + [
+        f"jnp.ravel({ys_}[{j}])" for j in range(ny)]
     for i in range(nc if save else 0):
         if save == 1:  # layout: saved[t] enters element t (reverse: saved[t + 1])
-            both = [f"c{i}[None]", f"saved[{i}]"] if rev else [f"saved[{i}]", f"c{i}[None]"]
+            both = ([f"{c[i]}[None]", f"{saved}[{i}]"] if rev
+                    else [f"{saved}[{i}]", f"{c[i]}[None]"])
             parts.append(f"jnp.ravel(jnp.concatenate([{', '.join(both)}]))")
         else:
-            parts.append(f"jnp.ravel(saved[{i}])")
+            parts.append(f"jnp.ravel({saved}[{i}])")
     lines.append(f"    return jnp.concatenate([{', '.join(parts)}]).astype({dtypes[n.dtype]})")
     return "\n".join(lines)
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import operator
+import unicodedata
 
 import numpy as np
 
-from ..errors import DTypeError, ShapeError
+from ..errors import DeclarationError, DTypeError, ShapeError
 from ..ir.dtypes import canonical
 from ..ir.node import ConstValue, Node, make, next_serial
 from .registry import Op, register
@@ -78,9 +79,31 @@ register(
 )
 
 
+def _check_name(op: str, name) -> None:
+    """A leaf's name is the keyword argument of the compiled function and its gradient's key,
+    so it must be a Python identifier. Keywords (`class`), builtins and any other identifier
+    are fine: generated code renames its own copy where needed (ir/naming.py)."""
+    if not isinstance(name, str):
+        raise DeclarationError(f"{op} name must be a str, got {type(name).__name__} {name!r}")
+    nfkc = unicodedata.normalize("NFKC", name)
+    if name.isidentifier() and nfkc == name:
+        return
+    if name.isidentifier():  # Python would read fn(ﬁ=x) as fn(fi=x)
+        raise DeclarationError(
+            f"{op} name {name!r} is not in the form Python reads identifiers in (NFKC): "
+            f"fn({name}=...) would pass {nfkc!r}. Declare it as {nfkc!r}."
+        )
+    hint = "".join(c if ("a" + c).isidentifier() else "_" for c in nfkc) or "x"
+    hint = hint if hint.isidentifier() else "_" + hint
+    raise DeclarationError(
+        f"{op} name {name!r} is not a Python identifier (letters, digits and _, not starting "
+        f"with a digit); it is the keyword argument of the compiled function and the key of "
+        f"its gradient. Try {hint!r}."
+    )
+
+
 def _named(op: str, name: str, shape, dtype) -> Node:
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"{op} name must be a Python identifier, got {name!r}")
+    _check_name(op, name)
     shape = static_shape(f"{op} {name!r}", shape)
     node = make(op, (), name=name, shape=shape, dtype=canonical(dtype))
     # an interned leaf declared again takes its place in this declaration order (positional

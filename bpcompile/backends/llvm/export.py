@@ -14,6 +14,7 @@ point (`api_source`) checks them before the LLVM code runs.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import textwrap
@@ -26,6 +27,49 @@ from .codegen import Program
 from .loops import I32, PTR
 
 C_TYPES = {"float32": "float", "float64": "double", "int32": "int32_t", "bool": "uint8_t"}
+# Names a header parameter must not take: C and C++ keywords (the header is extern "C" for
+# C++ too), the types, macros and functions it uses or declares (the model's own are added).
+C_RESERVED = set("""
+alignas alignof and and_eq asm auto bitand bitor bool break case catch char char8_t char16_t
+char32_t class compl concept const consteval constexpr constinit const_cast continue
+co_await co_return co_yield decltype default delete do double dynamic_cast else enum explicit
+export extern false float for friend goto if inline int long mutable namespace new noexcept
+not not_eq nullptr operator or or_eq private protected public register reinterpret_cast
+requires restrict return short signed sizeof static static_assert static_cast struct switch
+template this thread_local throw true try typedef typeid typename union unsigned using virtual
+void volatile wchar_t while xor xor_eq _Alignas _Alignof _Atomic _Bool _Complex _Generic
+_Imaginary _Noreturn _Static_assert _Thread_local NULL size_t int32_t uint8_t int64_t
+uint64_t ptrdiff_t offsetof errno assert
+""".split())
+_C_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def c_names(labels: list[str], model: str) -> list[str]:
+    """C parameter names for `labels` (user names, d<name>, loss, workspace): the label itself
+    where it is a plain ASCII C identifier that is free, else a mangled unique one (`class` ->
+    `class_`, `α` -> `u03b1`). Only the header's parameter names change, never the ABI."""
+    up = model.upper()
+    # the header's and the checking entry point's own identifiers (api_source's locals)
+    taken = set(C_RESERVED) | {f"{model}_grad", f"{model}_workspace_size", f"{up}_H",
+                               f"{model}__compute", f"{model}_cpu_supported",
+                               f"{model}_cpu_features", f"{model}_strerror", "bp_buf", "bp_n",
+                               "bp_i", "bp_j", "bp_overlap"}
+    out = []
+    for label in labels:
+        base = "".join(c if c.isascii() and (c.isalnum() or c == "_") else f"u{ord(c):04x}"
+                       for c in label) or "arg"
+        if base[0].isdigit():
+            base = "_" + base
+        # reserved to the C library (__x, _X) or to the header's macros (MODEL_...)
+        if base.startswith(("__", up + "_")) or re.match(r"_[A-Z]", base):
+            base = "arg_" + base
+        cand, k = base, 0
+        while cand in taken:
+            k += 1
+            cand = f"{base}_" if k == 1 else f"{base}_{k - 1}"
+        taken.add(cand)
+        out.append(cand)
+    return out
 
 
 # Error codes of <name>_grad (the header's <NAME>_OK, <NAME>_ERR_*). 1 keeps its old meaning.
@@ -59,8 +103,9 @@ def export(loss, wrt, out_dir: str, name: str = "model", cc: str | None = None) 
     """
     from ...compiled import compile as bp_compile
 
-    if not name.isidentifier():
-        raise ValueError(f"export: name must be a C identifier, got {name!r}")
+    if not _C_IDENT.match(name) or name in C_RESERVED:
+        raise ValueError(f"export: name must be a C identifier (ASCII letters, digits and _, "
+                         f"not a C keyword), got {name!r}")
     fn = bp_compile(loss, wrt, backend="numpy")  # only for the simplified graph
     outputs, args = fn.outputs, fn.args
     # no BLAS: self-contained; no status global (no global state): a computed index out of
@@ -139,20 +184,25 @@ def _emit_compute(module: ir.Module, program: Program, main, name: str):
     b.ret(ir.Constant(I32, 1))
 
 
-def _buffers(program: Program, labels):
-    """(C name, C type, element count, writable) for every pointer argument, in ABI order."""
-    out = [(a.attr("name"), C_TYPES[a.dtype], a.size, False) for a in program.args]
-    out += [(lab, C_TYPES[o.dtype], o.size, True) for lab, o in zip(labels, program.outputs)]
-    return out
+def _buffers(program: Program, labels, name: str):
+    """(C name, C type, element count, writable) for every pointer argument, in ABI order,
+    and the workspace's C name: the header's names (c_names), so no user name meets C."""
+    user = [a.attr("name") for a in program.args] + list(labels)
+    cn = c_names(user + ["workspace"], name)
+    nin = len(program.args)
+    out = [(cn[k], C_TYPES[a.dtype], a.size, False) for k, a in enumerate(program.args)]
+    out += [(cn[nin + j], C_TYPES[o.dtype], o.size, True)
+            for j, o in enumerate(program.outputs)]
+    return out, cn[-1]
 
 
 def api_source(program: Program, name: str, labels, features) -> str:
     """The C entry point: NULL, alignment, overlap and CPU checks, then <name>__compute."""
     up = name.upper()
-    bufs = _buffers(program, labels)
+    bufs, wsn = _buffers(program, labels, name)
     ws = program.memory.workspace_bytes
     params = [f"const {t} *{n}" if not w else f"{t} *{n}" for n, t, _, w in bufs]
-    params.append("void *workspace")
+    params.append(f"void *{wsn}")
     checked = [X86_CHECKED[f] for f in features if f in X86_CHECKED]
     lines = [
         f"/* {name}_api.c: the checking entry point of lib{name}.so (generated by bpcompile). */",
@@ -191,29 +241,31 @@ def api_source(program: Program, name: str, labels, features) -> str:
         "}",
         "",
         f"int {name}_grad({', '.join(params)}) {{",
-        "    struct { const void *p; size_t bytes, align; int writable; } b[] = {",
+        "    struct { const void *p; size_t bytes, align; int writable; } bp_buf[] = {",
     ]
     for n, t, size, w in bufs:
         lines.append(f"        {{{n}, {size}u * sizeof({t}), _Alignof({t}), {int(w)}}},")
     lines += [
-        f"        {{workspace, {ws}u, {WS_ALIGN}u, 1}},",
+        f"        {{{wsn}, {ws}u, {WS_ALIGN}u, 1}},",
         "    };",
-        "    const size_t n = sizeof b / sizeof b[0];",
-        "    for (size_t i = 0; i < n; i++) {",
-        "        if (b[i].p == NULL) {",
-        "            if (b[i].bytes) return " + up + "_ERR_NULL;  /* NULL only for 0 bytes */",
-        "        } else if ((uintptr_t)b[i].p % b[i].align) {",
+        "    const size_t bp_n = sizeof bp_buf / sizeof bp_buf[0];",
+        "    for (size_t bp_i = 0; bp_i < bp_n; bp_i++) {",
+        "        if (bp_buf[bp_i].p == NULL) {",
+        "            if (bp_buf[bp_i].bytes)",
+        "                return " + up + "_ERR_NULL;  /* NULL only for 0 bytes */",
+        "        } else if ((uintptr_t)bp_buf[bp_i].p % bp_buf[bp_i].align) {",
         f"            return {up}_ERR_ALIGN;",
         "        }",
         "    }",
         "    /* Inputs are only read, so they may share memory; a written buffer may not. */",
-        "    for (size_t i = 0; i < n; i++)",
-        "        for (size_t j = i + 1; j < n; j++)",
-        "            if ((b[i].writable || b[j].writable)",
-        "                && bp_overlap(b[i].p, b[i].bytes, b[j].p, b[j].bytes))",
+        "    for (size_t bp_i = 0; bp_i < bp_n; bp_i++)",
+        "        for (size_t bp_j = bp_i + 1; bp_j < bp_n; bp_j++)",
+        "            if ((bp_buf[bp_i].writable || bp_buf[bp_j].writable)",
+        "                && bp_overlap(bp_buf[bp_i].p, bp_buf[bp_i].bytes,",
+        "                              bp_buf[bp_j].p, bp_buf[bp_j].bytes))",
         f"                return {up}_ERR_OVERLAP;",
         f"    if (!{name}_cpu_supported()) return {up}_ERR_CPU;",
-        f"    return {name}__compute({', '.join([n for n, *_ in bufs] + ['workspace'])});",
+        f"    return {name}__compute({', '.join([n for n, *_ in bufs] + [wsn])});",
         "}",
         "",
     ]
@@ -304,16 +356,23 @@ def header(program: Program, name: str, labels, cpu: str = "", features=()) -> s
         f"int {name}_grad(",
     ]
     params = []
-    for a in program.args:
+    user = [a.attr("name") for a in program.args] + list(labels)
+    cn = c_names(user + ["workspace"], name)
+
+    def was(k):  # the bpcompile name, when the C name had to differ
+        return f" ({user[k]!r} in bpcompile)" if cn[k] != user[k] else ""
+
+    for k, a in enumerate(program.args):
         kind = "param" if a.op == "param" else "input"
         bound = program.bounds.get(a.attr("name"))
         note = f", values in [{bound[0]}, {bound[1]})" if bound is not None else ""
-        params.append((f"    const {C_TYPES[a.dtype]} *{a.attr('name')}",
-                       f"{kind} {a.dtype}{list(a.shape)}, {a.size} elements{note}"))
-    for label, o in zip(labels, program.outputs):
-        params.append((f"    {C_TYPES[o.dtype]} *{label}",
-                       f"out {o.dtype}{list(o.shape)}, {o.size} elements"))
-    params.append(("    void *workspace", f"{up}_WORKSPACE_BYTES bytes, or NULL if 0"))
+        params.append((f"    const {C_TYPES[a.dtype]} *{cn[k]}",
+                       f"{kind} {a.dtype}{list(a.shape)}, {a.size} elements{note}{was(k)}"))
+    for j, (k, o) in enumerate(enumerate(program.outputs, len(program.args))):
+        what = "the loss" if j == 0 else f"gradient of {labels[j][1:]!r}"  # labels: d<name>
+        params.append((f"    {C_TYPES[o.dtype]} *{cn[k]}",
+                       f"out {o.dtype}{list(o.shape)}, {max(o.size, 1)} elements, {what}"))
+    params.append((f"    void *{cn[-1]}", f"{up}_WORKSPACE_BYTES bytes, or NULL if 0"))
     for k, (decl, note) in enumerate(params):
         sep = "," if k < len(params) - 1 else ");"
         lines.append(f"{decl + sep:<44s} /* {note} */")

@@ -10,6 +10,7 @@ import linecache
 
 import numpy as np
 
+from ...errors import BackendError
 from ...ir.node import Node
 from ..pysource import emit_function
 from .lower import lower
@@ -22,6 +23,9 @@ def exec_source(src: str, consts: dict, fn_name: str, namespace: dict):
     """exec generated source under a unique file name registered with linecache (for tracebacks)."""
     filename = f"<bpcompile-{fn_name}-{next(_ids)}>"
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    clash = namespace.keys() & consts.keys()
+    if clash:  # ir/naming.py reserves every runtime name; a clash is a bug, never a user's
+        raise BackendError(f"exec_source: constants {sorted(clash)} would shadow the runtime")
     ns = dict(namespace)
     ns.update(consts)
     exec(compile(src, filename, "exec"), ns)
