@@ -51,6 +51,11 @@ class Init:
     method: str = "glorot"
     scale: float | None = None
 
+    def __post_init__(self):
+        if self.scale is not None and not (np.isfinite(self.scale) and self.scale >= 0):
+            raise SpecError(f"Init({self.method!r}): scale must be a finite number >= 0, "
+                            f"got {self.scale}")
+
     def sample(self, rng: np.random.Generator, shape: tuple, dtype: str) -> np.ndarray:
         scale = DEFAULT_SCALE[self.method] if self.scale is None else self.scale
         if self.method == "zeros":
@@ -236,6 +241,14 @@ class Table:
             self.error(f"expected a number, got {v!r}", key)
         return float(v)
 
+    def scale(self, key, default=_MISSING) -> float | None:
+        """An init scale: finite and >= 0 (nan/inf would give nan params silently)."""
+        v = self.float(key, default)
+        if v is not None and v is not default and not (np.isfinite(v) and v >= 0):
+            self.error(f"init scale must be a finite number >= 0, got {v}; e.g. scale = 0.1",
+                       key)
+        return v
+
     def bool(self, key, default=_MISSING) -> bool:
         v = self.raw(key, default, "true or false")
         if not isinstance(v, bool):
@@ -313,7 +326,7 @@ class LayerContext:
         """The layer's weight Init: its own `init`/`scale` keys over the spec-wide [init]."""
         t, base = self.table, self.builder.init
         method = t.str("init", base.method, choices=INIT_METHODS)
-        scale = t.float("scale", base.scale if method == base.method else None)
+        scale = t.scale("scale", base.scale if method == base.method else None)
         return Init(method, scale)
 
 
@@ -444,7 +457,7 @@ class SpecBuilder:
             raw = {"method": raw}
         t = Table(raw, self.source, "[init]")
         method = t.str("method", "glorot", choices=INIT_METHODS)
-        self.init = Init(method, t.float("scale", None))
+        self.init = Init(method, t.scale("scale", None))
         self.seed = t.int("seed", 0, min=0)
         bias = t.str("bias", "zeros", choices=("zeros", "same"))
         self.bias_init = Init("zeros") if bias == "zeros" else (
@@ -648,10 +661,15 @@ def load_toml(path) -> Model:
             raise SpecError(f"{path}: reading TOML needs Python 3.11+ or `pip install tomli`") \
                 from None
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
         doc = tomllib.loads(text)
     except OSError as e:
         raise SpecError(f"{path}: cannot read spec: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8: name the line, not a codec traceback
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise SpecError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); TOML specs "
+                        "must be saved as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: invalid TOML: {e}") from None
     return from_dict(doc, str(path), path.stem, text)
@@ -669,6 +687,10 @@ def load_python(path) -> Model:
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
         spec.loader.exec_module(module)
+    except SystemExit as e:  # exit(0) at import must not make `bpcompile check` pass silently
+        raise SpecError(f"{path}{_user_line(e, path)}: the model file called exit() "
+                        f"(SystemExit({e.code!r})) while loading; a model file must define "
+                        "build() and return its loss and params, not exit") from None
     except Exception as e:
         raise SpecError(f"{path}{_user_line(e, path)}: loading the model file raised "
                         f"{type(e).__name__}: {e}") from e
@@ -680,6 +702,10 @@ def load_python(path) -> Model:
                         "or a dict with 'loss' and 'wrt'")
     try:
         result = build()
+    except SystemExit as e:
+        raise SpecError(f"{path}{_user_line(e, path)}: build() called exit() "
+                        f"(SystemExit({e.code!r})); it must return the model's loss and "
+                        "params") from None
     except Exception as e:
         raise SpecError(f"{path}{_user_line(e, path)}: build() raised "
                         f"{type(e).__name__}: {e}") from e
