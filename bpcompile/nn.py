@@ -54,6 +54,12 @@ def cross_entropy(logits, labels) -> Node:
     logits, labels = as_node(logits), as_node(labels)
     if logits.ndim < 1:
         raise ShapeError("cross_entropy: logits must have a class axis")
+    if logits.shape[-1] == 1:  # softmax over one class is 1: loss 0, every gradient 0
+        raise ShapeError(
+            f"cross_entropy: logits of shape {logits.shape} have one class, so the loss is "
+            "always 0; for a yes/no target use binary_cross_entropy_with_logits on a one-unit "
+            "output without an activation (it applies the sigmoid itself)"
+        )
     if labels.dtype == "int32":
         if labels.shape != logits.shape[:-1]:
             raise ShapeError(
@@ -62,6 +68,12 @@ def cross_entropy(logits, labels) -> Node:
             )
         target = one_hot(labels, logits.shape[-1], logits.dtype)
     elif is_float(labels.dtype):
+        if labels.shape == logits.shape[:-1]:
+            raise DTypeError(
+                f"cross_entropy: labels of shape {labels.shape} look like class indices but "
+                f"are {labels.dtype}; declare them int32 (or pass float targets of the logits' "
+                f"shape {logits.shape})"
+            )
         _same_shape("cross_entropy", logits, labels)
         target = labels
     else:

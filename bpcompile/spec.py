@@ -203,15 +203,16 @@ class Table:
     """A spec table that remembers where it came from and which keys were read, so every
     error names the file and table, and unread (unknown) keys are reported with a suggestion."""
 
-    def __init__(self, data: Any, source: str, loc: str):
-        self.source, self.loc = source, loc
+    def __init__(self, data: Any, source: str, loc: str, line: int | None = None):
+        self.source, self.loc, self.line = source, loc, line  # line: the table's header line
         if not isinstance(data, dict):
             self.error(f"expected a table, got {_describe(data)}")
         self.data, self.used = data, set()
 
     def error(self, msg: str, key: str | None = None):
         where = f"{self.loc}, key {key!r}" if key else self.loc
-        raise SpecError(f"{self.source}: {where}: {msg}")
+        at = f":{self.line}" if self.line else ""
+        raise SpecError(f"{self.source}{at}: {where}: {msg}")
 
     def has(self, key: str) -> bool:
         return key in self.data
@@ -455,7 +456,7 @@ class SpecBuilder:
     def _read_init(self, raw):
         if isinstance(raw, str):
             raw = {"method": raw}
-        t = Table(raw, self.source, "[init]")
+        t = Table(raw, self.source, "[init]", self.line_of("init", 0))
         method = t.str("method", "glorot", choices=INIT_METHODS)
         self.init = Init(method, t.scale("scale", None))
         self.seed = t.int("seed", 0, min=0)
@@ -479,8 +480,8 @@ class SpecBuilder:
             self.top.error("'inputs' must be a non-empty [[inputs]] array of tables, "
                            f"got {_describe(raw)}", "inputs")
         nodes = []
-        for v, loc in items:
-            t = Table(v, self.source, loc)
+        for k, (v, loc) in enumerate(items):
+            t = Table(v, self.source, loc, self.line_of("inputs", k))
             name = t.str("name")
             if not name.isidentifier():
                 t.error(f"input name must be a Python identifier, got {name!r}", "name")
@@ -502,7 +503,7 @@ class SpecBuilder:
                            f"got {_describe(raw)}", "layers")
         x = self.first_input
         for i, v in enumerate(raw):
-            t = Table(v, self.source, f"[[layers]] #{i + 1}")
+            t = Table(v, self.source, f"[[layers]] #{i + 1}", self.line_of("layers", i))
             kind = t.str("type")
             if kind not in LAYERS:
                 t.error(f"unknown layer type {kind!r}{_suggest(kind, LAYERS)}; "
@@ -545,6 +546,11 @@ class SpecBuilder:
         finally:
             LOCATION_OVERRIDE.pop()
 
+    def line_of(self, header: str, index: int) -> int | None:
+        """The spec line of the index-th `[header]`/`[[header]]` table, when known."""
+        line = self.lines.get(header, [])
+        return line[index] if index < len(line) else None
+
     def lookup(self, name: str, t: Table, key: str) -> Node:
         if name not in self.nodes:
             t.error(f"{name!r} is not an input or an earlier layer; known: {sorted(self.nodes)}"
@@ -561,7 +567,7 @@ class SpecBuilder:
 
     # -- [loss] ---------------------------------------------------------------------------
     def _read_loss(self, raw, pred: Node) -> Node:
-        t = Table(raw, self.source, "[loss]")
+        t = Table(raw, self.source, "[loss]", self.line_of("loss", 0))
         kind = t.str("type", choices=LOSSES)
         t.loc = f"[loss] ({kind})"
         ldef = LOSSES[kind]
@@ -579,6 +585,16 @@ class SpecBuilder:
         if ldef.takes_logits and act == ldef.takes_logits:
             t.error(f"{kind} takes logits and applies {act} itself, but layer {pred_name!r} "
                     f"already ends in {act}; set that layer's activation to \"identity\"")
+        if ldef.target == "labels" and pred.ndim and pred.shape[-1] == 1:
+            t.error(f"{kind} over one class (layer {pred_name!r} has shape {list(pred.shape)}) "
+                    "is always 0 with zero gradients; for a yes/no target use type = "
+                    "\"binary_cross_entropy_with_logits\" and give that layer activation = "
+                    "\"identity\"", "type")
+        if ldef.target == "labels" and is_float(target.dtype) and pred.ndim and \
+                target.shape == pred.shape[:-1]:
+            t.error(f"target {target_name!r} has the shape of class indices "
+                    f"{list(target.shape)} but dtype {target.dtype}; declare it with dtype = "
+                    "\"int32\" in [[inputs]]", "target")
         ok_int = ldef.target == "labels" and target.dtype == "int32"
         if ok_int:
             if target.shape != pred.shape[:-1]:
