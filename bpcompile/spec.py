@@ -171,9 +171,10 @@ class Model:
 
 
 def _infer_kind(loss: Node, x: Node):
-    """The int range of an input that feeds one_hot (depth n) or take (axis size)."""
+    """The int range of an input that feeds one_hot (depth n) or take (axis size); for a float
+    loss target, what its loss recorded (BCE targets in [0, 1), soft labels one-hot)."""
     if x.dtype != "int32":
-        return None
+        return nn.TARGET_KINDS.get(x)
     order = toposort([loss])
     for user in consumers(order)[x]:
         if user.op == "one_hot":
