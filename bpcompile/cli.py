@@ -4,7 +4,7 @@
     bpcompile check   SPEC [--backend B] [--seed N] [--rtol R] [--atol A]
     bpcompile export  SPEC -o DIR [--name NAME]
     bpcompile run     SPEC [--backend B] [--seed N] [--steps K --lr LR]
-    bpcompile train   SPEC [--data FILE.npz] --epochs N [--optimizer O] [--lr LR] ...
+    bpcompile train   SPEC [--data FILE.npz] [--epochs N] [--optimizer O] [--lr LR] ...
 
 Exit codes: 0 success, 1 failed check (gradient mismatch), 2 user error (bad usage, spec,
 model or file: one line on stderr naming the file and the fix), 3 internal error (a bug: one

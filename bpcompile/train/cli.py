@@ -1,6 +1,6 @@
 """`bpcompile train SPEC --data FILE.npz ...`: train a spec on arrays from an .npz file.
 
-    bpcompile train SPEC [--data FILE.npz] --epochs N [--batch-size B] [--optimizer adam]
+    bpcompile train SPEC [--data FILE.npz] [--epochs N] [--batch-size B] [--optimizer adam]
                     [--lr 1e-3] [--seed S] [--checkpoint DIR] [--resume] [--plot FILE.png]
                     [--val FILE.npz | --val-split F] [--patience P] [--clip-norm C]
                     [--backend B] [--no-progress]
