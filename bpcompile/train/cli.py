@@ -115,7 +115,8 @@ def main(argv=None) -> int:
 
     from ..cli import main as cli_main
 
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return cli_main(argv if argv[:1] == ["train"] else ["train", *argv])
 
 
 if __name__ == "__main__":
