@@ -87,6 +87,6 @@ def _no_gradient_advice(backend, names: list[str], wrt: list[str]) -> str:
     if inputs:
         msg += (f"; {inputs} {'is a bp.input' if len(inputs) == 1 else 'are bp.inputs'}, "
                 "which wrt cannot take: wrap them in jax.lax.stop_gradient (or differentiate "
-                "only w.r.t. the params dict), or declare them with bp.param and add them to "
-                "wrt")
+                "only w.r.t. the params dict); to differentiate them, declare them with bp.param "
+                "and list them in wrt")
     return msg
