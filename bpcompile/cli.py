@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         msg = _user_error(e)
+        if isinstance(e, MemoryError) and getattr(args, "spec", None):
+            msg = f"{args.spec}: {msg}"  # name the model whose sizes are at fault
         if msg is not None:
             print(f"bpcompile {args.command}: error: {msg}", file=sys.stderr)
             return 2
