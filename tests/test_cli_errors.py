@@ -176,14 +176,25 @@ def test_3000_tanh_chain_compiles_and_is_right():
     assert MAX_BODY_DEPTH < sys.getrecursionlimit() // 10
 
 
-def test_3000_dense_layers_spec_runs(capsys, tmp_path):
-    layers = '[[layers]]\ntype = "dense"\nunits = 2\nactivation = "tanh"\n' * 3000
+def _deep_spec(tmp_path, depth=3000):
+    layers = '[[layers]]\ntype = "dense"\nunits = 2\nactivation = "tanh"\n' * depth
     p = tmp_path / "deep.toml"
     p.write_text('[model]\ndtype = "float64"\n[[inputs]]\nname = "x"\nshape = [2, 2]\n'
                  '[[inputs]]\nname = "y"\nshape = [2, 2]\n' + layers + '[loss]\ntype = "mse"\n')
-    code, out, err = run(capsys, "run", p)
+    return p
+
+
+def test_3000_dense_layers_spec_runs(capsys, tmp_path):
+    code, out, err = run(capsys, "run", _deep_spec(tmp_path))
     assert code == 0, err
     assert "db3000" in out and "nan" not in out
+
+
+def test_too_large_for_llvm_is_a_clear_error_not_an_oom(capsys, tmp_path):
+    """The LLVM code generator's split step functions take every argument (steps x args IR):
+    3000 layers would need far more than the machine's memory; it refuses up front."""
+    code, _, err = run(capsys, "run", _deep_spec(tmp_path, 300), "-b", "llvm")
+    user_error(code, err, "too large", "backend='numpy'")
 
 
 # ---- cross-entropy on one unit -----------------------------------------------------------------
