@@ -57,6 +57,17 @@ def positive_int(text: str) -> int:
     return v
 
 
+def nonneg_int(text: str) -> int:
+    """argparse type: an integer >= 0 (seeds: NumPy refuses negative ones)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
+    return v
+
+
 def nonneg_float(text: str) -> float:
     """argparse type: a finite float >= 0 (tolerances)."""
     try:
@@ -111,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
 
     k = add("check", "compare the compiled gradient with JAX and finite differences")
     backend(k)
-    k.add_argument("--seed", type=int, default=None,
+    k.add_argument("--seed", type=nonneg_int, default=None,
                    help="seed for random params/inputs (default: the spec's [init] seed)")
     k.add_argument("--rtol", type=nonneg_float, default=None, help="relative tolerance vs JAX")
     k.add_argument("--atol", type=nonneg_float, default=None, help="absolute tolerance vs JAX")
@@ -125,7 +136,8 @@ def _parser() -> argparse.ArgumentParser:
 
     r = add("run", "evaluate the loss and gradient norms on the example data")
     backend(r)
-    r.add_argument("--seed", type=int, default=None, help="seed for random params/inputs")
+    r.add_argument("--seed", type=nonneg_int, default=None,
+                   help="seed for random params/inputs")
     r.add_argument("--steps", type=positive_int, default=0, metavar="K",
                    help="take K >= 1 plain gradient-descent steps, printing the loss")
     r.add_argument("--lr", type=positive_float, default=0.1, help="learning rate for --steps")

@@ -95,6 +95,7 @@ def test_mistyped_flag_suggests_the_close_one(capsys):
     ["run", XOR, "--steps", "0"],
     ["run", XOR, "--steps", "2", "--lr", "-1"],
     ["check", XOR, "--rtol", "nan"],
+    ["run", XOR, "--seed", "-1"],
     ["train", XOR, "--epochs", "0"],
     ["train", XOR, "--batch-size", "-2"],
 ])

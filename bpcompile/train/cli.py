@@ -20,7 +20,7 @@ BACKENDS = ("numpy", "llvm", "jax")
 
 
 def add_parser(subparsers, parents=()):
-    from ..cli import positive_float, positive_int
+    from ..cli import nonneg_int, positive_float, positive_int
     from ..optim import OPTIMIZERS
 
     help_ = "train a model on .npz data with a compiled training step"
@@ -39,7 +39,7 @@ def add_parser(subparsers, parents=()):
                    help="learning rate (default 1e-3)")
     t.add_argument("--clip-norm", type=positive_float, default=None, metavar="C",
                    help="clip gradients to global norm C")
-    t.add_argument("--seed", type=int, default=None,
+    t.add_argument("--seed", type=nonneg_int, default=None,
                    help="seed for init and shuffling (default: the spec's [init] seed)")
     val = t.add_mutually_exclusive_group()
     val.add_argument("--val", metavar="FILE.npz", help="validation arrays")
