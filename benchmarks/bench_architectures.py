@@ -1,6 +1,6 @@
 """Architecture benchmarks: cnn_digits, rnn_bptt and attention (BENCHMARKS.md) built from
 bpcompile's layer composites and bp.scan, against jax.jit(jax.value_and_grad) of the reference
-JAX models (/work/shared/bench_models_jax.py), same process, median per call; plus the
+JAX models (benchmarks/bench_models_jax.py), same process, median per call; plus the
 checkpointed scan at T=1000 (saved state and extra compute vs plain BPTT).
 
     python benchmarks/bench_architectures.py [--backends numpy,jax,llvm] [--budget 1.0]

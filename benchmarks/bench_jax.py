@@ -8,9 +8,9 @@ hits both alike.
 Three input conditions:
   device: both functions get JAX arrays already on the device (the program-vs-program figure);
   numpy:  both functions get host NumPy arrays (each call pays the host->device transfer);
-  mixed:  JAX gets device arrays, ours NumPy ones, as in the scorecard (../shared/scorecard.py).
+  mixed:  JAX gets device arrays, ours NumPy ones, as in the scorecard (benchmarks/scorecard.py).
 
-Models: the six of ../shared/BENCHMARKS.md (float32), from benchmarks/models.py.
+Models: the six of benchmarks/BENCHMARKS.md (float32), from benchmarks/models.py.
 
     python benchmarks/bench_jax.py [--budget 0.3] [--rounds 5] [--models xor,mlp_small,...]
 """

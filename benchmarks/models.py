@@ -1,7 +1,7 @@
-"""The six benchmark models of ../shared/BENCHMARKS.md, built with bpcompile's public API.
+"""The six benchmark models of benchmarks/BENCHMARKS.md, built with bpcompile's public API.
 
 `build(names)` returns name -> (loss, wrt, inputs, params, jax_loss) where
-jax_loss(params, **inputs) is the same model in JAX (as in ../shared/bench_models_jax.py), so
+jax_loss(params, **inputs) is the same model in JAX (as in benchmarks/bench_models_jax.py), so
 every benchmark script times both sides on identical inputs. Shared by all benchmarks/ scripts.
 """
 

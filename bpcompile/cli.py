@@ -4,16 +4,19 @@
     bpcompile check   SPEC [--backend B] [--seed N] [--rtol R] [--atol A]
     bpcompile export  SPEC -o DIR [--name NAME]
     bpcompile run     SPEC [--backend B] [--seed N] [--steps K --lr LR]
-    bpcompile train   SPEC [--data FILE.npz] --epochs N [--optimizer O] [--lr LR] ...
+    bpcompile train   SPEC [--data FILE.npz] [--epochs N] [--optimizer O] [--lr LR] ...
 
-Exit codes: 0 success, 1 gradient check mismatch, 2 usage, spec or bpcompile error (one line
-on stderr, no traceback), 3 internal error (a bug: traceback on stderr). See docs/spec.md.
+Exit codes: 0 success, 1 failed check (gradient mismatch), 2 user error (bad usage, spec,
+model or file: one line on stderr naming the file and the fix), 3 internal error (a bug: one
+line; `--debug` adds the traceback, for any error). See docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.util
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -36,20 +39,71 @@ EMITS = {
 }
 
 
+C_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 class UsageError(BPError):
     """A command-line combination that cannot work (e.g. --emit llvm on the numpy backend)."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a negative --steps must not pass silently)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1), got {v}")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type: an integer >= 0 (seeds: NumPy refuses negative ones)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    """argparse type: a finite float >= 0 (tolerances)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (v >= 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0 (learning rates, clip norms)."""
+    v = nonneg_float(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bpcompile",
         description="Compile a network's loss into readable forward+backward code.",
-        epilog="SPEC is a .toml model spec or a .py model file; see docs/spec.md.")
+        epilog="SPEC is a .toml model spec or a .py model file (a .py file is executed: run "
+               "only files you trust); see docs/spec.md. Exit codes: 0 ok, 1 failed check, "
+               "2 user error, 3 internal error.")
     p.add_argument("--version", action="version", version=f"bpcompile {_version()}")
+    p.add_argument("--debug", action="store_true", help="print a traceback for every error")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Each subcommand takes --debug too; SUPPRESS keeps the top-level value when it is absent.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="print a traceback for every error")
 
     def add(name, help_):
-        sp = sub.add_parser(name, help=help_, description=help_)
+        sp = sub.add_parser(name, help=help_, description=help_, parents=[debug])
         sp.add_argument("spec", metavar="SPEC", help="model spec (.toml) or model file (.py)")
         return sp
 
@@ -68,24 +122,29 @@ def _parser() -> argparse.ArgumentParser:
 
     k = add("check", "compare the compiled gradient with JAX and finite differences")
     backend(k)
-    k.add_argument("--seed", type=int, default=None,
+    k.add_argument("--seed", type=nonneg_int, default=None,
                    help="seed for random params/inputs (default: the spec's [init] seed)")
-    k.add_argument("--rtol", type=float, default=None, help="relative tolerance vs JAX")
-    k.add_argument("--atol", type=float, default=None, help="absolute tolerance vs JAX")
+    k.add_argument("--rtol", type=nonneg_float, default=None, help="relative tolerance vs JAX")
+    k.add_argument("--atol", type=nonneg_float, default=None, help="absolute tolerance vs JAX")
 
-    e = add("export", "write a standalone artifact (object file, header) for the model")
-    e.add_argument("-o", "--out-dir", required=True, metavar="DIR", help="output directory")
-    e.add_argument("--name", default=None, help="symbol/file name (default: the model name)")
+    e = add("export", "write a C shared library (lib<NAME>.so) and its header (<NAME>.h) "
+                      "computing the loss and gradients (LLVM backend)")
+    e.add_argument("-o", "--out-dir", required=True, metavar="DIR",
+                   help="output directory (created if missing; must not be a file)")
+    e.add_argument("--name", default=None,
+                   help="C symbol and file name, letters/digits/_ (default: the model name)")
 
     r = add("run", "evaluate the loss and gradient norms on the example data")
     backend(r)
-    r.add_argument("--seed", type=int, default=None, help="seed for random params/inputs")
-    r.add_argument("--steps", type=int, default=0,
-                   help="take this many plain gradient-descent steps, printing the loss")
-    r.add_argument("--lr", type=float, default=0.1, help="learning rate for --steps")
+    r.add_argument("--seed", type=nonneg_int, default=None,
+                   help="seed for random params/inputs")
+    r.add_argument("--steps", type=positive_int, default=0, metavar="K",
+                   help="take K >= 1 plain gradient-descent steps, printing the loss")
+    r.add_argument("--lr", type=positive_float, default=0.1, help="learning rate for --steps")
     from .train.cli import add_parser as add_train_parser
 
-    add_train_parser(sub)  # `bpcompile train` (bpcompile/train/cli.py)
+    add_train_parser(sub, parents=[debug])  # `bpcompile train` (bpcompile/train/cli.py)
+    p.sub = sub  # main() finds a subcommand's parser here for its error messages
     return p
 
 
@@ -150,15 +209,27 @@ def cmd_export(args) -> int:
     export = getattr(bpcompile, "export", None)
     if export is None:
         raise UsageError("`bpcompile export` needs bpcompile.export, which this version lacks")
+    if args.name is not None and not C_NAME.fullmatch(args.name):
+        fix = re.sub(r"\W", "_", args.name, flags=re.ASCII)
+        fix = fix if C_NAME.fullmatch(fix) else "model"
+        raise UsageError(f"--name {args.name!r} is not a C identifier (ASCII letters, digits "
+                         f"and _, not starting with a digit); try --name {fix}")
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out}: exists and is not a directory; give a directory "
+                         "(it is created if missing)")
     model = _load(args.spec)
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    written = export(model.loss, model.wrt, args.out_dir, name=args.name or model.name)
-    if isinstance(written, dict):
-        written = list(written.values())
-    elif isinstance(written, (str, Path)):
-        written = [written]
-    for path in written or []:
-        print(path)
+    name = args.name
+    if name is None:  # a file called my-model.toml must still export: make its name C-safe
+        name = re.sub(r"\W", "_", model.name, flags=re.ASCII)
+        name = name if C_NAME.fullmatch(name) else f"m_{name}"
+    out.mkdir(parents=True, exist_ok=True)
+    written = export(model.loss, model.wrt, str(out), name=name)
+    print(f"wrote {written['library']} (shared library; entry point {name}_grad)")
+    print(f"wrote {written['header']} (C header: signature, shapes, contracts)")
+    if "workspace_bytes" in written:
+        print(f"workspace: the caller passes {written['workspace_bytes']} bytes "
+              f"({name.upper()}_WORKSPACE_BYTES in the header)")
     return 0
 
 
@@ -215,29 +286,74 @@ def _enable_jax_x64():
         pass  # the jax backend reports itself unavailable with an install hint
 
 
+def _unrecognized(parser: argparse.ArgumentParser, extra: list[str]) -> int:
+    """argparse names an unknown flag without a hint and with the top-level usage; name the
+    subcommand, suggest the closest flag it has (`check --tol` -> --rtol) and exit 2."""
+    options = [o for a in parser._actions for o in a.option_strings]
+    hints = []
+    for word in extra:
+        close = difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6) \
+            if word.startswith("-") else []
+        hints.append(f"{word} (did you mean {close[0]}?)" if close else word)
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: unrecognized argument{'s' if len(extra) > 1 else ''}: "
+          f"{', '.join(hints)}; see {parser.prog} --help", file=sys.stderr)
+    return 2
+
+
+def _one_line(e: BaseException) -> str:
+    """A user-facing message on one line (the first line of multi-line ones)."""
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0] if "\n" in text else text
+
+
+def _user_error(e: BaseException) -> str | None:
+    """The message for an exception that is the user's to fix, or None for a bug."""
+    if isinstance(e, BPError):
+        return _one_line(e)
+    if isinstance(e, OSError):  # a file the user named: missing, unreadable, not a directory
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror or e}"
+    if isinstance(e, MemoryError):
+        return ("out of memory: the model's shapes are too large for this machine; "
+                "declare smaller inputs or layers")
+    if isinstance(e, RecursionError):
+        return ("the graph is too deep for Python's recursion limit (a bug: please report "
+                "it with --debug); shorten the model meanwhile")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (also callable in-process from tests)."""
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
     except SystemExit as e:  # argparse: --help/--version exit 0, bad usage exits 2
         return int(e.code or 0) if not isinstance(e.code, str) else 2
+    if extra:
+        return _unrecognized(parser.sub.choices.get(args.command, parser), extra)
+    debug = getattr(args, "debug", False)
     if getattr(args, "backend", None) == "jax":
         _enable_jax_x64()
     try:
         return COMMANDS[args.command](args)
-    except BPError as e:
-        print(f"bpcompile {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("bpcompile: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `bpcompile compile ... | head`
         return 0
-    except Exception:
-        traceback.print_exc()
-        print("bpcompile: internal error (the traceback above is a bug; please report it)",
-              file=sys.stderr)
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        msg = _user_error(e)
+        if isinstance(e, MemoryError) and getattr(args, "spec", None):
+            msg = f"{args.spec}: {msg}"  # name the model whose sizes are at fault
+        if msg is not None:
+            print(f"bpcompile {args.command}: error: {msg}", file=sys.stderr)
+            return 2
+        how = "the traceback is above" if debug else "rerun with --debug for the traceback"
+        print(f"bpcompile {args.command}: internal error: {type(e).__name__}: {_one_line(e)} "
+              f"(a bug; {how} and please report it)", file=sys.stderr)
         return 3
 
 

@@ -6,6 +6,8 @@ stop-gradient max so forward and backward are both stable at large logits.
 
 from __future__ import annotations
 
+import weakref
+
 from .errors import DTypeError, ShapeError
 from .ir.dtypes import is_float
 from .ir.node import Node
@@ -14,6 +16,10 @@ from .ops.index import one_hot
 from .ops.linalg import matmul
 from .ops.reduce import max_, mean, sum_
 from .ops.registry import get_op
+
+# How to sample example values for an input used as a loss target (spec.Model reads it for
+# .py models): BCE targets lie in [0, 1), soft cross-entropy targets are one-hot rows.
+TARGET_KINDS: weakref.WeakKeyDictionary[Node, tuple] = weakref.WeakKeyDictionary()
 
 
 def logsumexp(x, axis=-1, keepdims=False) -> Node:
@@ -54,6 +60,12 @@ def cross_entropy(logits, labels) -> Node:
     logits, labels = as_node(logits), as_node(labels)
     if logits.ndim < 1:
         raise ShapeError("cross_entropy: logits must have a class axis")
+    if logits.shape[-1] == 1:  # softmax over one class is 1: loss 0, every gradient 0
+        raise ShapeError(
+            f"cross_entropy: logits of shape {logits.shape} have one class, so the loss is "
+            "always 0; for a yes/no target use binary_cross_entropy_with_logits on a one-unit "
+            "output without an activation (it applies the sigmoid itself)"
+        )
     if labels.dtype == "int32":
         if labels.shape != logits.shape[:-1]:
             raise ShapeError(
@@ -62,8 +74,16 @@ def cross_entropy(logits, labels) -> Node:
             )
         target = one_hot(labels, logits.shape[-1], logits.dtype)
     elif is_float(labels.dtype):
+        if labels.shape == logits.shape[:-1]:
+            raise DTypeError(
+                f"cross_entropy: labels of shape {labels.shape} look like class indices but "
+                f"are {labels.dtype}; declare them int32 (or pass float targets of the logits' "
+                f"shape {logits.shape})"
+            )
         _same_shape("cross_entropy", logits, labels)
         target = labels
+        if labels.op == "input":
+            TARGET_KINDS.setdefault(labels, ("onehot",))
     else:
         raise DTypeError(f"cross_entropy: labels must be int32 or float, got {labels.dtype}")
     per_example = neg(sum_(mul(log_softmax(logits), target), -1))
@@ -74,6 +94,8 @@ def binary_cross_entropy_with_logits(logits, targets) -> Node:
     """Mean of softplus(z) - z*t, the stable form of -t log σ(z) - (1-t) log(1-σ(z))."""
     logits, targets = as_node(logits), as_node(targets, logits)
     _same_shape("binary_cross_entropy_with_logits", logits, targets)
+    if targets.op == "input":
+        TARGET_KINDS.setdefault(targets, ("unit",))
     return mean(sub(unary("softplus", logits), mul(logits, targets)))
 
 

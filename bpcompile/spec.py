@@ -51,6 +51,11 @@ class Init:
     method: str = "glorot"
     scale: float | None = None
 
+    def __post_init__(self):
+        if self.scale is not None and not (np.isfinite(self.scale) and self.scale >= 0):
+            raise SpecError(f"Init({self.method!r}): scale must be a finite number >= 0, "
+                            f"got {self.scale}")
+
     def sample(self, rng: np.random.Generator, shape: tuple, dtype: str) -> np.ndarray:
         scale = DEFAULT_SCALE[self.method] if self.scale is None else self.scale
         if self.method == "zeros":
@@ -166,9 +171,10 @@ class Model:
 
 
 def _infer_kind(loss: Node, x: Node):
-    """The int range of an input that feeds one_hot (depth n) or take (axis size)."""
+    """The int range of an input that feeds one_hot (depth n) or take (axis size); for a float
+    loss target, what its loss recorded (BCE targets in [0, 1), soft labels one-hot)."""
     if x.dtype != "int32":
-        return None
+        return nn.TARGET_KINDS.get(x)
     order = toposort([loss])
     for user in consumers(order)[x]:
         if user.op == "one_hot":
@@ -198,15 +204,16 @@ class Table:
     """A spec table that remembers where it came from and which keys were read, so every
     error names the file and table, and unread (unknown) keys are reported with a suggestion."""
 
-    def __init__(self, data: Any, source: str, loc: str):
-        self.source, self.loc = source, loc
+    def __init__(self, data: Any, source: str, loc: str, line: int | None = None):
+        self.source, self.loc, self.line = source, loc, line  # line: the table's header line
         if not isinstance(data, dict):
             self.error(f"expected a table, got {_describe(data)}")
         self.data, self.used = data, set()
 
     def error(self, msg: str, key: str | None = None):
         where = f"{self.loc}, key {key!r}" if key else self.loc
-        raise SpecError(f"{self.source}: {where}: {msg}")
+        at = f":{self.line}" if self.line else ""
+        raise SpecError(f"{self.source}{at}: {where}: {msg}")
 
     def has(self, key: str) -> bool:
         return key in self.data
@@ -235,6 +242,14 @@ class Table:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             self.error(f"expected a number, got {v!r}", key)
         return float(v)
+
+    def scale(self, key, default=_MISSING) -> float | None:
+        """An init scale: finite and >= 0 (nan/inf would give nan params silently)."""
+        v = self.float(key, default)
+        if v is not None and v is not default and not (np.isfinite(v) and v >= 0):
+            self.error(f"init scale must be a finite number >= 0, got {v}; e.g. scale = 0.1",
+                       key)
+        return v
 
     def bool(self, key, default=_MISSING) -> bool:
         v = self.raw(key, default, "true or false")
@@ -313,7 +328,7 @@ class LayerContext:
         """The layer's weight Init: its own `init`/`scale` keys over the spec-wide [init]."""
         t, base = self.table, self.builder.init
         method = t.str("init", base.method, choices=INIT_METHODS)
-        scale = t.float("scale", base.scale if method == base.method else None)
+        scale = t.scale("scale", base.scale if method == base.method else None)
         return Init(method, scale)
 
 
@@ -442,9 +457,9 @@ class SpecBuilder:
     def _read_init(self, raw):
         if isinstance(raw, str):
             raw = {"method": raw}
-        t = Table(raw, self.source, "[init]")
+        t = Table(raw, self.source, "[init]", self.line_of("init", 0))
         method = t.str("method", "glorot", choices=INIT_METHODS)
-        self.init = Init(method, t.float("scale", None))
+        self.init = Init(method, t.scale("scale", None))
         self.seed = t.int("seed", 0, min=0)
         bias = t.str("bias", "zeros", choices=("zeros", "same"))
         self.bias_init = Init("zeros") if bias == "zeros" else (
@@ -466,8 +481,8 @@ class SpecBuilder:
             self.top.error("'inputs' must be a non-empty [[inputs]] array of tables, "
                            f"got {_describe(raw)}", "inputs")
         nodes = []
-        for v, loc in items:
-            t = Table(v, self.source, loc)
+        for k, (v, loc) in enumerate(items):
+            t = Table(v, self.source, loc, self.line_of("inputs", k))
             name = t.str("name")
             if not name.isidentifier():
                 t.error(f"input name must be a Python identifier, got {name!r}", "name")
@@ -489,7 +504,7 @@ class SpecBuilder:
                            f"got {_describe(raw)}", "layers")
         x = self.first_input
         for i, v in enumerate(raw):
-            t = Table(v, self.source, f"[[layers]] #{i + 1}")
+            t = Table(v, self.source, f"[[layers]] #{i + 1}", self.line_of("layers", i))
             kind = t.str("type")
             if kind not in LAYERS:
                 t.error(f"unknown layer type {kind!r}{_suggest(kind, LAYERS)}; "
@@ -532,6 +547,11 @@ class SpecBuilder:
         finally:
             LOCATION_OVERRIDE.pop()
 
+    def line_of(self, header: str, index: int) -> int | None:
+        """The spec line of the index-th `[header]`/`[[header]]` table, when known."""
+        line = self.lines.get(header, [])
+        return line[index] if index < len(line) else None
+
     def lookup(self, name: str, t: Table, key: str) -> Node:
         if name not in self.nodes:
             t.error(f"{name!r} is not an input or an earlier layer; known: {sorted(self.nodes)}"
@@ -548,7 +568,7 @@ class SpecBuilder:
 
     # -- [loss] ---------------------------------------------------------------------------
     def _read_loss(self, raw, pred: Node) -> Node:
-        t = Table(raw, self.source, "[loss]")
+        t = Table(raw, self.source, "[loss]", self.line_of("loss", 0))
         kind = t.str("type", choices=LOSSES)
         t.loc = f"[loss] ({kind})"
         ldef = LOSSES[kind]
@@ -566,6 +586,16 @@ class SpecBuilder:
         if ldef.takes_logits and act == ldef.takes_logits:
             t.error(f"{kind} takes logits and applies {act} itself, but layer {pred_name!r} "
                     f"already ends in {act}; set that layer's activation to \"identity\"")
+        if ldef.target == "labels" and pred.ndim and pred.shape[-1] == 1:
+            t.error(f"{kind} over one class (layer {pred_name!r} has shape {list(pred.shape)}) "
+                    "is always 0 with zero gradients; for a yes/no target use type = "
+                    "\"binary_cross_entropy_with_logits\" and give that layer activation = "
+                    "\"identity\"", "type")
+        if ldef.target == "labels" and is_float(target.dtype) and pred.ndim and \
+                target.shape == pred.shape[:-1]:
+            t.error(f"target {target_name!r} has the shape of class indices "
+                    f"{list(target.shape)} but dtype {target.dtype}; declare it with dtype = "
+                    "\"int32\" in [[inputs]]", "target")
         ok_int = ldef.target == "labels" and target.dtype == "int32"
         if ok_int:
             if target.shape != pred.shape[:-1]:
@@ -648,10 +678,15 @@ def load_toml(path) -> Model:
             raise SpecError(f"{path}: reading TOML needs Python 3.11+ or `pip install tomli`") \
                 from None
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
         doc = tomllib.loads(text)
     except OSError as e:
         raise SpecError(f"{path}: cannot read spec: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8: name the line, not a codec traceback
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise SpecError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); TOML specs "
+                        "must be saved as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: invalid TOML: {e}") from None
     return from_dict(doc, str(path), path.stem, text)
@@ -669,6 +704,10 @@ def load_python(path) -> Model:
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
         spec.loader.exec_module(module)
+    except SystemExit as e:  # exit(0) at import must not make `bpcompile check` pass silently
+        raise SpecError(f"{path}{_user_line(e, path)}: the model file called exit() "
+                        f"(SystemExit({e.code!r})) while loading; a model file must define "
+                        "build() and return its loss and params, not exit") from None
     except Exception as e:
         raise SpecError(f"{path}{_user_line(e, path)}: loading the model file raised "
                         f"{type(e).__name__}: {e}") from e
@@ -680,6 +719,10 @@ def load_python(path) -> Model:
                         "or a dict with 'loss' and 'wrt'")
     try:
         result = build()
+    except SystemExit as e:
+        raise SpecError(f"{path}{_user_line(e, path)}: build() called exit() "
+                        f"(SystemExit({e.code!r})); it must return the model's loss and "
+                        "params") from None
     except Exception as e:
         raise SpecError(f"{path}{_user_line(e, path)}: build() raised "
                         f"{type(e).__name__}: {e}") from e

@@ -134,16 +134,17 @@ def test_export_calls_bp_export(capsys, tmp_path, monkeypatch):
 
     def fake_export(loss, wrt, out_dir, name=None):
         calls.append((loss, [w.attr("name") for w in wrt], out_dir, name))
-        p = Path(out_dir) / f"{name}.o"
+        p = Path(out_dir) / f"lib{name}.so"
         p.write_text("")
-        return [p, Path(out_dir) / f"{name}.h"]
+        return {"library": p, "header": Path(out_dir) / f"{name}.h", "workspace_bytes": 64}
 
     monkeypatch.setattr(bpcompile, "export", fake_export, raising=False)
     out_dir = tmp_path / "out"
     code, out, err = run(capsys, "export", XOR, "-o", out_dir)
     assert code == 0, err
     assert calls[0][1:] == (["W1", "b1", "W2", "b2"], str(out_dir), "xor")
-    assert f"{out_dir}/xor.o" in out and f"{out_dir}/xor.h" in out
+    assert f"wrote {out_dir}/libxor.so" in out and f"wrote {out_dir}/xor.h" in out
+    assert "64 bytes" in out and "64\n" not in out  # no bare number: every line says what
     code, out, err = run(capsys, "export", XOR, "-o", out_dir, "--name", "xor_grad")
     assert code == 0 and calls[-1][-1] == "xor_grad"
 
@@ -154,13 +155,17 @@ def test_export_without_bp_export_exits_2(capsys, tmp_path, monkeypatch):
     assert code == 2 and "bpcompile.export" in err and "Traceback" not in err
 
 
-def test_internal_error_exits_3_with_traceback(capsys, monkeypatch):
+def test_internal_error_exits_3_with_traceback_only_with_debug(capsys, monkeypatch):
     def boom(path):
         raise RuntimeError("kaboom")
 
     monkeypatch.setattr(cli, "_load", boom)
     code, _, err = run(capsys, "compile", XOR)
-    assert code == 3 and "Traceback" in err and "kaboom" in err and "internal error" in err
+    assert code == 3 and "kaboom" in err and "internal error" in err and "--debug" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    for argv in (["--debug", "compile", XOR], ["compile", XOR, "--debug"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 3 and "Traceback" in err and "kaboom" in err, argv
 
 
 def test_console_script_subprocess(tmp_path):

@@ -1,5 +1,5 @@
 """Every bad input fails loudly with a message that names the op or argument and the
-shapes/dtypes involved (DESIGN.md principle 9)."""
+shapes/dtypes involved (docs/design.md principle 9)."""
 
 from __future__ import annotations
 

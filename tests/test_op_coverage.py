@@ -1,5 +1,5 @@
 """Every registered op is exercised by the op table and lowered by every backend that exists
-(DESIGN.md principle 2: a test fails when an op has no lowering in some backend)."""
+(docs/design.md principle 2: a test fails when an op has no lowering in some backend)."""
 
 from __future__ import annotations
 

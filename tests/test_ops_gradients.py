@@ -1,4 +1,4 @@
-"""Every row of tests/op_table.py against three oracles (DESIGN.md principle 10):
+"""Every row of tests/op_table.py against three oracles (docs/design.md principle 10):
 
 (a) JAX: value and jax.grad of the same loss written independently in jax.numpy, float64 at
     rtol 1e-10 and float32 at rtol ~2e-5;

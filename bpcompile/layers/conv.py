@@ -1,4 +1,4 @@
-"""Convolution and pooling as composites of primitives (DESIGN.md principle 4).
+"""Convolution and pooling as composites of primitives (docs/design.md principle 4).
 
 Nothing here carries a VJP or a lowering: conv2d is im2col (pad, kh·kw strided slices,
 concatenate, one matmul), pooling is slices or a reshape plus a reduction. Every backend runs

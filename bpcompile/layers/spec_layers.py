@@ -117,7 +117,7 @@ def _embedding(ctx: LayerContext) -> Node:
     """int32 token ids (any shape) -> (..., dim) rows of E<name> (vocab, dim)."""
     t = ctx.table
     vocab, dim = t.int("vocab", min=1), t.int("dim", min=1)
-    E = ctx.param("E", (vocab, dim), Init("normal", t.float("scale", 1.0 / math.sqrt(dim))))
+    E = ctx.param("E", (vocab, dim), Init("normal", t.scale("scale", 1.0 / math.sqrt(dim))))
     if ctx.x.dtype != "int32":
         ctx.error(f"embedding needs int32 token ids, got {ctx.x!r}")
     return basic.embedding(ctx.x, E)

@@ -221,13 +221,16 @@ def zeros(shape, dtype) -> Node:
 def _nonzero_ranges(g: Node, n: int):
     """[(lo, hi, node)] of a flat cotangent that is a sum of 1-d pads (what slicing a scan's
     output produces under the reverse sweep), or None when g has another form."""
-    if g.op == "pad" and g.ndim == 1 and g.attr("interior") == (0,):
-        lo = g.attr("lo")[0]
-        return [(lo, n - g.attr("hi")[0], g.inputs[0])]
-    if g.op == "add" and g.inputs[0].shape == g.inputs[1].shape == (n,):
-        a, b = _nonzero_ranges(g.inputs[0], n), _nonzero_ranges(g.inputs[1], n)
-        return None if a is None or b is None else a + b
-    return None
+    out, stack = [], [g]  # iterative: a scan output sliced 3000 times is a deep add chain
+    while stack:
+        g = stack.pop()
+        if g.op == "pad" and g.ndim == 1 and g.attr("interior") == (0,):
+            out.append((g.attr("lo")[0], n - g.attr("hi")[0], g.inputs[0]))
+        elif g.op == "add" and g.inputs[0].shape == g.inputs[1].shape == (n,):
+            stack += [g.inputs[1], g.inputs[0]]  # left operand first, as before
+        else:
+            return None
+    return out
 
 
 def _split_cotangent(y: Node, g: Node):

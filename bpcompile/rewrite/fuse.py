@@ -4,6 +4,8 @@ A float elementwise node is inlined into its consumer when it has exactly one co
 consumer is elementwise too, and both have the same shape (inlining across a broadcast would
 recompute the producer per broadcast element). Comparisons inline into where/cast. Each
 remaining root of two or more ops becomes a `kernel` node; single ops stay primitives.
+A kernel body is at most MAX_BODY_DEPTH ops deep: SymPy and the printers recurse over it, so a
+chain of 3000 tanh becomes a chain of bounded kernels instead of a RecursionError.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
 # SymPy truth values: a comparison, or one SymPy decided (a0 > a0 is false). A Symbol is a
 # sympy Boolean too, so that class is too wide.
 TRUTH = (sp.logic.boolalg.BooleanAtom, sp.core.relational.Relational)
+MAX_BODY_DEPTH = 48
 
 
 def fusable(n: Node) -> bool:
@@ -40,8 +43,13 @@ def _inline_plan(order: list[Node], outputs: list[Node]) -> set[Node]:
     users = consumers(order)
     outs = set(outputs)
     inlined = set()
+    depth: dict[Node, int] = {}  # depth of the body rooted at n, counting inlined inputs
     for n in order:
-        if n in outs or not fusable(n):
+        if not fusable(n):
+            continue
+        own = _expr_depth(n.attr("expr")) if n.op == "kernel" else 1
+        depth[n] = own + max((depth[i] for i in n.inputs if i in inlined), default=0)
+        if n in outs or depth[n] >= MAX_BODY_DEPTH:
             continue
         us = set(users[n])
         if len(us) != 1:
@@ -55,11 +63,21 @@ def _inline_plan(order: list[Node], outputs: list[Node]) -> set[Node]:
     return inlined
 
 
+def _expr_depth(e) -> int:
+    """Nesting depth of a SymPy expression (iterative: bodies are bounded, but be safe)."""
+    best, stack = 0, [(e, 1)]
+    while stack:
+        e, d = stack.pop()
+        best = max(best, d)
+        stack.extend((a, d + 1) for a in e.args)
+    return best
+
+
 def _expr(n: Node, inlined: set[Node], args: list[Node], root: bool = False):
     """SymPy expression of n over kernel arguments `args` (appended as discovered)."""
     if not root and n not in inlined:
         return _arg(n, args)
-    ins = [_expr(i, inlined, args) for i in n.inputs]
+    ins = [_expr(i, inlined, args) for i in n.inputs]  # depth <= MAX_BODY_DEPTH: see plan
     if n.op == "kernel":
         return n.attr("expr").xreplace({sym(k): e for k, e in enumerate(ins)})
     if n.op == "cast":
@@ -143,7 +161,12 @@ def _members(n: Node, inlined: set[Node]) -> set[Node]:
 
 
 def _count(n: Node, inlined: set[Node]) -> int:
-    return 1 + sum(_count(i, inlined) for i in n.inputs if i in inlined)
+    total, stack = 0, [n]
+    while stack:
+        m = stack.pop()
+        total += 1
+        stack.extend(i for i in m.inputs if i in inlined)
+    return total
 
 
 def _kernel_name(n: Node, inlined: set[Node]) -> str:

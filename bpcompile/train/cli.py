@@ -1,6 +1,6 @@
 """`bpcompile train SPEC --data FILE.npz ...`: train a spec on arrays from an .npz file.
 
-    bpcompile train SPEC [--data FILE.npz] --epochs N [--batch-size B] [--optimizer adam]
+    bpcompile train SPEC [--data FILE.npz] [--epochs N] [--batch-size B] [--optimizer adam]
                     [--lr 1e-3] [--seed S] [--checkpoint DIR] [--resume] [--plot FILE.png]
                     [--val FILE.npz | --val-split F] [--patience P] [--clip-norm C]
                     [--backend B] [--no-progress]
@@ -19,30 +19,33 @@ from ..errors import BPError
 BACKENDS = ("numpy", "llvm", "jax")
 
 
-def add_parser(subparsers):
+def add_parser(subparsers, parents=()):
+    from ..cli import nonneg_int, positive_float, positive_int
     from ..optim import OPTIMIZERS
 
     help_ = "train a model on .npz data with a compiled training step"
-    t = subparsers.add_parser("train", help=help_, description=help_)
+    t = subparsers.add_parser("train", help=help_, description=help_, parents=list(parents))
     t.add_argument("spec", metavar="SPEC", help="model spec (.toml) or model file (.py)")
     t.add_argument("--data", metavar="FILE.npz",
                    help="training arrays by input name, examples on the leading axis "
                         "(default: the spec's literal [data], if it gives every input)")
-    t.add_argument("--epochs", type=int, default=10, metavar="N", help="epochs (default 10)")
-    t.add_argument("--batch-size", type=int, default=None, metavar="B",
+    t.add_argument("--epochs", type=positive_int, default=10, metavar="N",
+                   help="epochs (default 10)")
+    t.add_argument("--batch-size", type=positive_int, default=None, metavar="B",
                    help="minibatch size (default: the spec's input batch size)")
     t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam", metavar="OPT",
                    help=f"one of {', '.join(sorted(OPTIMIZERS))} (default adam)")
-    t.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    t.add_argument("--clip-norm", type=float, default=None, metavar="C",
+    t.add_argument("--lr", type=positive_float, default=1e-3,
+                   help="learning rate (default 1e-3)")
+    t.add_argument("--clip-norm", type=positive_float, default=None, metavar="C",
                    help="clip gradients to global norm C")
-    t.add_argument("--seed", type=int, default=None,
+    t.add_argument("--seed", type=nonneg_int, default=None,
                    help="seed for init and shuffling (default: the spec's [init] seed)")
     val = t.add_mutually_exclusive_group()
     val.add_argument("--val", metavar="FILE.npz", help="validation arrays")
     val.add_argument("--val-split", type=float, metavar="F",
                      help="hold out this fraction of the data for validation")
-    t.add_argument("--patience", type=int, default=None, metavar="P",
+    t.add_argument("--patience", type=positive_int, default=None, metavar="P",
                    help="early stopping: stop after P epochs without improvement")
     t.add_argument("--checkpoint", metavar="DIR", help="save last.npz/best.npz here each epoch")
     t.add_argument("--resume", action="store_true", help="continue from DIR/last.npz")
@@ -106,19 +109,14 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Stand-alone entry (`python -m bpcompile.train.cli`), same behaviour as `bpcompile train`."""
-    import argparse
+    """Stand-alone entry (`python -m bpcompile.train.cli`), same behaviour as `bpcompile train`
+    (same exit codes and messages: it goes through the main CLI)."""
     import sys
 
-    p = argparse.ArgumentParser(prog="bpcompile")
-    sub = p.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except BPError as e:
-        print(f"bpcompile train: error: {e}", file=sys.stderr)
-        return 2
+    from ..cli import main as cli_main
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return cli_main(argv if argv[:1] == ["train"] else ["train", *argv])
 
 
 if __name__ == "__main__":

@@ -157,41 +157,66 @@ class History:
 
 # ---- progress --------------------------------------------------------------------------------
 class _Progress:
-    """A tqdm bar per epoch when tqdm is installed (the `progress` extra), else one plain line
-    per epoch; nothing at all when disabled."""
+    """One tqdm bar for the whole run when tqdm is installed and stderr is a terminal; else a
+    plain log line every `every` epochs (and the first and last), so a piped log of a
+    3000-epoch run holds ~20 lines and no bar fragments. Nothing at all when disabled."""
 
-    def __init__(self, enabled: bool, epochs: int, out=None):
+    def __init__(self, enabled: bool, epochs: int, out=None, every: int | None = None):
         self.enabled, self.epochs = enabled, epochs
         self.out = out or sys.stdout
-        self.tqdm = None
-        if enabled:
+        self.every = every or max(1, math.ceil(epochs / 20))
+        self.tqdm, self.bar, self.seen = None, None, set()
+        if enabled and _isatty(sys.stderr):  # a bar in a log file is noise
             try:
                 from tqdm.auto import tqdm
 
                 self.tqdm = tqdm
             except ImportError:
                 pass
-        self.bar = None
 
-    def start(self, epoch: int, total: int):
+    def begin(self, start: int):
         if self.tqdm is not None:
-            self.bar = self.tqdm(total=total, desc=f"epoch {epoch + 1}/{self.epochs}",
-                                 unit="batch", leave=False, dynamic_ncols=True)
+            self.bar = self.tqdm(total=self.epochs, initial=start, unit="epoch",
+                                 desc="training", dynamic_ncols=True, leave=False)
 
-    def update(self, n: int, loss: float, ex_per_s: float):
+    def update(self, loss: float, ex_per_s: float):
+        """Running loss inside an epoch (the bar's postfix only)."""
         if self.bar is not None:
-            self.bar.update(n)
             self.bar.set_postfix_str(f"loss {loss:.4g}, {ex_per_s:,.0f} ex/s", refresh=False)
 
-    def end(self, line: str):
+    def epoch(self, epoch: int, start: int, line: str):
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.enabled and ((epoch + 1) % self.every == 0 or epoch == start
+                               or epoch + 1 == self.epochs):
+            self.note(line)
+
+    def warn(self, key: str, line: str):
+        if key not in self.seen:  # once per run: a warning every epoch drowns the log
+            self.seen.add(key)
+            self.note(line)
+
+    def note(self, line: str):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.tqdm.write(line, file=self.out)
+        else:
+            print(line, file=self.out, flush=True)
+
+    def close(self, line: str | None = None):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        if self.enabled:
-            if self.tqdm is not None:
-                self.tqdm.write(line, file=self.out)
-            else:
-                print(line, file=self.out, flush=True)
+        if line:
+            self.note(line)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -200,7 +225,7 @@ def fit(model_or_loss, data, epochs: int = 10, batch_size: int | None = None,
         early_stopping=None, checkpoint_dir=None, resume: bool = False, progress: bool = True,
         backend: str = "numpy", init: dict | None = None, params=None,
         diagnostics: bool = True, shuffle: bool = True, plateau: ReduceLROnPlateau | None = None,
-        log_every: int = 1, out=None) -> History:
+        log_every: int | None = None, out=None) -> History:
     """Train with seeded shuffled minibatches; return a `History` (its `.step` holds params).
 
     model_or_loss: a spec Model or path, a loss node, or a function batch_size -> loss.
@@ -211,6 +236,8 @@ def fit(model_or_loss, data, epochs: int = 10, batch_size: int | None = None,
     checkpoint_dir: writes last.npz every epoch and best.npz at each improvement (params,
     optimizer state, step count) plus history.json; `resume=True` continues from last.npz.
     plateau: a ReduceLROnPlateau fed the monitored loss each epoch (scales the learning rate).
+    progress: one bar for the run in a terminal (tqdm), else a line every `log_every` epochs
+    (default: about 20 lines per run) plus the first and last.
     """
     src = ModelSource(model_or_loss)
     if seed is None:  # the spec's own [init] seed, else 0
@@ -258,14 +285,14 @@ def fit(model_or_loss, data, epochs: int = 10, batch_size: int | None = None,
     elif resume:
         raise ArgumentError("fit: resume=True needs a checkpoint_dir")
 
-    bar = _Progress(progress, epochs, out)
+    bar = _Progress(progress, epochs, out, log_every)
+    bar.begin(start)
     best, bad = (hist.best_loss if hist.best_loss is not None else math.inf), 0
     best_params = None
     monitor = "val_loss" if validation is not None else "loss"
     names = step.param_names
     for epoch in range(start, epochs):
         batches = epoch_batches(n, batch_size, seed, epoch, shuffle)
-        bar.start(epoch, len(batches))
         total, gsum, usum, warned = 0.0, dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0), {}
         t0 = time.perf_counter()
         every = max(1, len(batches) // 50)
@@ -281,8 +308,7 @@ def fit(model_or_loss, data, epochs: int = 10, batch_size: int | None = None,
                     warned.setdefault(key, msg)
             if (i + 1) % every == 0 or i + 1 == len(batches):
                 dt = time.perf_counter() - t0
-                bar.update(every if (i + 1) % every == 0 else (i + 1) % every, total / (i + 1),
-                           (i + 1) * batch_size / max(dt, 1e-9))
+                bar.update(total / (i + 1), (i + 1) * batch_size / max(dt, 1e-9))
         seconds = time.perf_counter() - t0
         nb = len(batches)
         train_loss = total / nb
@@ -315,21 +341,18 @@ def fit(model_or_loss, data, epochs: int = 10, batch_size: int | None = None,
             if improved:
                 _save_checkpoint(ckpt / "best.npz", step, epoch, plateau)
             (ckpt / "history.json").write_text(json.dumps(hist.to_dict()))
-        if (epoch + 1) % log_every == 0 or epoch + 1 == epochs:
-            line = (f"epoch {epoch + 1}/{epochs}  loss {train_loss:.6g}"
-                    + (f"  val_loss {val_loss:.6g}" if val_loss is not None else "")
-                    + f"  lr {hist.lr[-1]:.3g}  {hist.examples_per_s[-1]:,.0f} ex/s")
-            bar.end(line)
-            for msg in warned.values():
-                bar.end(f"  warning: {msg}")
-        elif bar.bar is not None:
-            bar.bar.close()
-            bar.bar = None
+        line = (f"epoch {epoch + 1}/{epochs}  loss {train_loss:.6g}"
+                + (f"  val_loss {val_loss:.6g}" if val_loss is not None else "")
+                + f"  lr {hist.lr[-1]:.3g}  {hist.examples_per_s[-1]:,.0f} ex/s")
+        bar.epoch(epoch, start, line)
+        for key, msg in warned.items():
+            bar.warn(key, f"  warning (epoch {epoch + 1}, shown once): {msg}")
         if es and bad >= es["patience"]:
             hist.stopped_early = True
-            bar.end(f"early stopping after epoch {epoch + 1}: no {monitor} improvement for "
-                    f"{es['patience']} epochs (best {best:.6g} at epoch {hist.best_epoch})")
+            bar.close(f"early stopping after epoch {epoch + 1}: no {monitor} improvement for "
+                      f"{es['patience']} epochs (best {best:.6g} at epoch {hist.best_epoch})")
             break
+    bar.close()
     if best_params is not None:
         step.set_params(best_params)
     return hist

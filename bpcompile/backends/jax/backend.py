@@ -168,7 +168,7 @@ class JaxBackend:
             return self.lowered().as_text()
         if stage == "hlo":
             return self.lowered().compile().as_text()
-        raise ValueError(f"jax backend: unknown source stage {stage!r}; choose from {STAGES}")
+        raise ArgumentError(f"jax backend: unknown source stage {stage!r}; choose from {STAGES}")
 
     def run(self, arrays: list):
         first, rest = self.jitted_positional(*arrays)

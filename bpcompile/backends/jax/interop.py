@@ -45,10 +45,7 @@ def as_jax_function(backend, grad_names: list[str]):
             k for k, v in {**params, **inputs}.items() if v.perturbed and k not in has_grad
         )
         if perturbed:
-            raise GradientError(
-                f"as_jax_function: JAX asks for the gradient w.r.t. {perturbed}, but this "
-                f"function was compiled with wrt={sorted(has_grad)}; add them to wrt"
-            )
+            raise GradientError(_no_gradient_advice(backend, perturbed, sorted(has_grad)))
         loss, grads = program(**split(p, x))
         grads = dict(zip(grad_names, grads))
         # Residuals: our gradient per param (None, a leafless pytree, where there is none)
@@ -75,3 +72,21 @@ def as_jax_function(backend, grad_names: list[str]):
     )
     f.__name__ = "bpcompile_loss"
     return f
+
+
+def _no_gradient_advice(backend, names: list[str], wrt: list[str]) -> str:
+    """wrt takes params only, so "add them to wrt" is the fix for params alone; for a
+    bp.input the fix is to keep JAX from differentiating it (or declare it a param)."""
+    by_name = getattr(backend, "by_name", {})
+    inputs = [n for n in names if n in by_name and by_name[n].op == "input"]
+    params = [n for n in names if n not in inputs]
+    msg = (f"as_jax_function: JAX asks for the gradient w.r.t. {names}, but this function was "
+           f"compiled with wrt={wrt}")
+    if params:
+        msg += f"; add the params {params} to wrt when compiling"
+    if inputs:
+        msg += (f"; {inputs} {'is a bp.input' if len(inputs) == 1 else 'are bp.inputs'}, "
+                "which wrt cannot take: wrap them in jax.lax.stop_gradient (or differentiate "
+                "only w.r.t. the params dict); to differentiate them, declare them with bp.param "
+                "and list them in wrt")
+    return msg

@@ -21,6 +21,7 @@ import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 
+from ...errors import ArgumentError
 from ...ir.node import Node
 from ...ir.printer import format_graph
 from ...ops.index import describe_site, index_range, range_error
@@ -146,7 +147,8 @@ class LLVMBackend:
                 self._optimized = self._optimize()
             return str(self._optimized) if stage == "llvm" else self.tm.emit_assembly(
                 self._optimized)
-        raise ValueError(f"unknown stage {stage!r}; choose from llvm, llvm-unoptimized, asm")
+        raise ArgumentError(f"llvm backend: unknown source stage {stage!r}; choose from None, "
+                            "'llvm', 'llvm-unoptimized', 'asm'")
 
     def memory(self) -> dict:
         return self.program.memory.as_dict()

@@ -27,6 +27,9 @@ from .lower import VIEWS, copy, lower
 from .memplan import Buffer, MemoryPlan, View, contiguous, plan
 
 SPLIT_STEPS = 48  # schedules longer than this get one function per step (see Program.emit)
+# Each split step function takes every argument, so IR size grows as steps x arguments; past
+# this product LLVM needs many GB (300 dense layers of width 2: ~2.2M, out of memory at 6 GB).
+MAX_SPLIT_ARGS = 2_000_000
 
 
 class Context:
@@ -81,6 +84,13 @@ class Context:
             return self._entry.alloca(ty)
 
 
+def _too_large(steps: int, nargs: int):
+    raise BackendError(
+        f"llvm backend: the graph is too large for its code generator (~{steps} steps x "
+        f"{nargs} arguments = {steps * nargs:,} > {MAX_SPLIT_ARGS:,}; LLVM would need many GB); "
+        "compile it with backend='numpy' or 'jax', or use fewer, wider layers")
+
+
 class Program:
     """The scheduled graph: steps, buffers, views and the memory plan (no IR yet)."""
 
@@ -94,6 +104,9 @@ class Program:
         self.index_status = index_status
         self.blas_threads = blas_threads
         self.order = toposort(outputs)
+        nodes = sum(n.op not in ("input", "param", "const") for n in self.order)
+        if nodes * (len(args) + len(outputs) + 1) > 2 * MAX_SPLIT_ARGS:  # far past: fail fast
+            _too_large(nodes, len(args) + len(outputs) + 1)
         self.names = assign_names(self.order)
         forward = set(toposort(outputs[:1]))
         self.buffers: list[Buffer] = []
@@ -333,6 +346,9 @@ class Program:
         """Emit `name` (and bp_entry). Long schedules get one non-inlined function per step:
         LLVM's O3 time grows faster than linearly with function size (a 50-step unrolled RNN
         took 98 s as one function)."""
+        nargs = len(self.args) + len(self.outputs) + 1
+        if len(self.steps) > SPLIT_STEPS and len(self.steps) * nargs > MAX_SPLIT_ARGS:
+            _too_large(len(self.steps), nargs)  # refuse before LLVM runs out of memory
         consts = {buf: _const_global(module, buf, arr) for buf, arr in self.consts}
         fn, ctx = self._function(module, name, consts)
         b = ctx.em.b

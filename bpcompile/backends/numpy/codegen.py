@@ -10,7 +10,7 @@ import linecache
 
 import numpy as np
 
-from ...errors import BackendError
+from ...errors import ArgumentError, BackendError
 from ...ir.node import Node
 from ..pysource import emit_function
 from .lower import lower
@@ -47,6 +47,11 @@ class NumpyBackend:
         self.out_copy = [_shares_or_broadcasts(o) for o in outputs]
 
     def source(self, stage: str | None = None) -> str:
+        """stage None/"numpy": the generated NumPy source (the only stage this backend has)."""
+        if stage not in (None, "numpy"):  # "asm" etc. must not quietly return NumPy code
+            raise ArgumentError(f"numpy backend: unknown source stage {stage!r}; choose from "
+                                "None, 'numpy' (llvm/asm need backend='llvm', jax/stablehlo/"
+                                "hlo need backend='jax')")
         return self.src
 
     def run(self, arrays: list[np.ndarray]):
