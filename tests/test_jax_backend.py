@@ -736,11 +736,18 @@ def test_small_numpy_inputs_are_packed_into_one_transfer(monkeypatch):
         np.testing.assert_allclose(v, vr, rtol=1e-5)
         for k in gr:
             np.testing.assert_allclose(g[k], gr[k], rtol=1e-5, atol=1e-7)
-    # the same bytes in another dtype is run, discarded, and refused (signature.refusal)
+    # the same bytes in another dtype is run, discarded, then converted by the rule
+    # (signature.refusal: int32 -> float32 is NumPy same_kind), never read as float32 bytes
     attempts.clear()
-    with pytest.raises(bp.errors.ArgumentError, match="'c': expected dtype float32.*int32"):
-        fn(**dict(vals, c=c_int))
+    v, g = fn(**dict(vals, c=c_int))
     assert attempts == [True]
+    vr, gr = bp.compile(loss, [W, b, c], backend="numpy")(**dict(vals, c=c_int.astype("f4")))
+    np.testing.assert_allclose(v, vr, rtol=1e-5)
+    np.testing.assert_allclose(g["c"], gr["c"], rtol=1e-5, atol=1e-7)
+    # ... and a dtype the rule refuses is an error after the discarded attempt
+    attempts.clear()
+    with pytest.raises(bp.errors.ArgumentError, match="'c': expected dtype float32.*complex"):
+        fn(**dict(vals, c=c_int.astype(np.complex64)))
     # the same bytes in another shape is not packed blindly
     with pytest.raises(bp.errors.ArgumentError, match="'c'"):
         fn(**dict(vals, c=vals["c"].reshape(2, 2)))
