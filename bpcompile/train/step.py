@@ -110,7 +110,12 @@ class TrainStep:
 
         # -- the fused graph -----------------------------------------------------------------
         graph = self._graph(state0)
+        if options.get("data_parallel") and options.get("batch_inputs") is None:
+            # shard the model's data inputs only: optimizer state and `step` are replicated
+            options["batch_inputs"] = {x.attr("name"): 0 for x in self.input_nodes if x.ndim}
         self.fn = Function(graph, backend=backend, **options)
+        # JAX data parallel: batches are placed with the program's shardings (jax.distributed)
+        self._dp = getattr(self.fn.impl, "dp", None)
         self._arg_names = list(self.fn.signature.names)
         self._outs = self.fn.names
         self._eval = None
@@ -205,6 +210,17 @@ class TrainStep:
             feed = native.feeds[i]
             feed.update(batch)
             loss, values = native.callers[i](**feed)
+        elif self._dp is not None:  # several devices, possibly several processes
+            for name, bound in self.fn.signature.bounds.items():  # host labels: range check
+                v = batch.get(name)
+                if isinstance(v, np.ndarray) and v.size and (v.min() < 0 or v.max() >= bound):
+                    bad = v[(v < 0) | (v >= bound)].flat[0]
+                    raise ArgumentError(f"argument {name!r}: index {bad} out of range "
+                                        f"[0, {bound})")
+            batch, cur = self._dp.shard(**batch), self._cur
+            arrays = [batch[n] if n in batch else cur[n] for n in self._arg_names]
+            loss, rest = self.fn.impl.run(arrays)
+            values = dict(zip(self._outs[1:], rest))
         else:
             sig, cur = self.fn.signature, self._cur
             arrays = [sig.convert(n, batch[n]) if n in batch else cur[n] for n in self._arg_names]
