@@ -231,8 +231,10 @@ def build(recipe: dict):
         if kind == "one_hot":
             lab = new_input("lab", t[1], "int32")
             return bp.one_hot(lab, n, dt) * ev(t[2])
-        if kind == "int_in":
-            return bp.cast(new_input("k", t[1], "int32"), dt) * ev(t[2])
+        if kind == "int_in":  # int32 arithmetic and an int comparison, cast into the graph
+            k = new_input("k", t[1], "int32")
+            ki = bp.maximum(k * 2 - 1, 1 - k)
+            return bp.cast(ki, dt) * ev(t[2]) + bp.cast(bp.greater(k, 0), dt)
         if kind == "bool_in":
             mask = new_input("mask", t[1], "bool")
             return bp.where(mask, ev(t[2]), bp.cast(mask, dt) - 0.5)
