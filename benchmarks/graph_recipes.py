@@ -67,7 +67,7 @@ def generate(seed: int, max_depth: int = 4) -> dict:
         if kind == "move":
             return ("move", pick(MOVES), expr(depth - 1))
         if kind == "softmax":
-            return ("softmax", pick(("softmax", "log_softmax", "lse")), pick((0, 1)),
+            return ("softmax", pick(("softmax", "log_softmax", "lse", "normalize")), pick((0, 1)),
                     expr(depth - 1))
         if kind == "where":
             return ("where", pick((">", "<", ">=")), expr(depth - 1), expr(depth - 1),
@@ -215,6 +215,9 @@ def build(recipe: dict):
                 return bp.softmax(x, axis=axis)
             if t[1] == "log_softmax":
                 return bp.log_softmax(x, axis=axis)
+            if t[1] == "normalize":  # softmax as a user writes it by hand
+                e = bp.exp(bp.tanh(x) * 2.0)
+                return e / bp.sum(e, axis=axis, keepdims=True)
             return bp.logsumexp(x, axis=axis, keepdims=True)
         if kind == "where":
             a, b, c = ev(t[2]), ev(t[3]), ev(t[4])
@@ -284,14 +287,19 @@ def build(recipe: dict):
         carry, ys = bp.scan(step, init, x, reverse=reverse)
         return ys + carry
 
+    from bpcompile.ir.traverse import leaves
+
     out = full(ev(recipe["tree"]))
     u = new_input("u", rng.standard_normal((m, n)), dt)
     loss = bp.sum(out * u)
     if recipe["ce_labels"] is not None:
         loss = loss + bp.cross_entropy(out, new_input("y", recipe["ce_labels"], "int32"))
-    for p in P.values():  # every param reaches the loss
-        loss = loss + bp.sum(p * 0.0)
-    return loss, list(P.values()), values
+    # Differentiate w.r.t. the params the graph uses. (Adding `sum(p * 0)` for the others
+    # would hide gradients that come back with the wrong shape: the zeros broadcast them.)
+    used = set(leaves([loss], ops=("param",)))
+    wrt = [p for p in P.values() if p in used]
+    values = {k: v for k, v in values.items() if k not in P or P[k] in used}
+    return loss, wrt, values
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,9 +421,10 @@ def run_recipe(recipe: dict, backends=BACKENDS, oracle: bool = True) -> dict:
         if not o.ok:
             where = "all" if not good else o.name
             findings.append((f"crash ({where}): {o.error.split(':')[0]}", o.error))
+    shapes = {w.attr("name"): tuple(w.shape) for w in wrt}
     for i in range(len(good)):
         for j in range(i + 1, len(good)):
-            findings += compare(good[i], good[j], recipe["params"], recipe["dtype"])
+            findings += compare(good[i], good[j], shapes, recipe["dtype"])
     return {"findings": list(dict.fromkeys(findings)), "outcomes": outs}
 
 

@@ -32,7 +32,7 @@ def test_generator_is_deterministic_and_covers_every_feature():
     want |= {f"reduce:{h}" for h in ("sum", "mean", "max", "min")}
     want |= {f"move:{m}" for m in gr.MOVES} | {f"unary:{u}" for u in gr.UNARY}
     want |= {f"binary:{b}" for b in gr.BINARY}
-    want |= {f"softmax:{s}" for s in ("softmax", "log_softmax", "lse")}
+    want |= {f"softmax:{s}" for s in ("softmax", "log_softmax", "lse", "normalize")}
     assert want <= seen, sorted(want - seen)
 
 
