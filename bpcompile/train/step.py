@@ -114,7 +114,12 @@ class TrainStep:
 
         # -- the fused graph -----------------------------------------------------------------
         graph = self._graph(state0)
+        if options.get("data_parallel") and options.get("batch_inputs") is None:
+            # shard the model's data inputs only: optimizer state and `step` are replicated
+            options["batch_inputs"] = {x.attr("name"): 0 for x in self.input_nodes if x.ndim}
         self.fn = Function(graph, backend=backend, **options)
+        # JAX data parallel: batches are placed with the program's shardings (jax.distributed)
+        self._dp = getattr(self.fn.impl, "dp", None)
         self._arg_names = list(self.fn.signature.names)
         self._outs = self.fn.names
         self._eval = None
@@ -218,6 +223,13 @@ class TrainStep:
                 feed = native.feeds[i]
                 feed.update(batch)
                 loss, values = native.callers[i](**feed)
+            elif self._dp is not None:  # several devices, possibly several processes
+                for name, bound in self.fn.signature.bounds.items():  # host labels: range check
+                    _check_host_range(name, batch.get(name), bound)
+                batch, cur = self._dp.shard(**batch), self._cur
+                arrays = [batch[n] if n in batch else cur[n] for n in self._arg_names]
+                loss, rest = self.fn.impl.run(arrays)
+                values = dict(zip(self._outs[1:], rest))
             else:
                 sig, cur = self.fn.signature, self._cur
                 arrays = [sig.convert(n, batch[n]) if n in batch else cur[n]
@@ -439,3 +451,14 @@ class _PingPong:
                 feed[k] = outs[idx[f"{k}_next"]]
             self.feeds.append(feed)
         self.phase = 0
+
+
+def _check_host_range(name: str, v, bound: tuple[int, int]) -> None:
+    """Index range check of a host (NumPy) label array before it is sharded; device arrays are
+    not copied back (out-of-range indices there poison the result, ops/index.py)."""
+    if isinstance(v, np.ndarray) and v.size:
+        lo, hi = v.min(), v.max()
+        if lo < bound[0] or hi >= bound[1]:
+            bad = lo if lo < bound[0] else hi
+            raise ArgumentError(
+                f"argument {name!r}: index {bad} out of range [{bound[0]}, {bound[1]})")

@@ -171,6 +171,8 @@ class JaxBackend:
         raise ArgumentError(f"jax backend: unknown source stage {stage!r}; choose from {STAGES}")
 
     def run(self, arrays: list):
+        if self.dp is not None:
+            return self.dp.run(arrays)
         first, rest = self.jitted_positional(*arrays)
         if self.sync:
             first.block_until_ready()
@@ -440,15 +442,21 @@ class DataParallel:
         return axes
 
     def shard(self, **arrays) -> dict:
-        """Place arrays with this program's shardings (global arrays; with several processes
-        each process passes its local rows of the batch inputs)."""
+        """Place arrays with this program's shardings. With several processes each process
+        passes, for a batch input, either its own rows (the global batch divided by
+        `jax.process_count()`, in process order) or the whole global batch; a `jax.Array`
+        already of the global shape is passed through."""
         out = {}
         for name, s in zip(self.backend.names, self.in_shardings):
             if name not in arrays:
                 continue
             v = arrays[name]
-            if jax.process_count() > 1 and name in self.axes:
-                out[name] = jax.make_array_from_process_local_data(s, np.asarray(v))
+            shape = self.backend.by_name[name].shape
+            if isinstance(v, jax.Array) and tuple(v.shape) == shape:
+                out[name] = v
+            elif jax.process_count() > 1 and name in self.axes:
+                # global_shape: local rows and the full global batch are both accepted
+                out[name] = jax.make_array_from_process_local_data(s, np.asarray(v), shape)
             else:
                 out[name] = jax.device_put(v, s)
         return out
@@ -456,6 +464,18 @@ class DataParallel:
     def lowered(self):
         args = self.backend.abstract_args()
         return self.jitted.lower(*[args[n] for n in self.backend.names])
+
+    def run(self, arrays: list):
+        """The sharded program on positional arrays (sharded by `shard` or host arrays)."""
+        try:
+            first, rest = self.jitted(*arrays)
+            if self.backend.sync:
+                first.block_until_ready()
+        except jax.errors.JaxRuntimeError as e:
+            if jax.process_count() < 2:
+                raise
+            raise _peer_error(e) from e
+        return first, list(rest)
 
     def make_caller(self, signature, grad_names):
         jitted, names, sync = self.jitted, tuple(grad_names), self.backend.sync
@@ -471,9 +491,14 @@ class DataParallel:
                 self.backend._traced(**kw)  # raises the ArgumentError naming what is wrong
             for name, bound in bounds:
                 _check_range(name, kw.get(name), bound)
-            value, grads = jitted(*convert([kw[n] for n in order]))
-            if sync:
-                value.block_until_ready()
+            try:
+                value, grads = jitted(*convert([kw[n] for n in order]))
+                if sync:
+                    value.block_until_ready()
+            except jax.errors.JaxRuntimeError as e:
+                if jax.process_count() < 2:
+                    raise
+                raise _peer_error(e) from e
             return value, dict(zip(names, grads))
 
         call.mesh, call.shard, call.lowered = self.mesh, self.shard, self.lowered
@@ -481,3 +506,15 @@ class DataParallel:
             self.lowered().as_text() if stage == "stablehlo" else self.backend.source(stage)
         )
         return call
+
+
+def _peer_error(e: Exception) -> BackendError:
+    """A runtime failure of a program sharded over several processes is, in practice, a
+    collective that lost a peer (killed, crashed, unreachable): say so, not only Gloo's words.
+    (With one process the caller re-raises JAX's own error unchanged.)"""
+    return BackendError(
+        f"jax data parallel: the sharded program failed in process {jax.process_index()} of "
+        f"{jax.process_count()}; another process has probably died or become unreachable "
+        f"(a collective lost its peer). Stop every process and restart them from the last "
+        f"checkpoint. JAX said: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    )
