@@ -212,7 +212,12 @@ def _jax_loop(n: Node, pre: str, dtypes) -> str:
             parts.append(f"jnp.ravel(jnp.concatenate([{', '.join(both)}]))")
         else:
             parts.append(f"jnp.ravel({saved}[{i}])")
-    lines.append(f"    return jnp.concatenate([{', '.join(parts)}]).astype({dtypes[n.dtype]})")
+    # The packed result is computed once, behind a barrier: XLA turns a short loop into
+    # straight-line code and may then recompute it inside several consumers, differently
+    # (fuzz seed 514: a max's tie mask `x == max(x)` over a length-1 scan came out all zero,
+    # a silent zero gradient, while eager JAX and the other backends agreed).
+    lines.append(f"    return lax.optimization_barrier(jnp.concatenate([{', '.join(parts)}])"
+                 f".astype({dtypes[n.dtype]}))")
     return "\n".join(lines)
 
 
