@@ -142,7 +142,8 @@ def fit(model_or_loss, data, epochs: int = 10, batch_size: int | None = None,
     model_or_loss: a spec Model or path, a loss node, or a function batch_size -> loss.
     data: arrays by input name with the examples on the leading axis, or an .npz path.
     validation: the same kind of data, or a fraction in (0, 1) to hold out (seeded).
-    callbacks: `Callback`s run in order after the built-in ones below (docs/training.md).
+    callbacks: `Callback`s, run in order after the history, plateau and early stopping
+    ones and before the checkpoint and progress ones (docs/training.md).
     The remaining keywords are shorthands that add callbacks:
     early_stopping: patience in epochs, or {"patience": p, "min_delta": d, "restore_best": b};
     monitors the validation loss (the training loss without validation data): EarlyStopping.
