@@ -2,9 +2,10 @@
 
 A TOML spec declares inputs, a layer stack, a loss, parameter init and optional literal data;
 a Python model file defines `build()`. Both give a `Model` holding the loss node, the params
-to differentiate, and ways to make example params and inputs. Layer types live in the `LAYERS`
-table (name -> builder) and losses in `LOSSES`, so a new layer is one `@layer("conv2d")`
-function and no change to the parser. Every malformed spec raises `SpecError` naming the file,
+to differentiate, and ways to make example params and inputs. This module reads and validates
+specs; layer types and losses are looked up in the registries of `spec_registry.py` (`LAYERS`,
+`LOSSES`), so a new layer is one `@layer("conv2d")` function and no change to the parser, and
+initialisers are `initializers.Init`. Every malformed spec raises `SpecError` naming the file,
 the table or key, and what was expected. The format is documented in docs/spec.md.
 """
 
@@ -16,7 +17,6 @@ import importlib.util
 import re
 import sys
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,55 +25,33 @@ import numpy as np
 
 from . import nn
 from .errors import BPError, SpecError
+from .initializers import DEFAULT_SCALE, INIT_METHODS, Init
 from .ir.dtypes import DTYPES, FLOATS, is_float
 from .ir.node import LOCATION_OVERRIDE, Node
 from .ir.traverse import consumers, leaves, toposort
-from .ops.elementwise import mul, sub
 from .ops.leaves import input as _input
 from .ops.leaves import param as _param
-from .ops.reduce import sum_
+from .spec_registry import (
+    ACTIVATIONS,
+    LAYERS,
+    LOSSES,
+    LayerBuilder,
+    LayerContext,
+    LossDef,
+    layer,
+    loss,
+)
 
+# Public names of the registries and initialisers are re-exported: `bpcompile.spec` stays the
+# one import for spec users.
 __all__ = ["Model", "Init", "LAYERS", "LOSSES", "ACTIVATIONS", "INIT_METHODS", "layer", "loss",
-           "load", "load_toml", "load_python", "from_dict"]
+           "load", "load_toml", "load_python", "from_dict", "LayerContext", "LayerBuilder",
+           "LossDef", "DEFAULT_SCALE"]
 
-ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "softplus", "softmax")
-INIT_METHODS = ("normal", "glorot", "uniform", "zeros")
-# Default `scale` per init method: normal's std, uniform's half-width, glorot's multiplier.
-DEFAULT_SCALE = {"normal": 0.1, "uniform": 0.5, "glorot": 1.0, "zeros": 0.0}
 _MISSING = object()
 
 
 # ---- the Model ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Init:
-    """How to initialise one parameter: method in INIT_METHODS; `scale` None -> the default."""
-
-    method: str = "glorot"
-    scale: float | None = None
-
-    def __post_init__(self):
-        if self.scale is not None and not (np.isfinite(self.scale) and self.scale >= 0):
-            raise SpecError(f"Init({self.method!r}): scale must be a finite number >= 0, "
-                            f"got {self.scale}")
-
-    def sample(self, rng: np.random.Generator, shape: tuple, dtype: str) -> np.ndarray:
-        scale = DEFAULT_SCALE[self.method] if self.scale is None else self.scale
-        if self.method == "zeros":
-            out = np.zeros(shape)
-        elif self.method == "normal":
-            out = scale * rng.standard_normal(shape)
-        elif self.method == "uniform":
-            out = rng.uniform(-scale, scale, shape)
-        elif self.method == "glorot":
-            fan_in = shape[-2] if len(shape) >= 2 else (shape[0] if shape else 1)
-            fan_out = shape[-1] if shape else 1
-            limit = scale * np.sqrt(6.0 / max(fan_in + fan_out, 1))
-            out = rng.uniform(-limit, limit, shape)
-        else:
-            raise SpecError(f"unknown init method {self.method!r}; expected one of {INIT_METHODS}")
-        return np.asarray(out, dtype=dtype)
-
-
 @dataclass
 class Model:
     """A loss, the params to differentiate, and example values for both.
@@ -301,115 +279,6 @@ def _suggest(word: str, choices) -> str:
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
-
-# ---- layer and loss builder tables ----------------------------------------------------------
-@dataclass
-class LayerContext:
-    """What a layer builder gets: the layer's input node `x`, its name, the model dtype, and
-    helpers to declare params, look up earlier outputs and raise located errors."""
-
-    x: Node
-    name: str
-    dtype: str
-    table: Table
-    builder: SpecBuilder
-
-    def param(self, prefix: str, shape: tuple, init: Init) -> Node:
-        """Declare param `<prefix><layer name>` (e.g. W1, b1) with its initialiser."""
-        return self.builder.new_param(f"{prefix}{self.name}", shape, init, self.table)
-
-    def lookup(self, name: str, key: str = "input") -> Node:
-        return self.builder.lookup(name, self.table, key)
-
-    def error(self, msg: str, key: str | None = None):
-        self.table.error(msg, key)
-
-    def weight_init(self) -> Init:
-        """The layer's weight Init: its own `init`/`scale` keys over the spec-wide [init]."""
-        t, base = self.table, self.builder.init
-        method = t.str("init", base.method, choices=INIT_METHODS)
-        scale = t.scale("scale", base.scale if method == base.method else None)
-        return Init(method, scale)
-
-
-LayerBuilder = Callable[[LayerContext], Node]
-LAYERS: dict[str, LayerBuilder] = {}
-
-
-def layer(type_name: str):
-    """Register a layer builder: `fn(ctx) -> Node` reads its keys from `ctx.table`."""
-
-    def deco(fn: LayerBuilder) -> LayerBuilder:
-        LAYERS[type_name] = fn
-        return fn
-
-    return deco
-
-
-@layer("dense")
-def _dense(ctx: LayerContext) -> Node:
-    """activation(x @ W + b), W: (in, units), b: (units,)."""
-    t = ctx.table
-    units = t.int("units", min=1)
-    act = t.str("activation", "identity", choices=ACTIVATIONS)
-    use_bias = t.bool("bias", True)
-    init = ctx.weight_init()
-    x = ctx.x
-    if x.ndim < 1 or not is_float(x.dtype):
-        ctx.error(f"dense needs a float input with a feature axis, got {x!r}")
-    W = ctx.param("W", (x.shape[-1], units), init)
-    b = ctx.param("b", (units,), ctx.builder.bias_init) if use_bias else None
-    return nn.dense(x, W, b, None if act == "identity" else act, name=ctx.name)
-
-
-@layer("activation")
-def _activation(ctx: LayerContext) -> Node:
-    """An activation on its own: `function` in ACTIVATIONS."""
-    fn = ctx.table.str("function", choices=ACTIVATIONS)
-    out = nn.activation(ctx.x, fn)
-    return out.named(f"a{ctx.name}") if out is not ctx.x else out
-
-
-@layer("flatten")
-def _flatten(ctx: LayerContext) -> Node:
-    """Reshape (batch, ...) to (batch, features)."""
-    from .ops.movement import reshape
-
-    x = ctx.x
-    if x.ndim < 1:
-        ctx.error(f"flatten needs an input with a batch axis, got {x!r}")
-    return reshape(x, (x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64))))
-
-
-@dataclass(frozen=True)
-class LossDef:
-    """fn(pred, target) -> scalar; `kinds` maps a target dtype class to its sampling hint."""
-
-    fn: Callable
-    target: str  # "same" (float, pred's shape) or "labels" (int (batch,) or float like pred)
-    takes_logits: str | None = None  # the activation it applies itself (a spec error to repeat)
-    sample: tuple = ("normal",)
-
-
-def _sum_squares(pred: Node, target: Node) -> Node:
-    """0.5 * sum((pred - target)^2): the error E of Rumelhart, Hinton & Williams (1986)."""
-    d = sub(pred, target).named("err")
-    return mul(sum_(mul(d, d)), 0.5)
-
-
-LOSSES: dict[str, LossDef] = {}
-
-
-def loss(name: str, loss_def: LossDef) -> None:
-    """Register a loss type for the `[loss] type = ...` key."""
-    LOSSES[name] = loss_def
-
-
-loss("mse", LossDef(nn.mse, "same"))
-loss("sum_squares", LossDef(_sum_squares, "same"))
-loss("cross_entropy", LossDef(nn.cross_entropy, "labels", "softmax", ("onehot",)))
-loss("binary_cross_entropy_with_logits",
-     LossDef(nn.binary_cross_entropy_with_logits, "same", "sigmoid", ("unit",)))
 
 
 # ---- the TOML spec builder ------------------------------------------------------------------

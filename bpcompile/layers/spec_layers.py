@@ -1,7 +1,7 @@
 """[[layers]] types for TOML specs: conv, pooling, recurrent, attention, norms, residual.
 
 Each builder reads its keys from the layer's table (unknown keys are errors, as for `dense`)
-and calls the composites of this package; registered into `spec.LAYERS` with `@layer`.
+and calls the composites of this package; registered into `spec_registry.LAYERS` with `@layer`.
 Documented in docs/layers.md.
 """
 
@@ -11,11 +11,12 @@ import math
 
 import numpy as np
 
+from ..initializers import Init
 from ..ir.node import Node
 from ..nn import activation as _activation
 from ..ops.leaves import const
 from ..ops.movement import broadcast_to, reshape
-from ..spec import ACTIVATIONS, Init, LayerContext, layer
+from ..spec_registry import ACTIVATIONS, LayerContext, layer
 from . import attention, basic, conv, norm, recurrent
 
 

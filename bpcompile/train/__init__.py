@@ -1,5 +1,13 @@
 """Training: compiled train steps, the `fit` loop, diagnostics, plots, second-order methods."""
 
+from .callbacks import (  # noqa: F401
+    Callback,
+    EarlyStopping,
+    LROnPlateau,
+    ModelCheckpoint,
+    Progress,
+    Run,
+)
 from .data import DataError  # noqa: F401
 from .fit import History, fit, load_checkpoint, rebatch_toml  # noqa: F401
 from .plot import plot_history  # noqa: F401
