@@ -22,6 +22,7 @@ from . import blas
 from .accumulate import Fold, fold_products
 from .lower import VIEWS
 from .memplan import Buffer, View, contiguous
+from .scan import plan_scan
 
 
 @dataclass(eq=False)
@@ -124,8 +125,6 @@ class Schedule:
         elif n.op == "matmul":
             self._plan_matmul(n, step)
         elif n.op == "scan":
-            from .scan import plan_scan
-
             self.scan_plan[n] = plan_scan(self, n, step)
         reads = [self.views[i].buf for i in n.inputs]
         extra = [self.views[i].buf for i in fold.product.inputs] if fold is not None else []
