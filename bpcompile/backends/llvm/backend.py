@@ -26,7 +26,8 @@ from ...ir.node import Node
 from ...ir.printer import format_graph
 from ...ops.index import describe_site, index_range, range_error
 from . import blas, cache, jit, pycall
-from .codegen import SPLIT_STEPS, Program
+from .codegen import Program
+from .emit import SPLIT_STEPS
 from .lower import STATUS
 from .memplan import ALIGN
 

@@ -96,6 +96,16 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
+def liveness(steps) -> None:
+    """Set each buffer's first (writing) and last (reading) step from the schedule's steps
+    (`schedule.Step`: `writes`, `reads`); step-local temps come with theirs already set."""
+    for k, s in enumerate(steps):
+        if s.writes.first < 0:
+            s.writes.first = k
+        for b in s.reads:
+            b.last = max(b.last, k)
+
+
 def plan(buffers: list[Buffer], backward_start: int) -> MemoryPlan:
     """Assign workspace offsets (first fit over live intervals) and summarise the plan.
 

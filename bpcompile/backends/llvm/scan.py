@@ -32,6 +32,8 @@ class ScanPlan:
 
 
 def plan_scan(prog, n, step: int) -> ScanPlan:
+    """Plan scan node `n` of schedule `prog` at `step`: its body as a nested Program, and the
+    step-local temps for operand copies, the two carry buffers and the body's workspace."""
     from ...rewrite import pipeline
     from .codegen import Program
 

@@ -1,0 +1,157 @@
+"""Schedule a graph for the LLVM backend: the ordered steps and what each one touches.
+
+`Schedule` walks the graph in topological order and gives every value a `View` on a `Buffer`
+(argument, output, constant, workspace; pure index movement becomes a view of its operand and
+no step), decides which products fold into their add (accumulate.py), plans BLAS calls and
+scan bodies, and lists the `Step`s with the buffers each writes and reads. It assigns no
+workspace offsets (memplan.py) and builds no IR (emit.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...errors import BackendError
+from ...ir.naming import assign_names
+from ...ir.node import Node
+from ...ir.traverse import toposort
+from ...ops.leaves import const_value
+from . import blas
+from .accumulate import Fold, fold_products
+from .lower import VIEWS
+from .memplan import Buffer, View, contiguous
+from .scan import plan_scan
+
+
+@dataclass(eq=False)
+class Step:
+    """One piece of emitted code: compute `node` into its view, or copy view `src` to `dst`.
+
+    `writes`/`reads` are the buffers liveness sees; `touches` is every buffer the step's code
+    addresses, in first-use order (the scopes of its alias metadata, emit.py)."""
+
+    kind: str  # "node" | "copy"
+    node: Node | None
+    src: View | None
+    dst: View | None
+    fold: Fold | None  # a node step that is `x + A @ B` folded into one GEMM
+    writes: Buffer
+    reads: tuple
+    touches: tuple
+
+
+class Schedule:
+    """The graph as ordered steps over views and buffers (offsets and IR come later)."""
+
+    def __init__(self, outputs: list[Node], args: list[Node], gemm_threshold: int,
+                 blas_threads: int | str | None = None, checked_args: bool = True,
+                 index_status: bool = True, order: list[Node] | None = None):
+        self.outputs, self.args = outputs, args
+        # int32 args whose index range the caller checks (a scan body's are computed values),
+        # and whether out-of-range computed indices are reported (`lower._index_guard`)
+        self.checked = {a for a in args if a.op == "input"} if checked_args else set()
+        self.index_status = index_status
+        self.blas_threads = blas_threads
+        self.gemm_threshold = gemm_threshold
+        self.order = toposort(outputs) if order is None else order
+        self.names = assign_names(self.order)
+        forward = set(toposort(outputs[:1]))
+        self.buffers: list[Buffer] = []
+        self.views: dict[Node, View] = {}
+        self.steps: list[Step] = []
+        self.consts: list[tuple[Buffer, np.ndarray]] = []
+        self.temps: dict = {}  # (matmul, operand k) -> View of its contiguous copy
+        self.matmul_plan: dict = {}
+        self.scan_plan: dict = {}
+        self.arg_bufs = []
+        for i, a in enumerate(args):
+            buf = self._buf("arg", i, a.size, a.dtype, a.attr("name"))
+            self.arg_bufs.append(buf)
+            self.views[a] = contiguous(buf, a.shape)
+        self.out_bufs = [self._buf("out", j, o.size, o.dtype, f"out{j}")
+                         for j, o in enumerate(outputs)]
+        owner: dict[Node, Buffer] = {}
+        for j, o in enumerate(outputs):  # computed outputs write straight into their out buffer
+            if o not in owner and o.op not in ("input", "param", "const"):
+                owner[o] = self.out_bufs[j]
+        self.accumulate: dict[Node, Fold] = fold_products(self.order, owner, self.views,
+                                                          gemm_threshold)
+        folded = {c for f in self.accumulate.values() for c in (f.product, f.operand)}
+        ws_count = 0
+        for n in self.order:
+            if n in self.views or n in folded:  # a folded product is emitted by its add
+                continue
+            if n.op not in ("input", "param") and n in args:
+                raise BackendError(f"llvm backend: leaf {n!r} is not an argument")
+            if n.op in ("input", "param"):
+                raise BackendError(f"llvm backend: leaf {n!r} missing from the argument list")
+            if n.op == "const":
+                buf = self._buf("const", len(self.consts), n.size, n.dtype, self.names[n])
+                self.consts.append((buf, np.ascontiguousarray(const_value(n))))
+                self.views[n] = contiguous(buf, n.shape)
+                continue
+            rule = VIEWS.get(n.op)
+            if rule is not None and n not in owner:
+                v = rule(n, self.views[n.inputs[0]])
+                if v is not None:
+                    self.views[n] = v
+                    continue
+            buf = owner.get(n)
+            if buf is None:
+                buf = self._buf("ws", ws_count, n.size, n.dtype, self.names[n])
+                ws_count += 1
+            buf.forward = n in forward
+            self.views[n] = contiguous(buf, n.shape)
+            self._schedule_node(n, buf)
+        for j, o in enumerate(outputs):
+            if self.views[o].buf is not self.out_bufs[j]:
+                src, dst = self.views[o], contiguous(self.out_bufs[j], o.shape)
+                self.steps.append(Step("copy", None, src, dst, None, dst.buf, (src.buf,),
+                                       (src.buf, dst.buf)))
+        self.backward_start = next((k for k, s in enumerate(self.steps)
+                                    if s.node is not None and s.node not in forward),
+                                   len(self.steps))
+
+    def _schedule_node(self, n: Node, buf: Buffer):
+        """Plan n's step (its BLAS call or scan body) and append it with its buffer needs."""
+        step = len(self.steps)
+        fold = self.accumulate.get(n)
+        if fold is not None:  # the product (or its reshape) is the add's output
+            self.views[fold.operand] = self.views[n]
+            self.views[fold.product] = contiguous(buf, fold.product.shape)
+            self._plan_matmul(fold.product, step)
+        elif n.op == "matmul":
+            self._plan_matmul(n, step)
+        elif n.op == "scan":
+            self.scan_plan[n] = plan_scan(self, n, step)
+        reads = [self.views[i].buf for i in n.inputs]
+        extra = [self.views[i].buf for i in fold.product.inputs] if fold is not None else []
+        temps = [v.buf for (m, _k), v in self.temps.items()
+                 if m is n or (fold is not None and m is fold.product)]
+        self.steps.append(Step("node", n, None, None, fold, buf, tuple(reads + extra),
+                               tuple([buf] + reads + temps + extra)))
+
+    def temp(self, shape, dtype: str, label: str, step: int) -> View:
+        """A workspace buffer live during one step only (operand copies, loop state)."""
+        buf = self._buf("ws", -1, int(np.prod(shape, dtype=np.int64)), dtype, label)
+        buf.first = buf.last = step
+        return contiguous(buf, tuple(shape))
+
+    def _buf(self, kind, index, size, dtype, label) -> Buffer:
+        b = Buffer(kind, index, size, dtype, label)
+        self.buffers.append(b)
+        return b
+
+    def _plan_matmul(self, n: Node, step: int):
+        a, b = self.views[n.inputs[0]], self.views[n.inputs[1]]
+        p = blas.plan(n, a, b, self.gemm_threshold) if n.dtype in blas.GLOBALS else None
+        if p is None:
+            return
+        self.matmul_plan[n] = p
+        batch = n.shape[:-2]
+        for k, (need, v) in enumerate(((p.copy_a, a), (p.copy_b, b))):
+            if need:
+                self.temps[(n, k)] = self.temp(batch + v.shape[-2:], n.dtype,
+                                               f"{self.names[n]}.op{k}", step)
