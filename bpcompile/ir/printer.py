@@ -39,7 +39,8 @@ def format_graph(outputs: list[Node], labels: list[str] | None = None) -> str:
 
 def _lambda(order: list[Node], outputs, groups: list[list[Node]], pad: str) -> list[str]:
     """`{ lambda group ; group ... . let ... in ( outputs ) }` lines, indented by `pad`."""
-    names = assign_names(order)
+    seen = set(order)  # a body argument the body never reads still gets a name
+    names = assign_names(order + [n for g in groups for n in g if n not in seen])
     head = " ; ".join(" ".join(f"{names[n]}:{type_str(n)}" for n in g) for g in groups)
     lines = [f"{pad}{{ lambda {head} .", f"{pad}  let"]
     for n in order:
