@@ -71,6 +71,7 @@ from .errors import (  # noqa: F401
 )
 from .ir.node import Node  # noqa: F401
 from .layers import *  # noqa: F403  (conv, pooling, attention, norms, dropout, scan, ...)
+from .layers import spec_layers  # noqa: F401,I001  (registers the [[layers]] types of specs)
 from .nn import (  # noqa: F401
     binary_cross_entropy_with_logits,
     cross_entropy,
@@ -82,5 +83,4 @@ from .nn import (  # noqa: F401
 )
 from .spec import load as load_model  # noqa: F401
 from .train import compile_train_step  # noqa: F401  (issue 6: training)
-
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401

@@ -258,6 +258,9 @@ def export(loss: Node, wrt, out_dir: str, name: str = "model", cc: str | None = 
 
     See bpcompile/backends/llvm/export.py; llvmlite is imported only when this is called.
     """
+    from .backends.llvm.export import check_name
     from .backends.llvm.export import export as _export
 
-    return _export(loss, wrt, out_dir, name=name, cc=cc)
+    check_name(name)  # before compiling
+    fn = compile(loss, wrt, backend="numpy")  # the backend reads only its simplified graph
+    return _export(fn, out_dir, name=name, cc=cc)

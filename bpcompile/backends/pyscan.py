@@ -1,7 +1,7 @@
 """Lowering of the `scan` op for the Python-source backends (numpy and jax).
 
 A scan node becomes a call to two generated module-level functions placed above the main one:
-`<name>_body`, the step sub-graph emitted like any graph (after the usual rewrite passes),
+`<name>_body`, the step sub-graph emitted like any graph (as the rewrite pipeline left it),
 and `<name>_loop`, which threads the carries through it - a plain `for` loop over time in
 NumPy, `jax.lax.scan` in JAX - and packs final carries, stacked ys and saved carries into
 the node's flat output (ops/scan.py describes the layout). The helpers reach the emitter as
@@ -27,19 +27,13 @@ class Lowered(str):
     consts: dict = {}
 
 
-def _body_source(body, lower, ns: str, fn_name: str, optimize: bool):
-    """(source of `def fn_name(params...)`, constants) for the body.
-
-    optimize: run the rewrite passes on it first (numpy). The jax lowering emits the body as
-    traced: it also serves bp.check's JAX oracle (backends/jax/translate.py), which JAX then
-    differentiates, so stop_gradient must survive - and XLA optimises the body anyway.
-    """
-    from ..rewrite import pipeline
+def _body_source(body, lower, ns: str, fn_name: str):
+    """(source of `def fn_name(params...)`, constants) for the body, exactly as given: the
+    rewrite pipeline has simplified it (or, for bp.check's JAX oracle, left it as traced, so
+    stop_gradient survives for JAX to differentiate)."""
     from .pysource import emit_function
 
     outs = list(body.outputs)
-    if optimize:
-        outs = list(pipeline.run(outs)[0])
     src, consts = emit_function(outs, list(body.params), lower, fn_name, ns,
                                 title=f"scan body {body.name}: "
                                 f"({', '.join(p.attr('name') for p in body.params)}) -> "
@@ -61,19 +55,19 @@ def _prefix(n: Node) -> str:
 def numpy_scan(n: Node, a: list[str]) -> Lowered:
     from .numpy.lower import NP_DTYPE, lower
 
-    return _emit(n, a, lower, "np", NP_DTYPE, _numpy_loop, optimize=True)
+    return _emit(n, a, lower, "np", NP_DTYPE, _numpy_loop)
 
 
 def jax_scan(n: Node, a: list[str]) -> Lowered:
     from .jax.lower import JNP_DTYPE, lower
 
-    return _emit(n, a, lower, "jnp", JNP_DTYPE, _jax_loop, optimize=False)
+    return _emit(n, a, lower, "jnp", JNP_DTYPE, _jax_loop)
 
 
-def _emit(n: Node, a: list[str], lower, ns, dtypes, loop, optimize: bool) -> Lowered:
+def _emit(n: Node, a: list[str], lower, ns, dtypes, loop) -> Lowered:
     body = n.attr("body")
     pre = _prefix(n)
-    body_src, consts = _body_source(body, lower, ns, f"{pre}_body", optimize)
+    body_src, consts = _body_source(body, lower, ns, f"{pre}_body")
     loop_src = loop(n, pre, dtypes)
     out = Lowered(f"{pre}_loop({', '.join(a)})")
     out.defs = body_src + "\n\n" + loop_src

@@ -14,6 +14,8 @@ import weakref
 
 import numpy as np
 
+from .optable import get_op
+
 _INTERN: weakref.WeakValueDictionary[tuple, Node] = weakref.WeakValueDictionary()
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SERIAL = itertools.count()  # creation order: a compiled function's positional order
@@ -126,8 +128,6 @@ NAMES: weakref.WeakKeyDictionary[Node, str] = weakref.WeakKeyDictionary()
 
 def make(op: str, inputs=(), **attrs) -> Node:
     """Build (or fetch the interned) node `op(*inputs, **attrs)`, inferring shape and dtype."""
-    from ..ops.registry import get_op
-
     inputs = tuple(inputs)
     key_attrs = tuple(sorted(attrs.items()))
     key = (op, inputs, key_attrs)

@@ -24,30 +24,38 @@ def _attr_str(n: Node) -> str:
 
 
 def format_graph(outputs: list[Node], labels: list[str] | None = None) -> str:
+    """The graph as text; each `scan` is followed by its body, nested as in a jaxpr."""
     order = toposort(outputs)
-    names = assign_names(order)
     ins = [n for n in order if n.op == "input"]
     params = [n for n in order if n.op == "param"]
-    lines = [
-        "{ lambda "
-        + " ".join(f"{names[n]}:{type_str(n)}" for n in ins)
-        + " ; "
-        + " ".join(f"{names[n]}:{type_str(n)}" for n in params)
-        + " .",
-        "  let",
-    ]
-    for n in order:
-        if n.op in ("input", "param"):
-            continue
-        if n.op == "const":
-            lines.append(f"    {names[n]}:{type_str(n)} = const {n.attr('value')}")
-            continue
-        args = " ".join(names[i] for i in n.inputs)
-        lines.append(f"    {names[n]}:{type_str(n)} = {n.op}{_attr_str(n)} {args}".rstrip())
-    outs = ", ".join(names[o] for o in outputs)
-    lines.append(f"  in ( {outs} ) }}")
+    lines = _lambda(order, outputs, [ins, params], "")
     if labels:
+        names = assign_names(order)
         lines.append(
             "  # outputs: " + ", ".join(f"{lab}={names[o]}" for lab, o in zip(labels, outputs))
         )
     return "\n".join(lines)
+
+
+def _lambda(order: list[Node], outputs, groups: list[list[Node]], pad: str) -> list[str]:
+    """`{ lambda group ; group ... . let ... in ( outputs ) }` lines, indented by `pad`."""
+    seen = set(order)  # a body argument the body never reads still gets a name
+    names = assign_names(order + [n for g in groups for n in g if n not in seen])
+    head = " ; ".join(" ".join(f"{names[n]}:{type_str(n)}" for n in g) for g in groups)
+    lines = [f"{pad}{{ lambda {head} .", f"{pad}  let"]
+    for n in order:
+        if n.op in ("input", "param"):
+            continue
+        if n.op == "const":
+            lines.append(f"{pad}    {names[n]}:{type_str(n)} = const {n.attr('value')}")
+            continue
+        args = " ".join(names[i] for i in n.inputs)
+        lines.append(f"{pad}    {names[n]}:{type_str(n)} = {n.op}{_attr_str(n)} {args}".rstrip())
+        body = n.attr("body")
+        if body is not None:  # a sub-graph (scan): carries ; xs ; consts -> new carries, ys
+            lines += _lambda(toposort(list(body.outputs)), list(body.outputs),
+                             [list(body.carries), list(body.xs), list(body.consts)],
+                             pad + "      ")
+    outs = ", ".join(names[o] for o in outputs)
+    lines.append(f"{pad}  in ( {outs} ) }}")
+    return lines

@@ -3,7 +3,6 @@ dropout, embedding, recurrent cells. Only primitives carry VJPs and lowerings, s
 backend runs these (docs/layers.md)."""
 
 from ..ops.scan import scan, scan_stats  # noqa: F401
-from . import spec_layers  # noqa: E402,F401,I001  (registers the [[layers]] types of specs)
 from .attention import (  # noqa: F401
     causal_mask,
     merge_heads,

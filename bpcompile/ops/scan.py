@@ -576,12 +576,8 @@ def scan(step, init, xs=None, length: int | None = None, reverse: bool = False,
              for n, c in zip(new_c, init_nodes)]
     new_c = [broadcast_to(n, c.shape) if n.shape != c.shape and n.ndim <= c.ndim else n
              for n, c in zip(new_c, init_nodes)]
-    # forward rewrites (stabilisation) on the body, as on any forward graph
-    from ..rewrite.pipeline import FORWARD_PASSES
-
+    # traced as written: the rewrite pipeline simplifies bodies (rewrite/pipeline.py)
     outs = list(new_c) + list(ys)
-    for _, fn in FORWARD_PASSES:
-        outs = fn(outs)
     params = set(c_ph) | set(x_ph) | ({reset_ph} if reset_ph is not None else set())
     outs, consts, k_ph = _capture(outs, params, scope, {p.attr("name") for p in params})
     body_xs = list(x_ph) + ([reset_ph] if reset_ph is not None else [])

@@ -1,13 +1,17 @@
-"""Constant folding: evaluate nodes whose inputs are all constants with the reference evaluator.
+"""Constant folding: evaluate nodes whose inputs are all constants (`evaluate.py`, an
+interpreter table bit-identical to the NumPy backend).
 
 Broadcasts of constants stay symbolic (folding them would bake large arrays into the code).
 """
 
 from __future__ import annotations
 
-from ..ir.node import Node
+from ..ir.node import Node, make
 from ..ir.traverse import transform
 from ..ops.leaves import const
+from ..ops.movement import broadcast_to
+from ..ops.registry import get_op
+from .evaluate import can_evaluate, evaluate
 
 MAX_FOLD_ELEMENTS = 4096
 
@@ -23,21 +27,15 @@ def _small_const(x: Node):
 
 def _fold_through_broadcast(n: Node) -> Node:
     """f(bcast(c1), c2) -> bcast(f(c1, c2)): fold elementwise ops on broadcast constants."""
-    from ..backends.numpy.codegen import evaluate
-    from ..ops.movement import broadcast_to
-    from ..ops.registry import get_op
-
     if get_op(n.op).kind != "elementwise" or n.op == "kernel":
         return n
     smalls = [_small_const(i) for i in n.inputs]
     if any(s is None for s in smalls) or all(s is i for s, i in zip(smalls, n.inputs)):
         return n
-    from ..ir.node import make
-
     small = make(n.op, smalls, **dict(n.attrs))
-    if small.size > MAX_FOLD_ELEMENTS:
+    if small.size > MAX_FOLD_ELEMENTS or not can_evaluate(small):
         return n
-    (value,) = evaluate([small], {})
+    value = evaluate(small)
     return broadcast_to(const(value, n.dtype), n.shape)
 
 
@@ -46,11 +44,9 @@ def _fold(n: Node) -> Node:
         return _fold_through_broadcast(n) if n.inputs else n
     if not n.inputs or n.op in ("broadcast_to", "iota") or n.size > MAX_FOLD_ELEMENTS:
         return n
-    if not all(i.op == "const" for i in n.inputs):
+    if not all(i.op == "const" for i in n.inputs) or not can_evaluate(n):
         return n
-    from ..backends.numpy.codegen import evaluate
-
-    (value,) = evaluate([n], {})
+    value = evaluate(n)
     return const(value, n.dtype)
 
 

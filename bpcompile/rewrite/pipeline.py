@@ -3,6 +3,10 @@
 Every pass maps output nodes to new output nodes; graphs are defined by what their outputs
 reach, so dead code never survives a pass (DCE is structural). `run` keeps each stage's graph
 so users can dump it (`fn.graph("algebraic")`) and reports node counts per stage.
+
+The pipeline is the one owner of sub-graphs: `run` and `run_forward` recurse into the body of
+every `scan` (the way PyTensor's scan inner-graph phase does), so ops trace bodies as written
+and backends lower exactly the body they are given, the one `fn.graph()` shows.
 """
 
 from __future__ import annotations
@@ -10,9 +14,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..ir.node import Node
-from ..ir.traverse import toposort
-from ..ops.scan import prune_outputs
+from ..ir.node import Node, make
+from ..ir.traverse import toposort, transform
+from ..ops.scan import Body, prune_outputs
 from .algebraic import algebraic
 from .canonicalize import canonicalize, canonicalize_forward, cse
 from .fold import fold_constants
@@ -80,10 +84,43 @@ def run(outputs: list[Node], passes=None, record=None) -> tuple[list[Node], list
         if name == "fuse":
             outputs = fn(outputs)
             stages.append(_stage(name, outputs))
+    # bodies last: scan_outputs and scan_hoist above decide what a body computes
+    simplified = rewrite_bodies(outputs, lambda outs: run(outs, passes)[0])
+    if stages and any(a is not b for a, b in zip(simplified, outputs)):
+        stages[-1] = _stage(stages[-1].name, simplified)  # the last stage shows what runs
+    outputs = simplified
     return outputs, stages
 
 
 def run_forward(loss: Node) -> Node:
-    for _, fn in FORWARD_PASSES:
-        (loss,) = fn([loss])
+    """The forward passes (before autodiff) on `loss` and, recursively, on scan bodies."""
+    (loss,) = _forward([loss])
     return loss
+
+
+def _forward(outputs: list[Node]) -> list[Node]:
+    for _, fn in FORWARD_PASSES:
+        outputs = fn(outputs)
+    return rewrite_bodies(outputs, _forward)
+
+
+def rewrite_bodies(outputs: list[Node], rewrite) -> list[Node]:
+    """Every scan reachable from `outputs` with its body's outputs replaced by
+    `rewrite(body outputs)`; a body shared by several scan nodes is rewritten once."""
+    if not any(n.op == "scan" for n in toposort(outputs)):
+        return outputs
+    done: dict[Body, Body] = {}
+
+    def visit(n: Node) -> Node:
+        if n.op != "scan":
+            return n
+        body = n.attr("body")
+        if body not in done:
+            outs = rewrite(list(body.outputs))
+            nc = len(body.carries)
+            done[body] = body if all(a is b for a, b in zip(outs, body.outputs)) else Body(
+                body.carries, body.xs, body.consts, outs[:nc], outs[nc:], body.name)
+        new = done[body]
+        return n if new is body else make("scan", n.inputs, **dict(n.attrs, body=new))
+
+    return transform(outputs, visit)

@@ -58,7 +58,7 @@ def cache_dir() -> str:
 def key(graph_text: str, ir_text: str, opt: int, codegen: dict | None = None) -> Key:
     """The key of the object compiled from this graph and IR; `codegen`: every option of the
     target machine and optimisation pipeline that is not already visible in the IR."""
-    from ... import __version__
+    from ...version import __version__
 
     triple, cpu, features = jit.host()
     module = hashlib.sha256(graph_text.encode() + b"\0" + ir_text.encode()).hexdigest()

@@ -92,8 +92,15 @@ X86_CHECKED = {
 }
 
 
-def export(loss, wrt, out_dir: str, name: str = "model", cc: str | None = None) -> dict:
-    """Write lib<name>.so and <name>.h to `out_dir`; returns their paths.
+def check_name(name: str) -> None:
+    if not _C_IDENT.match(name) or name in C_RESERVED:
+        raise ValueError(f"export: name must be a C identifier (ASCII letters, digits and _, "
+                         f"not a C keyword), got {name!r}")
+
+
+def export(fn, out_dir: str, name: str = "model", cc: str | None = None) -> dict:
+    """Write lib<name>.so and <name>.h to `out_dir` for `fn`, a compiled loss (`bp.export`
+    compiles it; only its simplified graph is used); returns their paths.
 
     The exported function is `int <name>_grad(inputs..., params..., loss, grads..., workspace)`;
     it returns 0, or one of the header's error codes (computing nothing): see `ERRORS`.
@@ -101,12 +108,7 @@ def export(loss, wrt, out_dir: str, name: str = "model", cc: str | None = None) 
     entry point is C compiled for the baseline ISA, so a CPU without the features gets an error
     code instead of an illegal instruction.
     """
-    from ...compiled import compile as bp_compile
-
-    if not _C_IDENT.match(name) or name in C_RESERVED:
-        raise ValueError(f"export: name must be a C identifier (ASCII letters, digits and _, "
-                         f"not a C keyword), got {name!r}")
-    fn = bp_compile(loss, wrt, backend="numpy")  # only for the simplified graph
+    check_name(name)
     outputs, args = fn.outputs, fn.args
     # no BLAS: self-contained; no status global (no global state): a computed index out of
     # range poisons the outputs with NaN instead (ops/index.py)

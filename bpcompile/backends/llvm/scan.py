@@ -1,6 +1,7 @@
 """`scan` on the LLVM backend: the body sub-graph becomes its own function, called in a loop.
 
-The body is simplified by the usual pipeline and compiled by a nested `Program` into
+The body, as the rewrite pipeline simplified it (the pipeline recurses into bodies), is compiled
+by a nested `Program` into
 `void bp_scan<k>_<name>(carries..., x[t]..., consts..., new carries..., y[t]..., workspace)`.
 The loop never copies a carry between steps: when every carry is saved (plain BPTT), step t
 reads saved slot t of the node's flat output and writes slot t+1; otherwise two workspace
@@ -34,12 +35,10 @@ class ScanPlan:
 def plan_scan(prog, n, step: int) -> ScanPlan:
     """Plan scan node `n` of schedule `prog` at `step`: its body as a nested Program, and the
     step-local temps for operand copies, the two carry buffers and the body's workspace."""
-    from ...rewrite import pipeline
     from .codegen import Program
 
-    body = n.attr("body")
-    outs, _ = pipeline.run(list(body.outputs))
-    sub = Program(list(outs), list(body.params), prog.gemm_threshold, prog.blas_threads,
+    body = n.attr("body")  # already simplified by the rewrite pipeline, which owns bodies
+    sub = Program(list(body.outputs), list(body.params), prog.gemm_threshold, prog.blas_threads,
                   checked_args=False, index_status=prog.index_status)
     label = prog.names[n]
     operands = []

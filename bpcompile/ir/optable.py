@@ -1,0 +1,59 @@
+"""The op table: one `Op` record per primitive holds its shape/dtype rule, VJP rule and doc.
+
+The IR owns the table because `ir.node.make` looks up each op's shape rule; `bpcompile/ops`
+fills it (`ops/registry.py` re-exports it). Backends keep their own lowering tables keyed by
+op name; nothing here imports an op definition or a backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import BackendError
+
+# kinds: leaf | elementwise | reduce | movement | matmul | index | kernel | control (scan)
+KINDS = ("leaf", "elementwise", "reduce", "movement", "matmul", "index", "kernel", "control")
+
+
+@dataclass(frozen=True)
+class Op:
+    """A primitive.
+
+    infer(inputs, attrs) -> (shape, dtype); raises ShapeError/DTypeError naming the op.
+    vjp(node, g, needs) -> tuple with one cotangent node (or None for "no gradient / zero")
+        per input; `needs[i]` says whether input i needs one. `vjp=None` means the op is not
+        differentiable and a cotangent reaching a float input of it is an error.
+    sympy(*args, **attrs) -> the scalar expression of an elementwise op, used by fusion.
+    """
+
+    name: str
+    kind: str
+    infer: Callable
+    vjp: Callable | None
+    doc: str
+    sympy: Callable | None = None
+    attrs_doc: dict = field(default_factory=dict)
+
+
+_OPS: dict[str, Op] = {}
+
+
+def register(op: Op) -> Op:
+    if op.name in _OPS:
+        raise ValueError(f"op {op.name!r} registered twice")
+    if op.kind not in KINDS:
+        raise ValueError(f"op {op.name!r} has unknown kind {op.kind!r}")
+    _OPS[op.name] = op
+    return op
+
+
+def get_op(name: str) -> Op:
+    try:
+        return _OPS[name]
+    except KeyError:
+        raise BackendError(f"unknown op {name!r}") from None
+
+
+def all_ops() -> dict[str, Op]:
+    return dict(_OPS)

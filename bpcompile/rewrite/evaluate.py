@@ -1,0 +1,148 @@
+"""The constant evaluator of constant folding: an interpreter table op -> NumPy function.
+
+Folded values end up in generated code, so each entry computes exactly what the NumPy backend's
+generated statement computes (the same NumPy call on the same operand types): a fold never
+changes a result. The stable helpers (`sigmoid`, `pad`, ...) live here and the NumPy backend's
+runtime re-exports them, so there is one copy of each. Ops without an entry (`kernel`, `scan`)
+are not folded.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+from ..ir.node import Node
+from ..ops.index import describe_site, range_error
+
+
+def sigmoid(x):
+    # exp(-logaddexp(0, -x)) never overflows: exact 0/1 at the extremes, no warnings.
+    return np.exp(-np.logaddexp(0, -x))
+
+
+def softplus(x):
+    return np.logaddexp(0, x)
+
+
+def relu(x):
+    return np.maximum(x, 0)
+
+
+def _check(idx, lo, hi, site):
+    """Refuse indices outside [lo, hi) (ops/index.py has the semantics) before any use."""
+    if idx.size:
+        mn, mx = int(idx.min()), int(idx.max())
+        if mn < lo or mx >= hi:
+            bad = np.asarray(idx).flat[int(np.argmax((idx < lo) | (idx >= hi)))]
+            raise range_error(site, lo, hi, int(bad), (mn, mx))
+
+
+def one_hot(idx, n, dtype, wrap=False, site="one_hot"):
+    idx = np.asarray(idx)
+    _check(idx, -n if wrap else 0, n, site)
+    if wrap:
+        idx = np.where(idx < 0, idx + n, idx)
+    return (idx[..., None] == np.arange(n, dtype=idx.dtype)).astype(dtype)
+
+
+def take_in_range(x, idx, axis, site="take"):
+    """np.take with jnp.take's index range: [-n, n), negatives wrapping once; else an error."""
+    n = np.shape(x)[axis]
+    _check(np.asarray(idx), -n, n, site)
+    return np.take(x, idx, axis=axis)
+
+
+def iota(shape, axis, dtype):
+    ix = np.arange(shape[axis], dtype=dtype).reshape(
+        [-1 if i == axis else 1 for i in range(len(shape))]
+    )
+    return np.broadcast_to(ix, shape)
+
+
+def pad(x, lo, hi, interior):
+    """Zero padding with `interior` zeros between elements (lax.pad semantics, no negatives)."""
+    shape = [a + b + n + max(n - 1, 0) * i for a, b, n, i in zip(lo, hi, x.shape, interior)]
+    out = np.zeros(shape, x.dtype)
+    out[
+        tuple(
+            slice(a, a + (n - 1) * (i + 1) + 1 if n else a, i + 1)
+            for a, n, i in zip(lo, x.shape, interior)
+        )
+    ] = x
+    return out
+
+
+def _dt(n: Node):
+    return np.dtype(n.dtype)
+
+
+def _reduce(fn):
+    def run(n, x):
+        dt = {"dtype": np.int32} if n.dtype == "int32" else {}
+        return fn(x, axis=tuple(n.attr("axes")), keepdims=n.attr("keepdims"), **dt)
+
+    return run
+
+
+def _slice(n, x):
+    return x[tuple(slice(*t) for t in zip(n.attr("starts"), n.attr("stops"), n.attr("steps")))]
+
+
+# op -> f(node, *operand values); mirrors backends/numpy/lower.LOWERINGS entry by entry
+EVAL = {
+    "add": lambda n, a, b: a + b,
+    "sub": lambda n, a, b: a - b,
+    "mul": lambda n, a, b: a * b,
+    "div": lambda n, a, b: a / b,
+    "pow": lambda n, a, b: a**b,
+    "lt": lambda n, a, b: operator.lt(a, b),
+    "le": lambda n, a, b: operator.le(a, b),
+    "gt": lambda n, a, b: operator.gt(a, b),
+    "ge": lambda n, a, b: operator.ge(a, b),
+    "eq": lambda n, a, b: operator.eq(a, b),
+    "ne": lambda n, a, b: operator.ne(a, b),
+    **{
+        f: (lambda g: lambda n, *a: g(*a))(getattr(np, f))
+        for f in ("exp", "log", "log1p", "expm1", "sqrt", "abs", "sign", "sin", "cos", "tanh",
+                  "floor", "round", "maximum", "minimum", "where")
+    },
+    "sigmoid": lambda n, x: sigmoid(x),
+    "relu": lambda n, x: relu(x),
+    "softplus": lambda n, x: softplus(x),
+    "neg": lambda n, x: -x,
+    "cast": lambda n, x: np.asarray(x).astype(_dt(n)),
+    "sum": _reduce(np.sum),
+    "max": _reduce(np.max),
+    "reshape": lambda n, x: np.reshape(x, n.shape),
+    "transpose": lambda n, x: x.T if n.attr("perm") == (1, 0) else np.transpose(x, n.attr("perm")),
+    "broadcast_to": lambda n, x: np.broadcast_to(x, n.shape),
+    "concatenate": lambda n, *xs: np.concatenate(list(xs), axis=n.attr("axis")),
+    "slice": _slice,
+    "matmul": lambda n, a, b: a @ b,
+    "stop_gradient": lambda n, x: x,
+    "pad": lambda n, x: pad(x, n.attr("lo"), n.attr("hi"), n.attr("interior")),
+    "one_hot": lambda n, x: one_hot(x, n.attr("n"), _dt(n), bool(n.attr("wrap")),
+                                    describe_site(n)),
+    "take": lambda n, x, i: take_in_range(x, i, n.attr("axis"), describe_site(n)),
+    "iota": lambda n: iota(n.shape, n.attr("axis"), _dt(n)),
+}
+
+
+def can_evaluate(n: Node) -> bool:
+    return n.op in EVAL
+
+
+def evaluate(n: Node) -> np.ndarray:
+    """The value of `n`, whose inputs are all `const` nodes, as a `n.dtype` array.
+
+    Operands take the types the NumPy backend's source gives them: a 0-d constant is a Python
+    literal (a weak scalar in NumPy's promotion) unless every operand is 0-d, then a typed 0-d
+    array (backends/pysource.py).
+    """
+    vals = [i.attr("value").array for i in n.inputs]
+    if not all(v.ndim == 0 for v in vals):
+        vals = [v.item() if v.ndim == 0 else v for v in vals]
+    with np.errstate(all="ignore"):
+        return np.asarray(EVAL[n.op](n, *vals), n.dtype)
