@@ -32,6 +32,7 @@ from .ops.elementwise import mul, sub
 from .ops.leaves import input as _input
 from .ops.leaves import param as _param
 from .ops.reduce import sum_
+from .toml_read import toml_module
 
 __all__ = ["Model", "Init", "LAYERS", "LOSSES", "ACTIVATIONS", "INIT_METHODS", "layer", "loss",
            "load", "load_toml", "load_python", "from_dict"]
@@ -669,14 +670,7 @@ def from_dict(doc: dict, source: str = "<spec>", name: str = "model",
 
 def load_toml(path) -> Model:
     path = Path(path)
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise SpecError(f"{path}: reading TOML needs Python 3.11+ or `pip install tomli`") \
-                from None
+    tomllib = toml_module(f"{path}: reading TOML")
     try:
         raw = path.read_bytes()
         text = raw.decode("utf-8")

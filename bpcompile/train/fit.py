@@ -21,6 +21,7 @@ from ..compiled import Function
 from ..errors import ArgumentError
 from ..ir.node import Node
 from ..optim import Optimizer, ReduceLROnPlateau, adam
+from ..toml_read import toml_module
 from .data import DataError, cast_data, check_data, epoch_batches, load_npz, split
 from .step import TrainStep
 
@@ -91,11 +92,9 @@ def _as_model(x):
 
 def rebatch_toml(path: Path, batch_size: int):
     """Re-read a TOML spec with every input's leading (batch) axis set to `batch_size`."""
-    import tomllib
-
     from ..spec import from_dict
 
-    doc = tomllib.loads(Path(path).read_text())
+    doc = toml_module().loads(Path(path).read_text())
     inputs = doc.get("inputs")
     items = list(inputs.values()) if isinstance(inputs, dict) else list(inputs or [])
     names = []
