@@ -20,6 +20,8 @@ Integer operands never receive gradients.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ..errors import DTypeError, IndexRangeError, ShapeError
 from ..ir.dtypes import canonical, is_float
 from ..ir.node import Node, make
@@ -127,16 +129,20 @@ def index_range(n: Node) -> tuple[Node, int, int, int] | None:
     return None
 
 
-def input_ranges(nodes) -> dict[str, tuple[int, int]]:
-    """{input name: (lo, hi)} for int32 inputs used directly as indices (intersected over uses);
-    these are checked when the compiled function is called."""
+def input_ranges(nodes: Iterable[Node], wrap: bool = True) -> dict[str, tuple[int, int]]:
+    """{input name: (lo, hi)}, valid values in [lo, hi), for int32 inputs used directly as
+    indices in `nodes` (intersected over uses): the one index-bounds rule. With `wrap` (call-time
+    checks: Signature, the LLVM fast path, the exported C entry) take's negative positions count;
+    without it (data sets and spec [data]: labels, token ids) values are held to [0, hi), since
+    a negative id in data is a padding or encoding slip far more often than a position."""
     out: dict[str, tuple[int, int]] = {}
     for n in nodes:
         r = index_range(n)
         if r is not None and r[0].op == "input":
             name = r[0].attr("name")
-            lo, hi = out.get(name, (r[1], r[2]))
-            out[name] = (max(lo, r[1]), min(hi, r[2]))
+            first = r[1] if wrap else max(r[1], 0)
+            lo, hi = out.get(name, (first, r[2]))
+            out[name] = (max(lo, first), min(hi, r[2]))
     return out
 
 

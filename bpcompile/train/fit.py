@@ -20,6 +20,8 @@ import numpy as np
 from ..compiled import Function
 from ..errors import ArgumentError
 from ..ir.node import Node
+from ..ir.traverse import toposort
+from ..ops.index import input_ranges
 from ..optim import Optimizer, ReduceLROnPlateau, adam
 from ..toml_read import toml_module
 from .data import DataError, cast_data, check_data, epoch_batches, load_npz, split
@@ -113,8 +115,8 @@ def rebatch_toml(path: Path, batch_size: int):
     return from_dict(doc, str(path), Path(path).stem)
 
 
-def _bounds(model) -> dict:
-    return {k: v[1] for k, v in model.input_kinds.items() if v and v[0] == "int"}
+def _bounds(model) -> dict[str, tuple[int, int]]:
+    return input_ranges(toposort([model.loss]), wrap=False)
 
 
 # ---- history ---------------------------------------------------------------------------------
