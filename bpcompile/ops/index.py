@@ -24,6 +24,7 @@ from collections.abc import Iterable
 
 from ..errors import DTypeError, IndexRangeError, ShapeError
 from ..ir.dtypes import canonical, is_float
+from ..ir.hints import DTypeLike, TensorLike
 from ..ir.node import Node, make
 from .elementwise import as_node
 from .registry import Op, register
@@ -74,7 +75,7 @@ register(
 )
 
 
-def take(x, idx, axis=0) -> Node:
+def take(x: TensorLike, idx: TensorLike, axis: int = 0) -> Node:
     """x gathered along `axis` at int32 `idx` (jnp.take): idx in [-n, n), n = x.shape[axis],
     negatives counting from the end in the value and in the gradient; other indices are an
     error (see the module docstring)."""
@@ -102,7 +103,7 @@ register(
 )
 
 
-def one_hot(idx, n: int, dtype="float32", wrap: bool = False) -> Node:
+def one_hot(idx: TensorLike, n: int, dtype: DTypeLike = "float32", wrap: bool = False) -> Node:
     """Rows e_idx of the n×n identity for int32 labels in [0, n); with `wrap`, labels in
     [-n, -1] count from the end (take's gradient uses this). Other labels are an error."""
     idx = as_node(idx)
@@ -153,7 +154,8 @@ def describe_site(n: Node) -> str:
     return what + (f", made at {n.where}" if n.where else "")
 
 
-def range_error(site: str, lo: int, hi: int, bad: int, found=None) -> IndexRangeError:
+def range_error(site: str, lo: int, hi: int, bad: int,
+                found: tuple[int, int] | None = None) -> IndexRangeError:
     """The error for an out-of-range index computed in the graph (every backend words it so)."""
     span = f"; indices found span [{found[0]}, {found[1]}]" if found is not None else ""
     return IndexRangeError(
