@@ -30,11 +30,12 @@ def _model(name: str, dtype: str = "float32"):
     import jax.numpy as jnp
 
     from bpcompile import spec
+    from bpcompile.toml_read import toml_module
 
     if name == "xor":
         m = spec.load(ROOT / "examples" / "xor.toml")
         if dtype == "float32":
-            doc = __import__("tomllib").loads((ROOT / "examples" / "xor.toml").read_text())
+            doc = toml_module().loads((ROOT / "examples" / "xor.toml").read_text())
             doc["model"]["dtype"] = "float32"
             m = spec.from_dict(doc, "xor32", "xor")
         batch = m.example_inputs()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from .ir.hints import Axis, TensorLike
 from .ir.node import Node
 from .ops import elementwise as ew
 from .ops.elementwise import (  # noqa: F401  (re-exported)
@@ -37,8 +41,8 @@ equal, not_equal, less, less_equal = ew.eq, ew.ne, ew.lt, ew.le
 greater, greater_equal = ew.gt, ew.ge
 
 
-def _unary(name):
-    def f(x) -> Node:
+def _unary(name: str) -> Callable[[TensorLike], Node]:
+    def f(x: TensorLike) -> Node:
         return ew.unary(name, x)
 
     f.__name__ = name
@@ -55,51 +59,55 @@ sigmoid, relu, softplus, sign, floor, round_ = (
 abs_ = _unary("abs")
 
 
-def sum(x, axis=None, keepdims=False) -> Node:  # noqa: A001
+def sum(x: TensorLike, axis: Axis = None, keepdims: bool = False) -> Node:  # noqa: A001
     """Sum over `axis` (int, tuple or None for all)."""
     return sum_(x, axis, keepdims)
 
 
-def max(x, axis=None, keepdims=False) -> Node:  # noqa: A001
+def max(x: TensorLike, axis: Axis = None, keepdims: bool = False) -> Node:  # noqa: A001
     """Max over `axis`; gradient split evenly among ties."""
     return max_(x, axis, keepdims)
 
 
-def mean(x, axis=None, keepdims=False) -> Node:
+def mean(x: TensorLike, axis: Axis = None, keepdims: bool = False) -> Node:
     """Mean over `axis` (int, tuple or None for all), like numpy.mean."""
     return mean_(x, axis, keepdims)
 
 
-def square(x) -> Node:
+def square(x: TensorLike) -> Node:
     x = ew.as_node(x)
     return mul(x, x)
 
 
-# ---- Python operators on nodes ---------------------------------------------------------------
-Node.__add__ = lambda a, b: add(a, b)
-Node.__radd__ = lambda a, b: add(b, a)
-Node.__sub__ = lambda a, b: sub(a, b)
-Node.__rsub__ = lambda a, b: sub(b, a)
-Node.__mul__ = lambda a, b: mul(a, b)
-Node.__rmul__ = lambda a, b: mul(b, a)
-Node.__truediv__ = lambda a, b: div(a, b)
-Node.__rtruediv__ = lambda a, b: div(b, a)
-Node.__pow__ = lambda a, b: power(a, b)
-Node.__rpow__ = lambda a, b: power(b, a)
-Node.__matmul__ = lambda a, b: matmul(a, b)
-Node.__rmatmul__ = lambda a, b: matmul(b, a)
-Node.__neg__ = lambda a: neg(a)
-Node.__pos__ = lambda a: a
-Node.__abs__ = lambda a: abs_(a)
-Node.__lt__ = lambda a, b: ew.lt(a, b)
-Node.__le__ = lambda a, b: ew.le(a, b)
-Node.__gt__ = lambda a, b: ew.gt(a, b)
-Node.__ge__ = lambda a, b: ew.ge(a, b)
-Node.__getitem__ = lambda a, idx: getitem(a, idx)
-Node.T = property(lambda a: transpose(a))
-Node.reshape = lambda a, *shape: reshape(a, shape[0] if len(shape) == 1 else shape)
-Node.transpose = lambda a, *perm: transpose(a, perm[0] if len(perm) == 1 else (perm or None))
-Node.sum = lambda a, axis=None, keepdims=False: sum_(a, axis, keepdims)
-Node.mean = lambda a, axis=None, keepdims=False: mean(a, axis, keepdims)
-Node.max = lambda a, axis=None, keepdims=False: max_(a, axis, keepdims)
-Node.astype = lambda a, dtype: cast(a, dtype)
+# ---- Python operators on nodes (their signatures for type checkers: ir/node.py) -------------
+_METHODS: dict[str, Any] = {
+    "__add__": lambda a, b: add(a, b),
+    "__radd__": lambda a, b: add(b, a),
+    "__sub__": lambda a, b: sub(a, b),
+    "__rsub__": lambda a, b: sub(b, a),
+    "__mul__": lambda a, b: mul(a, b),
+    "__rmul__": lambda a, b: mul(b, a),
+    "__truediv__": lambda a, b: div(a, b),
+    "__rtruediv__": lambda a, b: div(b, a),
+    "__pow__": lambda a, b: power(a, b),
+    "__rpow__": lambda a, b: power(b, a),
+    "__matmul__": lambda a, b: matmul(a, b),
+    "__rmatmul__": lambda a, b: matmul(b, a),
+    "__neg__": lambda a: neg(a),
+    "__pos__": lambda a: a,
+    "__abs__": lambda a: abs_(a),
+    "__lt__": lambda a, b: ew.lt(a, b),
+    "__le__": lambda a, b: ew.le(a, b),
+    "__gt__": lambda a, b: ew.gt(a, b),
+    "__ge__": lambda a, b: ew.ge(a, b),
+    "__getitem__": lambda a, idx: getitem(a, idx),
+    "T": property(lambda a: transpose(a)),
+    "reshape": lambda a, *shape: reshape(a, shape[0] if len(shape) == 1 else shape),
+    "transpose": lambda a, *perm: transpose(a, perm[0] if len(perm) == 1 else (perm or None)),
+    "sum": lambda a, axis=None, keepdims=False: sum_(a, axis, keepdims),
+    "mean": lambda a, axis=None, keepdims=False: mean(a, axis, keepdims),
+    "max": lambda a, axis=None, keepdims=False: max_(a, axis, keepdims),
+    "astype": lambda a, dtype: cast(a, dtype),
+}
+for _name, _method in _METHODS.items():
+    setattr(Node, _name, _method)

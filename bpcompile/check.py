@@ -16,6 +16,8 @@ import numpy as np
 
 from .autodiff.reverse import check_loss, check_wrt
 from .errors import ArgumentError
+from .ir.hints import Wrt
+from .ir.node import Node
 from .ir.retype import retype
 from .ir.traverse import leaves
 
@@ -73,7 +75,7 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def init_params(wrt, seed=0, scale=0.5) -> dict[str, np.ndarray]:
+def init_params(wrt: Wrt, seed: int = 0, scale: float = 0.5) -> dict[str, np.ndarray]:
     """Random normal values for params (a convenience for checks and examples)."""
     rng = np.random.default_rng(seed)
     return {w.attr("name"): (rng.standard_normal(w.shape) * scale).astype(w.dtype) for w in wrt}
@@ -89,7 +91,7 @@ def _x64():
     return enable_x64()
 
 
-def jax_gradient(loss, wrt, values: dict):
+def jax_gradient(loss: Node, wrt: Wrt, values: dict) -> tuple[float, dict[str, np.ndarray]]:
     """(loss, {name: grad}) from jax.grad of the JAX translation of the forward graph."""
     import jax
 
@@ -165,8 +167,8 @@ def _fd_errors(loss, wrt, values, seed, samples):
 
 
 def check(
-    loss,
-    wrt,
+    loss: Node,
+    wrt: Wrt,
     inputs: dict,
     params: dict | None = None,
     backend: str = "numpy",
@@ -196,9 +198,11 @@ def check(
     v_ours, g_ours = fn(**values)
     g_ours = {k: np.array(g, copy=True) for k, g in g_ours.items()}
     tol = rtol if rtol is not None else max(DEFAULT_RTOL[w.dtype] for w in wrt)
-    loss_jax, g_jax = None, {}
+    loss_jax: float | None = None
+    g_jax: dict[str, np.ndarray] = {}
     if use_jax:
-        loss_jax, g_jax = jax_gradient(loss, wrt, fn.signature.bind(values) and values)
+        bound = fn.signature.bind(values)  # validates the arguments first
+        loss_jax, g_jax = jax_gradient(loss, wrt, values if bound else {})
     fd_err = _fd_errors(loss, wrt, values, seed, fd_samples) if fd else {}
     rows = []
     for w in wrt:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .autodiff.reverse import check_loss, check_wrt
 from .autodiff.reverse import grad as _grad
+from .backends.protocol import Backend, BackendClass, FastCall, JaxProgram, MemoryPlan, NativeCaller
 from .errors import BackendError
+from .ir.hints import Wrt
 from .ir.node import NAMES, Node
 from .ir.printer import format_graph
 from .ir.traverse import leaves
@@ -16,7 +20,7 @@ from .signature import Signature
 BACKENDS = ("numpy", "llvm", "jax")
 
 
-def get_backend(name: str):
+def get_backend(name: str) -> BackendClass:
     if name == "numpy":
         from .backends.numpy.codegen import NumpyBackend
 
@@ -38,7 +42,7 @@ def get_backend(name: str):
     raise BackendError(f"unknown backend {name!r}; choose from {BACKENDS}")
 
 
-def grad(loss: Node, wrt, stabilize: bool = True):
+def grad(loss: Node, wrt: Wrt, stabilize: bool = True) -> list[Node] | Node:
     """Gradient of a scalar loss w.r.t. params, as graph nodes (composable, differentiable).
 
     The forward graph is stabilised first (log(sigmoid) -> -softplus(-x), ...) so the gradient
@@ -52,6 +56,12 @@ def grad(loss: Node, wrt, stabilize: bool = True):
 
 class Program:
     """What every compiled graph shares: passes, a backend, and inspection methods."""
+
+    args: list[Node]  # inputs and params in declared order (set by the subclass)
+    signature: Signature
+
+    def _title(self) -> str:
+        raise NotImplementedError  # each subclass describes its outputs
 
     def _build(
         self,
@@ -69,29 +79,27 @@ class Program:
         self.outputs, self.labels = outputs, labels
         _name_outputs(outputs, labels)
         t1 = time.perf_counter()
-        self.impl = backend_cls(outputs, self.args, title=self._title(), **options)
+        self.impl: Backend = backend_cls(outputs, self.args, title=self._title(), **options)
         self.timings = {"graph": t1 - t0, "codegen": time.perf_counter() - t1}
 
     def memory(self) -> dict:
         """The backend's static memory plan (peak bytes, buffers, saved for backward), if any."""
-        report = getattr(self.impl, "memory", None)
-        if report is None:
+        if not isinstance(self.impl, MemoryPlan):
             raise NotImplementedError(f"the {self.backend_name} backend has no memory plan")
-        return report()
+        return self.impl.memory()
 
     def source(self, stage: str | None = None) -> str:
         """The generated code (NumPy source, LLVM IR, or JAX source, per backend)."""
         return self.impl.source(stage)
 
-    def lowered(self):
+    def lowered(self) -> Any:
         """(jax backend) The `jax.stages.Lowered` program: `.as_text()`, `.compile()`, ..."""
-        return self._backend_method("lowered")()
+        return self._jax("lowered").lowered()
 
-    def _backend_method(self, name: str):
-        fn = getattr(self.impl, name, None)
-        if fn is None:
-            raise BackendError(f"{name}() needs backend='jax' (this is {self.backend_name!r})")
-        return fn
+    def _jax(self, method: str) -> JaxProgram:
+        if not isinstance(self.impl, JaxProgram):
+            raise BackendError(f"{method}() needs backend='jax' (this is {self.backend_name!r})")
+        return self.impl
 
     def graph(self, stage: str = "final") -> str:
         """The graph at a stage: forward, adjoint (raw), a pass name, or final."""
@@ -127,7 +135,8 @@ class Compiled(Program):
     Arguments may also go by position, in the order of `fn.signature.names` (see repr(fn)).
     """
 
-    def __init__(self, loss: Node, wrt, backend: str = "numpy", passes=None, **options):
+    def __init__(self, loss: Node, wrt: Wrt, backend: str = "numpy",
+                 passes: Sequence[str] | None = None, **options: Any) -> None:
         t0 = time.perf_counter()
         self.loss = check_loss(loss)
         self.wrt = check_wrt(wrt)
@@ -150,24 +159,25 @@ class Compiled(Program):
             t0,
         )
         # A backend may supply its own validated fast call path (see docs/architecture.md).
-        make_caller = getattr(self.impl, "make_caller", None)
-        caller = make_caller(self.signature, self.grad_names) if make_caller else None
+        caller = (self.impl.make_caller(self.signature, self.grad_names)
+                  if isinstance(self.impl, FastCall) else None)
         self._call = caller or self._default_call
-        native = getattr(caller, "bp_native", None)
-        if native is not None:
+        if isinstance(caller, NativeCaller):
             # A C-level caller becomes the class's __call__ (a builtin is not bound to self),
             # so fn(**kw) reaches native code without a Python frame.
-            self.__class__ = type(type(self).__name__, (type(self),), {"__call__": native})
+            self.__class__ = type(type(self).__name__, (type(self),),
+                                  {"__call__": caller.bp_native})
 
-    def as_jax_function(self):
+    def as_jax_function(self) -> Callable[..., Any]:
         """(jax backend) `f(params: dict, **inputs) -> loss` for user JAX code; jax.grad of it
         runs this compiled backward (jax.custom_vjp). Composes with jax.jit and jax.vmap."""
-        return self._backend_method("as_jax_function")(self.grad_names)
+        return self._jax("as_jax_function").as_jax_function(self.grad_names)
 
-    def data_parallel(self, batch_inputs=None, devices=None):
+    def data_parallel(self, batch_inputs: Sequence[str] | dict[str, int] | None = None,
+                      devices: Sequence[Any] | None = None) -> Any:
         """(jax backend) The same program with the batch axis of `batch_inputs` (names, or
         {name: axis}; default every input) sharded over `devices` (default jax.devices())."""
-        return self._backend_method("data_parallel")(
+        return self._jax("data_parallel").data_parallel(
             self.signature, self.grad_names, batch_inputs, devices
         )
 
@@ -177,7 +187,7 @@ class Compiled(Program):
             f"args: {self.signature.describe()}"
         )
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         return self._call(*args, **kwargs)
 
     def _default_call(self, *args, **kwargs):
@@ -192,7 +202,8 @@ class Function(Program):
     Used for inference, Hessian-vector products, and training steps (new params as outputs).
     """
 
-    def __init__(self, outputs: dict, backend: str = "numpy", passes=None, **options):
+    def __init__(self, outputs: dict[str, Node], backend: str = "numpy",
+                 passes: Sequence[str] | None = None, **options: Any) -> None:
         t0 = time.perf_counter()
         if not isinstance(outputs, dict) or not outputs:
             raise TypeError("bp.function takes a non-empty dict {name: node}")
@@ -214,7 +225,7 @@ class Function(Program):
             f"args: {self.signature.describe()}"
         )
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         first, rest = self.impl.run(self.signature.bind(kwargs, args))
         return dict(zip(self.names, [first] + list(rest)))
 
@@ -243,17 +254,19 @@ def _check_unique_names(args):
         seen[name] = a
 
 
-def compile(loss: Node, wrt, backend: str = "numpy", passes=None, **options) -> Compiled:  # noqa: A001
+def compile(loss: Node, wrt: Wrt, backend: str = "numpy",  # noqa: A001
+            passes: Sequence[str] | None = None, **options: Any) -> Compiled:
     """Compile `loss` and its gradient w.r.t. `wrt` (a list of params) for `backend`."""
     return Compiled(loss, wrt, backend, passes, **options)
 
 
-def function(outputs: dict, backend: str = "numpy", passes=None, **options) -> Function:
+def function(outputs: dict[str, Node], backend: str = "numpy",
+             passes: Sequence[str] | None = None, **options: Any) -> Function:
     """Compile a graph with named outputs (no gradient added) for `backend`."""
     return Function(outputs, backend, passes, **options)
 
 
-def export(loss: Node, wrt, out_dir: str, name: str = "model", cc: str | None = None) -> dict:
+def export(loss: Node, wrt: Wrt, out_dir: str, name: str = "model", cc: str | None = None) -> dict:
     """Write lib<name>.so and <name>.h (a C ABI for loss and gradients) to `out_dir`.
 
     See bpcompile/backends/llvm/export.py; llvmlite is imported only when this is called.

@@ -10,6 +10,7 @@ import weakref
 
 from .errors import DTypeError, ShapeError
 from .ir.dtypes import is_float
+from .ir.hints import Axis, TensorLike
 from .ir.node import Node
 from .ops.elementwise import add, as_node, mul, neg, stop_gradient, sub, unary
 from .ops.index import one_hot
@@ -22,7 +23,7 @@ from .ops.registry import get_op
 TARGET_KINDS: weakref.WeakKeyDictionary[Node, tuple] = weakref.WeakKeyDictionary()
 
 
-def logsumexp(x, axis=-1, keepdims=False) -> Node:
+def logsumexp(x: TensorLike, axis: Axis = -1, keepdims: bool = False) -> Node:
     """log(sum(exp(x))) over `axis`, computed as m + log(sum(exp(x - m))) with m = max(x)."""
     x = as_node(x)
     m = stop_gradient(max_(x, axis, keepdims=True))
@@ -36,17 +37,17 @@ def logsumexp(x, axis=-1, keepdims=False) -> Node:
     return reshape(out, tuple(s for i, s in enumerate(x.shape) if i not in ax))
 
 
-def log_softmax(x, axis=-1) -> Node:
+def log_softmax(x: TensorLike, axis: Axis = -1) -> Node:
     x = as_node(x)
     return sub(x, logsumexp(x, axis, keepdims=True))
 
 
-def softmax(x, axis=-1) -> Node:
+def softmax(x: TensorLike, axis: Axis = -1) -> Node:
     """exp(log_softmax(x)): stable at large logits; log(softmax) rewrites to log_softmax."""
     return unary("exp", log_softmax(x, axis))
 
 
-def mse(pred, target) -> Node:
+def mse(pred: TensorLike, target: TensorLike) -> Node:
     """Mean squared error over all elements."""
     pred, target = as_node(pred), as_node(target)
     _same_shape("mse", pred, target)
@@ -54,7 +55,7 @@ def mse(pred, target) -> Node:
     return mean(mul(d, d))
 
 
-def cross_entropy(logits, labels) -> Node:
+def cross_entropy(logits: TensorLike, labels: TensorLike) -> Node:
     """Mean softmax cross-entropy of (batch, classes) logits against int32 labels (batch,),
     or against float targets of the logits' shape (probabilities / one-hot)."""
     logits, labels = as_node(logits), as_node(labels)
@@ -90,7 +91,7 @@ def cross_entropy(logits, labels) -> Node:
     return mean(per_example)
 
 
-def binary_cross_entropy_with_logits(logits, targets) -> Node:
+def binary_cross_entropy_with_logits(logits: TensorLike, targets: TensorLike) -> Node:
     """Mean of softplus(z) - z*t, the stable form of -t log σ(z) - (1-t) log(1-σ(z))."""
     logits, targets = as_node(logits), as_node(targets, logits)
     _same_shape("binary_cross_entropy_with_logits", logits, targets)
@@ -102,7 +103,7 @@ def binary_cross_entropy_with_logits(logits, targets) -> Node:
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "softplus", "exp", "identity", "linear")
 
 
-def activation(x, name: str) -> Node:
+def activation(x: Node, name: str | None) -> Node:
     if name in ("identity", "linear", None):
         return x
     if name == "softmax":
@@ -114,7 +115,8 @@ def activation(x, name: str) -> Node:
     return unary(name, x)
 
 
-def dense(x, W, b=None, activation_fn: str | None = None, name: str | None = None) -> Node:
+def dense(x: TensorLike, W: TensorLike, b: TensorLike | None = None,
+          activation_fn: str | None = None, name: str | None = None) -> Node:
     """activation(x @ W + b); names the pre-activation z<name> and output a<name> for codegen."""
     z = matmul(x, W)
     if b is not None:

@@ -29,6 +29,7 @@ from .initializers import DEFAULT_SCALE, INIT_METHODS, Init
 from .ir.dtypes import DTYPES, FLOATS, is_float
 from .ir.node import LOCATION_OVERRIDE, Node
 from .ir.traverse import consumers, leaves, toposort
+from .ops.index import input_ranges
 from .ops.leaves import input as _input
 from .ops.leaves import param as _param
 from .spec_registry import (
@@ -41,6 +42,7 @@ from .spec_registry import (
     layer,
     loss,
 )
+from .toml_read import toml_module
 
 # Public names of the registries and initialisers are re-exported: `bpcompile.spec` stays the
 # one import for spec users.
@@ -316,7 +318,8 @@ class SpecBuilder:
             if x.attr("name") not in used:
                 Table({}, self.source, "[inputs]").error(
                     f"input {x.attr('name')!r} is declared but not used by any layer or the loss")
-        data = self._read_data(top.raw("data", {}))
+        data = self._read_data(top.raw("data", {}),
+                               input_ranges(toposort([loss_node]), wrap=False))
         top.finish()
         return Model(loss_node, list(self.params.values()), inputs, name=name, data=data,
                      init=self.param_init, default_init=self.init, seed=self.seed,
@@ -491,7 +494,7 @@ class SpecBuilder:
             t.error(f"{type(e).__name__}: {e}")
 
     # -- [data] ---------------------------------------------------------------------------
-    def _read_data(self, raw) -> dict:
+    def _read_data(self, raw, bounds: dict[str, tuple[int, int]]) -> dict:
         t = Table(raw, self.source, "[data]")
         out = {}
         for key, value in raw.items():
@@ -509,9 +512,9 @@ class SpecBuilder:
             if arr.shape != node.shape:
                 t.error(f"shape mismatch: data has shape {list(arr.shape)}, but "
                         f"{key!r} is declared with shape {list(node.shape)}", key)
-            kind = self.input_kinds.get(key)
-            if kind and kind[0] == "int" and arr.size and (arr.min() < 0 or arr.max() >= kind[1]):
-                t.error(f"labels must lie in [0, {kind[1]}), got values "
+            bound = bounds.get(key)
+            if bound is not None and arr.size and (arr.min() < bound[0] or arr.max() >= bound[1]):
+                t.error(f"labels must lie in [{bound[0]}, {bound[1]}), got values "
                         f"{arr.min()}..{arr.max()}", key)
             t.used.add(key)
             out[key] = arr
@@ -538,14 +541,7 @@ def from_dict(doc: dict, source: str = "<spec>", name: str = "model",
 
 def load_toml(path) -> Model:
     path = Path(path)
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise SpecError(f"{path}: reading TOML needs Python 3.11+ or `pip install tomli`") \
-                from None
+    tomllib = toml_module(f"{path}: reading TOML")
     try:
         raw = path.read_bytes()
         text = raw.decode("utf-8")

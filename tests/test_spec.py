@@ -11,14 +11,12 @@ import pytest
 import bpcompile as bp
 from bpcompile import spec
 from bpcompile.errors import SpecError
+from bpcompile.toml_read import toml_module
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TOML_EXAMPLES = ["xor.toml", "mnist_mlp.toml", "mlp_small.toml"]
 
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    tomllib = pytest.importorskip("tomli")
+tomllib = toml_module()
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 

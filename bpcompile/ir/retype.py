@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any, Protocol, runtime_checkable
+
 from .node import ConstValue, Node, make
 from .traverse import toposort
+
+
+@runtime_checkable
+class Retypable(Protocol):
+    """A sub-graph attribute (a scan body) that rebuilds itself in another precision."""
+
+    def retype(self, src: str, dst: str) -> Any: ...
 
 
 def retype(outputs: list[Node], src: str = "float32", dst: str = "float64") -> list[Node]:
@@ -14,7 +23,7 @@ def retype(outputs: list[Node], src: str = "float32", dst: str = "float64") -> l
         if attrs.get("dtype") == src:
             attrs["dtype"] = dst
         for k, v in attrs.items():
-            if hasattr(v, "retype"):  # a sub-graph attribute (a scan body) retypes itself
+            if isinstance(v, Retypable):
                 attrs[k] = v.retype(src, dst)
         if n.op == "const" and n.dtype == src:
             attrs["value"] = ConstValue(attrs["value"].array.astype(dst))

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from ..errors import ShapeError
+from ..ir.hints import TensorLike
 from ..ir.node import Node
 from ..nn import softmax
 from ..ops.elementwise import as_node, mul, where
@@ -28,7 +29,8 @@ def causal_mask(tq: int, tk: int) -> Node:
     return const(np.tril(np.ones((tq, tk), bool), k=tk - tq))
 
 
-def scaled_dot_product_attention(q, k, v, causal: bool = False, mask=None,
+def scaled_dot_product_attention(q: TensorLike, k: TensorLike, v: TensorLike, causal: bool = False,
+                                 mask: TensorLike | None = None,
                                  scale: float | None = None) -> Node:
     """softmax(q kᵀ · scale [masked]) v over the last two axes; leading axes are batch/heads.
 
@@ -67,8 +69,11 @@ def merge_heads(x: Node) -> Node:
     return reshape(transpose(x, (0, 2, 1, 3)), (b, t, h * dh))
 
 
-def multi_head_attention(x, Wq, Wk, Wv, Wo, heads: int = 1, causal: bool = False,
-                         context=None, bq=None, bk=None, bv=None, bo=None) -> Node:
+def multi_head_attention(x: TensorLike, Wq: TensorLike, Wk: TensorLike, Wv: TensorLike,
+                         Wo: TensorLike, heads: int = 1, causal: bool = False,
+                         context: TensorLike | None = None, bq: TensorLike | None = None,
+                         bk: TensorLike | None = None, bv: TensorLike | None = None,
+                         bo: TensorLike | None = None) -> Node:
     """Multi-head (self-)attention: x (B, T, D); W{q,k,v} (D, H·dh); Wo (H·dh, D_out).
 
     Keys and values come from `context` (B, S, D) when given (cross-attention), else from x.

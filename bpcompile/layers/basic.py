@@ -11,10 +11,13 @@ training loop changes masks by changing the key. Nothing random happens inside c
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import DTypeError, ShapeError
+from ..ir.hints import DTypeLike, TensorLike
 from ..ir.node import Node
 from ..ir.traverse import leaves
 from ..ops.elementwise import add, as_node, mul
@@ -25,7 +28,7 @@ from ..ops.leaves import input as bp_input
 DROPOUT_INPUTS: dict[str, float] = {}
 
 
-def residual(x, fn, *args, **kwargs) -> Node:
+def residual(x: TensorLike, fn: Callable[..., TensorLike], *args: Any, **kwargs: Any) -> Node:
     """x + fn(x, ...): a residual (skip) connection; fn must preserve x's shape."""
     x = as_node(x)
     y = as_node(fn(x, *args, **kwargs))
@@ -34,7 +37,7 @@ def residual(x, fn, *args, **kwargs) -> Node:
     return add(x, y)
 
 
-def embedding(tokens, table) -> Node:
+def embedding(tokens: TensorLike, table: TensorLike) -> Node:
     """table[tokens]: int32 token ids (any shape) -> (..., d) rows of a (vocab, d) table.
 
     The gradient w.r.t. the table scatters-adds rows (take's VJP); ids are range-checked at
@@ -48,7 +51,7 @@ def embedding(tokens, table) -> Node:
     return take(table, tokens, axis=0)
 
 
-def dropout(x, rate: float, name: str = "dropout_mask", training: bool = True) -> Node:
+def dropout(x: TensorLike, rate: float, name: str = "dropout_mask", training: bool = True) -> Node:
     """Inverted dropout: x · mask where `mask` is the input `name` (fill it with dropout_masks).
 
     rate 0 or training=False is the identity (no input is declared).
@@ -64,14 +67,15 @@ def dropout(x, rate: float, name: str = "dropout_mask", training: bool = True) -
     return mul(x, bp_input(name, x.shape, x.dtype))
 
 
-def dropout_mask(key: int, name: str, shape, rate: float, dtype="float32") -> np.ndarray:
+def dropout_mask(key: int, name: str, shape: Sequence[int], rate: float,
+                 dtype: DTypeLike = "float32") -> np.ndarray:
     """The scaled keep-mask for input `name` under integer `key` (deterministic everywhere)."""
     seed = [int(key) & 0xFFFFFFFF, zlib.crc32(name.encode())]
     u = np.random.Generator(np.random.Philox(seed)).random(tuple(shape))
     return np.where(u >= rate, 1.0 / (1.0 - rate), 0.0).astype(dtype)
 
 
-def dropout_masks(outputs, key: int) -> dict[str, np.ndarray]:
+def dropout_masks(outputs: Node | Sequence[Node], key: int) -> dict[str, np.ndarray]:
     """{name: mask} for every dropout input reachable from `outputs` (a node or list)."""
     outputs = [outputs] if isinstance(outputs, Node) else list(outputs)
     masks = {}

@@ -11,16 +11,22 @@ groups: O = groups·O_g, I = C / groups, output feature o belongs to group o // 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
 from ..errors import ShapeError
+from ..ir.hints import TensorLike
 from ..ir.node import Node
 from ..ops.elementwise import as_node, eq, neg, where
 from ..ops.leaves import const, iota
 from ..ops.linalg import matmul
 from ..ops.movement import concatenate, pad, reshape, slice_, transpose
 from ..ops.reduce import max_, mean, sum_
+
+# "valid", "same", an int for every side, or per spatial axis an int or (lo, hi)
+Padding = str | int | Sequence[int | tuple[int, int]]
 
 
 def _pair(v, what: str) -> tuple[int, int]:
@@ -32,7 +38,9 @@ def _pair(v, what: str) -> tuple[int, int]:
     return v
 
 
-def conv_padding(padding, in_hw, window, stride, dilation) -> tuple[tuple[int, int], ...]:
+def conv_padding(padding: Padding, in_hw: Sequence[int],
+                 window: Sequence[int], stride: Sequence[int],
+                 dilation: Sequence[int]) -> tuple[tuple[int, int], ...]:
     """Resolve "valid" / "same" / explicit padding to ((lo, hi) per spatial axis), as lax does.
 
     "same": output size ceil(in / stride), total padding split with the extra element at the
@@ -53,14 +61,14 @@ def conv_padding(padding, in_hw, window, stride, dilation) -> tuple[tuple[int, i
         raise ShapeError(f"padding must be 'valid', 'same' or explicit, got {padding!r}")
     if isinstance(padding, (int, np.integer)):
         return ((int(padding), int(padding)),) * nd
-    padding = tuple(padding)
-    if len(padding) != nd:
-        raise ShapeError(f"padding {padding} needs one entry per spatial axis ({nd})")
+    entries = tuple(padding)
+    if len(entries) != nd:
+        raise ShapeError(f"padding {entries} needs one entry per spatial axis ({nd})")
     out = []
-    for p in padding:
-        lo, hi = (p, p) if isinstance(p, (int, np.integer)) else tuple(p)
+    for e in entries:
+        lo, hi = (e, e) if isinstance(e, (int, np.integer)) else tuple(e)
         if lo < 0 or hi < 0:
-            raise ShapeError(f"padding must be non-negative, got {padding}")
+            raise ShapeError(f"padding must be non-negative, got {entries}")
         out.append((int(lo), int(hi)))
     return tuple(out)
 
@@ -85,7 +93,9 @@ def _windows(xp: Node, window, stride, dilation, out_hw) -> list[Node]:
     return views
 
 
-def conv2d(x, w, b=None, stride=1, padding="valid", dilation=1, groups: int = 1) -> Node:
+def conv2d(x: TensorLike, w: TensorLike, b: TensorLike | None = None,
+           stride: int | Sequence[int] = 1, padding: Padding = "valid",
+           dilation: int | Sequence[int] = 1, groups: int = 1) -> Node:
     """2-D cross-correlation, NCHW input (N, C, H, W), OIHW kernel (O, C/groups, kh, kw).
 
     Matches `lax.conv_general_dilated(x, w, stride, padding, rhs_dilation=dilation,
@@ -129,12 +139,14 @@ def conv2d(x, w, b=None, stride=1, padding="valid", dilation=1, groups: int = 1)
     return out
 
 
-def conv1d(x, w, b=None, stride: int = 1, padding="valid", dilation: int = 1,
+def conv1d(x: TensorLike, w: TensorLike, b: TensorLike | None = None, stride: int = 1,
+           padding: Padding = "valid", dilation: int = 1,
            groups: int = 1) -> Node:
     """1-D cross-correlation, NCL input, OIK kernel: conv2d on a height-1 image."""
     x, w = as_node(x), as_node(w)
     if x.ndim != 3 or w.ndim != 3:
         raise ShapeError(f"conv1d: needs x (N,C,L) and w (O,I,k), got {x.shape}, {w.shape}")
+    pl: tuple
     if isinstance(padding, str):
         (pl,) = conv_padding(padding, (x.shape[2],), (w.shape[2],), (int(stride),),
                              (int(dilation),))
@@ -142,14 +154,16 @@ def conv1d(x, w, b=None, stride: int = 1, padding="valid", dilation: int = 1,
         pl = (int(padding), int(padding))
     else:
         nested = len(padding) == 1 and not isinstance(padding[0], (int, np.integer))
-        pl = tuple(padding[0]) if nested else tuple(padding)
+        pl = tuple(cast(tuple, padding[0])) if nested else tuple(padding)
     x4 = reshape(x, (x.shape[0], x.shape[1], 1, x.shape[2]))
     w4 = reshape(w, (w.shape[0], w.shape[1], 1, w.shape[2]))
     y = conv2d(x4, w4, b, (1, stride), ((0, 0), pl), (1, dilation), groups)
     return reshape(y, (y.shape[0], y.shape[1], y.shape[3]))
 
 
-def _pool_setup(x, window, stride, padding, what):
+def _pool_setup(x: TensorLike, window: int | Sequence[int], stride: int | Sequence[int] | None,
+                padding: Padding, what: str
+                ) -> tuple[Node, tuple[int, int], tuple[int, int], tuple[tuple[int, int], ...]]:
     x = as_node(x)
     if x.ndim != 4:
         raise ShapeError(f"{what}: needs an NCHW input, got shape {x.shape}")
@@ -192,7 +206,9 @@ def first_max(stack: Node, axis: int = -1) -> Node:
     return sum_(where(chosen, stack, const(0.0, stack.dtype)), axis)
 
 
-def max_pool2d(x, window=2, stride=None, padding="valid") -> Node:
+def max_pool2d(x: TensorLike, window: int | Sequence[int] = 2,
+               stride: int | Sequence[int] | None = None,
+               padding: Padding = "valid") -> Node:
     """Max pooling over (kh, kw) windows of an NCHW tensor (stride defaults to the window).
 
     Padding is with -inf, as `lax.reduce_window(x, -inf, lax.max, ...)`. Gradient tie rule:
@@ -209,14 +225,16 @@ def max_pool2d(x, window=2, stride=None, padding="valid") -> Node:
     return first_max(_window_stack(x, window, stride), -1)
 
 
-def avg_pool2d(x, window=2, stride=None, padding="valid") -> Node:
+def avg_pool2d(x: TensorLike, window: int | Sequence[int] = 2,
+               stride: int | Sequence[int] | None = None,
+               padding: Padding = "valid") -> Node:
     """Average pooling; padded zeros count in the mean (lax.reduce_window add / window size)."""
     x, window, stride, pads = _pool_setup(x, window, stride, padding, "avg_pool2d")
     x = pad(x, (0, 0, pads[0][0], pads[1][0]), (0, 0, pads[0][1], pads[1][1]))
     return mean(_window_stack(x, window, stride), -1)
 
 
-def global_avg_pool(x) -> Node:
+def global_avg_pool(x: TensorLike) -> Node:
     """Mean over every spatial axis: (N, C, ...) -> (N, C)."""
     x = as_node(x)
     if x.ndim < 3:
@@ -224,7 +242,7 @@ def global_avg_pool(x) -> Node:
     return mean(x, tuple(range(2, x.ndim)))
 
 
-def flatten(x, start: int = 1) -> Node:
+def flatten(x: TensorLike, start: int = 1) -> Node:
     """Collapse axes start.. into one: (N, C, H, W) -> (N, C·H·W)."""
     x = as_node(x)
     return reshape(x, x.shape[:start] + (-1,))

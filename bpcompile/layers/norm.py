@@ -8,6 +8,7 @@ gradient there is finite too (it is what the primitives' VJPs give for the same 
 from __future__ import annotations
 
 from ..errors import ShapeError
+from ..ir.hints import Axis, TensorLike
 from ..ir.node import Node
 from ..ops.elementwise import add, as_node, div, mul, sub, unary
 from ..ops.movement import reshape
@@ -21,7 +22,8 @@ def _normalize(x: Node, axes, eps: float):
     return div(d, unary("sqrt", add(var, eps))), mu, var
 
 
-def layer_norm(x, gamma=None, beta=None, axis=-1, eps: float = 1e-5) -> Node:
+def layer_norm(x: TensorLike, gamma: TensorLike | None = None, beta: TensorLike | None = None,
+               axis: Axis = -1, eps: float = 1e-5) -> Node:
     """(x - mean) / sqrt(var + eps) · gamma + beta over `axis` (int or tuple; default last).
 
     gamma and beta have the shape of the normalised axes (as flax.linen.LayerNorm).
@@ -41,8 +43,9 @@ def layer_norm(x, gamma=None, beta=None, axis=-1, eps: float = 1e-5) -> Node:
     return y
 
 
-def batch_norm(x, gamma=None, beta=None, axis: int = 1, eps: float = 1e-5,
-               return_stats: bool = False):
+def batch_norm(x: TensorLike, gamma: TensorLike | None = None, beta: TensorLike | None = None,
+               axis: int = 1, eps: float = 1e-5,
+               return_stats: bool = False) -> Node | tuple[Node, Node, Node]:
     """Training-mode batch normalisation: statistics over every axis except the feature `axis`
     (N for (N, C); N, H, W for NCHW), biased variance, per-feature gamma/beta of shape (C,).
 

@@ -11,7 +11,10 @@ n = tanh(x·W_in + b_in + r ⊙ (h·W_hn + b_hn)) and h' = (1 - z) ⊙ n + z ⊙
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import ShapeError
+from ..ir.hints import TensorLike
 from ..ir.node import Node
 from ..nn import activation as _activation
 from ..ops.elementwise import add, as_node, mul, sub, unary
@@ -27,12 +30,12 @@ def _cols(z: Node, k: int, n: int) -> list[Node]:
             for i in range(k)]
 
 
-def rnn_cell(h, xw, Wh, activation: str = "tanh") -> Node:
+def rnn_cell(h: TensorLike, xw: TensorLike, Wh: TensorLike, activation: str = "tanh") -> Node:
     """h' = act(xw + h·Wh), where xw = x·Wx + b is the step's input projection."""
     return _activation(add(xw, matmul(h, Wh)), activation)
 
 
-def lstm_cell(h, c, xw, Wh):
+def lstm_cell(h: Node, c: Node, xw: Node, Wh: Node) -> tuple[Node, Node]:
     """One LSTM step from the input projection xw = x·Wx + b (B, 4H); returns (h', c')."""
     hsz = h.shape[-1]
     i, f, g, o = _cols(add(xw, matmul(h, Wh)), 4, hsz)
@@ -41,7 +44,7 @@ def lstm_cell(h, c, xw, Wh):
     return h2, c2
 
 
-def gru_cell(h, xw, Wh, bh):
+def gru_cell(h: Node, xw: Node, Wh: Node, bh: Node) -> Node:
     """One GRU step from xw = x·W_i + b_i (B, 3H); Wh (H, 3H), bh (3H,)."""
     hsz = h.shape[-1]
     xr, xz, xn = _cols(xw, 3, hsz)
@@ -65,7 +68,8 @@ def _project(xs, Wx, b, what):
     return reshape(xw, (t, bsz, Wx.shape[1]))
 
 
-def rnn(xs, h0, Wx, Wh, b=None, activation: str = "tanh", **scan_options):
+def rnn(xs: TensorLike, h0: TensorLike, Wx: TensorLike, Wh: TensorLike, b: TensorLike | None = None,
+        activation: str = "tanh", **scan_options: Any) -> tuple[Node, Node]:
     """Vanilla (Elman) RNN over xs (T, B, I): h_t = act(x_t·Wx + h_{t-1}·Wh + b).
 
     Returns (h_T, hs) with hs (T, B, H).
@@ -79,7 +83,8 @@ def rnn(xs, h0, Wx, Wh, b=None, activation: str = "tanh", **scan_options):
     return scan(rnn_step, as_node(h0), xw, **scan_options)
 
 
-def lstm(xs, h0, c0, Wx, Wh, b=None, **scan_options):
+def lstm(xs: TensorLike, h0: TensorLike, c0: TensorLike, Wx: TensorLike, Wh: TensorLike,
+         b: TensorLike | None = None, **scan_options: Any) -> tuple[tuple[Node, Node], Node]:
     """LSTM over xs (T, B, I); Wx (I, 4H), Wh (H, 4H), b (4H,). Returns ((h_T, c_T), hs)."""
     xw = _project(xs, Wx, b, "lstm")
 
@@ -90,14 +95,16 @@ def lstm(xs, h0, c0, Wx, Wh, b=None, **scan_options):
     return scan(lstm_step, (as_node(h0), as_node(c0)), xw, **scan_options)
 
 
-def gru(xs, h0, Wx, Wh, bx=None, bh=None, **scan_options):
+def gru(xs: TensorLike, h0: TensorLike, Wx: TensorLike, Wh: TensorLike,
+        bx: TensorLike | None = None, bh: TensorLike | None = None,
+        **scan_options: Any) -> tuple[Node, Node]:
     """GRU over xs (T, B, I); Wx (I, 3H), Wh (H, 3H), bx, bh (3H,). Returns (h_T, hs)."""
     xw = _project(xs, Wx, bx, "gru")
     if bh is None:
         from ..ops.leaves import const
         from ..ops.movement import broadcast_to
 
-        bh = broadcast_to(const(0.0, xw.dtype), (Wh.shape[1],))
+        bh = broadcast_to(const(0.0, xw.dtype), (as_node(Wh).shape[1],))
 
     def gru_step(h, xw_t):
         h = gru_cell(h, xw_t, Wh, bh)

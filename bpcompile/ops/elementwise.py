@@ -7,12 +7,14 @@ cotangents in the broadcast output shape; the reverse sweep un-broadcasts them.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 
 import numpy as np
 import sympy as sp
 
 from ..errors import DTypeError, ShapeError
 from ..ir.dtypes import canonical, is_float
+from ..ir.hints import DTypeLike, TensorLike
 from ..ir.node import Node, make
 from . import sympy_funcs as sf
 from .leaves import const
@@ -22,7 +24,7 @@ from .registry import Op, register
 # operand conversion
 
 
-def as_node(x, like: Node | None = None) -> Node:
+def as_node(x: TensorLike, like: Node | None = None) -> Node:
     """Turn a Python/numpy scalar or array into a const; scalars take `like`'s dtype (weak type)."""
     if isinstance(x, Node):
         return x
@@ -127,14 +129,14 @@ for _name, (_vjp, _sym, _doc) in UNARY.items():
     )
 
 
-def unary(op: str, x) -> Node:
+def unary(op: str, x: TensorLike) -> Node:
     x = as_node(x)
     if x.dtype in ("int32", "bool") and op not in ("neg", "abs", "sign"):
         x = cast(x, "float32")
     return make(op, (x,))
 
 
-def neg(x) -> Node:
+def neg(x: TensorLike) -> Node:
     return make("neg", (as_node(x),))
 
 
@@ -163,7 +165,7 @@ def _vjp_pow(y, g, needs):
     return da, db
 
 
-def _tie_mask(a, b, strict_op):
+def _tie_mask(a: Node, b: Node, strict_op: Callable[[Node, Node], Node]) -> Node:
     """1 where a wins, 0.5 at ties, 0 otherwise (JAX splits ties evenly for max/min)."""
     one, half, zero = (const(v, a.dtype) for v in (1.0, 0.5, 0.0))  # a's dtype, not float32
     return where(strict_op(a, b), one, where(eq(a, b), half, zero))
@@ -191,7 +193,7 @@ BINARY = {
     "pow": (_vjp_pow, lambda a, b: a**b, "a ** b"),
     "maximum": (
         lambda y, g, n: (
-            mul(g, _tie_mask(*y.inputs, gt)) if n[0] else None,
+            mul(g, _tie_mask(y.inputs[0], y.inputs[1], gt)) if n[0] else None,
             mul(g, _tie_mask(y.inputs[1], y.inputs[0], gt)) if n[1] else None,
         ),
         sp.Max,
@@ -199,7 +201,7 @@ BINARY = {
     ),
     "minimum": (
         lambda y, g, n: (
-            mul(g, _tie_mask(*y.inputs, lt)) if n[0] else None,
+            mul(g, _tie_mask(y.inputs[0], y.inputs[1], lt)) if n[0] else None,
             mul(g, _tie_mask(y.inputs[1], y.inputs[0], lt)) if n[1] else None,
         ),
         sp.Min,
@@ -220,15 +222,14 @@ for _name, (_vjp, _sym, _doc) in BINARY.items():
     )
 
 
-def _operands(a, b):
+def _operands(a: TensorLike, b: TensorLike) -> tuple[Node, Node]:
     if not isinstance(a, Node) and isinstance(b, Node):
         a = as_node(a, b)
     a = as_node(a)
-    b = as_node(b, a)
-    return a, b
+    return a, as_node(b, a)
 
 
-def binary(op: str, a, b) -> Node:
+def binary(op: str, a: TensorLike, b: TensorLike) -> Node:
     a, b = _operands(a, b)
     if a.dtype != b.dtype:
         # int/bool operands next to floats are promoted; two different floats are an error.
@@ -241,31 +242,31 @@ def binary(op: str, a, b) -> Node:
     return make(op, (a, b))
 
 
-def add(a, b):
+def add(a: TensorLike, b: TensorLike) -> Node:
     return binary("add", a, b)
 
 
-def sub(a, b):
+def sub(a: TensorLike, b: TensorLike) -> Node:
     return binary("sub", a, b)
 
 
-def mul(a, b):
+def mul(a: TensorLike, b: TensorLike) -> Node:
     return binary("mul", a, b)
 
 
-def div(a, b):
+def div(a: TensorLike, b: TensorLike) -> Node:
     return binary("div", a, b)
 
 
-def power(a, b):
+def power(a: TensorLike, b: TensorLike) -> Node:
     return binary("pow", a, b)
 
 
-def maximum(a, b):
+def maximum(a: TensorLike, b: TensorLike) -> Node:
     return binary("maximum", a, b)
 
 
-def minimum(a, b):
+def minimum(a: TensorLike, b: TensorLike) -> Node:
     return binary("minimum", a, b)
 
 
@@ -302,34 +303,34 @@ for _name, (_sym, _doc) in COMPARE.items():
     )
 
 
-def compare(op: str, a, b) -> Node:
+def compare(op: str, a: TensorLike, b: TensorLike) -> Node:
     a, b = _operands(a, b)
     if a.dtype != b.dtype and (is_float(a.dtype) or is_float(b.dtype)):
         a, b = (a, cast(b, a.dtype)) if is_float(a.dtype) else (cast(a, b.dtype), b)
     return make(op, (a, b))
 
 
-def lt(a, b):
+def lt(a: TensorLike, b: TensorLike) -> Node:
     return compare("lt", a, b)
 
 
-def le(a, b):
+def le(a: TensorLike, b: TensorLike) -> Node:
     return compare("le", a, b)
 
 
-def gt(a, b):
+def gt(a: TensorLike, b: TensorLike) -> Node:
     return compare("gt", a, b)
 
 
-def ge(a, b):
+def ge(a: TensorLike, b: TensorLike) -> Node:
     return compare("ge", a, b)
 
 
-def eq(a, b):
+def eq(a: TensorLike, b: TensorLike) -> Node:
     return compare("eq", a, b)
 
 
-def ne(a, b):
+def ne(a: TensorLike, b: TensorLike) -> Node:
     return compare("ne", a, b)
 
 
@@ -362,7 +363,7 @@ register(
 )
 
 
-def where(c, a, b) -> Node:
+def where(c: TensorLike, a: TensorLike, b: TensorLike) -> Node:
     c = as_node(c)
     if c.dtype != "bool":
         raise DTypeError(f"where: condition must be bool, got {c.dtype}{list(c.shape)}")
@@ -395,7 +396,7 @@ register(
 )
 
 
-def cast(x, dtype) -> Node:
+def cast(x: TensorLike, dtype: DTypeLike) -> Node:
     x = as_node(x)
     dtype = canonical(dtype)
     if x.dtype == dtype:
@@ -415,5 +416,5 @@ register(
 )
 
 
-def stop_gradient(x) -> Node:
+def stop_gradient(x: TensorLike) -> Node:
     return make("stop_gradient", (as_node(x),))

@@ -20,8 +20,11 @@ Integer operands never receive gradients.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ..errors import DTypeError, IndexRangeError, ShapeError
 from ..ir.dtypes import canonical, is_float
+from ..ir.hints import DTypeLike, TensorLike
 from ..ir.node import Node, make
 from .elementwise import as_node
 from .registry import Op, register
@@ -72,7 +75,7 @@ register(
 )
 
 
-def take(x, idx, axis=0) -> Node:
+def take(x: TensorLike, idx: TensorLike, axis: int = 0) -> Node:
     """x gathered along `axis` at int32 `idx` (jnp.take): idx in [-n, n), n = x.shape[axis],
     negatives counting from the end in the value and in the gradient; other indices are an
     error (see the module docstring)."""
@@ -100,7 +103,7 @@ register(
 )
 
 
-def one_hot(idx, n: int, dtype="float32", wrap: bool = False) -> Node:
+def one_hot(idx: TensorLike, n: int, dtype: DTypeLike = "float32", wrap: bool = False) -> Node:
     """Rows e_idx of the n×n identity for int32 labels in [0, n); with `wrap`, labels in
     [-n, -1] count from the end (take's gradient uses this). Other labels are an error."""
     idx = as_node(idx)
@@ -127,16 +130,20 @@ def index_range(n: Node) -> tuple[Node, int, int, int] | None:
     return None
 
 
-def input_ranges(nodes) -> dict[str, tuple[int, int]]:
-    """{input name: (lo, hi)} for int32 inputs used directly as indices (intersected over uses);
-    these are checked when the compiled function is called."""
+def input_ranges(nodes: Iterable[Node], wrap: bool = True) -> dict[str, tuple[int, int]]:
+    """{input name: (lo, hi)}, valid values in [lo, hi), for int32 inputs used directly as
+    indices in `nodes` (intersected over uses): the one index-bounds rule. With `wrap` (call-time
+    checks: Signature, the LLVM fast path, the exported C entry) take's negative positions count;
+    without it (data sets and spec [data]: labels, token ids) values are held to [0, hi), since
+    a negative id in data is a padding or encoding slip far more often than a position."""
     out: dict[str, tuple[int, int]] = {}
     for n in nodes:
         r = index_range(n)
         if r is not None and r[0].op == "input":
             name = r[0].attr("name")
-            lo, hi = out.get(name, (r[1], r[2]))
-            out[name] = (max(lo, r[1]), min(hi, r[2]))
+            first = r[1] if wrap else max(r[1], 0)
+            lo, hi = out.get(name, (first, r[2]))
+            out[name] = (max(lo, first), min(hi, r[2]))
     return out
 
 
@@ -147,7 +154,8 @@ def describe_site(n: Node) -> str:
     return what + (f", made at {n.where}" if n.where else "")
 
 
-def range_error(site: str, lo: int, hi: int, bad: int, found=None) -> IndexRangeError:
+def range_error(site: str, lo: int, hi: int, bad: int,
+                found: tuple[int, int] | None = None) -> IndexRangeError:
     """The error for an out-of-range index computed in the graph (every backend words it so)."""
     span = f"; indices found span [{found[0]}, {found[1]}]" if found is not None else ""
     return IndexRangeError(

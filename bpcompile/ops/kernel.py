@@ -7,6 +7,7 @@ SymPy; where the derivative contains the forward expression it reuses the output
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 
 import sympy as sp
@@ -14,6 +15,7 @@ from sympy.logic.boolalg import BooleanAtom
 
 from ..errors import BackendError, DTypeError, GradientError, ShapeError
 from ..ir.dtypes import canonical, is_float
+from ..ir.hints import TensorLike
 from ..ir.node import Node, make
 from . import sympy_funcs as sf
 from .elementwise import _broadcast, as_node
@@ -81,7 +83,8 @@ def _check_finite(expr, name: str) -> None:
 
 def _compact(expr, inputs, merge: bool = True):
     """(expr, inputs) without the inputs `expr` does not use, repeated inputs merged."""
-    used, subs, new_inputs = {s.name for s in expr.free_symbols}, {}, []
+    used, subs = {s.name for s in expr.free_symbols}, {}
+    new_inputs: list[Node] = []
     for i, x in enumerate(inputs):
         s = sym(i)
         if s.name not in used:
@@ -94,7 +97,8 @@ def _compact(expr, inputs, merge: bool = True):
     return expr.xreplace(subs), new_inputs
 
 
-def kernel(expr: sp.Expr, inputs, name: str = "fused", dtype=None) -> Node:
+def kernel(expr: sp.Expr, inputs: Sequence[Node], name: str = "fused",
+           dtype: str | None = None) -> Node:
     """Build a kernel node, dropping unused inputs and merging repeated ones."""
     inputs = [as_node(i) for i in inputs]
     expr = sp.sympify(expr)
@@ -144,7 +148,7 @@ class ElementwiseFn:
     mish = bp.elementwise(z * sp.tanh(sp.log(1 + sp.exp(z))), z, name="mish")
     """
 
-    def __init__(self, expr, symbols, name: str):
+    def __init__(self, expr: sp.Expr, symbols: sp.Symbol | Sequence[sp.Symbol], name: str) -> None:
         symbols = (symbols,) if isinstance(symbols, sp.Symbol) else tuple(symbols)
         free = sp.sympify(expr).free_symbols
         bad = sf.unsupported_functions(sp.sympify(expr))
@@ -171,7 +175,7 @@ class ElementwiseFn:
         self.name = name
         self.__name__ = name
 
-    def __call__(self, *args) -> Node:
+    def __call__(self, *args: TensorLike) -> Node:
         if len(args) != self.arity:
             raise TypeError(f"elementwise {self.name}: takes {self.arity} tensors, got {len(args)}")
         nodes = [as_node(a) for a in args]
@@ -187,6 +191,7 @@ class ElementwiseFn:
         return f"elementwise {self.name}: {self.expr}"
 
 
-def elementwise(expr, symbols, name: str = "user_fn") -> ElementwiseFn:
+def elementwise(expr: sp.Expr, symbols: sp.Symbol | Sequence[sp.Symbol],
+                name: str = "user_fn") -> ElementwiseFn:
     """Make a tensor op from a SymPy scalar expression in `symbols` (a Symbol or a tuple)."""
     return ElementwiseFn(expr, symbols, name)

@@ -5,18 +5,21 @@ from __future__ import annotations
 import math
 import operator
 import unicodedata
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import DeclarationError, DTypeError, ShapeError
 from ..ir.dtypes import canonical
+from ..ir.hints import DTypeLike, Shape
 from ..ir.node import ConstValue, Node, make, next_serial
 from .registry import Op, register
 
 INT64_MAX = 2**63 - 1
 
 
-def static_shape(what: str, shape, infer: bool = False) -> tuple[int, ...]:
+def static_shape(what: str, shape: Shape, infer: bool = False) -> tuple[int, ...]:
     """`shape` (a tuple of ints, or one int) as a tuple of Python ints, or a ShapeError naming
     `what`. Shapes are static and exact: None (a dynamic size), a float such as 2.5 (never
     truncated to 2), a bool, a negative size (-1 only where `infer`) and sizes whose product
@@ -112,12 +115,12 @@ def _named(op: str, name: str, shape, dtype) -> Node:
     return node
 
 
-def input(name: str, shape, dtype="float32") -> Node:  # noqa: A001 - public API name
+def input(name: str, shape: Shape, dtype: DTypeLike = "float32") -> Node:  # noqa: A001 - public API name
     """Declare a named input (fed by keyword at call time)."""
     return _named("input", name, shape, dtype)
 
 
-def param(name: str, shape, dtype="float32") -> Node:
+def param(name: str, shape: Shape, dtype: DTypeLike = "float32") -> Node:
     """Declare a named trainable parameter."""
     node = _named("param", name, shape, dtype)
     if node.dtype not in ("float32", "float64"):
@@ -125,7 +128,7 @@ def param(name: str, shape, dtype="float32") -> Node:
     return node
 
 
-def const(value, dtype=None) -> Node:
+def const(value: ArrayLike, dtype: DTypeLike | None = None) -> Node:
     """A constant. Python floats default to float32, ints to int32, bools to bool."""
     arr = np.asarray(value)
     if dtype is None:
@@ -136,19 +139,19 @@ def const(value, dtype=None) -> Node:
     return make("const", (), value=ConstValue(arr.astype(canonical(dtype))))
 
 
-def iota(shape, axis: int, dtype="int32") -> Node:
+def iota(shape: Shape, axis: int, dtype: DTypeLike = "int32") -> Node:
     shape = static_shape("iota", shape)
     if not 0 <= axis < len(shape):
         raise ShapeError(f"iota: axis {axis} out of range for shape {shape}")
     return make("iota", (), shape=shape, axis=axis, dtype=canonical(dtype))
 
 
-def const_value(node: Node):
+def const_value(node: Node) -> np.ndarray | None:
     """The numpy value of a const node, or None for any other node."""
     return node.attr("value").array if node.op == "const" else None
 
 
-def scalar_value(node: Node):
+def scalar_value(node: Node) -> Any:
     """The Python scalar of a constant whose elements are all equal, else None."""
     v = const_value(node)
     if v is None or v.size == 0:

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..errors import DTypeError, ShapeError
 from ..ir.dtypes import is_float
+from ..ir.hints import TensorLike
 from ..ir.node import Node, make
 from .elementwise import as_node, cast
 from .movement import reshape, swap_last
@@ -56,7 +57,7 @@ def matmul2(a: Node, b: Node) -> Node:
     return make("matmul", (a, b))
 
 
-def matmul(a, b) -> Node:
+def matmul(a: TensorLike, b: TensorLike) -> Node:
     """numpy.matmul semantics, including 1-d operands (promoted, then squeezed)."""
     a, b = as_node(a), as_node(b)
     if not is_float(a.dtype):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from ..errors import ShapeError
+from ..ir.hints import Shape, TensorLike
 from ..ir.node import Node, make
 from .elementwise import as_node
 from .leaves import static_shape
@@ -30,7 +34,7 @@ register(
 )
 
 
-def reshape(x, shape) -> Node:
+def reshape(x: TensorLike, shape: Shape) -> Node:
     x = as_node(x)
     shape = static_shape("reshape", shape, infer=True)
     if shape.count(-1) > 1:
@@ -64,7 +68,7 @@ register(
 )
 
 
-def transpose(x, perm=None) -> Node:
+def transpose(x: TensorLike, perm: Sequence[int] | None = None) -> Node:
     x = as_node(x)
     perm = (
         tuple(reversed(range(x.ndim)))
@@ -106,7 +110,7 @@ register(
 )
 
 
-def broadcast_to(x, shape) -> Node:
+def broadcast_to(x: TensorLike, shape: Shape) -> Node:
     x = as_node(x)
     shape = static_shape("broadcast_to", shape)
     if x.shape == shape:
@@ -114,7 +118,7 @@ def broadcast_to(x, shape) -> Node:
     return make("broadcast_to", (x,), shape=shape)
 
 
-def unbroadcast(g: Node, shape) -> Node:
+def unbroadcast(g: Node, shape: tuple[int, ...]) -> Node:
     """Sum a cotangent of a broadcast result back down to `shape` (shared by every VJP)."""
     from .reduce import sum_
 
@@ -163,15 +167,15 @@ def _vjp_concat(y, g, needs):
 register(Op("concatenate", "movement", _infer_concat, _vjp_concat, "join along an axis"))
 
 
-def concatenate(xs, axis=0) -> Node:
-    xs = [as_node(x) for x in xs]
-    if not xs:
+def concatenate(xs: Sequence[TensorLike], axis: int = 0) -> Node:
+    nodes = [as_node(x) for x in xs]
+    if not nodes:
         raise ShapeError("concatenate: needs at least one operand")
-    if not -xs[0].ndim <= axis < xs[0].ndim:
-        raise ShapeError(f"concatenate: axis {axis} out of range for shape {xs[0].shape}")
-    if len(xs) == 1:
-        return xs[0]
-    return make("concatenate", xs, axis=axis % xs[0].ndim)
+    if not -nodes[0].ndim <= axis < nodes[0].ndim:
+        raise ShapeError(f"concatenate: axis {axis} out of range for shape {nodes[0].shape}")
+    if len(nodes) == 1:
+        return nodes[0]
+    return make("concatenate", nodes, axis=axis % nodes[0].ndim)
 
 
 def _slice_len(start, stop, step):
@@ -212,7 +216,8 @@ register(
 )
 
 
-def slice_(x, starts, stops, steps) -> Node:
+def slice_(x: TensorLike, starts: Sequence[int], stops: Sequence[int],
+           steps: Sequence[int]) -> Node:
     x = as_node(x)
     starts, stops, steps = (tuple(int(v) for v in s) for s in (starts, stops, steps))
     if starts == (0,) * x.ndim and stops == x.shape and steps == (1,) * x.ndim:
@@ -250,7 +255,8 @@ register(
 )
 
 
-def pad(x, lo, hi, interior=None) -> Node:
+def pad(x: TensorLike, lo: Sequence[int], hi: Sequence[int],
+        interior: Sequence[int] | None = None) -> Node:
     x = as_node(x)
     lo, hi = tuple(int(v) for v in lo), tuple(int(v) for v in hi)
     interior = (0,) * x.ndim if interior is None else tuple(int(v) for v in interior)
@@ -259,7 +265,7 @@ def pad(x, lo, hi, interior=None) -> Node:
     return make("pad", (x,), lo=lo, hi=hi, interior=interior)
 
 
-def getitem(x: Node, index) -> Node:
+def getitem(x: Node, index: Any) -> Node:
     """x[index] for ints, slices (positive steps), None and Ellipsis; integer tensors -> take."""
     from .index import take
 
@@ -287,18 +293,24 @@ def getitem(x: Node, index) -> Node:
             if not -n <= j < n:
                 raise ShapeError(f"index {j} out of range for axis {d} of size {n}")
             j %= n
-            starts.append(j), stops.append(j + 1), steps.append(1)
+            starts.append(j)
+            stops.append(j + 1)
+            steps.append(1)
         elif isinstance(i, slice):
             a, b, c = i.indices(n)
             if c < 1:
                 raise ShapeError(f"index: negative slice steps are not supported ({i})")
             b = max(a, b)
-            starts.append(a), stops.append(b), steps.append(c)
+            starts.append(a)
+            stops.append(b)
+            steps.append(c)
             out_shape.append(_slice_len(a, b, c))
         else:
             raise ShapeError(f"index: unsupported index {i!r}")
         d += 1
     for k in range(d, x.ndim):
-        starts.append(0), stops.append(x.shape[k]), steps.append(1)
+        starts.append(0)
+        stops.append(x.shape[k])
+        steps.append(1)
         out_shape.append(x.shape[k])
     return reshape(slice_(x, starts, stops, steps), out_shape)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from ..errors import ShapeError
 from ..ir.dtypes import is_float
+from ..ir.hints import Axis, TensorLike
 from ..ir.node import Node, make
 from .elementwise import as_node, cast, div, eq, mul
 from .registry import Op, register
 
 
-def normalize_axes(op: str, axes, ndim: int) -> tuple:
+def normalize_axes(op: str, axes: Axis, ndim: int) -> tuple:
     if axes is None:
         return tuple(range(ndim))
     if isinstance(axes, int):
@@ -24,7 +25,7 @@ def normalize_axes(op: str, axes, ndim: int) -> tuple:
     return tuple(sorted(out))
 
 
-def keep_shape(shape, axes) -> tuple:
+def keep_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple:
     return tuple(1 if i in axes else s for i, s in enumerate(shape))
 
 
@@ -81,7 +82,7 @@ register(
 )
 
 
-def sum_(x, axes=None, keepdims=False) -> Node:
+def sum_(x: TensorLike, axes: Axis = None, keepdims: bool = False) -> Node:
     x = as_node(x)
     if x.dtype == "bool":
         x = cast(x, "int32")
@@ -91,7 +92,7 @@ def sum_(x, axes=None, keepdims=False) -> Node:
     return make("sum", (x,), axes=axes, keepdims=bool(keepdims))
 
 
-def max_(x, axes=None, keepdims=False) -> Node:
+def max_(x: TensorLike, axes: Axis = None, keepdims: bool = False) -> Node:
     x = as_node(x)
     axes = normalize_axes("max", axes, x.ndim)
     if not axes:
@@ -99,7 +100,7 @@ def max_(x, axes=None, keepdims=False) -> Node:
     return make("max", (x,), axes=axes, keepdims=bool(keepdims))
 
 
-def mean(x, axes=None, keepdims=False) -> Node:
+def mean(x: TensorLike, axes: Axis = None, keepdims: bool = False) -> Node:
     x = as_node(x)
     if not is_float(x.dtype):
         x = cast(x, "float32")

@@ -7,10 +7,15 @@ gradient element first), so `adam(1e-3, clip_norm=1.0)` equals
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from .schedules import LearningRate
 from .transforms import (
     AddDecayedWeights,
     ClipByGlobalNorm,
     ClipByValue,
+    Mask,
     Optimizer,
     ScaleByAdam,
     ScaleByLearningRate,
@@ -20,8 +25,8 @@ from .transforms import (
 )
 
 
-def _clips(clip_norm, clip_value) -> list:
-    out = []
+def _clips(clip_norm: float | None, clip_value: float | None) -> list[Transform]:
+    out: list[Transform] = []
     if clip_value is not None:
         out.append(ClipByValue(clip_value))
     if clip_norm is not None:
@@ -29,8 +34,9 @@ def _clips(clip_norm, clip_value) -> list:
     return out
 
 
-def sgd(learning_rate=1e-2, momentum: float | None = None, nesterov: bool = False,
-        clip_norm=None, clip_value=None) -> Optimizer:
+def sgd(learning_rate: LearningRate = 1e-2, momentum: float | None = None,
+        nesterov: bool = False, clip_norm: float | None = None,
+        clip_value: float | None = None) -> Optimizer:
     """p <- p - lr * g; with `momentum` m: trace <- g + m trace, p <- p - lr * trace
     (Nesterov: p <- p - lr * (g + m trace)). Same as optax.sgd."""
     ts = _clips(clip_norm, clip_value)
@@ -43,19 +49,19 @@ def sgd(learning_rate=1e-2, momentum: float | None = None, nesterov: bool = Fals
     return Optimizer(ts, name, {"learning_rate": learning_rate, "momentum": momentum})
 
 
-def momentum(learning_rate=1e-2, beta: float = 0.9, **kw) -> Optimizer:
+def momentum(learning_rate: LearningRate = 1e-2, beta: float = 0.9, **kw: Any) -> Optimizer:
     """Heavy-ball momentum SGD (optax.sgd(lr, momentum=beta))."""
     return sgd(learning_rate, beta, False, **kw)
 
 
-def nesterov(learning_rate=1e-2, beta: float = 0.9, **kw) -> Optimizer:
+def nesterov(learning_rate: LearningRate = 1e-2, beta: float = 0.9, **kw: Any) -> Optimizer:
     """Nesterov momentum SGD (optax.sgd(lr, momentum=beta, nesterov=True))."""
     return sgd(learning_rate, beta, True, **kw)
 
 
-def rmsprop(learning_rate=1e-3, decay: float = 0.9, eps: float = 1e-8,
+def rmsprop(learning_rate: LearningRate = 1e-3, decay: float = 0.9, eps: float = 1e-8,
             momentum: float | None = None, nesterov: bool = False, eps_in_sqrt: bool = True,
-            clip_norm=None, clip_value=None) -> Optimizer:
+            clip_norm: float | None = None, clip_value: float | None = None) -> Optimizer:
     """nu <- decay nu + (1-decay) g²; p <- p - lr g / sqrt(nu + eps) (optax.rmsprop)."""
     ts = _clips(clip_norm, clip_value)
     ts += [ScaleByRms(decay, eps, 0.0, eps_in_sqrt), ScaleByLearningRate(learning_rate)]
@@ -64,17 +70,18 @@ def rmsprop(learning_rate=1e-3, decay: float = 0.9, eps: float = 1e-8,
     return Optimizer(ts, "rmsprop", {"learning_rate": learning_rate, "decay": decay})
 
 
-def adam(learning_rate=1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-         eps_root: float = 0.0, clip_norm=None, clip_value=None) -> Optimizer:
+def adam(learning_rate: LearningRate = 1e-3, b1: float = 0.9, b2: float = 0.999,
+         eps: float = 1e-8, eps_root: float = 0.0, clip_norm: float | None = None,
+         clip_value: float | None = None) -> Optimizer:
     """Adam with bias correction (optax.adam)."""
     ts = _clips(clip_norm, clip_value)
     ts += [ScaleByAdam(b1, b2, eps, eps_root), ScaleByLearningRate(learning_rate)]
     return Optimizer(ts, "adam", {"learning_rate": learning_rate, "b1": b1, "b2": b2})
 
 
-def adamw(learning_rate=1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-          eps_root: float = 0.0, weight_decay: float = 1e-4, mask=None, clip_norm=None,
-          clip_value=None) -> Optimizer:
+def adamw(learning_rate: LearningRate = 1e-3, b1: float = 0.9, b2: float = 0.999,
+          eps: float = 1e-8, eps_root: float = 0.0, weight_decay: float = 1e-4, mask: Mask = None,
+          clip_norm: float | None = None, clip_value: float | None = None) -> Optimizer:
     """Adam with decoupled weight decay: p <- p - lr (adam_update + wd p) (optax.adamw)."""
     ts = _clips(clip_norm, clip_value)
     ts += [ScaleByAdam(b1, b2, eps, eps_root), AddDecayedWeights(weight_decay, mask),
@@ -84,17 +91,18 @@ def adamw(learning_rate=1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1
 
 def chain(*transforms: Transform, name: str = "chain") -> Optimizer:
     """Build an optimizer from transforms in order, like optax.chain."""
-    flat = []
+    flat: list[Transform] = []
     for t in transforms:
         flat.extend(t.transforms if isinstance(t, Optimizer) else [t])
     return Optimizer(flat, name)
 
 
-OPTIMIZERS = {"sgd": sgd, "momentum": momentum, "nesterov": nesterov, "rmsprop": rmsprop,
-              "adam": adam, "adamw": adamw}
+OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
+    "sgd": sgd, "momentum": momentum, "nesterov": nesterov, "rmsprop": rmsprop, "adam": adam,
+    "adamw": adamw}
 
 
-def get(name: str, learning_rate, **kw) -> Optimizer:
+def get(name: str, learning_rate: LearningRate, **kw: Any) -> Optimizer:
     """An optimizer by name (for the CLI and the trainer)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(OPTIMIZERS)}")

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..ir.node import Node
 
 
 class _NP:
@@ -94,13 +98,13 @@ class _BP:
 class Schedule:
     """A map from update count to learning rate: `sched(count) -> float`, `sched.node(step)`."""
 
-    def formula(self, count, m):  # pragma: no cover - abstract
+    def formula(self, count: Any, m: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __call__(self, count) -> float:
+    def __call__(self, count: float) -> float:
         return float(self.formula(np.float64(count), _NP))
 
-    def node(self, count):
+    def node(self, count: Node) -> Node:
         """The schedule as graph nodes of the scalar `count` node's dtype."""
         from ..ops.elementwise import as_node
 
@@ -112,11 +116,16 @@ class Schedule:
         return f"{type(self).__name__}({fields})"
 
 
+# A learning rate: a number (constant) or a schedule. `count` in a formula is a float64 on the
+# host and a scalar Node in the graph; `m` is the matching math namespace (_NP or _BP).
+LearningRate = float | Schedule
+
+
 @dataclass(repr=False)
 class Constant(Schedule):
     value: float
 
-    def formula(self, count, m):
+    def formula(self, count: Any, m: Any) -> Any:
         return count * 0.0 + self.value
 
 
@@ -128,7 +137,7 @@ class PiecewiseConstant(Schedule):
     init_value: float
     boundaries_and_scales: dict
 
-    def formula(self, count, m):
+    def formula(self, count: Any, m: Any) -> Any:
         v = count * 0.0 + self.init_value
         for boundary, scale in sorted(self.boundaries_and_scales.items()):
             v = m.where(m.lt(count, float(boundary)), v, v * float(scale))
@@ -146,7 +155,7 @@ class ExponentialDecay(Schedule):
     staircase: bool = False
     end_value: float | None = None
 
-    def formula(self, count, m):
+    def formula(self, count: Any, m: Any) -> Any:
         dc = count - float(self.transition_begin)
         p = dc / float(self.transition_steps)
         if self.staircase:
@@ -167,7 +176,7 @@ class CosineDecay(Schedule):
     decay_steps: int
     alpha: float = 0.0
 
-    def formula(self, count, m):
+    def formula(self, count: Any, m: Any) -> Any:
         c = m.minimum(count, float(self.decay_steps))
         cosine = (m.cos(c * (math.pi / self.decay_steps)) + 1.0) * 0.5
         return (cosine * (1.0 - self.alpha) + self.alpha) * self.init_value
@@ -182,7 +191,7 @@ class Linear(Schedule):
     transition_steps: int
     transition_begin: int = 0
 
-    def formula(self, count, m):
+    def formula(self, count: Any, m: Any) -> Any:
         c = m.minimum(m.maximum(count - float(self.transition_begin), 0.0),
                       float(self.transition_steps))
         frac = 1.0 - c / float(self.transition_steps)
@@ -196,7 +205,7 @@ class Join(Schedule):
     schedules: list
     boundaries: list
 
-    def formula(self, count, m):
+    def formula(self, count: Any, m: Any) -> Any:
         out = self.schedules[0].formula(count, m)
         for sched, b in zip(self.schedules[1:], self.boundaries):
             out = m.where(m.lt(count, float(b)), out, sched.formula(count - float(b), m))
@@ -247,7 +256,7 @@ def join(schedules: list, boundaries: list) -> Schedule:
     return Join([as_schedule(s) for s in schedules], list(boundaries))
 
 
-def linear_warmup(schedule, warmup_steps: int, init_value: float = 0.0) -> Schedule:
+def linear_warmup(schedule: LearningRate, warmup_steps: int, init_value: float = 0.0) -> Schedule:
     """Ramp linearly from `init_value` to `schedule(0)` over `warmup_steps`, then `schedule`."""
     schedule = as_schedule(schedule)
     return join([linear(init_value, schedule(0), warmup_steps), schedule], [warmup_steps])
@@ -262,7 +271,7 @@ def warmup_cosine_decay(init_value: float, peak_value: float, warmup_steps: int,
                  cosine_decay(peak_value, decay_steps - warmup_steps, alpha)], [warmup_steps])
 
 
-def as_schedule(lr) -> Schedule:
+def as_schedule(lr: LearningRate) -> Schedule:
     if isinstance(lr, Schedule):
         return lr
     if isinstance(lr, (int, float, np.floating, np.integer)) and not isinstance(lr, bool):
@@ -303,6 +312,6 @@ class ReduceLROnPlateau:
     def state_dict(self) -> dict:
         return {"scale": self.scale, "best": self.best, "bad": self.bad, "cool": self.cool}
 
-    def load_state_dict(self, d: dict):
+    def load_state_dict(self, d: dict) -> None:
         self.scale, self.best = float(d["scale"]), float(d["best"])
         self.bad, self.cool = int(d["bad"]), int(d["cool"])

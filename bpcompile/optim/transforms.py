@@ -11,7 +11,9 @@ step for step; each formula is in its docstring.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from typing import cast as cast_type
 
 import numpy as np
 
@@ -31,7 +33,11 @@ from ..ops.elementwise import (
     where,
 )
 from ..ops.reduce import sum_
-from .schedules import Schedule, as_schedule
+from .schedules import LearningRate, Schedule, as_schedule
+
+Nodes = dict[str, Node]  # graph nodes by param name (updates, params) or state key
+State = dict[str, Nodes]  # a transform's slots: {slot: {param name: node}}
+Mask = Callable[[str], bool] | Collection[str] | None  # weight decay: which params (None: all)
 
 
 @dataclass
@@ -55,7 +61,8 @@ class Transform:
     def init_slot(self, slot: str, p: np.ndarray) -> np.ndarray:
         return np.zeros_like(p)
 
-    def apply(self, updates: dict, state: dict, params: dict, ctx: OptContext):
+    def apply(self, updates: Nodes, state: State, params: Nodes,
+              ctx: OptContext) -> tuple[Nodes, State]:
         raise NotImplementedError  # pragma: no cover
 
     def __repr__(self):
@@ -71,13 +78,14 @@ class ClipByGlobalNorm(Transform):
             raise ValueError(f"clip_by_global_norm: max_norm must be > 0, got {max_norm}")
         self.max_norm = float(max_norm)
 
-    def apply(self, updates, state, params, ctx):
+    def apply(self, updates: Nodes, state: State, params: Nodes,
+              ctx: OptContext) -> tuple[Nodes, State]:
         sq = None
         for g in updates.values():
             s = sum_(mul(g, g))
             s = cast(s, ctx.count.dtype) if s.dtype != ctx.count.dtype else s
             sq = s if sq is None else add(sq, s)
-        norm = unary("sqrt", sq)
+        norm = unary("sqrt", cast_type(Node, sq))  # (at least one param: sq is a node)
         keep = lt(norm, _c(self.max_norm, norm))
         out = {}
         for k, g in updates.items():
@@ -94,7 +102,8 @@ class ClipByValue(Transform):
             raise ValueError(f"clip_by_value: max_delta must be > 0, got {max_delta}")
         self.max_delta = float(max_delta)
 
-    def apply(self, updates, state, params, ctx):
+    def apply(self, updates: Nodes, state: State, params: Nodes,
+              ctx: OptContext) -> tuple[Nodes, State]:
         return {k: minimum(maximum(g, _c(-self.max_delta, g)), _c(self.max_delta, g))
                 for k, g in updates.items()}, {}
 
@@ -107,8 +116,10 @@ class Trace(Transform):
     def __init__(self, decay: float, nesterov: bool = False):
         self.decay, self.nesterov = float(decay), bool(nesterov)
 
-    def apply(self, updates, state, params, ctx):
-        out, new = {}, {}
+    def apply(self, updates: Nodes, state: State, params: Nodes,
+              ctx: OptContext) -> tuple[Nodes, State]:
+        out: Nodes = {}
+        new: State = {}
         for k, g in updates.items():
             t = add(g, mul(_c(self.decay, g), state["trace"][k]))
             new.setdefault("trace", {})[k] = t
@@ -127,11 +138,13 @@ class ScaleByRms(Transform):
         self.decay, self.eps = float(decay), float(eps)
         self.initial_scale, self.eps_in_sqrt = float(initial_scale), bool(eps_in_sqrt)
 
-    def init_slot(self, slot, p):
+    def init_slot(self, slot: str, p: np.ndarray) -> np.ndarray:
         return np.full_like(p, self.initial_scale)
 
-    def apply(self, updates, state, params, ctx):
-        out, new = {}, {"nu": {}}
+    def apply(self, updates: Nodes, state: State, params: Nodes,
+              ctx: OptContext) -> tuple[Nodes, State]:
+        out: Nodes = {}
+        new: State = {"nu": {}}
         for k, g in updates.items():
             nu = add(mul(_c(1.0 - self.decay, g), mul(g, g)),
                      mul(_c(self.decay, g), state["nu"][k]))
@@ -154,11 +167,13 @@ class ScaleByAdam(Transform):
         self.b1, self.b2 = float(b1), float(b2)
         self.eps, self.eps_root = float(eps), float(eps_root)
 
-    def apply(self, updates, state, params, ctx):
+    def apply(self, updates: Nodes, state: State, params: Nodes,
+              ctx: OptContext) -> tuple[Nodes, State]:
         t = add(ctx.count, _c(1.0, ctx.count))
         bc1 = sub(_c(1.0, t), power(_c(self.b1, t), t))
         bc2 = sub(_c(1.0, t), power(_c(self.b2, t), t))
-        out, new = {}, {"mu": {}, "nu": {}}
+        out: Nodes = {}
+        new: State = {"mu": {}, "nu": {}}
         for k, g in updates.items():
             mu = add(mul(_c(1.0 - self.b1, g), g), mul(_c(self.b1, g), state["mu"][k]))
             nu = add(mul(_c(1.0 - self.b2, g), mul(g, g)), mul(_c(self.b2, g), state["nu"][k]))
@@ -175,7 +190,7 @@ class ScaleByAdam(Transform):
 class AddDecayedWeights(Transform):
     """Decoupled weight decay (AdamW): update <- update + weight_decay * param."""
 
-    def __init__(self, weight_decay: float, mask=None):
+    def __init__(self, weight_decay: float, mask: Mask = None) -> None:
         self.weight_decay = float(weight_decay)
         self.mask = mask  # None: every param; else a callable name -> bool or a set of names
 
@@ -184,7 +199,8 @@ class AddDecayedWeights(Transform):
             return True
         return self.mask(name) if callable(self.mask) else name in self.mask
 
-    def apply(self, updates, state, params, ctx):
+    def apply(self, updates: Nodes, state: State, params: Nodes,
+              ctx: OptContext) -> tuple[Nodes, State]:
         return {k: add(u, mul(_c(self.weight_decay, u), params[k])) if self._applies(k) else u
                 for k, u in updates.items()}, {}
 
@@ -192,10 +208,11 @@ class AddDecayedWeights(Transform):
 class ScaleByLearningRate(Transform):
     """update <- -lr(count) * lr_scale * update, lr a number or a schedule."""
 
-    def __init__(self, learning_rate):
+    def __init__(self, learning_rate: LearningRate) -> None:
         self.schedule: Schedule = as_schedule(learning_rate)
 
-    def apply(self, updates, state, params, ctx):
+    def apply(self, updates: Nodes, state: State, params: Nodes,
+              ctx: OptContext) -> tuple[Nodes, State]:
         lr = mul(self.schedule.node(ctx.count), ctx.lr_scale)
         out = {}
         for k, u in updates.items():
@@ -212,7 +229,7 @@ class Optimizer:
     `update(grads, state, params, ctx)` gives the new params and state as graph nodes.
     """
 
-    transforms: list
+    transforms: list[Transform]
     name: str = "optimizer"
     hyper: dict = field(default_factory=dict)
 
@@ -246,17 +263,19 @@ class Optimizer:
                     out[f"{names[(i, s)]}_{k}"] = t.init_slot(s, np.asarray(p))
         return out
 
-    def state_keys(self, param_names) -> list:
+    def state_keys(self, param_names: Iterable[str]) -> list[str]:
         names = self._slot_names()
         return [f"{names[(i, s)]}_{k}" for i, t in enumerate(self.transforms)
                 for s in t.slots for k in param_names]
 
-    def update(self, grads: dict, state: dict, params: dict, ctx: OptContext):
+    def update(self, grads: Nodes, state: Nodes, params: Nodes,
+               ctx: OptContext) -> tuple[Nodes, Nodes]:
         """Graph nodes for (new params, new state) from gradient/state/param nodes by name."""
         updates, new_state = self.updates(grads, state, params, ctx)
         return {k: add(params[k], updates[k]) for k in params}, new_state
 
-    def updates(self, grads: dict, state: dict, params: dict, ctx: OptContext):
+    def updates(self, grads: Nodes, state: Nodes, params: Nodes,
+                ctx: OptContext) -> tuple[Nodes, Nodes]:
         """Graph nodes for (param deltas, new state): new param = param + delta."""
         names = self._slot_names()
         updates, new_state = dict(grads), {}

@@ -32,9 +32,11 @@ def load_npz(path) -> dict:
         raise DataError(f"{path}: cannot read as .npz: {e}") from None
 
 
-def check_data(data: dict, inputs: list, bounds: dict, what: str = "data") -> int:
+def check_data(data: dict, inputs: list, bounds: dict[str, tuple[int, int]],
+               what: str = "data") -> int:
     """Validate `data` (arrays by input name, leading axis = examples) against the model's
-    input nodes (whose leading axis is the batch); return the number of examples."""
+    input nodes (whose leading axis is the batch) and the index bounds {name: (lo, hi)} of
+    `ops.index.input_ranges`; return the number of examples."""
     if not isinstance(data, dict):
         raise DataError(f"{what}: expected a dict of arrays by input name (or an .npz path), "
                         f"got {type(data).__name__}")
@@ -65,9 +67,9 @@ def check_data(data: dict, inputs: list, bounds: dict, what: str = "data") -> in
         bound = bounds.get(name)
         if bound is not None and arr.size:
             lo, hi = int(arr.min()), int(arr.max())
-            if lo < 0 or hi >= bound:
-                raise DataError(f"{what}: labels {name!r} must lie in [0, {bound}) (the model "
-                                f"has {bound} classes), got values {lo}..{hi}")
+            if lo < bound[0] or hi >= bound[1]:
+                raise DataError(f"{what}: labels {name!r} must lie in [{bound[0]}, {bound[1]}) "
+                                f"(the model has {bound[1]} classes), got values {lo}..{hi}")
         if x.dtype.startswith("float") and arr.size and not np.isfinite(arr).all():
             raise DataError(f"{what}: {name!r} contains NaN or inf")
     return int(n)

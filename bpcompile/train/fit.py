@@ -18,7 +18,10 @@ from pathlib import Path
 from ..compiled import Function
 from ..errors import ArgumentError
 from ..ir.node import Node
+from ..ir.traverse import toposort
+from ..ops.index import input_ranges
 from ..optim import Optimizer, ReduceLROnPlateau, adam
+from ..toml_read import toml_module
 from .callbacks import (
     Callback,
     EarlyStopping,
@@ -102,11 +105,9 @@ def _as_model(x):
 
 def rebatch_toml(path: Path, batch_size: int):
     """Re-read a TOML spec with every input's leading (batch) axis set to `batch_size`."""
-    import tomllib
-
     from ..spec import from_dict
 
-    doc = tomllib.loads(Path(path).read_text())
+    doc = toml_module().loads(Path(path).read_text())
     inputs = doc.get("inputs")
     items = list(inputs.values()) if isinstance(inputs, dict) else list(inputs or [])
     names = []
@@ -125,8 +126,8 @@ def rebatch_toml(path: Path, batch_size: int):
     return from_dict(doc, str(path), Path(path).stem)
 
 
-def _bounds(model) -> dict:
-    return {k: v[1] for k, v in model.input_kinds.items() if v and v[0] == "int"}
+def _bounds(model) -> dict[str, tuple[int, int]]:
+    return input_ranges(toposort([model.loss]), wrap=False)
 
 
 # ---- the loop --------------------------------------------------------------------------------

@@ -14,9 +14,13 @@ from __future__ import annotations
 import math
 import threading
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
+from ..backends.protocol import InPlace, JaxProgram, NativeCaller
 from ..compiled import Function
 from ..compiled import grad as _grad
 from ..errors import ArgumentError, BPError
@@ -27,6 +31,9 @@ from ..ops.leaves import input as _input
 from ..ops.reduce import sum_
 from ..optim import Optimizer, adam
 from ..optim.transforms import OptContext
+
+if TYPE_CHECKING:  # annotations only (spec is imported where it is used)
+    from ..spec import Model
 
 VANISHING = 1e-7  # gradient norm below this: warn "vanishing"
 EXPLODING = 1e3  # gradient norm above this: warn "exploding"
@@ -49,10 +56,14 @@ class TrainStep:
     run one at a time under a lock, so N threads x k steps apply N*k updates in some order.
     """
 
-    def __init__(self, loss, params=None, optimizer: Optimizer | None = None,
-                 backend: str = "numpy", init: dict | None = None, seed: int = 0,
-                 diagnostics: bool = False, check_finite: bool = True, native=None,
-                 **options):
+    last: dict[str, Any]  # the last step's diagnostics
+    _eval: Function | None  # the loss-only function, compiled on first `evaluate`
+
+    def __init__(self, loss: Node | Model, params: Sequence[Node | str] | None = None,
+                 optimizer: Optimizer | None = None, backend: str = "numpy",
+                 init: dict[str, ArrayLike] | None = None, seed: int = 0,
+                 diagnostics: bool = False, check_finite: bool = True,
+                 native: bool | None = None, **options: Any) -> None:
         from ..spec import Init, Model
 
         model = loss if isinstance(loss, Model) else None
@@ -119,7 +130,8 @@ class TrainStep:
             options["batch_inputs"] = {x.attr("name"): 0 for x in self.input_nodes if x.ndim}
         self.fn = Function(graph, backend=backend, **options)
         # JAX data parallel: batches are placed with the program's shardings (jax.distributed)
-        self._dp = getattr(self.fn.impl, "dp", None)
+        impl = self.fn.impl
+        self._dp = impl.dp if isinstance(impl, JaxProgram) else None
         self._arg_names = list(self.fn.signature.names)
         self._outs = self.fn.names
         self._eval = None
@@ -171,12 +183,12 @@ class TrainStep:
         """The current optimizer state by slot name (`mu_W1`, ...); views, like `params`."""
         return {k: self._cur[k] for k in self.state_names}
 
-    def set_params(self, values: dict):
+    def set_params(self, values: dict[str, ArrayLike]) -> None:
         """Overwrite some or all params (e.g. restore the best epoch's)."""
         with self._lock:
             self._write_carried({k: v for k, v in values.items() if k in self.param_names})
 
-    def reset(self, init: dict):
+    def reset(self, init: dict[str, ArrayLike]) -> None:
         """Start over from `init` params (fresh optimizer state, count 0), keeping the compiled
         function: cheap restarts for many seeds."""
         with self._lock:
@@ -208,7 +220,7 @@ class TrainStep:
                 [f"unexpected {extra}"] if extra else [])
             raise ArgumentError(f"train step: {'; '.join(parts)}; the model's inputs are {want}")
 
-    def __call__(self, **batch) -> float:
+    def __call__(self, **batch: ArrayLike) -> float:
         """Apply one update on `batch` (arrays by input name); return the loss before it."""
         if batch.keys() != self._input_set:
             self._check_batch(batch)
@@ -259,7 +271,7 @@ class TrainStep:
         finally:
             lock.release()
 
-    def evaluate(self, **batch) -> float:
+    def evaluate(self, **batch: ArrayLike) -> float:
         """The loss at the current params, without updating (compiled once, lazily)."""
         with self._lock:
             return self._evaluate(batch)
@@ -344,7 +356,7 @@ class TrainStep:
         out["meta/lr_scale"] = np.asarray(self.lr_scale)
         return out
 
-    def load_state_dict(self, d: dict):
+    def load_state_dict(self, d: dict) -> None:
         with self._lock:
             self._load_state_dict(d)
 
@@ -401,8 +413,9 @@ def _norm(x: Node) -> Node:
     return unary("sqrt", sum_(mul(x, x)))
 
 
-def compile_train_step(loss, params=None, optimizer: Optimizer | None = None,
-                       backend: str = "numpy", **kw) -> TrainStep:
+def compile_train_step(loss: Node | Model, params: Sequence[Node | str] | None = None,
+                       optimizer: Optimizer | None = None, backend: str = "numpy",
+                       **kw: Any) -> TrainStep:
     """Compile forward + backward + `optimizer` update of `params` into one function.
 
     `loss` is a scalar node or a spec `Model`; `params` a list of param nodes or names
@@ -426,14 +439,14 @@ class _PingPong:
     @classmethod
     def create(cls, step: TrainStep, graph: dict, backend: str, options: dict):
         impl = step.fn.impl
-        if not (hasattr(impl, "new_arena") and hasattr(impl, "make_caller")):
+        if not isinstance(impl, InPlace):
             return None
         other = Function(graph, backend=backend, **options)
         # pinned: each instance writes one arena of its own whichever thread steps (steps
         # hold the TrainStep's lock), not the calling thread's
         callers = [f.impl.make_caller(f.signature, f.names[1:], pinned=True)
-                   for f in (step.fn, other)]
-        if any(c is None or not hasattr(c, "bp_native") for c in callers):
+                   if isinstance(f.impl, InPlace) else None for f in (step.fn, other)]
+        if not all(isinstance(c, NativeCaller) for c in callers):
             return None
         return cls(step, [step.fn, other], callers)
 

@@ -370,7 +370,7 @@ def _host_converter(signature, names):
 
 
 def _host_bounds(signature) -> list:
-    return list(getattr(signature, "bounds", {}).items())
+    return list(signature.bounds.items())
 
 
 def _check_range(name, v, bound):

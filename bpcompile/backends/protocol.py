@@ -1,0 +1,100 @@
+"""What the front end (`compiled.py`, `train/step.py`) needs of a backend, declared once.
+
+Every backend is a `Backend`; the optional capabilities are protocols of their own, tested
+with `isinstance` where a `hasattr` probe used to guess: `FastCall` (its own validated call
+path; LLVM and JAX), `MemoryPlan` (`fn.memory()`; LLVM), `InPlace` (pinned native callers
+whose outputs stay in place, for ping-pong training steps; LLVM) and `JaxProgram` (the
+JAX-only inspection and interop methods). A capability a backend lacks is an error that
+names the backend, never an AttributeError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:  # annotations only: signature.py belongs to the front end
+    from ..signature import Signature
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A compiled graph: `run` takes the arguments (converted, in `args` order) and returns
+    (first output, [other outputs]); `source` the generated code at a stage."""
+
+    name: str
+
+    def run(self, arrays: list[Any]) -> tuple[Any, Sequence[Any]]: ...
+
+    def source(self, stage: str | None = None) -> str: ...
+
+
+# A backend's constructor: `cls(outputs, args, title=..., **options)`; each backend names the
+# options it takes, and refuses others.
+BackendClass = Callable[..., Backend]
+
+
+@runtime_checkable
+class NativeCaller(Protocol):
+    """A caller backed by a C-level builtin, which `Compiled` installs as its `__call__`."""
+
+    bp_native: Callable[..., Any]
+
+
+class Arena(Protocol):
+    """A native output (and workspace) buffer set; the outputs are views into it."""
+
+    out_arrays: list[np.ndarray]
+
+
+class PinnedCaller(NativeCaller, Protocol):
+    """A native caller over one arena of its own, read in place by the train step."""
+
+    arena: Arena
+
+
+@runtime_checkable
+class FastCall(Protocol):
+    """A backend with its own validated call path (None when unavailable for this graph)."""
+
+    def make_caller(self, signature: Signature,
+                    grad_names: list[str]) -> Callable[..., Any] | None: ...
+
+
+@runtime_checkable
+class InPlace(Protocol):
+    """A backend whose pinned callers write fixed native buffers (ping-pong training)."""
+
+    def new_arena(self) -> Arena: ...
+
+    def make_caller(self, signature: Signature, grad_names: list[str],
+                    pinned: bool = False) -> Any: ...
+
+
+@runtime_checkable
+class MemoryPlan(Protocol):
+    """A backend with a static memory plan (peak bytes, buffers, saved for backward)."""
+
+    def memory(self) -> dict[str, Any]: ...
+
+
+class Sharding(Protocol):
+    """A data-parallel program: places a batch with the program's shardings."""
+
+    def shard(self, **arrays: Any) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class JaxProgram(Protocol):
+    """The JAX backend's extras: lowering, JAX interop and data parallelism."""
+
+    dp: Sharding | None
+
+    def lowered(self) -> Any: ...
+
+    def as_jax_function(self, grad_names: list[str]) -> Callable[..., Any]: ...
+
+    def data_parallel(self, signature: Signature, grad_names: list[str],
+                      batch_inputs: Any = None, devices: Any = None) -> Any: ...
