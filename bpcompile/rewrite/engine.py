@@ -1,0 +1,143 @@
+"""The one rewrite engine: rules are data, (name, pattern, replacement), as in tinygrad's
+PatternMatcher and PyTensor's named rewrites.
+
+A pattern (`Pat`) matches a node by op name(s), input sub-patterns and a predicate on the node
+(attributes, constants, shapes), and binds nodes to names; a name bound twice must bind the same
+node. A replacement is a function `(n, **bindings) -> Node | None` of the matched root `n`;
+returning None means "no rewrite here" and the next rule is tried. Rules are tried in order and
+the first that rewrites wins. Every rewrite of a graph runs one bounded fixpoint (`FIXPOINT`):
+each node is rewritten until no rule applies, and the whole graph again until it stops
+changing. Hits are counted per rule name while `counting()` is active (`fn.stats()`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from ..ir.node import Node
+from ..ir.traverse import transform
+from .patterns import is_scalar
+
+# The one bound on every rewrite fixpoint: rewrites of one node, and passes over a graph.
+FIXPOINT = 16
+
+_COUNTERS: list[Counter] = []  # hit counters of the active `counting()` blocks, innermost last
+
+
+@contextlib.contextmanager
+def counting() -> Iterator[Counter]:
+    """Collect {rule name: hits} of every rewrite inside the block."""
+    hits: Counter = Counter()
+    _COUNTERS.append(hits)
+    try:
+        yield hits
+    finally:
+        _COUNTERS.pop()
+
+
+def record(name: str) -> None:
+    """Count one hit of the rule `name` (also used by rewrites of SymPy kernel bodies)."""
+    if _COUNTERS:
+        _COUNTERS[-1][name] += 1
+
+
+class Pat:
+    """A node pattern: `op` (a name, a tuple of names, or None for any op), `src` (input
+    sub-patterns, matched position by position; None: any inputs), `where` (a predicate on
+    the node) and `name` (bind the node under this name)."""
+
+    __slots__ = ("ops", "src", "where", "name")
+
+    def __init__(self, op=None, *src: Pat, name: str | None = None, where=None):
+        self.ops = (op,) if isinstance(op, str) else op
+        self.src = src or None
+        self.where = where
+        self.name = name
+
+    def match(self, n: Node, b: dict) -> bool:
+        if self.ops is not None and n.op not in self.ops:
+            return False
+        if self.src is not None and (
+            len(n.inputs) != len(self.src)
+            or not all(p.match(i, b) for p, i in zip(self.src, n.inputs))
+        ):
+            return False
+        if self.where is not None and not self.where(n):
+            return False
+        if self.name is not None:
+            if self.name in b:
+                return b[self.name] is n
+            b[self.name] = n
+        return True
+
+
+def X(name: str = "x", where=None) -> Pat:
+    """Any node, bound to `name`."""
+    return Pat(None, name=name, where=where)
+
+
+def C(value=None, name: str | None = None, rank0: bool = False) -> Pat:
+    """A constant whose elements all equal `value` (any value if None); rank0: a 0-d one."""
+    return Pat(None, name=name, where=lambda n: is_scalar(n, value) and (not rank0 or n.ndim == 0))
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    pattern: Pat
+    replace: Callable[..., Node | None]
+
+
+class Rules:
+    """An ordered rule list applied by the engine; `rules(outputs)` rewrites a graph."""
+
+    def __init__(self, name: str, rules: list[Rule]):
+        self.name = name
+        self.rules = list(rules)
+        names = [r.name for r in self.rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate rule names in {name}: {names}")
+        self._by_op: dict[str, list[Rule]] = {}
+
+    def _for(self, op: str) -> list[Rule]:
+        rs = self._by_op.get(op)
+        if rs is None:  # rules that can match `op`, in their declared order
+            rs = [r for r in self.rules if r.pattern.ops is None or op in r.pattern.ops]
+            self._by_op[op] = rs
+        return rs
+
+    def rewrite_once(self, n: Node) -> Node | None:
+        """The first rule's replacement of `n`, or None when no rule rewrites it."""
+        for r in self._for(n.op):
+            b: dict = {}
+            if r.pattern.match(n, b):
+                new = r.replace(n, **b)
+                if new is not None and new is not n:
+                    record(f"{self.name}.{r.name}")
+                    return new
+        return None
+
+    def rewrite_node(self, n: Node) -> Node:
+        for _ in range(FIXPOINT):
+            new = self.rewrite_once(n)
+            if new is None:
+                return n
+            n = new
+        return n
+
+    def __call__(self, outputs: list[Node]) -> list[Node]:
+        # A rewrite may build new nodes that match again, so the graph is rewritten until it
+        # stops changing (bounded).
+        for _ in range(FIXPOINT):
+            new = transform(outputs, self.rewrite_node)
+            if all(a is b for a, b in zip(new, outputs)):
+                return new
+            outputs = new
+        return outputs
+
+
+def rule(name: str, pattern: Pat, replace: Callable[..., Node | None]) -> Rule:
+    return Rule(name, pattern, replace)
