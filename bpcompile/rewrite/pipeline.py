@@ -15,6 +15,7 @@ from ..ir.traverse import toposort
 from ..ops.scan import prune_outputs
 from .algebraic import algebraic
 from .canonicalize import canonicalize, canonicalize_forward, cse
+from .engine import counting
 from .fold import fold_constants
 from .fuse import fuse
 from .scan_hoist import hoist_scans
@@ -47,12 +48,13 @@ class Stage:
     outputs: list
     nodes: int
     ops: Counter = field(default_factory=Counter)
+    hits: Counter = field(default_factory=Counter)  # rewrites per named rule (engine.py)
 
 
-def _stage(name, outputs):
+def _stage(name, outputs, hits=None):
     order = toposort(outputs)
     ops = Counter(n.op for n in order if n.op not in ("input", "param", "const"))
-    return Stage(name, list(outputs), sum(ops.values()), ops)
+    return Stage(name, list(outputs), sum(ops.values()), ops, Counter(hits or ()))
 
 
 def run(outputs: list[Node], passes=None, record=None) -> tuple[list[Node], list[Stage]]:
@@ -66,24 +68,33 @@ def run(outputs: list[Node], passes=None, record=None) -> tuple[list[Node], list
     )
     stages = list(record or [])
     before_fuse = [(n, f) for n, f in chosen if n != "fuse"]
+    later = Counter()  # rule hits after the first round, reported on the "simplify" stage
     for round_ in range(SIMPLIFY_ROUNDS):
         start = outputs
         for name, fn in before_fuse:
-            outputs = fn(outputs)
+            with counting() as hits:
+                outputs = fn(outputs)
             if round_ == 0:
-                stages.append(_stage(name, outputs))
+                stages.append(_stage(name, outputs, hits))
+            else:
+                later.update(hits)
         if all(a is b for a, b in zip(start, outputs)):
             break
     if round_ > 0:
-        stages.append(_stage(f"simplify x{round_ + 1}", outputs))
+        stages.append(_stage(f"simplify x{round_ + 1}", outputs, later))
     for name, fn in chosen:
         if name == "fuse":
-            outputs = fn(outputs)
-            stages.append(_stage(name, outputs))
+            with counting() as hits:
+                outputs = fn(outputs)
+            stages.append(_stage(name, outputs, hits))
     return outputs, stages
 
 
-def run_forward(loss: Node) -> Node:
-    for _, fn in FORWARD_PASSES:
-        (loss,) = fn([loss])
+def run_forward(loss: Node, hits: Counter | None = None) -> Node:
+    """The forward passes on `loss`; their rule hits are added to `hits` when given."""
+    with counting() as counted:
+        for _, fn in FORWARD_PASSES:
+            (loss,) = fn([loss])
+    if hits is not None:
+        hits.update(counted)
     return loss
