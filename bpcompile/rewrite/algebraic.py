@@ -179,7 +179,8 @@ RULES = Rules("algebraic", [
     rule("where_const", Pat("where", C(name="c"), X("a"), X("b")),
          _pick),  # where(True, a, b) -> a
     rule("transpose_transpose", Pat("transpose", Pat("transpose", X(), name="t")),
-         lambda n, x, t: transpose(x, tuple(t.attr("perm")[p] for p in n.attr("perm")))),  # (xᵀ)ᵀ
+         lambda n, x, t: transpose(x, tuple(t.attr("perm")[p] for p in n.attr("perm")))
+         ),  # (xᵀ)ᵀ -> x (one transpose with the composed permutation)
     rule("transposed_product", Pat("transpose", Pat("matmul")),
          _transposed_product),  # (A B)ᵀ -> Bᵀ Aᵀ: the product is written in the layout read
     rule("reshape_broadcast_scalar", Pat("reshape", Pat("broadcast_to", X(
