@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..ir.node import Node
+from ..ir.node import Node, rebuild
 from ..ir.traverse import transform
 from .patterns import is_scalar
 
@@ -109,18 +109,25 @@ class Rules:
             self._by_op[op] = rs
         return rs
 
-    def rewrite_once(self, n: Node) -> Node | None:
-        """The first rule's replacement of `n`, or None when no rule rewrites it."""
+    def _replace(self, n: Node) -> tuple[str, Node] | None:
         for r in self._for(n.op):
             b: dict = {}
             if r.pattern.match(n, b):
                 new = r.replace(n, **b)
                 if new is not None and new is not n:
-                    record(f"{self.name}.{r.name}")
-                    return new
+                    return r.name, new
         return None
 
+    def rewrite_once(self, n: Node) -> Node | None:
+        """The first rule's replacement of `n`, or None when no rule rewrites it."""
+        hit = self._replace(n)
+        if hit is None:
+            return None
+        record(f"{self.name}.{hit[0]}")
+        return hit[1]
+
     def rewrite_node(self, n: Node) -> Node:
+        """`n` rewritten at its root until no rule applies (bounded)."""
         for _ in range(FIXPOINT):
             new = self.rewrite_once(n)
             if new is None:
@@ -129,14 +136,47 @@ class Rules:
         return n
 
     def __call__(self, outputs: list[Node]) -> list[Node]:
-        # A rewrite may build new nodes that match again, so the graph is rewritten until it
-        # stops changing (bounded).
+        """The graph rewritten bottom-up until no rule applies anywhere (bounded).
+
+        Every node is rewritten after its inputs; the nodes a replacement builds (the `a*b` of
+        `-(a*b)`) are rewritten at once, before the replacement's own root is tried again. A
+        pass that leaves something unsettled (only past the bound) is followed by another."""
         for _ in range(FIXPOINT):
-            new = transform(outputs, self.rewrite_node)
-            if all(a is b for a, b in zip(new, outputs)):
+            normal: set[Node] = set()  # nodes no rule rewrites
+            stale = False
+
+            def build(n: Node, memo: dict) -> Node:
+                nonlocal stale
+                new, settled = self._settle(rebuild(n, [memo[i] for i in n.inputs]), normal)
+                stale = stale or not settled
                 return new
-            outputs = new
+
+            outputs = transform(outputs, build=build)
+            if not stale:
+                return outputs
         return outputs
+
+    def _settle(self, n: Node, normal: set[Node], depth: int = 0) -> tuple[Node, bool]:
+        """(`n` rewritten, with every node a replacement built rewritten too; whether that
+        finished within the bound)."""
+        if n in normal:
+            return n, True
+        ok = True
+        for _ in range(FIXPOINT):
+            new = self.rewrite_node(n)
+            if depth >= FIXPOINT:
+                return new, False
+            ins = []
+            for i in new.inputs:
+                j, fine = self._settle(i, normal, depth + 1)
+                ins.append(j)
+                ok = ok and fine
+            settled = rebuild(new, ins)
+            if settled is new or self._replace(settled) is None:
+                normal.add(settled)
+                return settled, ok
+            n = settled
+        return n, False
 
 
 def rule(name: str, pattern: Pat, replace: Callable[..., Node | None]) -> Rule:
