@@ -6,8 +6,9 @@ A pattern (`Pat`) matches a node by op name(s), input sub-patterns and a predica
 node. A replacement is a function `(n, **bindings) -> Node | None` of the matched root `n`;
 returning None means "no rewrite here" and the next rule is tried. Rules are tried in order and
 the first that rewrites wins. Every rewrite of a graph runs one bounded fixpoint (`FIXPOINT`):
-each node is rewritten until no rule applies, and the whole graph again until it stops
-changing. Hits are counted per rule name while `counting()` is active (`fn.stats()`).
+bottom-up, each node is rewritten until no rule applies, the nodes a replacement builds
+included, so one pass over the graph settles it (another runs only past the bound). Hits are
+counted per rule name while `counting()` is active (`fn.stats()`).
 """
 
 from __future__ import annotations
