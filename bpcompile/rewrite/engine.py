@@ -61,11 +61,12 @@ class Pat:
     def match(self, n: Node, b: dict) -> bool:
         if self.ops is not None and n.op not in self.ops:
             return False
-        if self.src is not None and (
-            len(n.inputs) != len(self.src)
-            or not all(p.match(i, b) for p, i in zip(self.src, n.inputs))
-        ):
-            return False
+        if self.src is not None:
+            if len(n.inputs) != len(self.src):
+                return False
+            for p, i in zip(self.src, n.inputs):  # a loop, not all(): this is the hot path
+                if not p.match(i, b):
+                    return False
         if self.where is not None and not self.where(n):
             return False
         if self.name is not None:
@@ -165,6 +166,9 @@ class Rules:
         ok = True
         for _ in range(FIXPOINT):
             new = self.rewrite_node(n)
+            if new is n and all(i in normal for i in n.inputs):  # the common case: no rule
+                normal.add(n)
+                return n, ok
             if depth >= FIXPOINT:
                 return new, False
             ins = []
