@@ -114,11 +114,17 @@ class Program:
         return format_graph(st.outputs, labels)
 
     def stats(self) -> str:
-        """Node counts after each stage, and compile timings."""
+        """Node counts after each stage, rewrites per named rule, and compile timings."""
         rows = [f"{'stage':16s} {'nodes':>6s}  ops"]
         for s in self.stages:
             top = ", ".join(f"{k}:{v}" for k, v in s.ops.most_common(6))
             rows.append(f"{s.name:16s} {s.nodes:6d}  {top}")
+        # the "forward" row's hits are those of the passes run on it before autodiff
+        rows.append("rule hits per stage:")
+        for s in self.stages:
+            if s.hits:
+                hits = ", ".join(f"{k}:{v}" for k, v in sorted(s.hits.items()))
+                rows.append(f"  {s.name:14s} {hits}")
         rows.append(
             f"graph build+autodiff+passes {self.timings['graph'] * 1e3:.1f} ms, "
             f"codegen ({self.backend_name}) {self.timings['codegen'] * 1e3:.1f} ms"
@@ -146,7 +152,7 @@ class Compiled(Program):
         self.grad_names = [w.attr("name") for w in self.wrt]
         get_backend(backend)  # a bad backend name fails before any graph work
         stages = [pipeline._stage("forward", [self.loss])]
-        forward = pipeline.run_forward(self.loss)
+        forward = pipeline.run_forward(self.loss, stages[0].hits)
         grads = _grad(forward, self.wrt)
         stages.append(pipeline._stage("adjoint", [forward] + list(grads)))
         self._build(
@@ -216,7 +222,7 @@ class Function(Program):
         _check_unique_names(self.args)
         self.signature = Signature(self.args, nodes)
         stages = [pipeline._stage("forward", nodes)]
-        nodes = [pipeline.run_forward(n) if n.shape == () else n for n in nodes]
+        nodes = [pipeline.run_forward(n, stages[0].hits) if n.shape == () else n for n in nodes]
         self._build(nodes, self.names, backend, passes, options, stages, t0)
 
     def _title(self):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 from .node import ConstValue, Node, make
-from .traverse import toposort
+from .traverse import transform
 
 
 @runtime_checkable
@@ -17,8 +17,8 @@ class Retypable(Protocol):
 
 def retype(outputs: list[Node], src: str = "float32", dst: str = "float64") -> list[Node]:
     """The same computation with every `src` leaf, constant and dtype attribute made `dst`."""
-    memo: dict[Node, Node] = {}
-    for n in toposort(outputs):
+
+    def build(n: Node, memo: dict[Node, Node]) -> Node:
         attrs = dict(n.attrs)
         if attrs.get("dtype") == src:
             attrs["dtype"] = dst
@@ -27,5 +27,6 @@ def retype(outputs: list[Node], src: str = "float32", dst: str = "float64") -> l
                 attrs[k] = v.retype(src, dst)
         if n.op == "const" and n.dtype == src:
             attrs["value"] = ConstValue(attrs["value"].array.astype(dst))
-        memo[n] = make(n.op, [memo[i] for i in n.inputs], **attrs)
-    return [memo[o] for o in outputs]
+        return make(n.op, [memo[i] for i in n.inputs], **attrs)
+
+    return transform(outputs, build=build)

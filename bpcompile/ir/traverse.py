@@ -42,17 +42,26 @@ def leaves(outputs: Iterable[Node], ops=("input", "param")) -> list[Node]:
     return [n for n in toposort(outputs) if n.op in ops]
 
 
-def transform(outputs: list[Node], fn: Callable[[Node], Node]) -> list[Node]:
-    """Rebuild the graph bottom-up: each node gets rebuilt on transformed inputs, then `fn`.
+def transform(
+    outputs: list[Node],
+    fn: Callable[[Node], Node] | None = None,
+    build: Callable[[Node, dict[Node, Node]], Node] | None = None,
+) -> list[Node]:
+    """Rebuild the graph bottom-up; the one traversal every pass rebuilds through.
 
-    `fn` receives the rebuilt node and returns its replacement (or the node itself). Names given
-    with `.named()` carry over to the replacement when it has none of its own.
+    Each node is built by `build(n, memo)` (memo: old node -> its new node, filled for n's
+    inputs and everything before n; default: `n` on its new inputs), then passed to `fn`, which
+    returns its replacement (or the node itself). Nodes made meanwhile take n's source line, so
+    generated code keeps pointing at the user's line. Names given with `.named()` carry over to
+    the replacement when it has none of its own.
     """
     memo: dict[Node, Node] = {}
     for n in toposort(outputs):
         LOCATION_OVERRIDE.append(n.where)  # nodes a rewrite creates keep the user's line
         try:
-            new = fn(rebuild(n, [memo[i] for i in n.inputs]))
+            new = build(n, memo) if build else rebuild(n, [memo[i] for i in n.inputs])
+            if fn is not None:
+                new = fn(new)
         finally:
             LOCATION_OVERRIDE.pop()
         if new is not n and n in NAMES and new not in NAMES and new.op not in ("input", "param"):

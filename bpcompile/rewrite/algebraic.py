@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.node import Node, make
-from ..ir.traverse import transform
 from ..ops import elementwise as ew
 from ..ops.leaves import const, scalar_value
 from ..ops.movement import broadcast_to, reshape, transpose
 from ..ops.registry import get_op
+from .engine import C, Pat, Rules, X, rule
 from .patterns import is_op, is_scalar, same_shape_as
 
 
@@ -98,129 +98,118 @@ def _softmax_from_shifted_exp(n: Node):
     return None
 
 
-def _rules(n: Node):
-    op, i = n.op, n.inputs
-    if (r := _implicit_broadcast(n)) is not None:
-        return r  # f(bcast(x), y) -> f(x, y): elementwise ops broadcast anyway
-    if op == "reshape" and is_op(i[0], "const") and is_scalar(i[0]) and n.size == 1:
-        return const(np.full(n.shape, scalar_value(i[0])), n.dtype)  # reshape(c) -> c
-    if op == "add":
-        if is_scalar(i[1], 0):
-            return same_shape_as(i[0], n)  # x + 0 -> x
-        if is_scalar(i[0], 0):
-            return same_shape_as(i[1], n)  # 0 + x -> x
-        if is_op(i[1], "neg"):
-            return ew.sub(i[0], i[1].inputs[0])  # x + (-y) -> x - y
-    if op == "sub":
-        if is_scalar(i[1], 0):
-            return same_shape_as(i[0], n)  # x - 0 -> x
-        if is_scalar(i[0], 0):
-            return same_shape_as(ew.neg(i[1]), n)  # 0 - x -> -x
-        if is_op(i[1], "neg"):
-            return ew.add(i[0], i[1].inputs[0])  # x - (-y) -> x + y
-    if op == "mul":
-        if is_scalar(i[1], 1):
-            return same_shape_as(i[0], n)  # x * 1 -> x
-        if is_scalar(i[0], 1):
-            return same_shape_as(i[1], n)  # 1 * x -> x
-        if is_scalar(i[1], -1):
-            return same_shape_as(ew.neg(i[0]), n)  # x * -1 -> -x
-        if is_op(i[0], "neg") and is_op(i[1], "neg"):
-            return ew.mul(i[0].inputs[0], i[1].inputs[0])  # (-a)(-b) -> ab
-        if is_op(i[1], "neg"):
-            return ew.neg(ew.mul(i[0], i[1].inputs[0]))  # a * (-b) -> -(ab)
-        if is_op(i[0], "neg"):
-            return ew.neg(ew.mul(i[0].inputs[0], i[1]))  # (-a) * b -> -(ab)
-        if is_op(i[0], "mul") and is_scalar(i[0].inputs[1]) and is_scalar(i[1]) and i[1].ndim == 0:
-            c = i[0].inputs[1].attr("value").array * i[1].attr("value").array
-            return same_shape_as(ew.mul(i[0].inputs[0], const(c, n.dtype)), n)  # (x*a)*b -> x*(ab)
-    if op == "div" and is_scalar(i[1], 1):
-        return same_shape_as(i[0], n)  # x / 1 -> x
-    if op == "neg" and is_op(i[0], "neg"):
-        return i[0].inputs[0]  # --x -> x
-    if (
-        op == "neg"
-        and is_op(i[0], "mul")
-        and i[0].inputs[1].op == "const"
-        and i[0].inputs[1].ndim == 0
-    ):
-        return ew.mul(
-            i[0].inputs[0], const(-scalar_value(i[0].inputs[1]), n.dtype)
-        )  # -(x*c) -> x*(-c)
-    if op == "sum" and is_op(i[0], "sum") and n.attr("keepdims") == i[0].attr("keepdims"):
-        return _merge_sums(n, i[0])  # Σ_b Σ_a x -> Σ_(a∪b) x
-    if op == "matmul" and i[1].ndim == 2 and i[0].ndim > 2:
-        a, k = i[0], i[1].shape[0]  # (..., M, K) @ (K, N): one GEMM over the flattened batch
-        return reshape(make("matmul", (reshape(a, (-1, k)), i[1])), n.shape)
-    if op == "exp" and (r := _softmax_from_shifted_exp(n)) is not None:
-        return r  # exp(x - logsumexp(x)) -> exp(x - m) / Σ exp(x - m)
-    if op == "sum" and is_op(i[0], "neg"):
-        return ew.neg(_resum(n, i[0].inputs[0]))  # Σ(-x) -> -Σx
-    if (
-        op == "sum"
-        and is_op(i[0], "mul")
-        and i[0].inputs[1].op == "const"
-        and i[0].inputs[1].ndim == 0
-    ):
-        return ew.mul(_resum(n, i[0].inputs[0]), i[0].inputs[1])  # Σ(x*c) -> (Σx)*c
-    if op == "sum" and is_op(i[0], "one_hot") and n.attr("axes") == (i[0].ndim - 1,):
-        return broadcast_to(const(1.0, n.dtype), n.shape)  # one-hot rows sum to 1
-    if op == "pow" and i[1].ndim == 0:
-        if is_scalar(i[1], 1):
-            return same_shape_as(i[0], n)  # x**1 -> x
-        if is_scalar(i[1], 2):
-            return ew.mul(i[0], i[0])  # x**2 -> x*x
-        if is_scalar(i[1], 0.5):
-            return ew.unary("sqrt", i[0])  # x**0.5 -> sqrt(x)
-    if op == "where":
-        if i[1] is i[2]:
-            return same_shape_as(i[1], n)  # where(c, x, x) -> x
-        if is_op(i[0], "const") and is_scalar(i[0]):
-            return same_shape_as(
-                i[1] if is_scalar(i[0], True) else i[2], n
-            )  # where(True, a, b) -> a
-    if op == "transpose" and is_op(i[0], "transpose"):
-        inner, outer = i[0].attr("perm"), n.attr("perm")
-        return transpose(i[0].inputs[0], tuple(inner[p] for p in outer))  # (xᵀ)ᵀ -> x
-    if op == "transpose" and is_op(i[0], "matmul") and (r := _transposed_product(n)) is not None:
-        return r  # (A B)ᵀ -> Bᵀ Aᵀ: the product is written in the layout its users read
-    if op == "reshape" and is_op(i[0], "broadcast_to") and i[0].inputs[0].size == 1:
-        return broadcast_to(reshape(i[0].inputs[0], ()), n.shape)  # reshape(bcast(c)) -> bcast(c)
-    if op == "reshape" and is_op(i[0], "reshape"):
-        return reshape(i[0].inputs[0], n.shape)  # reshape(reshape(x)) -> reshape(x)
-    if op == "broadcast_to" and is_op(i[0], "broadcast_to"):
-        return broadcast_to(i[0].inputs[0], n.shape)  # bcast(bcast(x)) -> bcast(x)
-    if op == "sum" and (r := _sum_of_broadcast(n)) is not None:
-        return r  # sum(bcast(x)) over broadcast axes -> x * count
-    if (
-        op in ("sum", "max")
-        and i[0].ndim == n.ndim
-        and all(i[0].shape[a] == 1 for a in n.attr("axes"))
-    ):
-        return i[0]  # reducing size-1 axes with keepdims -> x
-    if op in ("sum", "max") and all(i[0].shape[a] == 1 for a in n.attr("axes")):
-        return reshape(i[0], n.shape)  # reducing size-1 axes -> reshape(x) (no max-tie mask)
-    if (
-        op == "cast"
-        and is_op(i[0], "cast")
-        and i[0].inputs[0].dtype == n.dtype
-        and i[0].dtype in ("float64",)
-    ):
-        return i[0].inputs[0]  # widening then narrowing back -> x
-    return None
+def _fold_scalars(n: Node, x: Node, a: Node, b: Node) -> Node:
+    c = a.attr("value").array * b.attr("value").array
+    return same_shape_as(ew.mul(x, const(c, n.dtype)), n)
+
+
+def _pick(n: Node, c: Node, a: Node, b: Node) -> Node:
+    return same_shape_as(a if is_scalar(c, True) else b, n)
+
+
+def _flat_batch(n: Node, a: Node, b: Node) -> Node:
+    return reshape(make("matmul", (reshape(a, (-1, b.shape[0])), b)), n.shape)
+
+
+def _size1_axes(n: Node) -> bool:
+    return all(n.inputs[0].shape[a] == 1 for a in n.attr("axes"))
+
+
+def _same_keepdims(n: Node) -> bool:
+    return n.attr("keepdims") == n.inputs[0].attr("keepdims")
+
+
+def _rank0(n: Node) -> bool:
+    return n.ndim == 0
+
+
+_C0 = Pat("const", name="c", where=_rank0)  # a 0-d constant, bound to c
+
+# Order matters: the first rule whose replacement is not None wins (see engine.py).
+RULES = Rules("algebraic", [
+    rule("implicit_broadcast", Pat(None), _implicit_broadcast),  # f(bcast(x), y) -> f(x, y)
+    rule("reshape_scalar_const", Pat("reshape", C(name="c"), where=lambda n: n.size == 1),
+         lambda n, c: const(np.full(n.shape, scalar_value(c)), n.dtype)),  # reshape(c) -> c
+    rule("add_zero", Pat("add", X(), C(0)), lambda n, x: same_shape_as(x, n)),  # x + 0 -> x
+    rule("zero_add", Pat("add", C(0), X()), lambda n, x: same_shape_as(x, n)),  # 0 + x -> x
+    rule("add_neg", Pat("add", X(), Pat("neg", X("y"))),
+         lambda n, x, y: ew.sub(x, y)),  # x + (-y) -> x - y
+    rule("sub_zero", Pat("sub", X(), C(0)), lambda n, x: same_shape_as(x, n)),  # x - 0 -> x
+    rule("zero_sub", Pat("sub", C(0), X()),
+         lambda n, x: same_shape_as(ew.neg(x), n)),  # 0 - x -> -x
+    rule("sub_neg", Pat("sub", X(), Pat("neg", X("y"))),
+         lambda n, x, y: ew.add(x, y)),  # x - (-y) -> x + y
+    rule("mul_one", Pat("mul", X(), C(1)), lambda n, x: same_shape_as(x, n)),  # x * 1 -> x
+    rule("one_mul", Pat("mul", C(1), X()), lambda n, x: same_shape_as(x, n)),  # 1 * x -> x
+    rule("mul_minus_one", Pat("mul", X(), C(-1)),
+         lambda n, x: same_shape_as(ew.neg(x), n)),  # x * -1 -> -x
+    rule("neg_mul_neg", Pat("mul", Pat("neg", X("a")), Pat("neg", X("b"))),
+         lambda n, a, b: ew.mul(a, b)),  # (-a)(-b) -> ab
+    rule("mul_neg", Pat("mul", X("a"), Pat("neg", X("b"))),
+         lambda n, a, b: ew.neg(ew.mul(a, b))),  # a * (-b) -> -(ab)
+    rule("neg_mul", Pat("mul", Pat("neg", X("a")), X("b")),
+         lambda n, a, b: ew.neg(ew.mul(a, b))),  # (-a) * b -> -(ab)
+    rule("mul_scalars", Pat("mul", Pat("mul", X(), C(name="a")), C(name="b", rank0=True)),
+         _fold_scalars),  # (x*a)*b -> x*(ab)
+    rule("div_one", Pat("div", X(), C(1)), lambda n, x: same_shape_as(x, n)),  # x / 1 -> x
+    rule("neg_neg", Pat("neg", Pat("neg", X())), lambda n, x: x),  # --x -> x
+    rule("neg_scaled", Pat("neg", Pat("mul", X(), _C0)),
+         lambda n, x, c: ew.mul(x, const(-scalar_value(c), n.dtype))),  # -(x*c) -> x*(-c)
+    rule("sum_of_sum", Pat("sum", Pat("sum", name="inner"), where=_same_keepdims),
+         lambda n, inner: _merge_sums(n, inner)),  # Σ_b Σ_a x -> Σ_(a∪b) x
+    rule("batched_matmul", Pat("matmul", X("a", where=lambda a: a.ndim > 2),
+                               X("b", where=lambda b: b.ndim == 2)),
+         _flat_batch),  # (..., M, K) @ (K, N): one GEMM over the flattened batch
+    rule("softmax_from_logsumexp", Pat("exp"),
+         _softmax_from_shifted_exp),  # exp(x - logsumexp(x)) -> exp(x - m) / Σ exp(x - m)
+    rule("sum_neg", Pat("sum", Pat("neg", X())),
+         lambda n, x: ew.neg(_resum(n, x))),  # Σ(-x) -> -Σx
+    rule("sum_scaled", Pat("sum", Pat("mul", X(), _C0)),
+         lambda n, x, c: ew.mul(_resum(n, x), c)),  # Σ(x*c) -> (Σx)*c
+    rule("sum_one_hot", Pat("sum", Pat("one_hot"),
+                            where=lambda n: n.attr("axes") == (n.inputs[0].ndim - 1,)),
+         lambda n: broadcast_to(const(1.0, n.dtype), n.shape)),  # one-hot rows sum to 1
+    rule("pow_one", Pat("pow", X(), C(1, rank0=True)),
+         lambda n, x: same_shape_as(x, n)),  # x**1 -> x
+    rule("pow_two", Pat("pow", X(), C(2, rank0=True)), lambda n, x: ew.mul(x, x)),  # x**2 -> x*x
+    rule("pow_half", Pat("pow", X(), C(0.5, rank0=True)),
+         lambda n, x: ew.unary("sqrt", x)),  # x**0.5 -> sqrt(x)
+    rule("where_same", Pat("where", X("c"), X(), X()),
+         lambda n, c, x: same_shape_as(x, n)),  # where(c, x, x) -> x
+    rule("where_const", Pat("where", C(name="c"), X("a"), X("b")),
+         _pick),  # where(True, a, b) -> a
+    rule("transpose_transpose", Pat("transpose", Pat("transpose", X(), name="t")),
+         lambda n, x, t: transpose(x, tuple(t.attr("perm")[p] for p in n.attr("perm")))
+         ),  # (xᵀ)ᵀ -> x (one transpose with the composed permutation)
+    rule("transposed_product", Pat("transpose", Pat("matmul")),
+         _transposed_product),  # (A B)ᵀ -> Bᵀ Aᵀ: the product is written in the layout read
+    rule("reshape_broadcast_scalar", Pat("reshape", Pat("broadcast_to", X(
+        where=lambda x: x.size == 1))),
+         lambda n, x: broadcast_to(reshape(x, ()), n.shape)),  # reshape(bcast(c)) -> bcast(c)
+    rule("reshape_reshape", Pat("reshape", Pat("reshape", X())),
+         lambda n, x: reshape(x, n.shape)),  # reshape(reshape(x)) -> reshape(x)
+    rule("broadcast_broadcast", Pat("broadcast_to", Pat("broadcast_to", X())),
+         lambda n, x: broadcast_to(x, n.shape)),  # bcast(bcast(x)) -> bcast(x)
+    rule("sum_of_broadcast", Pat("sum"),
+         _sum_of_broadcast),  # sum(bcast(x)) over broadcast axes -> x * count
+    rule("reduce_size1_keepdims", Pat(("sum", "max"), X(), where=lambda n: (
+        n.inputs[0].ndim == n.ndim and _size1_axes(n))),
+         lambda n, x: x),  # reducing size-1 axes with keepdims -> x
+    rule("reduce_size1", Pat(("sum", "max"), X(), where=_size1_axes),
+         lambda n, x: reshape(x, n.shape)),  # reducing size-1 axes -> reshape(x) (no tie mask)
+    rule("cast_widen_narrow", Pat("cast", Pat("cast", X(), where=lambda m: (
+        m.dtype == "float64")), where=lambda n: n.inputs[0].inputs[0].dtype == n.dtype),
+         lambda n, x: x),  # widening then narrowing back -> x
+])
 
 
 def simplify_node(n: Node) -> Node:
-    for _ in range(16):  # bounded fixpoint on one node
-        r = _rules(n)
-        if r is None or r is n:
-            return n
-        n = r
-    return n
+    """`n` rewritten by the algebraic rules until none applies (bounded)."""
+    return RULES.rewrite_node(n)
 
 
 def algebraic(outputs: list[Node]) -> list[Node]:
-    return transform(outputs, simplify_node)
+    return RULES(outputs)
 
 
-__all__ = ["algebraic", "simplify_node", "make"]
+__all__ = ["RULES", "algebraic", "simplify_node", "make"]

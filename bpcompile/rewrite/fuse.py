@@ -15,7 +15,7 @@ import sympy as sp
 
 from ..ir.dtypes import is_float
 from ..ir.node import NAMES, Node, rebuild
-from ..ir.traverse import consumers, toposort
+from ..ir.traverse import consumers, toposort, transform
 from ..ops import sympy_funcs as sf
 from ..ops.kernel import kernel, sym
 from ..ops.registry import get_op
@@ -107,21 +107,15 @@ def fuse(outputs: list[Node]) -> list[Node]:
     inlined = _inline_plan(order, outputs)
     replaced = _plan_kernels(order, inlined)
 
-    # Rebuild bottom-up: roots become kernels over the (rebuilt) argument nodes.
-    memo: dict[Node, Node] = {}
-    for n in order:
-        if n in replaced:
+    def build(n: Node, memo: dict[Node, Node]) -> Node:
+        if n in replaced:  # a root becomes a kernel over the (rebuilt) argument nodes
             expr, args, name = replaced[n]
-            memo[n] = kernel(expr, [memo[a] for a in args], name=name, dtype=n.dtype)
-            if n in NAMES and memo[n] not in NAMES:
-                NAMES[memo[n]] = NAMES[n]
-        elif n in inlined:
-            continue
-        else:
-            memo[n] = rebuild(n, [memo[i] for i in n.inputs])
-            if n in NAMES and memo[n] not in NAMES:
-                NAMES[memo[n]] = NAMES[n]
-    return [memo[o] for o in outputs]
+            return kernel(expr, [memo[a] for a in args], name=name, dtype=n.dtype)
+        if n in inlined:
+            return n  # lives on only inside its consumer's kernel body
+        return rebuild(n, [memo[i] for i in n.inputs])
+
+    return transform(outputs, build=build)
 
 
 def _plan_kernels(order: list[Node], inlined: set[Node]) -> dict:

@@ -19,6 +19,7 @@ from ..ir.traverse import toposort, transform
 from ..ops.scan import Body, prune_outputs
 from .algebraic import algebraic
 from .canonicalize import canonicalize, canonicalize_forward, cse
+from .engine import counting
 from .fold import fold_constants
 from .fuse import fuse
 from .scan_hoist import hoist_scans
@@ -51,12 +52,13 @@ class Stage:
     outputs: list
     nodes: int
     ops: Counter = field(default_factory=Counter)
+    hits: Counter = field(default_factory=Counter)  # rewrites per named rule (engine.py)
 
 
-def _stage(name, outputs):
+def _stage(name, outputs, hits=None):
     order = toposort(outputs)
     ops = Counter(n.op for n in order if n.op not in ("input", "param", "const"))
-    return Stage(name, list(outputs), sum(ops.values()), ops)
+    return Stage(name, list(outputs), sum(ops.values()), ops, Counter(hits or ()))
 
 
 def run(outputs: list[Node], passes=None, record=None) -> tuple[list[Node], list[Stage]]:
@@ -70,31 +72,41 @@ def run(outputs: list[Node], passes=None, record=None) -> tuple[list[Node], list
     )
     stages = list(record or [])
     before_fuse = [(n, f) for n, f in chosen if n != "fuse"]
+    later = Counter()  # rule hits after the first round, reported on the "simplify" stage
     for round_ in range(SIMPLIFY_ROUNDS):
         start = outputs
         for name, fn in before_fuse:
-            outputs = fn(outputs)
+            with counting() as hits:
+                outputs = fn(outputs)
             if round_ == 0:
-                stages.append(_stage(name, outputs))
+                stages.append(_stage(name, outputs, hits))
+            else:
+                later.update(hits)
         if all(a is b for a, b in zip(start, outputs)):
             break
     if round_ > 0:
-        stages.append(_stage(f"simplify x{round_ + 1}", outputs))
+        stages.append(_stage(f"simplify x{round_ + 1}", outputs, later))
     for name, fn in chosen:
         if name == "fuse":
-            outputs = fn(outputs)
-            stages.append(_stage(name, outputs))
+            with counting() as hits:
+                outputs = fn(outputs)
+            stages.append(_stage(name, outputs, hits))
     # bodies last: scan_outputs and scan_hoist above decide what a body computes
     simplified = rewrite_bodies(outputs, lambda outs: run(outs, passes)[0])
     if stages and any(a is not b for a, b in zip(simplified, outputs)):
-        stages[-1] = _stage(stages[-1].name, simplified)  # the last stage shows what runs
+        last = stages[-1]  # the last stage shows what runs
+        stages[-1] = _stage(last.name, simplified, last.hits)
     outputs = simplified
     return outputs, stages
 
 
-def run_forward(loss: Node) -> Node:
-    """The forward passes (before autodiff) on `loss` and, recursively, on scan bodies."""
-    (loss,) = _forward([loss])
+def run_forward(loss: Node, hits: Counter | None = None) -> Node:
+    """The forward passes (before autodiff) on `loss` and, recursively, on scan bodies; their
+    rule hits are added to `hits` when given."""
+    with counting() as counted:
+        (loss,) = _forward([loss])
+    if hits is not None:
+        hits.update(counted)
     return loss
 
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import itertools
 
-from ..ir.node import NAMES, Node, make, rebuild
-from ..ir.traverse import toposort
+from ..ir.node import NAMES, Node, make
+from ..ir.traverse import toposort, transform
 from ..ops.scan import Body, _substitute, placeholder
 
 _SCOPES = itertools.count(1_000_000)  # fresh scopes for placeholders this pass creates
@@ -32,11 +32,7 @@ _KEEP_INSIDE = ("broadcast_to",)
 
 def hoist_scans(outputs: list[Node]) -> list[Node]:
     """Rewrite pass: hoist the loop invariants of every scan reachable from `outputs`."""
-    memo: dict[Node, Node] = {}
-    for n in toposort(outputs):
-        ins = [memo[i] for i in n.inputs]
-        memo[n] = _hoist(n, ins) if n.op == "scan" else rebuild(n, ins)
-    return [memo[o] for o in outputs]
+    return transform(outputs, lambda n: _hoist(n, list(n.inputs)) if n.op == "scan" else n)
 
 
 def _hoist(n: Node, ins: list[Node]) -> Node:
@@ -79,7 +75,7 @@ def _hoist(n: Node, ins: list[Node]) -> Node:
         outs = _substitute(outs, mapping)
 
     if not mapping:
-        return rebuild(n, ins)
+        return n
     # -- drop what the body no longer reads --------------------------------------------------
     live = set(toposort(outs))
     keep_x = [i for i, p in enumerate(b_xs) if p in live]
