@@ -9,13 +9,13 @@ from typing import Any
 from .autodiff.reverse import check_loss, check_wrt
 from .autodiff.reverse import grad as _grad
 from .backends.protocol import Backend, BackendClass, FastCall, JaxProgram, MemoryPlan, NativeCaller
+from .backends.signature import Signature
 from .errors import BackendError
 from .ir.hints import Wrt
 from .ir.node import NAMES, Node
 from .ir.printer import format_graph
 from .ir.traverse import leaves
 from .rewrite import pipeline
-from .signature import Signature
 
 BACKENDS = ("numpy", "llvm", "jax")
 

@@ -12,29 +12,16 @@ from .errors import DTypeError, ShapeError
 from .ir.dtypes import is_float
 from .ir.hints import Axis, TensorLike
 from .ir.node import Node
-from .ops.elementwise import add, as_node, mul, neg, stop_gradient, sub, unary
+from .ops.composites import logsumexp
+from .ops.elementwise import add, as_node, mul, neg, sub, unary
 from .ops.index import one_hot
 from .ops.linalg import matmul
-from .ops.reduce import max_, mean, sum_
+from .ops.reduce import mean, sum_
 from .ops.registry import get_op
 
 # How to sample example values for an input used as a loss target (spec.Model reads it for
 # .py models): BCE targets lie in [0, 1), soft cross-entropy targets are one-hot rows.
 TARGET_KINDS: weakref.WeakKeyDictionary[Node, tuple] = weakref.WeakKeyDictionary()
-
-
-def logsumexp(x: TensorLike, axis: Axis = -1, keepdims: bool = False) -> Node:
-    """log(sum(exp(x))) over `axis`, computed as m + log(sum(exp(x - m))) with m = max(x)."""
-    x = as_node(x)
-    m = stop_gradient(max_(x, axis, keepdims=True))
-    out = add(unary("log", sum_(unary("exp", sub(x, m)), axis, keepdims=True)), m)
-    if keepdims:
-        return out
-    from .ops.movement import reshape
-    from .ops.reduce import normalize_axes
-
-    ax = normalize_axes("logsumexp", axis, x.ndim)
-    return reshape(out, tuple(s for i, s in enumerate(x.shape) if i not in ax))
 
 
 def log_softmax(x: TensorLike, axis: Axis = -1) -> Node:

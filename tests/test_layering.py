@@ -18,7 +18,7 @@ LAYERS = [
     ("ops", ["bpcompile.ops", "bpcompile.nn", "bpcompile.layers", "bpcompile.optim"]),
     ("autodiff", ["bpcompile.autodiff"]),
     ("rewrite", ["bpcompile.rewrite"]),
-    ("backends", ["bpcompile.backends", "bpcompile.signature"]),
+    ("backends", ["bpcompile.backends"]),
     ("front end", [
         "bpcompile", "bpcompile.__main__", "bpcompile.api", "bpcompile.compiled",
         "bpcompile.check", "bpcompile.cli", "bpcompile.spec", "bpcompile.train",

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-if TYPE_CHECKING:  # annotations only: signature.py belongs to the front end
-    from ..signature import Signature
+if TYPE_CHECKING:  # annotations only
+    from .signature import Signature
 
 
 @runtime_checkable

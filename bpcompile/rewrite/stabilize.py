@@ -12,6 +12,7 @@ import sympy as sp
 
 from ..ir.node import Node
 from ..ops import elementwise as ew
+from ..ops.composites import logsumexp
 from ..ops.kernel import kernel
 from ..ops.sympy_funcs import expm1, log1p, sigmoid, softplus
 from .engine import C, Pat, Rules, X, record, rule
@@ -19,8 +20,6 @@ from .patterns import is_op, is_scalar
 
 
 def _logsumexp(x: Node, axes, keepdims: bool) -> Node:
-    from ..nn import logsumexp
-
     return logsumexp(x, axes, keepdims)
 
 

@@ -38,9 +38,9 @@ from ...errors import ArgumentError, BackendError
 from ...ir.node import Node
 from ...ir.printer import type_str
 from ...ir.traverse import toposort
-from ...signature import check_names, refusal
 from ..numpy.codegen import exec_source
 from ..pysource import emit_function
+from ..signature import check_names, refusal
 from .lower import NAMESPACE, lower_program
 from .packing import Packer, dtype_of, shape_of, signature_of, tuple_getter
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.metadata
 import json
 import os
 import secrets
@@ -58,15 +59,22 @@ def cache_dir() -> str:
 def key(graph_text: str, ir_text: str, opt: int, codegen: dict | None = None) -> Key:
     """The key of the object compiled from this graph and IR; `codegen`: every option of the
     target machine and optimisation pipeline that is not already visible in the IR."""
-    from ...version import __version__
-
     triple, cpu, features = jit.host()
     module = hashlib.sha256(graph_text.encode() + b"\0" + ir_text.encode()).hexdigest()
-    fields = {"format": 2, "module_sha256": module, "bpcompile": __version__,
+    fields = {"format": 2, "module_sha256": module, "bpcompile": _version(),
               "llvm": jit.versions(), "triple": triple, "cpu": cpu, "features": features,
               "opt": opt, "codegen": codegen or {}}
     header = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
     return Key(hashlib.sha256(header).hexdigest(), header)
+
+
+def _version() -> str:
+    """The installed bpcompile's version (package metadata, so a backend never imports the
+    package root above it); "source" when running from an uninstalled tree."""
+    try:
+        return importlib.metadata.version("bpcompile")
+    except importlib.metadata.PackageNotFoundError:
+        return "source"
 
 
 def load(k: Key) -> bytes | None:

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ArgumentError
-from .ir.node import Node
-from .ir.printer import type_str
-from .ir.traverse import toposort
-from .ops.index import input_ranges
+from ..errors import ArgumentError
+from ..ir.node import Node
+from ..ir.printer import type_str
+from ..ir.traverse import toposort
+from ..ops.index import input_ranges
 
 _KIND_NAMES = {"f": "float", "i": "int", "u": "unsigned int", "b": "bool", "c": "complex",
                "O": "object", "U": "string", "S": "bytes", "M": "datetime", "m": "timedelta",
