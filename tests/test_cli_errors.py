@@ -28,7 +28,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def user_error(code, err, *needles):
+def assert_user_error(code, err, *needles):
     """Exit 2, exactly one line on stderr, no traceback, and every needle in it."""
     assert code == 2, err
     assert "Traceback" not in err
@@ -48,14 +48,14 @@ def xor_variant(tmp_path, old, new, name="v.toml"):
 # ---- exit codes and one-line messages --------------------------------------------------------
 def test_export_bad_name_is_a_user_error(capsys, tmp_path):
     code, _, err = run(capsys, "export", XOR, "-o", tmp_path / "out", "--name", "bad-name")
-    user_error(code, err, "--name 'bad-name'", "C identifier", "try --name bad_name")
+    assert_user_error(code, err, "--name 'bad-name'", "C identifier", "try --name bad_name")
 
 
 def test_export_into_an_existing_file_is_a_user_error(capsys, tmp_path):
     f = tmp_path / "afile"
     f.write_text("keep me")
     code, _, err = run(capsys, "export", XOR, "-o", f)
-    user_error(code, err, str(f), "not a directory")
+    assert_user_error(code, err, str(f), "not a directory")
     assert f.read_text() == "keep me"
 
 
@@ -78,7 +78,7 @@ def test_non_utf8_spec_names_file_and_line(capsys, tmp_path):
     p = tmp_path / "latin1.toml"
     p.write_bytes(XOR.read_bytes().replace(b'name = "xor"', b'name = "x\xf6r"'))
     code, _, err = run(capsys, "check", p)
-    user_error(code, err, f"{p}:9:", "not UTF-8", "0xf6")
+    assert_user_error(code, err, f"{p}:9:", "not UTF-8", "0xf6")
     with pytest.raises(SpecError, match="UTF-8"):
         spec.load(p)
 
@@ -108,19 +108,19 @@ def test_model_that_exits_zero_does_not_pass_check(capsys, tmp_path):
     at_import = tmp_path / "quits.py"
     at_import.write_text("import sys\nsys.exit(0)\n")
     code, out, err = run(capsys, "check", at_import)
-    user_error(code, err, f"{at_import}:2:", "SystemExit(0)")
+    assert_user_error(code, err, f"{at_import}:2:", "SystemExit(0)")
     assert "PASS" not in out
     in_build = tmp_path / "quits_in_build.py"
     in_build.write_text("def build():\n    raise SystemExit(0)\n")
     code, out, err = run(capsys, "check", in_build)
-    user_error(code, err, f"{in_build}:2:", "build()")
+    assert_user_error(code, err, f"{in_build}:2:", "build()")
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1.0"])
 def test_init_scale_must_be_finite_and_non_negative(capsys, tmp_path, value):
     p = xor_variant(tmp_path, "scale = 1.0", f"scale = {value}")
     code, _, err = run(capsys, "run", p)
-    user_error(code, err, f"{p}:35:", "[init]", "'scale'", "finite number >= 0")
+    assert_user_error(code, err, f"{p}:35:", "[init]", "'scale'", "finite number >= 0")
     with pytest.raises(SpecError):
         spec.Init("normal", float(value))
 
@@ -138,13 +138,13 @@ def test_memory_error_is_a_user_error(capsys, monkeypatch):
 
     monkeypatch.setattr(cli, "_load", huge)
     code, _, err = run(capsys, "run", XOR)
-    user_error(code, err, "out of memory")
+    assert_user_error(code, err, "out of memory")
 
 
 def test_oserror_names_the_file(capsys, tmp_path):
     missing = tmp_path / "nope" / "out.txt"
     code, _, err = run(capsys, "compile", XOR, "-o", missing)
-    user_error(code, err, str(missing))
+    assert_user_error(code, err, str(missing))
 
 
 def test_train_module_entry_goes_through_the_cli(capsys):
@@ -195,14 +195,14 @@ def test_too_large_for_llvm_is_a_clear_error_not_an_oom(capsys, tmp_path):
     """The LLVM code generator's split step functions take every argument (steps x args IR):
     3000 layers would need far more than the machine's memory; it refuses up front."""
     code, _, err = run(capsys, "run", _deep_spec(tmp_path, 300), "-b", "llvm")
-    user_error(code, err, "too large", "backend='numpy'")
+    assert_user_error(code, err, "too large", "backend='numpy'")
 
 
 # ---- cross-entropy on one unit -----------------------------------------------------------------
 def test_cross_entropy_on_one_unit_names_the_fix(capsys, tmp_path):
     p = xor_variant(tmp_path, 'type = "sum_squares"', 'type = "cross_entropy"')
     code, out, err = run(capsys, "check", p)
-    user_error(code, err, f"{p}:31:", "one class", "binary_cross_entropy_with_logits")
+    assert_user_error(code, err, f"{p}:31:", "one class", "binary_cross_entropy_with_logits")
     assert "PASS" not in out
     z = bp.input("z", (4, 1), "float64")
     with pytest.raises(ShapeError, match="binary_cross_entropy_with_logits"):

@@ -25,7 +25,7 @@ F64 = "float64"
 rng = np.random.default_rng(7)
 
 
-def _close(got, want, rtol=1e-12):
+def _assert_close(got, want, rtol=1e-12):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=rtol, atol=1e-12)
 
 
@@ -57,8 +57,8 @@ def test_take_negative_indices_match_jax(backend, axis, computed):
     idx = np.array([[-1, -5, 4], [0, -1, 2]], np.int32)  # every row, negatives repeated
     lab = idx + 2 if computed else idx
     v, g = fn(x=xv, lab=lab)
-    _close(v, _jax_take(xv, idx, axis, w))
-    _close(g["x"], jax.grad(_jax_take)(xv, idx, axis, w))
+    _assert_close(v, _jax_take(xv, idx, axis, w))
+    _assert_close(g["x"], jax.grad(_jax_take)(xv, idx, axis, w))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -73,8 +73,8 @@ def test_getitem_and_embedding_wrap_negative_computed_ids(backend):
         return jnp.sum(E[iv - 3] ** 2) + jnp.sum(jnp.take(E, iv - 6, axis=0) * 0.5)
 
     v, g = fn(E=Ev, ids=iv)
-    _close(v, ref(Ev))
-    _close(g["E"], jax.grad(ref)(Ev))
+    _assert_close(v, ref(Ev))
+    _assert_close(g["E"], jax.grad(ref)(Ev))
 
 
 def _ce_graph(offset=1, n=4):
@@ -94,11 +94,11 @@ def test_cross_entropy_computed_labels_match_jax(backend):
     fn = bp.compile(loss, [z], backend=backend)
     zv, lab = rng.standard_normal((3, 4)), np.array([1, 4, 2], np.int32)
     v, g = fn(z=zv, lab=lab)
-    _close(v, _jax_ce(zv, lab - 1))
-    _close(g["z"], jax.grad(_jax_ce)(zv, lab - 1))
+    _assert_close(v, _jax_ce(zv, lab - 1))
+    _assert_close(g["z"], jax.grad(_jax_ce)(zv, lab - 1))
 
 
-def _expect_out_of_range(backend, call, fragments):
+def _assert_out_of_range(backend, call, fragments):
     """NumPy/LLVM raise IndexRangeError naming the op, the index and the range; on JAX the loss
     is NaN and so is every gradient it reaches, at least in the entries the bad index touches
     (never a finite loss that disagrees with its gradient; a gradient norm is NaN)."""
@@ -122,12 +122,12 @@ def test_computed_take_out_of_range(backend, bad):
     fn = bp.compile(loss, [x], backend=backend)
     xv = rng.standard_normal(x.shape)
     lab = np.array([1, bad + 1 if bad < 2**31 - 1 else bad, 0], np.int32)
-    _expect_out_of_range(backend, lambda: fn(x=xv, lab=lab),
+    _assert_out_of_range(backend, lambda: fn(x=xv, lab=lab),
                          ["take (axis 0 of size 5)", "[-5, 5)", str(int(lab[1]) - 1)])
     # the error leaves nothing behind: the next valid call is right (LLVM resets its status)
     good = np.array([1, 5, 0], np.int32)
     v, g = fn(x=xv, lab=good)
-    _close(v, _jax_take(xv, good - 1, 0, _take_graph(0, (3,), offset=1)[2]))
+    _assert_close(v, _jax_take(xv, good - 1, 0, _take_graph(0, (3,), offset=1)[2]))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -139,7 +139,7 @@ def test_cross_entropy_computed_label_out_of_range(backend, bad):
     fn = bp.compile(loss, [z], backend=backend)
     zv = rng.standard_normal((3, 4))
     lab = np.array([1, bad, 2], np.int32)
-    _expect_out_of_range(backend, lambda: fn(z=zv, lab=lab),
+    _assert_out_of_range(backend, lambda: fn(z=zv, lab=lab),
                          ["one_hot (n=4)", "[0, 4)", f"index {bad - 1} "])
 
 
@@ -154,8 +154,8 @@ def test_function_outputs_out_of_range(backend):
     xv = np.arange(5.0)
     ok_lab, ok_cls = np.array([-2, 1], np.int32), np.array([-1, 1], np.int32)
     out = f(x=xv, lab=ok_lab, cls=ok_cls)
-    _close(out["y"], [1.0, 2.0])
-    _close(out["h"], [[1, 0, 0], [0, 0, 1]])
+    _assert_close(out["y"], [1.0, 2.0])
+    _assert_close(out["h"], [[1, 0, 0], [0, 0, 1]])
     bad_lab, bad_cls = np.array([0, 3], np.int32), np.array([0, 2], np.int32)  # 6; 3
     if backend == "jax":
         h = np.asarray(f(x=xv, lab=ok_lab, cls=bad_cls)["h"])
@@ -178,7 +178,7 @@ def test_input_index_ranges(backend):
     fn = bp.compile(bp.sum(bp.take(E, idx) * np.arange(6.0).reshape(3, 2)), [E], backend=backend)
     Ev = rng.standard_normal((4, 2))
     v, g = fn(E=Ev, idx=np.array([-4, -1, 3], np.int32))
-    _close(g["E"], [[0, 1], [0, 0], [0, 0], [6, 8]])
+    _assert_close(g["E"], [[0, 1], [0, 0], [0, 0], [6, 8]])
     for bad in (4, -5):
         with pytest.raises(ArgumentError, match=r"'idx'.*\[-4, 4\)"):
             fn(E=Ev, idx=np.array([0, bad, 1], np.int32))
@@ -220,10 +220,10 @@ def test_scan_body_computed_indices(backend):
     Ev = rng.standard_normal((4, 2))
     toks = np.array([[0, 1], [4, -2], [2, 0]], np.int32)  # t - 1 in [-3, 3]
     v, g = fn(E=Ev, toks=toks)
-    _close(v, _jax_scan(Ev, toks))
-    _close(g["E"], jax.grad(_jax_scan)(Ev, toks))
+    _assert_close(v, _jax_scan(Ev, toks))
+    _assert_close(g["E"], jax.grad(_jax_scan)(Ev, toks))
     toks[1, 1] = 5  # t - 1 = 4: out of range inside the loop body
-    _expect_out_of_range(backend, lambda: fn(E=Ev, toks=toks), ["take", "[-4, 4)", "index 4 "])
+    _assert_out_of_range(backend, lambda: fn(E=Ev, toks=toks), ["take", "[-4, 4)", "index 4 "])
 
 
 _FNS = {}
@@ -257,10 +257,10 @@ def test_computed_take_property(lab, s):
 
         if ok:
             v, g = call()
-            _close(v, jnp.sum(jnp.take(xv, idx, axis=0) * w))
-            _close(g["x"], jax.grad(lambda x: jnp.sum(jnp.take(x, idx, axis=0) * w))(xv))
+            _assert_close(v, jnp.sum(jnp.take(xv, idx, axis=0) * w))
+            _assert_close(g["x"], jax.grad(lambda x: jnp.sum(jnp.take(x, idx, axis=0) * w))(xv))
         else:
-            _expect_out_of_range(backend, call, ["take", "[-5, 5)"])
+            _assert_out_of_range(backend, call, ["take", "[-5, 5)"])
 
 
 def test_llvm_fast_path_reports_and_recovers():
@@ -274,7 +274,7 @@ def test_llvm_fast_path_reports_and_recovers():
         with pytest.raises(IndexRangeError):
             fn(x=xv, lab=np.array([1, 6, 0], np.int32))
         v, _ = fn(x=xv, lab=np.array([1, 5, 0], np.int32))
-        _close(v, _jax_take(xv, np.array([0, 4, -1]), 0, w))
+        _assert_close(v, _jax_take(xv, np.array([0, 4, -1]), 0, w))
 
 
 def test_exported_library_poisons_out_of_range(tmp_path):
@@ -332,7 +332,7 @@ def test_jax_device_array_labels_poison():
     v, g = fn(z=zv, lab=jnp.asarray([0, 4, 1], jnp.int32))
     assert np.isnan(np.asarray(v)) and np.isnan(np.asarray(g["z"])[1]).all()
     v, g = fn(z=zv, lab=jnp.asarray([0, 3, 1], jnp.int32))
-    _close(v, _jax_ce(zv, jnp.asarray([0, 3, 1])))
+    _assert_close(v, _jax_ce(zv, jnp.asarray([0, 3, 1])))
 
 
 @pytest.mark.parametrize("fast_call", [True, False], ids=["native", "ctypes"])

@@ -132,7 +132,7 @@ def stat_mode(p):
     return os.lstat(p).st_mode & 0o777
 
 
-def _refused_dir(cdir, why):
+def _assert_refused_dir(cdir, why):
     """A planted valid entry (and its secret) in a refused directory is never loaded; one
     warning per process names the reason; nothing is written there."""
     import warnings
@@ -149,14 +149,14 @@ def _refused_dir(cdir, why):
 def test_group_writable_directory_is_refused(cdir):
     entry = _primed(cdir)
     os.chmod(cdir, 0o770)
-    _refused_dir(cdir, "writable by group or others")
+    _assert_refused_dir(cdir, "writable by group or others")
     assert _entries(cdir) == [entry]
 
 
 def test_world_writable_directory_is_refused(cdir):
     cdir.mkdir(mode=0o700)
     os.chmod(cdir, 0o1777)  # a /tmp-like directory: sticky does not make it ours alone
-    _refused_dir(cdir, "writable by group or others")
+    _assert_refused_dir(cdir, "writable by group or others")
     assert not _entries(cdir)
 
 
@@ -165,7 +165,7 @@ def test_foreign_owned_directory_is_refused(cdir):
     _primed(cdir)
     for p in [cdir, *cdir.iterdir()]:
         os.chown(p, 12345, 12345)
-    _refused_dir(cdir, "owned by uid 12345")
+    _assert_refused_dir(cdir, "owned by uid 12345")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown to another user")

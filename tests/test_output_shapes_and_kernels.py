@@ -160,7 +160,7 @@ def test_writing_into_a_constant_output_does_not_change_the_next_call(backend):
 # ---- item 7: total kernel construction --------------------------------------------------------
 
 
-def _jax_grad(f_bp, f_jax, shape, pv, backend):
+def _check_jax(f_bp, f_jax, shape, pv, backend):
     p = bp.param("p", shape, "float64")
     fn = bp.compile(f_bp(p), [p], backend=backend)
     value, g = fn(p=pv)
@@ -180,21 +180,21 @@ def test_max_and_min_over_size_1_axes(backend, shape, axis):
     """The issue's repro is (3, 1), axis 1: the tie mask divided by its own count (a size-1 sum)
     made SymPy print 1/Piecewise((1, eq), (0, True)) as a branch of zoo."""
     pv = np.random.default_rng(0).standard_normal(shape)
-    _jax_grad(lambda p: bp.sum(bp.max(p, axis=axis)), lambda p: jnp.sum(jnp.max(p, axis=axis)),
+    _check_jax(lambda p: bp.sum(bp.max(p, axis=axis)), lambda p: jnp.sum(jnp.max(p, axis=axis)),
               shape, pv, backend)
-    _jax_grad(lambda p: bp.sum(-bp.max(-p, axis=axis, keepdims=True) * p),
+    _check_jax(lambda p: bp.sum(-bp.max(-p, axis=axis, keepdims=True) * p),
               lambda p: jnp.sum(jnp.min(p, axis=axis, keepdims=True) * p), shape, pv, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_max_and_min_ties_split_the_gradient_as_jax_does(backend):
     pv = np.array([[1.0, 1.0, 0.0], [2.0, 2.0, 2.0], [-1.0, 3.0, 3.0]])
-    _jax_grad(lambda p: bp.sum(bp.max(p, axis=1) * bp.const(np.array([1.0, 2.0, 3.0]), "float64")),
+    _check_jax(lambda p: bp.sum(bp.max(p, axis=1) * bp.const(np.array([1.0, 2.0, 3.0]), "float64")),
               lambda p: jnp.sum(jnp.max(p, axis=1) * jnp.array([1.0, 2.0, 3.0])), (3, 3), pv,
               backend)
-    _jax_grad(lambda p: bp.sum(-bp.max(-p, axis=0)), lambda p: jnp.sum(jnp.min(p, axis=0)),
+    _check_jax(lambda p: bp.sum(-bp.max(-p, axis=0)), lambda p: jnp.sum(jnp.min(p, axis=0)),
               (3, 3), pv, backend)
-    _jax_grad(lambda p: bp.max(p), lambda p: jnp.max(p), (3, 3), pv, backend)
+    _check_jax(lambda p: bp.max(p), lambda p: jnp.max(p), (3, 3), pv, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

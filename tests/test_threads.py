@@ -179,7 +179,7 @@ def test_llvm_thread_arenas_do_not_keep_functions_alive():
     assert ref() is None
 
 
-def _fresh_every_call(call, names):
+def _assert_fresh_every_call(call, names):
     first, second = call(0), call(1)
     for n in names:
         a, b = np.asarray(first[n]), np.asarray(second[n])
@@ -198,11 +198,11 @@ def test_llvm_copy_outputs_gives_fresh_arrays_for_every_output(path):
         return dict(sets[i], b1=list(sets[i]["b1"])) if path == "slow" else sets[i]
 
     fn = bp.compile(loss, wrt, backend="llvm", **options)
-    _fresh_every_call(lambda i: fn(**args(i))[1], ["W1", "b1", "W2"])
+    _assert_fresh_every_call(lambda i: fn(**args(i))[1], ["W1", "b1", "W2"])
     x, W1 = bp.input("x", (3, 2), "float64"), bp.param("W1", (2, 3), "float64")
     h = bp.tanh(x @ W1)  # bp.function: the first output is an array, not a scalar
     f = bp.function({"h": h, "s": bp.sum(h), "g": h * 2.0}, backend="llvm", **options)
-    _fresh_every_call(lambda i: f(x=args(i)["x"], W1=sets[i]["W1"]), ["h", "g"])
+    _assert_fresh_every_call(lambda i: f(x=args(i)["x"], W1=sets[i]["W1"]), ["h", "g"])
 
 
 @pytest.mark.parametrize("backend", ["numpy", "llvm", "jax"])
