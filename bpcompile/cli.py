@@ -46,26 +46,24 @@ class UsageError(BPError):
     """A command-line combination that cannot work (e.g. --emit llvm on the numpy backend)."""
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a negative --steps must not pass silently)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1), got {v}")
-    return v
+def _int_at_least(lo: int, what: str):
+    """An argparse type: an integer >= lo (a negative --steps must not pass silently)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {v}")
+        return v
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
 
 
-def nonneg_int(text: str) -> int:
-    """argparse type: an integer >= 0 (seeds: NumPy refuses negative ones)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
-    return v
+positive_int = _int_at_least(1, "a positive integer (>= 1)")
+nonneg_int = _int_at_least(0, "an integer >= 0")  # seeds: NumPy refuses negative ones
 
 
 def nonneg_float(text: str) -> float:

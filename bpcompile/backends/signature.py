@@ -154,3 +154,15 @@ def check_names(args: list[Node], kwargs) -> None:
             parts.append(f"unexpected {', '.join(map(repr, extra))}")
         described = ", ".join(f"{n}:{type_str(a)}" for n, a in by_name.items())
         raise ArgumentError("; ".join(parts) + f". The function takes: {described}")
+
+
+def check_host_range(name: str, v, bound: tuple[int, int]) -> None:
+    """Index range check for host (NumPy) index arrays; device arrays are not copied back,
+    so out-of-range indices there poison the result as computed ones do (NaN-filled gathers,
+    NaN one-hot rows; ops/index.py)."""
+    if isinstance(v, np.ndarray) and v.size:
+        lo, hi = v.min(), v.max()
+        if lo < bound[0] or hi >= bound[1]:
+            bad = lo if lo < bound[0] else hi
+            raise ArgumentError(
+                f"argument {name!r}: index {bad} out of range [{bound[0]}, {bound[1]})")

@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..backends.protocol import InPlace, JaxProgram, NativeCaller
+from ..backends.signature import check_host_range
 from ..compiled import Function
 from ..compiled import grad as _grad
 from ..errors import ArgumentError, BPError
@@ -237,7 +238,7 @@ class TrainStep:
                 loss, values = native.callers[i](**feed)
             elif self._dp is not None:  # several devices, possibly several processes
                 for name, bound in self.fn.signature.bounds.items():  # host labels: range check
-                    _check_host_range(name, batch.get(name), bound)
+                    check_host_range(name, batch.get(name), bound)
                 batch, cur = self._dp.shard(**batch), self._cur
                 arrays = [batch[n] if n in batch else cur[n] for n in self._arg_names]
                 loss, rest = self.fn.impl.run(arrays)
@@ -464,14 +465,3 @@ class _PingPong:
                 feed[k] = outs[idx[f"{k}_next"]]
             self.feeds.append(feed)
         self.phase = 0
-
-
-def _check_host_range(name: str, v, bound: tuple[int, int]) -> None:
-    """Index range check of a host (NumPy) label array before it is sharded; device arrays are
-    not copied back (out-of-range indices there poison the result, ops/index.py)."""
-    if isinstance(v, np.ndarray) and v.size:
-        lo, hi = v.min(), v.max()
-        if lo < bound[0] or hi >= bound[1]:
-            bad = lo if lo < bound[0] else hi
-            raise ArgumentError(
-                f"argument {name!r}: index {bad} out of range [{bound[0]}, {bound[1]})")

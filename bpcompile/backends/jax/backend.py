@@ -40,7 +40,7 @@ from ...ir.printer import type_str
 from ...ir.traverse import toposort
 from ..numpy.codegen import exec_source
 from ..pysource import emit_function
-from ..signature import check_names, refusal
+from ..signature import check_host_range, check_names, refusal
 from .lower import NAMESPACE, lower_program
 from .packing import Packer, dtype_of, shape_of, signature_of, tuple_getter
 
@@ -231,7 +231,7 @@ class JaxBackend:
             except KeyError:
                 bad(kw)
             for name, bound in bounds:
-                _check_range(name, kw[name], bound)
+                check_host_range(name, kw[name], bound)
             value, grads = dispatch(args)
             grads = dict(zip(names, grads))
             if sync:
@@ -373,18 +373,6 @@ def _host_bounds(signature) -> list:
     return list(signature.bounds.items())
 
 
-def _check_range(name, v, bound):
-    """Index range check for host (NumPy) index arrays; device arrays are not copied back,
-    so out-of-range indices there poison the result as computed ones do (NaN-filled gathers,
-    NaN one-hot rows; ops/index.py)."""
-    if isinstance(v, np.ndarray) and v.size:
-        lo, hi = v.min(), v.max()
-        if lo < bound[0] or hi >= bound[1]:
-            bad = lo if lo < bound[0] else hi
-            raise ArgumentError(
-                f"argument {name!r}: index {bad} out of range [{bound[0]}, {bound[1]})")
-
-
 class DataParallel:
     """Shard the batch axis of the data inputs over devices; params and outputs replicated.
 
@@ -490,7 +478,7 @@ class DataParallel:
             if missing or len(kw) != len(order):
                 self.backend._traced(**kw)  # raises the ArgumentError naming what is wrong
             for name, bound in bounds:
-                _check_range(name, kw.get(name), bound)
+                check_host_range(name, kw.get(name), bound)
             try:
                 value, grads = jitted(*convert([kw[n] for n in order]))
                 if sync:
