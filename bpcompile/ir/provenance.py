@@ -17,6 +17,8 @@ from .node import Node
 # forward node is older than every node its VJP builds, so the weak keys can still die)
 GRAD_OF: weakref.WeakKeyDictionary[Node, Node] = weakref.WeakKeyDictionary()
 
+_PLAIN = (int, float, str, tuple, type(None))  # attribute values that are never sub-graphs
+
 
 @runtime_checkable
 class SubGraph(Protocol):
@@ -37,4 +39,6 @@ def record_grad_of(roots: Iterable[Node | None], forward: Node, since: int) -> N
             continue
         GRAD_OF[m] = forward
         stack.extend(m.inputs)
-        stack.extend(o for _, v in m.attrs if isinstance(v, SubGraph) for o in v.outputs)
+        for _, v in m.attrs:
+            if not isinstance(v, _PLAIN) and isinstance(v, SubGraph):  # (a slow check)
+                stack.extend(v.outputs)
