@@ -119,6 +119,12 @@ class Program:
         for s in self.stages:
             top = ", ".join(f"{k}:{v}" for k, v in s.ops.most_common(6))
             rows.append(f"{s.name:16s} {s.nodes:6d}  {top}")
+        bodies = pipeline.body_stages(self.stages[-1].outputs)
+        if bodies:  # the sub-graphs the final stage runs, nested ones indented
+            rows.append("scan bodies (final):")
+            for depth, b in bodies:
+                top = ", ".join(f"{k}:{v}" for k, v in b.ops.most_common(6))
+                rows.append(f"  {'  ' * depth + b.name:14s} {b.nodes:6d}  {top}")
         # the "forward" row's hits are those of the passes run on it before autodiff
         rows.append("rule hits per stage:")
         for s in self.stages:

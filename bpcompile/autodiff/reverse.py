@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from ..errors import GradientError, NonDifferentiableError
 from ..ir.dtypes import is_float
-from ..ir.node import NAMES, Node
+from ..ir.node import NAMES, Node, next_serial
+from ..ir.provenance import record_grad_of
 from ..ir.traverse import toposort
 from ..ops.elementwise import add, cast
 from ..ops.leaves import const
@@ -76,6 +77,7 @@ def grad(loss: Node, wrt) -> list[Node] | Node:
                 f"op {n.op!r}{where} is on the gradient path but is not differentiable; "
                 "wrap its input in bp.stop_gradient if a zero gradient is intended"
             )
+        since = next_serial()  # what the rule, un-broadcasting and accumulation build
         contributions = op.vjp(n, g, needs)
         for x, c, need in zip(n.inputs, contributions, needs):
             if c is None or not need:
@@ -84,6 +86,7 @@ def grad(loss: Node, wrt) -> list[Node] | Node:
             if c.dtype != x.dtype:
                 c = cast(c, x.dtype)
             cts[x] = add(cts[x], c) if x in cts else c
+        record_grad_of([cts.get(x) for x in n.inputs], n, since)
     out = []
     for w in wrt:
         g = cts.get(w)

@@ -1,7 +1,8 @@
 """Emit a readable Python function for a scheduled graph, given a backend's lowering table.
 
 Shared by the NumPy and JAX backends: one statement per node, names from `ir.naming`, a
-comment naming the source op (and, for forward nodes, the user's line that created it).
+comment naming the source op and, for forward nodes, the user's line that created it; for
+backward nodes, the forward node they are the gradient of and its line (Tangent's "Grad of").
 Scalar constants are inlined as literals; array constants become module-level names.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 from ..ir.naming import Namespace, assign_names
 from ..ir.node import Node
 from ..ir.printer import type_str
+from ..ir.provenance import GRAD_OF
 from ..ir.traverse import toposort
 from ..ops.leaves import const_value
 
@@ -50,6 +52,14 @@ def _literal(v: np.ndarray) -> str:
         if np.isinf(x):
             return "float('inf')" if x > 0 else "-float('inf')"
     return repr(x)
+
+
+def _grad_of(f: Node, names: dict) -> str:
+    """`grad of a1 = sigmoid(...), xor.toml:21`: forward node `f` by the name it has in this
+    function or its own name (a pass may have replaced it), else by its op and line only."""
+    name = names.get(f) or f.name
+    text = f"grad of {name} = {f.op}(...)" if name and name != f.op else f"grad of {f.op}(...)"
+    return f"{text}, {f.where}" if f.where else text
 
 
 def emit_function(
@@ -141,6 +151,8 @@ def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
         note = f"# {n.op if n.op != 'kernel' else 'kernel ' + n.attr('name')} -> {type_str(n)}"
         if sec == "forward" and n.where:
             note += f"  ({n.where})"
+        elif sec == "backward" and n in GRAD_OF:
+            note += f"  ({_grad_of(GRAD_OF[n], names)})"
         pad = max(1, COMMENT_COL - len(stmt))
         lines.append(stmt + " " * pad + comment(note))
         expr_of[n] = names[n]

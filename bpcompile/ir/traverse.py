@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from .node import LOCATION_OVERRIDE, NAMES, Node, rebuild
+from .node import LOCATION_OVERRIDE, NAMES, Node, next_serial, rebuild
+from .provenance import GRAD_OF
 
 
 def toposort(outputs: Iterable[Node]) -> list[Node]:
@@ -53,9 +54,12 @@ def transform(
     inputs and everything before n; default: `n` on its new inputs), then passed to `fn`, which
     returns its replacement (or the node itself). Nodes made meanwhile take n's source line, so
     generated code keeps pointing at the user's line. Names given with `.named()` carry over to
-    the replacement when it has none of its own.
+    the replacement when it has none of its own, and so does an adjoint's forward node
+    (provenance.GRAD_OF) to a replacement built here (an older node, possibly a forward one,
+    keeps its own).
     """
     memo: dict[Node, Node] = {}
+    since = next_serial()
     for n in toposort(outputs):
         LOCATION_OVERRIDE.append(n.where)  # nodes a rewrite creates keep the user's line
         try:
@@ -66,5 +70,7 @@ def transform(
             LOCATION_OVERRIDE.pop()
         if new is not n and n in NAMES and new not in NAMES and new.op not in ("input", "param"):
             NAMES[new] = NAMES[n]
+        if new is not n and new.serial > since and n in GRAD_OF and new not in GRAD_OF:
+            GRAD_OF[new] = GRAD_OF[n]
         memo[n] = new
     return [memo[o] for o in outputs]

@@ -41,7 +41,8 @@ import numpy as np
 
 from ..errors import DTypeError, ShapeError
 from ..ir.dtypes import is_float
-from ..ir.node import Node, make
+from ..ir.node import Node, make, next_serial
+from ..ir.provenance import GRAD_OF, record_grad_of
 from ..ir.traverse import toposort
 from .elementwise import add, as_node, cast, stop_gradient, where
 from .leaves import const
@@ -197,11 +198,13 @@ def backprop(seeds: dict, wrt) -> list:
 
             raise NonDifferentiableError(f"op {n.op!r} inside a scan body is on the gradient "
                                          "path but is not differentiable")
+        since = next_serial()
         for x, c, need in zip(n.inputs, op.vjp(n, g, needs), needs):
             if c is None or not need:
                 continue
             c = _fit(c, x)
             cts[x] = add(cts[x], c) if x in cts else c
+        record_grad_of([cts.get(x) for x in n.inputs], n, since)
     return [cts.get(w) for w in wrt]
 
 
@@ -403,6 +406,8 @@ def _substitute(outputs, mapping: dict):
         from ..ir.node import rebuild
 
         memo[n] = rebuild(n, [memo[i] for i in n.inputs])
+        if memo[n] is not n and n in GRAD_OF:  # the rebuilt adjoint keeps its forward node
+            GRAD_OF.setdefault(memo[n], GRAD_OF[n])
     return [memo[o] for o in outputs]
 
 

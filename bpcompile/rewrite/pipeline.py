@@ -61,6 +61,20 @@ def _stage(name, outputs, hits=None):
     return Stage(name, list(outputs), sum(ops.values()), ops, Counter(hits or ()))
 
 
+def body_stages(outputs: list[Node], _depth: int = 0) -> list[tuple[int, Stage]]:
+    """(nesting depth, node counts) of every scan body reachable from `outputs`, each body
+    once and followed by those nested in it: the sub-graphs the final stage runs."""
+    rows, seen = [], set()
+    for n in toposort(outputs):
+        body = n.attr("body") if n.op == "scan" else None
+        if body is None or body in seen:
+            continue
+        seen.add(body)
+        rows.append((_depth, _stage(body.name, list(body.outputs))))
+        rows += body_stages(list(body.outputs), _depth + 1)
+    return rows
+
+
 def run(outputs: list[Node], passes=None, record=None) -> tuple[list[Node], list[Stage]]:
     """Apply `passes` (names or (name, fn) pairs; default PASSES) and return (outputs, stages)."""
     table = dict(PASSES)
