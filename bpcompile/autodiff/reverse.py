@@ -1,22 +1,23 @@
 """Reverse-mode autodiff: build the adjoint graph in the same IR.
 
-The sweep walks the forward graph in reverse topological order, asks each op's VJP rule for
-its inputs' cotangents, un-broadcasts them to the input shapes and accumulates fan-out with
-`add`. Cotangents that are symbolically zero (None) are never materialised. Because the result
-is ordinary IR, `grad` of an expression that contains `grad` works (Hessian-vector products).
+`grad` checks its arguments and runs THE reverse sweep, `backward` (defined in ops/sweep.py so
+that scan's VJP, an op, reuses it without importing this layer; re-exported here), seeded with
+1 on the loss: each op's VJP rule gives its inputs' cotangents, un-broadcast to the input
+shapes, fan-out accumulated with `add`, symbolic zeros (None) never materialised, several-result
+nodes (scan) given one cotangent per result. Because the result is ordinary IR, `grad` of an
+expression that contains `grad` works (Hessian-vector products).
 """
 
 from __future__ import annotations
 
-from ..errors import GradientError, NonDifferentiableError
+from ..errors import GradientError
 from ..ir.dtypes import is_float
-from ..ir.node import NAMES, Node, next_serial
-from ..ir.provenance import record_grad_of
-from ..ir.traverse import toposort
-from ..ops.elementwise import add, cast
+from ..ir.node import NAMES, Node
 from ..ops.leaves import const
-from ..ops.movement import broadcast_to, unbroadcast
-from ..ops.registry import get_op
+from ..ops.movement import broadcast_to
+from ..ops.sweep import backward
+
+__all__ = ["backward", "check_loss", "check_wrt", "grad"]
 
 
 def check_loss(loss) -> Node:
@@ -55,41 +56,9 @@ def grad(loss: Node, wrt) -> list[Node] | Node:
     """d loss / d w for each param in `wrt`, as graph nodes (a single node if `wrt` is one)."""
     single = isinstance(wrt, Node)
     loss, wrt = check_loss(loss), check_wrt(wrt)
-    order = toposort([loss])
-    depends = set(wrt)
-    for n in order:
-        # stop_gradient cuts the dependence, so floor(stop_gradient(x)) is not on the path
-        if n not in depends and n.op != "stop_gradient" and any(i in depends for i in n.inputs):
-            depends.add(n)
-    cts: dict[Node, Node] = {loss: const(1.0, loss.dtype)}
-    for n in reversed(order):
-        g = cts.get(n)
-        if g is None or not n.inputs:
-            continue
-        _name_cotangent(n, g)
-        needs = tuple(i in depends and is_float(i.dtype) for i in n.inputs)
-        if not any(needs):
-            continue
-        op = get_op(n.op)
-        if op.vjp is None:
-            where = f" (created at {n.where})" if n.where else ""
-            raise NonDifferentiableError(
-                f"op {n.op!r}{where} is on the gradient path but is not differentiable; "
-                "wrap its input in bp.stop_gradient if a zero gradient is intended"
-            )
-        since = next_serial()  # what the rule, un-broadcasting and accumulation build
-        contributions = op.vjp(n, g, needs)
-        for x, c, need in zip(n.inputs, contributions, needs):
-            if c is None or not need:
-                continue
-            c = unbroadcast(c, x.shape)
-            if c.dtype != x.dtype:
-                c = cast(c, x.dtype)
-            cts[x] = add(cts[x], c) if x in cts else c
-        record_grad_of([cts.get(x) for x in n.inputs], n, since)
+    cts = backward({loss: const(1.0, loss.dtype)}, wrt, on_cotangent=_name_cotangent)
     out = []
-    for w in wrt:
-        g = cts.get(w)
+    for w, g in zip(wrt, cts):
         if g is None:  # loss does not depend on w: an explicit zero gradient
             g = broadcast_to(const(0.0, w.dtype), w.shape)
         if g not in NAMES and g.op not in ("input", "param", "const"):

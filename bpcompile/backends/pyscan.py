@@ -3,8 +3,9 @@
 A scan node becomes a call to two generated module-level functions placed above the main one:
 `<name>_body`, the step sub-graph emitted like any graph (as the rewrite pipeline left it),
 and `<name>_loop`, which threads the carries through it - a plain `for` loop over time in
-NumPy, `jax.lax.scan` in JAX - and packs final carries, stacked ys and saved carries into
-the node's flat output (ops/scan.py describes the layout). The helpers reach the emitter as
+NumPy, `jax.lax.scan` in JAX - and returns the node's results as a tuple (final carries,
+stacked ys, saved carries: ops/scan.py), which the emitter unpacks into the names of the
+node's `result` projections (`h_T, hs = step_loop(...)`). The helpers reach the emitter as
 attributes of the returned expression (`Lowered.defs`, `Lowered.consts`).
 
 Every identifier here comes from the namespace of the module being emitted
@@ -15,7 +16,7 @@ the loop's locals a scope of their own, so a user's name (a constant called `car
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
 from ..ir.node import Node
 
@@ -50,6 +51,12 @@ def _prefix(n: Node) -> str:
     from .pysource import current_namespace
 
     return current_namespace().global_prefix(n.attr("body").name, ("_body", "_loop"))
+
+
+def result_item(n: Node, a: list[str]) -> str:
+    """`result` of a tuple-valued expression: the emitter unpacks scans into their results'
+    names instead, so this indexing is the lowering's general form, not what it prints."""
+    return f"{a[0]}[{n.attr('index')}]"
 
 
 def numpy_scan(n: Node, a: list[str]) -> Lowered:
@@ -92,27 +99,21 @@ def _loop_names(body, extra=()):
 
 
 def _numpy_loop(n: Node, pre: str, dtypes) -> str:
-    from ..ops.scan import layout, n_saved
+    from ..ops.scan import n_saved
 
     body, T, rev, save = (n.attr(k) for k in ("body", "length", "reverse", "save"))
     nc, ny = len(body.carries), len(body.ys)
+    res = n.results or ()
     c, init, sv, xs, ks, v = _loop_names(
-        body, ["out", "t"] + [f"y{j}" for j in range(ny)] + [f"ys{j}" for j in range(ny)])
-    out, t, y, ys = v["out"], v["t"], [v[f"y{j}"] for j in range(ny)], [
-        v[f"ys{j}"] for j in range(ny)]
-    lay = layout(n)
+        body, ["t"] + [f"y{j}" for j in range(ny)] + [f"ys{j}" for j in range(ny)])
+    t, y, ys = v["t"], [v[f"y{j}"] for j in range(ny)], [v[f"ys{j}"] for j in range(ny)]
     direction = "reversed, " if rev else ""
     saves = {0: "no carries", 1: f"all {T + 1} carries"}.get(
         save, f"{n_saved(T, save)} checkpoint carries (every {save} steps)")
     lines = [f"def {pre}_loop({', '.join(init + xs + ks)}):",
-             f'    """scan {body.name} over {T} steps ({direction}saves {saves})."""',
-             f"    {out} = np.empty({n.shape[0]}, {dtypes[n.dtype]})"]
-    for kind, i, off, shape in lay:
-        size = int(np.prod(shape, dtype=np.int64))
-        if kind == "y":
-            lines.append(f"    {ys[i]} = {out}[{off}:{off + size}].reshape({_shape(shape)})")
-        elif kind == "saved":
-            lines.append(f"    {sv[i]} = {out}[{off}:{off + size}].reshape({_shape(shape)})")
+             f'    """scan {body.name} over {T} steps ({direction}saves {saves})."""']
+    for name, (shape, dt) in zip(ys + (sv if save else []), res[nc:]):
+        lines.append(f"    {name} = np.empty({_shape(shape)}, {dtypes[dt]})")
     lines.append(f"    {', '.join(c)}{',' if nc == 1 else ''} = {', '.join(init)}"
                  f"{',' if nc == 1 else ''}")
     rng = f"range({T} - 1, -1, -1)" if rev else f"range({T})"
@@ -131,11 +132,9 @@ def _numpy_loop(n: Node, pre: str, dtypes) -> str:
     if save == 1:
         at = "0" if rev else str(T)
         lines += [f"    {sv[i]}[{at}] = {c[i]}" for i in range(nc)]
-    for kind, i, off, shape in lay:
-        if kind == "carry":
-            size = int(np.prod(shape, dtype=np.int64))
-            lines.append(f"    {out}[{off}:{off + size}] = np.ravel({c[i]})")
-    lines.append(f"    return {out}")
+    # a final carry is a fresh array of its dtype even when the step returned its input
+    finals = [f"np.array({ci}, {dtypes[dt]})" for ci, (_s, dt) in zip(c, res)]
+    lines.append(f"    return {_tuple(finals + ys + (sv if save else []))}")
     return "\n".join(lines)
 
 
@@ -197,21 +196,36 @@ def _jax_loop(n: Node, pre: str, dtypes) -> str:
     else:
         lines.append(f"    {tup(c)}, ({ys_}, {saved}) = lax.scan({step}, {tup(init)}, "
                      f"{tup(xs)}, length={T}, reverse={rev})")
-    parts = [f"jnp.ravel({c[i]})" for i in range(nc)] + [
-        f"jnp.ravel({ys_}[{j}])" for j in range(ny)]
+    parts = list(c) + [f"{ys_}[{j}]" for j in range(ny)]
     for i in range(nc if save else 0):
-        if save == 1:  # layout: saved[t] enters element t (reverse: saved[t + 1])
+        if save == 1:  # saved[t] enters element t (reverse: saved[t + 1])
             both = ([f"{c[i]}[None]", f"{saved}[{i}]"] if rev
                     else [f"{saved}[{i}]", f"{c[i]}[None]"])
-            parts.append(f"jnp.ravel(jnp.concatenate([{', '.join(both)}]))")
+            parts.append(f"jnp.concatenate([{', '.join(both)}])")
         else:
-            parts.append(f"jnp.ravel({saved}[{i}])")
-    # The packed result is computed once, behind a barrier: XLA turns a short loop into
-    # straight-line code and may then recompute it inside several consumers, differently
-    # (fuzz seed 514: a max's tie mask `x == max(x)` over a length-1 scan came out all zero,
-    # a silent zero gradient, while eager JAX and the other backends agreed).
-    lines.append(f"    return lax.optimization_barrier(jnp.concatenate([{', '.join(parts)}])"
-                 f".astype({dtypes[n.dtype]}))")
+            parts.append(f"{saved}[{i}]")
+    # The results are computed once, behind a barrier, as one flat array per dtype: XLA turns
+    # a short loop into straight-line code and may then recompute it inside several consumers,
+    # differently (fuzz seed 514: a max's tie mask `x == max(x)` over a length-1 scan came out
+    # all zero, a silent zero gradient, while eager JAX and the other backends agreed; a
+    # barrier on the separate results does not prevent it, the flat copy does).
+    res = n.results or ()
+    groups: dict[str, list[int]] = {}
+    for i, (_s, dt) in enumerate(res):
+        groups.setdefault(dt, []).append(i)
+    flat = sc.user("flat")
+    lines.append(f"    {flat} = lax.optimization_barrier(" + _tuple(
+        f"jnp.concatenate({_tuple(f'jnp.ravel({parts[i]})' for i in idx)})"
+        f".astype({dtypes[dt]})" for dt, idx in groups.items()) + ")")
+    out = [""] * len(res)
+    for g, idx in enumerate(groups.values()):
+        off = 0
+        for i in idx:
+            shape = res[i][0]
+            size = math.prod(shape)
+            out[i] = f"{flat}[{g}][{off}:{off + size}].reshape({_shape(shape)})"
+            off += size
+    lines.append(f"    return {_tuple(out)}")
     return "\n".join(lines)
 
 

@@ -3,6 +3,12 @@
 A node is (op name, input nodes, attributes) plus the shape and dtype its op's rule inferred.
 `make` interns nodes: building the same node twice returns the same object, so identical
 subexpressions are shared by construction and graph equality is object identity.
+
+An op with several results (JAX's `multiple_results`; `scan`: final carries, stacked ys, saved
+carries) makes a *tuple node*: dtype `TUPLE`, shape (), and `results`, one (shape, dtype) per
+result. Its results are read through `result` projection nodes (attr `index`), ordinary
+single-valued nodes that backends lower as aliases of the tuple's storage, never copies. Every
+other node has `results` None, so code that never meets a tuple node is unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ if TYPE_CHECKING:
 _INTERN: weakref.WeakValueDictionary[tuple, Node] = weakref.WeakValueDictionary()
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SERIAL = itertools.count()  # creation order: a compiled function's positional order
+TUPLE = "tuple"  # the dtype of a node with several results (its `results` says what they are)
 
 
 def next_serial() -> int:
@@ -71,7 +78,8 @@ def _user_location() -> str | None:
 class Node:
     """One value in the graph. Never construct directly: use `make` (or the public API)."""
 
-    __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "where", "serial", "__weakref__")
+    __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "results", "where", "serial",
+                 "__weakref__")
     __array_priority__ = 1000  # so `ndarray * node` defers to Node.__rmul__
 
     op: str
@@ -79,6 +87,7 @@ class Node:
     attrs: tuple
     shape: tuple
     dtype: str
+    results: tuple[tuple[tuple[int, ...], str], ...] | None  # a tuple node's (shape, dtype)s
     where: str | None
     serial: int
 
@@ -171,10 +180,15 @@ def make(op: str, inputs=(), **attrs) -> Node:
     if hit is not None:
         return hit
     spec = get_op(op)
-    shape, dtype = spec.infer(inputs, attrs)
+    results = None
+    if spec.multiple_results:
+        results = tuple((tuple(int(s) for s in sh), dt) for sh, dt in spec.infer(inputs, attrs))
+        shape, dtype = (), TUPLE
+    else:
+        shape, dtype = spec.infer(inputs, attrs)
     n = object.__new__(Node)
     n.op, n.inputs, n.attrs = op, inputs, key_attrs
-    n.shape, n.dtype = tuple(int(s) for s in shape), dtype
+    n.shape, n.dtype, n.results = tuple(int(s) for s in shape), dtype, results
     n.where = _user_location()
     n.serial = next(_SERIAL)
     _INTERN[key] = n

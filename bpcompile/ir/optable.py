@@ -20,9 +20,12 @@ KINDS = ("leaf", "elementwise", "reduce", "movement", "matmul", "index", "kernel
 class Op:
     """A primitive.
 
-    infer(inputs, attrs) -> (shape, dtype); raises ShapeError/DTypeError naming the op.
+    infer(inputs, attrs) -> (shape, dtype); raises ShapeError/DTypeError naming the op. An op
+        with `multiple_results` (JAX's term) returns a list of (shape, dtype), one per result;
+        its node is a tuple that `result` nodes project (ir/node.py).
     vjp(node, g, needs) -> tuple with one cotangent node (or None for "no gradient / zero")
-        per input; `needs[i]` says whether input i needs one. `vjp=None` means the op is not
+        per input; `needs[i]` says whether input i needs one. For a multiple-results op `g` is
+        a list with one cotangent (or None) per result. `vjp=None` means the op is not
         differentiable and a cotangent reaching a float input of it is an error.
     sympy(*args, **attrs) -> the scalar expression of an elementwise op, used by fusion.
     """
@@ -34,6 +37,7 @@ class Op:
     doc: str
     sympy: Callable | None = None
     attrs_doc: dict = field(default_factory=dict)
+    multiple_results: bool = False
 
 
 _OPS: dict[str, Op] = {}

@@ -5,13 +5,13 @@ truncated and checkpointed backpropagation through time) and the user function `
 Backends lower it in their own tables (backends/pyscan.py for numpy and jax).
 
 The node
-    scan(init carries..., xs..., consts...; body, length, reverse, save) -> one flat array
+    scan(init carries..., xs..., consts...; body, length, reverse, save)
+        -> final carries..., ys..., saved carries...
 runs `carries, ys = body(carries, xs[t], consts)` for t = 0..T-1 (T-1..0 when reverse).
-Its single output is a flat vector of the common float dtype holding, in order,
-    the final carries | each y stacked over time, (T, ...) | the saved carries
-and `bp.scan` hands the user reshaped slices of it (a node has one value; slicing a flat
-vector is free in every backend, and the slices' VJPs give the scan VJP a cotangent whose
-unused parts are symbolic zeros, see `_split_cotangent`).
+It has several results (ir/node.py: a tuple node, read through `result` projections,
+`scan_results`), each with its own shape and dtype: the final carries, each y stacked over
+time, (T, ...), and, when `save` > 0, each carry's saved values. Its VJP gets one cotangent
+per result (None where nothing reads that result).
 
 Saved carries (attr `save`) are what the backward pass reads:
     save = 0: none (the VJP reruns the loop once, saving every carry);
@@ -28,7 +28,8 @@ carry cotangent plus one accumulator per constant (the per-step parameter gradie
 over time). Values the step's VJP needs that the forward already stored - the carry leaving
 the step and the ys - are read from the saved outputs instead of being recomputed.
 
-Carries and ys must share one float dtype; xs and consts may be any dtype (int token ids).
+Carries are float tensors; ys, xs and consts may be any dtype (int token ids); a y of int
+dtype gets no gradient.
 """
 
 from __future__ import annotations
@@ -41,13 +42,15 @@ import numpy as np
 
 from ..errors import DTypeError, ShapeError
 from ..ir.dtypes import is_float
-from ..ir.node import Node, make, next_serial
-from ..ir.provenance import GRAD_OF, record_grad_of
-from ..ir.traverse import toposort
+from ..ir.node import NAMES, Node, make, rebuild
+from ..ir.provenance import GRAD_OF
+from ..ir.traverse import consumers, toposort, transform
 from .elementwise import add, as_node, cast, stop_gradient, where
 from .leaves import const
-from .movement import broadcast_to, concatenate, pad, reshape, slice_, unbroadcast
-from .registry import Op, get_op, register
+from .movement import broadcast_to, concatenate, pad, reshape, slice_
+from .registry import Op, register
+from .results import result, results
+from .sweep import backward
 
 _SCOPES = itertools.count(1)
 
@@ -101,7 +104,7 @@ class Body:
 
 
 # ---------------------------------------------------------------------------------------------
-# layout of the flat output
+# results
 
 
 def n_saved(length: int, save: int) -> int:
@@ -111,23 +114,6 @@ def n_saved(length: int, save: int) -> int:
     if save == 1:
         return length + 1
     return -(-length // save)
-
-
-def layout(node_or_attrs) -> list[tuple[str, int, int, tuple]]:
-    """[(kind, index, offset, shape)] of the flat output of a scan node (or its attrs dict):
-    final carries, then ys, then saved carries."""
-    get = node_or_attrs.get if isinstance(node_or_attrs, dict) else node_or_attrs.attr
-    body, length, save = get("body"), get("length"), get("save")
-    out, off = [], 0
-    for kind, nodes, lead in (("carry", body.new_carries, ()), ("y", body.ys, (length,)),
-                              ("saved", body.carries, (n_saved(length, save),))):
-        if kind == "saved" and save == 0:
-            break
-        for i, n in enumerate(nodes):
-            shape = lead + n.shape
-            out.append((kind, i, off, shape))
-            off += int(np.prod(shape, dtype=np.int64))
-    return out
 
 
 def _infer(inputs, attrs):
@@ -146,71 +132,34 @@ def _infer(inputs, attrs):
         if c.shape != nc_.shape or c.dtype != nc_.dtype:
             raise ShapeError(f"scan {body.name}: the step returns a carry {nc_.dtype}"
                              f"{list(nc_.shape)} for a carry {c.dtype}{list(c.shape)}")
-    dts = {n.dtype for n in body.outputs}
-    if len(dts) > 1 or not all(is_float(d) for d in dts):
-        raise DTypeError(f"scan {body.name}: carries and ys must share one float dtype, got "
-                         f"{sorted(dts)}")
+        if not is_float(c.dtype):
+            raise DTypeError(f"scan {body.name}: carries must be float tensors, got {c.dtype}")
     if save > 1 and attrs["reverse"]:
         raise ShapeError("scan: checkpointing (save > 1) is only for forward scans")
-    size = sum(int(np.prod(s, dtype=np.int64)) for _, _, _, s in layout(attrs))
-    return (size,), (dts.pop() if dts else "float32")
+    k = n_saved(length, save)
+    return ([(c.shape, c.dtype) for c in body.carries]
+            + [((length,) + y.shape, y.dtype) for y in body.ys]
+            + ([((k,) + c.shape, c.dtype) for c in body.carries] if save else []))
 
 
-def unpack(node: Node):
-    """(final carries, ys, saved carries) of a scan node, as reshaped slices of its output."""
-    parts = {"carry": [], "y": [], "saved": []}
-    for kind, _i, off, shape in layout(node):
-        size = int(np.prod(shape, dtype=np.int64))
-        parts[kind].append(reshape(slice_(node, (off,), (off + size,), (1,)), shape))
-    return parts["carry"], parts["y"], parts["saved"]
+def scan_results(node: Node) -> tuple[list[Node], list[Node], list[Node]]:
+    """(final carries, stacked ys, saved carries) of a scan node, as `result` projections.
 
-
-# ---------------------------------------------------------------------------------------------
-# reverse sweep over a body (cotangents seeded on several outputs, w.r.t. arbitrary leaves)
-
-
-def backprop(seeds: dict, wrt) -> list:
-    """Cotangents of `wrt` leaves given output cotangents `seeds` {node: ct}; None = zero.
-
-    The same sweep as autodiff.reverse.grad (un-broadcast, cast, fan-out by add, symbolic
-    zeros, stop_gradient cuts), seeded on vectors instead of a scalar loss.
+    Unnamed projections get readable names for generated code: carry `h` ends as `h_final`
+    (not `h_T`, which reads as a transpose) and is saved as `h_saved`; a y named `h` is
+    stacked as `hs`.
     """
-    order = toposort(list(seeds))
-    depends = set(wrt)
-    for n in order:
-        if n not in depends and n.op != "stop_gradient" and any(i in depends for i in n.inputs):
-            depends.add(n)
-    cts: dict[Node, Node] = {}
-    for n, g in seeds.items():
-        if g is not None and n in depends:
-            g = _fit(g, n)
-            cts[n] = add(cts[n], g) if n in cts else g
-    for n in reversed(order):
-        g = cts.get(n)
-        if g is None or not n.inputs:
-            continue
-        needs = tuple(i in depends and is_float(i.dtype) for i in n.inputs)
-        if not any(needs):
-            continue
-        op = get_op(n.op)
-        if op.vjp is None:
-            from ..errors import NonDifferentiableError
-
-            raise NonDifferentiableError(f"op {n.op!r} inside a scan body is on the gradient "
-                                         "path but is not differentiable")
-        since = next_serial()
-        for x, c, need in zip(n.inputs, op.vjp(n, g, needs), needs):
-            if c is None or not need:
-                continue
-            c = _fit(c, x)
-            cts[x] = add(cts[x], c) if x in cts else c
-        record_grad_of([cts.get(x) for x in n.inputs], n, since)
-    return [cts.get(w) for w in wrt]
-
-
-def _fit(c: Node, x: Node) -> Node:
-    c = unbroadcast(c, x.shape)
-    return cast(c, x.dtype) if c.dtype != x.dtype else c
+    body = node.attr("body")
+    nc, ny = len(body.carries), len(body.ys)
+    rs = results(node)
+    fin, ys, saved = rs[:nc], rs[nc:nc + ny], rs[nc + ny:]
+    for r, c in zip(fin, body.carries):
+        NAMES.setdefault(r, f"{c.attr('name')}_final")
+    for j, (r, y) in enumerate(zip(ys, body.ys)):
+        NAMES.setdefault(r, f"{y.name}s" if y.name else "ys" if ny == 1 else f"ys{j}")
+    for r, c in zip(saved, body.carries):
+        NAMES.setdefault(r, f"{c.attr('name')}_saved")
+    return fin, ys, saved
 
 
 def zeros(shape, dtype) -> Node:
@@ -221,62 +170,22 @@ def zeros(shape, dtype) -> Node:
 # the VJP
 
 
-def _nonzero_ranges(g: Node, n: int):
-    """[(lo, hi, node)] of a flat cotangent that is a sum of 1-d pads (what slicing a scan's
-    output produces under the reverse sweep), or None when g has another form."""
-    out, stack = [], [g]  # iterative: a scan output sliced 3000 times is a deep add chain
-    while stack:
-        g = stack.pop()
-        if g.op == "pad" and g.ndim == 1 and g.attr("interior") == (0,):
-            out.append((g.attr("lo")[0], n - g.attr("hi")[0], g.inputs[0]))
-        elif g.op == "add" and g.inputs[0].shape == g.inputs[1].shape == (n,):
-            stack += [g.inputs[1], g.inputs[0]]  # left operand first, as before
-        else:
-            return None
-    return out
-
-
-def _split_cotangent(y: Node, g: Node):
-    """Cotangents of (final carries, ys, saved) as lists with None for symbolic zeros."""
-    lay = layout(y)
-    n = y.shape[0]
-    ranges = _nonzero_ranges(g, n)
-    parts = {"carry": [], "y": [], "saved": []}
-    for kind, _i, off, shape in lay:
-        size = int(np.prod(shape, dtype=np.int64))
-        if ranges is None:
-            piece = slice_(g, (off,), (off + size,), (1,))
-        else:
-            piece = None
-            for lo, hi, v in ranges:
-                if hi <= off or lo >= off + size:
-                    continue
-                if lo <= off and off + size <= hi:
-                    part = slice_(v, (off - lo,), (off - lo + size,), (1,))
-                else:  # overlaps partially: take the window out of the padded vector
-                    full = pad(v, (lo,), (n - hi,))
-                    part = slice_(full, (off,), (off + size,), (1,))
-                piece = part if piece is None else add(piece, part)
-        parts[kind].append(None if piece is None else reshape(piece, shape))
-    return parts["carry"], parts["y"], parts["saved"]
-
-
 def _tslice(x: Node, a: int, b: int) -> Node:
     """x[a:b] along axis 0."""
     return slice_(x, (a,) + (0,) * (x.ndim - 1), (b,) + x.shape[1:], (1,) * x.ndim)
 
 
-def _vjp_scan(y: Node, g: Node, needs):
+def _vjp_scan(y: Node, g: list, needs):
     body, T, rev, save = (y.attr(k) for k in ("body", "length", "reverse", "save"))
-    nc, nx = len(body.carries), len(body.xs)
+    nc, nx, ny = len(body.carries), len(body.xs), len(body.ys)
     init, xs, consts = y.inputs[:nc], y.inputs[nc:nc + nx], y.inputs[nc + nx:]
-    g_final, g_ys, g_saved = _split_cotangent(y, g)
-    if all(v is None for v in g_final + g_ys + g_saved):
+    g_final, g_ys, g_saved = list(g[:nc]), list(g[nc:nc + ny]), list(g[nc + ny:])
+    if all(v is None for v in g):
         return (None,) * len(y.inputs)
     extra = None  # cotangent reaching the carry entering each step through saved outputs
     if any(v is not None for v in g_saved):
-        g_saved = [zeros(s.shape, y.dtype) if v is None else v
-                   for v, s in zip(g_saved, unpack(y)[2])]
+        g_saved = [zeros(shape, dt) if v is None else v
+                   for v, (shape, dt) in zip(g_saved, (y.results or ())[nc + ny:])]
         if save == 1:
             extra = [_tslice(v, 1, T + 1) if rev else _tslice(v, 0, T) for v in g_saved]
             last = [_tslice(v, 0, 1) if rev else _tslice(v, T, T + 1) for v in g_saved]
@@ -294,7 +203,7 @@ def _vjp_scan(y: Node, g: Node, needs):
                                           need_x, need_k)
     else:
         src = y if save == 1 else make("scan", y.inputs, **dict(y.attrs, save=1))
-        _, stored_ys, saved = unpack(src)
+        _, stored_ys, saved = scan_results(src)
         d_init, d_xs, d_k = bptt(body, T, rev, saved, stored_ys, xs, consts, g_final, g_ys,
                                  need_x, need_k, extra=extra)
     return (tuple(d if n else None for d, n in zip(d_init, need_c))
@@ -311,7 +220,6 @@ def bptt(body: Body, T: int, rev: bool, saved, stored_ys, xs, consts, g_final, g
     per-step cotangent to the carry entering each step.
     """
     nc = len(body.carries)
-    dtype = body.outputs[0].dtype
     scope = next(_SCOPES)
     taken = {p.attr("name") for p in body.params}
 
@@ -331,7 +239,7 @@ def bptt(body: Body, T: int, rev: bool, saved, stored_ys, xs, consts, g_final, g
            for i in k_idx]
     c_next = [ph(f"{c.attr('name')}_next", c.shape, c.dtype) for c in body.carries]
     dy_ph = [None if gy is None else ph(f"d{y_.attr('name') if y_.op == 'input' else 'y'}{j}",
-                                        y_.shape, dtype)
+                                        y_.shape, y_.dtype)
              for j, (y_, gy) in enumerate(zip(body.ys, g_ys))]
     ys_ph = [ph(f"y{j}_out", y_.shape, y_.dtype) for j, y_ in enumerate(body.ys)]
     ex_ph = [ph(f"d{c.attr('name')}_saved", c.shape, c.dtype) for c in body.carries] \
@@ -344,7 +252,7 @@ def bptt(body: Body, T: int, rev: bool, saved, stored_ys, xs, consts, g_final, g
         if d is not None:
             seeds[n] = add(seeds[n], d) if n in seeds else d
     wrt = list(body.carries) + [body.xs[i] for i in x_idx] + [body.consts[i] for i in k_idx]
-    cts = backprop(seeds, wrt)
+    cts = backward(seeds, wrt)
     d_c, d_x, d_k = cts[:nc], cts[nc:nc + len(x_idx)], cts[nc + len(x_idx):]
     if extra is not None:
         d_c = [e if d is None else add(d, e) for d, e in zip(d_c, ex_ph)]
@@ -379,11 +287,12 @@ def bptt(body: Body, T: int, rev: bool, saved, stored_ys, xs, consts, g_final, g
                  dxs, name=f"{body.name}_bptt")
     g0 = [zeros(c.shape, c.dtype) if g is None else g for g, c in zip(g_final, body.carries)]
     a0 = [zeros(body.consts[i].shape, body.consts[i].dtype) for i in k_idx] \
-        if acc_init is None else [a if a is not None else zeros(body.consts[i].shape, dtype)
+        if acc_init is None else [a if a is not None else zeros(body.consts[i].shape,
+                                                                  body.consts[i].dtype)
                                   for a, i in zip(acc_init, k_idx)]
     r = make("scan", g0 + a0 + [v for _, v in xs_pairs] + [v for _, v in k_pairs],
              body=rbody, length=T, reverse=not rev, save=0)
-    fin, dx_stacked, _ = unpack(r)
+    fin, dx_stacked, _ = scan_results(r)
     d_init = fin[:nc]
     d_k = [None] * len(body.consts)
     for i, a in zip(k_idx, fin[nc:]):
@@ -403,8 +312,6 @@ def _substitute(outputs, mapping: dict):
         if n in mapping:
             memo[n] = mapping[n]
             continue
-        from ..ir.node import rebuild
-
         memo[n] = rebuild(n, [memo[i] for i in n.inputs])
         if memo[n] is not n and n in GRAD_OF:  # the rebuilt adjoint keeps its forward node
             GRAD_OF.setdefault(memo[n], GRAD_OF[n])
@@ -422,8 +329,7 @@ def _checkpointed(body: Body, T: int, y: Node, init, xs, consts, g_final, g_ys, 
     k = y.attr("save")
     nc = len(body.carries)
     full, r = divmod(T, k)
-    _, _, ckpts = unpack(y)
-    dtype = y.dtype
+    _, _, ckpts = scan_results(y)
     k_idx = [i for i, (c, need) in enumerate(zip(body.consts, need_k))
              if need and is_float(c.dtype)]
     dc = [zeros(c.shape, c.dtype) if g is None else g for g, c in zip(g_final, body.carries)]
@@ -433,7 +339,7 @@ def _checkpointed(body: Body, T: int, y: Node, init, xs, consts, g_final, g_ys, 
     def segment(length, ck, seg_xs, seg_gys, seg_consts, dc, acc):
         fwd = make("scan", list(ck) + list(seg_xs) + list(seg_consts), body=body, length=length,
                    reverse=False, save=1)
-        _, st_ys, saved = unpack(fwd)
+        _, st_ys, saved = scan_results(fwd)
         d_init, d_xs, d_k = bptt(body, length, False, saved, st_ys, seg_xs, seg_consts, dc,
                                  seg_gys, need_x, need_k, acc_init=list(acc))
         return d_init, d_xs, [d_k[i] for i in k_idx]
@@ -458,7 +364,7 @@ def _checkpointed(body: Body, T: int, y: Node, init, xs, consts, g_final, g_ys, 
                     body.consts[i].dtype) for i in k_idx]
         p_ck = [ph(f"{c.attr('name')}_ckpt", c.shape, c.dtype) for c in body.carries]
         p_xs = [ph(f"{x.attr('name')}_seg", (k,) + x.shape, x.dtype) for x in body.xs]
-        p_gy = [None if gy is None else ph(f"dy{j}_seg", (k,) + y_.shape, dtype)
+        p_gy = [None if gy is None else ph(f"dy{j}_seg", (k,) + y_.shape, y_.dtype)
                 for j, (gy, y_) in enumerate(zip(g_ys, body.ys))]
         p_k = [ph(f"{c.attr('name')}_c", c.shape, c.dtype) for c in body.consts]
         s_dc, s_dxs, s_acc = segment(k, p_ck, p_xs, p_gy, p_k, p_dc, p_acc)
@@ -477,7 +383,7 @@ def _checkpointed(body: Body, T: int, y: Node, init, xs, consts, g_final, g_ys, 
                      name=f"{body.name}_ckpt_bptt")
         outer = make("scan", list(dc) + list(acc) + [v for _, v in xs_pairs]
                      + [v for _, v in k_pairs], body=obody, length=full, reverse=True, save=0)
-        fin, dxs, _ = unpack(outer)
+        fin, dxs, _ = scan_results(outer)
         dc, acc = fin[:nc], fin[nc:]
         for i, d in zip(x_idx, dxs):
             dx_parts[i].insert(0, reshape(d, (full * k,) + d.shape[2:]))
@@ -493,7 +399,8 @@ def _checkpointed(body: Body, T: int, y: Node, init, xs, consts, g_final, g_ys, 
 
 register(Op("scan", "control", _infer, _vjp_scan,
             "loop a body sub-graph over the leading axis of xs, threading carries; "
-            "attrs: body, length, reverse, save (0 none / 1 every carry / k checkpoints)"))
+            "attrs: body, length, reverse, save (0 none / 1 every carry / k checkpoints); "
+            "results: final carries, stacked ys, saved carries", multiple_results=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,7 +505,7 @@ def scan(step, init, xs=None, length: int | None = None, reverse: bool = False,
         save = min(save, max(T, 1))
     node = make("scan", list(init_nodes) + xs_in + consts, body=body, length=T,
                 reverse=bool(reverse), save=save)
-    fin, stacked, _ = unpack(node)
+    fin, stacked, _ = scan_results(node)
     return _unflatten(fin, init_kind), _unflatten(stacked, ys_kind)
 
 
@@ -613,64 +520,41 @@ def sqrt_segment(T: int) -> int:
 def prune_outputs(outputs: list[Node]) -> list[Node]:
     """Rewrite pass: drop the ys no one reads and the saved carries no backward pass reads.
 
-    A scan's flat output is consumed through 1-d slices; regions no slice touches are dead.
     Dropping a y removes it from the body (its computation becomes dead code); unread saved
     carries turn `save` off (forward-only use of a scan built for training).
     """
-    from ..ir.node import rebuild
-    from ..ir.traverse import consumers
-
     order = toposort(outputs)
     users = consumers(order)
-    outs = set(outputs)
-    plans = {}
+    plans: dict[Node, tuple[dict, dict[int, int]]] = {}  # scan -> (attrs, old -> new index)
     for n in order:
-        if n.op != "scan" or n in outs:
+        if n.op != "scan":
             continue
-        us = users[n]
-        if not us or any(u.op != "slice" for u in us):
-            continue
-        spans = [(u.attr("starts")[0], u.attr("stops")[0]) for u in us]
-        lay = layout(n)
-
-        def read(off, shape, spans=spans):
-            size = int(np.prod(shape, dtype=np.int64))
-            return any(a < off + size and b > off for a, b in spans)
-
         body = n.attr("body")
-        keep_y = [read(off, shape) for kind, _i, off, shape in lay if kind == "y"]
-        keep_saved = any(read(off, shape) for kind, _i, off, shape in lay if kind == "saved")
+        nc, ny = len(body.carries), len(body.ys)
+        read = {u.attr("index") for u in users[n]}
+        keep_y = [nc + j in read for j in range(ny)]
+        keep_saved = any(i >= nc + ny for i in read)
         if all(keep_y) and (keep_saved or n.attr("save") == 0):
             continue
-        if any(a < off and b > off for a, b in spans for _k, _i, off, _s in lay if off > 0):
-            continue  # a slice straddles two regions: leave the node alone
         nb = Body(body.carries, body.xs, body.consts, body.new_carries,
                   [y for y, k in zip(body.ys, keep_y) if k], body.name)
-        attrs = dict(n.attrs, body=nb, save=n.attr("save") if keep_saved else 0)
-        new = make("scan", n.inputs, **attrs)
-        old_off = {(k, i): off for k, i, off, _ in lay}
-        ymap = [i for i, k in enumerate(keep_y) if k]
-        new_off = {}
-        for k, i, off, _ in layout(new):
-            new_off[(k, ymap[i] if k == "y" else i)] = off
-        plans[n] = (attrs, old_off, new_off)
+        kept = list(range(nc)) + [nc + j for j in range(ny) if keep_y[j]]
+        if keep_saved:
+            kept += list(range(nc + ny, len(n.results or ())))
+        plans[n] = (dict(n.attrs, body=nb, save=n.attr("save") if keep_saved else 0),
+                    {old: new for new, old in enumerate(kept)})
     if not plans:
         return outputs
-    memo: dict[Node, Node] = {}
-    for n in order:
+
+    def build(n: Node, memo: dict[Node, Node]) -> Node:
         ins = [memo[i] for i in n.inputs]
         if n in plans:
-            memo[n] = make("scan", ins, **plans[n][0])
-        elif n.op == "slice" and n.inputs[0] in plans:
-            _, old_off, new_off = plans[n.inputs[0]]
-            a, b = n.attr("starts")[0], n.attr("stops")[0]
-            key = max((kv for kv in old_off.items() if kv[1] <= a), key=lambda kv: kv[1])[0]
-            shift = new_off[key] - old_off[key]
-            memo[n] = make("slice", (ins[0],), starts=(a + shift,), stops=(b + shift,),
-                           steps=n.attr("steps"))
-        else:
-            memo[n] = rebuild(n, ins)
-    return [memo[o] for o in outputs]
+            return make("scan", ins, **plans[n][0])
+        if n.op == "result" and n.inputs[0] in plans:
+            return result(ins[0], plans[n.inputs[0]][1][n.attr("index")])
+        return rebuild(n, ins)
+
+    return transform(outputs, build=build)
 
 
 def _arg_names(step):

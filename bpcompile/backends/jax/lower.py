@@ -197,6 +197,7 @@ def lowered_ops() -> set[str]:
     return set(LOWERINGS) | {"input", "param", "const"}
 
 
-from ..pyscan import jax_scan  # noqa: E402  (scan: jax.lax.scan over a generated body function)
+from ..pyscan import jax_scan, result_item  # noqa: E402  (scan: jax.lax.scan over a generated body function)
 
 LOWERINGS["scan"] = jax_scan
+LOWERINGS["result"] = result_item  # (pysource unpacks a scan into its results instead)

@@ -3,10 +3,11 @@
 The body, as the rewrite pipeline simplified it (the pipeline recurses into bodies), is compiled
 by a nested `Program` into
 `void bp_scan<k>_<name>(carries..., x[t]..., consts..., new carries..., y[t]..., workspace)`.
-The loop never copies a carry between steps: when every carry is saved (plain BPTT), step t
-reads saved slot t of the node's flat output and writes slot t+1; otherwise two workspace
-buffers swap roles each step. Each y goes straight into its time slice of the output, and
-checkpointed scans copy every k-th carry to its slot (ops/scan.py has the layout). The body's own
+Each result of the node (final carries, stacked ys, saved carries: ops/scan.py) has its own
+buffer (schedule._schedule_tuple). The loop never copies a carry between steps: when every
+carry is saved (plain BPTT), step t reads slot t of the saved-carry result and writes slot t+1;
+otherwise two workspace buffers swap roles each step. Each y goes straight into its time slice
+of its result, and checkpointed scans copy every k-th carry to its slot. The body's own
 workspace is a slice of the outer one, live only during the scan.
 """
 
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from ...ops.scan import layout
 from .loops import I1, I64, PTR, VOID, i64
 from .memplan import View
 
@@ -98,28 +98,24 @@ def lower_scan(ctx, n):
         views.append(v)
     nc, nx = len(body.carries), len(body.xs)
     inits, xs, consts = views[:nc], views[nc:nc + nx], views[nc + nx:]
-    isz = np.dtype(n.dtype).itemsize
     for ci, v in zip(plan.carry_in, inits):
         _memcpy(ctx, _ptr(ctx, ci), _ptr(ctx, v), v.size * np.dtype(v.dtype).itemsize)
-    out = ctx.view(n)
-    lay = layout(n)
-    ys = [(off, shape) for kind, _, off, shape in lay if kind == "y"]
-    saved = [(off, shape) for kind, _, off, shape in lay if kind == "saved"]
-    finals = [(off, shape) for kind, _, off, shape in lay if kind == "carry"]
+    outs = ctx.view(n)  # one contiguous View per result
+    ny = len(body.ys)
+    finals, ys, saved = outs[:nc], outs[nc:nc + ny], outs[nc + ny:]
     cbytes = [c.size * np.dtype(c.dtype).itemsize for c in plan.carry_in]
 
-    def slot(base_off, shape, idx):  # element idx along the leading axis of a layout part
-        step_bytes = int(np.prod(shape[1:], dtype=np.int64)) * isz
-        return _ptr(ctx, View(out.buf, out.offset + base_off, shape, ()),
-                    b.mul(idx, i64(step_bytes)))
+    def slot(v: View, idx):  # element idx along the leading axis of a stacked result
+        step_bytes = int(np.prod(v.shape[1:], dtype=np.int64)) * np.dtype(v.dtype).itemsize
+        return _ptr(ctx, v, b.mul(idx, i64(step_bytes)))
 
     # Carries are never copied between steps. With every carry saved (save=1) step t reads
     # its carry from saved slot t and writes the next one straight into slot t+1 (mirrored for
     # reverse scans); otherwise the two workspace buffers swap roles every step (ping-pong).
     first, last = (T, 0) if rev else (0, T)
     if save == 1:
-        for (off, shape), v, nb in zip(saved, inits, cbytes):
-            _memcpy(ctx, slot(off, shape, i64(first)), _ptr(ctx, v), nb)
+        for sv, v, nb in zip(saved, inits, cbytes):
+            _memcpy(ctx, slot(sv, i64(first)), _ptr(ctx, v), nb)
     else:
         for ci, v, nb in zip(plan.carry_in, inits, cbytes):
             _memcpy(ctx, _ptr(ctx, ci), _ptr(ctx, v), nb)
@@ -128,8 +124,8 @@ def lower_scan(ctx, n):
             t = b.sub(i64(T - 1), k) if rev else k
             if save == 1:
                 at_in, at_out = (b.add(t, i64(1)), t) if rev else (t, b.add(t, i64(1)))
-                c_in = [slot(off, shape, at_in) for off, shape in saved]
-                c_out = [slot(off, shape, at_out) for off, shape in saved]
+                c_in = [slot(sv, at_in) for sv in saved]
+                c_out = [slot(sv, at_out) for sv in saved]
             else:
                 odd = b.trunc(k, I1)
                 pa = [_ptr(ctx, ci) for ci in plan.carry_in]
@@ -139,20 +135,20 @@ def lower_scan(ctx, n):
             if save > 1:
                 hit = b.icmp_unsigned("==", b.urem(t, i64(save)), i64(0))
                 with b.if_then(hit):
-                    for (off, shape), ci, nb in zip(saved, c_in, cbytes):
-                        _memcpy(ctx, slot(off, shape, b.udiv(t, i64(save))), ci, nb)
+                    for sv, ci, nb in zip(saved, c_in, cbytes):
+                        _memcpy(ctx, slot(sv, b.udiv(t, i64(save))), ci, nb)
             args = list(c_in)
             for x in xs:
                 step_bytes = int(np.prod(x.shape[1:], dtype=np.int64)) * np.dtype(x.dtype).itemsize
                 args.append(_ptr(ctx, x, b.mul(t, i64(step_bytes))))
             args += [_ptr(ctx, c) for c in consts]
             args += c_out
-            args += [slot(off, shape, t) for off, shape in ys]
+            args += [slot(yv, t) for yv in ys]
             args.append(_ptr(ctx, plan.body_ws))
             b.call(fn, args)
     if save == 1:
-        final = [slot(off, shape, i64(last)) for off, shape in saved]
+        final = [slot(sv, i64(last)) for sv in saved]
     else:
         final = [_ptr(ctx, c) for c in (plan.carry_in if T % 2 == 0 else plan.carry_out)]
-    for (off, _shape), src, nb in zip(finals, final, cbytes):
-        _memcpy(ctx, _ptr(ctx, View(out.buf, out.offset + off, (), ())), src, nb)
+    for fv, src, nb in zip(finals, final, cbytes):
+        _memcpy(ctx, _ptr(ctx, fv), src, nb)

@@ -65,6 +65,10 @@ class Schedule:
         self.temps: dict = {}  # (matmul, operand k) -> View of its contiguous copy
         self.matmul_plan: dict = {}
         self.scan_plan: dict = {}
+        self.projections: dict[Node, dict[int, Node]] = {}  # tuple node -> index -> `result`
+        for n in self.order:
+            if n.op == "result":
+                self.projections.setdefault(n.inputs[0], {})[n.attr("index")] = n
         self.arg_bufs = []
         for i, a in enumerate(args):
             buf = self._buf("arg", i, a.size, a.dtype, a.attr("name"))
@@ -91,6 +95,9 @@ class Schedule:
                 buf = self._buf("const", len(self.consts), n.size, n.dtype, self.names[n])
                 self.consts.append((buf, np.ascontiguousarray(const_value(n))))
                 self.views[n] = contiguous(buf, n.shape)
+                continue
+            if n.results is not None:  # several results (scan): a buffer each
+                self._schedule_tuple(n, owner, n in forward)
                 continue
             rule = VIEWS.get(n.op)
             if rule is not None and n not in owner:
@@ -132,6 +139,31 @@ class Schedule:
                  if m is n or (fold is not None and m is fold.product)]
         self.steps.append(Step("node", n, None, None, fold, buf, tuple(reads + extra),
                                tuple([buf] + reads + temps + extra)))
+
+    def _schedule_tuple(self, n: Node, owner: dict, forward: bool):
+        """Plan a node with several results: each result gets its own buffer (an output's
+        when its `result` projection is one, which then needs no copy), the node's view is
+        the tuple of their views, and a projection is a view of its result (lower.VIEWS)."""
+        step = len(self.steps)
+        proj = self.projections.get(n, {})
+        views = []
+        for i, (shape, dtype) in enumerate(n.results or ()):
+            p = proj.get(i)
+            buf = owner.get(p) if p is not None else None
+            if buf is None:
+                label = self.names[p] if p is not None else f"{self.names[n]}.r{i}"
+                buf = self._buf("ws", -1, int(np.prod(shape, dtype=np.int64)), dtype, label)
+            buf.first, buf.forward = step, forward
+            views.append(contiguous(buf, shape))
+            if p is not None and p in owner:
+                self.views[p] = views[-1]
+        self.views[n] = tuple(views)  # type: ignore[assignment]
+        self.scan_plan[n] = plan_scan(self, n, step)
+        reads = [self.views[i].buf for i in n.inputs]
+        temps = [v.buf for (m, _k), v in self.temps.items() if m is n]
+        writes = [v.buf for v in views]
+        self.steps.append(Step("node", n, None, None, None, writes[0], tuple(reads),
+                               tuple(writes + reads + temps)))
 
     def temp(self, shape, dtype: str, label: str, step: int) -> View:
         """A workspace buffer live during one step only (operand copies, loop state)."""

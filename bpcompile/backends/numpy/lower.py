@@ -46,6 +46,7 @@ def lowered_ops() -> set[str]:
     return set(LOWERINGS) | {"input", "param", "const"}
 
 
-from ..pyscan import numpy_scan  # noqa: E402  (scan: a for loop over a generated body function)
+from ..pyscan import numpy_scan, result_item  # noqa: E402  (scan: a for loop over a generated body function)
 
 LOWERINGS["scan"] = numpy_scan
+LOWERINGS["result"] = result_item  # (pysource unpacks a scan into its results instead)

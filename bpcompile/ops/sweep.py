@@ -1,0 +1,82 @@
+"""The reverse sweep: THE backward pass over a graph, seeded on any outputs.
+
+`backward(seeds, wrt)` walks the graph in reverse topological order, asks each op's VJP rule
+for its inputs' cotangents, un-broadcasts them to the input shapes, casts them to the input
+dtypes, accumulates fan-out with `add`, never materialises symbolic zeros (None), never
+propagates into integer/bool inputs, and stops at `stop_gradient`. A node with several results
+(a scan) collects one cotangent per result from its `result` projections and its VJP gets them
+as a list. `bp.grad` (autodiff/reverse.py, which re-exports this) seeds it on the loss; the
+scan VJP (ops/scan.py) seeds it on a step body's outputs to build the body of the BPTT scan.
+It lives at the ops level so that scan, an op, can use it without importing autodiff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from ..errors import NonDifferentiableError
+from ..ir.dtypes import is_float
+from ..ir.node import Node, next_serial
+from ..ir.provenance import record_grad_of
+from ..ir.traverse import toposort
+from .elementwise import add, cast
+from .movement import unbroadcast
+from .registry import get_op
+
+
+def _fit(c: Node, shape: tuple, dtype: str) -> Node:
+    c = unbroadcast(c, shape)
+    return cast(c, dtype) if c.dtype != dtype else c
+
+
+def _acc(a: Node | None, b: Node) -> Node:
+    return b if a is None else add(a, b)
+
+
+def backward(seeds: Mapping[Node, Node | None], wrt: Sequence[Node],
+             on_cotangent: Callable[[Node, Node], None] | None = None) -> list[Node | None]:
+    """Cotangents of the `wrt` nodes given cotangents `seeds` {output: ct}; None = zero.
+
+    `on_cotangent(n, g)` sees each node's complete cotangent before its VJP runs (bp.grad
+    names them `d<name>`). Every node a VJP rule, un-broadcasting or accumulation builds for
+    a node n is recorded as a gradient of n (ir.provenance.GRAD_OF).
+    """
+    order = toposort(list(seeds))
+    depends = set(wrt)
+    for n in order:
+        # stop_gradient cuts the dependence, so floor(stop_gradient(x)) is not on the path
+        if n not in depends and n.op != "stop_gradient" and any(i in depends for i in n.inputs):
+            depends.add(n)
+    cts: dict[Node, Node] = {}
+    parts: dict[Node, list[Node | None]] = {}  # tuple node -> one cotangent per result
+    for n, g in seeds.items():
+        if g is not None and n in depends:
+            cts[n] = _acc(cts.get(n), _fit(g, n.shape, n.dtype))
+    for n in reversed(order):
+        g: Node | list[Node | None] | None = parts.get(n) if n.results is not None else cts.get(n)
+        if g is None or not n.inputs:
+            continue
+        if on_cotangent is not None and isinstance(g, Node):
+            on_cotangent(n, g)
+        if n.op == "result":  # a projection: its cotangent is its slot of the tuple's
+            t = n.inputs[0]
+            if t in depends and is_float(n.dtype):
+                slots = parts.setdefault(t, [None] * len(t.results or ()))
+                slots[n.attr("index")] = _acc(slots[n.attr("index")], g)
+            continue
+        needs = tuple(i in depends and is_float(i.dtype) for i in n.inputs)
+        if not any(needs):
+            continue
+        op = get_op(n.op)
+        if op.vjp is None:
+            where = f" (created at {n.where})" if n.where else ""
+            raise NonDifferentiableError(
+                f"op {n.op!r}{where} is on the gradient path but is not differentiable; "
+                "wrap its input in bp.stop_gradient if a zero gradient is intended"
+            )
+        since = next_serial()  # what the rule, un-broadcasting and accumulation build
+        for x, c, need in zip(n.inputs, op.vjp(n, g, needs), needs):
+            if c is not None and need:
+                cts[x] = _acc(cts.get(x), _fit(c, x.shape, x.dtype))
+        record_grad_of([cts.get(x) for x in n.inputs], n, since)
+    return [cts.get(w) for w in wrt]
