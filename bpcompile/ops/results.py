@@ -33,7 +33,8 @@ def _vjp_result(n: Node, g: Node, needs):
 
 register(Op("result", "control", _infer, _vjp_result,
             "the result number `index` of a node with several results (a scan's final carry, "
-            "stacked y or saved carries); an alias, never a copy", {"index": "result number"}))
+            "stacked y or saved carries); an alias, never a copy",
+            attrs_doc={"index": "result number"}))
 
 
 def result(node: Node, index: int) -> Node:

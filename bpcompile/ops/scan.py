@@ -37,6 +37,8 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -52,10 +54,17 @@ from .registry import Op, register
 from .results import result, results
 from .sweep import backward
 
+if TYPE_CHECKING:
+    from ..ir.hints import TensorLike
+
 _SCOPES = itertools.count(1)
+# a carry or xs argument: a tensor (or array/scalar) or a tuple/list of them
+Tree = Union["TensorLike", tuple, list]
+# (d init carries, d xs, d consts), None where no gradient is needed
+Grads = tuple[list[Node | None], list[Node | None], list[Node | None]]
 
 
-def placeholder(name: str, shape, dtype: str, scope: int) -> Node:
+def placeholder(name: str, shape: Sequence[int], dtype: str, scope: int) -> Node:
     """A body argument: an `input` leaf made unique to one body by its `scope` attribute."""
     return make("input", (), name=name, shape=tuple(int(s) for s in shape), dtype=dtype,
                 scope=scope)
@@ -68,7 +77,8 @@ class Body:
     their generated code for it in `cache`.
     """
 
-    def __init__(self, carries, xs, consts, new_carries, ys, name: str = "step"):
+    def __init__(self, carries: Iterable[Node], xs: Iterable[Node], consts: Iterable[Node],
+                 new_carries: Iterable[Node], ys: Iterable[Node], name: str = "step"):
         self.carries, self.xs, self.consts = tuple(carries), tuple(xs), tuple(consts)
         self.new_carries, self.ys = tuple(new_carries), tuple(ys)
         self.name = name
@@ -162,7 +172,7 @@ def scan_results(node: Node) -> tuple[list[Node], list[Node], list[Node]]:
     return fin, ys, saved
 
 
-def zeros(shape, dtype) -> Node:
+def zeros(shape: Sequence[int], dtype: str) -> Node:
     return broadcast_to(const(0.0, dtype), shape)
 
 
@@ -211,8 +221,11 @@ def _vjp_scan(y: Node, g: list, needs):
             + tuple(d if n else None for d, n in zip(d_k, need_k[:nk])))
 
 
-def bptt(body: Body, T: int, rev: bool, saved, stored_ys, xs, consts, g_final, g_ys,
-         need_x, need_k, acc_init=None, extra=None):
+def bptt(body: Body, T: int, rev: bool, saved: Sequence[Node], stored_ys: Sequence[Node],
+         xs: Sequence[Node], consts: Sequence[Node], g_final: Sequence[Node | None],
+         g_ys: Sequence[Node | None], need_x: Sequence[bool], need_k: Sequence[bool],
+         acc_init: Sequence[Node | None] | None = None,
+         extra: Sequence[Node] | None = None) -> Grads:
     """Backpropagation through time as a reverse scan, from all T+1 saved carries.
 
     Returns (d init carries, d xs, d consts) lists (None where not needed). `acc_init` seeds
@@ -245,7 +258,7 @@ def bptt(body: Body, T: int, rev: bool, saved, stored_ys, xs, consts, g_final, g
     ex_ph = [ph(f"d{c.attr('name')}_saved", c.shape, c.dtype) for c in body.carries] \
         if extra is not None else []
 
-    seeds = {}
+    seeds: dict[Node, Node] = {}
     for n, d in zip(body.new_carries, dc):
         seeds[n] = add(seeds[n], d) if n in seeds else d
     for n, d in zip(body.ys, dy_ph):
@@ -253,16 +266,16 @@ def bptt(body: Body, T: int, rev: bool, saved, stored_ys, xs, consts, g_final, g
             seeds[n] = add(seeds[n], d) if n in seeds else d
     wrt = list(body.carries) + [body.xs[i] for i in x_idx] + [body.consts[i] for i in k_idx]
     cts = backward(seeds, wrt)
-    d_c, d_x, d_k = cts[:nc], cts[nc:nc + len(x_idx)], cts[nc + len(x_idx):]
+    d_c, d_x, d_kc = cts[:nc], cts[nc:nc + len(x_idx)], cts[nc + len(x_idx):]
     if extra is not None:
         d_c = [e if d is None else add(d, e) for d, e in zip(d_c, ex_ph)]
     new_dc = [zeros(c.shape, c.dtype) if d is None else d for d, c in zip(d_c, body.carries)]
-    new_acc = [a if d is None else add(a, d) for a, d in zip(acc, d_k)]
+    new_acc = [a if d is None else add(a, d) for a, d in zip(acc, d_kc)]
     dxs = [zeros(body.xs[i].shape, body.xs[i].dtype) if d is None else d
            for i, d in zip(x_idx, d_x)]
     # Read what the forward pass stored instead of recomputing it: the carry leaving the step
     # and the ys (only where the step's VJP uses those nodes).
-    subst = {}
+    subst: dict[Node, Node] = {}
     for n, p in zip(body.new_carries, c_next):
         if n.op not in ("input", "param", "const"):
             subst.setdefault(n, p)
@@ -280,7 +293,8 @@ def bptt(body: Body, T: int, rev: bool, saved, stored_ys, xs, consts, g_final, g
     xs_pairs += [(p, v) for p, v in zip(c_next, c_out_all) if p in used]
     xs_pairs += [(p, v) for p, v in zip(body.xs, xs) if p in used]
     xs_pairs += [(p, v) for p, v in zip(ys_ph, stored_ys) if p in used]
-    xs_pairs += [(p, gy) for p, gy in zip(dy_ph, g_ys) if p is not None and p in used]
+    xs_pairs += [(p, gy) for p, gy in zip(dy_ph, g_ys)
+                 if p is not None and gy is not None and p in used]
     xs_pairs += [(p, v) for p, v in zip(ex_ph, extra or []) if p in used]
     k_pairs = [(p, v) for p, v in zip(body.consts, consts) if p in used]
     rbody = Body(dc + acc, [p for p, _ in xs_pairs], [p for p, _ in k_pairs], new_dc + new_acc,
@@ -293,11 +307,11 @@ def bptt(body: Body, T: int, rev: bool, saved, stored_ys, xs, consts, g_final, g
     r = make("scan", g0 + a0 + [v for _, v in xs_pairs] + [v for _, v in k_pairs],
              body=rbody, length=T, reverse=not rev, save=0)
     fin, dx_stacked, _ = scan_results(r)
-    d_init = fin[:nc]
-    d_k = [None] * len(body.consts)
+    d_init: list[Node | None] = list(fin[:nc])
+    d_k: list[Node | None] = [None] * len(body.consts)
     for i, a in zip(k_idx, fin[nc:]):
         d_k[i] = a
-    d_xs = [None] * len(body.xs)
+    d_xs: list[Node | None] = [None] * len(body.xs)
     for i, d in zip(x_idx, dx_stacked):
         d_xs[i] = d
     return d_init, d_xs, d_k
@@ -334,7 +348,7 @@ def _checkpointed(body: Body, T: int, y: Node, init, xs, consts, g_final, g_ys, 
              if need and is_float(c.dtype)]
     dc = [zeros(c.shape, c.dtype) if g is None else g for g, c in zip(g_final, body.carries)]
     acc = [zeros(body.consts[i].shape, body.consts[i].dtype) for i in k_idx]
-    dx_parts = [[] for _ in body.xs]
+    dx_parts: list[list[Node]] = [[] for _ in body.xs]
 
     def segment(length, ck, seg_xs, seg_gys, seg_consts, dc, acc):
         fwd = make("scan", list(ck) + list(seg_xs) + list(seg_consts), body=body, length=length,
@@ -349,8 +363,8 @@ def _checkpointed(body: Body, T: int, y: Node, init, xs, consts, g_final, g_ys, 
         ck = [reshape(_tslice(c, full, full + 1), c.shape[1:]) for c in ckpts]
         seg_xs = [_tslice(x, start, T) for x in xs]
         seg_gys = [None if gy is None else _tslice(gy, start, T) for gy in g_ys]
-        dc, d_xs, acc = segment(r, ck, seg_xs, seg_gys, consts, dc, acc)
-        for i, d in enumerate(d_xs):
+        dc, tail_dxs, acc = segment(r, ck, seg_xs, seg_gys, consts, dc, acc)
+        for i, d in enumerate(tail_dxs):
             if d is not None:
                 dx_parts[i].append(d)
     if full:
@@ -387,11 +401,11 @@ def _checkpointed(body: Body, T: int, y: Node, init, xs, consts, g_final, g_ys, 
         dc, acc = fin[:nc], fin[nc:]
         for i, d in zip(x_idx, dxs):
             dx_parts[i].insert(0, reshape(d, (full * k,) + d.shape[2:]))
-    d_xs = [None] * len(body.xs)
+    d_xs: list[Node | None] = [None] * len(body.xs)
     for i, parts in enumerate(dx_parts):
         if parts:
             d_xs[i] = concatenate(parts, 0) if len(parts) > 1 else parts[0]
-    d_k = [None] * len(body.consts)
+    d_k: list[Node | None] = [None] * len(body.consts)
     for i, a in zip(k_idx, acc):
         d_k[i] = a
     return dc, d_xs, d_k
@@ -426,8 +440,9 @@ def _unflatten(nodes, kind):
     return kind(nodes)
 
 
-def scan(step, init, xs=None, length: int | None = None, reverse: bool = False,
-         truncate: int | None = None, checkpoint=None, name: str | None = None):
+def scan(step: Callable[[Any, Any], tuple[Any, Any]], init: Tree, xs: Tree | None = None,
+         length: int | None = None, reverse: bool = False, truncate: int | None = None,
+         checkpoint: bool | int | None = None, name: str | None = None) -> tuple[Any, Any]:
     """Loop `carry, y = step(carry, x)` over the leading axis of `xs`, like jax.lax.scan.
 
     init: a tensor or tuple/list of tensors (the carry); xs: a tensor, tuple/list or None
@@ -446,9 +461,9 @@ def scan(step, init, xs=None, length: int | None = None, reverse: bool = False,
         raise ShapeError("scan: needs at least one carry (init)")
     xs_nodes, xs_kind = _flatten(xs, "xs")
     if length is None:
-        if not xs_nodes:
-            raise ShapeError("scan: give xs or length")
-        length = xs_nodes[0].shape[0] if xs_nodes[0].ndim else None
+        if not xs_nodes or xs_nodes[0].ndim == 0:
+            raise ShapeError("scan: give xs (with a leading time axis) or length")
+        length = xs_nodes[0].shape[0]
     T = int(length)
     for x in xs_nodes:
         if x.ndim == 0 or x.shape[0] != T:
@@ -456,7 +471,7 @@ def scan(step, init, xs=None, length: int | None = None, reverse: bool = False,
     for c in init_nodes:
         if not is_float(c.dtype):
             raise DTypeError(f"scan: carries must be float tensors, got {c.dtype}")
-    name = name or getattr(step, "__name__", "step")
+    name = name or getattr(step, "__name__", None) or "step"
     if not name.isidentifier() or name == "<lambda>":
         name = "step"
     scope = next(_SCOPES)
@@ -614,7 +629,7 @@ def _capture(outs, params: set, scope: int, taken: set):
     return _substitute(outs, mapping), free, k_ph
 
 
-def scan_stats(outputs, _depth: int = 0) -> list[dict]:
+def scan_stats(outputs: Node | Iterable[Node], _depth: int = 0) -> list[dict]:
     """One row per scan node reachable from `outputs`, then those nested in its body
     (depth + 1): body name, length, direction, and how many carries (and float elements) it
     stores for the backward pass. Nested scans run one at a time, so the peak number of stored

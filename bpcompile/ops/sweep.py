@@ -49,18 +49,19 @@ def backward(seeds: Mapping[Node, Node | None], wrt: Sequence[Node],
             depends.add(n)
     cts: dict[Node, Node] = {}
     parts: dict[Node, list[Node | None]] = {}  # tuple node -> one cotangent per result
-    for n, g in seeds.items():
-        if g is not None and n in depends:
-            cts[n] = _acc(cts.get(n), _fit(g, n.shape, n.dtype))
+    for n, seed in seeds.items():
+        if seed is not None and n in depends:
+            cts[n] = _acc(cts.get(n), _fit(seed, n.shape, n.dtype))
+    g: Node | list[Node | None] | None
     for n in reversed(order):
-        g: Node | list[Node | None] | None = parts.get(n) if n.results is not None else cts.get(n)
+        g = parts.get(n) if n.results is not None else cts.get(n)
         if g is None or not n.inputs:
             continue
         if on_cotangent is not None and isinstance(g, Node):
             on_cotangent(n, g)
         if n.op == "result":  # a projection: its cotangent is its slot of the tuple's
             t = n.inputs[0]
-            if t in depends and is_float(n.dtype):
+            if t in depends and is_float(n.dtype) and isinstance(g, Node):
                 slots = parts.setdefault(t, [None] * len(t.results or ()))
                 slots[n.attr("index")] = _acc(slots[n.attr("index")], g)
             continue

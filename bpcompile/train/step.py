@@ -321,8 +321,8 @@ class TrainStep:
                 kind = "input" if name in self.input_names else "param"
                 return f"step {self.count}: {kind} {name!r} already contains NaN/inf"
         grads = _grad(self.loss_node, self.wrt)
-        order = [n for n in toposort([self.loss_node] + list(grads))
-                 if n.op not in ("input", "param", "const")]
+        order = [n for n in toposort([self.loss_node] + list(grads))  # (a scan's results
+                 if n.op not in ("input", "param", "const") and n.results is None]  # are nodes)
         values = dict(zip(order, evaluate(order, env)))
         forward = set(toposort([self.loss_node]))
         for n in order:

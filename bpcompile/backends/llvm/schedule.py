@@ -30,7 +30,9 @@ class Step:
     """One piece of emitted code: compute `node` into its view, or copy view `src` to `dst`.
 
     `writes`/`reads` are the buffers liveness sees; `touches` is every buffer the step's code
-    addresses, in first-use order (the scopes of its alias metadata, emit.py)."""
+    addresses, in first-use order (the scopes of its alias metadata, emit.py). A node with
+    several results (scan) writes one buffer per result: the first is `writes`, the others
+    `more_writes`."""
 
     kind: str  # "node" | "copy"
     node: Node | None
@@ -40,6 +42,7 @@ class Step:
     writes: Buffer
     reads: tuple
     touches: tuple
+    more_writes: tuple = ()
 
 
 class Schedule:
@@ -163,7 +166,7 @@ class Schedule:
         temps = [v.buf for (m, _k), v in self.temps.items() if m is n]
         writes = [v.buf for v in views]
         self.steps.append(Step("node", n, None, None, None, writes[0], tuple(reads),
-                               tuple(writes + reads + temps)))
+                               tuple(writes + reads + temps), tuple(writes[1:])))
 
     def temp(self, shape, dtype: str, label: str, step: int) -> View:
         """A workspace buffer live during one step only (operand copies, loop state)."""
