@@ -5,7 +5,7 @@ A scan node becomes a call to two generated module-level functions placed above 
 and `<name>_loop`, which threads the carries through it - a plain `for` loop over time in
 NumPy, `jax.lax.scan` in JAX - and returns the node's results as a tuple (final carries,
 stacked ys, saved carries: ops/scan.py), which the emitter unpacks into the names of the
-node's `result` projections (`h_T, hs = step_loop(...)`). The helpers reach the emitter as
+node's `result` projections (`h_final, ys = step_loop(...)`). The helpers reach the emitter as
 attributes of the returned expression (`Lowered.defs`, `Lowered.consts`).
 
 Every identifier here comes from the namespace of the module being emitted
