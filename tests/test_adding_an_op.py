@@ -216,3 +216,25 @@ def test_definition_prints_in_the_generated_source():
     x, W = bp.param("x", (3, 4), "float64"), bp.param("W", (4, 2), "float64")
     src = bp.compile(bp.sum(bp.unary("softsign", x) @ W), [x, W], backend="numpy").source()
     assert "softsign = (x/(np.abs(x) + 1.0))" in src, src
+
+
+def test_unary_and_binary_name_the_op_they_do_not_know():
+    x = bp.param("x", (2,), "float64")
+    with pytest.raises(ValueError, match="'nope'.*softsign"):
+        bp.unary("nope", x)
+    with pytest.raises(ValueError, match="'exp'.*smoothmax"):
+        bp.binary("exp", x, x)
+
+
+def test_a_new_primitive_works_in_a_user_kernel():
+    """bp.elementwise accepts the new class too: printed through its definition everywhere."""
+    z = sp.Symbol("z")
+    f = bp.elementwise(softsign(z) * z, z, name="softsign_z")
+    x = bp.param("x", (4,), "float64")
+    xv = np.array([-2.0, -0.3, 0.5, 3.0])
+    ref = jax.grad(lambda t: jnp.sum(jsoftsign(t) * t))(xv)
+    for backend in BACKENDS:
+        v, g = bp.compile(bp.sum(f(x)), [x], backend=backend)(x=xv)
+        np.testing.assert_allclose(float(v), float(np.sum(xv * xv / (1 + np.abs(xv)))),
+                                   rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(g["x"]), np.asarray(ref), rtol=1e-12)

@@ -147,6 +147,7 @@ def remove(name: str) -> Op:
     """Unregister an op defined with define_unary/define_binary and drop its row."""
     UNARY.pop(name, None)
     BINARY.pop(name, None)
+    sf.forget(name)
     return unregister(name)
 
 

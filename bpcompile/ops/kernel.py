@@ -167,8 +167,8 @@ class ElementwiseFn:
         if bad:
             raise ValueError(
                 f"elementwise {name}: no backend can print {sorted(bad)}; supported: "
-                "exp log log1p expm1 sqrt tanh sin cos Abs sign floor Max Min Heaviside "
-                "Piecewise sigmoid softplus relu step, with +, -, *, /, ** and constants"
+                f"{' '.join(sf.known_function_names())}, with +, -, *, /, ** and constants "
+                "(or a sympy_funcs.Primitive subclass with a definition)"
             )
         if sf.nonfinite_atoms(sp.sympify(expr)):
             raise ValueError(

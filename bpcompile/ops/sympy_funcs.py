@@ -131,6 +131,21 @@ def expand(expr, known: Callable[[type], bool]):
     return expr
 
 
+def known_function_names() -> list[str]:
+    """SymPy's supported functions and every primitive defined so far, by name."""
+    prims, todo = [], list(Primitive.__subclasses__())
+    while todo:
+        c = todo.pop()
+        prims.append(c.__name__)
+        todo += c.__subclasses__()
+    return [f.__name__ for f in SUPPORTED] + sorted(prims)
+
+
+def forget(name: str) -> None:
+    """Drop the cached form of op `name` (it was unregistered)."""
+    _FORMS.pop(name, None)
+
+
 def unsupported_functions(expr) -> set:
     """Functions in `expr` no backend can print (nor expand into ones it can)."""
     return unprintable(expr, lambda f: issubclass(f, Primitive) and f.helper)

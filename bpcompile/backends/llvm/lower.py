@@ -116,10 +116,17 @@ def _float_scalar(ctx, op: str, ty):
 OWN_SCALAR = ("add", "sub", "mul", "div", "pow", "neg", "round")  # not from a SymPy form
 
 
-def _derivable(op: str) -> bool:
-    """A float elementwise op `_float_scalar` prints from its SymPy form."""
-    f = sf.form(get_op(op))
-    return f is not None and not sf.unprintable(f, KernelPrinter.knows)
+_DERIVABLE: dict[str, tuple] = {}
+
+
+def _derivable(name: str) -> bool:
+    """A float elementwise op `_float_scalar` prints from its SymPy form (cached per record)."""
+    op = get_op(name)
+    hit = _DERIVABLE.get(name)
+    if hit is None or hit[0] is not op:
+        f = sf.form(op)
+        hit = _DERIVABLE[name] = (op, f is not None and not sf.unprintable(f, KernelPrinter.knows))
+    return hit[1]
 
 
 def _int_scalar(ctx, op: str, ty):
