@@ -97,7 +97,7 @@ def _form_vjp(node, g, needs):
     return form_vjp(node, g, needs)
 
 
-UNARY = {
+UNARY: dict[str, tuple] = {
     # name: (vjp(y, g, needs) -> (dx,) | None | DERIVE, sympy fn, doc)
     "neg": (_vjp_neg, lambda a: -a, "-x"),
     "exp": (lambda y, g, n: (mul(g, y),), sp.exp, "e**x; VJP reuses the output"),
@@ -135,7 +135,8 @@ UNARY = {
 
 
 
-def define_unary(name: str, vjp, sympy_fn, doc: str) -> Op:
+def define_unary(name: str, vjp: Callable | str | None, sympy_fn: Callable | None,
+                 doc: str) -> Op:
     """Add a row to UNARY and register the op: all a new float unary op needs besides its SymPy
     class (every backend prints the form; `vjp=DERIVE` differentiates it)."""
     UNARY[name] = (vjp, sympy_fn, doc)
@@ -197,7 +198,7 @@ def _tie_mask(a: Node, b: Node, strict_op: Callable[[Node, Node], Node]) -> Node
     return where(strict_op(a, b), one, where(eq(a, b), half, zero))
 
 
-BINARY = {
+BINARY: dict[str, tuple] = {
     "add": (lambda y, g, n: (g, g), lambda a, b: a + b, "a + b"),
     "sub": (lambda y, g, n: (g, neg(g) if n[1] else None), lambda a, b: a - b, "a - b"),
     "mul": (
@@ -237,7 +238,8 @@ BINARY = {
 
 
 
-def define_binary(name: str, vjp, sympy_fn, doc: str) -> Op:
+def define_binary(name: str, vjp: Callable | str | None, sympy_fn: Callable | None,
+                  doc: str) -> Op:
     """Add a row to BINARY and register the op (see define_unary)."""
     BINARY[name] = (vjp, sympy_fn, doc)
     return register(Op(name, "elementwise", _binary_infer(name), _vjp_rule(vjp), doc,

@@ -35,7 +35,7 @@ def _vjp(y, g, needs):
     return _vjp_of(y.attr("expr"), y.attr("name"), y, g, needs)
 
 
-def form_vjp(y, g, needs):
+def form_vjp(y: Node, g: Node, needs: Sequence[bool]) -> tuple:
     """The VJP of an elementwise op from its SymPy form (registry rows with vjp=DERIVE): the
     same kernels a fused body's VJP builds. A kernel rather than primitives rebuilt from the
     derivative: one loop on every backend, printed by the printers that print the form, and

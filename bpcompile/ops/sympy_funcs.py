@@ -45,10 +45,13 @@ class Primitive(sp.Function):
         return None
 
     def fdiff(self, argindex=1):
-        d = type(self).definition(*self.args)
+        # d/d(argument) of the definition at dummy arguments: an argument may be an expression
+        # (softsign(2*a0 + 1)); SymPy's chain rule multiplies by its derivative
+        xs = [sp.Dummy(f"x{i}", real=True) for i in range(len(self.args))]
+        d = type(self).definition(*xs)
         if d is None:
             raise sp.ArgumentIndexError(self, argindex)
-        return sp.diff(d, self.args[argindex - 1])
+        return sp.diff(d, xs[argindex - 1]).xreplace(dict(zip(xs, self.args)))
 
 
 class sigmoid(Primitive):
