@@ -238,3 +238,20 @@ def test_a_new_primitive_works_in_a_user_kernel():
         np.testing.assert_allclose(float(v), float(np.sum(xv * xv / (1 + np.abs(xv)))),
                                    rtol=1e-12)
         np.testing.assert_allclose(np.asarray(g["x"]), np.asarray(ref), rtol=1e-12)
+
+
+def test_bp_check_agrees_on_a_new_op():
+    """bp.check's JAX oracle translates the op through the same derived jnp lowering."""
+    row = ROWS[0]
+    P, I, f, loss, values = T.build(row, "float64")
+    report = bp.check(loss, list(P.values()), inputs={"u": values["u"]},
+                      params={k: values[k] for k in P})
+    assert report.ok and all(r.rel_err_jax < 1e-8 for r in report.rows), str(report)
+
+
+def test_new_op_is_an_activation_by_name():
+    x, W = bp.input("x", (2, 3), "float64"), bp.param("W", (3, 4), "float64")
+    a = bp.dense(x, W, None, "softsign")
+    assert a.op == "softsign"
+    with pytest.raises(ValueError, match="unknown activation 'sum'.*softsign"):
+        bp.dense(x, W, None, "sum")
