@@ -255,3 +255,13 @@ def test_new_op_is_an_activation_by_name():
     assert a.op == "softsign"
     with pytest.raises(ValueError, match="unknown activation 'sum'.*softsign"):
         bp.dense(x, W, None, "sum")
+
+
+def test_user_kernel_refuses_a_primitive_no_backend_can_print():
+    class nodef(Primitive):  # no definition, no printing methods
+        pass
+
+    z = sp.Symbol("z")
+    with pytest.raises(ValueError, match="nodef"):
+        bp.elementwise(nodef(z) + z, z)
+    assert bp.elementwise(hooked_square(z) + z, z)  # its own methods for both printers

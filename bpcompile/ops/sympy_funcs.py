@@ -150,8 +150,9 @@ def forget(name: str) -> None:
 
 
 def unsupported_functions(expr) -> set:
-    """Functions in `expr` no backend can print (nor expand into ones it can)."""
-    return unprintable(expr, lambda f: issubclass(f, Primitive) and f.helper)
+    """Functions in `expr` some backend could not print (nor expand into ones it can): a
+    primitive needs a definition, or printing methods for both printer families."""
+    return unprintable(expr, lambda f: hasattr(f, "_bp_array") and hasattr(f, "_bp_llvm"))
 
 
 def definition_of(e) -> sp.Expr | None:
