@@ -1,4 +1,4 @@
-"""Print a fused kernel's SymPy body as LLVM IR on scalars (the LLVM twin of kernel_printer).
+"""Print a fused kernel's SymPy body as LLVM IR on scalars (the LLVM twin of ops/array_printer).
 
 The body is split with `sympy.cse` first, so shared subexpressions (sigmoid(x) in
 s*(1-s), ...) are computed once per element. Math goes to LLVM intrinsics where LLVM has one
