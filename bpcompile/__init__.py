@@ -6,6 +6,7 @@ from .api import (  # noqa: F401
 )
 from .api import (
     add,
+    binary,
     broadcast_to,
     cast,
     concatenate,
@@ -52,6 +53,7 @@ from .api import (
     take,
     tanh,
     transpose,
+    unary,
     where,
 )
 from .api import (

@@ -41,6 +41,22 @@ equal, not_equal, less, less_equal = ew.eq, ew.ne, ew.lt, ew.le
 greater, greater_equal = ew.gt, ew.ge
 
 
+def unary(name: str, x: TensorLike) -> Node:
+    """Apply the elementwise op `name` of the registry (a UNARY row; also one defined after
+    import with `ops.elementwise.define_unary`): `bp.unary("softplus", x)`."""
+    if name not in ew.UNARY:
+        raise ValueError(f"unary: no elementwise op {name!r}; choose from {sorted(ew.UNARY)}")
+    return ew.unary(name, x)
+
+
+def binary(name: str, a: TensorLike, b: TensorLike) -> Node:
+    """Apply the binary elementwise op `name` of the registry (a BINARY row):
+    `bp.binary("maximum", x, 0.0)`."""
+    if name not in ew.BINARY:
+        raise ValueError(f"binary: no elementwise op {name!r}; choose from {sorted(ew.BINARY)}")
+    return ew.binary(name, a, b)
+
+
 def _unary(name: str) -> Callable[[TensorLike], Node]:
     def f(x: TensorLike) -> Node:
         return ew.unary(name, x)

@@ -13,11 +13,10 @@ from .ir.dtypes import is_float
 from .ir.hints import Axis, TensorLike
 from .ir.node import Node
 from .ops.composites import logsumexp
-from .ops.elementwise import add, as_node, mul, neg, sub, unary
+from .ops.elementwise import UNARY, add, as_node, mul, neg, sub, unary
 from .ops.index import one_hot
 from .ops.linalg import matmul
 from .ops.reduce import mean, sum_
-from .ops.registry import get_op
 
 # How to sample example values for an input used as a loss target (spec.Model reads it for
 # .py models): BCE targets lie in [0, 1), soft cross-entropy targets are one-hot rows.
@@ -87,7 +86,9 @@ def binary_cross_entropy_with_logits(logits: TensorLike, targets: TensorLike) ->
     return mean(sub(unary("softplus", logits), mul(logits, targets)))
 
 
-ACTIVATIONS = ("sigmoid", "tanh", "relu", "softplus", "exp", "identity", "linear")
+# Named activations besides the elementwise ops themselves (any UNARY row: sigmoid, tanh, ...,
+# and ops defined later with ops.elementwise.define_unary).
+ACTIVATIONS = ("identity", "linear", "softmax")
 
 
 def activation(x: Node, name: str | None) -> Node:
@@ -95,10 +96,9 @@ def activation(x: Node, name: str | None) -> Node:
         return x
     if name == "softmax":
         return softmax(x)
-    try:
-        get_op(name)
-    except Exception:
-        raise ValueError(f"unknown activation {name!r}; choose from {ACTIVATIONS}") from None
+    if name not in UNARY:
+        raise ValueError(f"unknown activation {name!r}; choose from "
+                         f"{', '.join(ACTIVATIONS + tuple(sorted(UNARY)))}")
     return unary(name, x)
 
 

@@ -9,8 +9,11 @@ import op_table as T
 import pytest
 
 import bpcompile as bp
+from bpcompile.errors import BackendError
 from bpcompile.ir.traverse import toposort
 from bpcompile.ops import all_ops
+from bpcompile.ops import elementwise as ew
+from bpcompile.ops.sympy_funcs import Primitive
 
 LEAF_KIND = "leaf"
 
@@ -67,10 +70,32 @@ def test_numpy_backend_refuses_an_unknown_op_by_name():
     from bpcompile.errors import BackendError
 
     x = bp.param("x", (2,), "float64")
-    n = bp.exp(x)
-    saved = lower.LOWERINGS.pop("exp")
+    n = bp.sum(x)
+    saved = lower.LOWERINGS.pop("sum")
     try:
-        with pytest.raises(BackendError, match="exp"):
+        with pytest.raises(BackendError, match="sum"):
             lower.lower(n, ["x"])
     finally:
-        lower.LOWERINGS["exp"] = saved
+        lower.LOWERINGS["sum"] = saved
+
+
+class opaque(Primitive):
+    """A primitive with no definition that no printer knows."""
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm", "jax"])
+def test_an_elementwise_op_no_printer_can_print_has_no_lowering(backend):
+    """An op whose SymPy form no backend can print (no definition, no printer entry) is missing
+    by name from every backend's lowered ops, and lowering it names it."""
+    mod = pytest.importorskip(f"bpcompile.backends.{backend}.lower")
+    ew.define_unary("opaque_op", ew.DERIVE, opaque, "a test op with no lowering")
+    try:
+        assert "opaque_op" not in mod.lowered_ops()
+        assert "exp" in mod.lowered_ops()  # derived from its form, as every float unary op
+        if backend == "numpy":
+            n = bp.unary("opaque_op", bp.param("x", (2,), "float64"))
+            with pytest.raises(BackendError, match="opaque_op"):
+                mod.lower(n, ["x"])
+    finally:
+        ew.remove("opaque_op")
+    assert "opaque_op" not in all_ops()

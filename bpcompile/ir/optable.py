@@ -52,6 +52,14 @@ def register(op: Op) -> Op:
     return op
 
 
+def unregister(name: str) -> Op:
+    """Remove op `name` (a test's throwaway op); returns its record."""
+    try:
+        return _OPS.pop(name)
+    except KeyError:
+        raise BackendError(f"unknown op {name!r}") from None
+
+
 def get_op(name: str) -> Op:
     try:
         return _OPS[name]

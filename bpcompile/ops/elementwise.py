@@ -18,7 +18,7 @@ from ..ir.hints import DTypeLike, TensorLike
 from ..ir.node import Node, make
 from . import sympy_funcs as sf
 from .leaves import const
-from .registry import Op, register
+from .registry import Op, register, unregister
 
 # --------------------------------------------------------------------------------------------
 # operand conversion
@@ -80,8 +80,25 @@ def _vjp_neg(y, g, needs):
     return (neg(g),)
 
 
-UNARY = {
-    # name: (vjp(y, g, needs) -> (dx,), sympy fn, doc)
+# vjp column: a rule, None (not differentiable) or DERIVE: the VJP is a kernel computing
+# g * d(form)/dx from the SymPy form (ops/kernel.form_vjp), for ops without a hand-written one.
+DERIVE = "derive"
+
+
+def _vjp_rule(vjp):
+    if vjp == DERIVE:
+        return _form_vjp
+    return (lambda f: lambda node, g, needs: f(node, g, needs))(vjp) if vjp else None
+
+
+def _form_vjp(node, g, needs):
+    from .kernel import form_vjp  # kernel builds on this module (same layer)
+
+    return form_vjp(node, g, needs)
+
+
+UNARY: dict[str, tuple] = {
+    # name: (vjp(y, g, needs) -> (dx,) | None | DERIVE, sympy fn, doc)
     "neg": (_vjp_neg, lambda a: -a, "-x"),
     "exp": (lambda y, g, n: (mul(g, y),), sp.exp, "e**x; VJP reuses the output"),
     "log": (lambda y, g, n: (div(g, y.inputs[0]),), sp.log, "natural log"),
@@ -116,17 +133,27 @@ UNARY = {
     "round": (None, None, "round half to even; not differentiable (use stop_gradient)"),
 }
 
-for _name, (_vjp, _sym, _doc) in UNARY.items():
-    register(
-        Op(
-            _name,
-            "elementwise",
-            _unary_infer(_name),
-            (lambda f: lambda node, g, needs: f(node, g, needs))(_vjp) if _vjp else None,
-            _doc,
-            sympy=_sym,
-        )
-    )
+
+
+def define_unary(name: str, vjp: Callable | str | None, sympy_fn: Callable | None,
+                 doc: str) -> Op:
+    """Add a row to UNARY and register the op: all a new float unary op needs besides its SymPy
+    class (every backend prints the form; `vjp=DERIVE` differentiates it)."""
+    UNARY[name] = (vjp, sympy_fn, doc)
+    return register(Op(name, "elementwise", _unary_infer(name), _vjp_rule(vjp), doc,
+                       sympy=sympy_fn))
+
+
+def remove(name: str) -> Op:
+    """Unregister an op defined with define_unary/define_binary and drop its row."""
+    UNARY.pop(name, None)
+    BINARY.pop(name, None)
+    sf.forget(name)
+    return unregister(name)
+
+
+for _name, (_vjp, _sym, _doc) in list(UNARY.items()):
+    define_unary(_name, _vjp, _sym, _doc)
 
 
 def unary(op: str, x: TensorLike) -> Node:
@@ -171,7 +198,7 @@ def _tie_mask(a: Node, b: Node, strict_op: Callable[[Node, Node], Node]) -> Node
     return where(strict_op(a, b), one, where(eq(a, b), half, zero))
 
 
-BINARY = {
+BINARY: dict[str, tuple] = {
     "add": (lambda y, g, n: (g, g), lambda a, b: a + b, "a + b"),
     "sub": (lambda y, g, n: (g, neg(g) if n[1] else None), lambda a, b: a - b, "a - b"),
     "mul": (
@@ -209,17 +236,18 @@ BINARY = {
     ),
 }
 
-for _name, (_vjp, _sym, _doc) in BINARY.items():
-    register(
-        Op(
-            _name,
-            "elementwise",
-            _binary_infer(_name),
-            (lambda f: lambda node, g, needs: f(node, g, needs))(_vjp),
-            _doc,
-            sympy=_sym,
-        )
-    )
+
+
+def define_binary(name: str, vjp: Callable | str | None, sympy_fn: Callable | None,
+                  doc: str) -> Op:
+    """Add a row to BINARY and register the op (see define_unary)."""
+    BINARY[name] = (vjp, sympy_fn, doc)
+    return register(Op(name, "elementwise", _binary_infer(name), _vjp_rule(vjp), doc,
+                       sympy=sympy_fn))
+
+
+for _name, (_vjp, _sym, _doc) in list(BINARY.items()):
+    define_binary(_name, _vjp, _sym, _doc)
 
 
 def _operands(a: TensorLike, b: TensorLike) -> tuple[Node, Node]:

@@ -19,7 +19,7 @@ from ..ir.hints import TensorLike
 from ..ir.node import Node, make
 from . import sympy_funcs as sf
 from .elementwise import _broadcast, as_node
-from .registry import Op, register
+from .registry import Op, get_op, register
 
 
 @cache
@@ -32,7 +32,19 @@ def _infer(inputs, attrs):
 
 
 def _vjp(y, g, needs):
-    expr, n = y.attr("expr"), len(y.inputs)
+    return _vjp_of(y.attr("expr"), y.attr("name"), y, g, needs)
+
+
+def form_vjp(y: Node, g: Node, needs: Sequence[bool]) -> tuple:
+    """The VJP of an elementwise op from its SymPy form (registry rows with vjp=DERIVE): the
+    same kernels a fused body's VJP builds. A kernel rather than primitives rebuilt from the
+    derivative: one loop on every backend, printed by the printers that print the form, and
+    differentiable again the same way (second order needs nothing new)."""
+    return _vjp_of(sf.form(get_op(y.op)), y.op, y, g, needs)
+
+
+def _vjp_of(expr, name, y, g, needs):
+    n = len(y.inputs)
     gs, ys = sym(n), sym(n + 1)
     out = []
     for i, x in enumerate(y.inputs):
@@ -42,7 +54,7 @@ def _vjp(y, g, needs):
         d = sf.diff(expr, sym(i))
         if sf.nonfinite_atoms(d):
             raise GradientError(
-                f"kernel {y.attr('name')}: d/da{i} of {expr} is {d}, which contains the "
+                f"kernel {name}: d/da{i} of {expr} is {d}, which contains the "
                 f"non-finite atom(s) {', '.join(sf.nonfinite_atoms(d))} (a division by a "
                 f"constant zero branch); input {i} is {x.dtype}{list(x.shape)}. Write the "
                 "expression so that no branch divides by zero"
@@ -55,7 +67,7 @@ def _vjp(y, g, needs):
         body = gs * d
         if reuse != d and sp.count_ops(reuse) < sp.count_ops(d):
             body, args = gs * reuse, args + [y]
-        out.append(kernel(body, args, name=f"d{y.attr('name')}_da{i}", dtype=y.dtype))
+        out.append(kernel(body, args, name=f"d{name}_da{i}", dtype=y.dtype))
     return tuple(out)
 
 
@@ -155,8 +167,8 @@ class ElementwiseFn:
         if bad:
             raise ValueError(
                 f"elementwise {name}: no backend can print {sorted(bad)}; supported: "
-                "exp log log1p expm1 sqrt tanh sin cos Abs sign floor Max Min Heaviside "
-                "Piecewise sigmoid softplus relu step, with +, -, *, /, ** and constants"
+                f"{' '.join(sf.known_function_names())}, with +, -, *, /, ** and constants "
+                "(or a sympy_funcs.Primitive subclass with a definition)"
             )
         if sf.nonfinite_atoms(sp.sympify(expr)):
             raise ValueError(

@@ -3,8 +3,10 @@
 Folded values end up in generated code, so each entry computes exactly what the NumPy backend's
 generated statement computes (the same NumPy call on the same operand types): a fold never
 changes a result. The stable helpers (`sigmoid`, `pad`, ...) live here and the NumPy backend's
-runtime re-exports them, so there is one copy of each. Ops without an entry (`kernel`, `scan`)
-are not folded.
+runtime re-exports them, so there is one copy of each. An elementwise op without an entry is
+evaluated from its SymPy form, printed by the NumPy backend's own printer
+(ops/array_printer.py) and run in `NAMESPACE`, so a new op folds with no entry here. Ops
+without either (`kernel`, `scan`) are not folded.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import operator
 import numpy as np
 
 from ..ir.node import Node
+from ..ops import sympy_funcs as sf
+from ..ops.array_printer import ArrayExprPrinter, has_literal_branches
 from ..ops.index import describe_site, range_error
+from ..ops.registry import get_op
 
 
 def sigmoid(x):
@@ -28,6 +33,16 @@ def softplus(x):
 
 def relu(x):
     return np.maximum(x, 0)
+
+
+def step(x):
+    return np.where(x > 0, 1, 0).astype(np.result_type(x, np.float32))
+
+
+# What printed SymPy forms may call: NumPy and the stable helpers (ops/sympy_funcs.py's
+# helper primitives); the NumPy backend's runtime namespace extends this one.
+NAMESPACE = {"np": np, "sigmoid": sigmoid, "softplus": softplus, "relu": relu, "step": step}
+PRINTER = ArrayExprPrinter("np", NAMESPACE)
 
 
 def _check(idx, lo, hi, site):
@@ -103,14 +118,8 @@ EVAL = {
     "ge": lambda n, a, b: operator.ge(a, b),
     "eq": lambda n, a, b: operator.eq(a, b),
     "ne": lambda n, a, b: operator.ne(a, b),
-    **{
-        f: (lambda g: lambda n, *a: g(*a))(getattr(np, f))
-        for f in ("exp", "log", "log1p", "expm1", "sqrt", "abs", "sign", "sin", "cos", "tanh",
-                  "floor", "round", "maximum", "minimum", "where")
-    },
-    "sigmoid": lambda n, x: sigmoid(x),
-    "relu": lambda n, x: relu(x),
-    "softplus": lambda n, x: softplus(x),
+    "round": lambda n, x: np.round(x),
+    "where": lambda n, c, a, b: np.where(c, a, b),
     "neg": lambda n, x: -x,
     "cast": lambda n, x: np.asarray(x).astype(_dt(n)),
     "sum": _reduce(np.sum),
@@ -130,8 +139,31 @@ EVAL = {
 }
 
 
+_FROM_FORM: dict[str, tuple] = {}
+
+
+def from_form(op_name: str):
+    """f(node, *operands) evaluating the op's SymPy form as the NumPy backend prints it (its
+    `derived` lowering, backends/array_lowering.py), or None; cached per op record."""
+    op = get_op(op_name)
+    hit = _FROM_FORM.get(op_name)
+    if hit is not None and hit[0] is op:
+        return hit[1]
+    fn, f = None, sf.form(op) if op.kind == "elementwise" else None
+    if f is not None and not PRINTER.unprintable(f):
+        expr = PRINTER.expand(f)
+        args = [f"a{i}" for i in range(sf.arity(op.sympy))]
+        body = PRINTER.print(expr, {a: a for a in args})
+        code = f"lambda _n, {', '.join(args)}: {body}"
+        if has_literal_branches(expr):
+            code = f"lambda _n, {', '.join(args)}: np.asarray({body}, dtype=_n.dtype)"
+        fn = eval(code, dict(NAMESPACE))  # our own printer's output
+    _FROM_FORM[op_name] = (op, fn)
+    return fn
+
+
 def can_evaluate(n: Node) -> bool:
-    return n.op in EVAL
+    return n.op in EVAL or from_form(n.op) is not None
 
 
 def evaluate(n: Node) -> np.ndarray:
@@ -145,4 +177,5 @@ def evaluate(n: Node) -> np.ndarray:
     if not all(v.ndim == 0 for v in vals):
         vals = [v.item() if v.ndim == 0 else v for v in vals]
     with np.errstate(all="ignore"):
-        return np.asarray(EVAL[n.op](n, *vals), n.dtype)
+        fn = EVAL.get(n.op) or from_form(n.op)
+        return np.asarray(fn(n, *vals), n.dtype)

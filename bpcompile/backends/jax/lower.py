@@ -14,10 +14,10 @@ import math
 import jax
 import jax.numpy as jnp
 
+from ...ops.array_printer import ArrayExprPrinter, has_literal_branches
 from ..array_lowering import dispatcher, dtype_name, table
-from ..kernel_printer import ArrayExprPrinter, has_literal_branches
+from ..array_lowering import lowered_ops as _lowered_ops
 
-PRINTER = ArrayExprPrinter("jnp")
 JNP_DTYPE = {d: dtype_name("jnp", d) for d in ("float32", "float64", "int32", "bool")}
 
 
@@ -32,7 +32,7 @@ def _kernel(n, a):
     # Python literals are weakly typed in JAX, so a body over operands of the kernel's own
     # dtype keeps that dtype; literal branches (where(c, 1.0, 0.0)) or mixed-dtype operands
     # would promote (to float64 under x64), so those get an explicit dtype.
-    if has_literal_branches(expr) or any(i.dtype != n.dtype for i in n.inputs):
+    if has_literal_branches(PRINTER.expand(expr)) or any(i.dtype != n.dtype for i in n.inputs):
         return f"jnp.asarray({body}, dtype={JNP_DTYPE[n.dtype]})"
     return body
 
@@ -134,8 +134,9 @@ NAMESPACE = {
     "matmul_unrolled": matmul_unrolled,
 }
 
+PRINTER = ArrayExprPrinter("jnp", NAMESPACE)
 
-lower = dispatcher(LOWERINGS, "jax")
+lower = dispatcher(LOWERINGS, "jax", PRINTER)
 
 # XLA:CPU (jax 0.10) hands reductions to YNNPACK, which is slow when each output reduces only a
 # few elements: a 2x2 max-pool's max over 4 took ~80 us for 4608 outputs, against ~10 us as three
@@ -194,7 +195,7 @@ def lower_program(n, a):
 
 
 def lowered_ops() -> set[str]:
-    return set(LOWERINGS) | {"input", "param", "const"}
+    return _lowered_ops(LOWERINGS, PRINTER)
 
 
 from ..pyscan import jax_scan, result_item  # noqa: E402  (scan: jax.lax.scan over a generated body function)

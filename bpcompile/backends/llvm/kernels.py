@@ -1,10 +1,12 @@
-"""Print a fused kernel's SymPy body as LLVM IR on scalars (the LLVM twin of kernel_printer).
+"""Print a fused kernel's SymPy body as LLVM IR on scalars (the LLVM twin of ops/array_printer).
 
 The body is split with `sympy.cse` first, so shared subexpressions (sigmoid(x) in
 s*(1-s), ...) are computed once per element. Math goes to LLVM intrinsics where LLVM has one
 (log, sqrt, fabs, sin, cos, floor, maximum/minimum) and to libm otherwise (log1p, expm1, float64
 tanh); float32 exp and tanh are inline polynomials so their loops vectorise. sigmoid and
-softplus use forms that never overflow to NaN.
+softplus use forms that never overflow to NaN. A primitive (ops/sympy_funcs.py) prints by its
+own `_bp_llvm(printer, args)` method, else by the hand-tuned entry in `_FUNCS`, else through
+its definition; elementwise primitive ops print their SymPy form here too (`emit_form`).
 """
 
 from __future__ import annotations
@@ -28,10 +30,27 @@ class KernelPrinter:
     def emit(self, expr, values: dict[str, ir.Value]) -> ir.Value:
         self.values = dict(values)
         self.memo: dict = {}
-        repl, (red,) = sp.cse(expr, symbols=sp.numbered_symbols("_cse"), optimizations=None)
+        repl, (red,) = sp.cse(self.expand(expr), symbols=sp.numbered_symbols("_cse"),
+                              optimizations=None)
         for s, e in repl:
             self.values[s.name] = self._p(e)
         return self._p(red)
+
+    def emit_form(self, expr, values: dict[str, ir.Value]) -> ir.Value:
+        """`emit` without `sympy.cse`: for an op's small SymPy form, once per elementwise op."""
+        self.values = dict(values)
+        self.memo = {}
+        return self._p(self.expand(expr))
+
+    @staticmethod
+    def knows(f: type) -> bool:
+        """Whether applications of `f` print without expanding a definition."""
+        return f in _FUNCS or hasattr(f, "_bp_llvm")
+
+    def expand(self, expr):
+        """`expr` with unknown primitives replaced by their definitions (see ArrayExprPrinter).
+        """
+        return sf.expand(expr, self.knows)
 
     # -- dispatch ---------------------------------------------------------------------------
     def _p(self, e) -> ir.Value:
@@ -91,9 +110,15 @@ class KernelPrinter:
             zero, one = fconst(ty, 0.0), fconst(ty, 1.0)
             at0 = b.select(b.fcmp_ordered("==", x, zero), fconst(ty, h0), zero)
             return b.select(b.fcmp_ordered(">", x, zero), one, at0)
+        hook = getattr(e, "_bp_llvm", None)
+        if hook is not None:
+            return hook(self, [self._p(a) for a in e.args])
         fn = _FUNCS.get(e.func)
         if fn is not None:
             return fn(self, *[self._p(a) for a in e.args])
+        d = sf.definition_of(e) if isinstance(e, sp.Function) else None
+        if d is not None:
+            return self._p(d)
         raise BackendError(f"kernel printer (llvm): no rule for SymPy {e.func.__name__} in {e}")
 
     def _mul(self, e) -> ir.Value:

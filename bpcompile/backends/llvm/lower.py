@@ -2,7 +2,8 @@
 
 `VIEWS` lists the movement ops that are pure index arithmetic: when their operand allows it they
 become a strided `View` and emit no code (a copy lowering in `LOWERINGS` covers the other
-cases). Every registered op needs an entry in `LOWERINGS` (tests check `lowered_ops()`).
+cases). Every registered op needs an entry in `LOWERINGS`, except float elementwise ops, which
+without one are printed from their SymPy form (tests check `lowered_ops()`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from llvmlite import ir
 
 from ...errors import BackendError
 from ...ir.node import Node
+from ...ops import sympy_funcs as sf
+from ...ops.registry import all_ops, get_op
 from . import blas
-from .kernels import _FUNCS, KernelPrinter
+from .kernels import KernelPrinter
 from .loops import F32, F64, I8, I32, REDUCE_FLAGS, fconst, i64, ir_type
 from .memplan import View, contiguous_strides
 
@@ -97,31 +100,35 @@ def copy(ctx, src: View, dst: View):
 
 def _float_scalar(ctx, op: str, ty):
     b, em = ctx.em.b, ctx.em
-    p = KernelPrinter(em, ty)
     binary = {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv}
     if op in binary:
         return lambda v: binary[op](v[0], v[1])
     table = {
         "pow": lambda v: em.intrinsic("pow", v[0], v[1]),
         "neg": lambda v: b.fneg(v[0]),
-        "maximum": lambda v: em.intrinsic("maximum", v[0], v[1]),
-        "minimum": lambda v: em.intrinsic("minimum", v[0], v[1]),
         "round": lambda v: em.intrinsic("roundeven", v[0]),
-        "log1p": lambda v: em.libm("log1p", v[0]),
-        "expm1": lambda v: em.libm("expm1", v[0]),
     }
     if op in table:
         return table[op]
-    import sympy as sp
+    # the rest print their SymPy form: exp -> the kernel printer's exp, Max -> maximum, ...
+    expr, p = sf.form(get_op(op)), KernelPrinter(em, ty)
+    return lambda v: p.emit_form(expr, {f"a{i}": x for i, x in enumerate(v)})
 
-    from ...ops import sympy_funcs as sf
 
-    fn = {"exp": sp.exp, "log": sp.log, "sqrt": None, "abs": sp.Abs, "sign": sp.sign,
-          "sin": sp.sin, "cos": sp.cos, "tanh": sp.tanh, "sigmoid": sf.sigmoid, "relu": sf.relu,
-          "softplus": sf.softplus, "floor": sp.floor}[op]
-    if fn is None:
-        return lambda v: em.intrinsic("sqrt", v[0])
-    return lambda v: _FUNCS[fn](p, v[0])
+OWN_SCALAR = ("add", "sub", "mul", "div", "pow", "neg", "round")  # not from a SymPy form
+
+
+_DERIVABLE: dict[str, tuple] = {}
+
+
+def _derivable(name: str) -> bool:
+    """A float elementwise op `_float_scalar` prints from its SymPy form (cached per record)."""
+    op = get_op(name)
+    hit = _DERIVABLE.get(name)
+    if hit is None or hit[0] is not op:
+        f = sf.form(op)
+        hit = _DERIVABLE[name] = (op, f is not None and not sf.unprintable(f, KernelPrinter.knows))
+    return hit[1]
 
 
 def _int_scalar(ctx, op: str, ty):
@@ -441,9 +448,7 @@ def _matmul_loops(ctx, a: View, bv: View, out: View, dtype: str):
 # ---------------------------------------------------------------------------------------------
 # table
 
-for _op in ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "neg", "exp", "log",
-            "log1p", "expm1", "sqrt", "abs", "sign", "sin", "cos", "tanh", "sigmoid", "relu",
-            "softplus", "floor", "round"):
+for _op in OWN_SCALAR:
     LOWERINGS[_op] = _arith
 for _op in _CMP:
     LOWERINGS[_op] = _compare
@@ -467,11 +472,16 @@ LEAVES = ("input", "param", "const")
 
 
 def lowered_ops() -> set[str]:
-    return set(LOWERINGS) | set(LEAVES)
+    """Table entries, leaves, and the elementwise ops `_arith` derives from SymPy forms."""
+    return set(LOWERINGS) | set(LEAVES) | {
+        name for name, op in all_ops().items()
+        if name not in LOWERINGS and op.kind == "elementwise" and _derivable(name)}
 
 
 def lower(ctx, n: Node):
     fn = LOWERINGS.get(n.op)
+    if fn is None and get_op(n.op).kind == "elementwise" and _derivable(n.op):
+        fn = _arith
     if fn is None:
         raise BackendError(f"llvm backend: no lowering for op {n.op!r} ({n!r})")
     fn(ctx, n)

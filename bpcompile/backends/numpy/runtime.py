@@ -1,10 +1,10 @@
 """Helpers the generated NumPy code calls by name (numerically stable activations, pads).
 
 Most are the constant evaluator's (rewrite/evaluate.py), so folding computes what this
-backend computes."""
+backend computes: its namespace (NumPy and the stable helpers printed SymPy forms call) is the
+start of this one."""
 
-import numpy as np
-
+from ...rewrite.evaluate import NAMESPACE as _FORMS
 from ...rewrite.evaluate import (  # noqa: F401
     _check,
     iota,
@@ -13,20 +13,12 @@ from ...rewrite.evaluate import (  # noqa: F401
     relu,
     sigmoid,
     softplus,
+    step,
     take_in_range,
 )
 
-
-def step(x):
-    return np.where(x > 0, 1, 0).astype(np.result_type(x, np.float32))
-
-
 NAMESPACE = {
-    "np": np,
-    "sigmoid": sigmoid,
-    "softplus": softplus,
-    "relu": relu,
-    "step": step,
+    **_FORMS,
     "one_hot": one_hot,
     "take_in_range": take_in_range,
     "iota": iota,

@@ -1,23 +1,34 @@
-"""Print a SymPy kernel body as an array expression string (NumPy or jax.numpy).
+"""Print a SymPy expression as an array expression string (NumPy or jax.numpy).
 
-One printer per backend family: this one serves the NumPy and JAX backends, which differ only
-in the module prefix and helper names. It knows exactly the functions fusion can produce.
+One printer for the array-API family: the NumPy and JAX backends print kernel bodies and
+elementwise primitives with it (differing in the module prefix and the helpers their namespace
+holds), and constant folding (rewrite/evaluate.py) evaluates what it prints for NumPy, so a
+folded value is the NumPy backend's bit for bit. It lives in `ops` for that reason: it knows
+SymPy and the primitives of ops/sympy_funcs.py, no backend. A primitive prints by its own
+`_bp_array` method, else as a helper call when it is a helper the namespace holds, else
+through its definition (ops/sympy_funcs.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import sympy as sp
 
 from ..errors import BackendError
-from ..ops import sympy_funcs as sf
+from . import sympy_funcs as sf
 
 
 class ArrayExprPrinter:
-    """`print(expr, names)`: `names` maps symbol name (a0, a1, ...) to a variable name."""
+    """`print(expr, names)`: `names` maps symbol name (a0, a1, ...) to a variable name.
 
-    def __init__(self, ns: str = "np"):
+    `helpers`: names of the stable helper functions the target namespace defines (sigmoid,
+    softplus, ...); a helper primitive is called by name only if its name is among them."""
+
+    def __init__(self, ns: str = "np", helpers: Iterable[str] = ()):
         self.ns = ns
-        self.funcs = {
+        self.helpers = frozenset(helpers)
+        self.funcs = {  # SymPy's own functions (ops/sympy_funcs.SUPPORTED)
             sp.exp: f"{ns}.exp",
             sp.log: f"{ns}.log",
             sf.log1p: f"{ns}.log1p",
@@ -28,21 +39,35 @@ class ArrayExprPrinter:
             sp.Abs: f"{ns}.abs",
             sp.sign: f"{ns}.sign",
             sp.floor: f"{ns}.floor",
-            sf.sigmoid: "sigmoid",
-            sf.softplus: "softplus",
-            sf.relu: "relu",
-            sf.step: "step",
         }
+
+    def module(self, name: str) -> str:
+        """`np.name` / `jnp.name`: for a primitive's `_bp_array` method."""
+        return f"{self.ns}.{name}"
+
+    def knows(self, f: type) -> bool:
+        """Whether applications of `f` print without expanding a definition."""
+        return (f in self.funcs or hasattr(f, "_bp_array")
+                or (issubclass(f, sf.Primitive) and f.helper and f.__name__ in self.helpers))
+
+    def expand(self, expr):
+        """`expr` with each primitive this printer does not know replaced by its definition
+        (before `sympy.cse`, so shared subexpressions of definitions are computed once)."""
+        return sf.expand(expr, self.knows)
+
+    def unprintable(self, expr) -> set[str]:
+        """Functions in `expr` this printer cannot print (by name)."""
+        return sf.unprintable(expr, self.knows)
 
     def print(self, expr, names: dict[str, str]) -> str:
         self.names = names
-        return self._p(expr)
+        return self._p(self.expand(expr))
 
     def print_cse(self, expr, names: dict[str, str], prefix: str):
         """(temporaries, result): repeated subexpressions hoisted by sympy.cse into
         [(f"{prefix}_t0", expr0), ...], then the result expression using them."""
         syms = sp.numbered_symbols("_cse")
-        repl, (reduced,) = sp.cse(expr, symbols=syms)
+        repl, (reduced,) = sp.cse(self.expand(expr), symbols=syms)
         names = dict(names)
         temps = []
         for k, (s, e) in enumerate(repl):
@@ -79,9 +104,20 @@ class ArrayExprPrinter:
             return f"{self.ns}.where({x} > 0, 1.0, {self.ns}.where({x} == 0, {self._num(h0)}, 0.0))"
         if isinstance(e, sp.core.relational.Relational):
             return f"({self._p(e.lhs)} {e.rel_op} {self._p(e.rhs)})"
+        return self._function(e)
+
+    def _function(self, e) -> str:
+        hook = getattr(e, "_bp_array", None)
+        if hook is not None:
+            return hook(self, [self._p(a) for a in e.args])
         fn = self.funcs.get(e.func)
+        if fn is None and self.knows(e.func):
+            fn = e.func.__name__  # a helper in the namespace
         if fn is not None:
             return f"{fn}({', '.join(self._p(a) for a in e.args)})"
+        d = sf.definition_of(e)
+        if d is not None:
+            return self._p(d)
         raise BackendError(
             f"kernel printer ({self.ns}): no rule for SymPy {e.func.__name__} in {e}"
         )
@@ -140,7 +176,8 @@ class ArrayExprPrinter:
         if x == -1:
             return f"(1.0/{self._p(b)})"
         if x.is_Integer:
-            return f"({self._p(b)}**{int(x)})"
+            pb = self._p(b)  # a literal operand (-1.0) binds looser than **
+            return f"({'(' + pb + ')' if pb.startswith('-') else pb}**{int(x)})"
         return f"({self._p(b)}**{self._p(x)})"
 
     def _piecewise(self, args) -> str:
@@ -151,5 +188,6 @@ class ArrayExprPrinter:
 
 
 def has_literal_branches(expr) -> bool:
-    """True when the result dtype could come from Python literals (np.where(c, 1.0, 0.0))."""
+    """True when the result dtype could come from Python literals (np.where(c, 1.0, 0.0));
+    `expr` as printed, i.e. after `ArrayExprPrinter.expand`."""
     return bool(expr.atoms(sp.Piecewise, sp.Heaviside))
