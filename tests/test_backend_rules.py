@@ -119,6 +119,7 @@ def test_llvm_rule_fires_at_the_gemm_threshold_and_not_below():
     for out in (x + A @ B, A @ B + x):  # the product on either side
         at = _llvm_and_numpy({"y": out}, vals, gemm_threshold=16 * 8 * 8)
         assert _hits(at) == {"llvm.accumulate_matmul": 1}
+        assert "  backend        llvm.accumulate_matmul:1" in at.stats().splitlines()
         (add,) = _marks(at.outputs, "accumulate")
         assert add.inputs[add.attr("accumulate")].op == "matmul"
         assert "accumulate=" in at.graph("backend") and at.graph("final") == at.graph("backend")

@@ -121,8 +121,9 @@ def _first_match(tries, b: dict) -> bool:
 
 class _Readers:
     """Readers of each node of the graph one `Rules` call rewrites (an appearance among the
-    outputs counts as one), counted when first asked for. A node that rebuilt or replaced
-    an original node has that node's readers: its readers are the originals' readers, rebuilt."""
+    outputs counts as one), counted when first asked for. A node built in place of an original
+    one (rebuilt on new inputs, or its replacement) has the original's count: its readers are
+    the original's readers, rebuilt."""
 
     def __init__(self, outputs: list[Node]):
         self.outputs = outputs
