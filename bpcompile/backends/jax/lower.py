@@ -73,7 +73,7 @@ def _unrolled(op, x, axes, keepdims):
 
 
 def sum_unrolled(x, axes, keepdims=False):
-    """jnp.sum over a few elements per output, as additions (see SMALL_REDUCTION)."""
+    """jnp.sum over a few elements per output, as additions (see rules.SMALL_REDUCTION)."""
     return _unrolled(jnp.add, x, axes, keepdims)
 
 
@@ -83,7 +83,7 @@ def max_unrolled(x, axes, keepdims=False):
 
 
 def matmul_unrolled(a, b):
-    """a @ b as a sum of K outer products (see SMALL_MATMUL_K): elementwise ops that XLA fuses
+    """a @ b as a sum of K outer products (see rules.SMALL_MATMUL_K): elementwise ops that XLA fuses
     with the matmul's producers and consumers into one loop, where a dot is its own call."""
     k = a.shape[-1]
     terms = [a[..., :, i : i + 1] * b[..., i : i + 1, :] for i in range(k)]
