@@ -6,6 +6,8 @@ inputs, alternatives and `used_once`."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -81,6 +83,20 @@ def test_used_once_counts_readers_in_the_graph_being_rewritten():
     rules(outs)
     assert seen == {"exp": True, "log": False, "sin": False, "sqrt": True}
     assert not used_once(once)  # outside a Rules call nobody knows
+
+
+def test_used_once_answers_for_the_calling_threads_rewrite_only():
+    x = bp.param("x", (3,), "float64")
+    seen: list = []
+
+    def look(n, v):
+        other = threading.Thread(target=lambda: seen.append(used_once(v)))
+        other.start()
+        other.join()
+        seen.append(used_once(v))
+
+    Rules("t", [rule("look", Pat("neg", X("v")), look)])([ew.neg(ew.unary("exp", x))])
+    assert seen == [False, True]  # another thread is in no Rules call
 
 
 # ---- the pipeline hook and the protocol ------------------------------------------------------

@@ -20,6 +20,7 @@ so that folding n into that reader leaves nobody else reading it.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -148,13 +149,22 @@ class _Readers:
         return self._counts[o]
 
 
-_READERS: list[_Readers] = []  # the graphs of the active `Rules` calls, innermost last
+class _Active(threading.local):
+    """The graphs of this thread's active `Rules` calls, innermost last (per thread: two
+    threads compiling at once must not see each other's graph)."""
+
+    def __init__(self) -> None:
+        self.stack: list[_Readers] = []
+
+
+_READERS = _Active()
 
 
 def used_once(n: Node) -> bool:
     """Whether `n` has exactly one reader (and is no output) in the graph being rewritten;
     False outside a `Rules` call and for nodes whose readers are unknown."""
-    return bool(_READERS) and _READERS[-1].of(n) == 1
+    stack = _READERS.stack
+    return bool(stack) and stack[-1].of(n) == 1
 
 
 def X(name: str = "x", where=None) -> Pat:
@@ -236,11 +246,11 @@ class Rules:
                 readers.note(n, new)
                 return new
 
-            _READERS.append(readers)
+            _READERS.stack.append(readers)
             try:
                 outputs = transform(outputs, build=build)
             finally:
-                _READERS.pop()
+                _READERS.stack.pop()
             if not stale:
                 return outputs
         return outputs
