@@ -85,7 +85,8 @@ def positive_float(text: str) -> float:
     return v
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and each subcommand's parser by name (for error messages)."""
     p = argparse.ArgumentParser(
         prog="bpcompile",
         description="Compile a network's loss into readable forward+backward code.",
@@ -142,8 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     from .train.cli import add_parser as add_train_parser
 
     add_train_parser(sub, parents=[debug])  # `bpcompile train` (bpcompile/train/cli.py)
-    p.sub = sub  # main() finds a subcommand's parser here for its error messages
-    return p
+    return p, sub.choices
 
 
 def _version() -> str:
@@ -163,7 +163,7 @@ def _compile(model, backend: str):
 
 
 # ---- subcommands ----------------------------------------------------------------------------
-def cmd_compile(args) -> int:
+def cmd_compile(args: argparse.Namespace) -> int:
     need = EMITS[args.emit][1]
     if need and args.backend != need and not args.dump_passes:
         raise UsageError(f"--emit {args.emit} needs --backend {need} "
@@ -180,7 +180,7 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def cmd_check(args) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     import bpcompile
 
     check = getattr(bpcompile, "check", None)
@@ -201,7 +201,7 @@ def cmd_check(args) -> int:
     return 0 if report.ok else 1
 
 
-def cmd_export(args) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
     import bpcompile
 
     export = getattr(bpcompile, "export", None)
@@ -231,7 +231,7 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     model = _load(args.spec)
     fn = _compile(model, args.backend)
     inputs, params = model.example_inputs(args.seed), model.init_params(args.seed)
@@ -253,7 +253,7 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from .train.cli import run
 
     return run(args)
@@ -323,13 +323,13 @@ def _user_error(e: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (also callable in-process from tests)."""
-    parser = _parser()
+    parser, commands = _parser()
     try:
         args, extra = parser.parse_known_args(argv)
     except SystemExit as e:  # argparse: --help/--version exit 0, bad usage exits 2
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     if extra:
-        return _unrecognized(parser.sub.choices.get(args.command, parser), extra)
+        return _unrecognized(commands.get(args.command, parser), extra)
     debug = getattr(args, "debug", False)
     if getattr(args, "backend", None) == "jax":
         _enable_jax_x64()

@@ -8,7 +8,15 @@ from typing import Any
 
 from .autodiff.reverse import check_loss, check_wrt
 from .autodiff.reverse import grad as _grad
-from .backends.protocol import Backend, BackendClass, FastCall, JaxProgram, MemoryPlan, NativeCaller
+from .backends.protocol import (
+    Backend,
+    BackendClass,
+    FastCall,
+    JaxProgram,
+    MemoryPlan,
+    NativeCaller,
+    Rewrites,
+)
 from .backends.signature import Signature
 from .errors import BackendError
 from .ir.hints import Wrt
@@ -75,7 +83,8 @@ class Program:
     ):
         self.backend_name = backend
         backend_cls = get_backend(backend)  # fail early on a bad backend name
-        outputs, self.stages = pipeline.run(outputs, passes, record=stages)
+        rules = backend_cls.backend_rules(options) if isinstance(backend_cls, Rewrites) else None
+        outputs, self.stages = pipeline.run(outputs, passes, record=stages, backend=rules)
         self.outputs, self.labels = outputs, labels
         _name_outputs(outputs, labels)
         t1 = time.perf_counter()

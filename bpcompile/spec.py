@@ -11,15 +11,18 @@ the table or key, and what was expected. The format is documented in docs/spec.m
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import difflib
+import enum
 import importlib.util
 import re
 import sys
 import traceback
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -44,13 +47,22 @@ from .spec_registry import (
 )
 from .toml_read import toml_module
 
+if TYPE_CHECKING:  # annotations only: compiled.py is imported when a model compiles
+    from .compiled import Compiled
+
 # Public names of the registries and initialisers are re-exported: `bpcompile.spec` stays the
 # one import for spec users.
 __all__ = ["Model", "Init", "LAYERS", "LOSSES", "ACTIVATIONS", "INIT_METHODS", "layer", "loss",
            "load", "load_toml", "load_python", "from_dict", "LayerContext", "LayerBuilder",
            "LossDef", "DEFAULT_SCALE"]
 
-_MISSING = object()
+class _Missing(enum.Enum):
+    """The default of a required key: its absence is an error."""
+
+    MISSING = 0
+
+
+_MISSING = _Missing.MISSING
 
 
 # ---- the Model ----------------------------------------------------------------------------
@@ -58,7 +70,8 @@ _MISSING = object()
 class Model:
     """A loss, the params to differentiate, and example values for both.
 
-    `inputs` defaults to every `bp.input` leaf of the loss. `data` holds literal arrays by name
+    `inputs` (in calling order) defaults to every `bp.input` leaf of the loss, also when
+    given empty. `data` holds literal arrays by name
     (inputs or params) that override random ones. `init` maps a param name to its `Init`
     (params not listed use `default_init`). `input_kinds` says how to sample an input:
     ("normal",), ("unit",) for [0, 1), ("onehot",) or ("int", high); int inputs that feed
@@ -66,8 +79,8 @@ class Model:
     """
 
     loss: Node
-    wrt: list
-    inputs: list | None = None
+    wrt: list[Node]
+    inputs: list[Node] = field(default_factory=list)
     name: str = "model"
     data: dict = field(default_factory=dict)
     init: dict = field(default_factory=dict)
@@ -88,7 +101,7 @@ class Model:
             if not isinstance(w, Node) or w.op != "param":
                 raise SpecError(f"{where}: wrt must be a list of bp.param nodes, got {w!r}")
         graph_inputs = leaves([self.loss], ops=("input",))
-        if self.inputs is None:
+        if not self.inputs:
             self.inputs = graph_inputs
         self.inputs = list(self.inputs)
         for kind_input in graph_inputs:
@@ -99,7 +112,7 @@ class Model:
 
     # -- names ----------------------------------------------------------------------------
     @property
-    def params(self) -> list:
+    def params(self) -> list[Node]:
         """Every param leaf of the loss (the `wrt` ones and any held fixed)."""
         return leaves([self.loss], ops=("param",))
 
@@ -138,7 +151,7 @@ class Model:
             out[name] = _sample_input(rng, x, self.input_kinds.get(name))
         return out
 
-    def compile(self, backend: str = "numpy", **options):
+    def compile(self, backend: str = "numpy", **options: Any) -> Compiled:
         """`bp.compile(self.loss, self.wrt, backend)`."""
         from .compiled import compile as _compile
 
@@ -188,9 +201,10 @@ class Table:
         self.source, self.loc, self.line = source, loc, line  # line: the table's header line
         if not isinstance(data, dict):
             self.error(f"expected a table, got {_describe(data)}")
-        self.data, self.used = data, set()
+        self.data = data
+        self.used: set[str] = set()  # keys read, for `finish`
 
-    def error(self, msg: str, key: str | None = None):
+    def error(self, msg: str, key: str | None = None) -> NoReturn:
         where = f"{self.loc}, key {key!r}" if key else self.loc
         at = f":{self.line}" if self.line else ""
         raise SpecError(f"{self.source}{at}: {where}: {msg}")
@@ -198,7 +212,8 @@ class Table:
     def has(self, key: str) -> bool:
         return key in self.data
 
-    def raw(self, key: str, default=_MISSING, expected: str = "a value"):
+    def raw(self, key: str, default: Any = _MISSING, expected: str = "a value") -> Any:
+        """The value at `key` as TOML gave it (any type), or `default` when absent."""
         self.used.add(key)
         if key not in self.data:
             if default is _MISSING:
@@ -206,49 +221,67 @@ class Table:
             return default
         return self.data[key]
 
-    def int(self, key, default=_MISSING, min: int | None = None) -> int:  # noqa: A002
+    def _absent(self, key: str, default: object) -> bool:
+        """Whether `key` is absent and has a default to return instead (then it counts as
+        read). A default is returned as given, never checked."""
+        if key in self.data or default is _MISSING:
+            return False
+        self.used.add(key)
+        return True
+
+    # `int`, `float`, `bool` and `str` are methods of this class, so annotations below their
+    # definitions name the types as `builtins.int` etc.
+    def int(self, key: str, default: int | _Missing = _MISSING,
+            min: int | None = None) -> int:  # noqa: A002
         expected = "an integer" + (f" >= {min}" if min is not None else "")
-        v = self.raw(key, default, expected)
-        if v is default and default is not _MISSING:
-            return v
+        if not isinstance(default, _Missing) and self._absent(key, default):
+            return default
+        v = self.raw(key, _MISSING, expected)
         if isinstance(v, bool) or not isinstance(v, int) or (min is not None and v < min):
             self.error(f"expected {expected}, got {v!r}", key)
         return v
 
-    def float(self, key, default=_MISSING) -> float:
-        v = self.raw(key, default, "a number")
-        if v is default and default is not _MISSING:
-            return v
+    def float(self, key: str, default: float | _Missing = _MISSING) -> float:
+        if not isinstance(default, _Missing) and self._absent(key, default):
+            return default
+        v = self.raw(key, _MISSING, "a number")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             self.error(f"expected a number, got {v!r}", key)
         return float(v)
 
-    def scale(self, key, default=_MISSING) -> float | None:
-        """An init scale: finite and >= 0 (nan/inf would give nan params silently)."""
-        v = self.float(key, default)
-        if v is not None and v is not default and not (np.isfinite(v) and v >= 0):
+    def scale(self, key: str,
+              default: builtins.float | None | _Missing = _MISSING) -> builtins.float | None:
+        """An init scale: finite and >= 0 (nan/inf would give nan params silently); `default`
+        (None: none given) when absent."""
+        if not isinstance(default, _Missing) and self._absent(key, default):
+            return default
+        v = self.float(key)
+        if not (np.isfinite(v) and v >= 0):
             self.error(f"init scale must be a finite number >= 0, got {v}; e.g. scale = 0.1",
                        key)
         return v
 
-    def bool(self, key, default=_MISSING) -> bool:
-        v = self.raw(key, default, "true or false")
+    def bool(self, key: str, default: builtins.bool | _Missing = _MISSING) -> builtins.bool:
+        if not isinstance(default, _Missing) and self._absent(key, default):
+            return default
+        v = self.raw(key, _MISSING, "true or false")
         if not isinstance(v, bool):
             self.error(f"expected true or false, got {v!r}", key)
         return v
 
-    def str(self, key, default=_MISSING, choices=None) -> str:
+    def str(self, key: str, default: str | _Missing = _MISSING,
+            choices: Collection[builtins.str] | None = None) -> str:
         expected = f"one of {list(choices)}" if choices else "a string"
-        v = self.raw(key, default, expected)
-        if v is default and default is not _MISSING:
-            return v
+        if not isinstance(default, _Missing) and self._absent(key, default):
+            return default
+        v = self.raw(key, _MISSING, expected)
         if not isinstance(v, str):
             self.error(f"expected {expected}, got {v!r}", key)
         if choices and v not in choices:
             self.error(f"unknown value {v!r}; expected {expected}{_suggest(v, choices)}", key)
         return v
 
-    def shape(self, key) -> tuple:
+    def shape(self, key: builtins.str) -> tuple[builtins.int, ...]:
         v = self.raw(key, _MISSING, "a list of non-negative integers, e.g. [128, 784]")
         if isinstance(v, int) and not isinstance(v, bool):
             v = [v]
@@ -257,14 +290,14 @@ class Table:
             self.error(f"expected a list of non-negative integers, e.g. [128, 784], got {v!r}", key)
         return tuple(v)
 
-    def check_keys(self, allowed):
+    def check_keys(self, allowed: Collection[builtins.str]) -> None:
         """Reject keys outside `allowed` up front (so a typo beats a 'missing key' error)."""
         for k in self.data:
             if k not in allowed:
                 self.error(f"unknown key {k!r}{_suggest(k, allowed)}; "
                            f"known keys here: {sorted(allowed)}")
 
-    def finish(self, allowed_extra=()):
+    def finish(self, allowed_extra: Collection[builtins.str] = ()) -> None:
         """Raise on keys nobody read: a typo like `unit` for `units` must not pass silently."""
         unknown = [k for k in self.data if k not in self.used and k not in allowed_extra]
         if unknown:
@@ -408,7 +441,7 @@ class SpecBuilder:
         return x
 
     @contextlib.contextmanager
-    def at(self, header: str, index: int):
+    def at(self, header: str, index: int) -> Iterator[None]:
         """Nodes built inside point at the spec's line for this table in generated code."""
         line = self.lines.get(header, [])
         where = Path(self.source).name + (f":{line[index]}" if index < len(line) else
@@ -539,7 +572,8 @@ def from_dict(doc: dict, source: str = "<spec>", name: str = "model",
     return SpecBuilder(doc, source, name, text).build()
 
 
-def load_toml(path) -> Model:
+def load_toml(path: str | Path) -> Model:
+    """Load a TOML spec (docs/spec.md)."""
     path = Path(path)
     tomllib = toml_module(f"{path}: reading TOML")
     try:
@@ -557,15 +591,17 @@ def load_toml(path) -> Model:
     return from_dict(doc, str(path), path.stem, text)
 
 
-def load_python(path) -> Model:
+def load_python(path: str | Path) -> Model:
     """Run a Python model file and call its `build()`; it returns a Model or a dict with
     `loss`, `wrt` and optionally `inputs`/`params` (example arrays by name) and `name`."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: no such model file")
     mod_name = f"_bpcompile_model_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise SpecError(f"{path}: Python cannot load this file as a module")
     try:
-        spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
         spec.loader.exec_module(module)
@@ -642,7 +678,7 @@ def _model_from_result(result, path: Path) -> Model:
     return model
 
 
-def load(path) -> Model:
+def load(path: str | Path) -> Model:
     """Load a model from a `.toml` spec or a `.py` model file."""
     path = Path(path)
     if path.suffix == ".toml":

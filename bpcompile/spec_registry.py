@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
@@ -45,7 +45,7 @@ class LayerContext:
     def lookup(self, name: str, key: str = "input") -> Node:
         return self.builder.lookup(name, self.table, key)
 
-    def error(self, msg: str, key: str | None = None):
+    def error(self, msg: str, key: str | None = None) -> NoReturn:
         self.table.error(msg, key)
 
     def weight_init(self) -> Init:
@@ -60,7 +60,7 @@ LayerBuilder = Callable[[LayerContext], Node]
 LAYERS: dict[str, LayerBuilder] = {}
 
 
-def layer(type_name: str):
+def layer(type_name: str) -> Callable[[LayerBuilder], LayerBuilder]:
     """Register a layer builder: `fn(ctx) -> Node` reads its keys from `ctx.table`."""
 
     def deco(fn: LayerBuilder) -> LayerBuilder:

@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import bpcompile as bp
+from bpcompile.backends.llvm import rules
 from bpcompile.backends.llvm.codegen import Program
+from bpcompile.rewrite.pipeline import run_backend
 
 
 def _program(loss, wrt, **kw) -> Program:
-    fn = bp.compile(loss, wrt, backend="numpy")  # the final, fused graph the llvm backend gets
-    return Program(fn.outputs, fn.args, kw.pop("gemm_threshold", 0), **kw)
+    """What the llvm backend schedules: the final, fused graph after the backend's rules."""
+    threshold = kw.pop("gemm_threshold", 0)
+    fn = bp.compile(loss, wrt, backend="numpy")
+    outputs = run_backend(fn.outputs, rules.backend_rules(threshold), [])
+    return Program(outputs, fn.args, threshold, **kw)
 
 
 def _attention():

@@ -3,6 +3,8 @@ graph around them), `fn.graph()` prints them nested, and every backend runs that
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -32,8 +34,8 @@ def test_every_backend_runs_the_body_the_graph_shows(backend):
     loss, wrt = _truncated_rnn()
     ref = bp.compile(loss, wrt, backend="numpy")
     fn = bp.compile(loss, wrt, backend=backend)
-    graph = fn.graph()
-    assert graph == ref.graph()
+    graph = fn.graph()  # what runs: the shared passes' graph with its backend's marks
+    assert re.sub(r" (unroll=True|accumulate=\d)", "", graph) == ref.graph()
     body = "\n".join(_bodies(graph))
     assert "{ lambda h:f32[2,4] ; x:f32[2,3] cut_gradient:bool[]" in body
     assert "= kernel" in body and "stop_gradient" not in body  # fused, simplified

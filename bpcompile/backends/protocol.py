@@ -5,7 +5,8 @@ with `isinstance` where a `hasattr` probe used to guess: `FastCall` (its own val
 path; LLVM and JAX), `MemoryPlan` (`fn.memory()`; LLVM), `InPlace` (pinned native callers
 whose outputs stay in place, for ping-pong training steps; LLVM) and `JaxProgram` (the
 JAX-only inspection and interop methods). A capability a backend lacks is an error that
-names the backend, never an AttributeError.
+names the backend, never an AttributeError. A backend *class* may also be `Rewrites`: it
+brings its own rewrite rules, which the pipeline applies before constructing it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:  # annotations only
+    from ..rewrite.engine import BackendRules
     from .signature import Signature
 
 
@@ -34,6 +36,15 @@ class Backend(Protocol):
 # A backend's constructor: `cls(outputs, args, title=..., **options)`; each backend names the
 # options it takes, and refuses others.
 BackendClass = Callable[..., Backend]
+
+
+@runtime_checkable
+class Rewrites(Protocol):
+    """A backend class with rewrite rules of its own (its `rules.py`), for the shared engine
+    to apply after the shared passes; `options` are the compile's backend options."""
+
+    @classmethod
+    def backend_rules(cls, options: dict[str, Any]) -> BackendRules: ...
 
 
 @runtime_checkable

@@ -9,17 +9,24 @@ the first that rewrites wins. Every rewrite of a graph runs one bounded fixpoint
 bottom-up, each node is rewritten until no rule applies, the nodes a replacement builds
 included, so one pass over the graph settles it (another runs only past the bound). Hits are
 counted per rule name while `counting()` is active (`fn.stats()`).
+
+Two pattern forms serve rules that commit to a structure, such as a backend's own rules
+(backends/<name>/rules.py): `Pat(..., commute=True)` matches a binary op's inputs in either
+order (the given order first) and `p | q` matches whichever alternative matches first. A
+predicate may ask `used_once(n)`: whether n has exactly one reader in the graph being rewritten,
+so that folding n into that reader leaves nobody else reading it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..ir.node import Node, rebuild
-from ..ir.traverse import transform
+from ..ir.traverse import toposort, transform
 from .patterns import is_scalar
 
 # The one bound on every rewrite fixpoint: rewrites of one node, and passes over a graph.
@@ -48,15 +55,20 @@ def record(name: str) -> None:
 class Pat:
     """A node pattern: `op` (a name, a tuple of names, or None for any op), `src` (input
     sub-patterns, matched position by position; None: any inputs), `where` (a predicate on
-    the node) and `name` (bind the node under this name)."""
+    the node), `name` (bind the node under this name) and `commute` (two sub-patterns that
+    may match the inputs in either order, the given one tried first)."""
 
-    __slots__ = ("ops", "src", "where", "name")
+    __slots__ = ("ops", "src", "where", "name", "commute")
 
-    def __init__(self, op=None, *src: Pat, name: str | None = None, where=None):
+    def __init__(self, op=None, *src: Pat, name: str | None = None, where=None,
+                 commute: bool = False):
+        if commute and len(src) != 2:
+            raise ValueError("commute=True needs exactly two input patterns")
         self.ops = (op,) if isinstance(op, str) else op
         self.src = src or None
         self.where = where
         self.name = name
+        self.commute = commute
 
     def match(self, n: Node, b: dict) -> bool:
         if self.ops is not None and n.op not in self.ops:
@@ -64,9 +76,13 @@ class Pat:
         if self.src is not None:
             if len(n.inputs) != len(self.src):
                 return False
-            for p, i in zip(self.src, n.inputs):  # a loop, not all(): this is the hot path
-                if not p.match(i, b):
+            if self.commute:
+                if not _first_match(((self.src, n.inputs), (self.src, n.inputs[::-1])), b):
                     return False
+            else:
+                for p, i in zip(self.src, n.inputs):  # a loop, not all(): the hot path
+                    if not p.match(i, b):
+                        return False
         if self.where is not None and not self.where(n):
             return False
         if self.name is not None:
@@ -74,6 +90,81 @@ class Pat:
                 return b[self.name] is n
             b[self.name] = n
         return True
+
+    def __or__(self, other: Pat) -> Pat:
+        return AnyOf(self, other)
+
+
+class AnyOf(Pat):
+    """The first of several alternative patterns that matches (`p | q`)."""
+
+    __slots__ = ("alternatives",)
+
+    def __init__(self, *alternatives: Pat):
+        ops = [p.ops for p in alternatives]
+        super().__init__(None if None in ops else tuple(o for os in ops for o in os))
+        self.alternatives = alternatives
+
+    def match(self, n: Node, b: dict) -> bool:
+        return _first_match((((p,), (n,)) for p in self.alternatives), b)
+
+
+def _first_match(tries, b: dict) -> bool:
+    """Match the first (patterns, nodes) pair of `tries` that matches, position by position;
+    a failed try leaves no bindings behind in `b`."""
+    for pats, nodes in tries:
+        trial = dict(b)
+        if all(p.match(i, trial) for p, i in zip(pats, nodes)):
+            b.update(trial)
+            return True
+    return False
+
+
+class _Readers:
+    """Readers of each node of the graph one `Rules` call rewrites (an appearance among the
+    outputs counts as one), counted when first asked for. A node built in place of an original
+    one (rebuilt on new inputs, or its replacement) has the original's count: its readers are
+    the original's readers, rebuilt."""
+
+    def __init__(self, outputs: list[Node]):
+        self.outputs = outputs
+        self.origin: dict[Node, Node | None] = {}  # None: stands for two originals
+        self._counts: Counter | None = None
+
+    def note(self, original: Node, new: Node) -> None:
+        if new is not original:
+            self.origin[new] = original if new not in self.origin else None
+
+    def of(self, n: Node) -> int | None:
+        """n's readers, or None when unknown (a node a replacement built, or one that merged
+        with another)."""
+        if self._counts is None:
+            counts = Counter(self.outputs)
+            for m in toposort(self.outputs):
+                counts.update(m.inputs)
+            self._counts = counts
+        o = self.origin.get(n, n)
+        if o is None or (o is not n and n in self._counts) or o not in self._counts:
+            return None
+        return self._counts[o]
+
+
+class _Active(threading.local):
+    """The graphs of this thread's active `Rules` calls, innermost last (per thread: two
+    threads compiling at once must not see each other's graph)."""
+
+    def __init__(self) -> None:
+        self.stack: list[_Readers] = []
+
+
+_READERS = _Active()
+
+
+def used_once(n: Node) -> bool:
+    """Whether `n` has exactly one reader (and is no output) in the graph being rewritten;
+    False outside a `Rules` call and for nodes whose readers are unknown."""
+    stack = _READERS.stack
+    return bool(stack) and stack[-1].of(n) == 1
 
 
 def X(name: str = "x", where=None) -> Pat:
@@ -146,14 +237,20 @@ class Rules:
         for _ in range(FIXPOINT):
             normal: set[Node] = set()  # nodes no rule rewrites
             stale = False
+            readers = _Readers(outputs)
 
             def build(n: Node, memo: dict) -> Node:
                 nonlocal stale
                 new, settled = self._settle(rebuild(n, [memo[i] for i in n.inputs]), normal)
                 stale = stale or not settled
+                readers.note(n, new)
                 return new
 
-            outputs = transform(outputs, build=build)
+            _READERS.stack.append(readers)
+            try:
+                outputs = transform(outputs, build=build)
+            finally:
+                _READERS.stack.pop()
             if not stale:
                 return outputs
         return outputs
@@ -186,3 +283,13 @@ class Rules:
 
 def rule(name: str, pattern: Pat, replace: Callable[..., Node | None]) -> Rule:
     return Rule(name, pattern, replace)
+
+
+@dataclass(frozen=True)
+class BackendRules:
+    """A backend's own rule list (backends/<name>/rules.py), which the pipeline runs after the
+    shared passes on the graph the backend lowers and, with `bodies`, on every scan body (for a
+    backend that lowers bodies like any graph)."""
+
+    rules: Rules
+    bodies: bool = True

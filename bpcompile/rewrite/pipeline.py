@@ -7,6 +7,11 @@ so users can dump it (`fn.graph("algebraic")`) and reports node counts per stage
 The pipeline is the one owner of sub-graphs: `run` and `run_forward` recurse into the body of
 every `scan` (the way PyTensor's scan inner-graph phase does), so ops trace bodies as written
 and backends lower exactly the body they are given, the one `fn.graph()` shows.
+
+A backend may bring rules of its own (`engine.BackendRules`, from its `rules.py`): `run`
+applies them with the same engine after the shared passes, as one more stage ("backend"), so
+their decisions (LLVM's GEMM accumulation, JAX's unrolled small products) show in `fn.graph`
+and `fn.stats()`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from ..ir.traverse import toposort, transform
 from ..ops.scan import Body, prune_outputs
 from .algebraic import algebraic
 from .canonicalize import canonicalize, canonicalize_forward, cse
-from .engine import counting
+from .engine import BackendRules, counting
 from .fold import fold_constants
 from .fuse import fuse
 from .scan_hoist import hoist_scans
@@ -75,8 +80,11 @@ def body_stages(outputs: list[Node], _depth: int = 0) -> list[tuple[int, Stage]]
     return rows
 
 
-def run(outputs: list[Node], passes=None, record=None) -> tuple[list[Node], list[Stage]]:
-    """Apply `passes` (names or (name, fn) pairs; default PASSES) and return (outputs, stages)."""
+def run(outputs: list[Node], passes=None, record=None,
+        backend: BackendRules | None = None) -> tuple[list[Node], list[Stage]]:
+    """Apply `passes` (names or (name, fn) pairs; default PASSES), then the `backend`'s own
+    rules whatever `passes` says (they choose how to lower, not what to compute), and return
+    (outputs, stages)."""
     table = dict(PASSES)
     unknown = [p for p in (passes or []) if isinstance(p, str) and p not in table]
     if unknown:  # checked before the lookup below, which would raise a bare KeyError
@@ -111,7 +119,23 @@ def run(outputs: list[Node], passes=None, record=None) -> tuple[list[Node], list
         last = stages[-1]  # the last stage shows what runs
         stages[-1] = _stage(last.name, simplified, last.hits)
     outputs = simplified
+    if backend is not None:
+        outputs = run_backend(outputs, backend, stages)
     return outputs, stages
+
+
+def run_backend(outputs: list[Node], backend: BackendRules, stages: list[Stage]) -> list[Node]:
+    """`backend.rules` on `outputs` (and nested scan bodies when `backend.bodies`), recorded as
+    the stage "backend": the graph the backend lowers."""
+
+    def apply(outs: list[Node]) -> list[Node]:
+        outs = backend.rules(outs)
+        return rewrite_bodies(outs, apply) if backend.bodies else outs
+
+    with counting() as hits:
+        outputs = apply(outputs)
+    stages.append(_stage("backend", outputs, hits))
+    return outputs
 
 
 def run_forward(loss: Node, hits: Counter | None = None) -> Node:

@@ -11,7 +11,9 @@ Wired into `bpcompile/cli.py` as the `train` subcommand: `add_parser(subparsers)
 
 from __future__ import annotations
 
+import argparse
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import BPError
@@ -19,7 +21,9 @@ from ..errors import BPError
 BACKENDS = ("numpy", "llvm", "jax")
 
 
-def add_parser(subparsers, parents=()):
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+               parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+    """Add the `train` subcommand's parser to the main CLI's `subparsers`."""
     from ..cli import nonneg_int, positive_float, positive_int
     from ..optim import OPTIMIZERS
 
@@ -56,7 +60,7 @@ def add_parser(subparsers, parents=()):
     return t
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     """Train; print a summary; exit 0 (errors raise BPError, reported by the main CLI)."""
     from ..optim import get
     from ..spec import load
@@ -108,7 +112,7 @@ def run(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry (`python -m bpcompile.train.cli`), same behaviour as `bpcompile train`
     (same exit codes and messages: it goes through the main CLI)."""
     import sys

@@ -75,7 +75,7 @@ def check_data(data: dict, inputs: list, bounds: dict[str, tuple[int, int]],
     return int(n)
 
 
-def cast_data(data: dict, inputs: list) -> dict:
+def cast_data(data: dict, inputs: list) -> dict[str, np.ndarray]:
     return {x.attr("name"): np.ascontiguousarray(np.asarray(data[x.attr("name")], x.dtype))
             for x in inputs}
 

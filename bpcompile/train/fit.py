@@ -12,8 +12,12 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO, Union
+
+import numpy as np
+from numpy.typing import ArrayLike
 
 from ..compiled import Function
 from ..errors import ArgumentError
@@ -38,6 +42,14 @@ from .data import DataError, cast_data, check_data, epoch_batches, load_npz, spl
 from .history import History
 from .step import TrainStep
 
+if TYPE_CHECKING:  # annotations only: spec is imported when a model is read
+    from ..spec import Model
+
+# What `fit` trains: a spec Model or a path to one, a loss node, or batch_size -> either.
+ModelLike = Union["Model", Node, str, Path, Callable[[int], Union["Model", Node]]]
+# Arrays by input name (examples on the leading axis), or an .npz path holding them.
+Data = dict[str, ArrayLike] | str | Path
+
 
 # ---- models at a batch size ------------------------------------------------------------------
 class ModelSource:
@@ -48,10 +60,11 @@ class ModelSource:
     loss` is called; a bare loss node (or a Python-file model) is usable only at its own batch.
     """
 
-    def __init__(self, model_or_loss):
+    def __init__(self, model_or_loss: ModelLike):
         from ..spec import Model
 
-        self.builder = None
+        self.builder: Callable[[int], Model] | None = None
+        self.model: Model | None
         if isinstance(model_or_loss, (str, Path)):
             from ..spec import load
 
@@ -77,7 +90,7 @@ class ModelSource:
         shapes = [x.shape for x in self.model.inputs]
         return shapes[0][0] if shapes and shapes[0] else None
 
-    def at(self, batch_size: int):
+    def at(self, batch_size: int) -> Model:
         if self.model is not None and self.batch == batch_size:
             return self.model
         if self.builder is None:
@@ -91,7 +104,7 @@ class ModelSource:
         return m
 
 
-def _as_model(x):
+def _as_model(x: object) -> Model:
     from ..spec import Model
 
     if isinstance(x, Model):
@@ -103,7 +116,7 @@ def _as_model(x):
     raise TypeError(f"expected a spec Model or a loss node, got {type(x).__name__}")
 
 
-def rebatch_toml(path: Path, batch_size: int):
+def rebatch_toml(path: str | Path, batch_size: int) -> Model:
     """Re-read a TOML spec with every input's leading (batch) axis set to `batch_size`."""
     from ..spec import from_dict
 
@@ -126,17 +139,20 @@ def rebatch_toml(path: Path, batch_size: int):
     return from_dict(doc, str(path), Path(path).stem)
 
 
-def _bounds(model) -> dict[str, tuple[int, int]]:
+def _bounds(model: Model) -> dict[str, tuple[int, int]]:
     return input_ranges(toposort([model.loss]), wrap=False)
 
 
 # ---- the loop --------------------------------------------------------------------------------
-def fit(model_or_loss, data, epochs: int = 10, batch_size: int | None = None,
-        optimizer: Optimizer | None = None, seed: int | None = None, validation=None,
-        early_stopping=None, checkpoint_dir=None, resume: bool = False, progress: bool = True,
-        backend: str = "numpy", init: dict | None = None, params=None,
+def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int | None = None,
+        optimizer: Optimizer | None = None, seed: int | None = None,
+        validation: Data | float | None = None,
+        early_stopping: int | bool | dict[str, Any] | EarlyStopping | None = None,
+        checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+        backend: str = "numpy", init: dict[str, ArrayLike] | None = None,
+        params: Sequence[Node | str] | None = None,
         diagnostics: bool = True, shuffle: bool = True, plateau: ReduceLROnPlateau | None = None,
-        log_every: int | None = None, out=None,
+        log_every: int | None = None, out: TextIO | None = None,
         callbacks: Sequence[Callback] | None = None) -> History:
     """Train with seeded shuffled minibatches; return a `History` (its `.step` holds params).
 
@@ -174,12 +190,12 @@ def fit(model_or_loss, data, epochs: int = 10, batch_size: int | None = None,
     model = src.at(batch_size)
     bounds = _bounds(model)
     n = check_data(data, model.inputs, bounds, "training data")
-    data = cast_data(data, model.inputs)
+    arrays = cast_data(data, model.inputs)
     if n < batch_size:
         raise DataError(f"training data has {n} examples, fewer than batch_size={batch_size}")
     if validation is not None:
         check_data(validation, model.inputs, bounds, "validation data")
-        validation = cast_data(validation, model.inputs)
+    held_out = cast_data(validation, model.inputs) if validation is not None else None
     optimizer = optimizer if optimizer is not None else adam(1e-3)
     step = TrainStep(model, params, optimizer, backend,
                      init=init if init is not None else model.init_params(seed),
@@ -202,7 +218,7 @@ def fit(model_or_loss, data, epochs: int = 10, batch_size: int | None = None,
     if progress and not any(isinstance(c, Progress) for c in user):
         cbs.append(Progress(out, log_every, tty=_isatty(sys.stderr)))
     stoppers = [c for c in cbs if isinstance(c, EarlyStopping)]
-    run = Run(step, hist, epochs, batch_size, "val_loss" if validation is not None else "loss",
+    run = Run(step, hist, epochs, batch_size, "val_loss" if held_out is not None else "loss",
               cbs, min_delta=stoppers[0].min_delta if stoppers else 0.0)
     for c in cbs:
         c.run = run
@@ -216,10 +232,11 @@ def fit(model_or_loss, data, epochs: int = 10, batch_size: int | None = None,
         run.batches = nb = len(batches)
         for c in cbs:
             c.on_epoch_begin(epoch)
-        total, gsum, usum, warned = 0.0, dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0), {}
+        total, gsum, usum = 0.0, dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+        warned: dict[str, str] = {}  # what a warning is about -> its first message
         t0 = time.perf_counter()
         for i, idx in enumerate(batches):
-            loss = step(**{k: v[idx] for k, v in data.items()})
+            loss = step(**{k: v[idx] for k, v in arrays.items()})
             total += loss
             if diagnostics:
                 for k in names:
@@ -231,8 +248,8 @@ def fit(model_or_loss, data, epochs: int = 10, batch_size: int | None = None,
             for hook in on_batch:
                 hook(i, loss)
         seconds = time.perf_counter() - t0
-        logs = {"loss": total / nb,
-                "val_loss": evaluator(validation) if validation is not None else None,
+        logs: dict[str, Any] = {"loss": total / nb,  # Keras-shaped: values of several types
+                "val_loss": evaluator(held_out) if held_out is not None else None,
                 "lr": step.learning_rate, "seconds": seconds,
                 "examples_per_s": nb * batch_size / max(seconds, 1e-9), "warnings": warned}
         if diagnostics:
@@ -259,7 +276,7 @@ class _Evaluator:
         self.src, self.step, self.b, self.backend = src, step, batch_size, backend
         self.rest: dict[int, Function | None] = {}
 
-    def __call__(self, data: dict) -> float:
+    def __call__(self, data: dict[str, np.ndarray]) -> float:
         n = len(next(iter(data.values())))
         total, count = 0.0, 0
         for i in range(0, n - self.b + 1, self.b):
@@ -280,7 +297,7 @@ class _Evaluator:
                             f"{self.b}, and the model cannot be rebuilt at batch size {n}")
         return total / count
 
-    def _fn(self, r: int):
+    def _fn(self, r: int) -> Function | None:
         if r not in self.rest:
             try:
                 m = self.src.at(r)

@@ -38,11 +38,13 @@ from ...errors import ArgumentError, BackendError
 from ...ir.node import Node
 from ...ir.printer import type_str
 from ...ir.traverse import toposort
+from ...rewrite.engine import BackendRules
 from ..numpy.codegen import exec_source
 from ..pysource import emit_function
 from ..signature import check_host_range, check_names, refusal
 from .lower import NAMESPACE, lower_program
 from .packing import Packer, dtype_of, shape_of, signature_of, tuple_getter
+from .rules import BACKEND_RULES
 
 STAGES = (None, "jax", "stablehlo", "hlo")
 
@@ -71,6 +73,11 @@ class JaxBackend:
     """Compiles (outputs, args) to a jitted function of the arg names (keyword arguments)."""
 
     name = "jax"
+
+    @classmethod
+    def backend_rules(cls, options: dict) -> BackendRules:
+        """rules.py's rule list (the pipeline applies it, protocol.Rewrites)."""
+        return BACKEND_RULES
 
     def __init__(
         self,

@@ -2,14 +2,14 @@
 
 `lower` (the op-for-op table) is used by `translate` (the independent JAX oracle for bp.check)
 and by scan bodies; the JAX backend's program uses `lower_program`, the same table plus a few
-entries chosen for how XLA:CPU runs them (`PROGRAM_LOWERINGS`). Those never reach the oracle,
-which jax.grad differentiates and so must keep each primitive's own derivative.
+entries chosen for how XLA:CPU runs them (`PROGRAM_LOWERINGS`: nodes the backend's rules
+marked `unroll`, rules.py, and one_hot as a scatter). Those never reach the oracle, which
+jax.grad differentiates and so must keep each primitive's own derivative.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -73,7 +73,7 @@ def _unrolled(op, x, axes, keepdims):
 
 
 def sum_unrolled(x, axes, keepdims=False):
-    """jnp.sum over a few elements per output, as additions (see SMALL_REDUCTION)."""
+    """jnp.sum over a few elements per output, as additions (see rules.SMALL_REDUCTION)."""
     return _unrolled(jnp.add, x, axes, keepdims)
 
 
@@ -83,7 +83,7 @@ def max_unrolled(x, axes, keepdims=False):
 
 
 def matmul_unrolled(a, b):
-    """a @ b as a sum of K outer products (see SMALL_MATMUL_K): elementwise ops that XLA fuses
+    """a @ b as a sum of K outer products (see rules.SMALL_MATMUL_K): elementwise ops that XLA fuses
     with the matmul's producers and consumers into one loop, where a dot is its own call."""
     k = a.shape[-1]
     terms = [a[..., :, i : i + 1] * b[..., i : i + 1, :] for i in range(k)]
@@ -138,40 +138,18 @@ PRINTER = ArrayExprPrinter("jnp", NAMESPACE)
 
 lower = dispatcher(LOWERINGS, "jax", PRINTER)
 
-# XLA:CPU (jax 0.10) hands reductions to YNNPACK, which is slow when each output reduces only a
-# few elements: a 2x2 max-pool's max over 4 took ~80 us for 4608 outputs, against ~10 us as three
-# fused jnp.maximum. Up to this many elements per output, a float sum/max in the backend's
-# program is emitted as an unrolled elementwise chain (`sum_unrolled`/`max_unrolled`).
-SMALL_REDUCTION = 8
 
-
-def _small_reduction(op: str):
+def _marked(op: str):
+    """`op`, or its unrolled form where the rule `jax.unroll_<op>` marked the node (rules.py)."""
     def lower_(n, a):
-        x, axes = n.inputs[0], n.attr("axes")
-        k = math.prod(x.shape[i] for i in axes)
-        if n.dtype in ("float32", "float64") and x.dtype == n.dtype and 1 < k <= SMALL_REDUCTION:
-            return f"{op}_unrolled({a[0]}, {tuple(axes)!r}, keepdims={n.attr('keepdims')})"
-        return LOWERINGS[op](n, a)
+        if not n.attr("unroll"):
+            return LOWERINGS[op](n, a)
+        if op == "matmul":
+            return f"matmul_unrolled({a[0]}, {a[1]})"
+        axes = tuple(n.attr("axes"))
+        return f"{op}_unrolled({a[0]}, {axes!r}, keepdims={n.attr('keepdims')})"
 
     return lower_
-
-
-# A dot is a call of its own in XLA:CPU's runtime (~0.5 us each, whatever its size), where
-# elementwise ops fuse with their neighbours into one loop. A matmul contracting over at most
-# SMALL_MATMUL_K terms, with at most SMALL_MATMUL_WORK multiply-adds in all, is emitted as a sum
-# of outer products (`matmul_unrolled`): xor's five products went from five dots to nothing
-# but fused loops (device-array call 18.7 -> 16.1 us). Contracting over 32 terms (mlp_small's
-# 32x32 layer) made XLA's fused loops slower than its dot, so the bound stays small.
-SMALL_MATMUL_K = 8
-SMALL_MATMUL_WORK = 4096
-
-
-def _small_matmul(n, a):
-    k = n.inputs[0].shape[-1]
-    if n.dtype in ("float32", "float64") and 1 <= k <= SMALL_MATMUL_K:
-        if math.prod(n.shape) * k <= SMALL_MATMUL_WORK:
-            return f"matmul_unrolled({a[0]}, {a[1]})"
-    return LOWERINGS["matmul"](n, a)
 
 
 # one_hot: jax.nn.one_hot is a compare with an iota, which XLA fuses into every consumer; as a
@@ -179,9 +157,9 @@ def _small_matmul(n, a):
 # the critical path. On mlp_mnist (XLA:CPU, both cores free) that took the program from
 # 0.83-0.96 of jax.value_and_grad's speed to 0.96-1.00 (same HLO otherwise); docs/performance.md.
 PROGRAM_LOWERINGS = {
-    "matmul": _small_matmul,
-    "sum": _small_reduction("sum"),
-    "max": _small_reduction("max"),
+    "matmul": _marked("matmul"),
+    "sum": _marked("sum"),
+    "max": _marked("max"),
     "one_hot": lambda n, a: (
         f"one_hot_scatter({a[0]}, {n.attr('n')}, {JNP_DTYPE[n.dtype]}{_wrap(n)})"
     ),

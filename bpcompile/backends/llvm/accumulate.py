@@ -1,8 +1,10 @@
 """`x + A @ B` as one step: copy x into the add's output, then GEMM with beta = 1 into it.
 
 The product gets no buffer and the result is not read and rewritten once more. This serves
-BPTT's gradient accumulations dW + hᵀδ and residual connections x + f(x) W. The decision
-(`fold_products`, at scheduling) and the emission (`lower_accumulate`) sit together here.
+BPTT's gradient accumulations dW + hᵀδ and residual connections x + f(x) W. The decision is
+the rule `llvm.accumulate_matmul` (rules.py), which marks the add `accumulate=k` (k: the
+operand that is the product, or its reshape); here the schedule reads the marks (`folds`) and
+the emitter lowers a marked add (`lower_accumulate`).
 """
 
 from __future__ import annotations
@@ -23,28 +25,33 @@ class Fold(NamedTuple):
     operand: Node  # the add's operand: the product itself or a reshape of it
 
 
-def fold_products(order: list[Node], owner: dict, viewed: dict, gemm_threshold: int) -> dict:
-    """add -> Fold for every add that qualifies: a BLAS product (or its reshape, the flattened
-    (B·M,K)@(K,N) form) whose one consumer is a same-shape add. `owner`: nodes that write an
-    output buffer; `viewed`: nodes that already have a view (arguments)."""
+MARK = "accumulate"  # the attribute of a marked add: the index of its product operand
+
+
+def folds(order: list[Node], owner: dict, gemm_threshold: int) -> dict[Node, Fold]:
+    """add -> Fold for every marked add whose mark holds in this graph: operand k is a BLAS
+    product (or its reshape) of the add's shape and dtype that nothing else reads and that
+    writes no output (`owner`: nodes that write an output buffer). The rule only marks such
+    adds; an add whose mark does not hold (a marked graph rewritten since, or scheduled with
+    another threshold) is lowered as a plain add, which computes the same."""
+    marked = [n for n in order if n.op == "add" and n.attr(MARK) is not None]
+    if not marked:
+        return {}
     users = consumers(order)
-    folds, claimed, owned = {}, set(), set(owner)
-    for n in order:
-        if n.op != "add" or n.dtype not in blas.GLOBALS or n in viewed:
-            continue
-        for m, x in (n.inputs, reversed(n.inputs)):
-            prod = m.inputs[0] if m.op == "reshape" else m
-            chain = {m, prod}
-            if (prod.op == "matmul" and m is not x and x.shape == n.shape == m.shape
-                    and x.dtype == n.dtype and not chain & (claimed | owned)
-                    and all(len(users[c]) == 1 for c in chain)
-                    # operand views are not built yet: decide on shapes, as blas.plan does
-                    and blas.plan_shape(prod.inputs[0].shape, prod.inputs[1].shape,
-                                        gemm_threshold)):
-                folds[n] = Fold(prod, x, m)
-                claimed |= chain
-                break
-    return folds
+    out = {}
+    for n in marked:
+        k = n.attr(MARK)
+        m, x = n.inputs[k], n.inputs[1 - k]
+        prod = m.inputs[0] if m.op == "reshape" else m
+        chain = (m,) if prod is m else (m, prod)
+        if (prod.op == "matmul" and m is not x and x.shape == n.shape == m.shape
+                and n.dtype in blas.GLOBALS and x.dtype == m.dtype == n.dtype
+                and all(len(users[c]) == 1 and c not in owner for c in chain)
+                # operand views are not built yet: decide on shapes, as blas.plan does
+                and blas.plan_shape(prod.inputs[0].shape, prod.inputs[1].shape,
+                                    gemm_threshold)):
+            out[n] = Fold(prod, x, m)
+    return out
 
 
 def lower_accumulate(ctx, n: Node, fold: Fold):

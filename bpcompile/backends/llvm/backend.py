@@ -25,7 +25,8 @@ from ...errors import ArgumentError
 from ...ir.node import Node
 from ...ir.printer import format_graph
 from ...ops.index import describe_site, index_range, range_error
-from . import blas, cache, jit, pycall
+from ...rewrite.engine import BackendRules
+from . import blas, cache, jit, pycall, rules
 from .codegen import Program
 from .emit import SPLIT_STEPS
 from .lower import STATUS
@@ -42,8 +43,17 @@ OPTIONS = ("gemm_threshold", "blas_threads", "copy_outputs", "fast_call", "cache
 BLAS_THREADS = "auto"
 
 
+def _gemm_threshold(options: dict) -> int:
+    return int(options.get("gemm_threshold", blas.GEMM_THRESHOLD))
+
+
 class LLVMBackend:
     name = "llvm"
+
+    @classmethod
+    def backend_rules(cls, options: dict) -> BackendRules:
+        """rules.py's rule list for these options (the pipeline applies it, protocol.Rewrites)."""
+        return rules.backend_rules(_gemm_threshold(options))
 
     def __init__(self, outputs: list[Node], args: list[Node], title: str = "", **options):
         unknown = set(options) - set(OPTIONS)
@@ -52,7 +62,7 @@ class LLVMBackend:
                             f"choose from {OPTIONS}")
         jit.init()
         self.outputs, self.args, self.title = outputs, args, title
-        self.gemm_threshold = int(options.get("gemm_threshold", blas.GEMM_THRESHOLD))
+        self.gemm_threshold = _gemm_threshold(options)
         self.copy_outputs = bool(options.get("copy_outputs", False))
         self.opt = int(options.get("opt", 3))
         t0 = time.perf_counter()

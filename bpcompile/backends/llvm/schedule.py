@@ -2,7 +2,7 @@
 
 `Schedule` walks the graph in topological order and gives every value a `View` on a `Buffer`
 (argument, output, constant, workspace; pure index movement becomes a view of its operand and
-no step), decides which products fold into their add (accumulate.py), plans BLAS calls and
+no step), folds each product into the add the rule marked (accumulate.py), plans BLAS calls and
 scan bodies, and lists the `Step`s with the buffers each writes and reads. It assigns no
 workspace offsets (memplan.py) and builds no IR (emit.py).
 """
@@ -19,7 +19,7 @@ from ...ir.node import Node
 from ...ir.traverse import toposort
 from ...ops.leaves import const_value
 from . import blas
-from .accumulate import Fold, fold_products
+from .accumulate import Fold, folds
 from .lower import VIEWS
 from .memplan import Buffer, View, contiguous
 from .scan import plan_scan
@@ -83,8 +83,7 @@ class Schedule:
         for j, o in enumerate(outputs):  # computed outputs write straight into their out buffer
             if o not in owner and o.op not in ("input", "param", "const"):
                 owner[o] = self.out_bufs[j]
-        self.accumulate: dict[Node, Fold] = fold_products(self.order, owner, self.views,
-                                                          gemm_threshold)
+        self.accumulate: dict[Node, Fold] = folds(self.order, owner, gemm_threshold)
         folded = {c for f in self.accumulate.values() for c in (f.product, f.operand)}
         ws_count = 0
         for n in self.order:
