@@ -49,6 +49,8 @@ HELPERS = ("sigmoid", "relu", "softplus")  # stable versions in each backend's n
 
 
 def dtype_name(ns: str, dtype: str) -> str:
+    if dtype == "bfloat16" and ns == "np":  # NumPy's bfloat16 is ml_dtypes' (jnp has its own)
+        return "ml_dtypes.bfloat16"
     return f"{ns}.{'bool_' if dtype == 'bool' else dtype}"
 
 

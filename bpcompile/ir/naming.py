@@ -28,6 +28,7 @@ from .node import NAMES, Node
 # every name in those namespaces is here. Plus names the emitters use as fixed identifiers.
 RUNTIME = {
     "np",
+    "ml_dtypes",
     "jnp",
     "jax",
     "lax",

@@ -6,12 +6,13 @@ theirs here with `LOWERINGS[name] = fn`; the test suite fails when an op has no 
 
 from __future__ import annotations
 
+from ...ir.dtypes import DTYPES
 from ...ops.index import describe_site
 from ..array_lowering import dispatcher, dtype_name, table
 from ..kernel_printer import ArrayExprPrinter, has_literal_branches
 
 PRINTER = ArrayExprPrinter("np")
-NP_DTYPE = {d: dtype_name("np", d) for d in ("float32", "float64", "int32", "bool")}
+NP_DTYPE = {d: dtype_name("np", d) for d in DTYPES}
 
 
 def _kernel(n, a):

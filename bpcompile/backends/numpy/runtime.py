@@ -3,8 +3,10 @@
 Most are the constant evaluator's (rewrite/evaluate.py), so folding computes what this
 backend computes."""
 
+import ml_dtypes
 import numpy as np
 
+from ...ir.dtypes import FLOATS
 from ...rewrite.evaluate import (  # noqa: F401
     _check,
     iota,
@@ -18,11 +20,14 @@ from ...rewrite.evaluate import (  # noqa: F401
 
 
 def step(x):
-    return np.where(x > 0, 1, 0).astype(np.result_type(x, np.float32))
+    # a float x keeps its dtype (float16, ml_dtypes' bfloat16 too); int/bool -> float32
+    dt = x.dtype if x.dtype.name in FLOATS else np.result_type(x, np.float32)
+    return np.where(x > 0, 1, 0).astype(dt)
 
 
 NAMESPACE = {
     "np": np,
+    "ml_dtypes": ml_dtypes,
     "sigmoid": sigmoid,
     "softplus": softplus,
     "relu": relu,
