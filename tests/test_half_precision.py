@@ -205,3 +205,16 @@ def test_spec_file_in_bfloat16(tmp_path):
     value, grads = fn(**model.example_inputs(), **model.init_params())
     assert np.asarray(value).dtype == np.dtype("bfloat16")
     assert all(g.dtype == np.dtype("bfloat16") for g in grads.values())
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_bp_check_on_a_16_bit_model(dtype):
+    """bp.check rebuilds every float in float64 for finite differences and compares the 16-bit
+    gradient with JAX's at the dtype's default tolerance."""
+    W = bp.param("W", (3, 2), dtype)
+    x = bp.input("x", (4, 3), dtype)
+    loss = bp.mean(bp.tanh(x @ W) ** 2)
+    rng = np.random.default_rng(0)
+    values = {k: rng.normal(size=s).astype(dtype) for k, s in (("W", (3, 2)), ("x", (4, 3)))}
+    report = bp.check(loss, [W], values, backend="llvm")
+    assert report.ok, str(report)
