@@ -218,3 +218,19 @@ def test_bp_check_on_a_16_bit_model(dtype):
     values = {k: rng.normal(size=s).astype(dtype) for k, s in (("W", (3, 2)), ("x", (4, 3)))}
     report = bp.check(loss, [W], values, backend="llvm")
     assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adam_trains_bfloat16_params_with_float32_state(backend):
+    """In bfloat16 b2 = 0.999 rounds to 1.0, so Adam's bias correction 1 - b2**t would be 0 and
+    the step NaN/zero: optimizer state and math run in float32, deltas round to bfloat16."""
+    W = bp.param("W", (3, 2), "bfloat16")
+    x, y = bp.input("x", (8, 3), "bfloat16"), bp.input("y", (8, 2), "bfloat16")
+    step = bp.compile_train_step(bp.mean((x @ W - y) ** 2), [W], bp.optim.adam(0.05),
+                                 backend=backend, seed=0)
+    X = np.random.default_rng(0).normal(size=(8, 3))
+    Y = X @ np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    losses = [float(step(x=X, y=Y)) for _ in range(60)]
+    assert losses[-1] < 0.05 * losses[0]
+    assert step.params["W"].dtype == np.dtype("bfloat16")
+    assert {v.dtype for v in step.opt_state.values()} == {np.dtype(np.float32)}
