@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import BackendError
+from ..ir.dtypes import is_half
 from ..ir.node import Node
 
 Lowering = Callable[[Node, list[str]], "str | tuple"]
@@ -103,7 +104,10 @@ def table(ns: str) -> dict[str, Lowering]:
                 f"{ns}.concatenate([{', '.join(a)}], axis={n.attr('axis')})"
             ),
             "slice": _slice,
-            "matmul": lambda n, a: f"{a[0]} @ {a[1]}",
+            "matmul": lambda n, a: (
+                f"({a[0]}.astype({ns}.float32) @ {a[1]}.astype({ns}.float32))"
+                f".astype({dtype_name(ns, n.dtype)})" if is_half(n.dtype)  # float32 accumulation
+                else f"{a[0]} @ {a[1]}"),
             "take": lambda n, a: f"{ns}.take({a[0]}, {a[1]}, axis={n.attr('axis')})",
         }
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DTypeError, ShapeError
-from ..ir.dtypes import DEFAULT_FLOAT, is_float, is_half
+from ..ir.dtypes import DEFAULT_FLOAT, is_float
 from ..ir.hints import TensorLike
 from ..ir.node import Node, make
 from .elementwise import cast, promoted
@@ -50,12 +50,12 @@ def _vjp(y, g, needs):
     )
 
 
-register(Op("matmul", "matmul", _infer, _vjp, "a @ b over the last two axes, batched"))
+register(Op("matmul", "matmul", _infer, _vjp,
+            "a @ b over the last two axes, batched; 16-bit operands accumulate in float32 and "
+            "the result is rounded once (every backend)"))
 
 
 def matmul2(a: Node, b: Node) -> Node:
-    if is_half(a.dtype):  # 16-bit products accumulate in float32 and round once (sgemm)
-        return cast(make("matmul", (cast(a, "float32"), cast(b, "float32"))), a.dtype)
     return make("matmul", (a, b))
 
 

@@ -13,6 +13,7 @@ import operator
 
 import numpy as np
 
+from ..ir.dtypes import is_half
 from ..ir.node import Node
 from ..ops.index import describe_site, range_error
 
@@ -120,7 +121,8 @@ EVAL = {
     "broadcast_to": lambda n, x: np.broadcast_to(x, n.shape),
     "concatenate": lambda n, *xs: np.concatenate(list(xs), axis=n.attr("axis")),
     "slice": _slice,
-    "matmul": lambda n, a, b: a @ b,
+    "matmul": lambda n, a, b: (a.astype(np.float32) @ b.astype(np.float32)).astype(a.dtype)
+    if is_half(n.dtype) else a @ b,  # 16 bits: float32 accumulation, as the backends
     "stop_gradient": lambda n, x: x,
     "pad": lambda n, x: pad(x, n.attr("lo"), n.attr("hi"), n.attr("interior")),
     "one_hot": lambda n, x: one_hot(x, n.attr("n"), _dt(n), bool(n.attr("wrap")),
