@@ -141,3 +141,12 @@ def test_strict_promotion_keeps_the_old_error():
             bp.add(a, b)
         assert (a * 2.0).dtype == "float32"  # weak scalars are still fine
         assert (a + bp.input("si", (2,), "int32")).dtype == "float32"
+
+
+def test_scalars_out_of_range():
+    i = bp.input("oi", (2,), "int32")
+    with pytest.raises(DTypeError, match="int32"):
+        i + 2**40  # never wrapped
+    h = bp.input("oh", (2,), "float16")
+    big = h * 1e6  # weak: float16, so the constant is inf (as in JAX)
+    assert big.dtype == "float16" and np.isinf(big.inputs[1].attr("value").array).all()

@@ -140,7 +140,14 @@ def const(value: ArrayLike, dtype: DTypeLike | None = None) -> Node:
             dtype = {"f": "float32", "i": "int32", "u": "int32", "b": "bool"}.get(arr.dtype.kind)
         if dtype is None:
             raise DTypeError(f"const: cannot make a constant from dtype {arr.dtype}")
-    return make("const", (), value=ConstValue(arr.astype(np_dtype(canonical(dtype)))))
+    dtype = canonical(dtype)
+    if dtype == "int32" and arr.dtype.kind in "iu" and arr.size and (
+            arr.min() < -(2**31) or arr.max() >= 2**31):  # never wrapped (JAX: OverflowError)
+        raise DTypeError(f"const: integer values in [{arr.min()}, {arr.max()}] do not fit in "
+                         "int32; use a float")
+    with np.errstate(over="ignore"):  # a scalar beyond float16's range is inf, as in JAX
+        value = arr.astype(np_dtype(dtype))
+    return make("const", (), value=ConstValue(value))
 
 
 def iota(shape: Shape, axis: int, dtype: DTypeLike = "int32") -> Node:
