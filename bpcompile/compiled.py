@@ -16,6 +16,7 @@ from .ir.node import NAMES, Node
 from .ir.printer import format_graph
 from .ir.traverse import leaves
 from .rewrite import pipeline
+from .rewrite.precision import Policy, apply_policy
 
 BACKENDS = ("numpy", "llvm", "jax")
 
@@ -159,6 +160,8 @@ class Compiled(Program):
         get_backend(backend)  # a bad backend name fails before any graph work
         stages = [pipeline._stage("forward", [self.loss])]
         forward = pipeline.run_forward(self.loss, stages[0].hits)
+        self.precision = Policy.of(options.pop("precision", None))
+        forward = apply_policy(forward, self.precision, stages[0].hits)  # before autodiff
         grads = _grad(forward, self.wrt)
         stages.append(pipeline._stage("adjoint", [forward] + list(grads)))
         self._build(
