@@ -76,3 +76,21 @@ def test_float32_policy_is_the_identity_and_bad_policies_are_refused():
         Policy(param="bfloat16", compute="bfloat16")
     with pytest.raises(DTypeError, match="compute"):
         Policy(compute="float64")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+def test_train_step_in_bfloat16_mixed_precision(backend):
+    """float32 master weights updated by gradients computed in bfloat16: the loss falls as in
+    float32, and the trajectory differs from the float32 one (bfloat16 is really used)."""
+    loss, wrt, values = _mlp()
+    data = {k: values[k] for k in ("x", "lab")}
+    runs = {}
+    for prec in (None, "bfloat16"):
+        step = bp.compile_train_step(loss, wrt, bp.optim.adam(0.02), backend=backend,
+                                     init={k: values[k] for k in ("W1", "b1", "W2")},
+                                     precision=prec)
+        runs[prec] = [float(step(**data)) for _ in range(40)]
+        assert {v.dtype for v in step.params.values()} == {np.dtype(np.float32)}
+    assert runs["bfloat16"][-1] < 0.3 * runs["bfloat16"][0]
+    assert abs(runs["bfloat16"][-1] - runs[None][-1]) < 0.05 * runs[None][0]
+    assert runs["bfloat16"] != runs[None]

@@ -33,6 +33,8 @@ from ..ops.leaves import input as _input
 from ..ops.reduce import sum_
 from ..optim import Optimizer, adam
 from ..optim.transforms import OptContext
+from ..rewrite.pipeline import run_forward
+from ..rewrite.precision import Policy, apply_policy
 
 if TYPE_CHECKING:  # annotations only (spec is imported where it is used)
     from ..spec import Model
@@ -87,6 +89,10 @@ class TrainStep:
                                         f"params: {sorted(by_name)}")
                 p = by_name[p]
             wrt.append(p)
+        # mixed precision (rewrite/precision.py): the policy pass before autodiff, as bp.compile
+        self.precision = Policy.of(options.pop("precision", None))
+        if self.precision.compute != "float32":
+            loss = apply_policy(run_forward(loss), self.precision)
         self.loss_node, self.wrt = loss, wrt
         self.param_names = [p.attr("name") for p in wrt]
         self.frozen_names = [n for n in by_name if n not in self.param_names]
