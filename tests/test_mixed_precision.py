@@ -94,3 +94,15 @@ def test_train_step_in_bfloat16_mixed_precision(backend):
     assert runs["bfloat16"][-1] < 0.3 * runs["bfloat16"][0]
     assert abs(runs["bfloat16"][-1] - runs[None][-1]) < 0.05 * runs[None][0]
     assert runs["bfloat16"] != runs[None]
+
+
+def test_function_with_a_policy():
+    x, W = bp.input("x", (4, 3)), bp.param("W", (3, 2))
+    out = {"y": bp.tanh(x @ W), "n": bp.sum(x * x)}
+    fn = bp.function(out, backend="llvm", precision="bfloat16")
+    r = np.random.default_rng(1)
+    vals = {"x": r.normal(size=(4, 3)), "W": r.normal(size=(3, 2))}
+    got, ref = fn(**vals), bp.function(out, backend="llvm")(**vals)
+    assert got["y"].dtype == np.float32 and "bf16[" in fn.graph()
+    np.testing.assert_allclose(got["y"], ref["y"], atol=4 * 2.0**-7)
+    assert not np.array_equal(got["y"], ref["y"])

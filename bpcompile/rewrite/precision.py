@@ -56,8 +56,14 @@ class Policy:
 
 def apply_policy(loss: Node, policy: Policy, hits: Counter | None = None) -> Node:
     """`loss` with its float32 ops computed in `policy.compute` (see the module docstring)."""
+    return apply_policy_all([loss], policy, hits)[0]
+
+
+def apply_policy_all(outputs: list[Node], policy: Policy,
+                     hits: Counter | None = None) -> list[Node]:
+    """Every output rewritten by the policy; float32 outputs come back in `policy.output`."""
     if policy.compute == "float32":
-        return loss
+        return outputs
     made = [0]
 
     def to(x: Node, dtype: str) -> Node:
@@ -81,8 +87,8 @@ def apply_policy(loss: Node, policy: Policy, hits: Counter | None = None) -> Nod
             attrs["dtype"] = target
         return make(n.op, ins, **attrs)
 
-    (out,) = transform([loss], build=build)
-    out = to(out, policy.output)
+    outs = [to(o, policy.output) if old.dtype == "float32" else o
+            for o, old in zip(transform(outputs, build=build), outputs)]
     if hits is not None:
         hits["precision.cast"] += made[0]
-    return out
+    return outs
