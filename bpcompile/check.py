@@ -16,12 +16,14 @@ import numpy as np
 
 from .autodiff.reverse import check_loss, check_wrt
 from .errors import ArgumentError
+from .ir.dtypes import FLOATS
 from .ir.hints import Wrt
 from .ir.node import Node
 from .ir.retype import retype
 from .ir.traverse import leaves
 
-DEFAULT_RTOL = {"float32": 2e-4, "float64": 1e-9}
+# float16/bfloat16: a few eps (2**-10, 2**-7) of a compiled gradient against JAX's own 16 bits
+DEFAULT_RTOL = {"float16": 1e-2, "bfloat16": 6e-2, "float32": 2e-4, "float64": 1e-9}
 FD_RTOL = 1e-4  # float64 FD on relu nets: kinks vs rounding leave ~1e-5 noise
 
 
@@ -122,14 +124,16 @@ def _fd_errors(loss, wrt, values, seed, samples):
     from .backends.numpy.codegen import NumpyBackend
     from .rewrite.pipeline import run_forward
 
-    loss64 = run_forward(retype([loss])[0])
-    wrt64 = retype(list(wrt))
+    loss64, wrt64 = loss, list(wrt)
+    for src in ("float16", "bfloat16", "float32"):  # every float in float64
+        loss64, *wrt64 = retype([loss64] + wrt64, src, "float64")
+    loss64 = run_forward(loss64)
     grads64 = grad(loss64, wrt64)
     args = leaves([loss64] + wrt64)
     names = [a.attr("name") for a in args]
     be = NumpyBackend([loss64] + list(grads64), args, title="float64 check")
     base = {
-        k: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
+        k: np.asarray(v, np.float64) if np.asarray(v).dtype.name in FLOATS else np.asarray(v)
         for k, v in values.items()
     }
 

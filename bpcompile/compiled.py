@@ -24,6 +24,7 @@ from .ir.node import NAMES, Node
 from .ir.printer import format_graph
 from .ir.traverse import leaves
 from .rewrite import pipeline
+from .rewrite.precision import Policy, apply_policy, apply_policy_all
 
 BACKENDS = ("numpy", "llvm", "jax")
 
@@ -168,6 +169,8 @@ class Compiled(Program):
         get_backend(backend)  # a bad backend name fails before any graph work
         stages = [pipeline._stage("forward", [self.loss])]
         forward = pipeline.run_forward(self.loss, stages[0].hits)
+        self.precision = Policy.of(options.pop("precision", None))
+        forward = apply_policy(forward, self.precision, stages[0].hits)  # before autodiff
         grads = _grad(forward, self.wrt)
         stages.append(pipeline._stage("adjoint", [forward] + list(grads)))
         self._build(
@@ -238,6 +241,8 @@ class Function(Program):
         self.signature = Signature(self.args, nodes)
         stages = [pipeline._stage("forward", nodes)]
         nodes = [pipeline.run_forward(n, stages[0].hits) if n.shape == () else n for n in nodes]
+        self.precision = Policy.of(options.pop("precision", None))
+        nodes = apply_policy_all(nodes, self.precision, stages[0].hits)
         self._build(nodes, self.names, backend, passes, options, stages, t0)
 
     def _title(self):

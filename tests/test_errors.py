@@ -16,6 +16,7 @@ from bpcompile.errors import (
     NonDifferentiableError,
     ShapeError,
 )
+from bpcompile.ir.dtypes import strict_promotion
 
 
 def raises(exc, *fragments):
@@ -86,11 +87,19 @@ def test_shape_errors_name_op_and_shapes(build, fragments):
         build()
 
 
+def _strict(build):
+    """Mixed floats promote (docs/dtypes.md); strict promotion keeps the error."""
+    with strict_promotion():
+        return build()
+
+
 DTYPE_CASES = [
-    ("add_f32_f64", lambda: bp.param("a", (2,)) + bp.param("a64", (2,), "float64"),
-     ["add", "float32", "float64"]),
-    ("matmul_f32_f64", lambda: bp.param("m", (2, 2)) @ bp.param("m64", (2, 2), "float64"),
-     ["matmul", "float32", "float64"]),
+    ("add_f32_f64",
+     lambda: _strict(lambda: bp.param("a", (2,)) + bp.param("a64", (2,), "float64")),
+     ["add", "float32", "float64", "strict"]),
+    ("matmul_f32_f64",
+     lambda: _strict(lambda: bp.param("m", (2, 2)) @ bp.param("m64", (2, 2), "float64")),
+     ["matmul", "float32", "float64", "strict"]),
     ("where_cond", lambda: bp.where(bp.param("a", (2,)), 1.0, 0.0), ["where", "bool"]),
     ("take_float_idx", lambda: bp.take(bp.param("a", (2,)), bp.input("i", (2,))),
      ["take", "int32", "float32"]),

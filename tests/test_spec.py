@@ -271,7 +271,7 @@ BAD_TOML = [
     ("no_layers", XOR.replace("[[layers]]", "[[layerz]]"), ["unknown key 'layerz'"]),
     ("top_level_typo", XOR + '\n[lossy]\nx = 1\n', ["unknown key 'lossy'", "did you mean 'loss'"]),
     ("loss_type", XOR.replace('"sum_squares"', '"hinge"'), ["[loss]", "unknown value 'hinge'"]),
-    ("model_dtype", XOR.replace('dtype = "float64"', 'dtype = "float16"'), ["[model]", "float16"]),
+    ("model_dtype", XOR.replace('dtype = "float64"', 'dtype = "int32"'), ["[model]", "int32"]),
     ("input_shape", XOR.replace("shape = [4, 2]", "shape = [4, -2]"),
      ["[[inputs]] #1", "key 'shape'", "non-negative"]),
     ("duplicate_input", XOR.replace('name = "y"', 'name = "x"'),

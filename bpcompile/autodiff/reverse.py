@@ -29,7 +29,8 @@ def check_loss(loss) -> Node:
             "reduce it with bp.sum or bp.mean"
         )
     if not is_float(loss.dtype):
-        raise GradientError(f"loss must be float32 or float64, got {loss.dtype}")
+        raise GradientError(f"loss must be a float (float16, bfloat16, float32, float64), "
+                            f"got {loss.dtype}")
     return loss
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import BackendError
+from ..ir.dtypes import is_half
 from ..ir.node import Node
 from ..ops import sympy_funcs as sf
 from ..ops.array_printer import ArrayExprPrinter, has_literal_branches
@@ -37,6 +38,8 @@ MODULE_FUNCS = ("round", "where")  # ops with no SymPy form to derive from (roun
 
 
 def dtype_name(ns: str, dtype: str) -> str:
+    if dtype == "bfloat16" and ns == "np":  # NumPy's bfloat16 is ml_dtypes' (jnp has its own)
+        return "ml_dtypes.bfloat16"
     return f"{ns}.{'bool_' if dtype == 'bool' else dtype}"
 
 
@@ -87,7 +90,10 @@ def table(ns: str) -> dict[str, Lowering]:
                 f"{ns}.concatenate([{', '.join(a)}], axis={n.attr('axis')})"
             ),
             "slice": _slice,
-            "matmul": lambda n, a: f"{a[0]} @ {a[1]}",
+            "matmul": lambda n, a: (
+                f"({a[0]}.astype({ns}.float32) @ {a[1]}.astype({ns}.float32))"
+                f".astype({dtype_name(ns, n.dtype)})" if is_half(n.dtype)  # float32 accumulation
+                else f"{a[0]} @ {a[1]}"),
             "take": lambda n, a: f"{ns}.take({a[0]}, {a[1]}, axis={n.attr('axis')})",
         }
     )

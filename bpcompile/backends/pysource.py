@@ -20,6 +20,7 @@ from ..ir.printer import type_str
 from ..ir.provenance import GRAD_OF
 from ..ir.traverse import toposort
 from ..ops.leaves import const_value
+from .array_lowering import dtype_name
 
 COMMENT_COL = 56
 # The namespace of the module being emitted: scan lowerings (pyscan.py) name their helper
@@ -130,7 +131,8 @@ def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
             and all(i.op == "const" and i.ndim == 0 for i in n.inputs)
         ):
             operands = [
-                f"{ns}.asarray({o}, {ns}.{n.inputs[k].dtype})" for k, o in enumerate(operands)
+                f"{ns}.asarray({o}, {dtype_name(ns, i.dtype)})"
+                for i, o in zip(n.inputs, operands)
             ]
         rhs = lower(n, operands)
         if getattr(rhs, "defs", None):  # module-level helpers a lowering needs (scan loops)
@@ -153,7 +155,8 @@ def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
             and n.inputs[0].op == "const"
             and n.inputs[0].ndim == 0
         ):
-            rhs = rhs.replace(operands[0], f"{ns}.asarray({operands[0]}, {ns}.{n.dtype})", 1)
+            dt = dtype_name(ns, n.dtype)
+            rhs = rhs.replace(operands[0], f"{ns}.asarray({operands[0]}, {dt})", 1)
         target = names[n]
         if n.results is not None:
             if not unused:
@@ -172,14 +175,15 @@ def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
         expr_of[n] = names[n]
     for o in outputs:  # a literal output would take the target's default float (x64: f64)
         if o.op == "const" and o.ndim == 0:
-            expr_of[o] = f"{ns}.asarray({expr_of[o]}, {ns}.{o.dtype})"
+            expr_of[o] = f"{ns}.asarray({expr_of[o]}, {dtype_name(ns, o.dtype)})"
     lines.append(
         f"    return {expr_of[outputs[0]]}, ({''.join(expr_of[o] + ', ' for o in outputs[1:])})"
     )
     header = []
     for cname, v in consts.items():
         if v.size <= 16:
-            header.append(f"{cname} = {ns}.array({v.tolist()!r}, dtype={ns}.{v.dtype.name})")
+            dt = dtype_name(ns, v.dtype.name)
+            header.append(f"{cname} = {ns}.array({v.tolist()!r}, dtype={dt})")
         else:
             header.append(
                 f"# {cname}: {v.dtype.name}{list(v.shape)} constant, passed in at exec time"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ArgumentError
+from ..ir.dtypes import FLOATS, np_dtype
 from ..ir.node import Node
 from ..ir.printer import type_str
 from ..ir.traverse import toposort
@@ -26,6 +27,11 @@ from ..ops.index import input_ranges
 _KIND_NAMES = {"f": "float", "i": "int", "u": "unsigned int", "b": "bool", "c": "complex",
                "O": "object", "U": "string", "S": "bytes", "M": "datetime", "m": "timedelta",
                "V": "void"}
+
+
+def np_name(dtype: str) -> str:
+    """How a user names the NumPy type of an IR dtype."""
+    return "ml_dtypes.bfloat16" if dtype == "bfloat16" else f"np.{dtype}"
 
 
 def refusal(name: str, node: Node, dtype, python_data: bool = False) -> str | None:
@@ -38,16 +44,23 @@ def refusal(name: str, node: Node, dtype, python_data: bool = False) -> str | No
     void are refused. int -> int32 is then range-checked (never wrapped).
     """
     dt = np.dtype(dtype)
-    if dt.kind in "biuf" and np.can_cast(dt, np.dtype(node.dtype), "same_kind"):
+    kind, want = _kind(dt), _kind(np_dtype(node.dtype))
+    rank = {"b": 0, "i": 1, "u": 1, "f": 2}  # same_kind for real numbers: bool < int < float
+    if kind in rank and rank[kind] <= rank[want]:
         return None
-    got = f"dtype {dt} ({_KIND_NAMES.get(dt.kind, dt.kind)})"
+    got = f"dtype {dt} ({_KIND_NAMES.get(kind, kind)})"
     if python_data:
         got = f"Python data that NumPy reads as {dt}"
     return (
         f"argument {name!r}: expected dtype {node.dtype} (shape {node.shape}), got {got}, "
         f"which NumPy's same_kind casting does not convert; convert it explicitly "
-        f"(e.g. .astype(np.{node.dtype})) if that is meant"
+        f"(e.g. .astype({np_name(node.dtype)})) if that is meant"
     )
+
+
+def _kind(dt: np.dtype) -> str:
+    """NumPy's kind letter, with ml_dtypes' bfloat16 (kind 'V') counted as a float."""
+    return "f" if dt.name in FLOATS else dt.kind
 
 
 def _python_data(value) -> bool:
@@ -60,7 +73,7 @@ class Signature:
         self.args = args
         self.names = [a.attr("name") for a in args]
         self.by_name = {a.attr("name"): a for a in args}
-        self.dtypes = [np.dtype(a.dtype) for a in args]
+        self.dtypes = [np_dtype(a.dtype) for a in args]
         # index ranges: input name -> (lo, hi), the valid [lo, hi) of the take/one_hot it feeds
         self.bounds: dict[str, tuple[int, int]] = input_ranges(toposort(graph_outputs))
 
@@ -107,7 +120,7 @@ class Signature:
         """`value` as the array the compiled code reads for `name`: the declared dtype in
         native byte order, C-contiguous and aligned (a copy only when one of these differs)."""
         node = self.by_name[name]
-        want = np.dtype(node.dtype)
+        want = np_dtype(node.dtype)
         weak = _python_data(value)
         try:
             arr = np.asarray(value)

@@ -30,6 +30,7 @@ from .node import NAMES, Node
 # reserves each with `reserve` where it defines the class.
 RUNTIME = {
     "np",
+    "ml_dtypes",
     "jnp",
     "jax",
     "lax",

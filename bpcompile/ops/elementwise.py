@@ -6,14 +6,13 @@ cotangents in the broadcast output shape; the reverse sweep un-broadcasts them.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 
 import numpy as np
 import sympy as sp
 
 from ..errors import DTypeError, ShapeError
-from ..ir.dtypes import canonical, is_float
+from ..ir.dtypes import DEFAULT_FLOAT, canonical, is_float, promote_types, weak_type
 from ..ir.hints import DTypeLike, TensorLike
 from ..ir.node import Node, make
 from . import sympy_funcs as sf
@@ -25,22 +24,28 @@ from .registry import Op, register, unregister
 
 
 def as_node(x: TensorLike, like: Node | None = None) -> Node:
-    """Turn a Python/numpy scalar or array into a const; scalars take `like`'s dtype (weak type)."""
+    """Turn a Python/NumPy scalar or array into a const. A scalar is weakly typed: next to
+    `like` it takes the promoted dtype (ir/dtypes.promote_types), so 2.0 * x keeps x's dtype;
+    an array keeps its own dtype."""
     if isinstance(x, Node):
         return x
-    if isinstance(x, (bool, np.bool_)):
+    w = weak_type(x)
+    if w == "bool":
         return const(x, "bool")
-    if isinstance(x, (numbers.Number, np.generic)):
-        if like is not None and (is_float(like.dtype) or isinstance(x, numbers.Integral)):
-            if like.dtype == "bool" or (like.dtype == "int32" and not float(x).is_integer()):
-                return const(x, "float32")
-            return const(x, like.dtype)
-        return const(x)
+    if w is not None:
+        return const(x, promote_types(like.dtype, w)) if like is not None else const(x)
     if isinstance(x, np.ndarray):
-        if like is not None and is_float(like.dtype) and x.dtype.kind in "fiu":
-            return const(x, like.dtype)
         return const(x)
     raise DTypeError(f"cannot use {type(x).__name__} as a tensor operand")
+
+
+def promoted(op: str, *xs: TensorLike) -> list[Node]:
+    """The operands as nodes of one dtype, the promotion of theirs (Python scalars weak), with
+    casts inserted where a node's dtype differs, so backends see same-dtype operands."""
+    types = [x.dtype if isinstance(x, Node) else weak_type(x) or as_node(x).dtype for x in xs]
+    dt = promote_types(*types, op=op)
+    return [cast(x, dt) if isinstance(x, Node) else const(x, dt) if weak_type(x) else
+            cast(as_node(x), dt) for x in xs]
 
 
 def _broadcast(op: str, shapes):
@@ -159,7 +164,7 @@ for _name, (_vjp, _sym, _doc) in list(UNARY.items()):
 def unary(op: str, x: TensorLike) -> Node:
     x = as_node(x)
     if x.dtype in ("int32", "bool") and op not in ("neg", "abs", "sign"):
-        x = cast(x, "float32")
+        x = cast(x, DEFAULT_FLOAT)
     return make(op, (x,))
 
 
@@ -250,23 +255,10 @@ for _name, (_vjp, _sym, _doc) in list(BINARY.items()):
     define_binary(_name, _vjp, _sym, _doc)
 
 
-def _operands(a: TensorLike, b: TensorLike) -> tuple[Node, Node]:
-    if not isinstance(a, Node) and isinstance(b, Node):
-        a = as_node(a, b)
-    a = as_node(a)
-    return a, as_node(b, a)
-
-
 def binary(op: str, a: TensorLike, b: TensorLike) -> Node:
-    a, b = _operands(a, b)
-    if a.dtype != b.dtype:
-        # int/bool operands next to floats are promoted; two different floats are an error.
-        if is_float(a.dtype) and not is_float(b.dtype):
-            b = cast(b, a.dtype)
-        elif is_float(b.dtype) and not is_float(a.dtype):
-            a = cast(a, b.dtype)
+    a, b = promoted(op, a, b)
     if op in ("div", "pow") and not is_float(a.dtype):
-        a, b = cast(a, "float32"), cast(b, "float32")
+        a, b = cast(a, DEFAULT_FLOAT), cast(b, DEFAULT_FLOAT)
     return make(op, (a, b))
 
 
@@ -332,10 +324,7 @@ for _name, (_sym, _doc) in COMPARE.items():
 
 
 def compare(op: str, a: TensorLike, b: TensorLike) -> Node:
-    a, b = _operands(a, b)
-    if a.dtype != b.dtype and (is_float(a.dtype) or is_float(b.dtype)):
-        a, b = (a, cast(b, a.dtype)) if is_float(a.dtype) else (cast(a, b.dtype), b)
-    return make(op, (a, b))
+    return make(op, tuple(promoted(op, a, b)))
 
 
 def lt(a: TensorLike, b: TensorLike) -> Node:
@@ -395,15 +384,7 @@ def where(c: TensorLike, a: TensorLike, b: TensorLike) -> Node:
     c = as_node(c)
     if c.dtype != "bool":
         raise DTypeError(f"where: condition must be bool, got {c.dtype}{list(c.shape)}")
-    if not isinstance(a, Node) and isinstance(b, Node):
-        a = as_node(a, b)
-    a = as_node(a)
-    b = as_node(b, a)
-    if a.dtype != b.dtype:
-        if is_float(a.dtype) and not is_float(b.dtype):
-            b = cast(b, a.dtype)
-        elif is_float(b.dtype) and not is_float(a.dtype):
-            a = cast(a, b.dtype)
+    a, b = promoted("where", a, b)
     return make("where", (c, a, b))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import DeclarationError, DTypeError, ShapeError
-from ..ir.dtypes import canonical
+from ..ir.dtypes import FLOATS, canonical, np_dtype
 from ..ir.hints import DTypeLike, Shape
 from ..ir.node import ConstValue, Node, make, next_serial
 from .registry import Op, register
@@ -123,20 +123,31 @@ def input(name: str, shape: Shape, dtype: DTypeLike = "float32") -> Node:  # noq
 def param(name: str, shape: Shape, dtype: DTypeLike = "float32") -> Node:
     """Declare a named trainable parameter."""
     node = _named("param", name, shape, dtype)
-    if node.dtype not in ("float32", "float64"):
-        raise DTypeError(f"param {name!r}: dtype must be float32 or float64, got {node.dtype}")
+    if node.dtype not in FLOATS:
+        raise DTypeError(f"param {name!r}: dtype must be one of {FLOATS}, got {node.dtype}")
     return node
 
 
 def const(value: ArrayLike, dtype: DTypeLike | None = None) -> Node:
-    """A constant. Python floats default to float32, ints to int32, bools to bool."""
+    """A constant. A NumPy array or scalar of a float dtype keeps it (np.float64 data stays
+    float64, as in NumPy and JAX); Python floats and lists default to float32, integers to
+    int32, bools to bool."""
     arr = np.asarray(value)
     if dtype is None:
-        kind = arr.dtype.kind
-        dtype = {"f": "float32", "i": "int32", "u": "int32", "b": "bool"}.get(kind)
+        if isinstance(value, (np.ndarray, np.generic)) and arr.dtype.name in FLOATS:
+            dtype = arr.dtype.name
+        else:
+            dtype = {"f": "float32", "i": "int32", "u": "int32", "b": "bool"}.get(arr.dtype.kind)
         if dtype is None:
             raise DTypeError(f"const: cannot make a constant from dtype {arr.dtype}")
-    return make("const", (), value=ConstValue(arr.astype(canonical(dtype))))
+    dtype = canonical(dtype)
+    if dtype == "int32" and arr.dtype.kind in "iu" and arr.size and (
+            arr.min() < -(2**31) or arr.max() >= 2**31):  # never wrapped (JAX: OverflowError)
+        raise DTypeError(f"const: integer values in [{arr.min()}, {arr.max()}] do not fit in "
+                         "int32; use a float")
+    with np.errstate(over="ignore"):  # a scalar beyond float16's range is inf, as in JAX
+        value = arr.astype(np_dtype(dtype))
+    return make("const", (), value=ConstValue(value))
 
 
 def iota(shape: Shape, axis: int, dtype: DTypeLike = "int32") -> Node:

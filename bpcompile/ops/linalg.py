@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DTypeError, ShapeError
-from ..ir.dtypes import is_float
+from ..ir.dtypes import DEFAULT_FLOAT, is_float
 from ..ir.hints import TensorLike
 from ..ir.node import Node, make
-from .elementwise import as_node, cast
+from .elementwise import cast, promoted
 from .movement import reshape, swap_last
 from .registry import Op, register
 
@@ -50,7 +50,9 @@ def _vjp(y, g, needs):
     )
 
 
-register(Op("matmul", "matmul", _infer, _vjp, "a @ b over the last two axes, batched"))
+register(Op("matmul", "matmul", _infer, _vjp,
+            "a @ b over the last two axes, batched; 16-bit operands accumulate in float32 and "
+            "the result is rounded once (every backend)"))
 
 
 def matmul2(a: Node, b: Node) -> Node:
@@ -59,11 +61,9 @@ def matmul2(a: Node, b: Node) -> Node:
 
 def matmul(a: TensorLike, b: TensorLike) -> Node:
     """numpy.matmul semantics, including 1-d operands (promoted, then squeezed)."""
-    a, b = as_node(a), as_node(b)
-    if not is_float(a.dtype):
-        a = cast(a, b.dtype if is_float(b.dtype) else "float32")
-    if not is_float(b.dtype):
-        b = cast(b, a.dtype)
+    a, b = promoted("matmul", a, b)
+    if not is_float(a.dtype):  # integer products run in the default float
+        a, b = cast(a, DEFAULT_FLOAT), cast(b, DEFAULT_FLOAT)
     if a.ndim == 0 or b.ndim == 0:
         raise ShapeError(f"matmul: scalar operand ({a.shape} @ {b.shape}); use * instead")
     va, vb = a.ndim == 1, b.ndim == 1

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..ir.hints import Shape, TensorLike
 from ..ir.node import Node, make
-from .elementwise import as_node
+from .elementwise import as_node, promoted
 from .leaves import static_shape
 from .registry import Op, register
 
@@ -168,9 +168,10 @@ register(Op("concatenate", "movement", _infer_concat, _vjp_concat, "join along a
 
 
 def concatenate(xs: Sequence[TensorLike], axis: int = 0) -> Node:
-    nodes = [as_node(x) for x in xs]
-    if not nodes:
+    xs = list(xs)
+    if not xs:
         raise ShapeError("concatenate: needs at least one operand")
+    nodes = promoted("concatenate", *xs)  # one dtype, as jnp.concatenate
     if not -nodes[0].ndim <= axis < nodes[0].ndim:
         raise ShapeError(f"concatenate: axis {axis} out of range for shape {nodes[0].shape}")
     if len(nodes) == 1:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ShapeError
-from ..ir.dtypes import is_float
+from ..ir.dtypes import DEFAULT_FLOAT, is_float, is_half
 from ..ir.hints import Axis, TensorLike
 from ..ir.node import Node, make
 from .elementwise import as_node, cast, div, eq, mul
@@ -89,6 +89,9 @@ def sum_(x: TensorLike, axes: Axis = None, keepdims: bool = False) -> Node:
     axes = normalize_axes("sum", axes, x.ndim)
     if not axes and not keepdims:
         return x
+    if is_half(x.dtype):  # 16-bit sums accumulate in float32, rounded once (as jnp.sum)
+        return cast(make("sum", (cast(x, "float32"),), axes=axes, keepdims=bool(keepdims)),
+                    x.dtype)
     return make("sum", (x,), axes=axes, keepdims=bool(keepdims))
 
 
@@ -103,7 +106,7 @@ def max_(x: TensorLike, axes: Axis = None, keepdims: bool = False) -> Node:
 def mean(x: TensorLike, axes: Axis = None, keepdims: bool = False) -> Node:
     x = as_node(x)
     if not is_float(x.dtype):
-        x = cast(x, "float32")
+        x = cast(x, DEFAULT_FLOAT)
     ax = normalize_axes("mean", axes, x.ndim)
     n = 1
     for a in ax:

@@ -596,6 +596,10 @@ def _capture(outs, params: set, scope: int, taken: set):
             continue
         if any(i in dep for i in n.inputs):
             dep.add(n)
+        elif n.op == "cast" and n.inputs[0] not in constant:
+            # capture x, not cast(x): a captured const's gradient accumulates in x's dtype
+            # (the f32 copy of a bfloat16 weight is made inside; scan_hoist lifts it again)
+            dep.add(n)
         elif n.op in ("const", "iota") or (n.inputs and all(i in constant for i in n.inputs)):
             constant.add(n)
     free = []

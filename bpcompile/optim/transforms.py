@@ -17,6 +17,7 @@ from typing import cast as cast_type
 
 import numpy as np
 
+from ..ir.dtypes import is_half
 from ..ir.node import Node
 from ..ops.elementwise import (
     add,
@@ -46,6 +47,16 @@ class OptContext:
 
     count: Node  # float scalar: number of updates applied before this one (0 first)
     lr_scale: Node  # float scalar: host-side multiplier (ReduceLROnPlateau), 1.0 by default
+
+
+def _wide(x: Node) -> Node:
+    """A 16-bit float tensor as float32, the dtype optimizer math runs in for it."""
+    return cast(x, "float32") if is_half(x.dtype) else x
+
+
+def _compute_array(p) -> np.ndarray:
+    p = np.asarray(p)
+    return p.astype(np.float32) if is_half(p.dtype.name) else p
 
 
 def _c(value: float, like: Node) -> Node:
@@ -260,7 +271,7 @@ class Optimizer:
         for i, t in enumerate(self.transforms):
             for s in t.slots:
                 for k, p in params.items():
-                    out[f"{names[(i, s)]}_{k}"] = t.init_slot(s, np.asarray(p))
+                    out[f"{names[(i, s)]}_{k}"] = t.init_slot(s, _compute_array(p))
         return out
 
     def state_keys(self, param_names: Iterable[str]) -> list[str]:
@@ -278,14 +289,18 @@ class Optimizer:
                 ctx: OptContext) -> tuple[Nodes, Nodes]:
         """Graph nodes for (param deltas, new state): new param = param + delta."""
         names = self._slot_names()
-        updates, new_state = dict(grads), {}
+        # 16-bit params: state and update math in float32 (0.999 is 1.0 in bfloat16, Adam's
+        # second moment underflows in float16); the delta is rounded to the param's dtype
+        low = {k: p.dtype for k, p in params.items() if is_half(p.dtype)}
+        updates, new_state = {k: _wide(g) for k, g in grads.items()}, {}
+        params = {k: _wide(p) for k, p in params.items()}
         for i, t in enumerate(self.transforms):
             sub_state = {s: {k: state[f"{names[(i, s)]}_{k}"] for k in params} for s in t.slots}
             updates, ns = t.apply(updates, sub_state, params, ctx)
             for s, per in ns.items():
                 for k, v in per.items():
                     new_state[f"{names[(i, s)]}_{k}"] = v
-        return updates, new_state
+        return {k: cast(u, low[k]) if k in low else u for k, u in updates.items()}, new_state
 
     def __repr__(self):
         hp = ", ".join(f"{k}={v!r}" for k, v in self.hyper.items())

@@ -15,6 +15,7 @@ import operator
 
 import numpy as np
 
+from ..ir.dtypes import FLOATS, is_half
 from ..ir.node import Node
 from ..ops import sympy_funcs as sf
 from ..ops.array_printer import ArrayExprPrinter, has_literal_branches
@@ -36,7 +37,9 @@ def relu(x):
 
 
 def step(x):
-    return np.where(x > 0, 1, 0).astype(np.result_type(x, np.float32))
+    # a float x keeps its dtype (float16, ml_dtypes' bfloat16 too); int/bool -> float32
+    dt = x.dtype if x.dtype.name in FLOATS else np.result_type(x, np.float32)
+    return np.where(x > 0, 1, 0).astype(dt)
 
 
 # What printed SymPy forms may call: NumPy and the stable helpers (ops/sympy_funcs.py's
@@ -129,7 +132,8 @@ EVAL = {
     "broadcast_to": lambda n, x: np.broadcast_to(x, n.shape),
     "concatenate": lambda n, *xs: np.concatenate(list(xs), axis=n.attr("axis")),
     "slice": _slice,
-    "matmul": lambda n, a, b: a @ b,
+    "matmul": lambda n, a, b: (a.astype(np.float32) @ b.astype(np.float32)).astype(a.dtype)
+    if is_half(n.dtype) else a @ b,  # 16 bits: float32 accumulation, as the backends
     "stop_gradient": lambda n, x: x,
     "pad": lambda n, x: pad(x, n.attr("lo"), n.attr("hi"), n.attr("interior")),
     "one_hot": lambda n, x: one_hot(x, n.attr("n"), _dt(n), bool(n.attr("wrap")),

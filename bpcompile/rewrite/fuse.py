@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from ..ir.dtypes import is_float
+from ..ir.dtypes import is_float, is_half
 from ..ir.node import NAMES, Node, rebuild
 from ..ir.traverse import consumers, toposort, transform
 from ..ops import sympy_funcs as sf
@@ -32,8 +32,9 @@ def fusable(n: Node) -> bool:
         return True
     if get_op(n.op).kind != "elementwise":
         return False
-    if n.op == "cast":
-        return is_float(n.dtype)  # int/bool -> float, float -> float
+    if n.op == "cast":  # int/bool -> float, float -> float; a cast to or from a 16-bit
+        # float stays its own op: inside a body it would be the identity and skip the rounding
+        return is_float(n.dtype) and not (is_half(n.dtype) or is_half(n.inputs[0].dtype))
     if n.op in COMPARISONS:
         return True
     return is_float(n.dtype) and get_op(n.op).sympy is not None

@@ -25,6 +25,7 @@ from ..backends.signature import check_host_range
 from ..compiled import Function
 from ..compiled import grad as _grad
 from ..errors import ArgumentError, BPError
+from ..ir.dtypes import is_half
 from ..ir.node import Node
 from ..ir.traverse import leaves, toposort
 from ..ops.elementwise import add, as_node, div, mul, unary
@@ -32,6 +33,8 @@ from ..ops.leaves import input as _input
 from ..ops.reduce import sum_
 from ..optim import Optimizer, adam
 from ..optim.transforms import OptContext
+from ..rewrite.pipeline import run_forward
+from ..rewrite.precision import Policy, apply_policy
 
 if TYPE_CHECKING:  # annotations only (spec is imported where it is used)
     from ..spec import Model
@@ -86,6 +89,10 @@ class TrainStep:
                                         f"params: {sorted(by_name)}")
                 p = by_name[p]
             wrt.append(p)
+        # mixed precision (rewrite/precision.py): the policy pass before autodiff, as bp.compile
+        self.precision = Policy.of(options.pop("precision", None))
+        if self.precision.compute != "float32":
+            loss = apply_policy(run_forward(loss), self.precision)
         self.loss_node, self.wrt = loss, wrt
         self.param_names = [p.attr("name") for p in wrt]
         self.frozen_names = [n for n in by_name if n not in self.param_names]
@@ -136,7 +143,7 @@ class TrainStep:
         self._arg_names = list(self.fn.signature.names)
         self._outs = self.fn.names
         self._eval = None
-        dt = np.dtype(self.wrt[0].dtype)
+        dt = np.dtype(_count_dtype(self.wrt))
         self._scalars = {"step": np.zeros((), dt), "lr_scale": np.ones((), dt)}
         self._step_arr, self._scale_arr = self._scalars["step"], self._scalars["lr_scale"]
         self._input_set = set(self.input_names)
@@ -153,7 +160,7 @@ class TrainStep:
 
     # ---- graph construction --------------------------------------------------------------------
     def _graph(self, state0: dict) -> dict:
-        dt = self.wrt[0].dtype
+        dt = _count_dtype(self.wrt)
         ctx = OptContext(count=_input("step", (), dt), lr_scale=_input("lr_scale", (), dt))
         grads = _grad(self.loss_node, self.wrt)
         pnodes = {p.attr("name"): p for p in self.wrt}
@@ -424,6 +431,13 @@ def compile_train_step(loss: Node | Model, params: Sequence[Node | str] | None =
     model's init or Glorot weights / zero biases from `seed`), `diagnostics`, `check_finite`.
     """
     return TrainStep(loss, params, optimizer, backend, **kw)
+
+
+def _count_dtype(wrt) -> str:
+    """The dtype of the step count and lr scale: the first param's, but float32 for 16-bit
+    params (bfloat16 counts exactly only to 256; the optimizer math is float32 there)."""
+    dt = wrt[0].dtype
+    return "float32" if is_half(dt) else dt
 
 
 class _PingPong:

@@ -14,11 +14,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from ...ir.dtypes import DTYPES
 from ...ops.array_printer import ArrayExprPrinter, has_literal_branches
 from ..array_lowering import dispatcher, dtype_name, table
 from ..array_lowering import lowered_ops as _lowered_ops
 
-JNP_DTYPE = {d: dtype_name("jnp", d) for d in ("float32", "float64", "int32", "bool")}
+JNP_DTYPE = {d: dtype_name("jnp", d) for d in DTYPES}
 
 
 def _pad(n, a):

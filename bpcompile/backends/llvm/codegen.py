@@ -18,6 +18,7 @@ from ...ops.index import input_ranges
 from .emit import MAX_SPLIT_ARGS, SPLIT_STEPS, Context, emit, refuse_too_large
 from .memplan import MemoryPlan, liveness, plan
 from .schedule import Schedule
+from .widen import widen_half_matmuls
 
 __all__ = ["MAX_SPLIT_ARGS", "SPLIT_STEPS", "Context", "Program"]
 
@@ -28,6 +29,7 @@ class Program(Schedule):
     def __init__(self, outputs: list[Node], args: list[Node], gemm_threshold: int,
                  blas_threads: int | str | None = None, checked_args: bool = True,
                  index_status: bool = True):
+        outputs = widen_half_matmuls(outputs)  # 16-bit products accumulate in float32
         order = toposort(outputs)
         nodes = sum(n.op not in ("input", "param", "const") for n in order)
         if nodes * (len(args) + len(outputs) + 1) > 2 * MAX_SPLIT_ARGS:  # far past: fail fast

@@ -15,10 +15,11 @@ import numpy as np
 from llvmlite import ir
 
 from ...errors import BackendError
+from ...ir.dtypes import is_float, is_half
 from ...ir.node import Node
 from . import blas
 from .accumulate import lower_accumulate
-from .loops import I32, I64, PTR, VOID, Emitter, ir_type
+from .loops import I16, I32, I64, PTR, VOID, Emitter, mem_type, narrow, widen
 from .lower import copy, lower
 from .memplan import Buffer, View
 from .schedule import Schedule, Step
@@ -59,14 +60,22 @@ class Context:
         return p
 
     def load(self, v: View, strides, idx) -> ir.Value:
-        ty = ir_type(v.dtype)
-        return self.tag(self.em.b.load(self.em.addr(self.ptr(v.buf), v.offset, strides, idx, ty),
-                                       typ=ty), v.buf)
+        """The element of `v` at `idx` as a register value (16-bit floats widened)."""
+        return self.load_at(self.em.addr(self.ptr(v.buf), v.offset, strides, idx,
+                                         mem_type(v.dtype)), v.buf, v.dtype)
 
     def store(self, v: View, strides, idx, value: ir.Value):
-        ty = ir_type(v.dtype)
-        self.tag(self.em.b.store(value, self.em.addr(self.ptr(v.buf), v.offset, strides, idx, ty)),
-                 v.buf)
+        """Store a register value (rounded to nearest-even for 16-bit floats)."""
+        self.store_at(value, self.em.addr(self.ptr(v.buf), v.offset, strides, idx,
+                                          mem_type(v.dtype)), v.buf, v.dtype)
+
+    def load_at(self, ptr: ir.Value, buf: Buffer, dtype: str) -> ir.Value:
+        b = self.em.b
+        return widen(b, self.tag(b.load(ptr, typ=mem_type(dtype)), buf), dtype)
+
+    def store_at(self, value: ir.Value, ptr: ir.Value, buf: Buffer, dtype: str):
+        b = self.em.b
+        self.tag(b.store(narrow(b, value, dtype), ptr), buf)
 
     def tag(self, instr, buf: Buffer):
         """Attach scoped-noalias metadata to a load/store of a workspace buffer.
@@ -219,12 +228,15 @@ def _ident(label: str) -> str:
 
 
 def _const_global(module: ir.Module, buf: Buffer, arr: np.ndarray) -> ir.GlobalVariable:
-    ty = ir_type(buf.dtype)
+    ty = mem_type(buf.dtype)
     flat = arr.reshape(-1)
     if buf.dtype == "bool":
         flat = flat.astype(np.int8)
+    if is_half(buf.dtype):  # 16-bit floats as their bit patterns (pointers are untyped)
+        ty, flat = I16, flat.view(np.uint16)
     arr_ty = ir.ArrayType(ty, max(flat.size, 1))
-    vals = [float(v) if buf.dtype in ("float32", "float64") else int(v) for v in flat] or [0]
+    vals = [float(v) if is_float(buf.dtype) and not is_half(buf.dtype) else int(v)
+            for v in flat] or [0]
     g = ir.GlobalVariable(module, arr_ty, module.get_unique_name(f"const_{_ident(buf.label)}"))
     g.global_constant = True
     g.linkage = "private"

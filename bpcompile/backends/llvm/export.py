@@ -26,7 +26,9 @@ from . import jit
 from .codegen import Program
 from .loops import I32, PTR
 
-C_TYPES = {"float32": "float", "float64": "double", "int32": "int32_t", "bool": "uint8_t"}
+C_TYPES = {"float32": "float", "float64": "double", "int32": "int32_t", "bool": "uint8_t",
+           "float16": "uint16_t", "bfloat16": "uint16_t"}  # 16-bit floats as their bits (C
+# has no portable half type); each parameter's comment names its dtype
 # Names a header parameter must not take: C and C++ keywords (the header is extern "C" for
 # C++ too), the types, macros and functions it uses or declares (the model's own are added).
 C_RESERVED = set("""

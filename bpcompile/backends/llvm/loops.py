@@ -15,13 +15,48 @@ F32, F64 = ir.FloatType(), ir.DoubleType()
 PTR = ir.PointerType()
 VOID = ir.VoidType()
 
-IR_TYPE = {"float32": F32, "float64": F64, "int32": I32, "bool": I8}
+HALF, I16 = ir.HalfType(), ir.IntType(16)
+
+# Register types: 16-bit floats compute in float32 registers and are rounded on store.
+IR_TYPE = {"float16": F32, "bfloat16": F32, "float32": F32, "float64": F64, "int32": I32,
+           "bool": I8}
+# Storage types: LLVM's `half` for float16; llvmlite has no `bfloat`, so bfloat16 is i16 bits
+MEM_TYPE = {**IR_TYPE, "float16": HALF, "bfloat16": I16}
 # fast-math flags for reductions only: reassociation lets LLVM vectorise the accumulation
 REDUCE_FLAGS = ("reassoc", "contract")
 
 
 def ir_type(dtype: str) -> ir.Type:
+    """The type a value of `dtype` has in registers."""
     return IR_TYPE[dtype]
+
+
+def mem_type(dtype: str) -> ir.Type:
+    """The type an element of `dtype` has in memory (addressing, loads, stores)."""
+    return MEM_TYPE[dtype]
+
+
+def widen(b: ir.IRBuilder, v: ir.Value, dtype: str) -> ir.Value:
+    """A loaded element as its register value: 16-bit floats become float32 (exactly)."""
+    if dtype == "float16":
+        return b.fpext(v, F32)
+    if dtype == "bfloat16":  # bfloat16 is the high half of a float32
+        return b.bitcast(b.shl(b.zext(v, I32), ir.Constant(I32, 16)), F32)
+    return v
+
+
+def narrow(b: ir.IRBuilder, v: ir.Value, dtype: str) -> ir.Value:
+    """A register value as the element stored: float32 rounded to nearest-even for 16 bits
+    (fptrunc for half; for bfloat16 the integer form of RNE, quieting NaNs), else as is."""
+    if dtype == "float16":
+        return b.fptrunc(v, HALF)
+    if dtype == "bfloat16":
+        bits = b.bitcast(v, I32)
+        lsb = b.and_(b.lshr(bits, ir.Constant(I32, 16)), ir.Constant(I32, 1))
+        rounded = b.lshr(b.add(b.add(bits, ir.Constant(I32, 0x7FFF)), lsb), ir.Constant(I32, 16))
+        nan = b.or_(b.lshr(bits, ir.Constant(I32, 16)), ir.Constant(I32, 0x40))
+        return b.trunc(b.select(b.fcmp_unordered("uno", v, v), nan, rounded), I16)
+    return v
 
 
 def i64(v: int) -> ir.Constant:

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from llvmlite import ir
 
 from ...errors import BackendError
+from ...ir.dtypes import is_float, is_half
 from ...ir.node import Node
 from ...ops import sympy_funcs as sf
 from ...ops.registry import all_ops, get_op
 from . import blas
 from .kernels import KernelPrinter
-from .loops import F32, F64, I8, I32, REDUCE_FLAGS, fconst, i64, ir_type
+from .loops import F32, F64, HALF, I8, I32, REDUCE_FLAGS, fconst, i64, ir_type, mem_type
 from .memplan import View, contiguous_strides
 
 LOWERINGS: dict[str, Callable] = {}
@@ -153,7 +154,7 @@ def _int_scalar(ctx, op: str, ty):
 
 def _arith(ctx, n: Node):
     ty = ir_type(n.dtype)
-    scalar = (_float_scalar if n.dtype in ("float32", "float64") else _int_scalar)(ctx, n.op, ty)
+    scalar = (_float_scalar if is_float(n.dtype) else _int_scalar)(ctx, n.op, ty)
     elementwise(ctx, n, [ctx.view(i) for i in n.inputs], scalar)
 
 
@@ -163,7 +164,7 @@ _CMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 def _compare(ctx, n: Node):
     b, op = ctx.em.b, _CMP[n.op]
     dt = n.inputs[0].dtype
-    if dt in ("float32", "float64"):
+    if is_float(dt):
         # != is the unordered compare (NaN != NaN), the rest ordered: NumPy semantics
         cmp = (lambda x, y: b.fcmp_unordered(op, x, y)) if op == "!=" else \
             (lambda x, y: b.fcmp_ordered(op, x, y))
@@ -186,9 +187,13 @@ def convert(em, v: ir.Value, src: str, dst: str) -> ir.Value:
     if src == dst:
         return v
     ty = ir_type(dst)
-    isf = src in ("float32", "float64")
-    if dst in ("float32", "float64"):
+    isf = is_float(src)
+    if is_float(dst):
         if isf:
+            if v.type == ty:  # a 16-bit float and float32 share the float32 register type
+                return v
+            if dst == "float16":  # float64 -> half rounds once, not via float32
+                return b.fpext(b.fptrunc(v, HALF), F32)
             return b.fpext(v, ty) if ty == F64 else b.fptrunc(v, ty)
         return b.uitofp(v, ty) if src == "bool" else b.sitofp(v, ty)
     if dst == "bool":
@@ -238,7 +243,7 @@ def _reduce(ctx, n: Node):
     em, b = ctx.em, ctx.em.b
     x, out = ctx.view(n.inputs[0]), ctx.view(n)
     axes = n.attr("axes")
-    is_max, isf = n.op == "max", n.dtype in ("float32", "float64")
+    is_max, isf = n.op == "max", is_float(n.dtype)
     ty = ir_type(n.dtype)
     if is_max:
         ident = fconst(ty, float("-inf")) if isf else ir.Constant(ty, -2**31)
@@ -260,7 +265,7 @@ def _reduce(ctx, n: Node):
             ostr.append(kept_out[k])
             k += 1
     inner_reduced = len(x.shape) > 0 and (len(x.shape) - 1) in axes and x.shape[-1] > 1
-    if inner_reduced or x.size == 0:
+    if inner_reduced or x.size == 0 or is_half(n.dtype):  # 16 bits: a float32 accumulator
         # out-major: one register accumulator per output element
         kept = [d for d in range(len(x.shape)) if d not in axes]
         red = list(axes)
@@ -274,20 +279,19 @@ def _reduce(ctx, n: Node):
                         idx[d] = i
                     for d, i in zip(red, ri):
                         idx[d] = i
-                    v = ctx.tag(b.load(em.addr(ctx.ptr(x.buf), x.offset, x.strides, idx, ty),
-                                       typ=ty), x.buf)
+                    v = ctx.load(x, x.strides, idx)
                     b.store(comb(b.load(acc, typ=ty), v), acc)
             oaddr = em.addr(ctx.ptr(out.buf), out.offset,
-                            [ostr[d] for d in kept], oi, ty)
-            ctx.tag(b.store(b.load(acc, typ=ty), oaddr), out.buf)
+                            [ostr[d] for d in kept], oi, mem_type(n.dtype))
+            ctx.store_at(b.load(acc, typ=ty), oaddr, out.buf, n.dtype)
     else:
         # input-major: walk x in memory order and accumulate into the (small) output
         elementwise(ctx, None, [], lambda v: ident, out=out)
         shape, strides = collapse(x.shape, [x.strides, ostr])
         with em.nest(shape) as idx:
             v = ctx.load(x, strides[0], idx)
-            p = em.addr(ctx.ptr(out.buf), out.offset, strides[1], idx, ty)
-            ctx.tag(b.store(comb(ctx.tag(b.load(p, typ=ty), out.buf), v), p), out.buf)
+            p = em.addr(ctx.ptr(out.buf), out.offset, strides[1], idx, mem_type(n.dtype))
+            ctx.store_at(comb(ctx.load_at(p, out.buf, n.dtype), v), p, out.buf, n.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,9 +371,8 @@ def _take(ctx, n: Node):
             ok = b.icmp_unsigned("<", j, i64(bound))
         safe = b.select(ok, j, i64(0))
         xi = list(oi[:axis]) + [safe] + list(oi[axis + k:])
-        v = ctx.tag(b.load(em.addr(ctx.ptr(x.buf), x.offset, x.strides, xi, ty), typ=ty), x.buf)
-        bad = fconst(ty, float("nan")) if n.dtype in ("float32", "float64") else \
-            ir.Constant(ty, 0)
+        v = ctx.load(x, x.strides, xi)
+        bad = fconst(ty, float("nan")) if is_float(n.dtype) else ir.Constant(ty, 0)
         ctx.store(out, out.strides, oi, b.select(ok, v, bad))
 
 
@@ -397,7 +400,7 @@ def _iota(ctx, n: Node):
         return
     with em.nest(out.shape) as oi:
         v = oi[axis]
-        if n.dtype in ("float32", "float64"):
+        if is_float(n.dtype):
             v = b.sitofp(v, ir_type(n.dtype))
         elif n.dtype == "int32":
             v = b.trunc(v, I32)
@@ -439,10 +442,10 @@ def _matmul_loops(ctx, a: View, bv: View, out: View, dtype: str):
                     with em.loop(N, "n") as j:
                         bval = ctx.load(bv, bv.strides, list(bi) + [k, j])
                         p = em.addr(ctx.ptr(out.buf), out.offset, out.strides,
-                                    list(bi) + [i, j], ty)
-                        acc = ctx.tag(b.load(p, typ=ty), out.buf)
-                        ctx.tag(b.store(b.fadd(acc, b.fmul(av, bval), flags=("contract",)), p),
-                                out.buf)
+                                    list(bi) + [i, j], mem_type(dtype))
+                        acc = ctx.load_at(p, out.buf, dtype)
+                        ctx.store_at(b.fadd(acc, b.fmul(av, bval), flags=("contract",)), p,
+                                     out.buf, dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ SymPy form; the test suite fails when an op has neither.
 
 from __future__ import annotations
 
+from ...ir.dtypes import DTYPES
 from ...ops.array_printer import ArrayExprPrinter, has_literal_branches
 from ...ops.index import describe_site
 from ..array_lowering import dispatcher, dtype_name, table
@@ -14,7 +15,7 @@ from ..array_lowering import lowered_ops as _lowered_ops
 from .runtime import NAMESPACE
 
 PRINTER = ArrayExprPrinter("np", NAMESPACE)
-NP_DTYPE = {d: dtype_name("np", d) for d in ("float32", "float64", "int32", "bool")}
+NP_DTYPE = {d: dtype_name("np", d) for d in DTYPES}
 
 
 def _kernel(n, a):

@@ -2,7 +2,9 @@
 
 Most are the constant evaluator's (rewrite/evaluate.py), so folding computes what this
 backend computes: its namespace (NumPy and the stable helpers printed SymPy forms call) is the
-start of this one."""
+start of this one, plus ml_dtypes (bfloat16 in generated code)."""
+
+import ml_dtypes
 
 from ...rewrite.evaluate import NAMESPACE as _FORMS
 from ...rewrite.evaluate import (  # noqa: F401
@@ -19,6 +21,7 @@ from ...rewrite.evaluate import (  # noqa: F401
 
 NAMESPACE = {
     **_FORMS,
+    "ml_dtypes": ml_dtypes,
     "one_hot": one_hot,
     "take_in_range": take_in_range,
     "iota": iota,

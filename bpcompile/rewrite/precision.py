@@ -1,0 +1,94 @@
+"""Mixed precision as a graph rewrite (the shape of DeepMind's `jmp.Policy`).
+
+Params stay float32 master weights; every float32 op of the forward graph runs in the policy's
+compute dtype (bfloat16 or float16) on casts of its operands, except the ops of KEEP_FLOAT32,
+whose loss of accuracy in 16 bits matters; the loss is cast to the output dtype. Autodiff then
+runs on the rewritten graph, so gradients reach the float32 params through the casts' VJPs
+and come back in float32. The casts are ordinary `cast` nodes: visible in `fn.source()`,
+counted in `fn.stats()` (rule "precision.cast").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from ..errors import DTypeError
+from ..ir.dtypes import HALF, canonical
+from ..ir.node import Node, make
+from ..ir.traverse import transform
+
+# op -> why it stays float32 under a 16-bit policy (one row per op)
+KEEP_FLOAT32 = {
+    "sum": "sums and means, softmax's normaliser, norms' statistics, reductions of the loss",
+    "log": "log-softmax, logsumexp and cross-entropy outputs (x - log(...) cancels)",
+    "log1p": "log(1 + x) near 0, binary cross-entropy",
+    "softplus": "log(1 + e^x): binary cross-entropy with logits",
+    "scan": "loop carries accumulate over steps (bodies keep their dtype)",
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """param: the params' (master weights') dtype; compute: the dtype ops run in; output: the
+    loss's dtype. `Policy.of("bfloat16")` = Policy("float32", "bfloat16", "float32")."""
+
+    param: str = "float32"
+    compute: str = "float32"
+    output: str = "float32"
+
+    def __post_init__(self):
+        for f in ("param", "compute", "output"):
+            object.__setattr__(self, f, canonical(getattr(self, f)))
+        if self.param != "float32" or self.output != "float32":
+            raise DTypeError(f"precision policy {self}: params and output must be float32 "
+                             "(float32 master weights)")
+        if self.compute not in HALF + ("float32",):
+            raise DTypeError(f"precision policy {self}: compute must be float32, float16 or "
+                             "bfloat16")
+
+    @staticmethod
+    def of(precision: str | Policy | None) -> Policy:
+        if precision is None or isinstance(precision, Policy):
+            return precision or Policy()
+        return Policy(compute=precision)
+
+
+def apply_policy(loss: Node, policy: Policy, hits: Counter | None = None) -> Node:
+    """`loss` with its float32 ops computed in `policy.compute` (see the module docstring)."""
+    return apply_policy_all([loss], policy, hits)[0]
+
+
+def apply_policy_all(outputs: list[Node], policy: Policy,
+                     hits: Counter | None = None) -> list[Node]:
+    """Every output rewritten by the policy; float32 outputs come back in `policy.output`."""
+    if policy.compute == "float32":
+        return outputs
+    made = [0]
+
+    def to(x: Node, dtype: str) -> Node:
+        if x.dtype == dtype:
+            return x
+        made[0] += 1
+        return make("cast", (x,), dtype=dtype)
+
+    def build(n: Node, memo: dict[Node, Node]) -> Node:
+        if not n.inputs:
+            return n  # leaves keep their dtype: float32 params are the master weights
+        f32_in = [i.dtype == "float32" for i in n.inputs]
+        if n.dtype != "float32" and not (any(f32_in) and n.dtype == "bool"):
+            # another dtype (float64, int, a cast out of float32): operands as they were
+            return make(n.op, [to(memo[i], i.dtype) for i in n.inputs], **dict(n.attrs))
+        target = "float32" if n.op in KEEP_FLOAT32 else policy.compute
+        ins = [to(memo[i], target) if f else to(memo[i], i.dtype)
+               for i, f in zip(n.inputs, f32_in)]
+        attrs = dict(n.attrs)
+        if attrs.get("dtype") == "float32":  # cast / one_hot / iota to float32
+            attrs["dtype"] = target
+        return make(n.op, ins, **attrs)
+
+    outs = [to(o, policy.output) if old.dtype == "float32" else o
+            for o, old in zip(transform(outputs, build=build), outputs)]
+    if hits is not None:
+        hits["precision.cast"] += made[0]
+    return outs
