@@ -169,7 +169,8 @@ class IndexStatus:
     """The module's index status word ([site + 1, bad index], 0 when all computed indices were
     in range) and the nodes of its sites. Native code holds the GIL, but Python may switch
     threads between a call and reading the word: the lock makes reset, call and read one step.
-    (The native fast path checks the word inside its own call and retries here on a miss.)"""
+    (The native fast path saves the word, runs from 0 and puts it back while it holds the GIL,
+    so it never disturbs a holder of the lock; on a miss of its own it retries here.)"""
 
     def __init__(self, word, sites: list[Node]):
         self.word, self.sites, self.lock = word, sites, threading.Lock()
