@@ -44,12 +44,16 @@ class Context:
         self.views, self.ptrs, self.temps, self.matmul_plan = views, ptrs, temps, matmul_plan
         self._entry = entry
         self.alias: dict = {}  # ws Buffer -> (alias.scope, noalias) metadata of the current step
+        self.sealed = False  # a shared kernel: every buffer must be one of its parameters
 
     def view(self, n: Node) -> View:
         return self.views[n]
 
     def ptr(self, buf: Buffer) -> ir.Value:
         p = self.ptrs.get(buf)
+        if p is None and (self.sealed or buf.kind != "ws"):
+            raise BackendError(f"llvm backend: step code addresses buffer {buf.label!r} "
+                               "that is not among the buffers its step touches (Step.touches)")
         if p is None:  # workspace buffers: a constant offset into ws, made on first use
             ws = self._entry.function.args[-1]
             with self._entry.goto_entry_block():
@@ -111,16 +115,11 @@ def emit(prog: Schedule, module: ir.Module, name: str = "bp_main", with_entry: b
         for s in prog.steps:
             _lower_step(ctx, s)
     else:
-        # Each step function takes all (in..., out..., ws) pointers: IR grows as steps x args
+        # one function per distinct step, called with the buffers the step touches
+        fn.attributes.add("noinline")
+        fn.attributes.add("optnone")  # a straight line of calls: nothing to optimise
         for k, s in enumerate(prog.steps):
-            label = _ident(prog.names[s.node] if s.node is not None else "copy")
-            sf, sctx = _function(prog, module, f"{name}.{k}.{label}", consts)
-            sf.linkage = "internal"
-            sf.attributes.add("noinline")
-            _lower_step(sctx, s)
-            sctx.em.b.ret_void()
-            sctx._entry.branch(sf.blocks[1])
-            b.call(sf, list(fn.args))
+            _call_step(prog, module, name, ctx, consts, k, s)
     if auto:
         controller.finish()
     if ctx.blas_threads or auto:
@@ -161,14 +160,132 @@ def _function(prog: Schedule, module: ir.Module, name: str, consts: dict):
     ctx.checked = prog.checked
     ctx.index_sites = (module.__dict__.setdefault("_bp_index_sites", [])
                        if prog.index_status else None)
-    ctx.blas_threads = None
+    ctx.blas_threads = _blas_threads(prog, module, em)
+    return fn, ctx
+
+
+# Steps whose code depends on more than their views, node and BLAS plan: a scan's nested body
+# and loop state, and take/one_hot's index-status site numbers. Emitted once per call site.
+UNSHARED_OPS = frozenset({"scan", "take", "one_hot"})
+SHARE_KERNELS = True  # tests turn it off to compare with one function per step
+
+
+def _call_step(prog: Schedule, module: ir.Module, name: str, ctx: Context, consts: dict,
+               k: int, s: Step):
+    """Call step `s` from `ctx`'s function (bp_main): as a function of the buffers it touches
+    (`void f(ptr noalias b0, ...)`, base pointers, views' offsets baked in), emitted the first
+    time its key is seen in this module, so identical layers call one native kernel."""
+    params = list(dict.fromkeys(s.touches))
+    key = _step_key(prog, s, params) if SHARE_KERNELS else None
+    kernels = module.__dict__.setdefault("_bp_kernels", {})
+    calls = module.__dict__.setdefault("_bp_kernel_calls", [0])
+    calls[0] += 1
+    sf = kernels.get(key) if key is not None else None
+    if sf is None:
+        label = _ident(prog.names[s.node] if s.node is not None else "copy")
+        unshared = key is None
+        fname = (f"{name}.{k}.{label}" if unshared
+                 else f"bp_k{len(kernels)}.{label}")
+        sf = _step_function(prog, module, fname, consts, s, params, with_ws=unshared)
+        kernels[key if key is not None else ("step", fname)] = sf
+    args = [ctx.ptr(b) for b in params]
+    if len(sf.args) > len(params):  # unshared: loop state and scan bodies live in ws
+        args.append(ctx._entry.function.args[-1])
+    ctx.em.b.call(sf, args)
+
+
+def _step_function(prog: Schedule, module: ir.Module, fname: str, consts: dict, s: Step,
+                   params: list[Buffer], with_ws: bool) -> ir.Function:
+    fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * (len(params) + with_ws)), fname)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    noalias = _noalias(params)
+    for j, (a, buf, na) in enumerate(zip(fn.args, params, noalias)):
+        a.name = f"b{j}"
+        if na:
+            a.add_attribute("noalias")
+        if buf.kind == "const":  # module constants are 64-byte aligned globals
+            a.attributes.align = 64
+    if with_ws:
+        fn.args[-1].name = "ws"
+        fn.args[-1].add_attribute("noalias")
+    eb = ir.IRBuilder(fn.append_basic_block("entry"))
+    b = ir.IRBuilder(fn.append_basic_block("body"))
+    ctx = Context(Emitter(module, b), module, prog.views, dict(zip(params, fn.args)),
+                  prog.temps, prog.matmul_plan, eb)
+    ctx.sealed = not with_ws
+    ctx.scan_plan = prog.scan_plan
+    ctx.checked = prog.checked
+    ctx.index_sites = (module.__dict__.setdefault("_bp_index_sites", [])
+                       if prog.index_status else None)
+    ctx.blas_threads = _blas_threads(prog, module, ctx.em)
+    if s.fold is not None:
+        lower_accumulate(ctx, s.node, s.fold)
+    elif s.node is not None:
+        lower(ctx, s.node)
+    else:
+        copy(ctx, s.src, s.dst)
+    b.ret_void()
+    eb.branch(fn.blocks[1])
+    return fn
+
+
+def _noalias(params: list[Buffer]) -> list[bool]:
+    """Per parameter, whether it may be declared noalias: distinct buffers never share bytes,
+    except workspace buffers the memory plan overlapped (never two live in one step; checked)."""
+    ws = [b for b in params if b.kind == "ws" and b.nbytes]
+
+    def disjoint(a, b):
+        return a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
+
+    return [b.kind != "ws" or all(o is b or disjoint(o, b) for o in ws) for b in params]
+
+
+def _step_key(prog: Schedule, s: Step, params: list[Buffer]):
+    """Everything a step's code depends on, with buffers as parameter positions: equal keys
+    emit identical functions. None for steps that cannot be shared (UNSHARED_OPS)."""
+    pos = {b: k for k, b in enumerate(params)}
+
+    def view(v: View):
+        return (pos[v.buf], v.offset, v.shape, v.strides, v.dtype)
+
+    def node(n: Node):
+        # attrs twice: == merges 0.0 with -0.0 and 1 with 1.0, repr tells them apart
+        return (n.op, n.attrs, repr(n.attrs), n.shape, n.dtype, view(prog.views[n]),
+                tuple((i.shape, i.dtype, view(prog.views[i]), i in prog.checked)
+                      for i in n.inputs))
+
+    def matmul(m: Node):
+        p = prog.matmul_plan.get(m)
+        temps = tuple(view(prog.temps[(m, j)]) if (m, j) in prog.temps else None
+                      for j in (0, 1))
+        return None if p is None else (p.copy_a, p.copy_b, temps)
+
+    try:
+        if s.node is None:
+            body = ("copy", view(s.src), view(s.dst))
+        elif s.node.op in UNSHARED_OPS:
+            return None
+        elif s.fold is not None:
+            f = s.fold
+            body = ("fold", node(s.node), node(f.product), node(f.addend), node(f.operand),
+                    matmul(f.product))
+        else:
+            body = ("node", node(s.node), matmul(s.node) if s.node.op == "matmul" else None)
+    except KeyError:  # a buffer outside Step.touches: not a self-contained kernel
+        return None
+    sig = tuple((b.dtype, b.kind == "const", b.nbytes) for b in params)
+    return (body, sig, tuple(_noalias(params)), prog.blas_threads, prog.index_status)
+
+
+def _blas_threads(prog: Schedule, module: ir.Module, em: Emitter):
     if prog.matmul_plan and prog.blas_threads and blas.threads_setter():
         # big products use `blas_threads` BLAS threads, small ones 1 (this thread only);
         # "auto": the count the adaptive controller in bp_main chose for this call
         big = (blas.mode_global(module) if prog.blas_threads == "auto"
                else ir.Constant(I32, prog.blas_threads))
-        ctx.blas_threads = (em.declare(blas.THREADS_SYMBOL, I32, [I32]), big)
-    return fn, ctx
+        return (em.declare(blas.THREADS_SYMBOL, I32, [I32]), big)
+    return None
 
 
 def _lower_step(ctx: Context, s: Step):
