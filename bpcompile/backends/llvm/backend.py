@@ -250,7 +250,9 @@ def build_module(program: Program, title: str = "", with_pycall: bool = True,
     module = ir.Module(name)
     triple, _, _ = jit.host()
     module.triple = triple
-    program.emit(module)
+    main = program.emit(module)
+    if "bp_main.run" in module.globals:  # split: callers use run(argv); drop the wide bp_main
+        main.linkage = "internal"
     if with_pycall:
         pycall.emit_wrapper(module, program)
     if title:

@@ -15,11 +15,11 @@ from llvmlite import ir
 from ...ir.node import Node
 from ...ir.traverse import toposort
 from ...ops.index import input_ranges
-from .emit import MAX_SPLIT_ARGS, SPLIT_STEPS, Context, emit, refuse_too_large
+from .emit import SPLIT_STEPS, Context, emit
 from .memplan import MemoryPlan, liveness, plan
 from .schedule import Schedule
 
-__all__ = ["MAX_SPLIT_ARGS", "SPLIT_STEPS", "Context", "Program"]
+__all__ = ["SPLIT_STEPS", "Context", "Program"]
 
 
 class Program(Schedule):
@@ -29,9 +29,6 @@ class Program(Schedule):
                  blas_threads: int | str | None = None, checked_args: bool = True,
                  index_status: bool = True):
         order = toposort(outputs)
-        nodes = sum(n.op not in ("input", "param", "const") for n in order)
-        if nodes * (len(args) + len(outputs) + 1) > 2 * MAX_SPLIT_ARGS:  # far past: fail fast
-            refuse_too_large(nodes, len(args) + len(outputs) + 1)
         super().__init__(outputs, args, gemm_threshold, blas_threads, checked_args,
                          index_status, order)
         # int32 inputs used directly as indices: (lo, hi) the fast call path range-checks

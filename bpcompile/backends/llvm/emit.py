@@ -18,22 +18,13 @@ from ...errors import BackendError
 from ...ir.node import Node
 from . import blas
 from .accumulate import lower_accumulate
-from .loops import I32, I64, PTR, VOID, Emitter, ir_type
+from .loops import I32, I64, PTR, VOID, Emitter, i64, ir_type
 from .lower import copy, lower
 from .memplan import Buffer, View
 from .schedule import Schedule, Step
 
-SPLIT_STEPS = 48  # schedules longer than this get one function per step (see emit)
-# Each split step function takes every argument, so IR size grows as steps x arguments; past
-# this product LLVM needs many GB (300 dense layers of width 2: ~2.2M, out of memory at 6 GB).
-MAX_SPLIT_ARGS = 2_000_000
-
-
-def refuse_too_large(steps: int, nargs: int):
-    raise BackendError(
-        f"llvm backend: the graph is too large for its code generator (~{steps} steps x "
-        f"{nargs} arguments = {steps * nargs:,} > {MAX_SPLIT_ARGS:,}; LLVM would need many GB); "
-        "compile it with backend='numpy' or 'jax', or use fewer, wider layers")
+SPLIT_STEPS = 48  # schedules longer than this get one function per distinct step (see emit)
+DRIVER_CALLS = 64  # step calls per driver part (emit)
 
 
 class Context:
@@ -45,6 +36,7 @@ class Context:
         self._entry = entry
         self.alias: dict = {}  # ws Buffer -> (alias.scope, noalias) metadata of the current step
         self.sealed = False  # a shared kernel: every buffer must be one of its parameters
+        self.ws: ir.Value | None = None  # the workspace pointer (default: the last argument)
 
     def view(self, n: Node) -> View:
         return self.views[n]
@@ -55,7 +47,7 @@ class Context:
             raise BackendError(f"llvm backend: step code addresses buffer {buf.label!r} "
                                "that is not among the buffers its step touches (Step.touches)")
         if p is None:  # workspace buffers: a constant offset into ws, made on first use
-            ws = self._entry.function.args[-1]
+            ws = self.ws if self.ws is not None else self._entry.function.args[-1]
             with self._entry.goto_entry_block():
                 p = self._entry.gep(ws, [ir.Constant(I64, buf.offset)], inbounds=True,
                                     source_etype=ir.IntType(8), name=_ident(buf.label))
@@ -97,45 +89,108 @@ def emit(prog: Schedule, module: ir.Module, name: str = "bp_main", with_entry: b
     schedules get one non-inlined function per step: LLVM's O3 time grows faster than linearly
     with function size (a 50-step unrolled RNN took 98 s as one function)."""
     nargs = len(prog.args) + len(prog.outputs) + 1
-    if len(prog.steps) > SPLIT_STEPS and len(prog.steps) * nargs > MAX_SPLIT_ARGS:
-        refuse_too_large(len(prog.steps), nargs)  # refuse before LLVM runs out of memory
     consts = {buf: _const_global(module, buf, arr) for buf, arr in prog.consts}
     fn, ctx = _function(prog, module, name, consts)
-    b = ctx.em.b
-    if ctx.blas_threads:  # restore the caller's BLAS thread count on return
-        prev = b.call(ctx.blas_threads[0], [ir.Constant(I32, 1)])
+    split = len(prog.steps) > SPLIT_STEPS
+    if split:
+        # One function per distinct step, called with the buffers the step touches, from
+        # `<name>.run(ptr argv)` through driver parts of DRIVER_CALLS calls that read the
+        # pointers from argv = [in..., out..., ws]: a straight line of calls needs no
+        # optimisation, and code generation for one block of thousands of calls, or for a
+        # function of thousands of parameters, is slow. bp_entry and the fast call path
+        # (pycall.py) call `run` with their own array; `name` stores its arguments into one.
+        run = ir.Function(module, ir.FunctionType(VOID, [PTR]), f"{name}.run")
+        run.linkage = "internal"
+        body = _driver_context(prog, module, run, consts)
+        body.blas_threads = ctx.blas_threads and _blas_threads(prog, module, body.em)
+    else:
+        body = ctx
+    b = body.em.b
+    if body.blas_threads:  # restore the caller's BLAS thread count on return
+        prev = b.call(body.blas_threads[0], [ir.Constant(I32, 1)])
     auto = (with_entry and prog.blas_threads == "auto" and blas.threads_setter()
             and (prog.matmul_plan or prog.scan_plan))
     if auto:
-        if not ctx.blas_threads:
-            prev = b.call(ctx.em.declare(blas.THREADS_SYMBOL, I32, [I32]),
+        if not body.blas_threads:
+            prev = b.call(body.em.declare(blas.THREADS_SYMBOL, I32, [I32]),
                           [ir.Constant(I32, 1)])
-        controller = blas.AdaptiveThreads(ctx.em, module, prev)
-    if len(prog.steps) <= SPLIT_STEPS:
+        controller = blas.AdaptiveThreads(body.em, module, prev)
+    if not split:
         for s in prog.steps:
             _lower_step(ctx, s)
     else:
-        # one function per distinct step, called with the buffers the step touches
-        fn.attributes.add("noinline")
-        fn.attributes.add("optnone")  # a straight line of calls: nothing to optimise
-        for k, s in enumerate(prog.steps):
-            _call_step(prog, module, name, ctx, consts, k, s)
+        for start in range(0, len(prog.steps), DRIVER_CALLS):
+            part = ir.Function(module, ir.FunctionType(VOID, [PTR]),
+                               f"{name}.part{start // DRIVER_CALLS}")
+            part.linkage = "internal"
+            part.attributes.add("noinline")
+            part.attributes.add("optnone")
+            pctx = _driver_context(prog, module, part, consts)
+            for k in range(start, min(start + DRIVER_CALLS, len(prog.steps))):
+                _call_step(prog, module, name, pctx, consts, k, prog.steps[k])
+            pctx.em.b.ret_void()
+            pctx._entry.branch(part.blocks[1])
+            b.call(part, [run.args[0]])
     if auto:
         controller.finish()
-    if ctx.blas_threads or auto:
-        b.call(ctx.em.declare(blas.THREADS_SYMBOL, I32, [I32]), [prev])
+    if body.blas_threads or auto:
+        b.call(body.em.declare(blas.THREADS_SYMBOL, I32, [I32]), [prev])
     b.ret_void()
-    ctx._entry.branch(fn.blocks[1])
+    body._entry.branch(b.function.blocks[1])
+    if split:  # name(in..., out..., ws): the pointers into one array for run
+        fb = ctx.em.b
+        argv = fb.alloca(ir.ArrayType(PTR, nargs), name="argv")
+        for k, a in enumerate(fn.args):
+            fb.store(a, fb.gep(argv, [i64(0), i64(k)], inbounds=True))
+        fb.call(run, [fb.gep(argv, [i64(0), i64(0)], inbounds=True)])
+        fb.ret_void()
+        ctx._entry.branch(fn.blocks[1])
     if not with_entry:
         return fn
     # the flat-array entry point: bp_entry(ptr argv) with argv = [in..., out..., ws]
     ent = ir.Function(module, ir.FunctionType(VOID, [PTR]), "bp_entry")
     bb = ir.IRBuilder(ent.append_basic_block())
-    ptrs = [bb.load(bb.gep(ent.args[0], [ir.Constant(I64, k)], source_etype=PTR), typ=PTR)
-            for k in range(nargs)]
-    bb.call(fn, ptrs)
+    if split:
+        bb.call(run, [ent.args[0]])
+    else:
+        ptrs = [bb.load(bb.gep(ent.args[0], [ir.Constant(I64, k)], source_etype=PTR),
+                        typ=PTR) for k in range(nargs)]
+        bb.call(fn, ptrs)
     bb.ret_void()
     return fn
+
+
+def _driver_context(prog: Schedule, module: ir.Module, part: ir.Function, consts: dict):
+    """The context of a driver part `void part(ptr argv)`: argument, output and workspace
+    pointers are loaded from argv (in..., out..., ws) when first used."""
+    eb = ir.IRBuilder(part.append_basic_block("entry"))
+    b = ir.IRBuilder(part.append_basic_block("body"))
+    bufs = prog.arg_bufs + prog.out_bufs
+    ptrs = _LoadedPointers(eb, part.args[0], {buf: k for k, buf in enumerate(bufs)})
+    ptrs.update(consts)
+    ctx = Context(Emitter(module, b), module, prog.views, ptrs, prog.temps, prog.matmul_plan,
+                  eb)
+    ctx.ws = ptrs.load(len(bufs), "ws")
+    return ctx
+
+
+class _LoadedPointers(dict):
+    """Buffer -> pointer, loading argument/output pointers from argv on first use."""
+
+    def __init__(self, entry: ir.IRBuilder, argv: ir.Value, slots: dict):
+        super().__init__()
+        self.entry, self.argv, self.slots = entry, argv, slots
+
+    def load(self, k: int, label: str) -> ir.Value:
+        with self.entry.goto_entry_block():
+            return self.entry.load(self.entry.gep(self.argv, [i64(k)], source_etype=PTR),
+                                   typ=PTR, name=_ident(label))
+
+    def get(self, buf, default=None):
+        p = super().get(buf)
+        if p is None and buf in self.slots:
+            p = self[buf] = self.load(self.slots[buf], buf.label)
+        return p if p is not None else default
 
 
 def _function(prog: Schedule, module: ir.Module, name: str, consts: dict):
@@ -190,7 +245,7 @@ def _call_step(prog: Schedule, module: ir.Module, name: str, ctx: Context, const
         kernels[key if key is not None else ("step", fname)] = sf
     args = [ctx.ptr(b) for b in params]
     if len(sf.args) > len(params):  # unshared: loop state and scan bodies live in ws
-        args.append(ctx._entry.function.args[-1])
+        args.append(ctx.ws)
     ctx.em.b.call(sf, args)
 
 
@@ -268,8 +323,10 @@ def _step_key(prog: Schedule, s: Step, params: list[Buffer]):
             return None
         elif s.fold is not None:
             f = s.fold
-            body = ("fold", node(s.node), node(f.product), node(f.addend), node(f.operand),
-                    matmul(f.product))
+            # the add's inputs are (addend, operand) in some order; the product computes into
+            # the add's buffer through the operand (itself or its reshape)
+            body = ("fold", node(s.node), node(f.product), s.node.inputs.index(f.addend),
+                    f.operand.op, view(prog.views[f.operand]), matmul(f.product))
         else:
             body = ("node", node(s.node), matmul(s.node) if s.node.op == "matmul" else None)
     except KeyError:  # a buffer outside Step.touches: not a self-contained kernel
