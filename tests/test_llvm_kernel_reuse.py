@@ -101,3 +101,29 @@ def test_shared_kernel_keeps_noalias_on_its_buffers(monkeypatch):
     heads = [line for line in ir_text.splitlines()
              if line.startswith("define") and "@\"bp_k" in line]
     assert heads and all("noalias" in h for h in heads)
+
+
+def test_many_arguments_of_one_type_take_the_native_path(monkeypatch):
+    """The fast call path checks same-shaped arguments in a loop (pycall.LOOP_MIN_ARGS); it
+    must still accept exactly the right arrays natively and send anything else to the slow
+    path, which names the argument."""
+    from bpcompile.backends.llvm import pycall
+
+    loss, wrt, args = residual_mlp(pycall.LOOP_MIN_ARGS + 2)
+    fn = compile_split(monkeypatch, loss, wrt, share=True)
+    assert "bp_argloop" in fn.source("llvm-unoptimized")
+    value, grads = fn(**args)
+    calls = []
+    bind = fn.signature.bind
+    monkeypatch.setattr(fn.signature, "bind", lambda *a: calls.append(a) or bind(*a))
+    v2, g2 = fn(**args)  # native: the slow path's bind is never reached
+    assert calls == [] and float(v2) == float(value)
+    bad = dict(args, W7=np.zeros((8, 7), np.float32))
+    with pytest.raises(bp.ArgumentError, match="W7"):
+        fn(**bad)
+    assert calls  # the mismatch went to the slow path
+    wide = dict(args, W7=args["W7"].astype(np.float64))  # converted by the slow path
+    assert float(fn(**wide)[0]) == float(value)
+    _, ref = bp.compile(loss, wrt, backend="numpy")(**args)
+    for k in ref:
+        np.testing.assert_allclose(g2[k], ref[k], rtol=2e-4, atol=1e-6)

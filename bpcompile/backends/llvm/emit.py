@@ -305,8 +305,7 @@ def _step_key(prog: Schedule, s: Step, params: list[Buffer]):
         return (pos[v.buf], v.offset, v.shape, v.strides, v.dtype)
 
     def node(n: Node):
-        # attrs twice: == merges 0.0 with -0.0 and 1 with 1.0, repr tells them apart
-        return (n.op, n.attrs, repr(n.attrs), n.shape, n.dtype, view(prog.views[n]),
+        return (n.op, _exact(n.attrs), n.shape, n.dtype, view(prog.views[n]),
                 tuple((i.shape, i.dtype, view(prog.views[i]), i in prog.checked)
                       for i in n.inputs))
 
@@ -333,6 +332,16 @@ def _step_key(prog: Schedule, s: Step, params: list[Buffer]):
         return None
     sig = tuple((b.dtype, b.kind == "const", b.nbytes) for b in params)
     return (body, sig, tuple(_noalias(params)), prog.blas_threads, prog.index_status)
+
+
+def _exact(v):
+    """`v` as a key in which equal means identical: Python's == merges 0.0 with -0.0 and 1
+    with 1.0 and True, so numbers are keyed by type and repr. (SymPy bodies compare exactly.)"""
+    if isinstance(v, (bool, int, float, np.number)):
+        return (type(v).__name__, repr(v))
+    if isinstance(v, tuple):
+        return tuple(_exact(x) for x in v)
+    return v
 
 
 def _blas_threads(prog: Schedule, module: ir.Module, em: Emitter):
