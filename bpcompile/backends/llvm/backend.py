@@ -27,7 +27,7 @@ from ...ir.printer import format_graph
 from ...ops.index import describe_site, index_range, range_error
 from . import blas, cache, jit, pycall
 from .codegen import Program
-from .emit import SPLIT_STEPS
+from .emit import UNROLL_STEPS
 from .lower import STATUS
 from .memplan import ALIGN
 
@@ -62,7 +62,7 @@ class LLVMBackend:
         self.module = build_module(self.program, title, with_pycall=options.get("fast_call", True))
         t2 = time.perf_counter()
         self._ir = str(self.module)
-        # schedules split into step functions (> SPLIT_STEPS): distinct kernels vs calls
+        # schedules split into step functions (> emit.SPLIT_STEPS): distinct kernels vs calls
         self.kernel_stats = {"llvm_kernels": len(self.module.__dict__.get("_bp_kernels", ())),
                              "llvm_kernel_calls":
                                  self.module.__dict__.get("_bp_kernel_calls", [0])[0]}
@@ -114,7 +114,7 @@ class LLVMBackend:
     def _codegen(self) -> dict:
         """Codegen settings not visible in the IR (part of the object cache's key)."""
         return {"tm": "mcjit-jitdefault", "speed": min(self.opt, 3),
-                "unroll": len(self.program.steps) <= SPLIT_STEPS}
+                "unroll": len(self.program.steps) <= UNROLL_STEPS}
 
     def _load(self, obj: bytes) -> int:
         """Map `obj` into a fresh MCJIT engine; the address of bp_entry (0 if absent)."""
