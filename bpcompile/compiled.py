@@ -155,6 +155,10 @@ class Program:
             f"graph build+autodiff+passes {self.timings['graph'] * 1e3:.1f} ms, "
             f"codegen ({self.backend_name}) {self.timings['codegen'] * 1e3:.1f} ms"
         )
+        kernels = getattr(self.impl, "kernel_stats", None)
+        if kernels and kernels["llvm_kernel_calls"]:  # a split LLVM schedule (issue #14)
+            rows.append(f"native kernels {kernels['llvm_kernels']} for "
+                        f"{kernels['llvm_kernel_calls']} steps")
         return "\n".join(rows)
 
     def __repr__(self):

@@ -46,6 +46,8 @@ def test_two_identical_layers_share_kernels(monkeypatch):
     st = shared.impl.kernel_stats
     # every step is a call site; the second layer's steps reuse the first layer's kernels
     assert st["llvm_kernels"] < st["llvm_kernel_calls"]
+    assert (f"native kernels {st['llvm_kernels']} for {st['llvm_kernel_calls']} steps"
+            in shared.stats())
     unshared = compile_split(monkeypatch, loss, wrt, share=False)
     su = unshared.impl.kernel_stats
     assert su["llvm_kernels"] == su["llvm_kernel_calls"] == st["llvm_kernel_calls"]
