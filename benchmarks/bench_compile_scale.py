@@ -230,6 +230,7 @@ def main(argv=None):
         depths = [int(d) for d in a.depths.split(",")] if a.depths else FAMILIES[fam]
         for depth in depths:
             ref = float("nan") if a.no_jax_ref else jax_once(fam, depth)
+            cold.setdefault((fam, "jax.jit"), []).append((depth, ref))
             for be in backends:
                 os.environ["BPCOMPILE_CACHE_DIR"] = tempfile.mkdtemp(prefix="bp-scale-")
                 t, row = compile_once(fam, depth, be, stages=a.stages)

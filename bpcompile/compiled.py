@@ -10,7 +10,15 @@ from typing import Any
 
 from .autodiff.reverse import check_loss, check_wrt
 from .autodiff.reverse import grad as _grad
-from .backends.protocol import Backend, BackendClass, FastCall, JaxProgram, MemoryPlan, NativeCaller
+from .backends.protocol import (
+    Backend,
+    BackendClass,
+    FastCall,
+    JaxProgram,
+    KernelStats,
+    MemoryPlan,
+    NativeCaller,
+)
 from .backends.signature import Signature
 from .errors import BackendError
 from .ir.hints import Wrt
@@ -155,7 +163,7 @@ class Program:
             f"graph build+autodiff+passes {self.timings['graph'] * 1e3:.1f} ms, "
             f"codegen ({self.backend_name}) {self.timings['codegen'] * 1e3:.1f} ms"
         )
-        kernels = getattr(self.impl, "kernel_stats", None)
+        kernels = self.impl.kernel_stats if isinstance(self.impl, KernelStats) else None
         if kernels and kernels["llvm_kernel_calls"]:  # a split LLVM schedule (issue #14)
             rows.append(f"native kernels {kernels['llvm_kernels']} for "
                         f"{kernels['llvm_kernel_calls']} steps")

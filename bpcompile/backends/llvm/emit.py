@@ -90,8 +90,8 @@ class Context:
 
 def emit(prog: Schedule, module: ir.Module, name: str = "bp_main", with_entry: bool = True):
     """Emit `name` (and bp_entry) for a schedule whose workspace offsets are planned. Long
-    schedules get one non-inlined function per step: LLVM's O3 time grows faster than linearly
-    with function size (a 50-step unrolled RNN took 98 s as one function)."""
+    schedules get one non-inlined function per distinct step: LLVM's O3 time grows faster than
+    linearly with function size (a 50-step unrolled RNN took 98 s as one function)."""
     nargs = len(prog.args) + len(prog.outputs) + 1
     consts = {buf: _const_global(module, buf, arr) for buf, arr in prog.consts}
     fn, ctx = _function(prog, module, name, consts)
@@ -131,7 +131,7 @@ def emit(prog: Schedule, module: ir.Module, name: str = "bp_main", with_entry: b
             part.attributes.add("optnone")
             pctx = _driver_context(prog, module, part, consts)
             for k in range(start, min(start + DRIVER_CALLS, len(prog.steps))):
-                _call_step(prog, module, name, pctx, consts, k, prog.steps[k])
+                _call_step(prog, module, name, pctx, k, prog.steps[k])
             pctx.em.b.ret_void()
             pctx._entry.branch(part.blocks[1])
             b.call(part, [run.args[0]])
@@ -229,8 +229,7 @@ UNSHARED_OPS = frozenset({"scan", "take", "one_hot"})
 SHARE_KERNELS = True  # tests turn it off to compare with one function per step
 
 
-def _call_step(prog: Schedule, module: ir.Module, name: str, ctx: Context, consts: dict,
-               k: int, s: Step):
+def _call_step(prog: Schedule, module: ir.Module, name: str, ctx: Context, k: int, s: Step):
     """Call step `s` from `ctx`'s function (bp_main): as a function of the buffers it touches
     (`void f(ptr noalias b0, ...)`, base pointers, views' offsets baked in), emitted the first
     time its key is seen in this module, so identical layers call one native kernel."""
@@ -245,7 +244,7 @@ def _call_step(prog: Schedule, module: ir.Module, name: str, ctx: Context, const
         unshared = key is None
         fname = (f"{name}.{k}.{label}" if unshared
                  else f"bp_k{len(kernels)}.{label}")
-        sf = _step_function(prog, module, fname, consts, s, params, with_ws=unshared)
+        sf = _step_function(prog, module, fname, s, params, with_ws=unshared)
         kernels[key if key is not None else ("step", fname)] = sf
     args = [ctx.ptr(b) for b in params]
     if len(sf.args) > len(params):  # unshared: loop state and scan bodies live in ws
@@ -253,7 +252,7 @@ def _call_step(prog: Schedule, module: ir.Module, name: str, ctx: Context, const
     ctx.em.b.call(sf, args)
 
 
-def _step_function(prog: Schedule, module: ir.Module, fname: str, consts: dict, s: Step,
+def _step_function(prog: Schedule, module: ir.Module, fname: str, s: Step,
                    params: list[Buffer], with_ws: bool) -> ir.Function:
     fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * (len(params) + with_ws)), fname)
     fn.linkage = "internal"
