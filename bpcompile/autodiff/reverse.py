@@ -10,6 +10,8 @@ expression that contains `grad` works (Hessian-vector products).
 
 from __future__ import annotations
 
+from collections import Counter
+
 from ..errors import GradientError
 from ..ir.dtypes import is_float
 from ..ir.node import NAMES, Node
@@ -47,7 +49,7 @@ def check_wrt(wrt) -> list[Node]:
                 + (f" (a {w.op} node)" if isinstance(w, Node) else "")
             )
     names = [w.name for w in wrt]
-    dup = {n for n in names if names.count(n) > 1}
+    dup = {n for n, k in Counter(names).items() if k > 1}  # linear: models have 1000s of params
     if dup:
         raise GradientError(f"wrt names {sorted(dup)} more than once")
     return wrt

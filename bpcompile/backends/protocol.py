@@ -85,6 +85,14 @@ class InPlace(Protocol):
 
 
 @runtime_checkable
+class KernelStats(Protocol):
+    """Native kernels: `kernel_stats` = {"llvm_kernels": distinct functions, "llvm_kernel_calls":
+    the steps calling them} (LLVM; issue #14). `fn.stats()` reports it."""
+
+    kernel_stats: dict[str, int]
+
+
+@runtime_checkable
 class MemoryPlan(Protocol):
     """A backend with a static memory plan (peak bytes, buffers, saved for backward)."""
 

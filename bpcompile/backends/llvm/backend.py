@@ -28,7 +28,7 @@ from ...ops.index import describe_site, index_range, range_error
 from ...rewrite.engine import BackendRules
 from . import blas, cache, jit, pycall, rules
 from .codegen import Program
-from .emit import SPLIT_STEPS
+from .emit import UNROLL_STEPS
 from .lower import STATUS
 from .memplan import ALIGN
 
@@ -68,8 +68,17 @@ class LLVMBackend:
         t0 = time.perf_counter()
         self.program = Program(outputs, args, self.gemm_threshold,
                                options.get("blas_threads", BLAS_THREADS))
+        t1 = time.perf_counter()
         self.module = build_module(self.program, title, with_pycall=options.get("fast_call", True))
+        t2 = time.perf_counter()
         self._ir = str(self.module)
+        # schedules split into step functions (> emit.SPLIT_STEPS): distinct kernels vs calls
+        self.kernel_stats = {"llvm_kernels": len(self.module.__dict__.get("_bp_kernels", ())),
+                             "llvm_kernel_calls":
+                                 self.module.__dict__.get("_bp_kernel_calls", [0])[0]}
+        # seconds per stage of this compile (benchmarks/bench_compile_scale.py prints them)
+        self.timings = {"schedule": t1 - t0, "ir build": t2 - t1,
+                        "ir text": time.perf_counter() - t2}
         self.tm = jit.target_machine(jit=True, opt=self.opt)
         # bound before a cached object is checked: its external symbols must all resolve
         blas.register()  # nested scan bodies may call BLAS too; binding is once per process
@@ -78,6 +87,7 @@ class LLVMBackend:
         obj = cache.load(key) if key else None
         self.cache_hit = obj is not None
         self._optimized = None
+        t3 = time.perf_counter()
         try:
             addr = self._load(obj) if obj is not None else 0
         except RuntimeError:  # LLVM refused the cached object: a miss, never an error
@@ -88,12 +98,17 @@ class LLVMBackend:
                 # that engine owns self.tm (llvmlite): a second engine needs a TM of its own
                 self.tm = jit.target_machine(jit=True, opt=self.opt)
             self.cache_hit = False
+            t4 = time.perf_counter()
             self._optimized = self._optimize()
+            t5 = time.perf_counter()
             obj = self.tm.emit_object(self._optimized)
+            self.timings.update(optimize=t5 - t4, emit=time.perf_counter() - t5)
             if key:
                 cache.store(key, obj)
             addr = self._load(obj)
-        self.timings = {"llvm": time.perf_counter() - t0}
+        self.timings["cache+load"] = (time.perf_counter() - t3 - self.timings.get("optimize", 0)
+                                      - self.timings.get("emit", 0))
+        self.timings["llvm"] = time.perf_counter() - t0
         self._entry = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)(addr)
         self._local = threading.local()  # .arena: the calling thread's Arena, made lazily
         # computed indices out of range: the kernels record the first one in a status word of
@@ -109,7 +124,7 @@ class LLVMBackend:
     def _codegen(self) -> dict:
         """Codegen settings not visible in the IR (part of the object cache's key)."""
         return {"tm": "mcjit-jitdefault", "speed": min(self.opt, 3),
-                "unroll": len(self.program.steps) <= SPLIT_STEPS}
+                "unroll": len(self.program.steps) <= UNROLL_STEPS}
 
     def _load(self, obj: bytes) -> int:
         """Map `obj` into a fresh MCJIT engine; the address of bp_entry (0 if absent)."""
@@ -246,7 +261,9 @@ def build_module(program: Program, title: str = "", with_pycall: bool = True,
     module = ir.Module(name)
     triple, _, _ = jit.host()
     module.triple = triple
-    program.emit(module)
+    main = program.emit(module)
+    if "bp_main.run" in module.globals:  # split: callers use run(argv); drop the wide bp_main
+        main.linkage = "internal"
     if with_pycall:
         pycall.emit_wrapper(module, program)
     if title:

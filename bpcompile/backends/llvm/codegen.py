@@ -15,12 +15,12 @@ from llvmlite import ir
 from ...ir.node import Node
 from ...ir.traverse import toposort
 from ...ops.index import input_ranges
-from .emit import MAX_SPLIT_ARGS, SPLIT_STEPS, Context, emit, refuse_too_large
+from .emit import SPLIT_STEPS, Context, emit
 from .memplan import MemoryPlan, liveness, plan
 from .schedule import Schedule
 from .widen import widen_half_matmuls
 
-__all__ = ["MAX_SPLIT_ARGS", "SPLIT_STEPS", "Context", "Program"]
+__all__ = ["SPLIT_STEPS", "Context", "Program"]
 
 
 class Program(Schedule):
@@ -31,9 +31,6 @@ class Program(Schedule):
                  index_status: bool = True):
         outputs = widen_half_matmuls(outputs)  # 16-bit products accumulate in float32
         order = toposort(outputs)
-        nodes = sum(n.op not in ("input", "param", "const") for n in order)
-        if nodes * (len(args) + len(outputs) + 1) > 2 * MAX_SPLIT_ARGS:  # far past: fail fast
-            refuse_too_large(nodes, len(args) + len(outputs) + 1)
         super().__init__(outputs, args, gemm_threshold, blas_threads, checked_args,
                          index_status, order)
         # int32 inputs used directly as indices: (lo, hi) the fast call path range-checks

@@ -19,22 +19,17 @@ from ...ir.dtypes import is_float, is_half
 from ...ir.node import Node
 from . import blas
 from .accumulate import lower_accumulate
-from .loops import I16, I32, I64, PTR, VOID, Emitter, mem_type, narrow, widen
+from .loops import I16, I32, I64, PTR, VOID, Emitter, i64, mem_type, narrow, widen
 from .lower import copy, lower
 from .memplan import Buffer, View
 from .schedule import Schedule, Step
 
-SPLIT_STEPS = 48  # schedules longer than this get one function per step (see emit)
-# Each split step function takes every argument, so IR size grows as steps x arguments; past
-# this product LLVM needs many GB (300 dense layers of width 2: ~2.2M, out of memory at 6 GB).
-MAX_SPLIT_ARGS = 2_000_000
-
-
-def refuse_too_large(steps: int, nargs: int):
-    raise BackendError(
-        f"llvm backend: the graph is too large for its code generator (~{steps} steps x "
-        f"{nargs} arguments = {steps * nargs:,} > {MAX_SPLIT_ARGS:,}; LLVM would need many GB); "
-        "compile it with backend='numpy' or 'jax', or use fewer, wider layers")
+# Schedules longer than this get one function per distinct step (see emit): O3 on one big
+# function grows faster than its size, and a 4-layer MLP's 31 steps compiled in 0.29-0.39 s
+# split against 0.44-0.60 s whole, at the same speed per call (issue #14).
+SPLIT_STEPS = 24
+UNROLL_STEPS = 48  # LLVM may unroll loops in schedules up to this long (backend._codegen)
+DRIVER_CALLS = 64  # step calls per driver part (emit)
 
 
 class Context:
@@ -45,14 +40,19 @@ class Context:
         self.views, self.ptrs, self.temps, self.matmul_plan = views, ptrs, temps, matmul_plan
         self._entry = entry
         self.alias: dict = {}  # ws Buffer -> (alias.scope, noalias) metadata of the current step
+        self.sealed = False  # a shared kernel: every buffer must be one of its parameters
+        self.ws: ir.Value | None = None  # the workspace pointer (default: the last argument)
 
     def view(self, n: Node) -> View:
         return self.views[n]
 
     def ptr(self, buf: Buffer) -> ir.Value:
         p = self.ptrs.get(buf)
+        if p is None and (self.sealed or buf.kind != "ws"):
+            raise BackendError(f"llvm backend: step code addresses buffer {buf.label!r} "
+                               "that is not among the buffers its step touches (Step.touches)")
         if p is None:  # workspace buffers: a constant offset into ws, made on first use
-            ws = self._entry.function.args[-1]
+            ws = self.ws if self.ws is not None else self._entry.function.args[-1]
             with self._entry.goto_entry_block():
                 p = self._entry.gep(ws, [ir.Constant(I64, buf.offset)], inbounds=True,
                                     source_etype=ir.IntType(8), name=_ident(buf.label))
@@ -99,53 +99,111 @@ class Context:
 
 def emit(prog: Schedule, module: ir.Module, name: str = "bp_main", with_entry: bool = True):
     """Emit `name` (and bp_entry) for a schedule whose workspace offsets are planned. Long
-    schedules get one non-inlined function per step: LLVM's O3 time grows faster than linearly
-    with function size (a 50-step unrolled RNN took 98 s as one function)."""
+    schedules get one non-inlined function per distinct step: LLVM's O3 time grows faster than
+    linearly with function size (a 50-step unrolled RNN took 98 s as one function)."""
     nargs = len(prog.args) + len(prog.outputs) + 1
-    if len(prog.steps) > SPLIT_STEPS and len(prog.steps) * nargs > MAX_SPLIT_ARGS:
-        refuse_too_large(len(prog.steps), nargs)  # refuse before LLVM runs out of memory
     consts = {buf: _const_global(module, buf, arr) for buf, arr in prog.consts}
     fn, ctx = _function(prog, module, name, consts)
-    b = ctx.em.b
-    if ctx.blas_threads:  # restore the caller's BLAS thread count on return
-        prev = b.call(ctx.blas_threads[0], [ir.Constant(I32, 1)])
+    split = len(prog.steps) > SPLIT_STEPS
+    if split:
+        # One function per distinct step, called with the buffers the step touches, from
+        # `<name>.run(ptr argv)` through driver parts of DRIVER_CALLS calls that read the
+        # pointers from argv = [in..., out..., ws]: a straight line of calls needs no
+        # optimisation, and code generation for one block of thousands of calls, or for a
+        # function of thousands of parameters, is slow. bp_entry and the fast call path
+        # (pycall.py) call `run` with their own array; `name` stores its arguments into one.
+        run = ir.Function(module, ir.FunctionType(VOID, [PTR]), f"{name}.run")
+        run.linkage = "internal"
+        body = _driver_context(prog, module, run, consts)
+        body.blas_threads = ctx.blas_threads and _blas_threads(prog, module, body.em)
+    else:
+        body = ctx
+    b = body.em.b
+    if body.blas_threads:  # restore the caller's BLAS thread count on return
+        prev = b.call(body.blas_threads[0], [ir.Constant(I32, 1)])
     auto = (with_entry and prog.blas_threads == "auto" and blas.threads_setter()
             and (prog.matmul_plan or prog.scan_plan))
     if auto:
-        if not ctx.blas_threads:
-            prev = b.call(ctx.em.declare(blas.THREADS_SYMBOL, I32, [I32]),
+        if not body.blas_threads:
+            prev = b.call(body.em.declare(blas.THREADS_SYMBOL, I32, [I32]),
                           [ir.Constant(I32, 1)])
-        controller = blas.AdaptiveThreads(ctx.em, module, prev)
-    if len(prog.steps) <= SPLIT_STEPS:
+        controller = blas.AdaptiveThreads(body.em, module, prev)
+    if not split:
         for s in prog.steps:
             _lower_step(ctx, s)
     else:
-        # Each step function takes all (in..., out..., ws) pointers: IR grows as steps x args
-        for k, s in enumerate(prog.steps):
-            label = _ident(prog.names[s.node] if s.node is not None else "copy")
-            sf, sctx = _function(prog, module, f"{name}.{k}.{label}", consts)
-            sf.linkage = "internal"
-            sf.attributes.add("noinline")
-            _lower_step(sctx, s)
-            sctx.em.b.ret_void()
-            sctx._entry.branch(sf.blocks[1])
-            b.call(sf, list(fn.args))
+        for start in range(0, len(prog.steps), DRIVER_CALLS):
+            part = ir.Function(module, ir.FunctionType(VOID, [PTR]),
+                               f"{name}.part{start // DRIVER_CALLS}")
+            part.linkage = "internal"
+            part.attributes.add("noinline")
+            part.attributes.add("optnone")
+            pctx = _driver_context(prog, module, part, consts)
+            for k in range(start, min(start + DRIVER_CALLS, len(prog.steps))):
+                _call_step(prog, module, name, pctx, k, prog.steps[k])
+            pctx.em.b.ret_void()
+            pctx._entry.branch(part.blocks[1])
+            b.call(part, [run.args[0]])
     if auto:
         controller.finish()
-    if ctx.blas_threads or auto:
-        b.call(ctx.em.declare(blas.THREADS_SYMBOL, I32, [I32]), [prev])
+    if body.blas_threads or auto:
+        b.call(body.em.declare(blas.THREADS_SYMBOL, I32, [I32]), [prev])
     b.ret_void()
-    ctx._entry.branch(fn.blocks[1])
+    body._entry.branch(b.function.blocks[1])
+    if split:  # name(in..., out..., ws): the pointers into one array for run
+        fb = ctx.em.b
+        argv = fb.alloca(ir.ArrayType(PTR, nargs), name="argv")
+        for k, a in enumerate(fn.args):
+            fb.store(a, fb.gep(argv, [i64(0), i64(k)], inbounds=True))
+        fb.call(run, [fb.gep(argv, [i64(0), i64(0)], inbounds=True)])
+        fb.ret_void()
+        ctx._entry.branch(fn.blocks[1])
     if not with_entry:
         return fn
     # the flat-array entry point: bp_entry(ptr argv) with argv = [in..., out..., ws]
     ent = ir.Function(module, ir.FunctionType(VOID, [PTR]), "bp_entry")
     bb = ir.IRBuilder(ent.append_basic_block())
-    ptrs = [bb.load(bb.gep(ent.args[0], [ir.Constant(I64, k)], source_etype=PTR), typ=PTR)
-            for k in range(nargs)]
-    bb.call(fn, ptrs)
+    if split:
+        bb.call(run, [ent.args[0]])
+    else:
+        ptrs = [bb.load(bb.gep(ent.args[0], [ir.Constant(I64, k)], source_etype=PTR),
+                        typ=PTR) for k in range(nargs)]
+        bb.call(fn, ptrs)
     bb.ret_void()
     return fn
+
+
+def _driver_context(prog: Schedule, module: ir.Module, part: ir.Function, consts: dict):
+    """The context of a driver part `void part(ptr argv)`: argument, output and workspace
+    pointers are loaded from argv (in..., out..., ws) when first used."""
+    eb = ir.IRBuilder(part.append_basic_block("entry"))
+    b = ir.IRBuilder(part.append_basic_block("body"))
+    bufs = prog.arg_bufs + prog.out_bufs
+    ptrs = _LoadedPointers(eb, part.args[0], {buf: k for k, buf in enumerate(bufs)})
+    ptrs.update(consts)
+    ctx = Context(Emitter(module, b), module, prog.views, ptrs, prog.temps, prog.matmul_plan,
+                  eb)
+    ctx.ws = ptrs.load(len(bufs), "ws")
+    return ctx
+
+
+class _LoadedPointers(dict):
+    """Buffer -> pointer, loading argument/output pointers from argv on first use."""
+
+    def __init__(self, entry: ir.IRBuilder, argv: ir.Value, slots: dict):
+        super().__init__()
+        self.entry, self.argv, self.slots = entry, argv, slots
+
+    def load(self, k: int, label: str) -> ir.Value:
+        with self.entry.goto_entry_block():
+            return self.entry.load(self.entry.gep(self.argv, [i64(k)], source_etype=PTR),
+                                   typ=PTR, name=_ident(label))
+
+    def get(self, buf, default=None):
+        p = super().get(buf)
+        if p is None and buf in self.slots:
+            p = self[buf] = self.load(self.slots[buf], buf.label)
+        return p if p is not None else default
 
 
 def _function(prog: Schedule, module: ir.Module, name: str, consts: dict):
@@ -170,14 +228,142 @@ def _function(prog: Schedule, module: ir.Module, name: str, consts: dict):
     ctx.checked = prog.checked
     ctx.index_sites = (module.__dict__.setdefault("_bp_index_sites", [])
                        if prog.index_status else None)
-    ctx.blas_threads = None
+    ctx.blas_threads = _blas_threads(prog, module, em)
+    return fn, ctx
+
+
+# Steps whose code depends on more than their views, node and BLAS plan: a scan's nested body
+# and loop state, and take/one_hot's index-status site numbers. Emitted once per call site.
+UNSHARED_OPS = frozenset({"scan", "take", "one_hot"})
+SHARE_KERNELS = True  # tests turn it off to compare with one function per step
+
+
+def _call_step(prog: Schedule, module: ir.Module, name: str, ctx: Context, k: int, s: Step):
+    """Call step `s` from `ctx`'s function (bp_main): as a function of the buffers it touches
+    (`void f(ptr noalias b0, ...)`, base pointers, views' offsets baked in), emitted the first
+    time its key is seen in this module, so identical layers call one native kernel."""
+    params = list(dict.fromkeys(s.touches))
+    key = _step_key(prog, s, params) if SHARE_KERNELS else None
+    kernels = module.__dict__.setdefault("_bp_kernels", {})
+    calls = module.__dict__.setdefault("_bp_kernel_calls", [0])
+    calls[0] += 1
+    sf = kernels.get(key) if key is not None else None
+    if sf is None:
+        label = _ident(prog.names[s.node] if s.node is not None else "copy")
+        unshared = key is None
+        fname = (f"{name}.{k}.{label}" if unshared
+                 else f"bp_k{len(kernels)}.{label}")
+        sf = _step_function(prog, module, fname, s, params, with_ws=unshared)
+        kernels[key if key is not None else ("step", fname)] = sf
+    args = [ctx.ptr(b) for b in params]
+    if len(sf.args) > len(params):  # unshared: loop state and scan bodies live in ws
+        args.append(ctx.ws)
+    ctx.em.b.call(sf, args)
+
+
+def _step_function(prog: Schedule, module: ir.Module, fname: str, s: Step,
+                   params: list[Buffer], with_ws: bool) -> ir.Function:
+    fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * (len(params) + with_ws)), fname)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    noalias = _noalias(params)
+    for j, (a, buf, na) in enumerate(zip(fn.args, params, noalias)):
+        a.name = f"b{j}"
+        if na:
+            a.add_attribute("noalias")
+        if buf.kind == "const":  # module constants are 64-byte aligned globals
+            a.attributes.align = 64
+    if with_ws:
+        fn.args[-1].name = "ws"
+        fn.args[-1].add_attribute("noalias")
+    eb = ir.IRBuilder(fn.append_basic_block("entry"))
+    b = ir.IRBuilder(fn.append_basic_block("body"))
+    ctx = Context(Emitter(module, b), module, prog.views, dict(zip(params, fn.args)),
+                  prog.temps, prog.matmul_plan, eb)
+    ctx.sealed = not with_ws
+    ctx.scan_plan = prog.scan_plan
+    ctx.checked = prog.checked
+    ctx.index_sites = (module.__dict__.setdefault("_bp_index_sites", [])
+                       if prog.index_status else None)
+    ctx.blas_threads = _blas_threads(prog, module, ctx.em)
+    if s.fold is not None:
+        lower_accumulate(ctx, s.node, s.fold)
+    elif s.node is not None:
+        lower(ctx, s.node)
+    else:
+        copy(ctx, s.src, s.dst)
+    b.ret_void()
+    eb.branch(fn.blocks[1])
+    return fn
+
+
+def _noalias(params: list[Buffer]) -> list[bool]:
+    """Per parameter, whether it may be declared noalias: distinct buffers never share bytes,
+    except workspace buffers the memory plan overlapped (never two live in one step; checked)."""
+    ws = [b for b in params if b.kind == "ws" and b.nbytes]
+
+    def disjoint(a, b):
+        return a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
+
+    return [b.kind != "ws" or all(o is b or disjoint(o, b) for o in ws) for b in params]
+
+
+def _step_key(prog: Schedule, s: Step, params: list[Buffer]):
+    """Everything a step's code depends on, with buffers as parameter positions: equal keys
+    emit identical functions. None for steps that cannot be shared (UNSHARED_OPS)."""
+    pos = {b: k for k, b in enumerate(params)}
+
+    def view(v: View):
+        return (pos[v.buf], v.offset, v.shape, v.strides, v.dtype)
+
+    def node(n: Node):
+        return (n.op, _exact(n.attrs), n.shape, n.dtype, view(prog.views[n]),
+                tuple((i.shape, i.dtype, view(prog.views[i]), i in prog.checked)
+                      for i in n.inputs))
+
+    def matmul(m: Node):
+        p = prog.matmul_plan.get(m)
+        temps = tuple(view(prog.temps[(m, j)]) if (m, j) in prog.temps else None
+                      for j in (0, 1))
+        return None if p is None else (p.copy_a, p.copy_b, temps)
+
+    try:
+        if s.node is None:
+            body = ("copy", view(s.src), view(s.dst))
+        elif s.node.op in UNSHARED_OPS:
+            return None
+        elif s.fold is not None:
+            f = s.fold
+            # the add's inputs are (addend, operand) in some order; the product computes into
+            # the add's buffer through the operand (itself or its reshape)
+            body = ("fold", node(s.node), node(f.product), s.node.inputs.index(f.addend),
+                    f.operand.op, view(prog.views[f.operand]), matmul(f.product))
+        else:
+            body = ("node", node(s.node), matmul(s.node) if s.node.op == "matmul" else None)
+    except KeyError:  # a buffer outside Step.touches: not a self-contained kernel
+        return None
+    sig = tuple((b.dtype, b.kind == "const", b.nbytes) for b in params)
+    return (body, sig, tuple(_noalias(params)), prog.blas_threads, prog.index_status)
+
+
+def _exact(v):
+    """`v` as a key in which equal means identical: Python's == merges 0.0 with -0.0 and 1
+    with 1.0 and True, so numbers are keyed by type and repr. (SymPy bodies compare exactly.)"""
+    if isinstance(v, (bool, int, float, np.number)):
+        return (type(v).__name__, repr(v))
+    if isinstance(v, tuple):
+        return tuple(_exact(x) for x in v)
+    return v
+
+
+def _blas_threads(prog: Schedule, module: ir.Module, em: Emitter):
     if prog.matmul_plan and prog.blas_threads and blas.threads_setter():
         # big products use `blas_threads` BLAS threads, small ones 1 (this thread only);
         # "auto": the count the adaptive controller in bp_main chose for this call
         big = (blas.mode_global(module) if prog.blas_threads == "auto"
                else ir.Constant(I32, prog.blas_threads))
-        ctx.blas_threads = (em.declare(blas.THREADS_SYMBOL, I32, [I32]), big)
-    return fn, ctx
+        return (em.declare(blas.THREADS_SYMBOL, I32, [I32]), big)
+    return None
 
 
 def _lower_step(ctx: Context, s: Step):

@@ -10,6 +10,8 @@ thread (backend.Arena).
 
 from __future__ import annotations
 
+import bisect
+import heapq
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,20 +115,25 @@ def plan(buffers: list[Buffer], backward_start: int) -> MemoryPlan:
     it is memory saved for the backward pass.
     """
     ws = sorted((b for b in buffers if b.kind == "ws"), key=lambda b: (b.first, -b.nbytes))
-    placed: list[Buffer] = []
+    # Buffers come in order of their first step, so a placed buffer whose life ended before
+    # this one's first step never matters again: `ends` (a heap) retires it, and `live` stays
+    # sorted by offset; the plan is linear in buffers times the number live at once.
+    live: list[tuple[int, int, int]] = []  # (offset, aligned size, id) of live buffers
+    ends: list[tuple[int, int, tuple]] = []
     top = 0
-    for b in ws:
-        last = max(b.last, b.first)
-        live = sorted((p for p in placed if not (max(p.last, p.first) < b.first or p.first > last)),
-                      key=lambda p: p.offset)
+    for k, b in enumerate(ws):
+        while ends and ends[0][0] < b.first:
+            live.remove(heapq.heappop(ends)[2])
         need, at = _align(max(b.nbytes, 1)), 0
-        for p in live:  # first gap big enough between live neighbours
-            if p.offset - at >= need:
+        for off, size, _ in live:  # first gap big enough between live neighbours
+            if off - at >= need:
                 break
-            at = max(at, p.offset + _align(max(p.nbytes, 1)))
+            at = max(at, off + size)
         b.offset = at
         top = max(top, at + need)
-        placed.append(b)
+        entry = (at, need, k)
+        bisect.insort(live, entry)
+        heapq.heappush(ends, (max(b.last, b.first), k, entry))
     saved = [b for b in ws if b.forward and b.last >= backward_start]
     outs = [b for b in buffers if b.kind == "out"]
     return MemoryPlan(

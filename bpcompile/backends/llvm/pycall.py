@@ -49,6 +49,8 @@ TP_BASE = 256
 C_SLOW, C_SCALAR_TYPE, C_TP_ALLOC, C_ARENA_LO, C_ARENA_HI, C_WS, C_ARRAY_TYPE = range(7)
 C_OWNER, C_OTHER = 7, 8
 C_FIXED = 9
+# argument groups of this many of one shape and dtype are checked in a loop (emit_wrapper)
+LOOP_MIN_ARGS = 8
 
 PYAPI = ("PyDict_GetItem", "PyDict_Size", "PyDict_New", "PyDict_SetItem", "PyTuple_New",
          "PyTuple_SetItem", "PyObject_Call", "_Py_Dealloc", "PyThreadState_Get",
@@ -106,13 +108,29 @@ def emit_wrapper(module: ir.Module, program) -> None:
     check(b.icmp_signed("==", b.call(api["PyDict_Size"], [kwargs]), i64(nin)))
     lo, hi = ctx(C_ARENA_LO, I64), ctx(C_ARENA_HI, I64)
     array_type = ctx(C_ARRAY_TYPE)
-    datas = []
+    # Many arguments of one shape and dtype (the layers of a deep model) are checked by one
+    # loop over their indices instead of one unrolled block each: the wrapper's IR, and LLVM's
+    # time on it, stays proportional to the distinct argument types, not to the arguments.
+    groups: dict = {}
     for i, a in enumerate(args):
-        obj = b.call(api["PyDict_GetItem"], [kwargs, ctx(slots["in"](i))])
+        if program.bounds.get(a.attr("name")) is None:
+            groups.setdefault((a.shape, a.dtype), []).append(i)
+    looped = [i for g in groups.values() if len(g) >= LOOP_MIN_ARGS for i in g]
+    # a split schedule's driver (emit.py) takes the array [in..., out..., ws] itself
+    run = module.globals.get("bp_main.run")
+    if run is not None:
+        argv = b.alloca(ir.ArrayType(PTR, nin + nout + 1), name="argv")
+        at = {i: i for i in range(nin)}
+    else:
+        argv = b.alloca(ir.ArrayType(PTR, max(len(looped), 1)), name="argv") if looped else None
+        at = {i: k for k, i in enumerate(looped)}  # arg -> its slot in argv
+    datas = []
+
+    def check_array(a, i, obj, descr):
         check(b.icmp_unsigned("!=", obj, ir.Constant(PTR, None)))
         check(b.icmp_unsigned("==", field(obj, OB_TYPE, PTR), array_type))
         check(b.icmp_signed("==", field(obj, AR_ND, I32), ir.Constant(I32, a.ndim)))
-        check(b.icmp_unsigned("==", field(obj, AR_DESCR, PTR), ctx(slots["in"](i) + 1)))
+        check(b.icmp_unsigned("==", field(obj, AR_DESCR, PTR), descr))
         flags = field(obj, AR_FLAGS, I32)
         want = ir.Constant(I32, NPY_C_CONTIGUOUS | NPY_ALIGNED)
         check(b.icmp_unsigned("==", b.and_(flags, want), want))
@@ -131,15 +149,59 @@ def emit_wrapper(module: ir.Module, program) -> None:
             overlap = b.and_(b.icmp_unsigned("<", p, hi),
                              b.icmp_unsigned(">", b.add(p, i64(nbytes)), lo))
             check(b.not_(overlap))
-        bound = program.bounds.get(a.attr("name"))
+        bound = program.bounds.get(a.attr("name")) if i is not None else None
         if bound is not None and a.size:
             _range_check(em, fn, data, a.size, bound, slow)
+        return data
+
+    for g in groups.values():
+        if len(g) < LOOP_MIN_ARGS:
+            continue
+        # per member: (its table slot, its argv slot), a constant array the loop walks
+        pairs = ir.ArrayType(I64, 2 * len(g))
+        table = ir.GlobalVariable(module, pairs, module.get_unique_name("bp_argloop"))
+        table.global_constant, table.linkage = True, "private"
+        table.initializer = ir.Constant(pairs, [v for i in g
+                                                for v in (slots["in"](i), at[i])])
+        with em.loop(len(g), "arg") as k:
+            two = b.mul(k, i64(2))
+            slot = b.load(b.gep(table, [i64(0), two], inbounds=True), typ=I64)
+            pos = b.load(b.gep(table, [i64(0), b.add(two, i64(1))], inbounds=True), typ=I64)
+            name = b.load(b.gep(tab, [slot], inbounds=True, source_etype=I64), typ=I64)
+            descr = b.load(b.gep(tab, [b.add(slot, i64(1))], inbounds=True,
+                                 source_etype=I64), typ=I64)
+            obj = b.call(api["PyDict_GetItem"], [kwargs, b.inttoptr(name, PTR)])
+            data = check_array(args[g[0]], None, obj, b.inttoptr(descr, PTR))
+            b.store(data, b.gep(argv, [i64(0), pos], inbounds=True))
+    looped_set = set(looped)
+    for i, a in enumerate(args):
+        if i in looped_set:
+            if run is None:
+                datas.append(b.load(b.gep(argv, [i64(0), i64(at[i])], inbounds=True), typ=PTR))
+            continue
+        obj = b.call(api["PyDict_GetItem"], [kwargs, ctx(slots["in"](i))])
+        data = check_array(a, i, obj, ctx(slots["in"](i) + 1))
+        if run is not None:
+            b.store(data, b.gep(argv, [i64(0), i64(i)], inbounds=True))
         datas.append(data)
-    out_ptrs = [ctx(slots["out"](j)) for j in range(nout)]
-    main = module.globals["bp_main"]
     status = module.globals.get(STATUS)
+
+    def call_main():
+        if run is not None:
+            with em.loop(nout, "outp") as j:  # the outputs' data pointers: slot out(j) each
+                s = b.add(i64(slots["out"](0)), b.mul(j, i64(3)))
+                p = b.load(b.gep(tab, [s], inbounds=True, source_etype=I64), typ=I64)
+                b.store(b.inttoptr(p, PTR),
+                        b.gep(argv, [i64(0), b.add(j, i64(nin))], inbounds=True))
+            b.store(ctx(C_WS), b.gep(argv, [i64(0), i64(nin + nout)], inbounds=True))
+            b.call(run, [b.gep(argv, [i64(0), i64(0)], inbounds=True)])
+            return ctx(slots["out"](0))
+        out_ptrs = [ctx(slots["out"](j)) for j in range(nout)]
+        b.call(module.globals["bp_main"], datas + out_ptrs + [ctx(C_WS)])
+        return out_ptrs[0]
+
     if status is None:
-        b.call(main, datas + out_ptrs + [ctx(C_WS)])
+        loss_ptr = call_main()
     else:
         # The word is shared with the slow path, whose holder may be between its call and its
         # read (Python can switch threads there; this path holds the GIL throughout): save the
@@ -148,7 +210,7 @@ def emit_wrapper(module: ir.Module, program) -> None:
         words = [b.gep(status, [i64(0), i64(k)], inbounds=True) for k in (0, 1)]
         saved = [b.load(w, typ=I64) for w in words]
         b.store(i64(0), words[0])
-        b.call(main, datas + out_ptrs + [ctx(C_WS)])
+        loss_ptr = call_main()
         mine = b.load(words[0], typ=I64)
         for w, v in zip(words, saved):
             b.store(v, w)
@@ -159,7 +221,7 @@ def emit_wrapper(module: ir.Module, program) -> None:
     alloc_ty = ir.FunctionType(PTR, [PTR, I64])
     scalar = b.call(_callee(alloc, alloc_ty), [ctx(C_SCALAR_TYPE), i64(0)])
     check_fail(b, fn, scalar, fail)
-    b.store(b.load(out_ptrs[0], typ=ty), b.gep(scalar, [i64(SCALAR_VALUE)], source_etype=I8))
+    b.store(b.load(loss_ptr, typ=ty), b.gep(scalar, [i64(SCALAR_VALUE)], source_etype=I8))
     d = b.call(api["PyDict_New"], [])
     b_ok = fn.append_basic_block("dict_ok")
     b_bad = fn.append_basic_block("dict_bad")
@@ -168,17 +230,24 @@ def emit_wrapper(module: ir.Module, program) -> None:
     _decref(b, api, scalar)
     b.ret(ir.Constant(PTR, None))
     b.position_at_end(b_ok)
-    for j in range(1, nout):
-        s = slots["out"](j)
-        r = b.call(api["PyDict_SetItem"], [d, ctx(s + 2), ctx(s + 1)])
-        nxt = fn.append_basic_block("set_ok")
+    if nout > 1:  # {name: gradient}: one loop over the outputs' (data, array, name) slots
         bad = fn.append_basic_block("set_bad")
-        b.cbranch(b.icmp_signed("==", r, ir.Constant(I32, 0)), nxt, bad)
+        with em.loop(nout - 1, "out") as j:
+            s = b.add(i64(slots["out"](1)), b.mul(j, i64(3)))
+            array = b.load(b.gep(tab, [b.add(s, i64(1))], inbounds=True, source_etype=I64),
+                           typ=I64)
+            name = b.load(b.gep(tab, [b.add(s, i64(2))], inbounds=True, source_etype=I64),
+                          typ=I64)
+            r = b.call(api["PyDict_SetItem"], [d, b.inttoptr(name, PTR), b.inttoptr(array, PTR)])
+            nxt = fn.append_basic_block("set_ok")
+            b.cbranch(b.icmp_signed("==", r, ir.Constant(I32, 0)), nxt, bad)
+            b.position_at_end(nxt)
+        done = b.block
         b.position_at_end(bad)
         _decref(b, api, scalar)
         _decref(b, api, d)
         b.ret(ir.Constant(PTR, None))
-        b.position_at_end(nxt)
+        b.position_at_end(done)
     t = b.call(api["PyTuple_New"], [i64(2)])
     t_ok = fn.append_basic_block("tuple_ok")
     t_bad = fn.append_basic_block("tuple_bad")

@@ -86,10 +86,11 @@ class Schedule:
         self.accumulate: dict[Node, Fold] = folds(self.order, owner, gemm_threshold)
         folded = {c for f in self.accumulate.values() for c in (f.product, f.operand)}
         ws_count = 0
+        arg_set = set(args)
         for n in self.order:
             if n in self.views or n in folded:  # a folded product is emitted by its add
                 continue
-            if n.op not in ("input", "param") and n in args:
+            if n.op not in ("input", "param") and n in arg_set:
                 raise BackendError(f"llvm backend: leaf {n!r} is not an argument")
             if n.op in ("input", "param"):
                 raise BackendError(f"llvm backend: leaf {n!r} missing from the argument list")
@@ -137,8 +138,8 @@ class Schedule:
             self.scan_plan[n] = plan_scan(self, n, step)
         reads = [self.views[i].buf for i in n.inputs]
         extra = [self.views[i].buf for i in fold.product.inputs] if fold is not None else []
-        temps = [v.buf for (m, _k), v in self.temps.items()
-                 if m is n or (fold is not None and m is fold.product)]
+        temps = [self.temps[(m, k)].buf for m in (n, fold and fold.product) for k in (0, 1)
+                 if (m, k) in self.temps]  # a product's operand copies
         self.steps.append(Step("node", n, None, None, fold, buf, tuple(reads + extra),
                                tuple([buf] + reads + temps + extra)))
 
