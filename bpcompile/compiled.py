@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .autodiff.reverse import check_loss, check_wrt
@@ -98,8 +99,26 @@ class Program:
         return self.impl.memory()
 
     def source(self, stage: str | None = None) -> str:
-        """The generated code (NumPy source, LLVM IR, or JAX source, per backend)."""
+        """The generated code (NumPy source, LLVM IR, or JAX source, per backend).
+
+        On the NumPy and JAX backends the default stage is a complete module (imports, the
+        helpers it calls, constants, the function) that runs without bpcompile; "function"
+        is the bare function as the backend runs it."""
+        if stage == "function":
+            return self.impl.source(None)
+        if stage in (None, self.backend_name) and self.backend_name in ("numpy", "jax"):
+            from .inspect.standalone import module_source
+
+            impl: Any = self.impl
+            return module_source(impl.src, impl.consts, impl.namespace,
+                                 "np" if self.backend_name == "numpy" else "jnp", self._title())
         return self.impl.source(stage)
+
+    def save_source(self, path: str | Path, stage: str | None = None) -> Path:
+        """Write `source(stage)` to `path` (a standalone module on NumPy/JAX); returns it."""
+        from .inspect.standalone import save_source
+
+        return save_source(self.source(stage), path)
 
     def lowered(self) -> Any:
         """(jax backend) The `jax.stages.Lowered` program: `.as_text()`, `.compile()`, ..."""
