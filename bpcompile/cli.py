@@ -36,6 +36,8 @@ EMITS = {
     "asm": (lambda fn: fn.source("asm"), "llvm"),
     "jax": (lambda fn: fn.source("jax"), "jax"),
     "stablehlo": (lambda fn: fn.source("stablehlo"), "jax"),
+    "latex": (lambda fn: fn.source("latex"), None),
+    "markdown": (lambda fn: fn.source("markdown"), None),
 }
 
 

@@ -103,9 +103,14 @@ class Program:
 
         On the NumPy and JAX backends the default stage is a complete module (imports, the
         helpers it calls, constants, the function) that runs without bpcompile; "function"
-        is the bare function as the backend runs it."""
+        is the bare function as the backend runs it. "latex"/"markdown" (any backend): the
+        forward and backward pass as equations in δ notation."""
         if stage == "function":
             return self.impl.source(None)
+        if stage in ("latex", "markdown"):  # the adjoint as equations (docs/inspection.md)
+            from .inspect import latex
+
+            return latex.to_latex(self) if stage == "latex" else latex.to_markdown(self)
         if stage in (None, self.backend_name) and self.backend_name in ("numpy", "jax"):
             from .inspect.standalone import module_source
 
@@ -113,6 +118,12 @@ class Program:
             return module_source(impl.src, impl.consts, impl.namespace,
                                  "np" if self.backend_name == "numpy" else "jnp", self._title())
         return self.impl.source(stage)
+
+    def equations_image(self, path: str | Path) -> Path:
+        """The δ-notation equations as a PNG (matplotlib mathtext; no LaTeX needed)."""
+        from .inspect.latex import render_png
+
+        return render_png(self, path)
 
     def save_source(self, path: str | Path, stage: str | None = None) -> Path:
         """Write `source(stage)` to `path` (a standalone module on NumPy/JAX); returns it."""
