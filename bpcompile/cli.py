@@ -38,6 +38,9 @@ EMITS = {
     "stablehlo": (lambda fn: fn.source("stablehlo"), "jax"),
     "latex": (lambda fn: fn.source("latex"), None),
     "markdown": (lambda fn: fn.source("markdown"), None),
+    "dot": (lambda fn: fn.graph_image("final", "dot"), None),
+    "svg": (lambda fn: fn.graph_image("final", "svg"), None),
+    "png": (lambda fn: fn.graph_image("final", "png"), None),  # bytes: needs -o
 }
 
 
@@ -170,6 +173,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if need and args.backend != need and not args.dump_passes:
         raise UsageError(f"--emit {args.emit} needs --backend {need} "
                          f"(got --backend {args.backend})")
+    if args.emit == "png" and not args.output and not args.dump_passes:
+        raise UsageError("--emit png writes a binary image: give -o FILE.png")
     fn = _compile(_load(args.spec), args.backend)
     if args.dump_passes:
         parts = []
@@ -265,7 +270,11 @@ COMMANDS = {"compile": cmd_compile, "check": cmd_check, "export": cmd_export, "r
             "train": cmd_train}
 
 
-def _write(text: str, output: str | None):
+def _write(text: str | bytes, output: str | None):
+    if isinstance(text, bytes):  # an image (--emit png; -o is required for it)
+        Path(str(output)).write_bytes(text)
+        print(f"wrote {output}", file=sys.stderr)
+        return
     if not text.endswith("\n"):
         text += "\n"
     if output:

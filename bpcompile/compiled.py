@@ -119,6 +119,16 @@ class Program:
                                  "np" if self.backend_name == "numpy" else "jnp", self._title())
         return self.impl.source(stage)
 
+    def graph_image(self, stage: str = "final", format: str = "svg",  # noqa: A002
+                    path: str | Path | None = None, max_nodes: int = 300,
+                    expand: Sequence[str] = ()) -> str | bytes | Path:
+        """The graph at `stage` as a picture: format "dot" (text, no dependency), "svg" (text)
+        or "png" (bytes), the last two rendered by Graphviz's `dot`; written to `path` if
+        given. Over `max_nodes` nodes, each source line collapses into one box."""
+        from .inspect.dot import graph_image
+
+        return graph_image(self, stage, format, path, max_nodes, expand)
+
     def equations_image(self, path: str | Path) -> Path:
         """The δ-notation equations as a PNG (matplotlib mathtext; no LaTeX needed)."""
         from .inspect.latex import render_png
