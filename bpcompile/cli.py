@@ -5,6 +5,7 @@
     bpcompile export  SPEC -o DIR [--name NAME]
     bpcompile run     SPEC [--backend B] [--seed N] [--steps K --lr LR]
     bpcompile train   SPEC [--data FILE.npz] [--epochs N] [--optimizer O] [--lr LR] ...
+    bpcompile report  SPEC -o report.html [--seed N]
 
 Exit codes: 0 success, 1 failed check (gradient mismatch), 2 user error (bad usage, spec,
 model or file: one line on stderr naming the file and the fix), 3 internal error (a bug: one
@@ -145,6 +146,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     r.add_argument("--steps", type=positive_int, default=0, metavar="K",
                    help="take K >= 1 plain gradient-descent steps, printing the loss")
     r.add_argument("--lr", type=positive_float, default=0.1, help="learning rate for --steps")
+    rp = add("report", "write one self-contained HTML page: graph pictures, δ equations, "
+                       "code of each backend, passes, memory, gradient check and norms")
+    rp.add_argument("-o", "--output", required=True, metavar="FILE", help="the .html to write")
+    rp.add_argument("--seed", type=nonneg_int, default=None,
+                    help="seed for random params/inputs (default: the spec's [init] seed)")
     from .train.cli import add_parser as add_train_parser
 
     add_train_parser(sub, parents=[debug])  # `bpcompile train` (bpcompile/train/cli.py)
@@ -260,6 +266,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    model = _load(args.spec)
+    fn = _compile(model, "numpy")
+    values = {**model.example_inputs(args.seed), **model.init_params(args.seed)}
+    path = fn.report(args.output, values, title=model.describe())
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train.cli import run
 
@@ -267,7 +282,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"compile": cmd_compile, "check": cmd_check, "export": cmd_export, "run": cmd_run,
-            "train": cmd_train}
+            "train": cmd_train, "report": cmd_report}
 
 
 def _write(text: str | bytes, output: str | None):

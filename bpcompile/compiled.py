@@ -242,6 +242,15 @@ class Compiled(Program):
             self.signature, self.grad_names, batch_inputs, devices
         )
 
+    def report(self, path: str | Path, values: dict[str, Any] | None = None,
+               title: str = "", backends: Sequence[str] = ("numpy", "jax", "llvm")) -> Path:
+        """Write one self-contained HTML page about this function to `path`: gradient norms
+        and the gradient check at `values` (every input and param by name; seeded random
+        when None), δ equations, graph pictures, each backend's code, passes, memory."""
+        from .inspect.report import write
+
+        return write(self, path, values, title, backends=backends)
+
     def _title(self):
         return (
             f"bpcompile {self.backend_name} backend: loss and d/d({', '.join(self.grad_names)}); "
