@@ -151,6 +151,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     rp.add_argument("-o", "--output", required=True, metavar="FILE", help="the .html to write")
     rp.add_argument("--seed", type=nonneg_int, default=None,
                     help="seed for random params/inputs (default: the spec's [init] seed)")
+    rp.add_argument("--no-check", action="store_true",
+                    help="skip the gradient check (finite differences are slow on big models)")
     from .train.cli import add_parser as add_train_parser
 
     add_train_parser(sub, parents=[debug])  # `bpcompile train` (bpcompile/train/cli.py)
@@ -270,7 +272,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     model = _load(args.spec)
     fn = _compile(model, "numpy")
     values = {**model.example_inputs(args.seed), **model.init_params(args.seed)}
-    path = fn.report(args.output, values, title=model.describe())
+    path = fn.report(args.output, values, title=model.describe(),
+                     check_gradients=not args.no_check)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 

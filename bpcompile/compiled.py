@@ -186,6 +186,12 @@ class Program:
         )
         return "\n".join(rows)
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the equations, the final graph's picture and the generated code."""
+        from .inspect.notebook import program_html
+
+        return program_html(self)
+
     def __repr__(self):
         return f"<bpcompile.{type(self).__name__} {self.backend_name}: {self.signature.describe()}>"
 
@@ -243,13 +249,16 @@ class Compiled(Program):
         )
 
     def report(self, path: str | Path, values: dict[str, Any] | None = None,
-               title: str = "", backends: Sequence[str] = ("numpy", "jax", "llvm")) -> Path:
+               title: str = "", backends: Sequence[str] = ("numpy", "jax", "llvm"),
+               check_gradients: bool = True) -> Path:
         """Write one self-contained HTML page about this function to `path`: gradient norms
         and the gradient check at `values` (every input and param by name; seeded random
-        when None), δ equations, graph pictures, each backend's code, passes, memory."""
+        when None), δ equations, graph pictures, each backend's code, passes, memory.
+        `check_gradients=False` skips the check (finite differences cost a call per sample)."""
         from .inspect.report import write
 
-        return write(self, path, values, title, backends=backends)
+        return write(self, path, values, title, backends=backends,
+                     check_gradients=check_gradients)
 
     def _title(self):
         return (

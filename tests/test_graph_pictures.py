@@ -91,3 +91,17 @@ def test_scan_and_functions_draw():
     fn = bp.function({"y": bp.sigmoid(x) * 2.0})
     text = fn.graph_image("final", "dot")
     assert "-> y" in text and "kernel" in text
+
+
+@needs_dot
+def test_notebook_reprs():
+    x = bp.param("x", (3, 2))
+    h = bp.sigmoid(x @ bp.param("W", (2, 2))).named("h")
+    svg = h._repr_svg_()
+    root = ET.fromstring(svg)
+    texts = " ".join(t.text or "" for t in root.iter() if t.tag.endswith("text"))
+    assert "h = sigmoid" in texts and "W" in texts
+    fn = bp.compile(bp.sum(h), [x])
+    page = fn._repr_html_()
+    assert page.count("<svg") >= 2 and "forward_backward" in page
+    assert "<details><summary>LaTeX</summary>" in page

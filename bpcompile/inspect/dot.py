@@ -70,6 +70,14 @@ def to_dot(program: Any, stage: str = "final", max_nodes: int = MAX_NODES,
            expand: Iterable[str] = ()) -> str:
     """DOT text of the graph at `stage` (forward, adjoint, a pass name or final)."""
     outputs, labels = _stage_outputs(program, stage)
+    return dot_of(outputs, labels, stage, max_nodes, expand)
+
+
+def dot_of(outputs: list[Node], labels: list[str], title: str = "graph",
+           max_nodes: int = MAX_NODES, expand: Iterable[str] = ()) -> str:
+    """DOT text of the graph computing `outputs` (labelled `labels`); the first output is
+    the loss whose dependencies are the forward pass."""
+    stage = title
     order = toposort(outputs)
     names = assign_names(order)
     forward = set(toposort(outputs[:1]))

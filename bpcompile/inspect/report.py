@@ -197,11 +197,21 @@ def _code(loss: Node, wrt: list[Node], backends: Sequence[str]) -> str:
     return f"<div class='side'>{''.join(cols)}</div>"
 
 
-def build(fn: Any, values: dict[str, np.ndarray], title: str = "",
-          backends: Sequence[str] = BACKENDS, seed: int = 0, max_nodes: int = 300) -> str:
-    """The report's HTML for a Compiled `fn` at `values` (every input and param by name)."""
+def _checked(fn: Any, inputs: dict, params: dict, seed: int, use_jax: bool) -> str:
     from ..check import check
 
+    try:
+        rep = check(fn.loss, fn.wrt, inputs=inputs, params=params, seed=seed, use_jax=use_jax)
+        return _check_table(rep) + ("" if use_jax else
+                                    "<p class='note'>JAX not installed: FD only</p>")
+    except Exception as e:  # the report still shows everything else
+        return f"<p class='bad'>gradient check failed to run: {_e(e)}</p>"
+
+
+def build(fn: Any, values: dict[str, np.ndarray], title: str = "",
+          backends: Sequence[str] = BACKENDS, seed: int = 0, max_nodes: int = 300,
+          check_gradients: bool = True) -> str:
+    """The report's HTML for a Compiled `fn` at `values` (every input and param by name)."""
     missing = [n for n in fn.signature.names if n not in values]
     if missing:
         raise ValueError(f"report: no value for {missing}; give every input and param")
@@ -221,12 +231,10 @@ def build(fn: Any, values: dict[str, np.ndarray], title: str = "",
         use_jax = True
     except ImportError:
         use_jax = False
-    try:
-        rep = check(fn.loss, fn.wrt, inputs=inputs, params=params, seed=seed, use_jax=use_jax)
-        check_html = _check_table(rep) + ("" if use_jax else
-                                          "<p class='note'>JAX not installed: FD only</p>")
-    except Exception as e:  # the report still shows everything else
-        check_html = f"<p class='bad'>gradient check failed to run: {_e(e)}</p>"
+    if not check_gradients:
+        check_html = "<p class='note'>skipped (check_gradients=False)</p>"
+    else:
+        check_html = _checked(fn, inputs, params, seed, use_jax)
     final = fn.stages[-1].outputs
     live, labels = bytes_live(final)
     n_fwd = len([n for n in toposort(final[:1]) if n.op not in ("input", "param", "const")])
