@@ -81,7 +81,7 @@ def dot_of(outputs: list[Node], labels: list[str], title: str = "graph",
     order = toposort(outputs)
     names = assign_names(order)
     forward = set(toposort(outputs[:1]))
-    out_label = {}
+    out_label: dict[Node, str] = {}
     for o, lab in zip(outputs, labels):
         out_label.setdefault(o, lab)
     inner = [n for n in order if n.op not in ("input", "param", "const")]

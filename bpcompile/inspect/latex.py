@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
@@ -165,7 +166,7 @@ class _Writer:
                 self.value[n] = self.atom(math_name(n.attr("name")))
                 continue
             if n.op == "const":
-                v = const_value(n)
+                v = np.asarray(const_value(n))
                 self.value[n] = (sp.sympify(v.item()) if v.ndim == 0
                                  else self.atom(rf"\mathrm{{const}}_{{{list(v.shape)}}}"))
                 continue
