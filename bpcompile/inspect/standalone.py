@@ -43,6 +43,13 @@ def _free_names(src: str) -> list[str]:
     """Names `src` reads that it never binds at any level (a superset-free approximation:
     a name bound anywhere in the text counts as bound), in order of first use."""
     tree = ast.parse(src)
+    for node in ast.walk(tree):  # annotations are not evaluated (the module has
+        if isinstance(node, ast.arg):  # `from __future__ import annotations`)
+            node.annotation = None
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            node.returns = None
+        elif isinstance(node, ast.AnnAssign):
+            node.annotation = ast.Constant(None)
     bound, read = set(), []
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
@@ -84,8 +91,12 @@ class _Closure:
         self.defs: list[str] = []
         self.done: dict[str, Any] = {}
 
-    def add_text(self, src: str, namespace: dict) -> None:
+    def add_text(self, src: str, namespace: dict, top: bool = False) -> None:
         for name in _free_names(src):
+            if name in self.taken and not top:  # a helper would call the generated definition
+                raise BackendError(f"standalone source: the generated module defines {name!r},"
+                                   " which a runtime helper also needs; rename that scan or "
+                                   "function")
             if name in self.taken or name in self.done:
                 continue
             if name not in namespace:
@@ -153,7 +164,7 @@ def module_source(src: str, consts: dict[str, np.ndarray], namespace: dict,
     """The function text `src` (emitted against `namespace`) as a complete Python module."""
     taken = _top_level_names(src) | set(consts)
     closure = _Closure(taken)
-    closure.add_text(src, namespace)
+    closure.add_text(src, namespace, top=True)
     const_lines = [_constant(k, v, ns) for k, v in consts.items()]
     imports = dict(closure.imports)
     if any(v.size > 16 for v in consts.values()):
@@ -168,6 +179,7 @@ def module_source(src: str, consts: dict[str, np.ndarray], namespace: dict,
             "",
             f"`{FUNCTION}(...)` takes the arguments in the order of its signature and returns",
             '(loss, (gradients...)) or (first output, (other outputs...))."""', "",
+            "from __future__ import annotations", "",
             *sorted(imports, key=lambda s: (s.startswith("from"), s)), ""]
     parts = head + [d for d in closure.defs] + const_lines + ([""] if const_lines else [])
     return "\n".join(parts) + "\n" + body.rstrip() + "\n"
