@@ -178,7 +178,7 @@ def _collapsed(order, names, forward, out_label, stage, max_nodes, expand) -> st
         ops = Counter(n.op for n in ns)
         top = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in ops.most_common(4))
         named = [names[n] for n in ns if n in out_label or n.op == "kernel"][:3]
-        label = f"{where} ({sec})\n{len(ns)} nodes: {top}" + (
+        label = f"{where} ({sec})\n{len(ns)} node{'s' if len(ns) > 1 else ''}: {top}" + (
             f"\n{', '.join(named)}" if named else "")
         lines.append(f"  g{idx} [label={_q(label)}, shape=box3d, "
                      f"fillcolor={_q(COLOURS['group_' + sec])}];")
