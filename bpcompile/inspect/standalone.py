@@ -16,6 +16,7 @@ import base64
 import builtins
 import importlib
 import inspect
+import sys
 import textwrap
 import types
 from pathlib import Path
@@ -73,11 +74,8 @@ def _public_path(obj: Any) -> tuple[str, str] | None:
     if not name:
         return None
     for mod_name in PUBLIC + (getattr(obj, "__module__", None) or "",):
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError:
-            continue
-        if getattr(mod, name, None) is obj:
+        mod = sys.modules.get(mod_name)  # obj came from a loaded module: import nothing new
+        if mod is not None and getattr(mod, name, None) is obj:
             return mod_name, name
     return None
 
