@@ -117,3 +117,12 @@ def test_equations_png_is_not_blank(tmp_path):
     ink = (img[..., :3].mean(axis=2) < 0.5).mean()
     assert 0.001 < ink < 0.5, ink
     assert np.isfinite(img).all()
+
+
+def test_function_outputs_go_by_their_names():
+    import bpcompile as bp
+
+    x, W = bp.input("x", (2, 3)), bp.param("W", (3, 1))
+    fn = bp.function({"y": bp.sigmoid(x @ W), "s": bp.sum(x)})
+    eqs = [str(e) for e in equations(fn)]
+    assert r"y = \sigma\left(x W\right)" in eqs and r"s = \sum x" in eqs

@@ -111,7 +111,8 @@ class _Printer(LatexPrinter):
 
 
 class _Writer:
-    def __init__(self, outputs: list[Node], wrt_names: list[str], forward_names: dict):
+    def __init__(self, outputs: list[Node], wrt_names: list[str], forward_names: dict,
+                 labels: list[str] | None = None):
         self.outputs = outputs
         self.forward = set(toposort(outputs[:1]))
         self.order = toposort(outputs)
@@ -124,6 +125,10 @@ class _Writer:
         self.out_lhs = {outputs[0]: "L"}
         for o, w in zip(outputs[1:], wrt_names):
             self.out_lhs.setdefault(o, partial(math_name(w)))
+        if labels is not None:  # bp.function: outputs by their names, no loss
+            self.out_lhs = {}
+            for o, lab in zip(outputs, labels):
+                self.out_lhs.setdefault(o, math_name(lab))
         self.fwd_names = forward_names  # kernel name -> (activation op, pre-activation name)
         self.atoms: dict[sp.Symbol, str] = {}
         self.products: set[sp.Symbol] = set()  # atoms that are matmuls
@@ -283,8 +288,10 @@ def _activations(forward_outputs: list[Node]) -> dict[str, tuple[str, str]]:
 def equations(program: Any) -> list[Equation]:
     """The equations of a compiled program's final graph (forward, then backward)."""
     final = program.stages[-1].outputs
-    wrt = list(getattr(program, "grad_names", []))
-    return _Writer(final, wrt, _activations(program.stages[0].outputs)).run()
+    wrt = getattr(program, "grad_names", None)
+    labels = None if wrt is not None else list(program.labels)
+    return _Writer(final, list(wrt or []), _activations(program.stages[0].outputs),
+                   labels).run()
 
 
 def to_latex(program: Any) -> str:
