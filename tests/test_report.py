@@ -90,3 +90,13 @@ def test_report_renders_in_headless_chromium(tmp_path):
     # the graph picture is drawn: pixels of the forward-node fill (#cfe2ff)
     fwd = np.all(np.abs(img - np.array([0xCF, 0xE2, 0xFF])) <= 2, axis=-1).sum()
     assert fwd > 500, fwd
+
+
+def test_float64_model_shows_its_jax_code(tmp_path):
+    pytest.importorskip("jax")
+    model = spec.load(str(ROOT / "examples" / "xor.toml"))  # float64: needs JAX's x64 mode
+    fn = model.compile("numpy")
+    values = {**model.example_inputs(), **model.init_params()}
+    text = fn.report(tmp_path / "r.html", values, backends=("numpy", "jax"),
+                     check_gradients=False).read_text()
+    assert "unavailable" not in text and "jnp." in text and "import jax" in text

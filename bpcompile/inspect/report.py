@@ -190,7 +190,13 @@ def _code(loss: Node, wrt: list[Node], backends: Sequence[str]) -> str:
     cols = []
     for b in backends:
         try:
-            text = bp_compile(loss, wrt, backend=b).source()
+            if b == "jax":  # a float64 model needs JAX's 64-bit mode, as `bp.check` sets it
+                from ..check import _x64
+
+                with _x64():
+                    text = bp_compile(loss, wrt, backend=b).source()
+            else:
+                text = bp_compile(loss, wrt, backend=b).source()
         except Exception as e:  # a backend that is not installed or cannot take this graph
             text = f"({b} backend unavailable: {type(e).__name__}: {e})"
         cols.append(f"<div><h3>{_e(b)}</h3><pre>{_e(text)}</pre></div>")
