@@ -320,7 +320,7 @@ def to_markdown(program: Any) -> str:
 
 
 def _mathtext(s: str) -> str:
-    """What matplotlib's mathtext lacks: \\left( \\right) sizing kept, \\odot and \\top exist."""
+    """LaTeX for matplotlib's mathtext, which has no \\operatorname in older versions."""
     return s.replace(r"\operatorname", r"\mathrm")
 
 
