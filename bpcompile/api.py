@@ -127,3 +127,12 @@ _METHODS: dict[str, Any] = {
 }
 for _name, _method in _METHODS.items():
     setattr(Node, _name, _method)
+
+
+def _node_svg(node: Node) -> str | None:  # Jupyter shows a node as its graph's picture
+    from .inspect.notebook import node_svg
+
+    return node_svg(node)
+
+
+Node._repr_svg_ = _node_svg  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@
     bpcompile export  SPEC -o DIR [--name NAME]
     bpcompile run     SPEC [--backend B] [--seed N] [--steps K --lr LR]
     bpcompile train   SPEC [--data FILE.npz] [--epochs N] [--optimizer O] [--lr LR] ...
+    bpcompile report  SPEC -o report.html [--seed N]
 
 Exit codes: 0 success, 1 failed check (gradient mismatch), 2 user error (bad usage, spec,
 model or file: one line on stderr naming the file and the fix), 3 internal error (a bug: one
@@ -36,6 +37,11 @@ EMITS = {
     "asm": (lambda fn: fn.source("asm"), "llvm"),
     "jax": (lambda fn: fn.source("jax"), "jax"),
     "stablehlo": (lambda fn: fn.source("stablehlo"), "jax"),
+    "latex": (lambda fn: fn.source("latex"), None),
+    "markdown": (lambda fn: fn.source("markdown"), None),
+    "dot": (lambda fn: fn.graph_image("final", "dot"), None),
+    "svg": (lambda fn: fn.graph_image("final", "svg"), None),
+    "png": (lambda fn: fn.graph_image("final", "png"), None),  # bytes: needs -o
 }
 
 
@@ -140,6 +146,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     r.add_argument("--steps", type=positive_int, default=0, metavar="K",
                    help="take K >= 1 plain gradient-descent steps, printing the loss")
     r.add_argument("--lr", type=positive_float, default=0.1, help="learning rate for --steps")
+    rp = add("report", "write one self-contained HTML page: graph pictures, δ equations, "
+                       "code of each backend, passes, memory, gradient check and norms")
+    rp.add_argument("-o", "--output", required=True, metavar="FILE", help="the .html to write")
+    rp.add_argument("--seed", type=nonneg_int, default=None,
+                    help="seed for random params/inputs (default: the spec's [init] seed)")
+    rp.add_argument("--no-check", action="store_true",
+                    help="skip the gradient check (finite differences are slow on big models)")
     from .train.cli import add_parser as add_train_parser
 
     add_train_parser(sub, parents=[debug])  # `bpcompile train` (bpcompile/train/cli.py)
@@ -168,6 +181,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if need and args.backend != need and not args.dump_passes:
         raise UsageError(f"--emit {args.emit} needs --backend {need} "
                          f"(got --backend {args.backend})")
+    if args.emit == "png" and not args.output and not args.dump_passes:
+        raise UsageError("--emit png writes a binary image: give -o FILE.png")
     fn = _compile(_load(args.spec), args.backend)
     if args.dump_passes:
         parts = []
@@ -253,6 +268,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    model = _load(args.spec)
+    fn = _compile(model, "numpy")
+    values = {**model.example_inputs(args.seed), **model.init_params(args.seed)}
+    path = fn.report(args.output, values, title=model.describe(),
+                     check_gradients=not args.no_check)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train.cli import run
 
@@ -260,10 +285,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"compile": cmd_compile, "check": cmd_check, "export": cmd_export, "run": cmd_run,
-            "train": cmd_train}
+            "train": cmd_train, "report": cmd_report}
 
 
-def _write(text: str, output: str | None):
+def _write(text: str | bytes, output: str | None):
+    if isinstance(text, bytes):  # an image (--emit png; -o is required for it)
+        Path(str(output)).write_bytes(text)
+        print(f"wrote {output}", file=sys.stderr)
+        return
     if not text.endswith("\n"):
         text += "\n"
     if output:

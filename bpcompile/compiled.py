@@ -6,6 +6,7 @@ import functools
 import gc
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .autodiff.reverse import check_loss, check_wrt
@@ -120,8 +121,47 @@ class Program:
         return self.impl.memory()
 
     def source(self, stage: str | None = None) -> str:
-        """The generated code (NumPy source, LLVM IR, or JAX source, per backend)."""
+        """The generated code (NumPy source, LLVM IR, or JAX source, per backend).
+
+        On the NumPy and JAX backends the default stage is a complete module (imports, the
+        helpers it calls, constants, the function) that runs without bpcompile; "function"
+        is the bare function as the backend runs it. "latex"/"markdown" (any backend): the
+        forward and backward pass as equations in δ notation."""
+        if stage == "function":
+            return self.impl.source(None)
+        if stage in ("latex", "markdown"):  # the adjoint as equations (docs/inspection.md)
+            from .inspect import latex
+
+            return latex.to_latex(self) if stage == "latex" else latex.to_markdown(self)
+        if stage in (None, self.backend_name) and self.backend_name in ("numpy", "jax"):
+            from .inspect.standalone import module_source
+
+            impl: Any = self.impl
+            return module_source(impl.src, impl.consts, impl.namespace,
+                                 "np" if self.backend_name == "numpy" else "jnp", self._title())
         return self.impl.source(stage)
+
+    def graph_image(self, stage: str = "final", format: str = "svg",  # noqa: A002
+                    path: str | Path | None = None, max_nodes: int = 300,
+                    expand: Sequence[str] = ()) -> str | bytes | Path:
+        """The graph at `stage` as a picture: format "dot" (text, no dependency), "svg" (text)
+        or "png" (bytes), the last two rendered by Graphviz's `dot`; written to `path` if
+        given. Over `max_nodes` nodes, each source line collapses into one box."""
+        from .inspect.dot import graph_image
+
+        return graph_image(self, stage, format, path, max_nodes, expand)
+
+    def equations_image(self, path: str | Path) -> Path:
+        """The δ-notation equations as a PNG (matplotlib mathtext; no LaTeX needed)."""
+        from .inspect.latex import render_png
+
+        return render_png(self, path)
+
+    def save_source(self, path: str | Path, stage: str | None = None) -> Path:
+        """Write `source(stage)` to `path` (a standalone module on NumPy/JAX); returns it."""
+        from .inspect.standalone import save_source
+
+        return save_source(self.source(stage), path)
 
     def lowered(self) -> Any:
         """(jax backend) The `jax.stages.Lowered` program: `.as_text()`, `.compile()`, ..."""
@@ -171,6 +211,12 @@ class Program:
             rows.append(f"native kernels {kernels['llvm_kernels']} for "
                         f"{kernels['llvm_kernel_calls']} steps")
         return "\n".join(rows)
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the equations, the final graph's picture and the generated code."""
+        from .inspect.notebook import program_html
+
+        return program_html(self)
 
     def __repr__(self):
         return f"<bpcompile.{type(self).__name__} {self.backend_name}: {self.signature.describe()}>"
@@ -230,6 +276,18 @@ class Compiled(Program):
         return self._jax("data_parallel").data_parallel(
             self.signature, self.grad_names, batch_inputs, devices
         )
+
+    def report(self, path: str | Path, values: dict[str, Any] | None = None,
+               title: str = "", backends: Sequence[str] = ("numpy", "jax", "llvm"),
+               check_gradients: bool = True) -> Path:
+        """Write one self-contained HTML page about this function to `path`: gradient norms
+        and the gradient check at `values` (every input and param by name; seeded random
+        when None), δ equations, graph pictures, each backend's code, passes, memory.
+        `check_gradients=False` skips the check (finite differences cost a call per sample)."""
+        from .inspect.report import write
+
+        return write(self, path, values, title, backends=backends,
+                     check_gradients=check_gradients)
 
     def _title(self):
         return (

@@ -22,6 +22,7 @@ LAYERS = [
     ("front end", [
         "bpcompile", "bpcompile.__main__", "bpcompile.api", "bpcompile.compiled",
         "bpcompile.check", "bpcompile.cli", "bpcompile.spec", "bpcompile.train",
+        "bpcompile.inspect",  # pictures, equations, reports, standalone modules
         "bpcompile.layers.spec_layers",  # the [[layers]] builders of spec files
     ]),
 ]

@@ -166,10 +166,13 @@ def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
                 for i in range(len(n.results)))[:-2] + ("," if len(n.results) == 1 else "")
         stmt = f"    {target} = {rhs}"
         note = f"# {n.op if n.op != 'kernel' else 'kernel ' + n.attr('name')} -> {type_str(n)}"
-        if sec == "forward" and n.where:
-            note += f"  ({n.where})"
-        elif sec == "backward" and n in GRAD_OF:
+        # an adjoint node names its forward node, also where it leads its function's first
+        # output (a BPTT body); any other node names its line (a forward value that only the
+        # backward pass reads, such as a sum of labels, too)
+        if n in GRAD_OF:
             note += f"  ({_grad_of(GRAD_OF[n], names)})"
+        elif n.where:
+            note += f"  ({n.where})"
         pad = max(1, COMMENT_COL - len(stmt))
         lines.append(stmt + " " * pad + comment(note))
         expr_of[n] = names[n]

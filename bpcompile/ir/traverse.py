@@ -61,6 +61,7 @@ def transform(
     memo: dict[Node, Node] = {}
     since = next_serial()
     for n in toposort(outputs):
+        start = next_serial()
         LOCATION_OVERRIDE.append(n.where)  # nodes a rewrite creates keep the user's line
         try:
             new = build(n, memo) if build else rebuild(n, [memo[i] for i in n.inputs])
@@ -72,5 +73,19 @@ def transform(
             NAMES[new] = NAMES[n]
         if new is not n and new.serial > since and n in GRAD_OF and new not in GRAD_OF:
             GRAD_OF[new] = GRAD_OF[n]
+            _mark_grad_of(new.inputs, GRAD_OF[n], start)
         memo[n] = new
     return [memo[o] for o in outputs]
+
+
+def _mark_grad_of(built: Iterable[Node], forward: Node, start: int) -> None:
+    """Mark the nodes a replacement was built from (serial > start: made while rebuilding)
+    that have no forward node of their own as gradients of `forward`, so every statement of
+    a rewritten backward pass still names the forward node it differentiates."""
+    stack = list(built)
+    while stack:
+        m = stack.pop()
+        if m.serial <= start or m in GRAD_OF or m.op in ("input", "param", "const"):
+            continue
+        GRAD_OF[m] = forward
+        stack.extend(m.inputs)

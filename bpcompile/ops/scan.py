@@ -44,7 +44,7 @@ import numpy as np
 
 from ..errors import DTypeError, ShapeError
 from ..ir.dtypes import is_float
-from ..ir.node import NAMES, Node, make, rebuild
+from ..ir.node import LOCATION_OVERRIDE, NAMES, Node, make, rebuild
 from ..ir.provenance import GRAD_OF
 from ..ir.traverse import consumers, toposort, transform
 from .elementwise import add, as_node, cast, stop_gradient, where
@@ -259,11 +259,12 @@ def bptt(body: Body, T: int, rev: bool, saved: Sequence[Node], stored_ys: Sequen
         if extra is not None else []
 
     seeds: dict[Node, Node] = {}
-    for n, d in zip(body.new_carries, dc):
-        seeds[n] = add(seeds[n], d) if n in seeds else d
-    for n, d in zip(body.ys, dy_ph):
-        if d is not None:
-            seeds[n] = add(seeds[n], d) if n in seeds else d
+    for n, d in zip(list(body.new_carries) + list(body.ys), dc + dy_ph):
+        if d is not None and n in seeds:  # a carry also read out as a y: its two cotangents
+            seeds[n] = add(seeds[n], d)
+            GRAD_OF.setdefault(seeds[n], n)
+        elif d is not None:
+            seeds[n] = d
     wrt = list(body.carries) + [body.xs[i] for i in x_idx] + [body.consts[i] for i in k_idx]
     cts = backward(seeds, wrt)
     d_c, d_x, d_kc = cts[:nc], cts[nc:nc + len(x_idx)], cts[nc + len(x_idx):]
@@ -326,7 +327,11 @@ def _substitute(outputs, mapping: dict):
         if n in mapping:
             memo[n] = mapping[n]
             continue
-        memo[n] = rebuild(n, [memo[i] for i in n.inputs])
+        LOCATION_OVERRIDE.append(n.where)  # a rebuilt forward node keeps the user's line
+        try:
+            memo[n] = rebuild(n, [memo[i] for i in n.inputs])
+        finally:
+            LOCATION_OVERRIDE.pop()
         if memo[n] is not n and n in GRAD_OF:  # the rebuilt adjoint keeps its forward node
             GRAD_OF.setdefault(memo[n], GRAD_OF[n])
     return [memo[o] for o in outputs]

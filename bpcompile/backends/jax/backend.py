@@ -98,6 +98,7 @@ class JaxBackend:
         self.src, consts = emit_function(
             self.outputs, self.args, lower_program, "forward_backward", "jnp", title
         )
+        self.consts, self.namespace = consts, NAMESPACE  # for the standalone module text
         consts = {k: jnp.asarray(v) for k, v in consts.items()}  # so `const @ x` stays jnp
         self.fn = exec_source(self.src, consts, "forward_backward", NAMESPACE)
         traced = self._traced

@@ -42,6 +42,7 @@ class NumpyBackend:
             raise TypeError(f"numpy backend: unknown options {sorted(options)}")
         self.outputs, self.args = outputs, args
         self.src, consts = emit_function(outputs, args, lower, "forward_backward", "np", title)
+        self.consts, self.namespace = consts, NAMESPACE  # for the standalone module text
         self.fn = exec_source(self.src, consts, "forward_backward", NAMESPACE)
         self.out_dtypes = [np.dtype(o.dtype) for o in outputs]
         self.out_copy = [_shares_or_broadcasts(o) for o in outputs]
