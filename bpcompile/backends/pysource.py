@@ -17,7 +17,7 @@ import numpy as np
 from ..ir.naming import Namespace, assign_names
 from ..ir.node import Node
 from ..ir.printer import type_str
-from ..ir.provenance import GRAD_OF
+from ..ir.provenance import GRAD_OF, RECOMPUTED
 from ..ir.traverse import toposort
 from ..ops.leaves import const_value
 
@@ -120,6 +120,8 @@ def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
             expr_of[n] = names[n]  # bound where its tuple node was unpacked
             continue
         sec = "forward" if n in forward else "backward"
+        if sec == "backward" and n in RECOMPUTED:  # a checkpoint's rematerialisation
+            sec = f"recompute (checkpoint {RECOMPUTED[n]})"
         if sec != section:
             lines.append(f"    # ---- {sec} ----")
             section = sec
@@ -163,7 +165,7 @@ def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
                 for i in range(len(n.results)))[:-2] + ("," if len(n.results) == 1 else "")
         stmt = f"    {target} = {rhs}"
         note = f"# {n.op if n.op != 'kernel' else 'kernel ' + n.attr('name')} -> {type_str(n)}"
-        if sec == "forward" and n.where:
+        if sec != "backward" and n.where:  # forward and recomputed statements: the user's line
             note += f"  ({n.where})"
         elif sec == "backward" and n in GRAD_OF:
             note += f"  ({_grad_of(GRAD_OF[n], names)})"

@@ -1,0 +1,173 @@
+"""bp.checkpoint / bp.remat (ops/checkpoint.py): gradients equal to the plain build on every
+backend, less memory saved for the backward pass, recomputation kept by every pass and shown
+in the generated source, policies, nesting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bpcompile as bp
+from bpcompile.ir.traverse import toposort
+
+B, D, L = 4, 16, 4
+RNG = np.random.default_rng(7)
+VALS = {"x": RNG.standard_normal((B, D))}
+VALS.update({f"W{i}": 0.3 * RNG.standard_normal((D, D)) for i in range(L)})
+VALS.update({f"b{i}": 0.1 * RNG.standard_normal(D) for i in range(L)})
+
+
+def block(h, W, b):
+    return h + bp.tanh(bp.sigmoid(h @ W + b) * h)
+
+
+def mlp(mode=None, policy=None):
+    """A residual MLP; mode None (plain), "block" (each block checkpointed), "nested" (pairs of
+    checkpointed blocks inside an outer checkpoint), "closure" (params read from outside)."""
+    x = bp.input("x", (B, D), "float64")
+    Ws = [bp.param(f"W{i}", (D, D), "float64") for i in range(L)]
+    bs = [bp.param(f"b{i}", (D,), "float64") for i in range(L)]
+    h = x
+    if mode == "nested":
+        inner = bp.checkpoint(block, policy=policy)
+
+        def pair(h, Wa, ba, Wb, bb):
+            return inner(inner(h, Wa, ba), Wb, bb)
+
+        for i in range(0, L, 2):
+            h = bp.checkpoint(pair, name="pair")(h, Ws[i], bs[i], Ws[i + 1], bs[i + 1])
+    else:
+        for W, b in zip(Ws, bs):
+            if mode == "block":
+                h = bp.checkpoint(block, policy=policy)(h, W, b)
+            elif mode == "closure":
+                h = bp.checkpoint(lambda h, W=W, b=b: block(h, W, b))(h)
+            else:
+                h = block(h, W, b)
+    return bp.mean(h * h), Ws + bs
+
+
+def _grads(mode, backend, policy=None):
+    loss, wrt = mlp(mode, policy)
+    fn = bp.compile(loss, wrt, backend=backend)
+    v, g = fn(**VALS)
+    return fn, float(v), {k: np.asarray(a) for k, a in g.items()}
+
+
+BACKENDS = ["numpy", "llvm", "jax"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode,policy", [("block", None), ("block", "dots_saveable"),
+                                         ("nested", None), ("closure", None)])
+def test_gradients_equal_the_plain_build(backend, mode, policy):
+    if backend == "jax":
+        pytest.importorskip("jax")
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    _, v0, g0 = _grads(None, backend)
+    fn, v, g = _grads(mode, backend, policy)
+    assert v == pytest.approx(v0, rel=1e-12)
+    assert g.keys() == g0.keys()
+    for k in g0:
+        np.testing.assert_allclose(g[k], g0[k], rtol=1e-10, atol=1e-14, err_msg=k)
+    final = toposort(fn.outputs)
+    assert any(n.op == "remat_barrier" for n in final)  # the pipeline kept the recompute
+    assert not any(n.op == "remat" for n in final)  # marks are gone once gradients exist
+
+
+def test_saved_bytes_go_down_on_llvm():
+    plain = _grads(None, "llvm")[0].memory()
+    ck = _grads("block", "llvm")[0].memory()
+    assert ck["saved_for_backward_bytes"] < plain["saved_for_backward_bytes"]
+    assert ck["peak_bytes"] <= plain["peak_bytes"]
+
+
+def test_everything_saveable_is_the_plain_gradient_graph():
+    loss, wrt = mlp("block", "everything_saveable")
+    fn = bp.compile(loss, wrt)
+    assert not any(n.op == "remat_barrier" for n in toposort(fn.outputs))
+
+
+def test_recompute_is_distinct_and_late():
+    """The recomputed matmul is a node of its own, computed after the loss (backward)."""
+    loss, wrt = mlp("block")
+    fn = bp.compile(loss, wrt)
+    order = toposort(fn.outputs)
+    forward = set(toposort(fn.outputs[:1]))
+    mats = [n for n in order if n.op == "matmul" and n.inputs[1].op in ("param",)]
+    remats = [n for n in order if n.op == "matmul" and n.inputs[1].op == "remat_barrier"]
+    assert len(mats) == L and len(remats) == L
+    assert all(n in forward for n in mats) and not any(n in forward for n in remats)
+
+
+def test_source_shows_the_recompute_section():
+    src = _grads("block", "numpy")[0].source()
+    assert src.count("# ---- recompute (checkpoint block) ----") >= L
+    assert "W3_r = W3" in src
+
+
+def test_jax_source_uses_an_optimization_barrier():
+    pytest.importorskip("jax")
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    src = _grads("block", "jax")[0].source()
+    assert "lax.optimization_barrier" in src
+
+
+def test_dots_saveable_reads_the_forward_matmul():
+    loss, wrt = mlp("block", "dots_saveable")
+    fn = bp.compile(loss, wrt)
+    order = toposort(fn.outputs)
+    # matmul outputs are saved: no forward product is recomputed from barriers
+    assert not any(n.op == "matmul" and any(i.op == "remat_barrier" for i in n.inputs)
+                   and n.shape == (B, D) and n.inputs[1].shape == (D, D)
+                   and n.inputs[1].op == "remat_barrier" for n in order)
+    assert any(n.op == "remat_barrier" for n in order)
+
+
+def test_multi_output_and_second_order():
+    x = bp.param("x", (3,), "float64")
+
+    def two(a):
+        return bp.sin(a) * a, bp.exp(a)
+
+    p, q = bp.checkpoint(two)(x)
+    loss = bp.sum(p * q)
+    loss0 = bp.sum(bp.sin(x) * x * bp.exp(x))
+    xv = np.array([0.3, -0.7, 1.1])
+    g = bp.compile(loss, [x])(x=xv)[1]["x"]
+    g0 = bp.compile(loss0, [x])(x=xv)[1]["x"]
+    np.testing.assert_allclose(g, g0, rtol=1e-12)
+    # grad of grad through the recomputation (barrier's VJP is the identity)
+    u = bp.input("u", (3,), "float64")
+    hvp = bp.grad(bp.sum(bp.grad(loss, x) * u), x, stabilize=False)
+    hvp0 = bp.grad(bp.sum(bp.grad(loss0, x) * u), x, stabilize=False)
+    f = bp.function({"h": hvp, "h0": hvp0})
+    out = f(x=xv, u=np.array([1.0, 2.0, -1.0]))
+    np.testing.assert_allclose(out["h"], out["h0"], rtol=1e-10)
+
+
+def test_bad_policy_is_named():
+    with pytest.raises(ValueError, match="no_such_policy"):
+        bp.checkpoint(block, policy="no_such_policy")
+    with pytest.raises(TypeError, match="policy"):
+        bp.checkpoint(block, policy=3)
+    with pytest.raises(TypeError, match="callable"):
+        bp.checkpoint(42)
+
+
+def test_decorator_forms():
+    @bp.checkpoint
+    def f(a):
+        return bp.tanh(a) * a
+
+    @bp.remat(policy="dots_saveable")
+    def g(a):
+        return bp.tanh(a) * a
+
+    x = bp.param("x", (3,), "float64")
+    assert f(x).op == "remat" and g(x).op == "remat"
+    assert f.__name__ == "f"
