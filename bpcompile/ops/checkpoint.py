@@ -155,7 +155,7 @@ def _substitute(roots, subst: dict[Node, Node], since: int, orig: dict[Node, Nod
         new = memo[m]
         if GRAD_OF.get(new) in orig:
             GRAD_OF[new] = orig[GRAD_OF[new]]
-    for p, b in subst.items():
+    for b in subst.values():
         if b.op == "remat_barrier":
             RECOMPUTED.setdefault(b, name)
             leaf = b.inputs[0].name

@@ -33,7 +33,7 @@ def canonicalize(outputs: list[Node]) -> list[Node]:
 
 
 def canonicalize_forward(outputs: list[Node]) -> list[Node]:
-    """canonicalize before autodiff: stop_gradient and remat must survive until gradients are built."""
+    """canonicalize before autodiff: stop_gradient and remat live until gradients are built."""
     return transform(outputs, lambda n: n if n.op in AUTODIFF_ONLY else _canon(n))
 
 
