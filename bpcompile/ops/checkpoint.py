@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 from ..errors import GradientError
 from ..ir.node import NAMES, Node, make, next_serial, rebuild
@@ -34,7 +34,7 @@ from ..ir.traverse import toposort
 from .registry import Op, register
 from .sweep import backward
 
-Policy = Union[str, Callable[[Node], bool], None]
+Policy = str | Callable[[Node], bool] | None
 
 POLICIES: dict[str, Callable[[Node], bool]] = {
     "nothing_saveable": lambda n: False,
