@@ -8,6 +8,7 @@ from typing import Any
 
 from .autodiff.reverse import check_loss, check_wrt
 from .autodiff.reverse import grad as _grad
+from .backends.memory_estimate import estimate_timeline
 from .backends.protocol import (
     Backend,
     BackendClass,
@@ -91,11 +92,23 @@ class Program:
         self.impl: Backend = backend_cls(outputs, self.args, title=self._title(), **options)
         self.timings = {"graph": t1 - t0, "codegen": time.perf_counter() - t1}
 
-    def memory(self) -> dict:
-        """The backend's static memory plan (peak bytes, buffers, saved for backward), if any."""
+    def memory(self, timeline: bool = False) -> dict:
+        """The backend's static memory plan (peak bytes, buffers, saved for backward), if any.
+
+        timeline=True adds `timeline`: bytes live at each step (forward, recompute, backward),
+        from the plan on LLVM; on a backend without one, an estimate from the graph's order
+        (`estimate: True`, with its `peak_bytes`), backends/memory_estimate.py."""
         if not isinstance(self.impl, MemoryPlan):
+            if timeline:
+                rows = estimate_timeline(self.outputs)
+                return {"estimate": True, "timeline": rows,
+                        "peak_bytes": max((r["live_bytes"] for r in rows), default=0)}
             raise NotImplementedError(f"the {self.backend_name} backend has no memory plan")
-        return self.impl.memory()
+        out = self.impl.memory()
+        if timeline:
+            steps = getattr(self.impl, "memory_timeline", None)
+            out["timeline"] = steps() if steps is not None else estimate_timeline(self.outputs)
+        return out
 
     def source(self, stage: str | None = None) -> str:
         """The generated code (NumPy source, LLVM IR, or JAX source, per backend)."""
