@@ -15,6 +15,7 @@ import numpy as np
 from ..ir.node import Node
 from ..ir.provenance import RECOMPUTED
 from ..ir.traverse import toposort
+from .run_order import run_order
 
 VIEWS = ("reshape", "transpose", "broadcast_to", "slice", "stop_gradient", "remat",
          "remat_barrier", "result")
@@ -36,7 +37,7 @@ def phase(n: Node, forward: set) -> str:
 def estimate_timeline(outputs: list[Node]) -> list[dict]:
     """One entry per computed node in run order: step, op, phase, bytes it allocates and
     bytes live while it runs (its inputs and every value still needed later)."""
-    order = [n for n in toposort(outputs) if n.op not in ("input", "param", "const")]
+    order = [n for n in run_order(outputs) if n.op not in ("input", "param", "const")]
     forward = set(toposort(outputs[:1]))
     base: dict[Node, Node] = {}
     for n in order:

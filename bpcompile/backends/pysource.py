@@ -20,6 +20,7 @@ from ..ir.printer import type_str
 from ..ir.provenance import GRAD_OF, RECOMPUTED
 from ..ir.traverse import toposort
 from ..ops.leaves import const_value
+from .run_order import run_order
 
 COMMENT_COL = 56
 # The namespace of the module being emitted: scan lowerings (pyscan.py) name their helper
@@ -86,7 +87,7 @@ def emit_function(
 
 
 def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
-    order = toposort(list(outputs) + list(args))  # args may be unused after simplification
+    order = run_order(list(outputs), list(args))  # args may be unused after simplification
     scope = module.scope()
     # an unused argument still needs its name; array constants are module globals
     names = assign_names(list(args) + order, scope=scope, global_consts=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from llvmlite import ir
 
 from ...ir.node import Node
-from ...ir.traverse import toposort
 from ...ops.index import input_ranges
+from ..run_order import run_order
 from .emit import MAX_SPLIT_ARGS, SPLIT_STEPS, Context, emit, refuse_too_large
 from .memplan import MemoryPlan, liveness, plan
 from .schedule import Schedule
@@ -28,7 +28,7 @@ class Program(Schedule):
     def __init__(self, outputs: list[Node], args: list[Node], gemm_threshold: int,
                  blas_threads: int | str | None = None, checked_args: bool = True,
                  index_status: bool = True):
-        order = toposort(outputs)
+        order = run_order(outputs)  # (checkpointed graphs: gradients last-layer first)
         nodes = sum(n.op not in ("input", "param", "const") for n in order)
         if nodes * (len(args) + len(outputs) + 1) > 2 * MAX_SPLIT_ARGS:  # far past: fail fast
             refuse_too_large(nodes, len(args) + len(outputs) + 1)
