@@ -106,8 +106,7 @@ class Program:
             raise NotImplementedError(f"the {self.backend_name} backend has no memory plan")
         out = self.impl.memory()
         if timeline:
-            steps = getattr(self.impl, "memory_timeline", None)
-            out["timeline"] = steps() if steps is not None else estimate_timeline(self.outputs)
+            out["timeline"] = self.impl.memory_timeline()
         return out
 
     def source(self, stage: str | None = None) -> str:

@@ -166,6 +166,7 @@ class TrainStep:
         dt = self.wrt[0].dtype
         ctx = OptContext(count=_input("step", (), dt), lr_scale=_input("lr_scale", (), dt))
         loss = self.loss_node
+        grads: Any
         if self._acc is not None:
             _, loss, grads = self._acc
         else:
