@@ -93,6 +93,34 @@ def ours(backend, args, vals):
     return rows
 
 
+def budget_rows(args, vals):
+    """LLVM with memory_budget at 100/50/25 % of the unconstrained planned peak and at the
+    smallest feasible budget (from the infeasible-budget error)."""
+    import re
+
+    loss, wrt = build(args.blocks, args.width, args.batch, None, True)
+    peak = bp.compile(loss, wrt, backend="llvm").memory()["peak_bytes"]
+    try:
+        bp.compile(loss, wrt, backend="llvm", memory_budget=1)
+        least = 1
+    except bp.BPError as e:
+        least = int(re.search(r">= (\d+)", str(e)).group(1))
+    rows = []
+    for label, b in (("100%", peak), ("50%", peak // 2), ("25%", peak // 4), ("min", least)):
+        if b < least:
+            rows.append({"variant": f"bp llvm budget {label}", "planned": b, "saved": None,
+                         "measured": None, "ms": float("nan"), "note": "infeasible"})
+            continue
+        fn = bp.compile(loss, wrt, backend="llvm", memory_budget=b)
+        m = fn.memory()
+        rows.append({"variant": f"bp llvm budget {label}", "planned": m["peak_bytes"],
+                     "saved": m["saved_for_backward_bytes"], "measured": m["peak_bytes"],
+                     "ms": 1e3 * timed(lambda fn=fn: fn(**vals), args.reps),
+                     "note": f"{m['remat']['recomputed_segments']} of "
+                             f"{m['remat'].get('segments', '?')} blocks recomputed"})
+    return rows
+
+
 def jax_rows(args, vals):
     import jax
     import jax.numpy as jnp
@@ -139,18 +167,21 @@ def main():
     rows = []
     for be in args.backends.split(","):
         rows += ours(be, args, vals)
+    if "llvm" in args.backends:
+        rows += budget_rows(args, vals)
     if "jax" in args.backends:
         rows += jax_rows(args, vals)
 
     def mib(b):
         return "-" if b is None else f"{b / 2**20:.2f}"
 
+
     print(f"{args.blocks} blocks, width {args.width}, batch {args.batch}, float32")
     print(f"{'variant':28s} {'planned MiB':>11s} {'saved MiB':>9s} {'measured MiB':>12s} "
           f"{'ms/step':>8s}")
     for r in rows:
         print(f"{r['variant']:28s} {mib(r.get('planned')):>11s} {mib(r.get('saved')):>9s} "
-              f"{mib(r['measured']):>12s} {r['ms']:8.2f}")
+              f"{mib(r['measured']):>12s} {r['ms']:8.2f}  {r.get('note', '')}")
 
 
 if __name__ == "__main__":
