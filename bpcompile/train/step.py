@@ -22,7 +22,8 @@ from numpy.typing import ArrayLike
 
 from ..backends.protocol import InPlace, JaxProgram, NativeCaller
 from ..backends.signature import check_host_range
-from ..compiled import Function
+from ..budget import fit_budget, parse_budget
+from ..compiled import Compiled, Function
 from ..compiled import grad as _grad
 from ..errors import ArgumentError, BPError
 from ..ir.node import Node
@@ -66,7 +67,8 @@ class TrainStep:
                  init: dict[str, ArrayLike] | None = None, seed: int = 0,
                  diagnostics: bool = False, check_finite: bool = True,
                  native: bool | None = None, accumulate: int = 1,
-                 accumulate_reduce: str = "mean", **options: Any) -> None:
+                 accumulate_reduce: str = "mean", memory_budget: int | str | None = None,
+                 **options: Any) -> None:
         from ..spec import Init, Model
 
         model = loss if isinstance(loss, Model) else None
@@ -88,6 +90,17 @@ class TrainStep:
                                         f"params: {sorted(by_name)}")
                 p = by_name[p]
             wrt.append(p)
+        self.remat_report: dict | None = None
+        if memory_budget is not None:  # recompute forward segments (bp.compile's choice)
+            budget = parse_budget(memory_budget)
+
+            def estimate(marked: Node) -> int:
+                fn = Compiled(marked, wrt, "numpy")
+                return int(fn.memory(timeline=True)["peak_bytes"])
+
+            loss, self.remat_report = fit_budget(loss, budget, estimate)
+            for k in ("ranked", "order", "inside"):
+                self.remat_report.pop(k, None)
         self.loss_node, self.wrt = loss, wrt
         self.param_names = [p.attr("name") for p in wrt]
         self.frozen_names = [n for n in by_name if n not in self.param_names]
@@ -470,7 +483,9 @@ def compile_train_step(loss: Node | Model, params: Sequence[Node | str] | None =
     `accumulate=k` (the loss is declared per micro-batch; each step takes k micro-batches
     stacked along the inputs' leading axis, sums their gradients in a scan and applies one
     update with their mean, or sum with `accumulate_reduce="sum"`: the full-batch step for a
-    mean (sum) loss, with one micro-batch's activations alive at a time).
+    mean (sum) loss, with one micro-batch's activations alive at a time),
+    `memory_budget` (bytes or "64MB": forward segments are recomputed until the loss-and-
+    gradient peak, estimated as bp.compile's NumPy estimate, fits; `step.remat_report`).
     """
     return TrainStep(loss, params, optimizer, backend, **kw)
 
