@@ -81,3 +81,17 @@ def test_train_step_with_a_budget_takes_the_same_steps():
         assert b(x=VALS["x"]) == pytest.approx(a(x=VALS["x"]), rel=1e-12)
     for k in a.params:
         np.testing.assert_allclose(b.params[k], a.params[k], rtol=1e-10, err_msg=k)
+
+
+def test_cli_memory_budget(tmp_path, capsys):
+    from pathlib import Path
+
+    from bpcompile.cli import main
+
+    spec = Path(__file__).resolve().parent.parent / "examples" / "mnist_mlp.toml"
+    assert main(["compile", str(spec), "--memory-budget", "1GB"]) == 0
+    assert "def " in capsys.readouterr().out
+    assert main(["compile", str(spec), "--memory-budget", "lots"]) != 0
+    assert "--memory-budget" in capsys.readouterr().err
+    assert main(["compile", str(spec), "--memory-budget", "1kB"]) != 0
+    assert "memory_budget >=" in capsys.readouterr().err
