@@ -8,7 +8,7 @@ from typing import Any
 
 from .autodiff.reverse import check_loss, check_wrt
 from .autodiff.reverse import grad as _grad
-from .backends.memory_estimate import estimate_timeline
+from .backends.memory_estimate import estimate_timeline, recompute_cost
 from .backends.protocol import (
     Backend,
     BackendClass,
@@ -104,12 +104,13 @@ class Program:
             if timeline:
                 rows = estimate_timeline(self.outputs)
                 est = {"estimate": True, "timeline": rows,
-                       "peak_bytes": max((r["live_bytes"] for r in rows), default=0)}
+                       "peak_bytes": max((r["live_bytes"] for r in rows), default=0),
+                       **recompute_cost(self.outputs)}
                 if self.remat_report:
                     est["remat"] = dict(self.remat_report)
                 return est
             raise NotImplementedError(f"the {self.backend_name} backend has no memory plan")
-        out = self.impl.memory()
+        out = {**self.impl.memory(), **recompute_cost(self.outputs)}
         if self.remat_report:  # compiled with memory_budget=
             out["remat"] = dict(self.remat_report)
         if timeline:

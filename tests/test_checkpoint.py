@@ -81,6 +81,9 @@ def test_saved_bytes_go_down_on_llvm():
     plain = _grads(None, "llvm")[0].memory()
     ck = _grads("block", "llvm")[0].memory()
     assert ck["saved_for_backward_bytes"] < plain["saved_for_backward_bytes"]
+    assert plain["recomputed_bytes"] == plain["recompute_flops"] == 0
+    # each block recomputes h@W (2·B·D·D flops) and the elementwise work after it
+    assert ck["recompute_flops"] >= L * 2 * B * D * D and ck["recomputed_bytes"] >= L * B * D * 8
     assert ck["peak_bytes"] <= plain["peak_bytes"]
 
 

@@ -64,3 +64,18 @@ def estimate_timeline(outputs: list[Node]) -> list[dict]:
             frees[last.get(n, k)] = frees.get(last.get(n, k), 0) + alloc
         live -= frees.pop(k, 0)
     return out
+
+
+def recompute_cost(outputs: list[Node]) -> dict:
+    """What checkpoint recomputation adds to the backward pass: bytes of the recomputed values
+    (those not views) and their FLOPs (2·m·n·k per matmul, one per element otherwise)."""
+    nbytes = flops = 0
+    for n in toposort(outputs):
+        if n not in RECOMPUTED or n.op in VIEWS:
+            continue
+        nbytes += _nbytes(n)
+        if n.op == "matmul":
+            flops += 2 * n.size * n.inputs[0].shape[-1]
+        else:
+            flops += n.size
+    return {"recomputed_bytes": nbytes, "recompute_flops": flops}
