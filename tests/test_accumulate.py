@@ -101,3 +101,15 @@ def test_bad_arguments_are_named():
     step = bp.compile_train_step(model(3), init=init(), accumulate=2)
     with pytest.raises(bp.ArgumentError):
         step(**data(3))  # 3 rows where 2 micro-batches of 3 are declared
+
+
+def test_fit_with_micro_batches_and_a_budget():
+    """fit passes memory_budget on to the step; a generous budget changes nothing."""
+    d = data(24, seed=4)
+    kw = dict(epochs=1, optimizer=bp.optim.sgd(0.1), init=init(), progress=False, seed=0,
+              diagnostics=False, micro_batches=2)
+    a = bp.train.fit(model(6), d, **kw)
+    b = bp.train.fit(model(6), d, memory_budget="1GB", **kw)
+    assert b.step.remat_report["recomputed_segments"] == 0
+    for name in ("W1", "b1", "W2"):
+        np.testing.assert_allclose(b.step.params[name], a.step.params[name], rtol=1e-12)

@@ -153,7 +153,8 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
         params: Sequence[Node | str] | None = None,
         diagnostics: bool = True, shuffle: bool = True, plateau: ReduceLROnPlateau | None = None,
         log_every: int | None = None, out: TextIO | None = None,
-        callbacks: Sequence[Callback] | None = None, micro_batches: int = 1) -> History:
+        callbacks: Sequence[Callback] | None = None, micro_batches: int = 1,
+        memory_budget: int | str | None = None) -> History:
     """Train with seeded shuffled minibatches; return a `History` (its `.step` holds params).
 
     model_or_loss: a spec Model or path, a loss node, or a function batch_size -> loss.
@@ -175,6 +176,8 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
     micro-batches of batch_size / k (the model is built at that size) and one update, equal
     to the full-batch step for a loss that averages over the batch, with the activation memory
     of one micro-batch.
+    memory_budget: bytes or "64MB": recompute forward segments until the loss-and-gradient
+    peak fits (compile_train_step's option; docs/memory.md).
     """
     src = ModelSource(model_or_loss)
     if seed is None:  # the spec's own [init] seed, else 0
@@ -208,7 +211,8 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
     optimizer = optimizer if optimizer is not None else adam(1e-3)
     step = TrainStep(model, params, optimizer, backend,
                      init=init if init is not None else model.init_params(seed),
-                     diagnostics=diagnostics, accumulate=micro_batches)
+                     diagnostics=diagnostics, accumulate=micro_batches,
+                     memory_budget=memory_budget)
     step.warn = False
     evaluator = _Evaluator(src, step, batch_size, backend)
     es = early_stopping_from(early_stopping)
