@@ -143,7 +143,7 @@ def _substitute(roots, subst: dict[Node, Node], since: int, orig: dict[Node, Nod
         if new is m:
             continue
         if m in orig:  # a recomputed forward value
-            RECOMPUTED.setdefault(new, name)
+            RECOMPUTED[new] = name  # (interned: the latest checkpoint names it)
             fwd_name = NAMES.get(orig[m])
             if fwd_name and new not in NAMES:
                 NAMES[new] = fwd_name + "_r"
@@ -157,7 +157,7 @@ def _substitute(roots, subst: dict[Node, Node], since: int, orig: dict[Node, Nod
             GRAD_OF[new] = orig[GRAD_OF[new]]
     for b in subst.values():
         if b.op == "remat_barrier":
-            RECOMPUTED.setdefault(b, name)
+            RECOMPUTED[b] = name
             leaf = b.inputs[0].name
             if leaf and b not in NAMES:
                 NAMES[b] = leaf + "_r"
