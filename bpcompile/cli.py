@@ -124,6 +124,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     c.add_argument("--dump-passes", action="store_true",
                    help="print the graph after every stage of the pipeline instead")
     c.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    c.add_argument("--memory-budget", metavar="BYTES", default=None,
+                   help="recompute forward segments until the planned peak fits, e.g. 64MB "
+                        "(docs/memory.md)")
 
     k = add("check", "compare the compiled gradient with JAX and finite differences")
     backend(k)
@@ -171,8 +174,8 @@ def _load(path: str):
     return load(path)
 
 
-def _compile(model, backend: str):
-    return model.compile(backend)
+def _compile(model, backend: str, **options):
+    return model.compile(backend, **options)
 
 
 # ---- subcommands ----------------------------------------------------------------------------
@@ -183,7 +186,15 @@ def cmd_compile(args: argparse.Namespace) -> int:
                          f"(got --backend {args.backend})")
     if args.emit == "png" and not args.output and not args.dump_passes:
         raise UsageError("--emit png writes a binary image: give -o FILE.png")
-    fn = _compile(_load(args.spec), args.backend)
+    options = {}
+    if args.memory_budget is not None:
+        from .budget import parse_budget
+
+        try:
+            options["memory_budget"] = parse_budget(args.memory_budget)
+        except ValueError as e:
+            raise UsageError(f"--memory-budget: {e}") from None
+    fn = _compile(_load(args.spec), args.backend, **options)
     if args.dump_passes:
         parts = []
         for name in [s.name for s in fn.stages]:

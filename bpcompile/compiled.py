@@ -11,6 +11,7 @@ from typing import Any
 
 from .autodiff.reverse import check_loss, check_wrt
 from .autodiff.reverse import grad as _grad
+from .backends.memory_estimate import estimate_timeline, recompute_cost
 from .backends.protocol import (
     Backend,
     BackendClass,
@@ -22,7 +23,8 @@ from .backends.protocol import (
     Rewrites,
 )
 from .backends.signature import Signature
-from .errors import BackendError
+from .budget import InfeasibleBudget, fit_budget, parse_budget, with_checkpoints
+from .errors import BackendError, BPError
 from .ir.hints import Wrt
 from .ir.node import NAMES, Node
 from .ir.printer import format_graph
@@ -89,6 +91,7 @@ class Program:
     """What every compiled graph shares: passes, a backend, and inspection methods."""
 
     args: list[Node]  # inputs and params in declared order (set by the subclass)
+    remat_report: dict | None = None  # what memory_budget= chose (bp.compile)
     signature: Signature
 
     def _title(self) -> str:
@@ -114,11 +117,28 @@ class Program:
         self.impl: Backend = backend_cls(outputs, self.args, title=self._title(), **options)
         self.timings = {"graph": t1 - t0, "codegen": time.perf_counter() - t1}
 
-    def memory(self) -> dict:
-        """The backend's static memory plan (peak bytes, buffers, saved for backward), if any."""
+    def memory(self, timeline: bool = False) -> dict:
+        """The backend's static memory plan (peak bytes, buffers, saved for backward), if any.
+
+        timeline=True adds `timeline`: bytes live at each step (forward, recompute, backward),
+        from the plan on LLVM; on a backend without one, an estimate from the graph's order
+        (`estimate: True`, with its `peak_bytes`), backends/memory_estimate.py."""
         if not isinstance(self.impl, MemoryPlan):
+            if timeline:
+                rows = estimate_timeline(self.outputs)
+                est = {"estimate": True, "timeline": rows,
+                       "peak_bytes": max((r["live_bytes"] for r in rows), default=0),
+                       **recompute_cost(self.outputs)}
+                if self.remat_report:
+                    est["remat"] = dict(self.remat_report)
+                return est
             raise NotImplementedError(f"the {self.backend_name} backend has no memory plan")
-        return self.impl.memory()
+        out = {**self.impl.memory(), **recompute_cost(self.outputs)}
+        if self.remat_report:  # compiled with memory_budget=
+            out["remat"] = dict(self.remat_report)
+        if timeline:
+            out["timeline"] = self.impl.memory_timeline()
+        return out
 
     def source(self, stage: str | None = None) -> str:
         """The generated code (NumPy source, LLVM IR, or JAX source, per backend).
@@ -366,9 +386,61 @@ def _check_unique_names(args):
 
 
 def compile(loss: Node, wrt: Wrt, backend: str = "numpy",  # noqa: A001
-            passes: Sequence[str] | None = None, **options: Any) -> Compiled:
-    """Compile `loss` and its gradient w.r.t. `wrt` (a list of params) for `backend`."""
-    return Compiled(loss, wrt, backend, passes, **options)
+            passes: Sequence[str] | None = None, memory_budget: int | str | None = None,
+            **options: Any) -> Compiled:
+    """Compile `loss` and its gradient w.r.t. `wrt` (a list of params) for `backend`.
+
+    memory_budget: bytes (int, or "64MB", "1.5GiB"): recompute forward segments in the
+    backward pass (bp.checkpoint) until the planned peak fits (budget.py, docs/memory.md);
+    `fn.memory()["remat"]` reports the choice. An infeasible budget raises a BPError naming
+    the smallest feasible one."""
+    if memory_budget is None:
+        return Compiled(loss, wrt, backend, passes, **options)
+    return _compile_in_budget(loss, wrt, backend, passes, parse_budget(memory_budget), options)
+
+
+def _compile_in_budget(loss, wrt, backend, passes, budget: int, options) -> Compiled:
+    """Search on the NumPy estimate (cheap), then check the target's own plan (LLVM), taking
+    one more recomputed segment at a time while it is over the budget."""
+    def estimate(marked: Node) -> int:
+        return Compiled(marked, wrt, "numpy", passes).memory(timeline=True)["peak_bytes"]
+
+    def planned(fn: Compiled) -> int:
+        return int(fn.memory(timeline=True)["peak_bytes"])
+
+    try:
+        marked, report = fit_budget(check_loss(loss), budget, estimate)
+    except InfeasibleBudget as e:  # name the target's own smallest plan, not the estimate's
+        if backend == "numpy":
+            raise
+        fn = Compiled(e.marked, wrt, backend, passes, **options)
+        need = planned(fn) if isinstance(fn.impl, MemoryPlan) else e.need
+        if need <= budget:  # the target's plan packs tighter than the estimate
+            fn.remat_report = {"budget_bytes": budget, "planned_peak_bytes": need,
+                               "recomputed_segments": "all"}
+            return fn
+        raise BPError(f"memory_budget={budget} bytes is infeasible on the {backend} backend: "
+                      f"the smallest planned peak is {need} bytes; give memory_budget >= "
+                      f"{need}") from None
+    fn = Compiled(marked, wrt, backend, passes, **options)
+    if isinstance(fn.impl, MemoryPlan) and planned(fn) > budget:
+        ranked = report.pop("ranked")
+        for m in range(report["recomputed_segments"] + 1, len(ranked) + 1):
+            fn = Compiled(with_checkpoints(loss, set(ranked[:m]), report["order"]), wrt,
+                          backend, passes, **options)
+            report["recomputed_segments"] = m
+            report["recomputed_bytes"] = int(sum(report["inside"][c] for c in ranked[:m]))
+            if planned(fn) <= budget:
+                break
+        else:
+            raise BPError(f"memory_budget={budget} bytes is infeasible on the {backend} "
+                          f"backend: the smallest planned peak is {planned(fn)} bytes; give "
+                          f"memory_budget >= {planned(fn)}")
+    for k in ("ranked", "order", "inside"):
+        report.pop(k, None)
+    report["planned_peak_bytes"] = planned(fn)
+    fn.remat_report = report
+    return fn
 
 
 def function(outputs: dict[str, Node], backend: str = "numpy",

@@ -482,6 +482,26 @@ def _rnn_rows():
 
 
 ROWS += _rnn_rows()
+
+
+def _checkpoint_rows():
+    """bp.checkpoint (ops remat, remat_barrier): a checkpointed tanh block, nested, against
+    jax.checkpoint."""
+    def block(h, W):
+        return bp.tanh(h @ W) * h
+
+    def jblock(h, W):
+        return jnp.tanh(h @ W) * h
+
+    return [
+        Row("checkpoint_block", ("remat", "remat_barrier"), {"x": (3, 4), "W": (4, 4)},
+            lambda P, I: bp.checkpoint(block)(bp.checkpoint(block)(P["x"], P["W"]), P["W"]),
+            lambda P, I: jax.checkpoint(jblock)(jax.checkpoint(jblock)(P["x"], P["W"]), P["W"]),
+            gens(x=normal(3, 4), W=lambda r: 0.5 * r.standard_normal((4, 4)))),
+    ]
+
+
+ROWS += _checkpoint_rows()
 ROWS = _fix_shapes(ROWS)
 BY_NAME = {r.name: r for r in ROWS}
 assert len(BY_NAME) == len(ROWS), "duplicate row names"

@@ -94,9 +94,12 @@ class KernelStats(Protocol):
 
 @runtime_checkable
 class MemoryPlan(Protocol):
-    """A backend with a static memory plan (peak bytes, buffers, saved for backward)."""
+    """A backend with a static memory plan (peak bytes, buffers, saved for backward) and the
+    bytes live at each step of its schedule (docs/memory.md)."""
 
     def memory(self) -> dict[str, Any]: ...
+
+    def memory_timeline(self) -> list[dict[str, Any]]: ...
 
 
 class Sharding(Protocol):

@@ -17,10 +17,11 @@ import numpy as np
 from ..ir.naming import Namespace, assign_names
 from ..ir.node import Node
 from ..ir.printer import type_str
-from ..ir.provenance import GRAD_OF
+from ..ir.provenance import GRAD_OF, RECOMPUTED
 from ..ir.traverse import toposort
 from ..ops.leaves import const_value
 from .array_lowering import dtype_name
+from .run_order import run_order
 
 COMMENT_COL = 56
 # The namespace of the module being emitted: scan lowerings (pyscan.py) name their helper
@@ -87,7 +88,7 @@ def emit_function(
 
 
 def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
-    order = toposort(list(outputs) + list(args))  # args may be unused after simplification
+    order = run_order(list(outputs), list(args))  # args may be unused after simplification
     scope = module.scope()
     # an unused argument still needs its name; array constants are module globals
     names = assign_names(list(args) + order, scope=scope, global_consts=True)
@@ -121,6 +122,8 @@ def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
             expr_of[n] = names[n]  # bound where its tuple node was unpacked
             continue
         sec = "forward" if n in forward else "backward"
+        if sec == "backward" and n in RECOMPUTED:  # a checkpoint's rematerialisation
+            sec = f"recompute (checkpoint {RECOMPUTED[n]})"
         if sec != section:
             lines.append(f"    # ---- {sec} ----")
             section = sec
@@ -166,10 +169,13 @@ def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
                 for i in range(len(n.results)))[:-2] + ("," if len(n.results) == 1 else "")
         stmt = f"    {target} = {rhs}"
         note = f"# {n.op if n.op != 'kernel' else 'kernel ' + n.attr('name')} -> {type_str(n)}"
-        # an adjoint node names its forward node, also where it leads its function's first
-        # output (a BPTT body); any other node names its line (a forward value that only the
-        # backward pass reads, such as a sum of labels, too)
-        if n in GRAD_OF:
+        # a recomputed (checkpoint) statement names the user's line it repeats; an adjoint
+        # node names its forward node, also where it leads its function's first output (a
+        # BPTT body); any other node names its line (a forward value that only the backward
+        # pass reads, such as a sum of labels, too)
+        if sec.startswith("recompute") and n.where:
+            note += f"  ({n.where})"
+        elif n in GRAD_OF:
             note += f"  ({_grad_of(GRAD_OF[n], names)})"
         elif n.where:
             note += f"  ({n.where})"

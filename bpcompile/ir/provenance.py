@@ -42,3 +42,7 @@ def record_grad_of(roots: Iterable[Node | None], forward: Node, since: int) -> N
         for _, v in m.attrs:
             if not isinstance(v, _PLAIN) and isinstance(v, SubGraph):  # (a slow check)
                 stack.extend(v.outputs)
+
+# recomputed node -> the name of the checkpoint (ops/checkpoint.py) whose backward rebuilt it,
+# so generated code shows rematerialisation as its own section
+RECOMPUTED: weakref.WeakKeyDictionary[Node, str] = weakref.WeakKeyDictionary()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from .node import LOCATION_OVERRIDE, NAMES, Node, next_serial, rebuild
-from .provenance import GRAD_OF
+from .provenance import GRAD_OF, RECOMPUTED
 
 
 def toposort(outputs: Iterable[Node]) -> list[Node]:
@@ -74,6 +74,8 @@ def transform(
         if new is not n and new.serial > since and n in GRAD_OF and new not in GRAD_OF:
             GRAD_OF[new] = GRAD_OF[n]
             _mark_grad_of(new.inputs, GRAD_OF[n], start)
+        if new is not n and new.serial > since and n in RECOMPUTED and new not in RECOMPUTED:
+            RECOMPUTED[new] = RECOMPUTED[n]
         memo[n] = new
     return [memo[o] for o in outputs]
 

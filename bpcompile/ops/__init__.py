@@ -1,6 +1,7 @@
 """Primitive ops. Importing this package registers every op in the registry."""
 
 from . import (  # noqa: F401
+    checkpoint,
     elementwise,
     index,
     kernel,

@@ -13,10 +13,11 @@ from ..ops.elementwise import mul
 from ..ops.leaves import const, scalar_value
 
 COMMUTATIVE = ("add", "mul", "maximum", "minimum", "eq", "ne")
+AUTODIFF_ONLY = ("stop_gradient", "remat")  # identities autodiff reads (remat: checkpoint)
 
 
 def _canon(n: Node) -> Node:
-    if n.op == "stop_gradient":  # x ; gradients are already built
+    if n.op in AUTODIFF_ONLY:  # x ; gradients are already built
         return n.inputs[0]
     if n.op == "div":
         c = scalar_value(n.inputs[1])
@@ -32,8 +33,8 @@ def canonicalize(outputs: list[Node]) -> list[Node]:
 
 
 def canonicalize_forward(outputs: list[Node]) -> list[Node]:
-    """canonicalize before autodiff: stop_gradient must survive until gradients are built."""
-    return transform(outputs, lambda n: n if n.op == "stop_gradient" else _canon(n))
+    """canonicalize before autodiff: stop_gradient and remat live until gradients are built."""
+    return transform(outputs, lambda n: n if n.op in AUTODIFF_ONLY else _canon(n))
 
 
 def cse(outputs: list[Node]) -> list[Node]:

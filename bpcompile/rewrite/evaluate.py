@@ -135,6 +135,8 @@ EVAL = {
     "matmul": lambda n, a, b: (a.astype(np.float32) @ b.astype(np.float32)).astype(a.dtype)
     if is_half(n.dtype) else a @ b,  # 16 bits: float32 accumulation, as the backends
     "stop_gradient": lambda n, x: x,
+    "remat": lambda n, x, *frontier: x,
+    "remat_barrier": lambda n, x, after: x,
     "pad": lambda n, x: pad(x, n.attr("lo"), n.attr("hi"), n.attr("interior")),
     "one_hot": lambda n, x: one_hot(x, n.attr("n"), _dt(n), bool(n.attr("wrap")),
                                     describe_site(n)),

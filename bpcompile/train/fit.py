@@ -153,7 +153,8 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
         params: Sequence[Node | str] | None = None,
         diagnostics: bool = True, shuffle: bool = True, plateau: ReduceLROnPlateau | None = None,
         log_every: int | None = None, out: TextIO | None = None,
-        callbacks: Sequence[Callback] | None = None) -> History:
+        callbacks: Sequence[Callback] | None = None, micro_batches: int = 1,
+        memory_budget: int | str | None = None) -> History:
     """Train with seeded shuffled minibatches; return a `History` (its `.step` holds params).
 
     model_or_loss: a spec Model or path, a loss node, or a function batch_size -> loss.
@@ -171,6 +172,12 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
     LROnPlateau.
     progress: one bar for the run in a terminal (tqdm), else a line every `log_every` epochs
     (default: about 20 lines per run) plus the first and last, to `out`: Progress.
+    micro_batches=k: gradient accumulation - each step of `batch_size` examples runs as k
+    micro-batches of batch_size / k (the model is built at that size) and one update, equal
+    to the full-batch step for a loss that averages over the batch, with the activation memory
+    of one micro-batch.
+    memory_budget: bytes or "64MB": recompute forward segments until the loss-and-gradient
+    peak fits (compile_train_step's option; docs/memory.md).
     """
     src = ModelSource(model_or_loss)
     if seed is None:  # the spec's own [init] seed, else 0
@@ -185,9 +192,14 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
         batch_size = src.batch
         if batch_size is None:
             raise ArgumentError("fit: give batch_size when the model is a function of it")
+        if isinstance(micro_batches, int) and micro_batches > 1:  # the model is one micro-batch
+            batch_size *= micro_batches
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ArgumentError(f"fit: batch_size must be a positive int, got {batch_size!r}")
-    model = src.at(batch_size)
+    if not isinstance(micro_batches, int) or micro_batches < 1 or batch_size % micro_batches:
+        raise ArgumentError(f"fit: micro_batches must be a positive int dividing batch_size="
+                            f"{batch_size}, got {micro_batches!r}")
+    model = src.at(batch_size // micro_batches)
     bounds = _bounds(model)
     n = check_data(data, model.inputs, bounds, "training data")
     arrays = cast_data(data, model.inputs)
@@ -199,7 +211,8 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
     optimizer = optimizer if optimizer is not None else adam(1e-3)
     step = TrainStep(model, params, optimizer, backend,
                      init=init if init is not None else model.init_params(seed),
-                     diagnostics=diagnostics)
+                     diagnostics=diagnostics, accumulate=micro_batches,
+                     memory_budget=memory_budget)
     step.warn = False
     evaluator = _Evaluator(src, step, batch_size, backend)
     es = early_stopping_from(early_stopping)

@@ -61,3 +61,36 @@ def plot_history(history, path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+PHASE_COLORS = {"forward": "tab:blue", "recompute": "tab:orange", "backward": "tab:green",
+                "output copy": "tab:grey"}
+
+
+def plot_memory(memory: dict | list, path, title: str = "memory timeline") -> Path:
+    """Write a PNG of bytes live at each step: `fn.memory(timeline=True)` (or its `timeline`
+    list), one bar per step coloured by phase (forward, recompute, backward), with the peak."""
+    plt = _pyplot()
+    path = Path(path)
+    rows = memory["timeline"] if isinstance(memory, dict) else memory
+    if not rows:
+        raise BPError("plot_memory: the timeline is empty")
+    fig, ax = plt.subplots(figsize=(10, 4), constrained_layout=True)
+    steps = [r["step"] for r in rows]
+    live = [r["live_bytes"] / 2**20 for r in rows]
+    colors = [PHASE_COLORS.get(r["phase"], "black") for r in rows]
+    ax.bar(steps, live, width=1.0, color=colors, linewidth=0)
+    peak = max(live)
+    ax.axhline(peak, color="tab:red", ls="--", lw=0.8)
+    for ph, c in PHASE_COLORS.items():
+        if any(r["phase"] == ph for r in rows):
+            ax.bar([], [], color=c, label=ph)
+    estimate = isinstance(memory, dict) and memory.get("estimate")
+    ax.set_title(f"{title}: peak {peak:.3g} MiB" + (" (estimate)" if estimate else ""))
+    ax.set_xlabel("schedule step")
+    ax.set_ylabel("live MiB")
+    ax.legend()
+    ax.grid(alpha=0.3, axis="y")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -22,7 +22,8 @@ from numpy.typing import ArrayLike
 
 from ..backends.protocol import InPlace, JaxProgram, NativeCaller
 from ..backends.signature import check_host_range
-from ..compiled import Function
+from ..budget import fit_budget, parse_budget
+from ..compiled import Compiled, Function
 from ..compiled import grad as _grad
 from ..errors import ArgumentError, BPError
 from ..ir.dtypes import is_half
@@ -35,6 +36,7 @@ from ..optim import Optimizer, adam
 from ..optim.transforms import OptContext
 from ..rewrite.pipeline import run_forward
 from ..rewrite.precision import Policy, apply_policy
+from .accumulate import accumulated
 
 if TYPE_CHECKING:  # annotations only (spec is imported where it is used)
     from ..spec import Model
@@ -67,7 +69,9 @@ class TrainStep:
                  optimizer: Optimizer | None = None, backend: str = "numpy",
                  init: dict[str, ArrayLike] | None = None, seed: int = 0,
                  diagnostics: bool = False, check_finite: bool = True,
-                 native: bool | None = None, **options: Any) -> None:
+                 native: bool | None = None, accumulate: int = 1,
+                 accumulate_reduce: str = "mean", memory_budget: int | str | None = None,
+                 **options: Any) -> None:
         from ..spec import Init, Model
 
         model = loss if isinstance(loss, Model) else None
@@ -93,10 +97,29 @@ class TrainStep:
         self.precision = Policy.of(options.pop("precision", None))
         if self.precision.compute != "float32":
             loss = apply_policy(run_forward(loss), self.precision)
+        self.remat_report: dict | None = None
+        if memory_budget is not None:  # recompute forward segments (bp.compile's choice)
+            budget = parse_budget(memory_budget)
+
+            def estimate(marked: Node) -> int:
+                fn = Compiled(marked, wrt, "numpy")
+                return int(fn.memory(timeline=True)["peak_bytes"])
+
+            loss, self.remat_report = fit_budget(loss, budget, estimate)
+            for k in ("ranked", "order", "inside"):
+                self.remat_report.pop(k, None)
         self.loss_node, self.wrt = loss, wrt
         self.param_names = [p.attr("name") for p in wrt]
         self.frozen_names = [n for n in by_name if n not in self.param_names]
         self.input_nodes = leaves([loss], ops=("input",))
+        # gradient accumulation (accumulate.py): the loss is declared per micro-batch, the
+        # step takes `accumulate` of them stacked along each batched input's leading axis
+        self.micro_nodes = self.input_nodes
+        self.accumulate, self.accumulate_reduce = accumulate, accumulate_reduce
+        self._acc = None
+        if accumulate != 1:
+            self._acc = accumulated(loss, wrt, accumulate, accumulate_reduce)
+            self.input_nodes = [self._acc[0].get(x.attr("name"), x) for x in self.input_nodes]
         self.input_names = [x.attr("name") for x in self.input_nodes]
         self.optimizer = optimizer if optimizer is not None else adam(1e-3)
         self.backend, self.diagnostics, self.check_finite = backend, diagnostics, check_finite
@@ -162,12 +185,17 @@ class TrainStep:
     def _graph(self, state0: dict) -> dict:
         dt = _count_dtype(self.wrt)
         ctx = OptContext(count=_input("step", (), dt), lr_scale=_input("lr_scale", (), dt))
-        grads = _grad(self.loss_node, self.wrt)
+        loss = self.loss_node
+        grads: Any
+        if self._acc is not None:
+            _, loss, grads = self._acc
+        else:
+            grads = _grad(self.loss_node, self.wrt)
         pnodes = {p.attr("name"): p for p in self.wrt}
         gnodes = dict(zip(self.param_names, grads))
         state = {k: _input(k, v.shape, v.dtype.name) for k, v in state0.items()}
         deltas, new_state = self.optimizer.updates(gnodes, state, pnodes, ctx)
-        outputs = {"loss": self.loss_node}
+        outputs = {"loss": loss}
         for k in self.param_names:
             outputs[f"{k}_next"] = add(pnodes[k], deltas[k])
         for k in state0:
@@ -285,6 +313,24 @@ class TrainStep:
             return self._evaluate(batch)
 
     def _evaluate(self, batch: dict) -> float:
+        if self.accumulate != 1:  # the loss graph is per micro-batch: reduce theirs
+            parts = [self._evaluate_one(b) for b in self._micro_batches(batch)]
+            return sum(parts) / (len(parts) if self.accumulate_reduce == "mean" else 1)
+        return self._evaluate_one(batch)
+
+    def _micro_batches(self, batch: dict) -> list[dict]:
+        """`batch` split into the micro-batches the loss graph is declared for."""
+        out = []
+        for j in range(self.accumulate):
+            sub = {}
+            for x in self.micro_nodes:
+                v, name = batch[x.attr("name")], x.attr("name")
+                b = x.shape[0] if x.ndim else 0
+                sub[name] = np.asarray(v)[j * b:(j + 1) * b] if x.ndim else v
+            out.append(sub)
+        return out
+
+    def _evaluate_one(self, batch: dict) -> float:
         if self._eval is None:
             self._eval = Function({"loss": self.loss_node}, backend=self.backend)
         kw = dict(batch)
@@ -318,10 +364,23 @@ class TrainStep:
     def locate_nonfinite(self, batch: dict) -> str:
         """Re-run loss and gradients at the current params with the NumPy reference, node by
         node, and describe the first node whose value is NaN/inf while its inputs are finite."""
+        if self.accumulate != 1:
+            for j, sub in enumerate(self._micro_batches(batch)):
+                msg = self._locate_one(sub)
+                if msg is not None:
+                    return f"{msg} (micro-batch {j} of {self.accumulate})"
+            return f"step {self.count}: the compiled step produced NaN/inf, but no " \
+                   "micro-batch's NumPy reference evaluation does (a backend difference)"
+        msg = self._locate_one(batch)
+        return msg if msg is not None else (
+            f"step {self.count}: the compiled step produced NaN/inf, but the NumPy "
+            "reference evaluation of the same graph stays finite (a backend difference)")
+
+    def _locate_one(self, batch: dict) -> str | None:
         from ..backends.numpy.codegen import evaluate
 
         env = {**self.params, **self.frozen}
-        for x in self.input_nodes:
+        for x in self.micro_nodes:
             env[x.attr("name")] = np.asarray(batch[x.attr("name")], x.dtype)
         for name, v in env.items():
             if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
@@ -352,8 +411,7 @@ class TrainStep:
                                 + ", ".join(f"{m.name!r}" + (f" ({m.where})" if m.where else "")
                                             for m in near))
                 return msg
-        return f"step {self.count}: the compiled step produced NaN/inf, but the NumPy " \
-               "reference evaluation of the same graph stays finite (a backend difference)"
+        return None
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -428,7 +486,13 @@ def compile_train_step(loss: Node | Model, params: Sequence[Node | str] | None =
 
     `loss` is a scalar node or a spec `Model`; `params` a list of param nodes or names
     (default: every param). Keyword options: `init` (initial arrays by name; default the
-    model's init or Glorot weights / zero biases from `seed`), `diagnostics`, `check_finite`.
+    model's init or Glorot weights / zero biases from `seed`), `diagnostics`, `check_finite`,
+    `accumulate=k` (the loss is declared per micro-batch; each step takes k micro-batches
+    stacked along the inputs' leading axis, sums their gradients in a scan and applies one
+    update with their mean, or sum with `accumulate_reduce="sum"`: the full-batch step for a
+    mean (sum) loss, with one micro-batch's activations alive at a time),
+    `memory_budget` (bytes or "64MB": forward segments are recomputed until the loss-and-
+    gradient peak, estimated as bp.compile's NumPy estimate, fits; `step.remat_report`).
     """
     return TrainStep(loss, params, optimizer, backend, **kw)
 

@@ -42,6 +42,10 @@ LOWERINGS = table("jnp")
 LOWERINGS.update(
     {
         "stop_gradient": lambda n, a: f"lax.stop_gradient({a[0]})",
+        "remat": lambda n, a: a[0],
+        # what jax.checkpoint emits: XLA may neither CSE the recomputation with the forward
+        # copy nor move it before the cotangent exists
+        "remat_barrier": lambda n, a: f"lax.optimization_barrier(({a[0]}, {a[1]}))[0]",
         "pad": _pad,
         "one_hot": lambda n, a: (
             f"one_hot({a[0]}, {n.attr('n')}, {JNP_DTYPE[n.dtype]}{_wrap(n)})"

@@ -31,6 +31,7 @@ from .codegen import Program
 from .emit import UNROLL_STEPS
 from .lower import STATUS
 from .memplan import ALIGN
+from .timeline import timeline
 
 OPTIONS = ("gemm_threshold", "blas_threads", "copy_outputs", "fast_call", "cache", "opt")
 # OpenBLAS threads for big BLAS calls (>= blas.PARALLEL_THRESHOLD): an int, None (OpenBLAS's
@@ -178,6 +179,10 @@ class LLVMBackend:
 
     def memory(self) -> dict:
         return self.program.memory.as_dict()
+
+    def memory_timeline(self) -> list[dict]:
+        """Bytes live at each step of the schedule (timeline.py)."""
+        return timeline(self.program)
 
 
 class IndexStatus:

@@ -13,8 +13,8 @@ from __future__ import annotations
 from llvmlite import ir
 
 from ...ir.node import Node
-from ...ir.traverse import toposort
 from ...ops.index import input_ranges
+from ..run_order import run_order
 from .emit import SPLIT_STEPS, Context, emit
 from .memplan import MemoryPlan, liveness, plan
 from .schedule import Schedule
@@ -30,7 +30,7 @@ class Program(Schedule):
                  blas_threads: int | str | None = None, checked_args: bool = True,
                  index_status: bool = True):
         outputs = widen_half_matmuls(outputs)  # 16-bit products accumulate in float32
-        order = toposort(outputs)
+        order = run_order(outputs)  # (checkpointed graphs: gradients last-layer first)
         super().__init__(outputs, args, gemm_threshold, blas_threads, checked_args,
                          index_status, order)
         # int32 inputs used directly as indices: (lo, hi) the fast call path range-checks

@@ -52,6 +52,8 @@ def _view_slice(n: Node, v: View) -> View:
 VIEWS.update({"reshape": _view_reshape, "transpose": _view_transpose,
               "broadcast_to": _view_broadcast, "slice": _view_slice,
               "stop_gradient": lambda n, v: v,
+              # checkpoint marks and recomputation leaves are aliases (ops/checkpoint.py)
+              "remat": lambda n, v: v, "remat_barrier": lambda n, v: v,
               # a scan's view is the tuple of its results' views (schedule._schedule_tuple)
               "result": lambda n, vs: vs[n.attr("index")]})
 

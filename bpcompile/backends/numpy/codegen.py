@@ -69,7 +69,8 @@ class NumpyBackend:
 
 
 # NumPy ops that may return a view of their operand rather than a new array.
-VIEW_OPS = ("reshape", "transpose", "broadcast_to", "slice", "stop_gradient")
+VIEW_OPS = ("reshape", "transpose", "broadcast_to", "slice", "stop_gradient", "remat",
+            "remat_barrier")
 
 
 def _shares_or_broadcasts(n: Node) -> bool:

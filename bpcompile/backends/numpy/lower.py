@@ -31,6 +31,8 @@ LOWERINGS = table("np")
 LOWERINGS.update(
     {
         "stop_gradient": lambda n, a: a[0],
+        "remat": lambda n, a: a[0],  # ops/checkpoint.py: aliases; NumPy runs statements in order
+        "remat_barrier": lambda n, a: a[0],
         "pad": lambda n, a: f"pad({a[0]}, {n.attr('lo')}, {n.attr('hi')}, {n.attr('interior')})",
         "one_hot": lambda n, a: (
             f"one_hot({a[0]}, {n.attr('n')}, {NP_DTYPE[n.dtype]}"

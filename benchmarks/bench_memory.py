@@ -1,0 +1,188 @@
+"""Memory and time of rematerialisation (issue #17): a deep residual MLP, plain vs
+`bp.checkpoint` on every block (recompute everything / `dots_saveable`), against JAX's
+`jax.grad` with `jax.checkpoint` on every block.
+
+    block(h) = h + relu(h @ W1 + b1) @ W2,  loss = mean((block^L(x))^2)
+
+Reported per variant: planned peak bytes and bytes saved for the backward pass (LLVM memory
+plan), measured peak (NumPy: tracemalloc during one call; LLVM: the arena, allocated to the
+plan; JAX: XLA's temp + output bytes from `compiled.memory_analysis()`), and the median time of
+one forward+backward call.
+
+    python benchmarks/bench_memory.py [--blocks 32] [--width 128] [--batch 128] [--reps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import tracemalloc
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+
+import bpcompile as bp  # noqa: E402
+
+VARIANTS = {"plain": None, "checkpoint": "nothing_saveable", "dots_saveable": "dots_saveable"}
+
+
+def build(blocks: int, width: int, batch: int, policy: str | None, plain: bool):
+    x = bp.input("x", (batch, width), "float32")
+    params = []
+    h = x
+
+    def block(h, W1, b1, W2):
+        return h + bp.relu(h @ W1 + b1) @ W2
+
+    for i in range(blocks):
+        W1 = bp.param(f"W1_{i}", (width, width), "float32")
+        b1 = bp.param(f"b1_{i}", (width,), "float32")
+        W2 = bp.param(f"W2_{i}", (width, width), "float32")
+        params += [W1, b1, W2]
+        f = block if plain else bp.checkpoint(block, policy=policy)
+        h = f(h, W1, b1, W2)
+    return bp.mean(h * h), params
+
+
+def values(blocks, width, batch):
+    r = np.random.default_rng(0)
+    v = {"x": r.standard_normal((batch, width)).astype(np.float32)}
+    s = 0.5 / np.sqrt(width)
+    for i in range(blocks):
+        v[f"W1_{i}"] = (s * r.standard_normal((width, width))).astype(np.float32)
+        v[f"b1_{i}"] = np.zeros(width, np.float32)
+        v[f"W2_{i}"] = (s * r.standard_normal((width, width))).astype(np.float32)
+    return v
+
+
+def timed(f, reps):
+    f()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def ours(backend, args, vals):
+    rows = []
+    for name, policy in VARIANTS.items():
+        loss, wrt = build(args.blocks, args.width, args.batch, policy, name == "plain")
+        fn = bp.compile(loss, wrt, backend=backend)
+        row = {"variant": f"bp {backend} {name}"}
+        if backend == "llvm":
+            m = fn.memory()
+            row.update(planned=m["peak_bytes"], saved=m["saved_for_backward_bytes"],
+                       measured=m["peak_bytes"])
+        else:
+            m = fn.memory(timeline=True)
+            row["planned"] = m["peak_bytes"]
+            tracemalloc.start()
+            fn(**vals)
+            row["measured"] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            if backend == "jax":
+                ma = fn.lowered().compile().memory_analysis()
+                row["measured"] = ma.temp_size_in_bytes + ma.output_size_in_bytes
+        row["ms"] = 1e3 * timed(lambda fn=fn: fn(**vals), args.reps)
+        rows.append(row)
+    return rows
+
+
+def budget_rows(args, vals):
+    """LLVM with memory_budget at 100/50/25 % of the unconstrained planned peak and at the
+    smallest feasible budget (from the infeasible-budget error)."""
+    import re
+
+    loss, wrt = build(args.blocks, args.width, args.batch, None, True)
+    peak = bp.compile(loss, wrt, backend="llvm").memory()["peak_bytes"]
+    try:
+        bp.compile(loss, wrt, backend="llvm", memory_budget=1)
+        least = 1
+    except bp.BPError as e:
+        least = int(re.search(r">= (\d+)", str(e)).group(1))
+    rows = []
+    for label, b in (("100%", peak), ("50%", peak // 2), ("25%", peak // 4), ("min", least)):
+        if b < least:
+            rows.append({"variant": f"bp llvm budget {label}", "planned": b, "saved": None,
+                         "measured": None, "ms": float("nan"), "note": "infeasible"})
+            continue
+        fn = bp.compile(loss, wrt, backend="llvm", memory_budget=b)
+        m = fn.memory()
+        rows.append({"variant": f"bp llvm budget {label}", "planned": m["peak_bytes"],
+                     "saved": m["saved_for_backward_bytes"], "measured": m["peak_bytes"],
+                     "ms": 1e3 * timed(lambda fn=fn: fn(**vals), args.reps),
+                     "note": f"{m['remat']['recomputed_segments']} of "
+                             f"{m['remat'].get('segments', '?')} blocks recomputed"})
+    return rows
+
+
+def jax_rows(args, vals):
+    import jax
+    import jax.numpy as jnp
+
+    def block(h, p):
+        return h + jax.nn.relu(h @ p[0] + p[1]) @ p[2]
+
+    def make(wrap):
+        def loss(params, x):
+            h = x
+            for p in params:
+                h = wrap(block)(h, p)
+            return jnp.mean(h * h)
+        return jax.jit(jax.value_and_grad(loss))
+
+    params = [tuple(jnp.asarray(vals[f"{k}_{i}"]) for k in ("W1", "b1", "W2"))
+              for i in range(args.blocks)]
+    x = jnp.asarray(vals["x"])
+    rows = []
+    for name, wrap in (("plain", lambda f: f), ("checkpoint", jax.checkpoint),
+                       ("dots_saveable", lambda f: jax.checkpoint(
+                           f, policy=jax.checkpoint_policies.dots_saveable))):
+        f = make(wrap)
+        ma = f.lower(params, x).compile().memory_analysis()
+
+        def call(f=f):
+            v, g = f(params, x)
+            v.block_until_ready()
+        rows.append({"variant": f"jax.grad {name}", "planned": None, "saved": None,
+                     "measured": ma.temp_size_in_bytes + ma.output_size_in_bytes,
+                     "ms": 1e3 * timed(call, args.reps)})
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--blocks", type=int, default=32)
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--backends", default="llvm,numpy,jax")
+    args = ap.parse_args()
+    vals = values(args.blocks, args.width, args.batch)
+    rows = []
+    for be in args.backends.split(","):
+        rows += ours(be, args, vals)
+    if "llvm" in args.backends:
+        rows += budget_rows(args, vals)
+    if "jax" in args.backends:
+        rows += jax_rows(args, vals)
+
+    def mib(b):
+        return "-" if b is None else f"{b / 2**20:.2f}"
+
+
+    print(f"{args.blocks} blocks, width {args.width}, batch {args.batch}, float32")
+    print(f"{'variant':28s} {'planned MiB':>11s} {'saved MiB':>9s} {'measured MiB':>12s} "
+          f"{'ms/step':>8s}")
+    for r in rows:
+        print(f"{r['variant']:28s} {mib(r.get('planned')):>11s} {mib(r.get('saved')):>9s} "
+              f"{mib(r['measured']):>12s} {r['ms']:8.2f}  {r.get('note', '')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Gradient accumulation: the loss and gradients of a batch as k micro-batches in one graph.
+
+The loss is declared at the micro-batch size. `accumulated(loss, wrt, k)` declares each batched
+input (ndim >= 1) at k times its leading axis, views it as (k, micro, ...) and runs a `scan` over
+the k micro-batches whose step is the micro-batch loss and its gradient, summed into carries;
+the result is their mean (`reduce="mean"`, for a loss that averages over the batch: then it
+equals the full-batch gradient) or sum (`reduce="sum"`, for a summed loss). One micro-batch's
+activations are alive at a time: the scan body's workspace is the only place they live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..compiled import grad as _grad
+from ..errors import ArgumentError
+from ..ir.node import Node
+from ..ir.traverse import leaves, transform
+from ..ops.elementwise import add, mul
+from ..ops.leaves import const
+from ..ops.leaves import input as _input
+from ..ops.movement import broadcast_to, reshape
+from ..ops.results import result
+from ..ops.scan import scan
+from ..rewrite import pipeline
+
+REDUCTIONS = ("mean", "sum")
+
+
+def batched_inputs(loss: Node) -> list[Node]:
+    """The inputs split into micro-batches: every input with a leading (batch) axis."""
+    return [x for x in leaves([loss], ops=("input",)) if x.ndim >= 1]
+
+
+def accumulated(loss: Node, wrt: Sequence[Node], k: int, reduce: str = "mean"
+                ) -> tuple[dict[str, Node], Node, list[Node]]:
+    """({input name: full-batch input}, loss, gradients) over k micro-batches of `loss`."""
+    if not isinstance(k, int) or k < 1:
+        raise ArgumentError(f"accumulate must be a positive int, got {k!r}")
+    if reduce not in REDUCTIONS:
+        raise ArgumentError(f"accumulate_reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    micro = batched_inputs(loss)
+    if not micro:
+        raise ArgumentError("accumulate: the loss has no input with a batch axis to split")
+    full = {x.attr("name"): _input(x.attr("name"), (k * x.shape[0],) + x.shape[1:], x.dtype)
+            for x in micro}
+    xs = [reshape(full[x.attr("name")], (k,) + x.shape) for x in micro]
+
+    def micro_step(carry, xb):
+        xb = list(xb) if isinstance(xb, (tuple, list)) else [xb]
+        sub = dict(zip(micro, xb))
+        (loss_b,) = transform([loss], lambda n: sub.get(n, n))
+        grads_b = _grad(loss_b, list(wrt))
+        grads_b = grads_b if isinstance(grads_b, list) else [grads_b]
+        return tuple(add(c, v) for c, v in zip(carry, [loss_b, *grads_b])), None
+
+    zeros = tuple(broadcast_to(const(0.0, n.dtype), n.shape) for n in [loss, *wrt])
+    totals, _ = scan(micro_step, zeros, tuple(xs), name="micro_batch")
+    # bp.function forward-stabilises each scalar output on its own: the loss would get its own
+    # rewritten copy of the loop (two loops). So take loss and gradients from one loop that is
+    # already at that fixpoint.
+    loop = totals[0].inputs[0]
+    for _ in range(8):
+        again = pipeline.run_forward(result(loop, 0)).inputs[0]
+        if again is loop:
+            break
+        loop = again
+    totals = tuple(result(loop, i) for i in range(len(zeros)))
+    if reduce == "mean":
+        totals = tuple(mul(t, const(1.0 / k, t.dtype)) for t in totals)
+    return full, totals[0], list(totals[1:])
