@@ -16,6 +16,7 @@ from ..errors import DTypeError, ShapeError
 from ..ir.dtypes import canonical, is_float
 from ..ir.hints import DTypeLike, TensorLike
 from ..ir.node import Node, make
+from . import jvp_rules
 from . import sympy_funcs as sf
 from .leaves import const
 from .registry import Op, register, unregister
@@ -420,6 +421,7 @@ register(
         _vjp_cast,
         "convert dtype; gradient flows only between float types",
         sympy=None,
+        jvp=jvp_rules.linear,
     )  # fusion handles cast itself: a bool operand becomes Piecewise((1, c), (0, True))
 )
 

@@ -8,6 +8,7 @@ from ..errors import DTypeError, ShapeError
 from ..ir.dtypes import is_float
 from ..ir.hints import TensorLike
 from ..ir.node import Node, make
+from . import jvp_rules
 from .elementwise import as_node, cast
 from .movement import reshape, swap_last
 from .registry import Op, register
@@ -50,7 +51,8 @@ def _vjp(y, g, needs):
     )
 
 
-register(Op("matmul", "matmul", _infer, _vjp, "a @ b over the last two axes, batched"))
+register(Op("matmul", "matmul", _infer, _vjp, "a @ b over the last two axes, batched",
+            jvp=jvp_rules.matmul))
 
 
 def matmul2(a: Node, b: Node) -> Node:
