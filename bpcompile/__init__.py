@@ -85,5 +85,5 @@ from .nn import (  # noqa: F401
 )
 from .spec import load as load_model  # noqa: F401
 from .train import compile_train_step  # noqa: F401  (issue 6: training)
-from .transforms import jvp, vjp  # noqa: F401,E402  (issue 16: forward mode, vector outputs)
+from .transforms import hessian, jacobian, jvp, vjp  # noqa: F401  (issue 16)
 from .version import __version__  # noqa: F401

@@ -20,7 +20,7 @@ from .ops.leaves import const
 from .ops.movement import broadcast_to
 from .ops.sweep import backward
 
-__all__ = ["jvp", "vjp"]
+__all__ = ["hessian", "jacobian", "jvp", "vjp"]
 
 
 def jvp(outputs: Node | Sequence[Node], primals: Node | Sequence[Node],
@@ -83,3 +83,68 @@ def vjp(outputs: Node | Sequence[Node], wrt: Node | Sequence[Node],
             NAMES[g] = "d" + w.name
         res.append(g)
     return res[0] if wsingle else res
+
+
+def _wrt(wrt, what: str) -> tuple[list[Node], bool]:
+    ws, single = _nodes(wrt, what)
+    if not ws:
+        raise GradientError(f"{what} is empty")
+    if len({id(w) for w in ws}) != len(ws):
+        raise GradientError(f"{what}: a node is given twice")
+    for w in ws:
+        if not is_float(w.dtype):
+            raise GradientError(f"{what}: {w!r} must be float, got {w.dtype}")
+    if len({w.dtype for w in ws}) > 1:
+        raise GradientError(f"{what}: all must share one float dtype, got "
+                            f"{sorted({w.dtype for w in ws})}")
+    return ws, single
+
+
+def jacobian(output: Node, wrt: Node | Sequence[Node], mode: str = "auto") -> Node | list[Node]:
+    """d output / d w, shape output.shape + w.shape, for each w in `wrt` (a single node if
+    `wrt` is one), as `jax.jacrev` / `jax.jacfwd` do.
+
+    mode: "rev" (one VJP per output element), "fwd" (one JVP per input element) or "auto":
+    reverse when the output has no more elements than the inputs together. Either way the
+    rows (columns) are one `scan` over a seed matrix in one program (autodiff/jacobian.py).
+    """
+    from .autodiff.jacobian import jacobian_fwd, jacobian_rev
+
+    (y,), _ = _nodes([output], "jacobian: output")
+    ws, single = _wrt(wrt, "jacobian: wrt")
+    if not is_float(y.dtype):
+        raise GradientError(f"jacobian: output {y!r} must be float, got {y.dtype}")
+    if mode not in ("auto", "rev", "fwd"):
+        raise ValueError(f"jacobian: mode must be 'auto', 'rev' or 'fwd', got {mode!r}")
+    if mode == "auto":
+        mode = "rev" if y.size <= sum(w.size for w in ws) else "fwd"
+    if mode == "rev":
+        out = jacobian_rev(y, ws)
+    else:
+        out = jacobian_fwd([y], ws)[0]
+    out = [cast(j, y.dtype) if j.dtype != y.dtype else j for j in out]
+    return out[0] if single else out
+
+
+def hessian(loss: Node, wrt: Node | Sequence[Node]) -> Node | list[list[Node]]:
+    """Second derivatives of a scalar `loss`, forward-over-reverse as `jax.hessian`: the
+    gradient graph (bp.grad), then one JVP of it per parameter element, in one scan.
+
+    Returns H of shape w.shape + w.shape for a single w, else blocks H[i][j] of shape
+    w_i.shape + w_j.shape.
+    """
+    from .autodiff.jacobian import jacobian_fwd
+    from .autodiff.reverse import check_loss
+    from .compiled import grad
+
+    loss = check_loss(loss)
+    ws, single = _wrt(wrt, "hessian: wrt")
+    gs = grad_any(loss, ws) if any(w.op != "param" for w in ws) else grad(loss, ws)
+    blocks = jacobian_fwd(list(gs), ws)
+    return blocks[0][0] if single else blocks
+
+
+def grad_any(loss: Node, ws: Sequence[Node]) -> list[Node]:
+    """The gradient of a scalar w.r.t. any nodes (inputs too): vjp seeded with 1."""
+    out = vjp(loss, list(ws), const(1.0, loss.dtype))
+    return out if isinstance(out, list) else [out]

@@ -59,3 +59,16 @@ def test_jvp_dot_product(name):
     lhs = float(np.sum(values["u"] * out[0]))
     rhs = sum(float(np.sum(g * values["v_" + k])) for g, k in zip(out[1:], row.params))
     assert abs(lhs - rhs) <= 1e-7 * max(1.0, abs(lhs)), (lhs, rhs)
+
+
+BACKENDS = ["numpy", "llvm", "jax"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", IDS)
+def test_jvp_compiles_on_every_backend(name, backend):
+    row, P, f, f_t, loss, values, ref = tangent_graph(name)
+    fn = bp.function({"f": f, "f_t": f_t}, backend=backend)
+    args = {k: values[k] for k in fn.signature.names}
+    out = fn(**args)
+    close(out["f_t"], ref, 1e-7, f"{name} on {backend}")
