@@ -260,3 +260,24 @@ def test_random_graphs_jvp_equals_grad_dot_v(seed):
     out = evaluate([lt] + list(grads), values)
     ref = sum(float(np.sum(g * values["v_" + w.attr("name")])) for g, w in zip(out[1:], wrt))
     assert abs(float(out[0]) - ref) <= 1e-7 * max(1.0, abs(ref)), (recipe, out[0], ref)
+
+
+def test_second_order_hvp_modes_agree():
+    from bpcompile.train.second_order import hvp
+
+    y, P, I, jf = _mlp()
+    loss = bp.sum(bp.sin(y))
+    values = _values(P, I)
+    r = np.random.default_rng(9)
+    v = {k: r.standard_normal(p.shape) for k, p in P.items()}
+    inputs = {k: values[k] for k in list(P) + list(I)}
+    g_f, hv_f = hvp(loss, list(P.values()), mode="fwd")(v, **inputs)
+    g_r, hv_r = hvp(loss, list(P.values()), mode="rev")(v, **inputs)
+    xj = jnp.asarray(values["x"])
+    Pj = {k: jnp.asarray(values[k]) for k in P}
+    ref = jax.jvp(jax.grad(lambda p: jnp.sum(jnp.sin(jf(p, xj)))), (Pj,),
+                  ({k: jnp.asarray(x) for k, x in v.items()},))[1]
+    for k in P:
+        close(hv_f[k], ref[k], 1e-7, k)
+        close(hv_r[k], ref[k], 1e-7, k)
+        close(g_f[k], g_r[k], 1e-12, k)

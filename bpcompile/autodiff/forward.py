@@ -63,13 +63,14 @@ def _zeros(shape: tuple, dtype: str) -> Node:
 
 def _diagonal(n: Node, ts: Sequence[Node | None]):
     """Elementwise ops: J = Jᵀ (diagonal), so JVP = Σᵢ VJPᵢ(tᵢ broadcast to the output)."""
-    op = get_op(n.op)
+    vjp = get_op(n.op).vjp
+    assert vjp is not None  # tangent_of checked
     out = None
     for i, t in enumerate(ts):
         if t is None:
             continue
         needs = tuple(j == i for j in range(len(ts)))
-        c = op.vjp(n, _fit(t, n.shape, t.dtype), needs)[i]
+        c = vjp(n, _fit(t, n.shape, t.dtype), needs)[i]
         if c is not None:
             c = _fit(c, n.shape, n.dtype)
             out = c if out is None else add(out, c)
@@ -78,7 +79,8 @@ def _diagonal(n: Node, ts: Sequence[Node | None]):
 
 def _transposed(n: Node, ts: Sequence[Node | None]):
     """J v = d/du <VJP(u), v>: the VJP with a placeholder cotangent u, then its VJP in u."""
-    op = get_op(n.op)
+    vjp = get_op(n.op).vjp
+    assert vjp is not None  # tangent_of checked
     scope = next(_SCOPES)
     if n.results is not None:
         us = [make("input", (), name=f"jvp_u{k}", shape=sh, dtype=dt, scope=-scope)
@@ -88,7 +90,7 @@ def _transposed(n: Node, ts: Sequence[Node | None]):
         us = [make("input", (), name="jvp_u", shape=n.shape, dtype=n.dtype, scope=-scope)]
         g = us[0]
     needs = tuple(t is not None for t in ts)
-    cts = op.vjp(n, g, needs)
+    cts = vjp(n, g, needs)
     dot = None
     for x, c, t in zip(n.inputs, cts, ts):
         if c is None or t is None:
