@@ -21,7 +21,7 @@ def main() -> None:
     ap.add_argument("--model", default="mlp_mnist")
     ap.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
-    loss, ps, inputs, P = build([a.model])[a.model][:4]
+    loss, ps, inputs, P, jf = build([a.model])[a.model][:5]
     r = np.random.default_rng(1)
     v = {k: r.standard_normal(x.shape).astype(x.dtype) for k, x in P.items()}
     g = bp.compile(loss, ps, backend=a.backend)
@@ -31,6 +31,13 @@ def main() -> None:
         H = hvp(loss, ps, backend=a.backend, mode=mode)
         res[mode] = H(v, **inputs, **P)[1]
         fns[f"hvp {mode}"] = lambda H=H: H(v, **inputs, **P)
+    import jax
+
+    ji = [inputs[k] for k in inputs]
+    jgrad = jax.jit(jax.grad(jf))
+    jhvp = jax.jit(lambda p, v: jax.jvp(lambda q: jax.grad(jf)(q, *ji), (p,), (v,))[1])
+    fns["jax gradient"] = lambda: jax.block_until_ready(jgrad(P, *ji))
+    fns["jax hvp (jvp of grad)"] = lambda: jax.block_until_ready(jhvp(P, v))
     # interleaved rounds, best median: the machine is shared, the minimum is the signal
     best = {k: min(median_us(f, budget=0.3) for _ in range(a.rounds)) for k, f in fns.items()}
     for k, t in best.items():

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .autodiff.forward import jvp as _jvp
+from .autodiff.reverse import _name_cotangent
 from .errors import GradientError, ShapeError
 from .ir.dtypes import is_float
 from .ir.node import NAMES, Node
@@ -74,7 +75,7 @@ def vjp(outputs: Node | Sequence[Node], wrt: Node | Sequence[Node],
     for o, c in zip(outs, cs):
         c = _cotangent(o, c)
         seeds[o] = c if o not in seeds else seeds[o] + c
-    grads = backward(seeds, ws)
+    grads = backward(seeds, ws, on_cotangent=_name_cotangent)
     res = []
     for w, g in zip(ws, grads):
         if g is None:
