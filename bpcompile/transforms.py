@@ -45,7 +45,7 @@ def _nodes(x, what: str) -> tuple[list[Node], bool]:
 
 def _cotangent(o: Node, c: Any) -> Node:
     if not isinstance(c, Node):
-        c = const(np.asarray(c, dtype=o.dtype))
+        c = const(np.asarray(c, dtype=o.dtype), o.dtype)
     if c.shape != o.shape:
         raise ShapeError(f"vjp: the cotangent for {o!r} has shape {c.shape}, the output {o.shape}")
     if not is_float(c.dtype):

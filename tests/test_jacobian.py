@@ -281,3 +281,26 @@ def test_second_order_hvp_modes_agree():
         close(hv_f[k], ref[k], 1e-7, k)
         close(hv_r[k], ref[k], 1e-7, k)
         close(g_f[k], g_r[k], 1e-12, k)
+
+
+def test_jacobian_wrt_inputs_scalar_outputs_and_array_tangents():
+    y, P, I, jf = _mlp()
+    x = I["x"]
+    values = _values(P, I)
+    Pj = {k: jnp.asarray(values[k]) for k in P}
+    xj = jnp.asarray(values["x"])
+    s = bp.sum(y * y)
+    tv = np.random.default_rng(4).standard_normal((4, 3))
+    _, s_t = bp.jvp(s, x, tv)                       # tangent given as an array, wrt an input
+    h1 = y.inputs[0]
+    _, z_t = bp.jvp(y, h1, np.ones(h1.shape))       # primal: an intermediate node
+    outs = {"Jx_rev": bp.jacobian(y, x, mode="rev"), "Jx_fwd": bp.jacobian(y, x, mode="fwd"),
+            "Js": bp.jacobian(s, P["W2"]), "s_t": s_t, "z_t": z_t}
+    fn = bp.function(outs, backend="llvm")
+    got = fn(**{k: values[k] for k in fn.signature.names})
+    jx = jax.jacrev(lambda x: jf(Pj, x))(xj)
+    close(got["Jx_rev"], jx, 1e-7, "jacrev wrt input")
+    close(got["Jx_fwd"], jx, 1e-7, "jacfwd wrt input")
+    close(got["Js"], jax.grad(lambda w: jnp.sum(jf({**Pj, "W2": w}, xj) ** 2))(Pj["W2"]))
+    close(got["s_t"], jax.jvp(lambda x: jnp.sum(jf(Pj, x) ** 2), (xj,), (jnp.asarray(tv),))[1])
+    close(got["z_t"], np.ones(h1.shape) @ values["W2"])

@@ -130,7 +130,7 @@ def tangent_of(n: Node, ts: Sequence[Node | None]):
 
 def _seed(p: Node, t: Any) -> Node:
     if not isinstance(t, Node):
-        t = const(np.asarray(t, dtype=p.dtype))
+        t = const(np.asarray(t, dtype=p.dtype), p.dtype)
     if t.shape != p.shape:
         raise ShapeError(
             f"jvp: the tangent for {p!r} has shape {t.shape}, the primal {p.shape}"

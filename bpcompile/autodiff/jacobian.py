@@ -42,7 +42,7 @@ def jacobian_rev(y: Node, ws: Sequence[Node]) -> list[Node]:
         return carry, tuple(_zeros(w) if g is None else g for w, g in zip(ws, gs))
 
     if m == 1:  # a scalar output: the gradient itself, no loop
-        _, rows = row(None, const(np.ones((1,), y.dtype)))
+        _, rows = row(None, const(np.ones((1,)), y.dtype))
         return [reshape(r, y.shape + w.shape) for r, w in zip(rows, ws)]
     _, rows = scan(row, const(0.0, y.dtype), _seeds(m, y.dtype), name="jacobian_row")
     return [reshape(r, y.shape + w.shape) for r, w in zip(rows, ws)]
