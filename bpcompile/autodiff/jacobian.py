@@ -20,6 +20,7 @@ from ..ops.leaves import const
 from ..ops.movement import broadcast_to, reshape, slice_, transpose
 from ..ops.scan import scan
 from ..ops.sweep import backward
+from .batched import NotBatched, batched_jvp
 from .forward import jvp
 
 __all__ = ["jacobian_fwd", "jacobian_rev"]
@@ -48,9 +49,27 @@ def jacobian_rev(y: Node, ws: Sequence[Node]) -> list[Node]:
     return [reshape(r, y.shape + w.shape) for r, w in zip(rows, ws)]
 
 
-def jacobian_fwd(ys: Sequence[Node], ws: Sequence[Node]) -> list[list[Node]]:
+def _batched(ys, ws, offs, n: int, dtype: str) -> list[Node] | None:
+    """The columns as one batched pass over the seed matrix, or None where an op on the
+    path has no batched rule."""
+    eye = _seeds(n, dtype)
+    ts = []
+    for a, b, w in zip(offs[:-1], offs[1:], ws):
+        t = reshape(slice_(eye, (0, int(a)), (n, int(b)), (1, 1)), (n,) + w.shape)
+        if w.name and t not in NAMES:
+            NAMES[t] = w.name + "_t"
+        ts.append(t)
+    try:
+        return batched_jvp(list(ys), list(ws), ts)
+    except NotBatched:
+        return None
+
+
+def jacobian_fwd(ys: Sequence[Node], ws: Sequence[Node],
+                 batched: bool = True) -> list[list[Node]]:
     """d y_i / d w_j for each output y_i and w_j, shape y_i.shape + w_j.shape: one JVP per
-    input element (the seed splits into one tangent per w)."""
+    input element (the seed splits into one tangent per w), batched where every op on the
+    path has a batched rule (autodiff/batched.py), else a scan over the seed rows."""
     sizes = [w.size for w in ws]
     n = int(sum(sizes))
     offs = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
@@ -65,7 +84,9 @@ def jacobian_fwd(ys: Sequence[Node], ws: Sequence[Node]) -> list[list[Node]]:
         _, outs = jvp(list(ys), list(ws), ts)
         return carry, tuple(outs)
 
-    _, cols = scan(column, const(0.0, dtype), _seeds(n, dtype), name="jacobian_column")
+    cols = _batched(ys, ws, offs, n, dtype) if batched else None
+    if cols is None:
+        _, cols = scan(column, const(0.0, dtype), _seeds(n, dtype), name="jacobian_column")
     out = []
     for y, c in zip(ys, cols):  # c: (n, *y.shape) -> (*y.shape, n) -> per w
         k = y.ndim
