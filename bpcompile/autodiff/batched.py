@@ -91,7 +91,15 @@ def _linear(n: Node, ts: list, b: int) -> Node | None:
         out = None
         if ta is not None:
             out = make("matmul", (_pad_rank(ta, r, True), _pad_rank(bb, r, False)))
-        if tb is not None:
+        if tb is not None and a.ndim == 2 and tb.ndim == 3:
+            # A @ dB for b seeds is one GEMM: A (M,K) @ [dB_1 .. dB_b] (K, b·N), not b
+            # matrix-vector products (a Hessian's columns through a dense layer)
+            k, m = tb.shape[1], tb.shape[2]
+            wide = reshape(make("transpose", (tb,), perm=(1, 0, 2)), (k, b * m))
+            y = reshape(make("matmul", (a, wide)), (a.shape[0], b, m))
+            y = make("transpose", (y,), perm=(1, 0, 2))
+            out = y if out is None else add(out, y)
+        elif tb is not None:
             y = make("matmul", (_pad_rank(a, r, False), _pad_rank(tb, r, True)))
             out = y if out is None else add(out, y)
         return out
@@ -151,4 +159,4 @@ def batched_jvp(outputs: Sequence[Node], primals: Sequence[Node],
         if n.name and t not in NAMES and t.op not in ("input", "param", "const"):
             NAMES[t] = n.name + "_t"
         tan[n] = t
-    return [tan.get(o) if o in tan else _zeros((b,) + o.shape, o.dtype) for o in outputs]
+    return [tan[o] if o in tan else _zeros((b,) + o.shape, o.dtype) for o in outputs]
