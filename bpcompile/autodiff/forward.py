@@ -112,7 +112,7 @@ def _transposed(n: Node, ts: Sequence[Node | None]):
     return [next(it) if u is not None else None for u in us]
 
 
-def tangent_of(n: Node, ts: Sequence[Node | None]):
+def tangent_of(n: Node, ts: Sequence[Node | None]) -> Node | list[Node | None] | None:
     """The tangent of node `n` given one tangent (or None) per input."""
     op = get_op(n.op)
     if op.jvp is not None:
