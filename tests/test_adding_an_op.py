@@ -265,3 +265,23 @@ def test_user_kernel_refuses_a_primitive_no_backend_can_print():
     with pytest.raises(ValueError, match="nodef"):
         bp.elementwise(nodef(z) + z, z)
     assert bp.elementwise(hooked_square(z) + z, z)  # its own methods for both printers
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
+def test_new_op_forward_mode_needs_no_code(row):
+    """bp.jvp and the batched forward Jacobian of a new op come from its SymPy form."""
+    from bpcompile.backends.numpy.codegen import evaluate
+
+    P, I, f, loss, values = T.build(row, "float64")
+    r = np.random.default_rng(3)
+    V = {k: r.standard_normal(p.shape) for k, p in P.items()}
+    _, f_t = bp.jvp(f, list(P.values()), list(V.values()))
+    J = bp.jacobian(f, list(P.values()), mode="fwd")
+    out = evaluate([f_t] + list(J), values)
+    Pj = {k: jnp.asarray(values[k]) for k in row.params}
+    Ij = {k: jnp.asarray(v) for k, v in values.items() if k not in row.params}
+    ref_t = jax.jvp(lambda p: row.jf(p, Ij), (Pj,), ({k: jnp.asarray(v) for k, v in V.items()},))
+    np.testing.assert_allclose(out[0], np.asarray(ref_t[1]), rtol=1e-9, atol=1e-9)
+    ref_j = jax.jacfwd(lambda p: row.jf(p, Ij))(Pj)
+    for k, j in zip(row.params, out[1:]):
+        np.testing.assert_allclose(j, np.asarray(ref_j[k]), rtol=1e-9, atol=1e-9)

@@ -28,6 +28,11 @@ class Op:
         a list with one cotangent (or None) per result. `vjp=None` means the op is not
         differentiable and a cotangent reaching a float input of it is an error.
     sympy(*args, **attrs) -> the scalar expression of an elementwise op, used by fusion.
+    jvp(node, tangents) -> the tangent of the output (forward mode, autodiff/forward.py):
+        `tangents` has one tangent node (or None, a symbolic zero) per input, in the input's
+        shape; a multiple-results op returns one tangent (or None) per result. None here
+        means "derived": elementwise ops and kernels from their VJP (a diagonal Jacobian is
+        its own transpose), every other op by transposing its VJP (docs/transforms.md).
     """
 
     name: str
@@ -38,6 +43,7 @@ class Op:
     sympy: Callable | None = None
     attrs_doc: dict = field(default_factory=dict)
     multiple_results: bool = False
+    jvp: Callable | None = None
 
 
 _OPS: dict[str, Op] = {}

@@ -15,6 +15,7 @@ from ..errors import DTypeError, ShapeError
 from ..ir.dtypes import DEFAULT_FLOAT, canonical, is_float, promote_types, weak_type
 from ..ir.hints import DTypeLike, TensorLike
 from ..ir.node import Node, make
+from . import jvp_rules
 from . import sympy_funcs as sf
 from .leaves import const
 from .registry import Op, register, unregister
@@ -401,6 +402,7 @@ register(
         _vjp_cast,
         "convert dtype; gradient flows only between float types",
         sympy=None,
+        jvp=jvp_rules.linear,
     )  # fusion handles cast itself: a bool operand becomes Piecewise((1, c), (0, True))
 )
 

@@ -26,6 +26,7 @@ from ..errors import DTypeError, IndexRangeError, ShapeError
 from ..ir.dtypes import canonical, is_float
 from ..ir.hints import DTypeLike, TensorLike
 from ..ir.node import Node, make
+from . import jvp_rules
 from .elementwise import as_node
 from .registry import Op, register
 
@@ -71,6 +72,7 @@ register(
         _infer_take,
         _vjp_take,
         "gather x along `axis` at int32 indices in [-n, n) (negatives count from the end)",
+        jvp=jvp_rules.first_linear,
     )
 )
 

@@ -8,6 +8,7 @@ from ..errors import DTypeError, ShapeError
 from ..ir.dtypes import DEFAULT_FLOAT, is_float
 from ..ir.hints import TensorLike
 from ..ir.node import Node, make
+from . import jvp_rules
 from .elementwise import cast, promoted
 from .movement import reshape, swap_last
 from .registry import Op, register
@@ -52,7 +53,7 @@ def _vjp(y, g, needs):
 
 register(Op("matmul", "matmul", _infer, _vjp,
             "a @ b over the last two axes, batched; 16-bit operands accumulate in float32 and "
-            "the result is rounded once (every backend)"))
+            "the result is rounded once (every backend)", jvp=jvp_rules.matmul))
 
 
 def matmul2(a: Node, b: Node) -> Node:

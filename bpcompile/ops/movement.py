@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..ir.hints import Shape, TensorLike
 from ..ir.node import Node, make
+from . import jvp_rules
 from .elementwise import as_node, promoted
 from .leaves import static_shape
 from .registry import Op, register
@@ -30,6 +31,7 @@ register(
         _infer_reshape,
         lambda y, g, n: (reshape(g, y.inputs[0].shape),),
         "row-major reshape",
+        jvp=jvp_rules.linear,
     )
 )
 
@@ -64,6 +66,7 @@ register(
         _infer_transpose,
         lambda y, g, n: (transpose(g, tuple(np.argsort(y.attr("perm")).tolist())),),
         "permute axes",
+        jvp=jvp_rules.linear,
     )
 )
 
@@ -106,6 +109,7 @@ register(
         _infer_broadcast,
         lambda y, g, n: (unbroadcast(g, y.inputs[0].shape),),
         "numpy-style broadcast to a larger shape",
+        jvp=jvp_rules.linear,
     )
 )
 
@@ -164,7 +168,8 @@ def _vjp_concat(y, g, needs):
     return tuple(out)
 
 
-register(Op("concatenate", "movement", _infer_concat, _vjp_concat, "join along an axis"))
+register(Op("concatenate", "movement", _infer_concat, _vjp_concat, "join along an axis",
+            jvp=jvp_rules.linear))
 
 
 def concatenate(xs: Sequence[TensorLike], axis: int = 0) -> Node:
@@ -213,6 +218,7 @@ register(
         _infer_slice,
         _vjp_slice,
         "basic slicing start:stop:step (positive steps) on every axis",
+        jvp=jvp_rules.linear,
     )
 )
 
@@ -252,6 +258,7 @@ register(
         _infer_pad,
         _vjp_pad,
         "zero padding: lo/hi per axis and `interior` zeros between elements (as lax.pad)",
+        jvp=jvp_rules.linear,
     )
 )
 

@@ -6,6 +6,7 @@ from ..errors import ShapeError
 from ..ir.dtypes import DEFAULT_FLOAT, is_float, is_half
 from ..ir.hints import Axis, TensorLike
 from ..ir.node import Node, make
+from . import jvp_rules
 from .elementwise import as_node, cast, div, eq, mul
 from .registry import Op, register
 
@@ -70,7 +71,8 @@ def _vjp_max(y, g, needs):
     return (mul(_expand(g, x, axes), div(mask, count)),)
 
 
-register(Op("sum", "reduce", _infer("sum"), _vjp_sum, "sum over `axes` (keepdims optional)"))
+register(Op("sum", "reduce", _infer("sum"), _vjp_sum, "sum over `axes` (keepdims optional)",
+            jvp=jvp_rules.linear))
 register(
     Op(
         "max",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..autodiff.forward import jvp as _jvp
 from ..autodiff.reverse import check_loss, check_wrt
 from ..autodiff.reverse import grad as _raw_grad
 from ..compiled import compile as _compile
@@ -26,18 +27,29 @@ from ..ops.leaves import input as _input
 from ..ops.reduce import sum_
 
 MAX_HESSIAN_PARAMS = 4096
+HVP_MODE = "fwd"  # faster than "rev" on mlp_mnist (LLVM): benchmarks/bench_hvp.py
 
 
-def hvp_graph(loss: Node, wrt) -> tuple[dict, dict]:
-    """({name: v input node}, {"d<name>": gradient, "hv_<name>": H·v}) as graph nodes."""
+def hvp_graph(loss: Node, wrt, mode: str = HVP_MODE) -> tuple[dict, dict]:
+    """({name: v input node}, {"d<name>": gradient, "hv_<name>": H·v}) as graph nodes.
+
+    mode "fwd": forward-over-reverse, the JVP of the gradient graph along v (as JAX's
+    `jvp(grad(f))`); "rev": reverse-over-reverse, the gradient of ⟨∇L, v⟩. Both are exact;
+    docs/performance.md has which is faster where.
+    """
+    if mode not in ("fwd", "rev"):
+        raise ArgumentError(f"hvp: mode must be 'fwd' or 'rev', got {mode!r}")
     loss, wrt = check_loss(loss), check_wrt(wrt)
     grads = _grad(loss, wrt)
     vs = {w.attr("name"): _input(f"v_{w.attr('name')}", w.shape, w.dtype) for w in wrt}
-    inner = None
-    for w, g in zip(wrt, grads):
-        term = sum_(mul(g, vs[w.attr("name")]))
-        inner = term if inner is None else add(inner, term)
-    hv = _raw_grad(inner, wrt)
+    if mode == "fwd":
+        _, hv = _jvp(list(grads), wrt, [vs[w.attr("name")] for w in wrt])
+    else:
+        inner = None
+        for w, g in zip(wrt, grads):
+            term = sum_(mul(g, vs[w.attr("name")]))
+            inner = term if inner is None else add(inner, term)
+        hv = _raw_grad(inner, wrt)
     outputs = {}
     for w, g, h in zip(wrt, grads, hv):
         outputs[f"d{w.attr('name')}"] = g
@@ -49,10 +61,10 @@ class HVP:
     """Compiled gradient and Hessian-vector product: `grads, hv = H(v, **inputs_and_params)`
     with `v` a dict by param name; both results are dicts by param name."""
 
-    def __init__(self, loss: Node, wrt, backend: str = "numpy"):
+    def __init__(self, loss: Node, wrt, backend: str = "numpy", mode: str = HVP_MODE):
         self.wrt = check_wrt(wrt)
         self.names = [w.attr("name") for w in self.wrt]
-        _, outputs = hvp_graph(loss, self.wrt)
+        _, outputs = hvp_graph(loss, self.wrt, mode)
         self.fn = _function(outputs, backend=backend)
 
     def __call__(self, v: dict, **values):
@@ -63,9 +75,10 @@ class HVP:
         return ({k: out[f"d{k}"] for k in self.names}, {k: out[f"hv_{k}"] for k in self.names})
 
 
-def hvp(loss: Node, wrt, backend: str = "numpy") -> HVP:
-    """Compile ∇L and H·v for `loss` w.r.t. `wrt` (exact, from differentiating the adjoint)."""
-    return HVP(loss, wrt, backend)
+def hvp(loss: Node, wrt, backend: str = "numpy", mode: str = HVP_MODE) -> HVP:
+    """Compile ∇L and H·v for `loss` w.r.t. `wrt` (exact, from differentiating the adjoint;
+    mode "fwd" forward-over-reverse, "rev" reverse-over-reverse)."""
+    return HVP(loss, wrt, backend, mode)
 
 
 class _Flat:
