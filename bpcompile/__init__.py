@@ -4,8 +4,11 @@ from . import optim, spec, train  # noqa: F401  (issue 6: training)
 from .api import (  # noqa: F401
     abs_ as abs,
 )
-from .api import (
+from .api import (  # noqa: F401  (issue 16: reductions, indexing and logic the AD benchmarks use)
     add,
+    arange,
+    argmax,
+    argmin,
     binary,
     broadcast_to,
     cast,
@@ -27,10 +30,15 @@ from .api import (
     less_equal,
     log,
     log1p,
+    logical_and,
+    logical_not,
+    logical_or,
+    logical_xor,
     matmul,
     max,
     maximum,
     mean,
+    min,
     minimum,
     mul,
     neg,
@@ -41,6 +49,7 @@ from .api import (
     power,
     relu,
     reshape,
+    scatter_add,
     sigmoid,
     sign,
     sin,

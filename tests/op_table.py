@@ -389,6 +389,49 @@ ROWS: list[Row] = [
         inputs={"labels": ((4,), "int32")}),
     Row("iota", ("cast",), {"x": (3, 4)}, _iota_row,
         lambda P, I: P["x"] * jnp.arange(4, dtype=P["x"].dtype), gens(x=normal(3, 4))),
+    # ---- issue 16: min, argmax/argmin, logical ops, scatter_add, iota folding ---------------
+    Row("min_axis", ("min", "eq", "cast"), {"x": (3, 4)}, lambda P, I: bp.min(P["x"], axis=1),
+        lambda P, I: jnp.min(P["x"], axis=1), gens(x=normal(3, 4))),
+    Row("min_all_keepdims", ("min",), {"x": (2, 3, 4)},
+        lambda P, I: P["x"].min(axis=(0, 2), keepdims=True) * P["x"] + bp.min(P["x"]),
+        lambda P, I: jnp.min(P["x"], axis=(0, 2), keepdims=True) * P["x"] + jnp.min(P["x"]),
+        gens(x=normal(2, 3, 4))),
+    Row("min_ties", ("min",), {"x": (3, 4)}, lambda P, I: bp.min(-P["x"], axis=1),
+        lambda P, I: jnp.min(-P["x"], axis=1), _ties_gen, smooth=False),
+    Row("argmax_argmin", ("min", "max", "iota", "where", "logical_or", "ne"), {"x": (3, 4)},
+        lambda P, I: P["x"] * (bp.argmax(P["x"], axis=1, keepdims=True)
+                               - P["x"].argmin(axis=0)).astype(P["x"].dtype)
+        + bp.argmax(P["x"]).astype(P["x"].dtype),
+        lambda P, I: P["x"] * (jnp.argmax(P["x"], axis=1, keepdims=True)
+                               - jnp.argmin(P["x"], axis=0)).astype(P["x"].dtype)
+        + jnp.argmax(P["x"]).astype(P["x"].dtype), _ties_gen, smooth=False),
+    Row("logical_and_or_xor_not",
+        ("logical_and", "logical_or", "logical_xor", "logical_not", "where"),
+        {"x": (3, 4), "y": (3, 4)},
+        lambda P, I: bp.where(((P["x"] > 0) & (P["y"] < 0.5)) | ~(P["x"] < P["y"]),
+                              P["x"] * P["y"], bp.sin(P["x"]))
+        + bp.where(bp.logical_xor(P["x"] > 0.3, P["y"] > 0.3), P["y"], 0.0),
+        lambda P, I: jnp.where(((P["x"] > 0) & (P["y"] < 0.5)) | ~(P["x"] < P["y"]),
+                               P["x"] * P["y"], jnp.sin(P["x"]))
+        + jnp.where(jnp.logical_xor(P["x"] > 0.3, P["y"] > 0.3), P["y"], 0.0),
+        _separated_pair((3, 4))),
+    Row("scatter_add_axis0", ("scatter_add", "take"), {"x": (5, 3), "v": (2, 3, 3)},
+        lambda P, I: bp.scatter_add(P["x"], I["idx"], P["v"] * P["v"]) * P["x"],
+        lambda P, I: P["x"].at[I["idx"]].add(P["v"] * P["v"]) * P["x"],
+        lambda r: {"x": r.standard_normal((5, 3)), "v": r.standard_normal((2, 3, 3)),
+                   "idx": np.array([[0, 4, 2], [2, -1, 2]], np.int32)},
+        inputs={"idx": ((2, 3), "int32")}),
+    Row("scatter_add_at_axis1", ("scatter_add",), {"x": (2, 4, 3), "v": (2, 5, 3)},
+        lambda P, I: bp.exp(P["x"].at[:, I["idx"]].add(P["v"])),
+        lambda P, I: jnp.exp(P["x"].at[:, I["idx"]].add(P["v"])),
+        lambda r: {"x": r.standard_normal((2, 4, 3)), "v": r.standard_normal((2, 5, 3)),
+                   "idx": np.array([3, 0, 3, 1, 3], np.int32)},
+        inputs={"idx": ((5,), "int32")}),
+    Row("power_of_arange_folds", ("mul",), {"x": (3, 4)},
+        lambda P, I: P["x"] * (bp.const(0.5, P["x"].dtype) ** bp.arange(4).astype(P["x"].dtype))
+        + bp.arange(1, 8, 2).astype(P["x"].dtype),
+        lambda P, I: P["x"] * (0.5 ** jnp.arange(4, dtype=P["x"].dtype))
+        + jnp.arange(1, 8, 2).astype(P["x"].dtype), gens(x=normal(3, 4))),
     # ---- composites -----------------------------------------------------------------------
     Row("softmax", ("exp", "max", "sum", "log"), {"z": (3, 5)}, lambda P, I: bp.softmax(P["z"]),
         lambda P, I: jax.nn.softmax(P["z"], axis=-1), gens(z=normal(3, 5))),

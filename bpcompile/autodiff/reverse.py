@@ -37,13 +37,20 @@ def check_wrt(wrt) -> list[Node]:
     single = isinstance(wrt, Node)
     wrt = [wrt] if single else list(wrt)
     if not wrt:
-        raise GradientError("wrt is empty: name at least one bp.param")
+        raise GradientError("wrt is empty: name at least one bp.param or float bp.input")
     for w in wrt:
-        if not isinstance(w, Node) or w.op != "param":
+        # any float leaf the caller feeds (a param, or an input: a saddle point differentiates
+        # each player's loss w.r.t. its own variables); never an intermediate node
+        if not isinstance(w, Node) or w.op not in ("param", "input"):
             what = repr(w) if isinstance(w, Node) else type(w).__name__
             raise GradientError(
-                f"wrt must contain only params declared with bp.param; got {what}"
+                f"wrt must contain only bp.param or bp.input leaves; got {what}"
                 + (f" (a {w.op} node)" if isinstance(w, Node) else "")
+            )
+        if not is_float(w.dtype):
+            raise GradientError(
+                f"wrt: {w.op} {w.name!r} is {w.dtype}{list(w.shape)}; only float32/float64 "
+                "leaves have gradients"
             )
     names = [w.name for w in wrt]
     dup = {n for n in names if names.count(n) > 1}
@@ -53,7 +60,8 @@ def check_wrt(wrt) -> list[Node]:
 
 
 def grad(loss: Node, wrt) -> list[Node] | Node:
-    """d loss / d w for each param in `wrt`, as graph nodes (a single node if `wrt` is one)."""
+    """d loss / d w for each param or float input in `wrt`, as graph nodes (a single node if
+    `wrt` is one)."""
     single = isinstance(wrt, Node)
     loss, wrt = check_loss(loss), check_wrt(wrt)
     cts = backward({loss: const(1.0, loss.dtype)}, wrt, on_cotangent=_name_cotangent)

@@ -36,6 +36,7 @@ RUNTIME = {
     "math",
     "one_hot",
     "take_in_range",
+    "scatter_add",
     "iota",
     "pad",
     "sum_unrolled",

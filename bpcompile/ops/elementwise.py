@@ -362,6 +362,60 @@ def ne(a: TensorLike, b: TensorLike) -> Node:
     return compare("ne", a, b)
 
 
+# logical ops on bool tensors (bool results, no gradient); no SymPy form: they are not fused
+# (fusion makes float kernels), every backend lowers them by name
+
+
+def _logical_infer(op):
+    def infer(inputs, attrs):
+        if any(i.dtype != "bool" for i in inputs):
+            got = " and ".join(f"{i.dtype}{list(i.shape)}" for i in inputs)
+            raise DTypeError(f"{op}: needs bool operands, got {got}; compare or .astype(bool)")
+        return _broadcast(op, [i.shape for i in inputs]), "bool"
+
+    return infer
+
+
+LOGICAL = {
+    "logical_and": "a & b",
+    "logical_or": "a | b",
+    "logical_xor": "a ^ b (exactly one)",
+    "logical_not": "~a",
+}
+for _name, _doc in LOGICAL.items():
+    register(
+        Op(
+            _name,
+            "elementwise",
+            _logical_infer(_name),
+            lambda node, g, needs: (None,) * len(node.inputs),
+            _doc + " on bool tensors (bool result; no gradient)",
+        )
+    )
+
+
+def _bool_operand(op: str, x: TensorLike) -> Node:
+    if isinstance(x, (bool, np.bool_)):
+        return const(bool(x), "bool")
+    return as_node(x)
+
+
+def logical_and(a: TensorLike, b: TensorLike) -> Node:
+    return make("logical_and", (_bool_operand("logical_and", a), _bool_operand("logical_and", b)))
+
+
+def logical_or(a: TensorLike, b: TensorLike) -> Node:
+    return make("logical_or", (_bool_operand("logical_or", a), _bool_operand("logical_or", b)))
+
+
+def logical_xor(a: TensorLike, b: TensorLike) -> Node:
+    return make("logical_xor", (_bool_operand("logical_xor", a), _bool_operand("logical_xor", b)))
+
+
+def logical_not(a: TensorLike) -> Node:
+    return make("logical_not", (_bool_operand("logical_not", a),))
+
+
 def _where_infer(inputs, attrs):
     c, a, b = inputs
     if c.dtype != "bool":

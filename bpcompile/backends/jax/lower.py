@@ -45,6 +45,9 @@ LOWERINGS.update(
         "one_hot": lambda n, a: (
             f"one_hot({a[0]}, {n.attr('n')}, {JNP_DTYPE[n.dtype]}{_wrap(n)})"
         ),
+        "scatter_add": lambda n, a: (  # x.at[:, idx].add(v); duplicates accumulate
+            f"{a[0]}.at[{':, ' * n.attr('axis')}{a[2]}].add({a[1]})"
+        ),
         "iota": lambda n, a: (
             f"lax.broadcasted_iota({JNP_DTYPE[n.dtype]}, {n.shape}, {n.attr('axis')})"
         ),

@@ -38,6 +38,9 @@ LOWERINGS.update(
         "take": lambda n, a: (
             f"take_in_range({a[0]}, {a[1]}, {n.attr('axis')}, {describe_site(n)!r})"
         ),
+        "scatter_add": lambda n, a: (
+            f"scatter_add({a[0]}, {a[1]}, {a[2]}, {n.attr('axis')}, {describe_site(n)!r})"
+        ),
         "iota": lambda n, a: f"iota({n.shape}, {n.attr('axis')}, {NP_DTYPE[n.dtype]})",
         "kernel": _kernel,
     }

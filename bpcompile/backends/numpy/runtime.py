@@ -11,6 +11,7 @@ from ...rewrite.evaluate import (  # noqa: F401
     one_hot,
     pad,
     relu,
+    scatter_add,
     sigmoid,
     softplus,
     step,
@@ -21,6 +22,7 @@ NAMESPACE = {
     **_FORMS,
     "one_hot": one_hot,
     "take_in_range": take_in_range,
+    "scatter_add": scatter_add,
     "iota": iota,
     "pad": pad,
 }
