@@ -10,7 +10,8 @@ import numpy as np
 from .ir.hints import Axis, DTypeLike, TensorLike
 from .ir.node import Node
 from .ops import elementwise as ew
-from .ops.elementwise import (  # noqa: F401  (re-exported)  # noqa: F401
+from .ops.custom import custom_vjp  # noqa: F401
+from .ops.elementwise import (  # noqa: F401  (re-exported)
     add,
     cast,
     div,

@@ -183,3 +183,7 @@ from ..pyscan import jax_scan, result_item  # noqa: E402  (scan: jax.lax.scan ov
 
 LOWERINGS["scan"] = jax_scan
 LOWERINGS["result"] = result_item  # (pysource unpacks a scan into its results instead)
+
+from ..pycustom import jax_custom  # noqa: E402  (custom_vjp outside the pipeline: its primal as a function)
+
+LOWERINGS["custom_vjp"] = jax_custom

@@ -514,11 +514,14 @@ def _scan(ctx, n: Node):
 
 LOWERINGS["scan"] = _scan
 LEAVES = ("input", "param", "const")
+# ops the backend replaces by their definition before scheduling (backend.py): custom_vjp's
+# primal is ordinary graph (the pipeline has normally inlined it already)
+INLINED = ("custom_vjp",)
 
 
 def lowered_ops() -> set[str]:
     """Table entries, leaves, and the elementwise ops `_arith` derives from SymPy forms."""
-    return set(LOWERINGS) | set(LEAVES) | {
+    return set(LOWERINGS) | set(LEAVES) | set(INLINED) | {
         name for name, op in all_ops().items()
         if name not in LOWERINGS and op.kind == "elementwise" and _derivable(name)}
 

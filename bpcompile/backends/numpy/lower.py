@@ -56,3 +56,7 @@ from ..pyscan import numpy_scan, result_item  # noqa: E402  (scan: a for loop ov
 
 LOWERINGS["scan"] = numpy_scan
 LOWERINGS["result"] = result_item  # (pysource unpacks a scan into its results instead)
+
+from ..pycustom import numpy_custom  # noqa: E402  (custom_vjp outside the pipeline: its primal as a function)
+
+LOWERINGS["custom_vjp"] = numpy_custom
