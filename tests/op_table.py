@@ -162,6 +162,32 @@ _gt = _where_cmp(lambda a, b: a > b, lambda a, b: a > b)
 _ge = _where_cmp(lambda a, b: a >= b, lambda a, b: a >= b)
 
 
+def _np_or_jnp(x):
+    return bp if isinstance(x, bp.Node) else jnp
+
+
+def _softplus_prim(x, w):  # log(1 + e^(xw)) written naively; its rule is the stable one
+    m = _np_or_jnp(x)
+    return m.log(1.0 + m.exp(x * w))
+
+
+def _softplus_fwd(x, w):
+    return _softplus_prim(x, w), (x, w)
+
+
+def _softplus_bwd(res, g):
+    x, w = res
+    m = _np_or_jnp(x)
+    s = g * (bp.sigmoid(x * w) if m is bp else jax.nn.sigmoid(x * w))
+    return s * w, m.sum(s * x, axis=0)
+
+
+_softplus_cv = bp.custom_vjp(_softplus_prim, _softplus_fwd, _softplus_bwd, name="softplus_xw")
+if jax is not None:
+    _jsoftplus_cv = jax.custom_vjp(_softplus_prim)
+    _jsoftplus_cv.defvjp(_softplus_fwd, _softplus_bwd)
+
+
 ROWS: list[Row] = [
     # ---- unary elementwise ---------------------------------------------------------------
     Row("exp", ("exp",), {"x": (3, 4)}, lambda P, I: bp.exp(P["x"]),
@@ -432,6 +458,10 @@ ROWS: list[Row] = [
         + bp.arange(1, 8, 2).astype(P["x"].dtype),
         lambda P, I: P["x"] * (0.5 ** jnp.arange(4, dtype=P["x"].dtype))
         + jnp.arange(1, 8, 2).astype(P["x"].dtype), gens(x=normal(3, 4))),
+    Row("custom_vjp_softplus", ("custom_vjp",), {"x": (3, 4), "w": (4,)},
+        lambda P, I: _softplus_cv(P["x"], P["w"]) * P["x"],
+        lambda P, I: _jsoftplus_cv(P["x"], P["w"]) * P["x"],
+        gens(x=normal(3, 4), w=normal(4))),
     # ---- composites -----------------------------------------------------------------------
     Row("softmax", ("exp", "max", "sum", "log"), {"z": (3, 5)}, lambda P, I: bp.softmax(P["z"]),
         lambda P, I: jax.nn.softmax(P["z"], axis=-1), gens(z=normal(3, 5))),

@@ -13,6 +13,8 @@ from __future__ import annotations
 from ..errors import GradientError
 from ..ir.dtypes import is_float
 from ..ir.node import NAMES, Node
+from ..ir.traverse import toposort
+from ..ops.custom import inline as inline_custom
 from ..ops.leaves import const
 from ..ops.movement import broadcast_to
 from ..ops.sweep import backward
@@ -65,6 +67,13 @@ def grad(loss: Node, wrt) -> list[Node] | Node:
     single = isinstance(wrt, Node)
     loss, wrt = check_loss(loss), check_wrt(wrt)
     cts = backward({loss: const(1.0, loss.dtype)}, wrt, on_cotangent=_name_cotangent)
+    # As with jax.custom_vjp, a custom rule serves one differentiation: where the gradient
+    # reads a custom function's forward value, it reads the primal, which a second
+    # differentiation differentiates as written (the user's bwd is differentiated likewise)
+    forward_custom = {n for n in toposort([loss]) if n.op == "custom_vjp"}
+    if forward_custom:
+        done = iter(inline_custom([c for c in cts if c is not None], forward_custom))
+        cts = [None if c is None else next(done) for c in cts]
     out = []
     for w, g in zip(wrt, cts):
         if g is None:  # loss does not depend on w: an explicit zero gradient

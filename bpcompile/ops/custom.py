@@ -125,18 +125,20 @@ register(Op("custom_vjp", "control", _infer, _vjp,
             "a user's function with the user's VJP rule (jax.custom_vjp); attr `rule`"))
 
 
-def inline(outputs: Sequence[Node]) -> list[Node]:
-    """Every custom_vjp node reachable from `outputs` replaced by its primal on its operands
-    (the rule has served the reverse sweep); the result keeps the function's name."""
-    if not any(n.op == "custom_vjp" for n in toposort(outputs)):
+def inline(outputs: Sequence[Node], only: set[Node] | None = None) -> list[Node]:
+    """Every custom_vjp node reachable from `outputs` (those in `only`, when given) replaced by
+    its primal on its operands (the rule has served the reverse sweep); the result keeps the
+    function's name."""
+    if not any(n.op == "custom_vjp" and (only is None or n in only) for n in toposort(outputs)):
         return list(outputs)
     memo: dict[Node, Node] = {}
     for n in toposort(outputs):
         ins = [memo[i] for i in n.inputs]
-        if n.op == "custom_vjp":
+        if n.op == "custom_vjp" and (only is None or n in only):
             rule: Rule = n.attr("rule")
             (new,) = substitute([rule.primal], dict(zip(rule.args, ins)))
-            new = inline([new])[0]  # a rule whose primal calls another custom function
+            if only is None:  # a rule whose primal calls another custom function
+                new = inline([new])[0]
             if new not in NAMES and new.op not in ("input", "param", "const"):
                 NAMES[new] = NAMES.get(n, rule.name)
         else:
@@ -203,11 +205,11 @@ class custom_vjp:  # noqa: N801  (named as jax.custom_vjp, used as a decorator)
     def _trace(self, nodes: tuple[Node, ...]) -> Rule:
         scope, name = next(_SCOPES), self.name
         try:
-            params = list(inspect.signature(self.fun).parameters)
+            params = [p.name for p in inspect.signature(self.fun).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         except (TypeError, ValueError):
             params = []
-        names = [legal(params[i]) if i < len(params) and not params[i].startswith("*")
-                 else f"a{i}" for i in range(len(nodes))]
+        names = [legal(params[i]) if i < len(params) else f"a{i}" for i in range(len(nodes))]
         args = [_placeholder(nm, n, scope) for nm, n in zip(names, nodes)]
         (primal,) = _one("primal", name, self.fun(*args))
         fwd_out = self.fwd(*args)  # type: ignore[misc]
