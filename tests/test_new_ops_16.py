@@ -167,9 +167,9 @@ def test_logical_ops_truth_tables(backend):
 def test_logical_ops_refuse_non_bool_by_name():
     x = bp.input("x", (3,), "float32")
     with pytest.raises(DTypeError, match=r"logical_and: needs bool operands, got float32\[3\]"):
-        x & (x > 0)
+        _ = x & (x > 0)
     with pytest.raises(DTypeError, match="logical_not"):
-        ~x
+        _ = ~x
 
 
 # ---- (e) folding of iota subgraphs -------------------------------------------------------
