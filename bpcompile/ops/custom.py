@@ -74,7 +74,9 @@ class Rule:
     `res_args` + `g` placeholders -> `cotangents` (None where the rule gives no gradient).
     Hashable by identity, so nodes that hold it are interned per rule."""
 
-    def __init__(self, name: str, args, primal, residuals, res_args, g, cotangents):
+    def __init__(self, name: str, args: Sequence[Node], primal: Node,
+                 residuals: Sequence[Node], res_args: Sequence[Node], g: Node,
+                 cotangents: Sequence[Node | None]):
         self.name, self.args, self.primal = name, tuple(args), primal
         self.residuals, self.res_args, self.g = tuple(residuals), tuple(res_args), g
         self.cotangents = tuple(cotangents)
@@ -109,7 +111,7 @@ def _vjp(y: Node, g: Node, needs):
     mapping[rule.g] = g
     todo = [c for c, need in zip(rule.cotangents, needs) if c is not None and need]
     done = iter(substitute(todo, mapping))
-    out = []
+    out: list[Node | None] = []
     for c, need, arg in zip(rule.cotangents, needs, rule.args):
         if c is None or not need:
             out.append(None)
