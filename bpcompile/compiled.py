@@ -277,7 +277,7 @@ def _check_unique_names(args):
 
 def compile(loss: Node, wrt: Wrt, backend: str = "numpy",  # noqa: A001
             passes: Sequence[str] | None = None, **options: Any) -> Compiled:
-    """Compile `loss` and its gradient w.r.t. `wrt` (a list of params) for `backend`."""
+    """Compile `loss` and its gradient w.r.t. `wrt` (params and float inputs) for `backend`."""
     return Compiled(loss, wrt, backend, passes, **options)
 
 
