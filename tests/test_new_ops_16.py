@@ -209,3 +209,12 @@ def test_arange_matches_numpy(args):
     fn = bp.function({"a": bp.arange(*args)}, backend="numpy")
     got = fn()["a"]
     np.testing.assert_array_equal(got, np.arange(*args, dtype=np.int32))
+
+
+def test_as_jax_function_differentiates_an_input_in_wrt():
+    x = bp.input("x", (3,), "float64")
+    w = bp.param("w", (3,), "float64")
+    f = bp.compile(bp.sum(bp.sin(x) * w), [w, x], backend="jax").as_jax_function()
+    W, X = np.ones(3), np.arange(3.0)
+    gx = jax.grad(lambda X: f({"w": W}, x=X))(X)
+    np.testing.assert_allclose(gx, np.cos(X) * W, rtol=1e-12)
