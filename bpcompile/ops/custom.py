@@ -91,6 +91,25 @@ class Rule:
                     f"custom_vjp {name}: the {what} function reads {stray[0]!r}, which is not "
                     "one of its arguments; pass it as an argument instead of closing over it")
 
+    def retype(self, src: str, dst: str) -> Rule:
+        """The same rule in another float precision (bp.check's float64 finite differences);
+        one copy per precision, so retyped nodes that hold it still intern together."""
+        from ..ir.retype import retype
+
+        cache = self.__dict__.setdefault("_retyped", {})
+        if (src, dst) not in cache:
+            cts = [c for c in self.cotangents if c is not None]
+            na, nr = len(self.args), len(self.residuals)
+            nodes = retype(list(self.args) + [self.primal] + list(self.residuals)
+                           + list(self.res_args) + [self.g] + cts, src, dst)
+            args, primal = nodes[:na], nodes[na]
+            res, rest = nodes[na + 1:na + 1 + nr], nodes[na + 1 + nr:]
+            res_args, g, new_cts = rest[:nr], rest[nr], iter(rest[nr + 1:])
+            cache[(src, dst)] = Rule(self.name, args, primal, res, res_args, g,
+                                     [None if c is None else next(new_cts)
+                                      for c in self.cotangents])
+        return cache[(src, dst)]
+
     def __repr__(self):
         return f"custom_vjp {self.name}({', '.join(a.attr('name') for a in self.args)})"
 
