@@ -394,26 +394,24 @@ for _name, _doc in LOGICAL.items():
     )
 
 
-def _bool_operand(op: str, x: TensorLike) -> Node:
-    if isinstance(x, (bool, np.bool_)):
-        return const(bool(x), "bool")
-    return as_node(x)
-
-
 def logical_and(a: TensorLike, b: TensorLike) -> Node:
-    return make("logical_and", (_bool_operand("logical_and", a), _bool_operand("logical_and", b)))
+    """Elementwise a & b of bool tensors (numpy broadcasting; Python bools allowed)."""
+    return make("logical_and", (as_node(a), as_node(b)))
 
 
 def logical_or(a: TensorLike, b: TensorLike) -> Node:
-    return make("logical_or", (_bool_operand("logical_or", a), _bool_operand("logical_or", b)))
+    """Elementwise a | b of bool tensors (numpy broadcasting; Python bools allowed)."""
+    return make("logical_or", (as_node(a), as_node(b)))
 
 
 def logical_xor(a: TensorLike, b: TensorLike) -> Node:
-    return make("logical_xor", (_bool_operand("logical_xor", a), _bool_operand("logical_xor", b)))
+    """Elementwise a ^ b of bool tensors (numpy broadcasting; Python bools allowed)."""
+    return make("logical_xor", (as_node(a), as_node(b)))
 
 
 def logical_not(a: TensorLike) -> Node:
-    return make("logical_not", (_bool_operand("logical_not", a),))
+    """Elementwise ~a of a bool tensor."""
+    return make("logical_not", (as_node(a),))
 
 
 def _where_infer(inputs, attrs):
