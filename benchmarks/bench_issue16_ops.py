@@ -1,7 +1,9 @@
 """Issue 16 item 5 measurements: (1) a polynomial least-squares fit whose power matrix
 `t ** arange(d)` is built from iota - computed once at compile time by the fold pass, vs
 recomputed per call with `fold` left out; (2) a k-means centroid update (scatter_add of points
-into their clusters, plus its gradient) on LLVM against jax.jit of the same in JAX.
+into their clusters, plus its gradient) on LLVM against jax.jit of the same in JAX; (3) an
+embedding gradient on LLVM as take's VJP gives it (a scatter_add from ops.index.SCATTER_MIN
+rows on) against the one_hot(idx)ᵀ @ g product it used before.
 
     python benchmarks/bench_issue16_ops.py [--budget 0.5]
 """
@@ -69,9 +71,33 @@ def kmeans(budget: float) -> None:
           f"jax.jit {b:8.1f} us ({b / a:.2f}x of ours)")
 
 
+def embedding_grad(budget: float) -> None:
+    from bpcompile.ops import index
+
+    for V, k, d in [(50, 64, 16), (1024, 64, 16), (10000, 512, 64)]:
+        r = np.random.default_rng(0)
+        vals = {"E": r.standard_normal((V, d)).astype(np.float32),
+                "idx": r.integers(0, V, k).astype(np.int32),
+                "u": r.standard_normal((k, d)).astype(np.float32)}
+        times = {}
+        for label, lo in (("scatter_add", 1), ("one_hot @ g", 10**9)):
+            saved, index.SCATTER_MIN = index.SCATTER_MIN, lo
+            try:
+                E = bp.param("E", (V, d), "float32")
+                loss = bp.sum(bp.take(E, bp.input("idx", (k,), "int32"))
+                              * bp.input("u", (k, d), "float32"))
+                fn = bp.compile(loss, wrt=[E], backend="llvm")
+            finally:
+                index.SCATTER_MIN = saved
+            times[label] = med(lambda: fn(**vals), budget)
+        print(f"embedding grad V={V} k={k} d={d} llvm: " + ", ".join(
+            f"{k_} {v:9.1f} us" for k_, v in times.items()))
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", type=float, default=0.5)
     args = ap.parse_args()
     power_fit(args.budget)
     kmeans(args.budget)
+    embedding_grad(args.budget)
