@@ -218,3 +218,25 @@ def test_as_jax_function_differentiates_an_input_in_wrt():
     W, X = np.ones(3), np.arange(3.0)
     gx = jax.grad(lambda X: f({"w": W}, x=X))(X)
     np.testing.assert_allclose(gx, np.cos(X) * W, rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_scatter_add_and_take_grad_llvm_equal_numpy_on_random_shapes(seed):
+    """Random ranks, axes, index shapes (0-d too) and axis sizes on both sides of take's
+    SCATTER_MIN: the LLVM scatter loop addresses exactly what NumPy's np.add.at does."""
+    r = np.random.default_rng(seed)
+    nd = int(r.integers(1, 4))
+    axis, n = int(r.integers(0, nd)), int(r.choice([3, 70]))
+    xs = tuple(n if i == axis else int(r.integers(1, 4)) for i in range(nd))
+    ish = tuple(int(s) for s in r.integers(1, 4, int(r.integers(0, 3))))
+    vshape = xs[:axis] + ish + xs[axis + 1:]
+    x, v = bp.param("x", xs, "float64"), bp.param("v", vshape, "float64")
+    idx = bp.input("idx", ish, "int32")
+    loss = bp.sum(bp.sin(bp.scatter_add(x, idx, v, axis))) + bp.sum(bp.take(x, idx, axis) ** 2)
+    vals = {"x": r.standard_normal(xs), "v": r.standard_normal(vshape),
+            "idx": r.integers(-n, n, ish).astype(np.int32)}
+    a = bp.compile(loss, [x, v], backend="numpy")(**vals)
+    b = bp.compile(loss, [x, v], backend="llvm")(**vals)
+    np.testing.assert_allclose(b[0], a[0], rtol=1e-12)
+    for k in "xv":
+        np.testing.assert_allclose(b[1][k], a[1][k], rtol=1e-12, atol=1e-12)
