@@ -5,13 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .ir.hints import Axis, TensorLike
+import numpy as np
+
+from .ir.hints import Axis, DTypeLike, TensorLike
 from .ir.node import Node
 from .ops import elementwise as ew
+from .ops.custom import custom_vjp  # noqa: F401
 from .ops.elementwise import (  # noqa: F401  (re-exported)
     add,
     cast,
     div,
+    logical_and,
+    logical_not,
+    logical_or,
+    logical_xor,
     maximum,
     minimum,
     mul,
@@ -21,7 +28,7 @@ from .ops.elementwise import (  # noqa: F401  (re-exported)
     sub,
     where,
 )
-from .ops.index import one_hot, take  # noqa: F401
+from .ops.index import one_hot, scatter_add, take  # noqa: F401
 from .ops.kernel import elementwise  # noqa: F401
 from .ops.leaves import const, input, iota, param  # noqa: F401
 from .ops.linalg import matmul  # noqa: F401
@@ -33,7 +40,7 @@ from .ops.movement import (  # noqa: F401
     reshape,
     transpose,
 )
-from .ops.reduce import max_, sum_
+from .ops.reduce import argmax, argmin, max_, min_, sum_  # noqa: F401
 from .ops.reduce import mean as mean_
 
 # Elementwise comparisons by name (`<`, `<=`, `>`, `>=` work as operators; `==` stays identity).
@@ -85,6 +92,58 @@ def max(x: TensorLike, axis: Axis = None, keepdims: bool = False) -> Node:  # no
     return max_(x, axis, keepdims)
 
 
+def min(x: TensorLike, axis: Axis = None, keepdims: bool = False) -> Node:  # noqa: A001
+    """Min over `axis`; gradient split evenly among ties (as jnp.min)."""
+    return min_(x, axis, keepdims)
+
+
+def arange(start: int, stop: int | None = None, step: int = 1, dtype: DTypeLike = "int32") -> Node:
+    """`jnp.arange` for static ints: an iota, so graphs built from it (a power matrix
+    `t ** arange(n)`) fold to constants at compile time."""
+    if stop is None:
+        start, stop = 0, start
+    for what, v in (("start", start), ("stop", stop), ("step", step)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+            raise TypeError(f"arange: {what} must be a Python int, got {type(v).__name__}")
+    if step == 0:
+        raise ValueError("arange: step must not be 0")
+    n = len(range(start, stop, step))
+    out = iota((n,), 0, dtype)
+    if step != 1:
+        out = mul(out, step)
+    return add(out, start) if start else out
+
+
+class _At:
+    """`x.at[idx]` as in JAX: `x.at[idx].add(v)` is `scatter_add(x, idx, v, axis)`, where the
+    index is an int32 tensor (or Python int) after `axis` full slices (`x.at[:, idx]`)."""
+
+    def __init__(self, x: Node, idx: Any):
+        self.x, self.idx, self.axis = x, idx, 0
+        if isinstance(idx, tuple):
+            *lead, last = idx
+            if any(not (isinstance(s, slice) and s == slice(None)) for s in lead):
+                raise TypeError(
+                    f"at[]: only full slices ':' may precede the index tensor, got {idx!r}")
+            self.idx, self.axis = last, len(lead)
+        if isinstance(self.idx, (int, np.integer)) and not isinstance(self.idx, bool):
+            self.idx = const(np.int32(self.idx), "int32")
+        if not isinstance(self.idx, Node):
+            raise TypeError(
+                f"at[]: the index must be an int32 tensor or an int, got {type(self.idx).__name__}")
+
+    def add(self, v: TensorLike) -> Node:
+        return scatter_add(self.x, self.idx, v, self.axis)
+
+
+class _AtIndexer:
+    def __init__(self, x: Node):
+        self.x = x
+
+    def __getitem__(self, idx: Any) -> _At:
+        return _At(self.x, idx)
+
+
 def mean(x: TensorLike, axis: Axis = None, keepdims: bool = False) -> Node:
     """Mean over `axis` (int, tuple or None for all), like numpy.mean."""
     return mean_(x, axis, keepdims)
@@ -123,6 +182,17 @@ _METHODS: dict[str, Any] = {
     "sum": lambda a, axis=None, keepdims=False: sum_(a, axis, keepdims),
     "mean": lambda a, axis=None, keepdims=False: mean(a, axis, keepdims),
     "max": lambda a, axis=None, keepdims=False: max_(a, axis, keepdims),
+    "min": lambda a, axis=None, keepdims=False: min_(a, axis, keepdims),
+    "argmax": lambda a, axis=None, keepdims=False: argmax(a, axis, keepdims),
+    "argmin": lambda a, axis=None, keepdims=False: argmin(a, axis, keepdims),
+    "at": property(lambda a: _AtIndexer(a)),
+    "__and__": lambda a, b: logical_and(a, b),
+    "__rand__": lambda a, b: logical_and(b, a),
+    "__or__": lambda a, b: logical_or(a, b),
+    "__ror__": lambda a, b: logical_or(b, a),
+    "__xor__": lambda a, b: logical_xor(a, b),
+    "__rxor__": lambda a, b: logical_xor(b, a),
+    "__invert__": lambda a: logical_not(a),
     "astype": lambda a, dtype: cast(a, dtype),
 }
 for _name, _method in _METHODS.items():

@@ -388,7 +388,7 @@ def _check_unique_names(args):
 def compile(loss: Node, wrt: Wrt, backend: str = "numpy",  # noqa: A001
             passes: Sequence[str] | None = None, memory_budget: int | str | None = None,
             **options: Any) -> Compiled:
-    """Compile `loss` and its gradient w.r.t. `wrt` (a list of params) for `backend`.
+    """Compile `loss` and its gradient w.r.t. `wrt` (params and float inputs) for `backend`.
 
     memory_budget: bytes (int, or "64MB", "1.5GiB"): recompute forward segments in the
     backward pass (bp.checkpoint) until the planned peak fits (budget.py, docs/memory.md);

@@ -162,6 +162,32 @@ _gt = _where_cmp(lambda a, b: a > b, lambda a, b: a > b)
 _ge = _where_cmp(lambda a, b: a >= b, lambda a, b: a >= b)
 
 
+def _np_or_jnp(x):
+    return bp if isinstance(x, bp.Node) else jnp
+
+
+def _softplus_prim(x, w):  # log(1 + e^(xw)) written naively; its rule is the stable one
+    m = _np_or_jnp(x)
+    return m.log(1.0 + m.exp(x * w))
+
+
+def _softplus_fwd(x, w):
+    return _softplus_prim(x, w), (x, w)
+
+
+def _softplus_bwd(res, g):
+    x, w = res
+    m = _np_or_jnp(x)
+    s = g * (bp.sigmoid(x * w) if m is bp else jax.nn.sigmoid(x * w))
+    return s * w, m.sum(s * x, axis=0)
+
+
+_softplus_cv = bp.custom_vjp(_softplus_prim, _softplus_fwd, _softplus_bwd, name="softplus_xw")
+if jax is not None:
+    _jsoftplus_cv = jax.custom_vjp(_softplus_prim)
+    _jsoftplus_cv.defvjp(_softplus_fwd, _softplus_bwd)
+
+
 ROWS: list[Row] = [
     # ---- unary elementwise ---------------------------------------------------------------
     Row("exp", ("exp",), {"x": (3, 4)}, lambda P, I: bp.exp(P["x"]),
@@ -389,6 +415,59 @@ ROWS: list[Row] = [
         inputs={"labels": ((4,), "int32")}),
     Row("iota", ("cast",), {"x": (3, 4)}, _iota_row,
         lambda P, I: P["x"] * jnp.arange(4, dtype=P["x"].dtype), gens(x=normal(3, 4))),
+    # ---- issue 16: min, argmax/argmin, logical ops, scatter_add, iota folding ---------------
+    Row("min_axis", ("min", "eq", "cast"), {"x": (3, 4)}, lambda P, I: bp.min(P["x"], axis=1),
+        lambda P, I: jnp.min(P["x"], axis=1), gens(x=normal(3, 4))),
+    Row("min_all_keepdims", ("min",), {"x": (2, 3, 4)},
+        lambda P, I: P["x"].min(axis=(0, 2), keepdims=True) * P["x"] + bp.min(P["x"]),
+        lambda P, I: jnp.min(P["x"], axis=(0, 2), keepdims=True) * P["x"] + jnp.min(P["x"]),
+        gens(x=normal(2, 3, 4))),
+    Row("min_ties", ("min",), {"x": (3, 4)}, lambda P, I: bp.min(-P["x"], axis=1),
+        lambda P, I: jnp.min(-P["x"], axis=1), _ties_gen, smooth=False),
+    Row("argmax_argmin", ("min", "max", "iota", "where", "logical_or", "ne"), {"x": (3, 4)},
+        lambda P, I: P["x"] * (bp.argmax(P["x"], axis=1, keepdims=True)
+                               - P["x"].argmin(axis=0)).astype(P["x"].dtype)
+        + bp.argmax(P["x"]).astype(P["x"].dtype),
+        lambda P, I: P["x"] * (jnp.argmax(P["x"], axis=1, keepdims=True)
+                               - jnp.argmin(P["x"], axis=0)).astype(P["x"].dtype)
+        + jnp.argmax(P["x"]).astype(P["x"].dtype), _ties_gen, smooth=False),
+    Row("logical_and_or_xor_not",
+        ("logical_and", "logical_or", "logical_xor", "logical_not", "where"),
+        {"x": (3, 4), "y": (3, 4)},
+        lambda P, I: bp.where(((P["x"] > 0) & (P["y"] < 0.5)) | ~(P["x"] < P["y"]),
+                              P["x"] * P["y"], bp.sin(P["x"]))
+        + bp.where(bp.logical_xor(P["x"] > 0.3, P["y"] > 0.3), P["y"], 0.0),
+        lambda P, I: jnp.where(((P["x"] > 0) & (P["y"] < 0.5)) | ~(P["x"] < P["y"]),
+                               P["x"] * P["y"], jnp.sin(P["x"]))
+        + jnp.where(jnp.logical_xor(P["x"] > 0.3, P["y"] > 0.3), P["y"], 0.0),
+        _separated_pair((3, 4))),
+    Row("scatter_add_axis0", ("scatter_add", "take"), {"x": (5, 3), "v": (2, 3, 3)},
+        lambda P, I: bp.scatter_add(P["x"], I["idx"], P["v"] * P["v"]) * P["x"],
+        lambda P, I: P["x"].at[I["idx"]].add(P["v"] * P["v"]) * P["x"],
+        lambda r: {"x": r.standard_normal((5, 3)), "v": r.standard_normal((2, 3, 3)),
+                   "idx": np.array([[0, 4, 2], [2, -1, 2]], np.int32)},
+        inputs={"idx": ((2, 3), "int32")}),
+    Row("take_large_axis_scatter_grad", ("take", "scatter_add"), {"E": (80, 3)},
+        lambda P, I: bp.take(P["E"], I["idx"], axis=0) ** 2,
+        lambda P, I: jnp.take(P["E"], I["idx"], axis=0) ** 2,
+        lambda r: {"E": r.standard_normal((80, 3)),
+                   "idx": np.array([[0, 79, 5], [5, -1, 40]], np.int32)},
+        inputs={"idx": ((2, 3), "int32")}),
+    Row("scatter_add_at_axis1", ("scatter_add",), {"x": (2, 4, 3), "v": (2, 5, 3)},
+        lambda P, I: bp.exp(P["x"].at[:, I["idx"]].add(P["v"])),
+        lambda P, I: jnp.exp(P["x"].at[:, I["idx"]].add(P["v"])),
+        lambda r: {"x": r.standard_normal((2, 4, 3)), "v": r.standard_normal((2, 5, 3)),
+                   "idx": np.array([3, 0, 3, 1, 3], np.int32)},
+        inputs={"idx": ((5,), "int32")}),
+    Row("power_of_arange_folds", ("mul",), {"x": (3, 4)},
+        lambda P, I: P["x"] * (bp.const(0.5, P["x"].dtype) ** bp.arange(4).astype(P["x"].dtype))
+        + bp.arange(1, 8, 2).astype(P["x"].dtype),
+        lambda P, I: P["x"] * (0.5 ** jnp.arange(4, dtype=P["x"].dtype))
+        + jnp.arange(1, 8, 2).astype(P["x"].dtype), gens(x=normal(3, 4))),
+    Row("custom_vjp_softplus", ("custom_vjp",), {"x": (3, 4), "w": (4,)},
+        lambda P, I: _softplus_cv(P["x"], P["w"]) * P["x"],
+        lambda P, I: _jsoftplus_cv(P["x"], P["w"]) * P["x"],
+        gens(x=normal(3, 4), w=normal(4))),
     # ---- composites -----------------------------------------------------------------------
     Row("softmax", ("exp", "max", "sum", "log"), {"z": (3, 5)}, lambda P, I: bp.softmax(P["z"]),
         lambda P, I: jax.nn.softmax(P["z"], axis=-1), gens(z=normal(3, 5))),

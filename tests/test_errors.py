@@ -206,12 +206,15 @@ def _mlp():
     return x, W, bp.sum(bp.tanh(x @ W))
 
 
-def test_wrt_with_an_input_is_refused():
+def test_wrt_with_an_int_input_is_refused():
+    # float inputs are differentiable (issue 16: tests/test_new_ops_16.py); int ones are not
     x, W, loss = _mlp()
-    with raises(GradientError, "bp.param", "input"):
-        bp.compile(loss, wrt=[x])
-    with raises(GradientError, "bp.param", "input"):
-        bp.grad(loss, [W, x])
+    i = bp.input("i", (5,), "int32")
+    loss = loss + bp.sum(i.astype("float32"))
+    with raises(GradientError, "wrt", "input 'i'", "int32[5]", "float32/float64"):
+        bp.compile(loss, wrt=[i])
+    with raises(GradientError, "wrt", "input 'i'"):
+        bp.grad(loss, [W, i])
 
 
 def test_wrt_with_a_non_param_is_refused():

@@ -164,6 +164,21 @@ GRAPHS = {
             "idx": np.array([[0, 5, 2], [2, 2, 1]], np.int32),
         },
     ),
+    "min_logical_scatter": (
+        lambda P, I: (
+            bp.sum(bp.min(P["x"], axis=1) * bp.argmax(P["x"], axis=0)[:3].astype(P["x"].dtype))
+            + bp.sum(bp.where(((P["x"] > 0) & ~(P["x"] > 1)) | ((P["x"] < 0) ^ (P["x"] < -1)),
+                              P["x"], 0.0))
+            + bp.sum(bp.scatter_add(P["x"], I["idx"], P["v"], axis=1) ** 2)
+        ),
+        {"x": (3, 4), "v": (3, 5)},
+        {"idx": ((5,), "int32")},
+        lambda r: {
+            "x": r.standard_normal((3, 4)),
+            "v": r.standard_normal((3, 5)),
+            "idx": np.array([0, 3, 3, -1, 1], np.int32),
+        },
+    ),
     "kernel_and_losses": (
         lambda P, I: (
             bp.sum(MISH(P["z"]))

@@ -15,6 +15,8 @@ from collections import Counter
 from ..errors import GradientError
 from ..ir.dtypes import is_float
 from ..ir.node import NAMES, Node
+from ..ir.traverse import toposort
+from ..ops.custom import inline as inline_custom
 from ..ops.leaves import const
 from ..ops.movement import broadcast_to
 from ..ops.sweep import backward
@@ -40,13 +42,20 @@ def check_wrt(wrt) -> list[Node]:
     single = isinstance(wrt, Node)
     wrt = [wrt] if single else list(wrt)
     if not wrt:
-        raise GradientError("wrt is empty: name at least one bp.param")
+        raise GradientError("wrt is empty: name at least one bp.param or float bp.input")
     for w in wrt:
-        if not isinstance(w, Node) or w.op != "param":
+        # any float leaf the caller feeds (a param, or an input: a saddle point differentiates
+        # each player's loss w.r.t. its own variables); never an intermediate node
+        if not isinstance(w, Node) or w.op not in ("param", "input"):
             what = repr(w) if isinstance(w, Node) else type(w).__name__
             raise GradientError(
-                f"wrt must contain only params declared with bp.param; got {what}"
+                f"wrt must contain only bp.param or bp.input leaves; got {what}"
                 + (f" (a {w.op} node)" if isinstance(w, Node) else "")
+            )
+        if not is_float(w.dtype):
+            raise GradientError(
+                f"wrt: {w.op} {w.name!r} is {w.dtype}{list(w.shape)}; only float32/float64 "
+                "leaves have gradients"
             )
     names = [w.name for w in wrt]
     dup = {n for n, k in Counter(names).items() if k > 1}  # linear: models have 1000s of params
@@ -56,10 +65,18 @@ def check_wrt(wrt) -> list[Node]:
 
 
 def grad(loss: Node, wrt) -> list[Node] | Node:
-    """d loss / d w for each param in `wrt`, as graph nodes (a single node if `wrt` is one)."""
+    """d loss / d w for each param or float input in `wrt`, as graph nodes (a single node if
+    `wrt` is one)."""
     single = isinstance(wrt, Node)
     loss, wrt = check_loss(loss), check_wrt(wrt)
     cts = backward({loss: const(1.0, loss.dtype)}, wrt, on_cotangent=_name_cotangent)
+    # As with jax.custom_vjp, a custom rule serves one differentiation: where the gradient
+    # reads a custom function's forward value, it reads the primal, which a second
+    # differentiation differentiates as written (the user's bwd is differentiated likewise)
+    forward_custom = {n for n in toposort([loss]) if n.op == "custom_vjp"}
+    if forward_custom:
+        done = iter(inline_custom([c for c in cts if c is not None], forward_custom))
+        cts = [None if c is None else next(done) for c in cts]
     out = []
     for w, g in zip(wrt, cts):
         if g is None:  # loss does not depend on w: an explicit zero gradient

@@ -65,7 +65,8 @@ def table(ns: str) -> dict[str, Lowering]:
 
     def reduce_(fn):
         def lower(n, a):
-            dt = f", dtype={dtype_name(ns, n.dtype)}" if n.dtype == "int32" else ""
+            # int sums keep int32 (NumPy would widen); max/min take no dtype
+            dt = f", dtype={dtype_name(ns, n.dtype)}" if n.dtype == "int32" and fn == "sum" else ""
             return (
                 f"{ns}.{fn}({a[0]}, axis={_axes(n.attr('axes'))}, "
                 f"keepdims={n.attr('keepdims')}{dt})"
@@ -79,6 +80,11 @@ def table(ns: str) -> dict[str, Lowering]:
             "cast": lambda n, a: f"{ns}.asarray({a[0]}).astype({dtype_name(ns, n.dtype)})",
             "sum": reduce_("sum"),
             "max": reduce_("max"),
+            "min": reduce_("min"),
+            "logical_and": lambda n, a: f"{ns}.logical_and({a[0]}, {a[1]})",
+            "logical_or": lambda n, a: f"{ns}.logical_or({a[0]}, {a[1]})",
+            "logical_xor": lambda n, a: f"{ns}.logical_xor({a[0]}, {a[1]})",
+            "logical_not": lambda n, a: f"{ns}.logical_not({a[0]})",
             "reshape": lambda n, a: f"{ns}.reshape({a[0]}, {n.shape})",
             "transpose": lambda n, a: (
                 f"{a[0]}.T"

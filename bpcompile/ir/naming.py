@@ -37,6 +37,7 @@ RUNTIME = {
     "math",
     "one_hot",
     "take_in_range",
+    "scatter_add",
     "iota",
     "pad",
     "sum_unrolled",

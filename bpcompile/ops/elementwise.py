@@ -352,6 +352,58 @@ def ne(a: TensorLike, b: TensorLike) -> Node:
     return compare("ne", a, b)
 
 
+# logical ops on bool tensors (bool results, no gradient); no SymPy form: they are not fused
+# (fusion makes float kernels), every backend lowers them by name
+
+
+def _logical_infer(op):
+    def infer(inputs, attrs):
+        if any(i.dtype != "bool" for i in inputs):
+            got = " and ".join(f"{i.dtype}{list(i.shape)}" for i in inputs)
+            raise DTypeError(f"{op}: needs bool operands, got {got}; compare or .astype(bool)")
+        return _broadcast(op, [i.shape for i in inputs]), "bool"
+
+    return infer
+
+
+LOGICAL = {
+    "logical_and": "a & b",
+    "logical_or": "a | b",
+    "logical_xor": "a ^ b (exactly one)",
+    "logical_not": "~a",
+}
+for _name, _doc in LOGICAL.items():
+    register(
+        Op(
+            _name,
+            "elementwise",
+            _logical_infer(_name),
+            lambda node, g, needs: (None,) * len(node.inputs),
+            _doc + " on bool tensors (bool result; no gradient)",
+        )
+    )
+
+
+def logical_and(a: TensorLike, b: TensorLike) -> Node:
+    """Elementwise a & b of bool tensors (numpy broadcasting; Python bools allowed)."""
+    return make("logical_and", (as_node(a), as_node(b)))
+
+
+def logical_or(a: TensorLike, b: TensorLike) -> Node:
+    """Elementwise a | b of bool tensors (numpy broadcasting; Python bools allowed)."""
+    return make("logical_or", (as_node(a), as_node(b)))
+
+
+def logical_xor(a: TensorLike, b: TensorLike) -> Node:
+    """Elementwise a ^ b of bool tensors (numpy broadcasting; Python bools allowed)."""
+    return make("logical_xor", (as_node(a), as_node(b)))
+
+
+def logical_not(a: TensorLike) -> Node:
+    """Elementwise ~a of a bool tensor."""
+    return make("logical_not", (as_node(a),))
+
+
 def _where_infer(inputs, attrs):
     c, a, b = inputs
     if c.dtype != "bool":

@@ -1,4 +1,5 @@
-"""Reductions over axes: sum and max (mean is a composite: sum times 1/n)."""
+"""Reductions over axes: sum, max and min (mean is a composite: sum times 1/n; argmax and
+argmin are composites of max/min, eq and iota that pick the first extremum, as JAX does)."""
 
 from __future__ import annotations
 
@@ -34,9 +35,9 @@ def _infer(op):
     def infer(inputs, attrs):
         (x,) = inputs
         axes, keep = attrs["axes"], attrs["keepdims"]
-        if op == "max" and any(x.shape[a] == 0 for a in axes):
+        if op in ("max", "min") and any(x.shape[a] == 0 for a in axes):
             raise ShapeError(
-                f"max: reduction over an empty axis of shape {x.shape} has no identity"
+                f"{op}: reduction over an empty axis of shape {x.shape} has no identity"
             )
         if x.dtype == "bool":
             raise ShapeError(f"{op}: cannot reduce a bool tensor; cast it first")
@@ -63,7 +64,7 @@ def _vjp_sum(y, g, needs):
 
 
 def _vjp_max(y, g, needs):
-    # Ties share the gradient evenly, as jax.lax.reduce_max's JVP does.
+    # (max and min alike) Ties share the gradient evenly, as jax.lax.reduce_max's JVP does.
     x = y.inputs[0]
     axes = y.attr("axes")
     mask = cast(eq(x, _expand(y, x, axes)), x.dtype)
@@ -73,6 +74,15 @@ def _vjp_max(y, g, needs):
 
 register(Op("sum", "reduce", _infer("sum"), _vjp_sum, "sum over `axes` (keepdims optional)",
             jvp=jvp_rules.linear))
+register(
+    Op(
+        "min",
+        "reduce",
+        _infer("min"),
+        _vjp_max,
+        "min over `axes`; the gradient is split evenly among tied minima (as in JAX)",
+    )
+)
 register(
     Op(
         "max",
@@ -103,6 +113,56 @@ def max_(x: TensorLike, axes: Axis = None, keepdims: bool = False) -> Node:
     if not axes:
         return x
     return make("max", (x,), axes=axes, keepdims=bool(keepdims))
+
+
+def min_(x: TensorLike, axes: Axis = None, keepdims: bool = False) -> Node:
+    x = as_node(x)
+    axes = normalize_axes("min", axes, x.ndim)
+    if not axes:
+        return x
+    return make("min", (x,), axes=axes, keepdims=bool(keepdims))
+
+
+def _arg_extreme(op: str, x: TensorLike, axis: int | None, keepdims: bool) -> Node:
+    """Index (int32) of the first max/min along `axis` (flattened when None), as jnp.argmax:
+    the smallest index i where x[i] equals the extremum; a NaN counts as the extremum (max/min
+    propagate NaN), so the first NaN wins as in JAX."""
+    from .elementwise import logical_or, ne, where
+    from .leaves import iota
+    from .movement import reshape
+
+    x = as_node(x)
+    if x.dtype == "bool":
+        x = cast(x, "int32")
+    if axis is None:
+        shape = x.shape
+        x, ax = reshape(x, (x.size,)), 0
+    else:
+        if not isinstance(axis, int) or not -x.ndim <= axis < x.ndim:
+            raise ShapeError(f"{op}: axis {axis!r} out of range for a {x.ndim}-d operand")
+        ax = axis % x.ndim
+    n = x.shape[ax]
+    if n == 0:
+        raise ShapeError(f"{op}: empty axis {ax} of shape {x.shape}")
+    ext = (max_ if op == "argmax" else min_)(x, ax, keepdims=True)
+    hit = eq(x, ext)
+    if is_float(x.dtype):
+        hit = logical_or(hit, ne(x, x))
+    idx = iota(x.shape, ax, "int32")
+    first = min_(where(hit, idx, n), ax, keepdims=keepdims or axis is None)
+    if axis is None:
+        first = reshape(first, (1,) * len(shape) if keepdims else ())
+    return first
+
+
+def argmax(x: TensorLike, axis: int | None = None, keepdims: bool = False) -> Node:
+    """int32 index of the first maximum along `axis` (of the flattened x when None)."""
+    return _arg_extreme("argmax", x, axis, keepdims)
+
+
+def argmin(x: TensorLike, axis: int | None = None, keepdims: bool = False) -> Node:
+    """int32 index of the first minimum along `axis` (of the flattened x when None)."""
+    return _arg_extreme("argmin", x, axis, keepdims)
 
 
 def mean(x: TensorLike, axes: Axis = None, keepdims: bool = False) -> Node:

@@ -72,6 +72,16 @@ def take_in_range(x, idx, axis, site="take"):
     return np.take(x, idx, axis=axis)
 
 
+def scatter_add(x, v, idx, axis, site="scatter_add"):
+    """x.at[idx].add(v) along `axis` (duplicates accumulate), idx in [-n, n); else an error."""
+    n = np.shape(x)[axis]
+    idx = np.asarray(idx)
+    _check(idx, -n, n, site)
+    out = np.array(x, copy=True)
+    np.add.at(out, (slice(None),) * axis + (idx,), v)
+    return out
+
+
 def iota(shape, axis, dtype):
     ix = np.arange(shape[axis], dtype=dtype).reshape(
         [-1 if i == axis else 1 for i in range(len(shape))]
@@ -98,7 +108,7 @@ def _dt(n: Node):
 
 def _reduce(fn):
     def run(n, x):
-        dt = {"dtype": np.int32} if n.dtype == "int32" else {}
+        dt = {"dtype": np.int32} if n.dtype == "int32" and fn is np.sum else {}
         return fn(x, axis=tuple(n.attr("axes")), keepdims=n.attr("keepdims"), **dt)
 
     return run
@@ -127,6 +137,11 @@ EVAL = {
     "cast": lambda n, x: np.asarray(x).astype(_dt(n)),
     "sum": _reduce(np.sum),
     "max": _reduce(np.max),
+    "min": _reduce(np.min),
+    "logical_and": lambda n, a, b: np.logical_and(a, b),
+    "logical_or": lambda n, a, b: np.logical_or(a, b),
+    "logical_xor": lambda n, a, b: np.logical_xor(a, b),
+    "logical_not": lambda n, x: np.logical_not(x),
     "reshape": lambda n, x: np.reshape(x, n.shape),
     "transpose": lambda n, x: x.T if n.attr("perm") == (1, 0) else np.transpose(x, n.attr("perm")),
     "broadcast_to": lambda n, x: np.broadcast_to(x, n.shape),
@@ -141,6 +156,7 @@ EVAL = {
     "one_hot": lambda n, x: one_hot(x, n.attr("n"), _dt(n), bool(n.attr("wrap")),
                                     describe_site(n)),
     "take": lambda n, x, i: take_in_range(x, i, n.attr("axis"), describe_site(n)),
+    "scatter_add": lambda n, x, v, i: scatter_add(x, v, i, n.attr("axis"), describe_site(n)),
     "iota": lambda n: iota(n.shape, n.attr("axis"), _dt(n)),
 }
 

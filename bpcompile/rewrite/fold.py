@@ -2,6 +2,8 @@
 interpreter table bit-identical to the NumPy backend).
 
 Broadcasts of constants stay symbolic (folding them would bake large arrays into the code).
+`iota` counts as a constant for its consumers (a power matrix `t ** arange(n)` is computed
+once, at compile time), but a lone iota stays an iota: it costs nothing to generate.
 """
 
 from __future__ import annotations
@@ -39,7 +41,19 @@ def _fold_through_broadcast(n: Node) -> Node:
     return broadcast_to(const(value, n.dtype), n.shape)
 
 
+def _through_iota(n: Node) -> Node:
+    """f(..., iota, ...) with every other operand constant: f of the iota's value."""
+    ins = [const(evaluate(i), i.dtype) if i.op == "iota" and i.size <= MAX_FOLD_ELEMENTS
+           else i for i in n.inputs]
+    if not all(i.op == "const" or _small_const(i) is not None for i in ins):
+        return n
+    folded = _fold(make(n.op, ins, **dict(n.attrs)))
+    return folded if folded.op in ("const", "broadcast_to") else n
+
+
 def _fold(n: Node) -> Node:
+    if n.op not in ("iota", "broadcast_to") and any(i.op == "iota" for i in n.inputs):
+        return _through_iota(n)
     if n.inputs and not all(i.op == "const" for i in n.inputs):
         return _fold_through_broadcast(n) if n.inputs else n
     if not n.inputs or n.op in ("broadcast_to", "iota") or n.size > MAX_FOLD_ELEMENTS:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from ..ir.node import Node, make
 from ..ir.traverse import toposort, transform
+from ..ops.custom import inline as inline_custom
 from ..ops.scan import Body, prune_outputs
 from .algebraic import algebraic
 from .canonicalize import canonicalize, canonicalize_forward, cse
@@ -93,6 +94,12 @@ def run(outputs: list[Node], passes=None, record=None,
         PASSES if passes is None else [(p, table[p]) if isinstance(p, str) else p for p in passes]
     )
     stages = list(record or [])
+    # custom_vjp rules have served the reverse sweep: their primals join the graph (always,
+    # whatever `passes` says), so every pass sees and simplifies them
+    inlined = inline_custom(outputs)
+    if any(a is not b for a, b in zip(inlined, outputs)):
+        outputs = inlined
+        stages.append(_stage("custom_inline", outputs))
     before_fuse = [(n, f) for n, f in chosen if n != "fuse"]
     later = Counter()  # rule hits after the first round, reported on the "simplify" stage
     for round_ in range(SIMPLIFY_ROUNDS):

@@ -48,18 +48,18 @@ def as_jax_function(backend, grad_names: list[str]):
             raise GradientError(_no_gradient_advice(backend, perturbed, sorted(has_grad)))
         loss, grads = program(**split(p, x))
         grads = dict(zip(grad_names, grads))
-        # Residuals: our gradient per param (None, a leafless pytree, where there is none)
-        # and the input names as a leafless {name: None} so bwd can rebuild the structure.
-        return loss, ({k: grads.get(k) for k in p}, {k: None for k in x})
+        # Residuals: our gradient per param and per input (None, a leafless pytree, where
+        # none was compiled: an input not in wrt), so bwd can rebuild the structure.
+        return loss, ({k: grads.get(k) for k in p}, {k: grads.get(k) for k in x})
 
     def bwd(res, ct):
-        grads, no_grad = res
-        if isinstance(ct, jax.custom_derivatives.SymbolicZero):
-            return {k: None for k in grads}, no_grad
-        return (
-            {k: None if g is None else (ct * g).astype(g.dtype) for k, g in grads.items()},
-            no_grad,
-        )
+        def scale(gs):
+            if isinstance(ct, jax.custom_derivatives.SymbolicZero):
+                return {k: None for k in gs}
+            return {k: None if g is None else (ct * g).astype(g.dtype) for k, g in gs.items()}
+
+        grads, input_grads = res
+        return scale(grads), scale(input_grads)
 
     core.defvjp(fwd, bwd, symbolic_zeros=True)
 
@@ -75,8 +75,8 @@ def as_jax_function(backend, grad_names: list[str]):
 
 
 def _no_gradient_advice(backend, names: list[str], wrt: list[str]) -> str:
-    """wrt takes params only, so "add them to wrt" is the fix for params alone; for a
-    bp.input the fix is to keep JAX from differentiating it (or declare it a param)."""
+    """The fix is to compile with the names in wrt (params and float inputs alike) or, for an
+    input JAX should not differentiate, to stop its gradient on the JAX side."""
     by_name = getattr(backend, "by_name", {})
     inputs = [n for n in names if n in by_name and by_name[n].op == "input"]
     params = [n for n in names if n not in inputs]
@@ -85,8 +85,8 @@ def _no_gradient_advice(backend, names: list[str], wrt: list[str]) -> str:
     if params:
         msg += f"; add the params {params} to wrt when compiling"
     if inputs:
-        msg += (f"; {inputs} {'is a bp.input' if len(inputs) == 1 else 'are bp.inputs'}, "
-                "which wrt cannot take: wrap them in jax.lax.stop_gradient (or differentiate "
-                "only w.r.t. the params dict); to differentiate them, declare them with bp.param "
-                "and list them in wrt")
+        msg += (f"; {inputs} {'is a bp.input' if len(inputs) == 1 else 'are bp.inputs'}: "
+                "list them in wrt when compiling to differentiate them (float inputs may be), "
+                "or wrap them in jax.lax.stop_gradient (or differentiate only w.r.t. the "
+                "params dict)")
     return msg

@@ -50,6 +50,9 @@ LOWERINGS.update(
         "one_hot": lambda n, a: (
             f"one_hot({a[0]}, {n.attr('n')}, {JNP_DTYPE[n.dtype]}{_wrap(n)})"
         ),
+        "scatter_add": lambda n, a: (  # x.at[:, idx].add(v); duplicates accumulate
+            f"{a[0]}.at[{':, ' * n.attr('axis')}{a[2]}].add({a[1]})"
+        ),
         "iota": lambda n, a: (
             f"lax.broadcasted_iota({JNP_DTYPE[n.dtype]}, {n.shape}, {n.attr('axis')})"
         ),
@@ -185,3 +188,7 @@ from ..pyscan import jax_scan, result_item  # noqa: E402  (scan: jax.lax.scan ov
 
 LOWERINGS["scan"] = jax_scan
 LOWERINGS["result"] = result_item  # (pysource unpacks a scan into its results instead)
+
+from ..pycustom import jax_custom  # noqa: E402  (custom_vjp outside the pipeline: its primal as a function)
+
+LOWERINGS["custom_vjp"] = jax_custom

@@ -24,6 +24,7 @@ from llvmlite import ir
 from ...errors import ArgumentError
 from ...ir.node import Node
 from ...ir.printer import format_graph
+from ...ops.custom import inline as inline_custom
 from ...ops.index import describe_site, index_range, range_error
 from ...rewrite.engine import BackendRules
 from . import blas, cache, jit, pycall, rules
@@ -62,6 +63,7 @@ class LLVMBackend:
             raise TypeError(f"llvm backend: unknown options {sorted(unknown)}; "
                             f"choose from {OPTIONS}")
         jit.init()
+        outputs = inline_custom(outputs)  # custom_vjp nodes the pipeline left (lower.INLINED)
         self.outputs, self.args, self.title = outputs, args, title
         self.gemm_threshold = _gemm_threshold(options)
         self.copy_outputs = bool(options.get("copy_outputs", False))

@@ -177,6 +177,19 @@ def _compare(ctx, n: Node):
     elementwise(ctx, n, [ctx.view(i) for i in n.inputs], lambda v: b.zext(cmp(v[0], v[1]), I8))
 
 
+_LOGICAL = {"logical_and": "and_", "logical_or": "or_", "logical_xor": "xor"}
+
+
+def _logical(ctx, n: Node):
+    """bool is i8 holding 0 or 1, so and/or/xor act bitwise and `not` is xor with 1."""
+    b = ctx.em.b
+    if n.op == "logical_not":
+        scalar = (lambda v: b.xor(v[0], ir.Constant(I8, 1)))
+    else:
+        scalar = (lambda f: lambda v: f(v[0], v[1]))(getattr(b, _LOGICAL[n.op]))
+    elementwise(ctx, n, [ctx.view(i) for i in n.inputs], scalar)
+
+
 def _where(ctx, n: Node):
     b = ctx.em.b
     elementwise(ctx, n, [ctx.view(i) for i in n.inputs],
@@ -245,12 +258,16 @@ def _reduce(ctx, n: Node):
     em, b = ctx.em, ctx.em.b
     x, out = ctx.view(n.inputs[0]), ctx.view(n)
     axes = n.attr("axes")
-    is_max, isf = n.op == "max", is_float(n.dtype)
+    isf = is_float(n.dtype)
     ty = ir_type(n.dtype)
-    if is_max:
+    if n.op == "max":
         ident = fconst(ty, float("-inf")) if isf else ir.Constant(ty, -2**31)
         comb = (lambda a, v: em.intrinsic("maximum", a, v)) if isf else \
             (lambda a, v: em.intrinsic("smax", a, v))
+    elif n.op == "min":  # llvm.minimum propagates NaN, as np.min does
+        ident = fconst(ty, float("inf")) if isf else ir.Constant(ty, 2**31 - 1)
+        comb = (lambda a, v: em.intrinsic("minimum", a, v)) if isf else \
+            (lambda a, v: em.intrinsic("smin", a, v))
     else:
         ident = fconst(ty, 0.0) if isf else ir.Constant(ty, 0)
         comb = (lambda a, v: b.fadd(a, v, flags=REDUCE_FLAGS)) if isf else b.add
@@ -378,6 +395,31 @@ def _take(ctx, n: Node):
         ctx.store(out, out.strides, oi, b.select(ok, v, bad))
 
 
+def _scatter_add(ctx, n: Node):
+    """out = x, then out[..., wrap(idx[j]), ...] += v[..., j, ...] in v's order (duplicates
+    accumulate). A bad computed index adds NaN to slice 0 and is reported, as take does."""
+    em, b = ctx.em, ctx.em.b
+    x, vv, idxv = (ctx.view(i) for i in n.inputs)
+    out = ctx.view(n)
+    axis, k = n.attr("axis"), n.inputs[2].ndim
+    bound, ty = x.shape[axis], ir_type(n.dtype)
+    if out.size == 0:
+        return
+    copy(ctx, x, out)
+    if vv.size == 0:
+        return
+    with em.nest(vv.shape) as vi:
+        j = b.sext(ctx.load(idxv, idxv.strides, vi[axis:axis + k]), ir.IntType(64))
+        ok = _index_guard(ctx, n, j, -bound, bound)
+        j = b.select(b.icmp_signed("<", j, i64(0)), b.add(j, i64(bound)), j)
+        if ok is None:  # a checked input: clamp anyway, so no value can address out of bounds
+            ok = b.icmp_unsigned("<", j, i64(bound))
+        oi = list(vi[:axis]) + [b.select(ok, j, i64(0))] + list(vi[axis + k:])
+        v = b.select(ok, ctx.load(vv, vv.strides, vi), fconst(ty, float("nan")))
+        p = em.addr(ctx.ptr(out.buf), out.offset, out.strides, oi, ty)
+        ctx.tag(b.store(b.fadd(ctx.tag(b.load(p, typ=ty), out.buf), v), p), out.buf)
+
+
 def _one_hot(ctx, n: Node):
     em, b = ctx.em, ctx.em.b
     idxv, out = ctx.view(n.inputs[0]), ctx.view(n)
@@ -461,7 +503,10 @@ for _op in VIEWS:
     LOWERINGS[_op] = _copy_op
 LOWERINGS.update({
     "where": _where, "cast": _cast, "kernel": _kernel, "sum": _reduce, "max": _reduce,
+    "min": _reduce, "logical_and": _logical, "logical_or": _logical, "logical_xor": _logical,
+    "logical_not": _logical,
     "concatenate": _concatenate, "pad": _pad, "take": _take, "one_hot": _one_hot,
+    "scatter_add": _scatter_add,
     "iota": _iota, "matmul": _matmul,
 })
 
@@ -474,11 +519,14 @@ def _scan(ctx, n: Node):
 
 LOWERINGS["scan"] = _scan
 LEAVES = ("input", "param", "const")
+# ops the backend replaces by their definition before scheduling (backend.py): custom_vjp's
+# primal is ordinary graph (the pipeline has normally inlined it already)
+INLINED = ("custom_vjp",)
 
 
 def lowered_ops() -> set[str]:
     """Table entries, leaves, and the elementwise ops `_arith` derives from SymPy forms."""
-    return set(LOWERINGS) | set(LEAVES) | {
+    return set(LOWERINGS) | set(LEAVES) | set(INLINED) | {
         name for name, op in all_ops().items()
         if name not in LOWERINGS and op.kind == "elementwise" and _derivable(name)}
 

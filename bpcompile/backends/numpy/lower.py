@@ -41,6 +41,9 @@ LOWERINGS.update(
         "take": lambda n, a: (
             f"take_in_range({a[0]}, {a[1]}, {n.attr('axis')}, {describe_site(n)!r})"
         ),
+        "scatter_add": lambda n, a: (
+            f"scatter_add({a[0]}, {a[1]}, {a[2]}, {n.attr('axis')}, {describe_site(n)!r})"
+        ),
         "iota": lambda n, a: f"iota({n.shape}, {n.attr('axis')}, {NP_DTYPE[n.dtype]})",
         "kernel": _kernel,
     }
@@ -56,3 +59,7 @@ from ..pyscan import numpy_scan, result_item  # noqa: E402  (scan: a for loop ov
 
 LOWERINGS["scan"] = numpy_scan
 LOWERINGS["result"] = result_item  # (pysource unpacks a scan into its results instead)
+
+from ..pycustom import numpy_custom  # noqa: E402  (custom_vjp outside the pipeline: its primal as a function)
+
+LOWERINGS["custom_vjp"] = numpy_custom

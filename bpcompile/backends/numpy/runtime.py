@@ -13,6 +13,7 @@ from ...rewrite.evaluate import (  # noqa: F401
     one_hot,
     pad,
     relu,
+    scatter_add,
     sigmoid,
     softplus,
     step,
@@ -24,6 +25,7 @@ NAMESPACE = {
     "ml_dtypes": ml_dtypes,
     "one_hot": one_hot,
     "take_in_range": take_in_range,
+    "scatter_add": scatter_add,
     "iota": iota,
     "pad": pad,
 }
