@@ -64,6 +64,17 @@ def _grad_of(f: Node, names: dict) -> str:
     return f"{text}, {f.where}" if f.where else text
 
 
+def provenance(n: Node, names: dict, recompute: bool = False) -> str | None:
+    """Where node `n` comes from, for a generated-code comment (every backend uses this): a
+    recomputed (checkpoint) node names the user's line it repeats; an adjoint node names its
+    forward node (`grad of z1 = matmul(...), xor.toml:26`); any other node names its line."""
+    if recompute and n.where:
+        return n.where
+    if n in GRAD_OF:
+        return _grad_of(GRAD_OF[n], names)
+    return n.where
+
+
 def emit_function(
     outputs: list[Node],
     args: list[Node],
@@ -169,16 +180,11 @@ def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
                 for i in range(len(n.results)))[:-2] + ("," if len(n.results) == 1 else "")
         stmt = f"    {target} = {rhs}"
         note = f"# {n.op if n.op != 'kernel' else 'kernel ' + n.attr('name')} -> {type_str(n)}"
-        # a recomputed (checkpoint) statement names the user's line it repeats; an adjoint
-        # node names its forward node, also where it leads its function's first output (a
-        # BPTT body); any other node names its line (a forward value that only the backward
-        # pass reads, such as a sum of labels, too)
-        if sec.startswith("recompute") and n.where:
-            note += f"  ({n.where})"
-        elif n in GRAD_OF:
-            note += f"  ({_grad_of(GRAD_OF[n], names)})"
-        elif n.where:
-            note += f"  ({n.where})"
+        # an adjoint node names its forward node also where it leads its function's first
+        # output (a BPTT body); a forward value only the backward pass reads names its line
+        where = provenance(n, names, recompute=sec.startswith("recompute"))
+        if where:
+            note += f"  ({where})"
         pad = max(1, COMMENT_COL - len(stmt))
         lines.append(stmt + " " * pad + comment(note))
         expr_of[n] = names[n]

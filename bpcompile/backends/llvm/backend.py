@@ -14,6 +14,7 @@ with `copy_outputs=True`).
 from __future__ import annotations
 
 import ctypes
+import re
 import threading
 import time
 
@@ -43,6 +44,7 @@ OPTIONS = ("gemm_threshold", "blas_threads", "copy_outputs", "fast_call", "cache
 # (Threaded calls were catastrophic with SciPy's BLAS while NumPy's pool also spun: blas.py
 # now binds NumPy's own OpenBLAS, so the process has one pool.)
 BLAS_THREADS = "auto"
+_IR_COMMENT = re.compile(r"^[ \t]*;.*\n", re.M)  # a whole-line IR comment (emit.step_note)
 
 
 def _gemm_threshold(options: dict) -> int:
@@ -85,7 +87,10 @@ class LLVMBackend:
         self.tm = jit.target_machine(jit=True, opt=self.opt)
         # bound before a cached object is checked: its external symbols must all resolve
         blas.register()  # nested scan bodies may call BLAS too; binding is once per process
-        key = cache.key(format_graph(outputs), self._ir, self.opt, self._codegen()) if (
+        # keyed on the code without its comments: the same graph built on another source line
+        # (a comment naming `model.py:12`) is the same object file
+        key = cache.key(format_graph(outputs), _IR_COMMENT.sub("", self._ir), self.opt,
+                        self._codegen()) if (
             options.get("cache", True)) else None
         obj = cache.load(key) if key else None
         self.cache_hit = obj is not None

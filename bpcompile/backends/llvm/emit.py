@@ -17,6 +17,9 @@ from llvmlite import ir
 from ...errors import BackendError
 from ...ir.dtypes import is_float, is_half
 from ...ir.node import Node
+from ...ir.printer import type_str
+from ...ir.provenance import RECOMPUTED
+from ..pysource import comment, provenance
 from . import blas
 from .accumulate import lower_accumulate
 from .loops import I16, I32, I64, PTR, VOID, Emitter, i64, mem_type, narrow, widen
@@ -130,6 +133,7 @@ def emit(prog: Schedule, module: ir.Module, name: str = "bp_main", with_entry: b
         controller = blas.AdaptiveThreads(body.em, module, prev)
     if not split:
         for s in prog.steps:
+            ctx.em.b.comment(step_note(prog, s))
             _lower_step(ctx, s)
     else:
         for start in range(0, len(prog.steps), DRIVER_CALLS):
@@ -258,7 +262,25 @@ def _call_step(prog: Schedule, module: ir.Module, name: str, ctx: Context, k: in
     args = [ctx.ptr(b) for b in params]
     if len(sf.args) > len(params):  # unshared: loop state and scan bodies live in ws
         args.append(ctx.ws)
+    # provenance at the call site, never in a kernel (identical layers share its body)
+    ctx.em.b.comment(step_note(prog, s))
     ctx.em.b.call(sf, args)
+
+
+def step_note(prog: Schedule, s: Step) -> str:
+    """The IR comment before a step: `z1 = matmul(x, W1) -> f32[4,8]  (xor.toml:26)`, or for
+    an adjoint `(grad of z1 = matmul(...), xor.toml:26)`: the NumPy backend's provenance."""
+    n = s.node
+    if n is None:
+        return comment(f"copy {s.src.buf.label} -> {s.dst.buf.label}")
+    names = prog.names
+    op = f"kernel {n.attr('name')}" if n.op == "kernel" else n.op
+    operands = ", ".join(names.get(i) or i.op for i in n.inputs)
+    text = f"{names.get(n) or n.op} = {op}({operands}) -> {type_str(n)}"
+    if s.fold is not None:  # the product is computed into this add's buffer (one GEMM)
+        text += f" [+= {names.get(s.fold.product) or 'matmul'} in one GEMM]"
+    where = provenance(n, names, recompute=n in RECOMPUTED)
+    return comment(f"{text}  ({where})" if where else text)
 
 
 def _step_function(prog: Schedule, module: ir.Module, fname: str, s: Step,
