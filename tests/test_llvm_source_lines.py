@@ -14,6 +14,7 @@ import pytest
 import bpcompile as bp
 from bpcompile import spec
 from bpcompile.backends.llvm import emit
+from bpcompile.errors import IndexRangeError
 
 pytest.importorskip("llvmlite")
 
@@ -105,3 +106,30 @@ def test_comments_do_not_enter_the_object_cache_key(monkeypatch, tmp_path):
     assert src1 != f2.source("llvm-unoptimized")  # the comments name different lines
     assert f2.impl.cache_hit
     np.testing.assert_allclose(f2(a=x)[0], v1[0])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+@pytest.mark.parametrize("forward_op", ["take", "scatter_add"])
+def test_backward_index_error_names_the_forward_op(backend, forward_op):
+    """Only the backward index op runs (the loss is linear in the gathered values), so the
+    run-time error is its: it names the user's take / scatter_add line, not bp.compile's."""
+    gc.collect()
+    lab = bp.input("lab", (3,), "int32")
+    x = bp.param("x", (5,), "float64")
+    v = bp.param("v", (3,), "float64")
+    if forward_op == "take":
+        fwd = bp.take(x, lab - 1)  # TAKE_LINE
+        g = bp.grad(bp.sum(fwd), x)
+    else:
+        fwd = bp.scatter_add(x, lab - 1, v)  # SCATTER_LINE
+        g = bp.grad(bp.sum(fwd * x), v)  # d/dv is x gathered at lab - 1: a take
+    w = bp.input("w", g.shape, "float64")
+    fn = bp.compile(bp.sum(g * w), [w], backend=backend)
+    args = {"lab": np.array([1, 7, 2], np.int32), "w": np.ones(g.shape), "x": np.ones(5)}
+    names = {a.attr("name") for a in fn.args}
+    assert "v" not in names  # the forward scatter_add / take is not computed
+    tag = "TAKE_LINE" if forward_op == "take" else "SCATTER_LINE"
+    site = f"{Path(__file__).name}:{_line_of(tag)}"
+    with pytest.raises(IndexRangeError, match=rf"in the gradient of {forward_op}, made at "
+                                              rf"{re.escape(site)}: computed index 6 is out"):
+        fn(**{k: a for k, a in args.items() if k in names})

@@ -23,9 +23,8 @@ STATEMENT = re.compile(r"^\s+\S.* = .*# (\S+) .*-> ")  # `name = expr   # op -> 
 def _check(src: str, user_file: str) -> list[str]:
     bad = []
     for line in src.splitlines():
-        # an index op's error text names the node's own site: a backward one_hot's is the
-        # bp.compile call (left as it is: the comment names the take it differentiates)
-        line = re.sub(r"site='[^']*'", "site=...", line)
+        # an index op's error text (site='...') names its node's line too: a backward one_hot's
+        # is the take it differentiates (ops/sweep.py), never the bp.compile call
         if not STATEMENT.match(line):
             continue
         where = re.search(r"\(([^()]*\.(?:py|toml):\d+)\)\s*$", line)

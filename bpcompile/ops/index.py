@@ -26,6 +26,7 @@ from ..errors import DTypeError, IndexRangeError, ShapeError
 from ..ir.dtypes import canonical, is_float
 from ..ir.hints import DTypeLike, TensorLike
 from ..ir.node import Node, make
+from ..ir.provenance import GRAD_OF
 from . import jvp_rules
 from .elementwise import as_node
 from .leaves import const
@@ -222,6 +223,8 @@ def describe_site(n: Node) -> str:
     """'take (axis 1, size 5)' / 'one_hot (n=3)' with the user's line, for run-time errors."""
     what = (f"{n.op} (axis {n.attr('axis')} of size {n.inputs[0].shape[n.attr('axis')]})"
             if n.op in ("take", "scatter_add") else f"one_hot (n={n.attr('n')})")
+    if n in GRAD_OF:  # a backward index op: its line is the forward op's (ops/sweep.py)
+        what += f" in the gradient of {GRAD_OF[n].op}"
     return what + (f", made at {n.where}" if n.where else "")
 
 

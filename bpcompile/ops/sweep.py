@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import NonDifferentiableError
 from ..ir.dtypes import is_float
-from ..ir.node import Node, next_serial
+from ..ir.node import LOCATION_OVERRIDE, Node, next_serial
 from ..ir.provenance import record_grad_of
 from ..ir.traverse import toposort
 from .elementwise import add, cast
@@ -76,8 +76,16 @@ def backward(seeds: Mapping[Node, Node | None], wrt: Sequence[Node],
                 "wrap its input in bp.stop_gradient if a zero gradient is intended"
             )
         since = next_serial()  # what the rule, un-broadcasting and accumulation build
-        for x, c, need in zip(n.inputs, op.vjp(n, g, needs), needs):
-            if c is not None and need:
-                cts[x] = _acc(cts.get(x), _fit(c, x.shape, x.dtype))
+        # ... takes n's source line: a backward index op's run-time error names the user's
+        # take, not the bp.compile call that ran the sweep
+        if n.where:
+            LOCATION_OVERRIDE.append(n.where)
+        try:
+            for x, c, need in zip(n.inputs, op.vjp(n, g, needs), needs):
+                if c is not None and need:
+                    cts[x] = _acc(cts.get(x), _fit(c, x.shape, x.dtype))
+        finally:
+            if n.where:
+                LOCATION_OVERRIDE.pop()
         record_grad_of([cts.get(x) for x in n.inputs], n, since)
     return [cts.get(w) for w in wrt]
