@@ -133,3 +133,25 @@ def test_backward_index_error_names_the_forward_op(backend, forward_op):
     with pytest.raises(IndexRangeError, match=rf"in the gradient of {forward_op}, made at "
                                               rf"{re.escape(site)}: computed index 6 is out"):
         fn(**{k: a for k, a in args.items() if k in names})
+
+
+def test_scan_bodies_name_their_lines():
+    """A scan body is emitted by the same code, so its steps (and the BPTT body's) carry the
+    comments too; every step of the module names the model file."""
+    import sys
+
+    gc.collect()
+    sys.path.insert(0, str(EXAMPLES.parent / "benchmarks"))
+    import models
+
+    loss, wrt, *_ = models.build(["rnn_bptt"])["rnn_bptt"]
+    ir_text = bp.compile(loss, wrt, backend="llvm", cache=False).source("llvm-unoptimized")
+    steps = _step_comments(ir_text)
+    assert steps and all("models.py:" in w for _, _, w in steps), steps
+    bodies = re.findall(r"^define [^@]*@\"?bp_scan\d+_(\w+)[^\n]*\n(.*?)^}", ir_text, re.M | re.S)
+    assert {name for name, _ in bodies} >= {"step", "step_bptt"}
+    for name, text in bodies:
+        notes = _step_comments(text)
+        assert notes, name
+        if name.endswith("bptt"):
+            assert all(w.startswith("grad of ") for _, _, w in notes), notes
