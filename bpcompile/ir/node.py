@@ -198,6 +198,11 @@ def make(op: str, inputs=(), **attrs) -> Node:
 def rebuild(node: Node, inputs) -> Node:
     """`node` with its inputs replaced (same op and attributes); returns `node` if unchanged."""
     inputs = tuple(inputs)
-    if all(a is b for a, b in zip(inputs, node.inputs)) and len(inputs) == len(node.inputs):
-        return node
+    old = node.inputs
+    if len(inputs) == len(old):
+        for a, b in zip(inputs, old):  # a loop, not all(genexpr): a hot path
+            if a is not b:
+                break
+        else:
+            return node
     return make(node.op, inputs, **dict(node.attrs))

@@ -2,14 +2,53 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Iterator
 
 from .node import LOCATION_OVERRIDE, NAMES, Node, next_serial, rebuild
 from .provenance import GRAD_OF
 
 
+class _Memo(threading.local):
+    """This thread's toposort memo: {outputs tuple: order} while `memoized()` is active, else
+    None. Nodes are immutable, so a graph's order is a function of its outputs; the memo lives
+    only for one compile because it keeps the graphs it saw alive."""
+
+    def __init__(self) -> None:
+        self.orders: dict[tuple, list[Node]] | None = None
+
+
+_MEMO = _Memo()
+
+
+@contextlib.contextmanager
+def memoized() -> Iterator[None]:
+    """Remember toposort results inside the block (one compile: its passes and codegen sort
+    the same graphs many times); reentrant, and the memo is dropped on leaving the outermost."""
+    if _MEMO.orders is not None:
+        yield
+        return
+    _MEMO.orders = {}
+    try:
+        yield
+    finally:
+        _MEMO.orders = None
+
+
 def toposort(outputs: Iterable[Node]) -> list[Node]:
     """All nodes reachable from `outputs`, every node after its inputs (iterative DFS)."""
+    orders = _MEMO.orders
+    if orders is None:
+        return _toposort(outputs)
+    key = tuple(outputs)
+    order = orders.get(key)
+    if order is None:
+        order = orders[key] = _toposort(key)
+    return list(order)  # a copy: callers may edit theirs
+
+
+def _toposort(outputs: Iterable[Node]) -> list[Node]:
     order, seen = [], set()
     for root in outputs:
         if root in seen:
@@ -60,17 +99,26 @@ def transform(
     """
     memo: dict[Node, Node] = {}
     since = next_serial()
+    push, pop = LOCATION_OVERRIDE.append, LOCATION_OVERRIDE.pop
     for n in toposort(outputs):
-        LOCATION_OVERRIDE.append(n.where)  # nodes a rewrite creates keep the user's line
+        push(n.where)  # nodes a rewrite creates keep the user's line
         try:
-            new = build(n, memo) if build else rebuild(n, [memo[i] for i in n.inputs])
+            if build is not None:
+                new = build(n, memo)
+            else:
+                new = n
+                for i in n.inputs:  # the common case, nothing below changed: no rebuild
+                    if memo[i] is not i:
+                        new = rebuild(n, [memo[i] for i in n.inputs])
+                        break
             if fn is not None:
                 new = fn(new)
         finally:
-            LOCATION_OVERRIDE.pop()
-        if new is not n and n in NAMES and new not in NAMES and new.op not in ("input", "param"):
-            NAMES[new] = NAMES[n]
-        if new is not n and new.serial > since and n in GRAD_OF and new not in GRAD_OF:
-            GRAD_OF[new] = GRAD_OF[n]
+            pop()
+        if new is not n:
+            if n in NAMES and new not in NAMES and new.op not in ("input", "param"):
+                NAMES[new] = NAMES[n]
+            if new.serial > since and n in GRAD_OF and new not in GRAD_OF:
+                GRAD_OF[new] = GRAD_OF[n]
         memo[n] = new
     return [memo[o] for o in outputs]
