@@ -63,20 +63,20 @@ def _best_time(pass_fn, k: int, tag: str) -> float:
         outs = _scalar_sum(k, f"{tag}{r}")
         gc.disable()  # a collection's cost depends on everything alive, not on this pass
         try:
-            t0 = time.perf_counter()
+            t0 = time.process_time()  # CPU time: the machine may be shared
             pass_fn(outs)
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, time.process_time() - t0)
         finally:
             gc.enable()
     return best
 
 
 def test_passes_are_linear_in_node_count():
-    # 4x the nodes must cost well under 16x (quadratic); < 8x leaves room for a loaded machine
+    # 4x the nodes must cost well under 16x (quadratic); < 6x leaves room for noise
     for name, pass_fn in (("algebraic", algebraic), ("cse", cse), ("fuse", fuse)):
         small = _best_time(pass_fn, 300, f"s{name}")
         large = _best_time(pass_fn, 1200, f"l{name}")
-        assert large < 8 * small, f"{name}: {small * 1e3:.1f} ms -> {large * 1e3:.1f} ms"
+        assert large < 6 * small, f"{name}: {small * 1e3:.1f} ms -> {large * 1e3:.1f} ms"
 
 
 def test_printer_cache_gives_the_uncached_text():
