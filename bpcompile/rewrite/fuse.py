@@ -77,6 +77,11 @@ def _expr(n: Node, inlined: set[Node], args: list[Node], root: bool = False):
     """SymPy expression of n over kernel arguments `args` (appended as discovered)."""
     if not root and n not in inlined:
         return _arg(n, args)
+    if n.op in ("add", "sub"):
+        terms: list = []
+        _sum_terms(n, inlined, args, terms)
+        if not any(t.has(sp.Float) for t in terms):
+            return sp.Add(*terms)  # a float's rounding depends on the order: built pairwise
     ins = [_expr(i, inlined, args) for i in n.inputs]  # depth <= MAX_BODY_DEPTH: see plan
     if n.op == "kernel":
         return n.attr("expr").xreplace({sym(k): e for k, e in enumerate(ins)})
@@ -88,6 +93,19 @@ def _expr(n: Node, inlined: set[Node], args: list[Node], root: bool = False):
             else ins[0]
         )
     return get_op(n.op).sympy(*ins)
+
+
+def _sum_terms(n: Node, inlined: set[Node], args: list[Node], terms: list) -> None:
+    """The terms of a chain of inlined add/sub nodes, operands in `_expr`'s order: SymPy
+    builds one n-ary sum as it would build the chain pairwise, without re-sorting the sum so
+    far at every step (quadratic in the chain's length)."""
+    a, b = n.inputs
+    for x, plus in ((a, True), (b, n.op == "add")):
+        if plus and x in inlined and x.op in ("add", "sub"):
+            _sum_terms(x, inlined, args, terms)
+        else:
+            e = _expr(x, inlined, args)
+            terms.append(e if plus else -e)
 
 
 def _arg(n: Node, args: list[Node]):
