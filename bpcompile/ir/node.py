@@ -177,7 +177,8 @@ def make(op: str, inputs=(), **attrs) -> Node:
     return _make(op, inputs, tuple(sorted(attrs.items())), attrs)
 
 
-def _make(op: str, inputs: tuple, key_attrs: tuple, attrs: dict, like: Node | None = None):
+def _make(op: str, inputs: tuple, key_attrs: tuple, attrs: dict,
+          like: Node | None = None) -> Node:
     """`make` given the sorted attributes; `like`: a node of the same elementwise op on
     operands of the same types, whose type the new node has (the rule is not run again)."""
     key = (op, inputs, key_attrs)
