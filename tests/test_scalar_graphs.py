@@ -89,3 +89,19 @@ def test_printer_cache_gives_the_uncached_text():
         assert cached.print_cse(expr, names, "{self}") == want
         assert cached.print_cse(expr, names, "{self}") == want  # now from the cache
     assert cached._cse_cache  # the cache was used
+
+
+def test_rules_remember_settled_nodes_only_when_no_rule_asks_used_once():
+    from bpcompile.rewrite.engine import Pat, Rules, X, rule, used_once
+
+    x = bp.param("x_remember", (3,), dtype="float64")
+    y = -(x * 2.0)
+    free = Rules("free", [rule("neg_neg", Pat("neg", Pat("neg", X())), lambda n, x: x)])
+    ctx = Rules("ctx", [rule("once", Pat("neg", X(where=used_once)), lambda n, x: None)])
+    assert free([y]) == [y] and ctx([y]) == [y]
+    assert y in free._known  # settled in any graph: not matched again
+    assert not list(ctx._known)  # its rule asked about this graph's readers
+    from bpcompile.ops.elementwise import neg
+
+    z = neg(neg(y))  # a remembered node still lets the nodes above it be rewritten
+    assert free([z]) == [y]
