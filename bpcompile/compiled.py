@@ -22,7 +22,7 @@ from .errors import BackendError
 from .ir.hints import Wrt
 from .ir.node import NAMES, Node
 from .ir.printer import format_graph
-from .ir.traverse import leaves, memoized
+from .ir.traverse import leaves
 from .rewrite import pipeline
 
 BACKENDS = ("numpy", "llvm", "jax")
@@ -84,12 +84,11 @@ class Program:
         self.backend_name = backend
         backend_cls = get_backend(backend)  # fail early on a bad backend name
         rules = backend_cls.backend_rules(options) if isinstance(backend_cls, Rewrites) else None
-        with memoized():  # passes and codegen sort the same graphs many times
-            outputs, self.stages = pipeline.run(outputs, passes, record=stages, backend=rules)
-            self.outputs, self.labels = outputs, labels
-            _name_outputs(outputs, labels)
-            t1 = time.perf_counter()
-            self.impl: Backend = backend_cls(outputs, self.args, title=self._title(), **options)
+        outputs, self.stages = pipeline.run(outputs, passes, record=stages, backend=rules)
+        self.outputs, self.labels = outputs, labels
+        _name_outputs(outputs, labels)
+        t1 = time.perf_counter()
+        self.impl: Backend = backend_cls(outputs, self.args, title=self._title(), **options)
         self.timings = {"graph": t1 - t0, "codegen": time.perf_counter() - t1}
 
     def memory(self) -> dict:

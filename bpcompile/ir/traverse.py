@@ -25,12 +25,12 @@ _MEMO = _Memo()
 
 @contextlib.contextmanager
 def memoized() -> Iterator[None]:
-    """Remember toposort results inside the block (one compile: its passes and codegen sort
-    the same graphs many times); reentrant, and the memo is dropped on leaving the outermost.
+    """Remember toposort results inside the block (`pipeline.run`: its passes sort the same
+    graphs many times); reentrant, and the memo is dropped on leaving the outermost.
 
     The cyclic garbage collector pauses meanwhile: graphs are acyclic (reference counting
     frees them), and each full collection walks every live object, so on a graph of tens of
-    thousands of nodes collections cost a fifth of the compile."""
+    thousands of nodes collections cost a fifth of the passes' time."""
     if _MEMO.orders is not None:
         yield
         return
@@ -109,26 +109,17 @@ def transform(
     """
     memo: dict[Node, Node] = {}
     since = next_serial()
-    push, pop = LOCATION_OVERRIDE.append, LOCATION_OVERRIDE.pop
     for n in toposort(outputs):
-        push(n.where)  # nodes a rewrite creates keep the user's line
+        LOCATION_OVERRIDE.append(n.where)  # nodes a rewrite creates keep the user's line
         try:
-            if build is not None:
-                new = build(n, memo)
-            else:
-                new = n
-                for i in n.inputs:  # the common case, nothing below changed: no rebuild
-                    if memo[i] is not i:
-                        new = rebuild(n, [memo[i] for i in n.inputs])
-                        break
+            new = build(n, memo) if build else rebuild(n, [memo[i] for i in n.inputs])
             if fn is not None:
                 new = fn(new)
         finally:
-            pop()
-        if new is not n:
-            if n in NAMES and new not in NAMES and new.op not in ("input", "param"):
-                NAMES[new] = NAMES[n]
-            if new.serial > since and n in GRAD_OF and new not in GRAD_OF:
-                GRAD_OF[new] = GRAD_OF[n]
+            LOCATION_OVERRIDE.pop()
+        if new is not n and n in NAMES and new not in NAMES and new.op not in ("input", "param"):
+            NAMES[new] = NAMES[n]
+        if new is not n and new.serial > since and n in GRAD_OF and new not in GRAD_OF:
+            GRAD_OF[new] = GRAD_OF[n]
         memo[n] = new
     return [memo[o] for o in outputs]
