@@ -186,7 +186,13 @@ NAMES: weakref.WeakKeyDictionary[Node, str] = weakref.WeakKeyDictionary()
 def make(op: str, inputs=(), **attrs) -> Node:
     """Build (or fetch the interned) node `op(*inputs, **attrs)`, inferring shape and dtype."""
     inputs = tuple(inputs)
-    key_attrs = tuple(sorted(attrs.items()))
+    return _make(op, inputs, tuple(sorted(attrs.items())), attrs)
+
+
+def _make(op: str, inputs: tuple, key_attrs: tuple, attrs: dict,
+          like: Node | None = None) -> Node:
+    """`make` given the sorted attributes; `like`: a node of the same elementwise op on
+    operands of the same types, whose type the new node has (the rule is not run again)."""
     key = (op, inputs, key_attrs)
     hit = _INTERN.get(key)
     if hit is not None:
@@ -196,6 +202,8 @@ def make(op: str, inputs=(), **attrs) -> Node:
     if spec.multiple_results:
         results = tuple((tuple(int(s) for s in sh), dt) for sh, dt in spec.infer(inputs, attrs))
         shape, dtype = (), TUPLE
+    elif like is not None and spec.kind == "elementwise":
+        shape, dtype = like.shape, like.dtype
     else:
         shape, dtype = spec.infer(inputs, attrs)
     n = object.__new__(Node)
@@ -210,6 +218,18 @@ def make(op: str, inputs=(), **attrs) -> Node:
 def rebuild(node: Node, inputs) -> Node:
     """`node` with its inputs replaced (same op and attributes); returns `node` if unchanged."""
     inputs = tuple(inputs)
-    if all(a is b for a, b in zip(inputs, node.inputs)) and len(inputs) == len(node.inputs):
-        return node
+    old = node.inputs
+    if len(inputs) == len(old):
+        for a, b in zip(inputs, old):  # a loop, not all(genexpr): a hot path
+            if a is not b:
+                break
+        else:
+            return node
+        for a, b in zip(inputs, old):
+            # an elementwise op's type depends on its operands' types only (no constants:
+            # a dtype rule may treat a literal operand as weakly typed)
+            if a.shape != b.shape or a.dtype != b.dtype or a.op == "const" or b.op == "const":
+                break
+        else:
+            return _make(node.op, inputs, node.attrs, dict(node.attrs), like=node)
     return make(node.op, inputs, **dict(node.attrs))

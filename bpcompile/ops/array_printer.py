@@ -11,12 +11,16 @@ through its definition (ops/sympy_funcs.py).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import sympy as sp
 
 from ..errors import BackendError
 from . import sympy_funcs as sf
+
+_MARK = re.compile("\x00([^\x01]*)\x01")  # a placeholder for a symbol's name (print_cse)
+_CSE_CACHE_SIZE = 4096
 
 
 class ArrayExprPrinter:
@@ -28,6 +32,7 @@ class ArrayExprPrinter:
     def __init__(self, ns: str = "np", helpers: Iterable[str] = ()):
         self.ns = ns
         self.helpers = frozenset(helpers)
+        self._cse_cache: dict[tuple, tuple] = {}  # print_cse results with placeholder names
         self.funcs = {  # SymPy's own functions (ops/sympy_funcs.SUPPORTED)
             sp.exp: f"{ns}.exp",
             sp.log: f"{ns}.log",
@@ -65,7 +70,27 @@ class ArrayExprPrinter:
 
     def print_cse(self, expr, names: dict[str, str], prefix: str):
         """(temporaries, result): repeated subexpressions hoisted by sympy.cse into
-        [(f"{prefix}_t0", expr0), ...], then the result expression using them."""
+        [(f"{prefix}_t0", expr0), ...], then the result expression using them.
+
+        Printed once per (expr, prefix, symbol names) with placeholders for the names, then
+        filled in: a graph of many scalar ops has thousands of kernels with a few bodies."""
+        if any(v.startswith("-") for v in names.values()):  # _pow brackets such a literal
+            return self._print_cse(expr, names, prefix)
+        key = (expr, prefix, tuple(names))
+        hit = self._cse_cache.get(key)
+        if hit is None:
+            if len(self._cse_cache) >= _CSE_CACHE_SIZE:
+                self._cse_cache.clear()
+            marks = {k: f"\x00{k}\x01" for k in names}
+            hit = self._cse_cache[key] = self._print_cse(expr, marks, prefix)
+        temps, body = hit
+
+        def fill(text: str) -> str:
+            return _MARK.sub(lambda m: names[m.group(1)], text)
+
+        return [(t, fill(e)) for t, e in temps], fill(body)
+
+    def _print_cse(self, expr, names: dict[str, str], prefix: str):
         syms = sp.numbered_symbols("_cse")
         repl, (reduced,) = sp.cse(self.expand(expr), symbols=syms)
         names = dict(names)

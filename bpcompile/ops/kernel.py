@@ -109,11 +109,14 @@ def _compact(expr, inputs, merge: bool = True):
     return expr.xreplace(subs), new_inputs
 
 
-def kernel(expr: sp.Expr, inputs: Sequence[Node], name: str = "fused",
-           dtype: str | None = None) -> Node:
-    """Build a kernel node, dropping unused inputs and merging repeated ones."""
-    inputs = [as_node(i) for i in inputs]
-    expr = sp.sympify(expr)
+# (body, which inputs are the same node) -> (compacted body, indices of the inputs it keeps):
+# graphs of many scalar ops make thousands of kernels with a few distinct bodies
+_BODIES: dict[tuple, tuple] = {}
+
+
+def _body(expr, inputs: list[Node], name: str) -> tuple:
+    """(expr, inputs) checked, without unused inputs, repeated ones merged where that keeps
+    the body finite."""
     if isinstance(expr, (BooleanAtom, sp.core.relational.Relational)):  # a truth value: 1 or 0
         expr = sp.Piecewise((1, expr), (0, True))
     stray = {s.name for s in expr.free_symbols} - {sym(i).name for i in range(len(inputs))}
@@ -128,6 +131,24 @@ def kernel(expr: sp.Expr, inputs: Sequence[Node], name: str = "fused",
         expr, new_inputs = _compact(expr, new_inputs)
     if sf.nonfinite_atoms(expr):  # merging divided by zero (a0/(a1 - a2) with a1 = a2 is zoo):
         expr, new_inputs = _compact(given, inputs, merge=False)  # keep the IEEE x/(y - y)
+    return expr, new_inputs
+
+
+def kernel(expr: sp.Expr, inputs: Sequence[Node], name: str = "fused",
+           dtype: str | None = None) -> Node:
+    """Build a kernel node, dropping unused inputs and merging repeated ones."""
+    inputs = [as_node(i) for i in inputs]
+    expr = sp.sympify(expr)
+    first: dict[Node, int] = {}  # which inputs are the same node: all _body depends on
+    pattern = tuple(first.setdefault(x, i) for i, x in enumerate(inputs))
+    hit = _BODIES.get((expr, pattern))
+    if hit is None:
+        body, kept = _body(expr, inputs, name)
+        hit = (body, tuple(inputs.index(x) for x in kept))
+        if len(_BODIES) >= 4096:
+            _BODIES.clear()
+        _BODIES[expr, pattern] = hit
+    expr, new_inputs = hit[0], [inputs[i] for i in hit[1]]
     if dtype is None:
         fl = [x.dtype for x in new_inputs + inputs if is_float(x.dtype)]
         dtype = fl[0] if fl else "float32"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -130,6 +131,7 @@ class _Readers:
         self.outputs = outputs
         self.origin: dict[Node, Node | None] = {}  # None: stands for two originals
         self._counts: Counter | None = None
+        self.asked = False  # whether a rule asked used_once: then results depend on the graph
 
     def note(self, original: Node, new: Node) -> None:
         if new is not original:
@@ -164,7 +166,10 @@ def used_once(n: Node) -> bool:
     """Whether `n` has exactly one reader (and is no output) in the graph being rewritten;
     False outside a `Rules` call and for nodes whose readers are unknown."""
     stack = _READERS.stack
-    return bool(stack) and stack[-1].of(n) == 1
+    if not stack:
+        return False
+    stack[-1].asked = True
+    return stack[-1].of(n) == 1
 
 
 def X(name: str = "x", where=None) -> Pat:
@@ -194,6 +199,10 @@ class Rules:
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate rule names in {name}: {names}")
         self._by_op: dict[str, list[Rule]] = {}
+        # Nodes no rule rewrites, nor any node below them, found by earlier calls whose rules
+        # never asked used_once (so the finding holds in any graph): the simplify rounds and
+        # the forward part of a gradient graph are not matched again. Weak: no graph is kept.
+        self._known: weakref.WeakSet[Node] = weakref.WeakSet()
 
     def _for(self, op: str) -> list[Rule]:
         rs = self._by_op.get(op)
@@ -234,14 +243,19 @@ class Rules:
         Every node is rewritten after its inputs; the nodes a replacement builds (the `a*b` of
         `-(a*b)`) are rewritten at once, before the replacement's own root is tried again. A
         pass that leaves something unsettled (only past the bound) is followed by another."""
+        known = self._known
         for _ in range(FIXPOINT):
             normal: set[Node] = set()  # nodes no rule rewrites
+            doubtful: set[Node] = set()  # in `normal` only because a bound was reached
             stale = False
             readers = _Readers(outputs)
 
             def build(n: Node, memo: dict) -> Node:
                 nonlocal stale
-                new, settled = self._settle(rebuild(n, [memo[i] for i in n.inputs]), normal)
+                m = rebuild(n, [memo[i] for i in n.inputs])
+                if m in known:
+                    normal.add(m)
+                new, settled = self._settle(m, normal, doubtful)
                 stale = stale or not settled
                 readers.note(n, new)
                 return new
@@ -251,11 +265,14 @@ class Rules:
                 outputs = transform(outputs, build=build)
             finally:
                 _READERS.stack.pop()
+            if not readers.asked:
+                known.update(normal - doubtful if doubtful else normal)
             if not stale:
                 return outputs
         return outputs
 
-    def _settle(self, n: Node, normal: set[Node], depth: int = 0) -> tuple[Node, bool]:
+    def _settle(self, n: Node, normal: set[Node], doubtful: set[Node],
+                depth: int = 0) -> tuple[Node, bool]:
         """(`n` rewritten, with every node a replacement built rewritten too; whether that
         finished within the bound)."""
         if n in normal:
@@ -270,12 +287,14 @@ class Rules:
                 return new, False
             ins = []
             for i in new.inputs:
-                j, fine = self._settle(i, normal, depth + 1)
+                j, fine = self._settle(i, normal, doubtful, depth + 1)
                 ins.append(j)
                 ok = ok and fine
             settled = rebuild(new, ins)
             if settled is new or self._replace(settled) is None:
                 normal.add(settled)
+                if settled is new or not ok:  # maybe left rewritable by a bound: unproven
+                    doubtful.add(settled)
                 return settled, ok
             n = settled
         return n, False

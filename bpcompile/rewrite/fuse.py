@@ -78,6 +78,11 @@ def _expr(n: Node, inlined: set[Node], args: list[Node], root: bool = False):
     """SymPy expression of n over kernel arguments `args` (appended as discovered)."""
     if not root and n not in inlined:
         return _arg(n, args)
+    if n.op in ("add", "sub"):
+        terms: list = []
+        _sum_terms(n, inlined, args, terms)
+        if not any(t.has(sp.Float) for t in terms):
+            return sp.Add(*terms)  # a float's rounding depends on the order: built pairwise
     ins = [_expr(i, inlined, args) for i in n.inputs]  # depth <= MAX_BODY_DEPTH: see plan
     if n.op == "kernel":
         return n.attr("expr").xreplace({sym(k): e for k, e in enumerate(ins)})
@@ -91,16 +96,66 @@ def _expr(n: Node, inlined: set[Node], args: list[Node], root: bool = False):
     return get_op(n.op).sympy(*ins)
 
 
+def _sum_terms(n: Node, inlined: set[Node], args: list[Node], terms: list) -> None:
+    """The terms of a chain of inlined add/sub nodes, operands in `_expr`'s order: SymPy
+    builds one n-ary sum as it would build the chain pairwise, without re-sorting the sum so
+    far at every step (quadratic in the chain's length)."""
+    a, b = n.inputs
+    for x, plus in ((a, True), (b, n.op == "add")):
+        if plus and x in inlined and x.op in ("add", "sub"):
+            _sum_terms(x, inlined, args, terms)
+        else:
+            e = _expr(x, inlined, args)
+            terms.append(e if plus else -e)
+
+
 def _arg(n: Node, args: list[Node]):
-    if n.op == "const" and n.ndim == 0 and n.dtype != "bool":
+    if _literal(n):
         v = float(n.attr("value").array.item())  # finite scalar constants become numbers
-        if np.isfinite(v):  # inf/nan stay operands: SymPy would fold x - oo to -oo (NaN - inf)
-            r = sp.Rational(v).limit_denominator(1 << 12)
-            return r if float(r) == v else sp.Float(v)
+        r = sp.Rational(v).limit_denominator(1 << 12)
+        return r if float(r) == v else sp.Float(v)
     if n not in args:
         args.append(n)
     s = sym(args.index(n))
     return sp.Ne(s, 0) if n.dtype == "bool" else s
+
+
+def _literal(n: Node) -> bool:
+    """Whether `n` enters a kernel body as a number: a finite scalar constant (inf/nan stay
+    operands: SymPy would fold x - oo to -oo where IEEE gives NaN - inf)."""
+    return (n.op == "const" and n.ndim == 0 and n.dtype != "bool"
+            and bool(np.isfinite(n.attr("value").array.item())))
+
+
+def _template(n: Node, inlined: set[Node], args: list[Node], root: bool = False) -> tuple:
+    """A key that determines `_expr(n, inlined, args, root)`, collecting `args` in the same
+    order: graphs of many scalar ops repeat a few body shapes over different operands, and
+    building a key from plain tuples is far cheaper than building the SymPy body again."""
+    if not root and n not in inlined:
+        if _literal(n):
+            return ("c", n.attr("value"))
+        if n not in args:
+            args.append(n)
+        return ("a", args.index(n), n.dtype == "bool")
+    ins = tuple(_template(i, inlined, args) for i in n.inputs)
+    return (n.op, n.attrs, n.dtype, tuple(i.dtype for i in n.inputs), ins)
+
+
+class _Bodies:
+    """Kernel bodies by template (`_template`), each built with SymPy once per fuse() call."""
+
+    def __init__(self) -> None:
+        self.exprs: dict[tuple, tuple] = {}  # template -> (expr, its non-finite atoms)
+
+    def build(self, n: Node, inlined: set[Node]) -> tuple:
+        """(expr, args, whether expr has non-finite atoms) of the body rooted at n."""
+        args: list[Node] = []
+        key = _template(n, inlined, args, root=True)
+        hit = self.exprs.get(key)
+        if hit is None:
+            expr = _expr(n, inlined, [], root=True)
+            hit = self.exprs[key] = (expr, bool(sf.nonfinite_atoms(expr)))
+        return hit[0], args, hit[1]
 
 
 def fuse(outputs: list[Node]) -> list[Node]:
@@ -124,6 +179,7 @@ def _plan_kernels(order: list[Node], inlined: set[Node]) -> dict:
     (1/where(c, x, 0) -> Piecewise((1/x, c), (zoo, True))), and zoo/oo/nan have no IEEE
     meaning; a group whose body gets one stays unfused (its ops keep IEEE semantics), so
     kernel construction never fails on a valid graph. `inlined` is fuse()'s own set."""
+    bodies = _Bodies()
     while True:  # each retry un-inlines at least one node, so this ends
         replaced, split = {}, None
         for n in order:
@@ -131,9 +187,8 @@ def _plan_kernels(order: list[Node], inlined: set[Node]) -> dict:
                 continue
             if _count(n, inlined) < 2 and n.op != "kernel":
                 continue
-            args: list[Node] = []
-            expr = _expr(n, inlined, args, root=True)
-            if sf.nonfinite_atoms(expr):
+            expr, args, nonfinite = bodies.build(n, inlined)
+            if nonfinite:
                 split = _members(n, inlined)
                 if split:
                     break

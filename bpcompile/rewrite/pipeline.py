@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..ir.node import Node, make
-from ..ir.traverse import toposort, transform
+from ..ir.traverse import memoized, toposort, transform
 from ..ops.custom import inline as inline_custom
 from ..ops.scan import Body, prune_outputs
 from .algebraic import algebraic
@@ -85,7 +85,13 @@ def run(outputs: list[Node], passes=None, record=None,
         backend: BackendRules | None = None) -> tuple[list[Node], list[Stage]]:
     """Apply `passes` (names or (name, fn) pairs; default PASSES), then the `backend`'s own
     rules whatever `passes` says (they choose how to lower, not what to compute), and return
-    (outputs, stages)."""
+    (outputs, stages). The passes sort the same graphs many times: `memoized`."""
+    with memoized():
+        return _run(outputs, passes, record, backend)
+
+
+def _run(outputs: list[Node], passes, record,
+         backend: BackendRules | None) -> tuple[list[Node], list[Stage]]:
     table = dict(PASSES)
     unknown = [p for p in (passes or []) if isinstance(p, str) and p not in table]
     if unknown:  # checked before the lookup below, which would raise a bare KeyError
