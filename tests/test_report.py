@@ -41,14 +41,17 @@ def test_report_of_a_python_model(tmp_path):
     assert "stage" in text and "rule hits per stage" in text  # fn.stats()
 
 
-def test_bytes_live_counts_each_value_until_its_last_reader():
+def test_bytes_live_is_the_compiled_functions_timeline():
     x = bp.param("x", (10,))  # float32: 40 bytes per value
     a = bp.exp(x)
     b = bp.sin(a)
     loss = bp.sum(a * b)
-    live, labels = bytes_live([loss])
-    # exp, sin, mul, sum: a value lives through the statement of its last reader
-    assert live == [40, 80, 120, 44] and len(labels) == 4
+    fn = bp.compile(loss, [x], backend="numpy")
+    live, labels, n_fwd = bytes_live(fn)
+    rows = fn.memory(timeline=True)["timeline"]
+    assert live == [r["live_bytes"] for r in rows] and len(labels) == len(rows)
+    # forward: exp, sin, mul, sum; a value lives until its last reader
+    assert n_fwd == 4 and live[:2] == [40, 80] and max(live) >= 120
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(str(ROOT / "examples" / "*.toml")))

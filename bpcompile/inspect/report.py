@@ -5,7 +5,7 @@ and can be mailed or archived. Sections: per-parameter gradient norms at the exa
 (a log-scale bar chart: vanishing or exploding gradients show at a glance), the gradient check
 against JAX and finite differences (bp.check), the δ equations, the graph at three stages, the
 generated code of each backend side by side, what each rewrite pass did (fn.stats()), and the
-bytes live over the schedule of the final graph.
+bytes live over the schedule (fn.memory(timeline=True)).
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ir.naming import assign_names
 from ..ir.node import Node
-from ..ir.traverse import toposort
 from . import latex
 from .dot import graph_image
 
@@ -75,28 +73,14 @@ def _bars(rows: list[tuple[str, float]], title: str) -> str:
     return "".join(parts)
 
 
-def bytes_live(outputs: list[Node]) -> tuple[list[int], list[str]]:
-    """Bytes of values alive after each statement of the final graph's schedule (leaves and
-    constants excluded; each value alive from its statement to its last reader, outputs to
-    the end). A view counts as a value here, so this bounds what a backend keeps."""
-    order = [n for n in toposort(outputs) if n.op not in ("input", "param", "const")]
-    step = {n: k for k, n in enumerate(order)}
-    last = {n: k for k, n in enumerate(order)}
-    for n in order:
-        for i in n.inputs:
-            if i in step:
-                last[i] = max(last[i], step[n])
-    for o in outputs:
-        if o in last:
-            last[o] = len(order) - 1
-    delta = np.zeros(len(order) + 1, np.int64)
-    for n in order:
-        size = (sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in n.results)
-                if n.results is not None else int(np.prod(n.shape)) * np.dtype(n.dtype).itemsize)
-        delta[step[n]] += size
-        delta[last[n] + 1] -= size
-    names = assign_names(toposort(outputs))
-    return [int(v) for v in np.cumsum(delta)[:-1]], [names[n] for n in order]
+def bytes_live(fn: Any) -> tuple[list[int], list[str], int]:
+    """Bytes live at each step of `fn`'s memory timeline (`fn.memory(timeline=True)`: the
+    LLVM backend's own plan, elsewhere the graph-order estimate of backends/memory_estimate.py),
+    the step names, and how many steps run before the backward pass."""
+    rows = fn.memory(timeline=True)["timeline"]
+    live = [int(r["live_bytes"]) for r in rows]
+    labels = [str(r.get("name") or r.get("op", "")) for r in rows]
+    return live, labels, sum(r.get("phase") == "forward" for r in rows)
 
 
 def _memory_svg(live: list[int], labels: list[str], n_forward: int) -> str:
@@ -241,9 +225,7 @@ def build(fn: Any, values: dict[str, np.ndarray], title: str = "",
         check_html = "<p class='note'>skipped (check_gradients=False)</p>"
     else:
         check_html = _checked(fn, inputs, params, seed, use_jax)
-    final = fn.stages[-1].outputs
-    live, labels = bytes_live(final)
-    n_fwd = len([n for n in toposort(final[:1]) if n.op not in ("input", "param", "const")])
+    live, labels, n_fwd = bytes_live(fn)
     name = title or "bpcompile report"
     sections = [
         _section("Gradient norms at the example data",
@@ -260,10 +242,9 @@ def build(fn: Any, values: dict[str, np.ndarray], title: str = "",
         _section("Rewrite passes", f"<pre>{_e(fn.stats())}</pre>", "passes"),
         _section("Memory: bytes live over the schedule",
                  _memory_svg(live, labels, n_fwd)
-                 + "<p class='note'>values of the final graph, each alive from the statement "
-                 "that computes it to its last reader (outputs to the end); views counted as "
-                 "values, no buffer reuse: an upper bound on what a backend keeps. The LLVM "
-                 "backend's own plan: fn.memory().</p>", "memory"),
+                 + "<p class='note'>fn.memory(timeline=True): the LLVM backend's own memory "
+                 "plan; on NumPy and JAX an estimate in graph order (each value alive from its "
+                 "step to its last reader, views free). docs/memory.md.</p>", "memory"),
     ]
     toc = " · ".join(f"<a href='#{a}'>{t}</a>" for a, t in [
         ("norms", "norms"), ("check", "check"), ("equations", "equations"),
