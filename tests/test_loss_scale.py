@@ -120,3 +120,60 @@ def test_scaler_rules_and_bad_arguments():
         DynamicLossScale(growth_interval=0)
     with pytest.raises(ArgumentError, match="StaticLossScale|scale"):
         StaticLossScale(0.0)
+
+
+SPEC = """
+[model]
+name = "tiny16"
+[[inputs]]
+name = "x"
+shape = [8, 3]
+[[inputs]]
+name = "labels"
+shape = [8]
+dtype = "int32"
+[[layers]]
+type = "dense"
+units = 6
+activation = "tanh"
+[[layers]]
+type = "dense"
+units = 3
+[loss]
+type = "cross_entropy"
+target = "labels"
+"""
+
+
+def _labelled(n=64):
+    r = np.random.default_rng(1)
+    x = r.normal(size=(n, 3)).astype(np.float32)
+    return {"x": x, "labels": (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.5)}
+
+
+def test_fit_records_scale_and_skipped_steps_and_checkpoints_them(tmp_path):
+    p = tmp_path / "m.toml"
+    p.write_text(SPEC)
+    scaler = DynamicLossScale(init=2.0 ** 17, growth_interval=4)  # 2**17 > 65504: skipped
+    h = bp.train.fit(str(p), _labelled(), epochs=2, batch_size=8, progress=False,
+                     precision="float16", loss_scale=scaler, checkpoint_dir=tmp_path / "ck",
+                     optimizer=bp.optim.sgd(0.1))
+    assert h.skipped_steps[0] >= 1 and sum(h.skipped_steps) == scaler.skipped
+    assert h.loss_scale[-1] == scaler.scale and all(np.isfinite(h.loss))
+    assert all(np.isfinite(v).all() for v in h.grad_norm.values())  # skipped steps left out
+    assert h.step.count == 16 - scaler.skipped
+    with np.load(tmp_path / "ck" / "last.npz") as z:
+        assert float(z["meta/loss_scale_scale"]) == scaler.scale
+
+
+def test_cli_train_takes_precision_and_loss_scale(tmp_path, capsys):
+    from bpcompile.train.cli import main
+
+    p, data = tmp_path / "m.toml", tmp_path / "d.npz"
+    p.write_text(SPEC)
+    np.savez(data, **_labelled())
+    assert main(["train", str(p), "--data", str(data), "--epochs", "1", "--batch-size", "8",
+                 "--precision", "float16", "--loss-scale", "dynamic", "--no-progress"]) == 0
+    assert "loss scale 32768 (0 steps skipped)" in capsys.readouterr().out
+    assert main(["train", str(p), "--loss-scale", "-3"]) == 2
+    assert "expected 'dynamic' or a positive number" in capsys.readouterr().err
