@@ -93,6 +93,11 @@ class DynamicLossScale:
     def state_dict(self) -> dict[str, float]:
         return {"scale": self.scale, "good_steps": self.good_steps, "skipped": self.skipped}
 
+    def __repr__(self) -> str:
+        return (f"DynamicLossScale(scale={self.scale:g}, good_steps={self.good_steps}, "
+                f"skipped={self.skipped}; init={self.init:g}, growth_interval="
+                f"{self.growth_interval}, factor={self.factor:g}, min_scale={self.min_scale:g})")
+
     def load_state_dict(self, d: dict) -> None:
         self.scale = float(d.get("scale", self.scale))
         self.good_steps = int(d.get("good_steps", 0))
