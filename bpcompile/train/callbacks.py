@@ -234,6 +234,8 @@ class Progress(Callback):
         line = (f"epoch {epoch + 1}/{run.epochs}  loss {logs['loss']:.6g}"
                 + (f"  val_loss {logs['val_loss']:.6g}" if logs["val_loss"] is not None else "")
                 + f"  lr {logs['lr']:.3g}  {logs['examples_per_s']:,.0f} ex/s")
+        if "loss_scale" in logs:
+            line += f"  loss scale {logs['loss_scale']:g} ({logs['skipped_steps']} skipped)"
         if self.bar is not None:
             self.bar.update(1)
         elif ((epoch + 1) % self.every == 0 or epoch == run.start_epoch

@@ -57,7 +57,23 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     t.add_argument("--backend", "-b", choices=BACKENDS, default="numpy", metavar="B",
                    help=f"code generator: {', '.join(BACKENDS)} (default: numpy)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar or epoch lines")
+    t.add_argument("--precision", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="mixed precision: float32 master weights, 16-bit compute (docs/dtypes.md)")
+    t.add_argument("--loss-scale", type=_loss_scale, default=None, metavar="S",
+                   help="'dynamic' or a static scale for float16 training (docs/dtypes.md)")
     return t
+
+
+def _loss_scale(text: str) -> str | float:
+    if text == "dynamic":
+        return text
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected 'dynamic' or a positive number, got {text!r}")
+    return v
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     hist = fit(model, data, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
                seed=args.seed, validation=args.val if args.val else args.val_split,
                early_stopping=args.patience, checkpoint_dir=args.checkpoint,
-               resume=args.resume, progress=not args.no_progress, backend=args.backend)
+               resume=args.resume, progress=not args.no_progress, backend=args.backend,
+               precision=args.precision, loss_scale=args.loss_scale)
     if not hist.loss:
         print(f"nothing to do: the checkpoint is already at epoch {args.epochs}")
         return 0
@@ -102,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
         summary += f", val_loss {hist.val_loss[-1]:.6g}"
     if hist.best_epoch is not None:
         summary += f", best {hist.best_loss:.6g} at epoch {hist.best_epoch}"
+    if hist.loss_scale:
+        summary += (f", loss scale {hist.loss_scale[-1]:g} "
+                    f"({sum(hist.skipped_steps)} steps skipped)")
     print(summary)
     for w in hist.warnings[:10]:
         print(f"warning: {w}")

@@ -40,6 +40,7 @@ from .callbacks import isatty as _isatty  # a module global, so tests can preten
 from .checkpoint import load_checkpoint  # noqa: F401  (re-exported: bp.train.load_checkpoint)
 from .data import DataError, cast_data, check_data, epoch_batches, load_npz, split
 from .history import History
+from .loss_scale import DynamicLossScale, StaticLossScale
 from .step import TrainStep
 
 if TYPE_CHECKING:  # annotations only: spec is imported when a model is read
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # annotations only: spec is imported when a model is read
 ModelLike = Union["Model", Node, str, Path, Callable[[int], Union["Model", Node]]]
 # Arrays by input name (examples on the leading axis), or an .npz path holding them.
 Data = dict[str, ArrayLike] | str | Path
+LossScaleLike = str | float | DynamicLossScale | StaticLossScale | None
 
 
 # ---- models at a batch size ------------------------------------------------------------------
@@ -154,7 +156,8 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
         diagnostics: bool = True, shuffle: bool = True, plateau: ReduceLROnPlateau | None = None,
         log_every: int | None = None, out: TextIO | None = None,
         callbacks: Sequence[Callback] | None = None, micro_batches: int = 1,
-        memory_budget: int | str | None = None) -> History:
+        memory_budget: int | str | None = None, precision: str | None = None,
+        loss_scale: LossScaleLike = None) -> History:
     """Train with seeded shuffled minibatches; return a `History` (its `.step` holds params).
 
     model_or_loss: a spec Model or path, a loss node, or a function batch_size -> loss.
@@ -178,6 +181,9 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
     of one micro-batch.
     memory_budget: bytes or "64MB": recompute forward segments until the loss-and-gradient
     peak fits (compile_train_step's option; docs/memory.md).
+    precision, loss_scale: mixed precision ("float16", "bfloat16") and loss scaling ("dynamic",
+    a number, or a DynamicLossScale) as compile_train_step takes them (docs/dtypes.md); the
+    history records the scale and the skipped steps of every epoch.
     """
     src = ModelSource(model_or_loss)
     if seed is None:  # the spec's own [init] seed, else 0
@@ -212,7 +218,8 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
     step = TrainStep(model, params, optimizer, backend,
                      init=init if init is not None else model.init_params(seed),
                      diagnostics=diagnostics, accumulate=micro_batches,
-                     memory_budget=memory_budget)
+                     memory_budget=memory_budget, precision=precision,
+                     loss_scale=loss_scale)
     step.warn = False
     evaluator = _Evaluator(src, step, batch_size, backend)
     es = early_stopping_from(early_stopping)
@@ -246,12 +253,14 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
         for c in cbs:
             c.on_epoch_begin(epoch)
         total, gsum, usum = 0.0, dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+        scaler = step.loss_scaler
+        skipped0 = getattr(scaler, "skipped", 0)
         warned: dict[str, str] = {}  # what a warning is about -> its first message
         t0 = time.perf_counter()
         for i, idx in enumerate(batches):
             loss = step(**{k: v[idx] for k, v in arrays.items()})
             total += loss
-            if diagnostics:
+            if diagnostics and not step.last.get("skipped"):  # (a skipped step's norms: inf)
                 for k in names:
                     gsum[k] += step.last[f"gnorm_{k}"]
                     usum[k] += step.last[f"uratio_{k}"]
@@ -265,9 +274,14 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
                 "val_loss": evaluator(held_out) if held_out is not None else None,
                 "lr": step.learning_rate, "seconds": seconds,
                 "examples_per_s": nb * batch_size / max(seconds, 1e-9), "warnings": warned}
+        good = nb
+        if scaler is not None:
+            logs["loss_scale"] = scaler.scale
+            logs["skipped_steps"] = getattr(scaler, "skipped", 0) - skipped0
+            good = max(nb - logs["skipped_steps"], 1)
         if diagnostics:
-            logs["grad_norm"] = {k: gsum[k] / nb for k in names}
-            logs["update_ratio"] = {k: usum[k] / nb for k in names}
+            logs["grad_norm"] = {k: gsum[k] / good for k in names}
+            logs["update_ratio"] = {k: usum[k] / good for k in names}
         current = logs[run.monitor]
         run.improved = current < run.best - run.min_delta
         if run.improved:

@@ -28,6 +28,8 @@ class History(Callback):
     grad_norm: dict = field(default_factory=dict)  # param -> per-epoch mean ‖grad‖
     update_ratio: dict = field(default_factory=dict)  # param -> per-epoch mean ‖Δ‖/‖param‖
     warnings: list = field(default_factory=list)
+    loss_scale: list = field(default_factory=list)  # with loss scaling: the scale at epoch end
+    skipped_steps: list = field(default_factory=list)  # ... and the steps skipped in the epoch
     best_epoch: int | None = None
     best_loss: float | None = None
     stopped_early: bool = False
@@ -44,6 +46,9 @@ class History(Callback):
         for key in ("grad_norm", "update_ratio"):
             for k, v in logs.get(key, {}).items():
                 getattr(self, key).setdefault(k, []).append(v)
+        for key in ("loss_scale", "skipped_steps"):
+            if key in logs:
+                getattr(self, key).append(logs[key])
         for msg in logs.get("warnings", {}).values():
             self.warnings.append(f"epoch {epoch + 1}, {msg}")
         if self.run.improved:

@@ -29,7 +29,7 @@ from ..errors import ArgumentError, BPError
 from ..ir.dtypes import is_half
 from ..ir.node import Node
 from ..ir.traverse import leaves, toposort
-from ..ops.elementwise import add, as_node, div, mul, unary
+from ..ops.elementwise import add, as_node, cast, div, mul, unary
 from ..ops.leaves import input as _input
 from ..ops.reduce import sum_
 from ..optim import Optimizer, adam
@@ -37,6 +37,7 @@ from ..optim.transforms import OptContext
 from ..rewrite.pipeline import run_forward
 from ..rewrite.precision import Policy, apply_policy
 from .accumulate import accumulated
+from .loss_scale import loss_scale_of
 
 if TYPE_CHECKING:  # annotations only (spec is imported where it is used)
     from ..spec import Model
@@ -95,6 +96,12 @@ class TrainStep:
             wrt.append(p)
         # mixed precision (rewrite/precision.py): the policy pass before autodiff, as bp.compile
         self.precision = Policy.of(options.pop("precision", None))
+        # loss scaling (loss_scale.py): the scale is a float32 input kept on the host
+        self.loss_scaler = loss_scale_of(options.pop("loss_scale", None))
+        if self.loss_scaler is not None and accumulate != 1:
+            raise ArgumentError("compile_train_step: loss_scale with accumulate != 1 is not "
+                                "supported (the accumulation scan differentiates the "
+                                "unscaled loss)")
         if self.precision.compute != "float32":
             loss = apply_policy(run_forward(loss), self.precision)
         self.remat_report: dict | None = None
@@ -149,7 +156,8 @@ class TrainStep:
         self.state_names = list(state0)
         self.count, self.lr_scale, self.last = 0, 1.0, {}
         self.warn = True  # emit diagnostics warnings with `warnings.warn` (fit collects them)
-        clash = [n for n in self.input_names if n in state0 or n in ("step", "lr_scale")]
+        scalars = ("step", "lr_scale", "loss_scale")
+        clash = [n for n in self.input_names if n in state0 or n in scalars]
         if clash:
             raise ArgumentError(f"compile_train_step: input names {clash} clash with optimizer "
                                 "state / step inputs; rename them")
@@ -168,6 +176,8 @@ class TrainStep:
         self._eval = None
         dt = np.dtype(_count_dtype(self.wrt))
         self._scalars = {"step": np.zeros((), dt), "lr_scale": np.ones((), dt)}
+        if self.loss_scaler is not None:
+            self._scalars["loss_scale"] = np.ones((), np.float32)
         self._step_arr, self._scale_arr = self._scalars["step"], self._scalars["lr_scale"]
         self._input_set = set(self.input_names)
         self._carried = self.param_names + self.state_names  # updated every step
@@ -187,8 +197,11 @@ class TrainStep:
         ctx = OptContext(count=_input("step", (), dt), lr_scale=_input("lr_scale", (), dt))
         loss = self.loss_node
         grads: Any
+        scaler = self.loss_scaler
         if self._acc is not None:
             _, loss, grads = self._acc
+        elif scaler is not None:
+            grads = _scaled_grads(loss, self.wrt, _input("loss_scale", (), "float32"))
         else:
             grads = _grad(self.loss_node, self.wrt)
         pnodes = {p.attr("name"): p for p in self.wrt}
@@ -196,6 +209,9 @@ class TrainStep:
         state = {k: _input(k, v.shape, v.dtype.name) for k, v in state0.items()}
         deltas, new_state = self.optimizer.updates(gnodes, state, pnodes, ctx)
         outputs = {"loss": loss}
+        if scaler is not None and scaler.dynamic:  # NaN/inf iff some gradient is not finite
+            total = [sum_(cast(g, "float32") if is_half(g.dtype) else g) for g in grads]
+            outputs["grads_finite"] = total[0] if len(total) == 1 else _sum_all(total)
         for k in self.param_names:
             outputs[f"{k}_next"] = add(pnodes[k], deltas[k])
         for k in state0:
@@ -238,6 +254,8 @@ class TrainStep:
                 np.copyto(self.frozen[k], init[k], casting="same_kind")
         self._write_carried({**params, **self.optimizer.init(params)})
         self.count, self.lr_scale, self.last = 0, 1.0, {}
+        if self.loss_scaler is not None:
+            self.loss_scaler.reset()
 
     def _write_carried(self, values: dict):
         for k, v in values.items():
@@ -265,6 +283,9 @@ class TrainStep:
         try:
             self._step_arr[()] = self.count
             self._scale_arr[()] = self.lr_scale
+            scaler = self.loss_scaler
+            if scaler is not None:
+                self._scalars["loss_scale"][()] = scaler.scale
             native = self._native
             if native is not None:  # one native call on fixed buffers (see _PingPong)
                 i = native.phase
@@ -294,8 +315,20 @@ class TrainStep:
                     math.isfinite(self.last[f"gnorm_{k}"]) for k in self.param_names)
             else:
                 finite = math.isfinite(loss)
+            skip = False
+            if scaler is not None and scaler.dynamic:
+                skip = not math.isfinite(float(values["grads_finite"]))
+                finite = math.isfinite(loss)  # non-finite gradients skip the step instead
             if self.check_finite and not finite:
                 raise NonFiniteError(self.locate_nonfinite(batch))  # the update is not committed
+            if scaler is not None:
+                scaler.update(not skip)
+                if self.diagnostics:
+                    self.last["loss_scale"] = scaler.scale
+                    self.last["skipped_steps"] = getattr(scaler, "skipped", 0)
+                    self.last["skipped"] = skip
+                if skip:  # params, optimizer state and count stay as they were
+                    return loss
             if native is not None:
                 native.phase = 1 - i
                 self._cur = native.feeds[1 - i]
@@ -420,6 +453,9 @@ class TrainStep:
         out.update({f"opt/{k}": v for k, v in self.opt_state.items()})
         out["meta/count"] = np.asarray(self.count)
         out["meta/lr_scale"] = np.asarray(self.lr_scale)
+        if self.loss_scaler is not None:
+            for k, v in self.loss_scaler.state_dict().items():
+                out[f"meta/loss_scale_{k}"] = np.asarray(v)
         return out
 
     def load_state_dict(self, d: dict) -> None:
@@ -448,6 +484,10 @@ class TrainStep:
         self._write_carried(values)
         self.count = int(d.get("meta/count", 0))
         self.lr_scale = float(d.get("meta/lr_scale", 1.0))
+        if self.loss_scaler is not None:
+            pre = "meta/loss_scale_"
+            self.loss_scaler.load_state_dict(
+                {k[len(pre):]: v for k, v in d.items() if k.startswith(pre)})
 
     def __repr__(self):
         return (f"<TrainStep {self.backend} {self.optimizer!r}: params "
@@ -475,6 +515,25 @@ def _forward_sources(n: Node, forward: set, depth: int = 3) -> list:
     return out
 
 
+def _scaled_grads(loss: Node, wrt: list, scale: Node) -> list:
+    """Gradients of `loss * scale` (in float32, so the float16 backward carries scaled
+    cotangents), unscaled in float32 and returned in each param's dtype."""
+    if is_half(loss.dtype):
+        loss = cast(loss, "float32")
+    out = []
+    for p, g in zip(wrt, _grad(mul(loss, scale), wrt)):
+        g = div(cast(g, "float32") if is_half(g.dtype) else g, scale)
+        out.append(cast(g, p.dtype) if g.dtype != p.dtype else g)
+    return out
+
+
+def _sum_all(xs: list) -> Node:
+    total = xs[0]
+    for x in xs[1:]:
+        total = add(total, x)
+    return total
+
+
 def _norm(x: Node) -> Node:
     return unary("sqrt", sum_(mul(x, x)))
 
@@ -493,6 +552,10 @@ def compile_train_step(loss: Node | Model, params: Sequence[Node | str] | None =
     mean (sum) loss, with one micro-batch's activations alive at a time),
     `memory_budget` (bytes or "64MB": forward segments are recomputed until the loss-and-
     gradient peak, estimated as bp.compile's NumPy estimate, fits; `step.remat_report`).
+    `precision="float16"` (rewrite/precision.py), `loss_scale` ("dynamic", a number for a
+    static scale, or a `DynamicLossScale`: the loss is scaled before differentiation and the
+    gradients unscaled in float32; a dynamic scale skips steps with non-finite gradients,
+    see loss_scale.py; `step.loss_scaler` holds the scale and the skipped-step count).
     """
     return TrainStep(loss, params, optimizer, backend, **kw)
 

@@ -416,8 +416,8 @@ def _scatter_add(ctx, n: Node):
             ok = b.icmp_unsigned("<", j, i64(bound))
         oi = list(vi[:axis]) + [b.select(ok, j, i64(0))] + list(vi[axis + k:])
         v = b.select(ok, ctx.load(vv, vv.strides, vi), fconst(ty, float("nan")))
-        p = em.addr(ctx.ptr(out.buf), out.offset, out.strides, oi, ty)
-        ctx.tag(b.store(b.fadd(ctx.tag(b.load(p, typ=ty), out.buf), v), p), out.buf)
+        p = em.addr(ctx.ptr(out.buf), out.offset, out.strides, oi, mem_type(n.dtype))
+        ctx.store_at(b.fadd(ctx.load_at(p, out.buf, n.dtype), v), p, out.buf, n.dtype)
 
 
 def _one_hot(ctx, n: Node):
