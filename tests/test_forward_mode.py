@@ -19,7 +19,7 @@ jnp = jax.numpy
 IDS = [r.name for r in T.ROWS]
 
 
-def close(ours, ref, rtol, what=""):
+def assert_close(ours, ref, rtol, what=""):
     ref = np.asarray(ref)
     atol = rtol * max(1.0, float(np.max(np.abs(ref)))) if ref.size else 0.0
     np.testing.assert_allclose(ours, ref, rtol=rtol, atol=atol, err_msg=what)
@@ -60,7 +60,7 @@ def jax_jv(fun, Pj, Vj):
 def test_jvp_matches_jax(name):
     row, P, f, f_t, loss, values, ref = tangent_graph(name)
     (jv,) = evaluate([f_t], values)
-    close(jv, ref, 1e-7, name)
+    assert_close(jv, ref, 1e-7, name)
 
 
 @pytest.mark.parametrize("name", IDS)
@@ -84,4 +84,4 @@ def test_jvp_compiles_on_every_backend(name, backend):
     fn = bp.function({"f": f, "f_t": f_t}, backend=backend)
     args = {k: values[k] for k in fn.signature.names}
     out = fn(**args)
-    close(out["f_t"], ref, 1e-7, f"{name} on {backend}")
+    assert_close(out["f_t"], ref, 1e-7, f"{name} on {backend}")

@@ -25,7 +25,7 @@ IDS = [r.name for r in T.ROWS]
 BACKENDS = ["numpy", "llvm", "jax"]
 
 
-def close(ours, ref, rtol=1e-7, what=""):
+def assert_close(ours, ref, rtol=1e-7, what=""):
     ref = np.asarray(ref)
     assert np.shape(ours) == ref.shape, (what, np.shape(ours), ref.shape)
     atol = rtol * max(1.0, float(np.max(np.abs(ref)))) if ref.size else 0.0
@@ -51,7 +51,7 @@ def test_jacobian_matches_jax(name, mode):
     jac = jax.jacrev if mode == "rev" or "custom_vjp" in row.ops else jax.jacfwd
     ref = jac(lambda p: row.jf(p, Ij))(Pj)
     for k, j in zip(row.params, ours):
-        close(j, ref[k], 1e-7, f"{name} d/d{k} ({mode})")
+        assert_close(j, ref[k], 1e-7, f"{name} d/d{k} ({mode})")
 
 
 @pytest.mark.parametrize("name", IDS)
@@ -63,7 +63,7 @@ def test_vjp_matches_jax(name):
     _, pull = jax.vjp(lambda p: row.jf(p, Ij), Pj)
     (ref,) = pull(jnp.asarray(values["ct"]))
     for k, g in zip(row.params, ours):
-        close(g, ref[k], 1e-7, f"{name} vjp d{k}")
+        assert_close(g, ref[k], 1e-7, f"{name} vjp d{k}")
 
 
 @pytest.mark.parametrize("name", [r.name for r in T.ROWS if r.smooth][::3])
@@ -76,7 +76,7 @@ def test_hessian_matches_jax(name):
     it = iter(ours)
     for a in row.params:
         for b in row.params:
-            close(next(it), ref[a][b], 1e-7, f"{name} d2/d{a}d{b}")
+            assert_close(next(it), ref[a][b], 1e-7, f"{name} d2/d{a}d{b}")
 
 
 # ---- whole models, compiled on every backend ------------------------------------------------
@@ -157,9 +157,9 @@ def test_model_jacobians_and_hessian(model, backend):
     def ljf(w):
         return jnp.sum(jf({**Pj, k0: w}, *Ij) ** 2)
     for k in P:
-        close(got[f"r_{k}"], rev[k], 1e-7, f"{model} jacrev {k}")
-        close(got[f"f_{k}"], fwd[k], 1e-7, f"{model} jacfwd {k}")
-    close(got["H"], jax.hessian(ljf)(Pj[k0]), 1e-7, f"{model} hessian")
+        assert_close(got[f"r_{k}"], rev[k], 1e-7, f"{model} jacrev {k}")
+        assert_close(got[f"f_{k}"], fwd[k], 1e-7, f"{model} jacfwd {k}")
+    assert_close(got["H"], jax.hessian(ljf)(Pj[k0]), 1e-7, f"{model} hessian")
 
 
 def test_one_program_not_one_function_per_row():
@@ -194,7 +194,7 @@ def test_forward_jacobian_batched_or_scan():
     assert any(n.op == "scan" for n in toposort(looped))
     values = _values(P, I)
     for a, b in zip(evaluate(batched, values), evaluate(looped, values)):
-        close(a, b, 1e-12)
+        assert_close(a, b, 1e-12)
     y, P, I, jf = _rnn()
     src = bp.function({"J": bp.jacobian(y, P["Wx"], mode="fwd")}).source()
     assert "jacobian_column" in src
@@ -227,8 +227,8 @@ def test_jvp_of_grad_is_hvp_and_grad_of_jvp(backend):
         return jnp.sum(jnp.sin(jf(p, xj)))
     ref = jax.jvp(jax.grad(jl), (Pj,), (Vj,))[1]
     for k in P:  # grad <∇L, v> = H v as well
-        close(got[f"hvp_{k}"], ref[k], 1e-7, f"hvp {k}")
-        close(got[f"gl_{k}"], ref[k], 1e-7, f"grad of jvp {k}")
+        assert_close(got[f"hvp_{k}"], ref[k], 1e-7, f"hvp {k}")
+        assert_close(got[f"gl_{k}"], ref[k], 1e-7, f"grad of jvp {k}")
 
 
 def test_tangent_code_reads_as_tangents():
@@ -300,9 +300,9 @@ def test_second_order_hvp_modes_agree():
     ref = jax.jvp(jax.grad(lambda p: jnp.sum(jnp.sin(jf(p, xj)))), (Pj,),
                   ({k: jnp.asarray(x) for k, x in v.items()},))[1]
     for k in P:
-        close(hv_f[k], ref[k], 1e-7, k)
-        close(hv_r[k], ref[k], 1e-7, k)
-        close(g_f[k], g_r[k], 1e-12, k)
+        assert_close(hv_f[k], ref[k], 1e-7, k)
+        assert_close(hv_r[k], ref[k], 1e-7, k)
+        assert_close(g_f[k], g_r[k], 1e-12, k)
 
 
 def test_jacobian_wrt_inputs_scalar_outputs_and_array_tangents():
@@ -321,11 +321,12 @@ def test_jacobian_wrt_inputs_scalar_outputs_and_array_tangents():
     fn = bp.function(outs, backend="llvm")
     got = fn(**{k: values[k] for k in fn.signature.names})
     jx = jax.jacrev(lambda x: jf(Pj, x))(xj)
-    close(got["Jx_rev"], jx, 1e-7, "jacrev wrt input")
-    close(got["Jx_fwd"], jx, 1e-7, "jacfwd wrt input")
-    close(got["Js"], jax.grad(lambda w: jnp.sum(jf({**Pj, "W2": w}, xj) ** 2))(Pj["W2"]))
-    close(got["s_t"], jax.jvp(lambda x: jnp.sum(jf(Pj, x) ** 2), (xj,), (jnp.asarray(tv),))[1])
-    close(got["z_t"], np.ones(h1.shape) @ values["W2"])
+    assert_close(got["Jx_rev"], jx, 1e-7, "jacrev wrt input")
+    assert_close(got["Jx_fwd"], jx, 1e-7, "jacfwd wrt input")
+    assert_close(got["Js"], jax.grad(lambda w: jnp.sum(jf({**Pj, "W2": w}, xj) ** 2))(Pj["W2"]))
+    s_t = jax.jvp(lambda x: jnp.sum(jf(Pj, x) ** 2), (xj,), (jnp.asarray(tv),))[1]
+    assert_close(got["s_t"], s_t)
+    assert_close(got["z_t"], np.ones(h1.shape) @ values["W2"])
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
@@ -342,4 +343,4 @@ def test_random_graphs_batched_forward_jacobian_equals_grad(seed):
     J = jacobian_fwd([loss], wrt)[0]
     out = evaluate(list(J) + list(bp.grad(loss, wrt, stabilize=False)), values)
     for a, b in zip(out[: len(wrt)], out[len(wrt):]):
-        close(a, b, 1e-7, repr(recipe))
+        assert_close(a, b, 1e-7, repr(recipe))
