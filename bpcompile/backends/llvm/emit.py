@@ -308,12 +308,7 @@ def _step_function(prog: Schedule, module: ir.Module, fname: str, s: Step,
     ctx.index_sites = (module.__dict__.setdefault("_bp_index_sites", [])
                        if prog.index_status else None)
     ctx.blas_threads = _blas_threads(prog, module, ctx.em)
-    if s.fold is not None:
-        lower_accumulate(ctx, s.node, s.fold)
-    elif s.node is not None:
-        lower(ctx, s.node)
-    else:
-        copy(ctx, s.src, s.dst)
+    _dispatch(ctx, s)
     b.ret_void()
     eb.branch(fn.blocks[1])
     return fn
@@ -388,14 +383,19 @@ def _blas_threads(prog: Schedule, module: ir.Module, em: Emitter):
     return None
 
 
-def _lower_step(ctx: Context, s: Step):
-    ctx.alias = _alias_metadata(ctx.module, s.touches)
+def _dispatch(ctx: Context, s: Step):
+    """Emit one step's code: a GEMM with its accumulated add, a node's lowering, or a copy."""
     if s.fold is not None:
         lower_accumulate(ctx, s.node, s.fold)
     elif s.node is not None:
         lower(ctx, s.node)
     else:
         copy(ctx, s.src, s.dst)
+
+
+def _lower_step(ctx: Context, s: Step):
+    ctx.alias = _alias_metadata(ctx.module, s.touches)
+    _dispatch(ctx, s)
     ctx.alias = {}
 
 
