@@ -69,6 +69,7 @@ from .api import (  # noqa: F401  (issue 16: reductions, indexing and logic the 
 from .api import (
     round_ as round,
 )
+from .autodiff.feedback import feedback_matrices  # noqa: F401  (issue 19)
 from .check import CheckReport, check  # noqa: F401
 from .compiled import Compiled, Function, compile, export, function, grad  # noqa: F401
 from .errors import (  # noqa: F401

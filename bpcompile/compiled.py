@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .autodiff.feedback import check_mode, feedback_inputs, feedback_matrices
 from .autodiff.reverse import check_loss, check_wrt
 from .autodiff.reverse import grad as _grad
 from .backends.memory_estimate import estimate_timeline, recompute_cost
@@ -75,16 +76,19 @@ def _gc_paused(init):
     return run
 
 
-def grad(loss: Node, wrt: Wrt, stabilize: bool = True) -> list[Node] | Node:
+def grad(loss: Node, wrt: Wrt, stabilize: bool = True,
+         feedback: str | None = None) -> list[Node] | Node:
     """Gradient of a scalar loss w.r.t. params, as graph nodes (composable, differentiable).
 
     The forward graph is stabilised first (log(sigmoid) -> -softplus(-x), ...) so the gradient
-    is stable too; pass stabilize=False for the literal derivative.
+    is stable too; pass stabilize=False for the literal derivative. feedback="alignment" or
+    "direct": feedback-alignment updates instead, reading random `B_<param>` inputs
+    (`bp.feedback_matrices` makes their values; docs/training.md).
     """
     loss = check_loss(loss)
     if stabilize:
         loss = pipeline.run_forward(loss)
-    return _grad(loss, wrt)
+    return _grad(loss, wrt, feedback=feedback)
 
 
 class Program:
@@ -259,11 +263,18 @@ class Compiled(Program):
         self.signature = Signature(self.args, [self.loss])
         self.grad_names = [w.attr("name") for w in self.wrt]
         get_backend(backend)  # a bad backend name fails before any graph work
+        self.feedback = check_mode(options.pop("feedback", None))
+        feedback_seed = options.pop("feedback_seed", 0)
         stages = [pipeline._stage("forward", [self.loss])]
         forward = pipeline.run_forward(self.loss, stages[0].hits)
         self.precision = Policy.of(options.pop("precision", None))
         forward = apply_policy(forward, self.precision, stages[0].hits)  # before autodiff
-        grads = _grad(forward, self.wrt)
+        grads = _grad(forward, self.wrt, feedback=self.feedback)
+        # feedback alignment's random matrices: inputs after the user's, fed by __call__
+        self.feedback_values = feedback_matrices(grads, feedback_seed) if self.feedback else {}
+        if self.feedback_values:
+            self.args = self.args + feedback_inputs(grads)
+            self.signature = Signature(self.args, [self.loss])
         stages.append(pipeline._stage("adjoint", [forward] + list(grads)))
         self._build(
             [forward] + list(grads),
@@ -278,7 +289,10 @@ class Compiled(Program):
         caller = (self.impl.make_caller(self.signature, self.grad_names)
                   if isinstance(self.impl, FastCall) else None)
         self._call = caller or self._default_call
-        if isinstance(caller, NativeCaller):
+        if self.feedback_values:  # the B matrices are fixed: fill them in every call
+            inner, fixed = self._call, self.feedback_values
+            self._call = lambda *args, **kw: inner(*args, **{**fixed, **kw})
+        elif isinstance(caller, NativeCaller):
             # A C-level caller becomes the class's __call__ (a builtin is not bound to self),
             # so fn(**kw) reaches native code without a Python frame.
             self.__class__ = type(type(self).__name__, (type(self),),
@@ -393,7 +407,9 @@ def compile(loss: Node, wrt: Wrt, backend: str = "numpy",  # noqa: A001
     memory_budget: bytes (int, or "64MB", "1.5GiB"): recompute forward segments in the
     backward pass (bp.checkpoint) until the planned peak fits (budget.py, docs/memory.md);
     `fn.memory()["remat"]` reports the choice. An infeasible budget raises a BPError naming
-    the smallest feasible one."""
+    the smallest feasible one. feedback="alignment" | "direct" (and feedback_seed=0):
+    feedback-alignment updates instead of gradients, the random `B_<param>` matrices drawn
+    from the seed and filled in by every call (`fn.feedback_values`; docs/training.md)."""
     if memory_budget is None:
         return Compiled(loss, wrt, backend, passes, **options)
     return _compile_in_budget(loss, wrt, backend, passes, parse_budget(memory_budget), options)

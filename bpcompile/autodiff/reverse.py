@@ -20,6 +20,7 @@ from ..ops.custom import inline as inline_custom
 from ..ops.leaves import const
 from ..ops.movement import broadcast_to
 from ..ops.sweep import backward
+from .feedback import FeedbackRules, check_mode
 
 __all__ = ["backward", "check_loss", "check_wrt", "grad"]
 
@@ -64,12 +65,15 @@ def check_wrt(wrt) -> list[Node]:
     return wrt
 
 
-def grad(loss: Node, wrt) -> list[Node] | Node:
+def grad(loss: Node, wrt, feedback: str | None = None) -> list[Node] | Node:
     """d loss / d w for each param or float input in `wrt`, as graph nodes (a single node if
-    `wrt` is one)."""
+    `wrt` is one). `feedback` ("alignment", "direct"): the weight updates of feedback
+    alignment instead (autodiff/feedback.py), reading `B_<param>` inputs."""
     single = isinstance(wrt, Node)
     loss, wrt = check_loss(loss), check_wrt(wrt)
-    cts = backward({loss: const(1.0, loss.dtype)}, wrt, on_cotangent=_name_cotangent)
+    rules = FeedbackRules(loss, mode) if (mode := check_mode(feedback)) else None
+    cts = backward({loss: const(1.0, loss.dtype)}, wrt, on_cotangent=_name_cotangent,
+                   rules=rules)
     # As with jax.custom_vjp, a custom rule serves one differentiation: where the gradient
     # reads a custom function's forward value, it reads the primal, which a second
     # differentiation differentiates as written (the user's bwd is differentiated likewise)

@@ -23,6 +23,9 @@ from .elementwise import add, cast
 from .movement import unbroadcast
 from .registry import get_op
 
+# (node, cotangent(s), needs) -> the inputs' cotangents, or None for the op's own VJP rule
+VJPRules = Callable[[Node, "Node | list[Node | None]", tuple], "Sequence[Node | None] | None"]
+
 
 def _fit(c: Node, shape: tuple, dtype: str) -> Node:
     c = unbroadcast(c, shape)
@@ -34,12 +37,15 @@ def _acc(a: Node | None, b: Node) -> Node:
 
 
 def backward(seeds: Mapping[Node, Node | None], wrt: Sequence[Node],
-             on_cotangent: Callable[[Node, Node], None] | None = None) -> list[Node | None]:
+             on_cotangent: Callable[[Node, Node], None] | None = None,
+             rules: VJPRules | None = None) -> list[Node | None]:
     """Cotangents of the `wrt` nodes given cotangents `seeds` {output: ct}; None = zero.
 
     `on_cotangent(n, g)` sees each node's complete cotangent before its VJP runs (bp.grad
     names them `d<name>`). Every node a VJP rule, un-broadcasting or accumulation builds for
-    a node n is recorded as a gradient of n (ir.provenance.GRAD_OF).
+    a node n is recorded as a gradient of n (ir.provenance.GRAD_OF). `rules(n, g, needs)`, if
+    given, may replace an op's VJP for node n (a list of cotangents) or return None to keep
+    it: feedback alignment's rule sets (autodiff/feedback.py) replace matmuls' this way.
     """
     order = toposort(list(seeds))
     depends = set(wrt)
@@ -81,7 +87,8 @@ def backward(seeds: Mapping[Node, Node | None], wrt: Sequence[Node],
         if n.where:
             LOCATION_OVERRIDE.append(n.where)
         try:
-            for x, c, need in zip(n.inputs, op.vjp(n, g, needs), needs):
+            ins = rules(n, g, needs) if rules is not None else None
+            for x, c, need in zip(n.inputs, op.vjp(n, g, needs) if ins is None else ins, needs):
                 if c is not None and need:
                     cts[x] = _acc(cts.get(x), _fit(c, x.shape, x.dtype))
         finally:

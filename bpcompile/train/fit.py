@@ -157,7 +157,8 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
         log_every: int | None = None, out: TextIO | None = None,
         callbacks: Sequence[Callback] | None = None, micro_batches: int = 1,
         memory_budget: int | str | None = None, precision: str | None = None,
-        loss_scale: LossScaleLike = None) -> History:
+        loss_scale: LossScaleLike = None, feedback: str | None = None,
+        feedback_seed: int = 0) -> History:
     """Train with seeded shuffled minibatches; return a `History` (its `.step` holds params).
 
     model_or_loss: a spec Model or path, a loss node, or a function batch_size -> loss.
@@ -184,6 +185,8 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
     precision, loss_scale: mixed precision ("float16", "bfloat16") and loss scaling ("dynamic",
     a number, or a DynamicLossScale) as compile_train_step takes them (docs/dtypes.md); the
     history records the scale and the skipped steps of every epoch.
+    feedback, feedback_seed: train with feedback alignment ("alignment") or direct feedback
+    alignment ("direct") instead of backpropagation (compile_train_step's option).
     """
     src = ModelSource(model_or_loss)
     if seed is None:  # the spec's own [init] seed, else 0
@@ -219,7 +222,9 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
                      init=init if init is not None else model.init_params(seed),
                      diagnostics=diagnostics, accumulate=micro_batches,
                      memory_budget=memory_budget, precision=precision,
-                     loss_scale=loss_scale)
+                     loss_scale=loss_scale,
+                     **({"feedback": feedback, "feedback_seed": feedback_seed}
+                        if feedback is not None else {}))
     step.warn = False
     evaluator = _Evaluator(src, step, batch_size, backend)
     es = early_stopping_from(early_stopping)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..autodiff.feedback import check_mode, feedback_matrices
 from ..backends.protocol import InPlace, JaxProgram, NativeCaller
 from ..backends.signature import check_host_range
 from ..budget import fit_budget, parse_budget
@@ -98,6 +99,12 @@ class TrainStep:
         self.precision = Policy.of(options.pop("precision", None))
         # loss scaling (loss_scale.py): the scale is a float32 input kept on the host
         self.loss_scaler = loss_scale_of(options.pop("loss_scale", None))
+        # feedback alignment (autodiff/feedback.py): fixed random B inputs kept on the host
+        self.feedback = check_mode(options.pop("feedback", None), "compile_train_step: feedback")
+        self.feedback_seed = int(options.pop("feedback_seed", 0))
+        if self.feedback is not None and accumulate != 1:
+            raise ArgumentError("compile_train_step: feedback with accumulate != 1 is not "
+                                "supported (the accumulation scan differentiates exactly)")
         if self.loss_scaler is not None and accumulate != 1:
             raise ArgumentError("compile_train_step: loss_scale with accumulate != 1 is not "
                                 "supported (the accumulation scan differentiates the "
@@ -164,6 +171,7 @@ class TrainStep:
 
         # -- the fused graph -----------------------------------------------------------------
         graph = self._graph(state0)
+        self.feedback_values = feedback_matrices(list(graph.values()), self.feedback_seed)
         if options.get("data_parallel") and options.get("batch_inputs") is None:
             # shard the model's data inputs only: optimizer state and `step` are replicated
             options["batch_inputs"] = {x.attr("name"): 0 for x in self.input_nodes if x.ndim}
@@ -178,6 +186,7 @@ class TrainStep:
         self._scalars = {"step": np.zeros((), dt), "lr_scale": np.ones((), dt)}
         if self.loss_scaler is not None:
             self._scalars["loss_scale"] = np.ones((), np.float32)
+        self._scalars.update(self.feedback_values)  # fixed inputs, fed like step and lr_scale
         self._step_arr, self._scale_arr = self._scalars["step"], self._scalars["lr_scale"]
         self._input_set = set(self.input_names)
         self._carried = self.param_names + self.state_names  # updated every step
@@ -201,9 +210,10 @@ class TrainStep:
         if self._acc is not None:
             _, loss, grads = self._acc
         elif scaler is not None:
-            grads = _scaled_grads(loss, self.wrt, _input("loss_scale", (), "float32"))
+            grads = _scaled_grads(loss, self.wrt, _input("loss_scale", (), "float32"),
+                                  self.feedback)
         else:
-            grads = _grad(self.loss_node, self.wrt)
+            grads = _grad(self.loss_node, self.wrt, feedback=self.feedback)
         pnodes = {p.attr("name"): p for p in self.wrt}
         gnodes = dict(zip(self.param_names, grads))
         state = {k: _input(k, v.shape, v.dtype.name) for k, v in state0.items()}
@@ -412,14 +422,14 @@ class TrainStep:
     def _locate_one(self, batch: dict) -> str | None:
         from ..backends.numpy.codegen import evaluate
 
-        env = {**self.params, **self.frozen}
+        env = {**self.params, **self.frozen, **self.feedback_values}
         for x in self.micro_nodes:
             env[x.attr("name")] = np.asarray(batch[x.attr("name")], x.dtype)
         for name, v in env.items():
             if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
                 kind = "input" if name in self.input_names else "param"
                 return f"step {self.count}: {kind} {name!r} already contains NaN/inf"
-        grads = _grad(self.loss_node, self.wrt)
+        grads = _grad(self.loss_node, self.wrt, feedback=self.feedback)
         order = [n for n in toposort([self.loss_node] + list(grads))  # (a scan's results
                  if n.op not in ("input", "param", "const") and n.results is None]  # are nodes)
         values = dict(zip(order, evaluate(order, env)))
@@ -515,13 +525,13 @@ def _forward_sources(n: Node, forward: set, depth: int = 3) -> list:
     return out
 
 
-def _scaled_grads(loss: Node, wrt: list, scale: Node) -> list:
+def _scaled_grads(loss: Node, wrt: list, scale: Node, feedback: str | None = None) -> list:
     """Gradients of `loss * scale` (in float32, so the float16 backward carries scaled
     cotangents), unscaled in float32 and returned in each param's dtype."""
     if is_half(loss.dtype):
         loss = cast(loss, "float32")
     out = []
-    for p, g in zip(wrt, _grad(mul(loss, scale), wrt)):
+    for p, g in zip(wrt, _grad(mul(loss, scale), wrt, feedback=feedback)):
         g = div(cast(g, "float32") if is_half(g.dtype) else g, scale)
         out.append(cast(g, p.dtype) if g.dtype != p.dtype else g)
     return out
@@ -556,6 +566,8 @@ def compile_train_step(loss: Node | Model, params: Sequence[Node | str] | None =
     static scale, or a `DynamicLossScale`: the loss is scaled before differentiation and the
     gradients unscaled in float32; a dynamic scale skips steps with non-finite gradients,
     see loss_scale.py; `step.loss_scaler` holds the scale and the skipped-step count).
+    `feedback="alignment" | "direct"`, `feedback_seed=0`: train with feedback alignment's
+    updates (autodiff/feedback.py); `step.feedback_values` holds the fixed B matrices.
     """
     return TrainStep(loss, params, optimizer, backend, **kw)
 

@@ -1,0 +1,184 @@
+"""Feedback alignment: the reverse sweep with the weight transport replaced by random matrices.
+
+Backpropagation sends a layer's error back through the transpose of its forward weights,
+δ_in = δ_out Wᵀ: the "weight transport" a brain is unlikely to do. Two rule sets, chosen by
+name, replace that one step of the sweep (ops/sweep.py's `rules` hook) and nothing else:
+
+- "alignment" (Lillicrap et al. 2016): for every matmul whose one operand is a param W
+  (directly or through reshape/transpose/cast, as a conv kernel is), the cotangent of the
+  *other* (activation) operand uses a fixed random B of W's shape: δ_in = δ_out Bᵀ.
+- "direct" (Nøkland 2016): the output error e (the cotangent of the network's top param
+  matmul: the logits before their bias) reaches every dense layer's input directly,
+  δ_in = e B_W with B_W of shape (outputs, features of W's input); δ then passes f'(z) as usual.
+
+Weight gradients stay local (aᵀ δ), and every other op keeps its exact rule. Each B is an
+`input` leaf named `B_<param>` (so `fn.source()` shows `B_W2` where `W2.T` was) whose values
+`feedback_matrices` draws from a seed (deterministic per name); bp.compile and the train step
+feed them. Without `feedback` nothing here runs: the exact gradient's code is unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import GradientError
+from ..ir.dtypes import np_dtype
+from ..ir.node import Node, rebuild
+from ..ir.traverse import toposort
+from ..ops.leaves import input as _input
+from ..ops.linalg import matmul2
+from ..ops.movement import swap_last
+from ..ops.registry import get_op
+
+MODES = ("alignment", "direct")
+# the ops a weight may pass through between its param and the matmul (a conv's kernel)
+WEIGHT_VIEWS = ("reshape", "transpose", "cast")
+# ops whose VJP runs a sweep of its own, which these rules cannot reach into
+INNER_SWEEPS = {"scan": "a scan body (RNN, loop)", "remat": "a checkpointed region",
+                "custom_vjp": "a custom_vjp rule"}
+# B input name -> standard deviation of its entries (1/sqrt(summed axis): unit-scale δ)
+FEEDBACK_INPUTS: dict[str, float] = {}
+
+
+def check_mode(feedback: str | None, what: str = "feedback") -> str | None:
+    if feedback is None or feedback in MODES:
+        return feedback
+    raise GradientError(f"{what}={feedback!r}: choose from {MODES} (or None for the exact "
+                        "gradient)")
+
+
+def weight_of(x: Node) -> tuple[Node, list[Node]] | None:
+    """(param, views from it to x) when x is a param seen through reshape/transpose/cast."""
+    views = []
+    while x.op in WEIGHT_VIEWS:
+        views.append(x)
+        x = x.inputs[0]
+    return (x, views) if x.op == "param" else None
+
+
+def _where(n: Node) -> str:
+    return f" (created at {n.where})" if n.where else ""
+
+
+def _describe(n: Node) -> str:
+    shapes = " @ ".join(f"{i.dtype}{list(i.shape)}" for i in n.inputs)
+    return f"{n.op} {shapes}{_where(n)}"
+
+
+class FeedbackRules:
+    """The `rules` of one reverse sweep for `mode` over the graph of `loss`."""
+
+    def __init__(self, loss: Node, mode: str):
+        self.mode = check_mode(mode)
+        self.order = toposort([loss])
+        self.names = {n.attr("name") for n in self.order if n.op in ("input", "param")}
+        self.error: Node | None = None  # direct: the output error e, once the top is reached
+        self.top = self._top() if mode == "direct" else None
+
+    def _top(self) -> Node:
+        """The param matmul no other param matmul reads: the network's output layer."""
+        layers = {n for n in self.order if n.op == "matmul"
+                  and any(weight_of(i) for i in n.inputs)}
+        if not layers:
+            raise GradientError("feedback='direct': the loss has no matmul with a param "
+                                "operand (a dense layer) to send the output error from")
+        below: dict[Node, frozenset] = {}
+        inner: set[Node] = set()
+        for n in self.order:
+            up = frozenset().union(*(below.get(i, frozenset()) for i in n.inputs))
+            inner |= up if n in layers else set()
+            below[n] = up | {n} if n in layers else up
+        tops = [m for m in self.order if m in layers and m not in inner]
+        if len(tops) != 1:
+            raise GradientError(
+                "feedback='direct' needs one output layer (one param matmul that no other "
+                "reads); found " + "; ".join(_describe(t) for t in tops))
+        return tops[0]
+
+    def feedback_input(self, w: Node, shape: tuple, dtype: str, summed: int) -> Node:
+        name = f"B_{w.attr('name')}"
+        if name in self.names:
+            raise GradientError(f"feedback: the graph already has a leaf named {name!r}, the "
+                                f"name of {w.attr('name')!r}'s feedback matrix; rename it")
+        FEEDBACK_INPUTS[name] = 1.0 / math.sqrt(max(summed, 1))
+        return _input(name, shape, dtype)
+
+    def __call__(self, n: Node, g, needs: tuple) -> Sequence[Node | None] | None:
+        if n.op in INNER_SWEEPS and any(needs) and (
+                n.op != "custom_vjp" or any(weight_of(i) for i in n.inputs)):
+            raise GradientError(
+                f"feedback={self.mode!r} does not apply through {INNER_SWEEPS[n.op]}: "
+                f"{_describe(n)} differentiates with its own sweep; use the exact gradient "
+                "(feedback=None) for this model")
+        if n.op != "matmul":
+            return None
+        a, b = n.inputs
+        wa, wb = weight_of(a), weight_of(b)
+        if n is self.top:
+            self.error = g
+        if wa and wb:  # a product of two params: no activation flows through it
+            return None
+        if not (wa or wb):
+            if not any(needs):
+                return None
+            raise GradientError(
+                f"feedback={self.mode!r} replaces a layer's weight Wᵀ in the backward pass, "
+                f"but {_describe(n)} has no param operand (a product of activations, such as "
+                "attention's q @ kᵀ); feedback alignment does not apply to this model")
+        side = 0 if wb else 1  # the activation operand
+        if not needs[side]:
+            return None
+        w, views = wb if wb else wa
+        exact = get_op("matmul").vjp(n, g, tuple(need and i != side for i, need in
+                                                 enumerate(needs)))
+        out = list(exact)
+        out[side] = (self._direct(n, w, side) if self.mode == "direct"
+                     else self._aligned(n, g, w, views, side))
+        return out
+
+    def _aligned(self, n: Node, g: Node, w: Node, views: list[Node], side: int) -> Node:
+        op = n.inputs[1 - side]
+        summed = op.shape[-1] if side == 0 else op.shape[-2]  # the axis δ_out Bᵀ sums over
+        fb = self.feedback_input(w, w.shape, w.dtype, summed)
+        for v in reversed(views):  # B seen as the matmul sees W (a conv's reshaped kernel)
+            fb = rebuild(v, [fb])
+        # the activation's cotangent of a @ B (or B @ b): δ Bᵀ (or Bᵀ δ)
+        return matmul2(g, swap_last(fb)) if side == 0 else matmul2(swap_last(fb), g)
+
+    def _direct(self, n: Node, w: Node, side: int) -> Node:
+        e, a = self.error, n.inputs[side]
+        if e is None or side != 0 or a.ndim != 2 or e.ndim != 2 or a.shape[0] != e.shape[0]:
+            where = ("the weight is the left operand" if side != 0 else
+                     f"activation {a.dtype}{list(a.shape)} vs output error "
+                     f"{'none' if e is None else list(e.shape)}")
+            raise GradientError(
+                f"feedback='direct' sends the output error (batch, outputs) to dense layers' "
+                f"(batch, features) inputs; {_describe(n)} is not one ({where}). Use "
+                "feedback='alignment' for conv layers")
+        fb = self.feedback_input(w, (e.shape[1], a.shape[1]), a.dtype, e.shape[1])
+        return matmul2(e if e.dtype == a.dtype else e.astype(a.dtype), fb)
+
+
+def feedback_inputs(graph: Iterable[Node] | Node | object) -> list[Node]:
+    """The feedback-matrix inputs (`B_<param>`) of a graph, a compiled function or nodes."""
+    args = getattr(graph, "args", graph)
+    nodes = [args] if isinstance(args, Node) else list(args)  # type: ignore[call-overload]
+    return [n for n in toposort(nodes) if n.op == "input" and n.attr("name") in FEEDBACK_INPUTS]
+
+
+def feedback_matrices(graph: Iterable[Node] | Node | object,
+                      seed: int = 0) -> dict[str, np.ndarray]:
+    """Values of every feedback matrix `B_<param>` a graph reads, drawn from N(0, 1/k) (k the
+    axis the backward product sums over) by a generator keyed by (seed, name): the same seed
+    gives the same matrices on every backend and platform."""
+    out = {}
+    for n in feedback_inputs(graph):
+        name = n.attr("name")
+        rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
+        draw = rng.standard_normal(n.shape) * FEEDBACK_INPUTS[name]
+        out[name] = draw.astype(np_dtype(n.dtype))
+    return out
