@@ -127,6 +127,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     c.add_argument("--memory-budget", metavar="BYTES", default=None,
                    help="recompute forward segments until the planned peak fits, e.g. 64MB "
                         "(docs/memory.md)")
+    c.add_argument("--feedback", choices=("alignment", "direct"), default=None,
+                   help="emit (direct) feedback alignment's updates instead of the gradient "
+                        "(default: the spec's [feedback] table; docs/training.md)")
 
     k = add("check", "compare the compiled gradient with JAX and finite differences")
     backend(k)
@@ -194,6 +197,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
             options["memory_budget"] = parse_budget(args.memory_budget)
         except ValueError as e:
             raise UsageError(f"--memory-budget: {e}") from None
+    if args.feedback is not None:
+        options["feedback"] = args.feedback
     fn = _compile(_load(args.spec), args.backend, **options)
     if args.dump_passes:
         parts = []

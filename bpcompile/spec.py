@@ -88,6 +88,7 @@ class Model:
     seed: int = 0
     input_kinds: dict = field(default_factory=dict)
     source: str | None = None
+    feedback: dict = field(default_factory=dict)  # [feedback]: {"mode": ..., "seed": ...}
 
     def __post_init__(self):
         where = self.source or self.name
@@ -157,6 +158,9 @@ class Model:
 
         # Nodes the passes create cite the model file rather than the caller of compile().
         LOCATION_OVERRIDE.append(Path(self.source).name if self.source else self.name)
+        if self.feedback and "feedback" not in options:  # the spec's [feedback] table
+            options = {"feedback": self.feedback["mode"],
+                       "feedback_seed": self.feedback.get("seed", 0), **options}
         try:
             return _compile(self.loss, self.wrt, backend, **options)
         finally:
@@ -317,7 +321,7 @@ def _suggest(word: str, choices) -> str:
 
 
 # ---- the TOML spec builder ------------------------------------------------------------------
-TOP_KEYS = ("model", "inputs", "layers", "loss", "init", "data")
+TOP_KEYS = ("model", "inputs", "layers", "loss", "init", "data", "feedback")
 
 
 class SpecBuilder:
@@ -353,10 +357,23 @@ class SpecBuilder:
                     f"input {x.attr('name')!r} is declared but not used by any layer or the loss")
         data = self._read_data(top.raw("data", {}),
                                input_ranges(toposort([loss_node]), wrap=False))
+        feedback = self._read_feedback(top.raw("feedback", {}))
         top.finish()
         return Model(loss_node, list(self.params.values()), inputs, name=name, data=data,
                      init=self.param_init, default_init=self.init, seed=self.seed,
-                     input_kinds=self.input_kinds, source=self.source)
+                     input_kinds=self.input_kinds, source=self.source, feedback=feedback)
+
+    # -- [feedback]: train with feedback alignment (autodiff/feedback.py) -----------------
+    def _read_feedback(self, raw) -> dict:
+        if isinstance(raw, str):
+            raw = {"mode": raw}
+        if not raw:
+            return {}
+        t = Table(raw, self.source, "[feedback]", self.line_of("feedback", 0))
+        out = {"mode": t.str("mode", choices=("alignment", "direct")),
+               "seed": t.int("seed", 0, min=0)}
+        t.finish()
+        return out
 
     # -- [init] ---------------------------------------------------------------------------
     def _read_init(self, raw):

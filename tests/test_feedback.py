@@ -155,3 +155,54 @@ def test_errors_name_the_op_and_where():
     conv = bp.reshape(bp.tanh(bp.conv2d(bp.tanh(bp.conv2d(xc, kc)), kc2)), (2, 8))
     with pytest.raises(GradientError, match="dense layers.*alignment' for conv"):
         bp.grad(bp.sum(bp.tanh(conv) @ Wc), [kc, kc2, Wc], feedback="direct")
+
+
+SPEC = f"""
+[model]
+dtype = "float64"
+[[inputs]]
+name = "x"
+shape = [{N}, {D}]
+[[inputs]]
+name = "labels"
+shape = [{N}]
+dtype = "int32"
+[[layers]]
+type = "dense"
+units = {H}
+activation = "tanh"
+[[layers]]
+type = "dense"
+units = {O}
+[loss]
+type = "cross_entropy"
+target = "labels"
+[feedback]
+mode = "alignment"
+seed = 5
+"""
+
+
+def test_spec_table_and_cli_flags(tmp_path, capsys):
+    from bpcompile.cli import main
+
+    spec = tmp_path / "fa.toml"
+    spec.write_text(SPEC)
+    model = bp.load_model(str(spec))
+    assert model.feedback == {"mode": "alignment", "seed": 5}
+    step = bp.compile_train_step(model, optimizer=optim.sgd(LR))
+    fn = model.compile()
+    name = next(iter(fn.feedback_values))
+    np.testing.assert_array_equal(step.feedback_values[name], fn.feedback_values[name])
+    x, labels = _data()
+    np.savez(tmp_path / "d.npz", x=x, labels=labels)
+    assert main(["train", str(spec), "--data", str(tmp_path / "d.npz"), "--epochs", "2",
+                 "--no-progress", "--feedback", "direct", "--feedback-seed", "1"]) == 0
+    assert "trained 2 epochs" in capsys.readouterr().out
+    assert main(["compile", str(spec), "--feedback", "direct"]) == 0
+    src = capsys.readouterr().out
+    assert f"B_{name[2:]}" in src and f"f64[{O},{H}]" in src  # DFA's B: (outputs, hidden)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SPEC.replace('mode = "alignment"', 'mode = "backprop"'))
+    with pytest.raises(bp.SpecError, match=r"\[feedback\].*mode"):
+        bp.load_model(str(bad))

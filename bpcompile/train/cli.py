@@ -3,7 +3,7 @@
     bpcompile train SPEC [--data FILE.npz] [--epochs N] [--batch-size B] [--optimizer adam]
                     [--lr 1e-3] [--seed S] [--checkpoint DIR] [--resume] [--plot FILE.png]
                     [--val FILE.npz | --val-split F] [--patience P] [--clip-norm C]
-                    [--backend B] [--no-progress]
+                    [--backend B] [--no-progress] [--feedback alignment|direct]
 
 The .npz holds one array per model input (by input name, examples on the leading axis).
 Wired into `bpcompile/cli.py` as the `train` subcommand: `add_parser(subparsers)`, `run(args)`.
@@ -61,6 +61,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="mixed precision: float32 master weights, 16-bit compute (docs/dtypes.md)")
     t.add_argument("--loss-scale", type=_loss_scale, default=None, metavar="S",
                    help="'dynamic' or a static scale for float16 training (docs/dtypes.md)")
+    t.add_argument("--feedback", choices=("alignment", "direct"), default=None,
+                   help="train with (direct) feedback alignment instead of backprop "
+                        "(default: the spec's [feedback], else backprop; docs/training.md)")
+    t.add_argument("--feedback-seed", type=nonneg_int, default=None, metavar="S",
+                   help="seed of the fixed random feedback matrices (default 0)")
     return t
 
 
@@ -107,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
                seed=args.seed, validation=args.val if args.val else args.val_split,
                early_stopping=args.patience, checkpoint_dir=args.checkpoint,
                resume=args.resume, progress=not args.no_progress, backend=args.backend,
-               precision=args.precision, loss_scale=args.loss_scale)
+               precision=args.precision, loss_scale=args.loss_scale,
+               **_feedback(model, args))
     if not hist.loss:
         print(f"nothing to do: the checkpoint is already at epoch {args.epochs}")
         return 0
@@ -130,6 +136,17 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"wrote {hist.plot(args.plot)}")
     return 0
+
+
+def _feedback(model, args: argparse.Namespace) -> dict:
+    """fit's feedback keywords: the flags over the spec's [feedback] table."""
+    mode = args.feedback or model.feedback.get("mode")
+    if mode is None:
+        if args.feedback_seed is not None:
+            raise BPError("--feedback-seed needs --feedback (or a [feedback] table in the spec)")
+        return {}
+    seed = args.feedback_seed if args.feedback_seed is not None else model.feedback.get("seed", 0)
+    return {"feedback": mode, "feedback_seed": seed}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -80,6 +80,9 @@ class TrainStep:
         if model is not None:
             loss = model.loss
             params = model.wrt if params is None else params
+            if model.feedback and "feedback" not in options:  # the spec's [feedback] table
+                options.update(feedback=model.feedback["mode"],
+                               feedback_seed=model.feedback.get("seed", 0))
         if not isinstance(loss, Node):
             raise TypeError(f"compile_train_step: loss must be a bp node or a spec Model, "
                             f"got {type(loss).__name__}")
