@@ -9,6 +9,7 @@ from .callbacks import (  # noqa: F401
     Run,
 )
 from .data import DataError  # noqa: F401
+from .es import EvolutionStrategy, centered_ranks  # noqa: F401  (issue 19)
 from .fit import History, fit, load_checkpoint, rebatch_toml  # noqa: F401
 from .loss_scale import DynamicLossScale, StaticLossScale  # noqa: F401
 from .plot import plot_history, plot_memory  # noqa: F401
