@@ -132,10 +132,10 @@ class FeedbackRules:
         side = 0 if wb else 1  # the activation operand
         if not needs[side]:
             return None
-        w, views = wb if wb else wa
-        exact = get_op("matmul").vjp(n, g, tuple(need and i != side for i, need in
-                                                 enumerate(needs)))
-        out = list(exact)
+        w, views = wb or wa or (n, [])  # (one of them is set)
+        vjp = get_op("matmul").vjp
+        assert vjp is not None
+        out = list(vjp(n, g, tuple(need and i != side for i, need in enumerate(needs))))
         out[side] = (self._direct(n, w, side) if self.mode == "direct"
                      else self._aligned(n, g, w, views, side))
         return out

@@ -218,13 +218,13 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
         check_data(validation, model.inputs, bounds, "validation data")
     held_out = cast_data(validation, model.inputs) if validation is not None else None
     optimizer = optimizer if optimizer is not None else adam(1e-3)
+    fb: dict[str, Any] = ({"feedback": feedback, "feedback_seed": feedback_seed}
+                          if feedback is not None else {})
     step = TrainStep(model, params, optimizer, backend,
                      init=init if init is not None else model.init_params(seed),
                      diagnostics=diagnostics, accumulate=micro_batches,
                      memory_budget=memory_budget, precision=precision,
-                     loss_scale=loss_scale,
-                     **({"feedback": feedback, "feedback_seed": feedback_seed}
-                        if feedback is not None else {}))
+                     loss_scale=loss_scale, **fb)
     step.warn = False
     evaluator = _Evaluator(src, step, batch_size, backend)
     es = early_stopping_from(early_stopping)
