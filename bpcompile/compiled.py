@@ -290,8 +290,7 @@ class Compiled(Program):
                   if isinstance(self.impl, FastCall) else None)
         self._call = caller or self._default_call
         if self.feedback_values:  # the B matrices are fixed: fill them in every call
-            inner, fixed = self._call, self.feedback_values
-            self._call = lambda *args, **kw: inner(*args, **{**fixed, **kw})
+            self._inner, self._call = self._call, self._feedback_call
         elif isinstance(caller, NativeCaller):
             # A C-level caller becomes the class's __call__ (a builtin is not bound to self),
             # so fn(**kw) reaches native code without a Python frame.
@@ -331,6 +330,19 @@ class Compiled(Program):
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         return self._call(*args, **kwargs)
+
+    def _feedback_call(self, *args, **kwargs):
+        """Positional arguments by name (a native caller takes keywords only), the fixed
+        feedback matrices where the caller gives none."""
+        names = self.signature.names
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__} takes at most {len(names)} positional "
+                            f"arguments ({', '.join(names)}), got {len(args)}")
+        kw = {**self.feedback_values, **dict(zip(names, args))}
+        dup = sorted(set(kwargs) & set(names[:len(args)]))
+        if dup:
+            raise TypeError(f"arguments {dup} given by position and by keyword")
+        return self._inner(**{**kw, **kwargs})
 
     def _default_call(self, *args, **kwargs):
         arrays = self.signature.bind(kwargs, args)

@@ -120,7 +120,7 @@ def test_transported_weights_give_backprop_dense_and_conv():
     h = bp.tanh(bp.conv2d(bp.tanh(bp.conv2d(x, k)), bp.param("k2", (4, 4, 1, 1), "float64")))
     loss = bp.mean(bp.square(bp.reshape(h, (2, 64)) @ W))
     wrt = [k, W, bp.param("k2", (4, 4, 1, 1), "float64")]
-    fa = bp.compile(loss, wrt, feedback="alignment")
+    fa = bp.compile(loss, wrt, "llvm", feedback="alignment")  # native caller: keywords only
     assert set(fa.feedback_values) == {"B_W", "B_k2"}
     rng = np.random.default_rng(0)
     vals = {"x": rng.standard_normal(x.shape), "k": rng.standard_normal(k.shape) * 0.3,
@@ -129,6 +129,9 @@ def test_transported_weights_give_backprop_dense_and_conv():
     with_w = fa(**vals, B_W=vals["W"], B_k2=vals["k2"])[1]
     for name in exact:
         np.testing.assert_allclose(with_w[name], exact[name], rtol=1e-12, atol=1e-14)
+    positional = fa(*(vals[n] for n in fa.signature.names[:4]), B_W=vals["W"],
+                    B_k2=vals["k2"])[1]
+    np.testing.assert_allclose(positional["k"], exact["k"], rtol=1e-12, atol=1e-14)
     random_b = fa(**vals)[1]  # the fixed random B: the conv kernel's update differs, W's not
     np.testing.assert_allclose(random_b["W"], exact["W"], rtol=1e-12)
     assert not np.allclose(random_b["k"], exact["k"])
