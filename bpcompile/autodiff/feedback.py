@@ -107,14 +107,15 @@ class FeedbackRules:
         FEEDBACK_INPUTS[name] = 1.0 / math.sqrt(max(summed, 1))
         return _input(name, shape, dtype)
 
-    def __call__(self, n: Node, g, needs: tuple) -> Sequence[Node | None] | None:
+    def __call__(self, n: Node, g: Node | list[Node | None],
+                 needs: tuple) -> Sequence[Node | None] | None:
         if n.op in INNER_SWEEPS and any(needs) and (
                 n.op != "custom_vjp" or any(weight_of(i) for i in n.inputs)):
             raise GradientError(
                 f"feedback={self.mode!r} does not apply through {INNER_SWEEPS[n.op]}: "
                 f"{_describe(n)} differentiates with its own sweep; use the exact gradient "
                 "(feedback=None) for this model")
-        if n.op != "matmul":
+        if n.op != "matmul" or not isinstance(g, Node):  # (a matmul has one result)
             return None
         a, b = n.inputs
         wa, wb = weight_of(a), weight_of(b)
