@@ -40,8 +40,9 @@ WEIGHT_VIEWS = ("reshape", "transpose", "cast")
 # ops whose VJP runs a sweep of its own, which these rules cannot reach into
 INNER_SWEEPS = {"scan": "a scan body (RNN, loop)", "remat": "a checkpointed region",
                 "custom_vjp": "a custom_vjp rule"}
-# B input name -> standard deviation of its entries (1/sqrt(summed axis): unit-scale δ)
-FEEDBACK_INPUTS: dict[str, float] = {}
+# (B input name, shape) -> standard deviation of its entries (1/sqrt(summed axis): unit-scale
+# δ); keyed by shape too, as FA and DFA make B_W2 in transposed shapes
+FEEDBACK_INPUTS: dict[tuple[str, tuple], float] = {}
 
 
 def check_mode(feedback: str | None, what: str = "feedback") -> str | None:
@@ -104,7 +105,7 @@ class FeedbackRules:
         if name in self.names:
             raise GradientError(f"feedback: the graph already has a leaf named {name!r}, the "
                                 f"name of {w.attr('name')!r}'s feedback matrix; rename it")
-        FEEDBACK_INPUTS[name] = 1.0 / math.sqrt(max(summed, 1))
+        FEEDBACK_INPUTS[name, tuple(shape)] = 1.0 / math.sqrt(max(summed, 1))
         return _input(name, shape, dtype)
 
     def __call__(self, n: Node, g: Node | list[Node | None],
@@ -168,7 +169,8 @@ def feedback_inputs(graph: Iterable[Node] | Node | object) -> list[Node]:
     """The feedback-matrix inputs (`B_<param>`) of a graph, a compiled function or nodes."""
     args = getattr(graph, "args", graph)
     nodes = [args] if isinstance(args, Node) else list(args)  # type: ignore[call-overload]
-    return [n for n in toposort(nodes) if n.op == "input" and n.attr("name") in FEEDBACK_INPUTS]
+    return [n for n in toposort(nodes)
+            if n.op == "input" and (n.attr("name"), n.shape) in FEEDBACK_INPUTS]
 
 
 def feedback_matrices(graph: Iterable[Node] | Node | object,
@@ -180,6 +182,6 @@ def feedback_matrices(graph: Iterable[Node] | Node | object,
     for n in feedback_inputs(graph):
         name = n.attr("name")
         rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
-        draw = rng.standard_normal(n.shape) * FEEDBACK_INPUTS[name]
+        draw = rng.standard_normal(n.shape) * FEEDBACK_INPUTS[name, n.shape]
         out[name] = draw.astype(np_dtype(n.dtype))
     return out

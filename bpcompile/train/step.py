@@ -174,7 +174,8 @@ class TrainStep:
 
         # -- the fused graph -----------------------------------------------------------------
         graph = self._graph(state0)
-        self.feedback_values = feedback_matrices(list(graph.values()), self.feedback_seed)
+        self.feedback_values = (feedback_matrices(list(graph.values()), self.feedback_seed)
+                                if self.feedback else {})
         if options.get("data_parallel") and options.get("batch_inputs") is None:
             # shard the model's data inputs only: optimizer state and `step` are replicated
             options["batch_inputs"] = {x.attr("name"): 0 for x in self.input_nodes if x.ndim}
