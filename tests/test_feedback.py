@@ -214,14 +214,19 @@ def test_spec_table_and_cli_flags(tmp_path, capsys):
         bp.load_model(str(bad))
 
 
-def test_alignment_angle_below_90_degrees_after_training():
-    """Lillicrap et al.'s claim, on a tiny run of examples/feedback_alignment_digits.py: after
-    training, the FA update of each hidden layer is within 90° of the true gradient."""
+def _digits_example():
     path = Path(__file__).resolve().parent.parent / "examples" / "feedback_alignment_digits.py"
     spec = importlib.util.spec_from_file_location("_ex_feedback_alignment_digits", path)
     ex = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = ex  # (dataclass-free, but keep what importlib expects)
+    sys.modules[spec.name] = ex
     spec.loader.exec_module(ex)
+    return ex
+
+
+def test_alignment_angle_below_90_degrees_after_training():
+    """Lillicrap et al.'s claim, on a tiny run of examples/feedback_alignment_digits.py: after
+    training, the FA update of each hidden layer is within 90° of the true gradient."""
+    ex = _digits_example()
     train, test = ex.load(0)
     # (measured: both hidden layers start near 90° and end near 50°)
     r = ex.train_method("alignment", train, test, epochs=8, batch_size=32, lr=5e-3,
@@ -232,3 +237,18 @@ def test_alignment_angle_below_90_degrees_after_training():
         assert 0 < r["angles"][-1][k] < 90, r["angles"]
     assert ex.angle(np.array([1.0, 0.0]), np.array([0.0, 2.0])) == pytest.approx(90)
     assert r["test_accuracy"] > 0.85  # it learns (10 classes: chance is 0.1)
+
+
+def test_digits_example_runs_every_method(tmp_path):
+    ex = _digits_example()
+    train, test = ex.load(0)
+    train = {k: v[:64] for k, v in train.items()}
+    results = [ex.train_method(m, train, test, epochs=1, hidden=(8, 8), es_pairs=2)
+               for m in ex.METHODS]
+    assert [r["method"] for r in results] == list(ex.METHODS)
+    assert all(0 <= r["test_accuracy"] <= 1 and r["train_s"] > 0 for r in results)
+    assert [bool(r["angles"]) for r in results] == [False, True, True, False]
+    text = ex.table(results, 1)
+    assert text.count("\n") == len(ex.METHODS) + 1 and "| direct |" in text
+    pytest.importorskip("matplotlib")
+    assert Path(ex.plot(results, str(tmp_path / "fa.png"))).stat().st_size > 0
