@@ -144,6 +144,13 @@ def test_errors_name_the_op_and_where():
     loss = bp.sum(bp.softmax(a @ bp.transpose(a)))  # attention's q @ kᵀ
     with pytest.raises(GradientError, match=r"created at test_feedback.py.*no param operand"):
         bp.grad(loss, [Wq], feedback="alignment")
+    y = bp.scaled_dot_product_attention(q @ Wq, q @ Wq, q @ Wq)  # the attention layer
+    with pytest.raises(GradientError, match="no param operand"):
+        bp.grad(bp.sum(y), [Wq], feedback="direct")
+    h = bp.tanh(q @ Wq)
+    W5, W6 = bp.param("W5", (8, 2), "float64"), bp.param("W6", (8, 2), "float64")
+    with pytest.raises(GradientError, match="one output layer.*test_feedback.py"):  # two heads
+        bp.grad(bp.sum(h @ W5) + bp.sum(h @ W6), [Wq, W5, W6], feedback="direct")
     with pytest.raises(GradientError, match="choose from"):
         bp.grad(loss, [Wq], feedback="aligned")
     x = bp.input("xs", (5, 2, 3), "float64")

@@ -78,7 +78,7 @@ class FeedbackRules:
         self.order = toposort([loss])
         self.names = {n.attr("name") for n in self.order if n.op in ("input", "param")}
         self.error: Node | None = None  # direct: the output error e, once the top is reached
-        self.top = self._top() if mode == "direct" else None
+        self.top: Node | None = None  # direct: found at the first matmul the sweep reaches
 
     def _top(self) -> Node:
         """The param matmul no other param matmul reads: the network's output layer."""
@@ -120,10 +120,6 @@ class FeedbackRules:
             return None
         a, b = n.inputs
         wa, wb = weight_of(a), weight_of(b)
-        if n is self.top:
-            self.error = g
-        if wa and wb:  # a product of two params: no activation flows through it
-            return None
         if not (wa or wb):
             if not any(needs):
                 return None
@@ -131,6 +127,13 @@ class FeedbackRules:
                 f"feedback={self.mode!r} replaces a layer's weight Wᵀ in the backward pass, "
                 f"but {_describe(n)} has no param operand (a product of activations, such as "
                 "attention's q @ kᵀ); feedback alignment does not apply to this model")
+        if self.mode == "direct" and self.top is None:
+            # the first param matmul in reverse order is a maximal one: the top if unique
+            self.top = self._top()
+        if n is self.top:
+            self.error = g
+        if wa and wb:  # a product of two params: no activation flows through it
+            return None
         side = 0 if wb else 1  # the activation operand
         if not needs[side]:
             return None

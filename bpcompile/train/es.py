@@ -48,6 +48,10 @@ def centered_ranks(x: np.ndarray) -> np.ndarray:
     return (ranks / max(x.size - 1, 1) - 0.5).reshape(x.shape)
 
 
+def _noise_dtype(dt: np.dtype) -> type:
+    return np.float64 if dt == np.float64 else np.float32  # (16-bit params: float32 noise)
+
+
 class EvolutionStrategy:
     """`es = EvolutionStrategy(loss, sigma=0.05, pairs=32)`; `es.step(**batch) -> loss` applies
     one update from 2·pairs forward evaluations; `es.estimate(**batch)` is the gradient
@@ -129,8 +133,8 @@ class EvolutionStrategy:
 
     def _estimate(self, batch: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
         n, sigma = self.pairs, self.sigma
-        eps = {k: self.rng.standard_normal((n, *self.values[k].shape))
-               for k in self.param_names}
+        eps = {k: self.rng.standard_normal((n, *self.values[k].shape), dtype=_noise_dtype(
+               self.values[k].dtype)) for k in self.param_names}  # drawn in the param's dtype
         f = np.empty((n, 2))
         for i in range(n):
             for j, sign in enumerate((1.0, -1.0)):
