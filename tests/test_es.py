@@ -67,3 +67,19 @@ def test_bad_arguments():
         EvolutionStrategy(loss, pairs=0)
     with pytest.raises(ArgumentError, match="not a param"):
         EvolutionStrategy(loss, params=["v"])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+def test_population_scan_equals_loop(backend):
+    """One compiled call over the population (a scan) computes what 2n calls do."""
+    rng = np.random.default_rng(4)
+    x = bp.input("x", (5, 3), "float64")
+    W = bp.param("W", (3, 2), "float64")
+    loss = bp.mean(bp.tanh(x @ W))
+    xs, w0 = rng.standard_normal((5, 3)), rng.standard_normal((3, 2))
+    est = {m: EvolutionStrategy(loss, pairs=6, seed=5, init={"W": w0}, backend=backend,
+                                rank_shaping=False,
+                                population=m).estimate(x=xs)["W"] for m in ("scan", "loop")}
+    np.testing.assert_allclose(est["scan"], est["loop"], rtol=1e-12, atol=1e-15)
+    with pytest.raises(ArgumentError, match="population"):
+        EvolutionStrategy(loss, population="vmap")

@@ -15,14 +15,17 @@ a descent direction, not the gradient's magnitude (use Adam with it). The update
 `bp.optim` optimizer applied to g, compiled once as its own small graph (the same transforms a
 train step compiles, so SGD/Adam here are those of `compile_train_step`).
 
-Each population member is one call of the compiled forward function, on the host's loop: a
-population-batched graph would need the loss rebuilt with a population axis on every param,
-which a declared graph does not have.
+The population is evaluated by ONE compiled call (`population="scan"`, the default): a
+`bp.scan` over the stacked directions whose body is the loss graph rebuilt twice with each
+param W replaced by W ± σε (the data are loop constants), so the 2n forward passes run in
+native code without n Python calls; `population="loop"` calls the compiled loss once per
+member instead (the same numbers; tests/test_es.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,10 +33,12 @@ from numpy.typing import ArrayLike
 
 from ..compiled import Function
 from ..errors import ArgumentError
-from ..ir.node import Node
-from ..ir.traverse import leaves
-from ..ops.elementwise import add
+from ..ir.node import Node, rebuild
+from ..ir.traverse import leaves, transform
+from ..ops.elementwise import add, mul, sub
+from ..ops.leaves import const
 from ..ops.leaves import input as _input
+from ..ops.scan import scan
 from ..optim import Optimizer, adam
 from ..optim.transforms import OptContext
 
@@ -48,6 +53,11 @@ def centered_ranks(x: np.ndarray) -> np.ndarray:
     return (ranks / max(x.size - 1, 1) - 0.5).reshape(x.shape)
 
 
+def _moved(moved: dict, n: Node, memo: dict) -> Node:
+    """`transform`'s build: the moved param for a param, else n on its rebuilt inputs."""
+    return moved[n] if n in moved else rebuild(n, [memo[i] for i in n.inputs])
+
+
 def _noise_dtype(dt: np.dtype) -> type:
     return np.float64 if dt == np.float64 else np.float32  # (16-bit params: float32 noise)
 
@@ -60,7 +70,7 @@ class EvolutionStrategy:
     def __init__(self, loss: Node | Model, params: Sequence[Node | str] | None = None,
                  sigma: float = 0.05, pairs: int = 32, optimizer: Optimizer | None = None,
                  rank_shaping: bool = True, seed: int = 0, backend: str = "numpy",
-                 init: dict[str, ArrayLike] | None = None) -> None:
+                 init: dict[str, ArrayLike] | None = None, population: str = "scan") -> None:
         from ..spec import Init, Model
 
         model = loss if isinstance(loss, Model) else None
@@ -97,10 +107,35 @@ class EvolutionStrategy:
         if missing:
             raise ArgumentError(f"EvolutionStrategy: no initial value for params {missing}")
         self.values = {k: np.array(init[k], dtype=by_name[k].dtype) for k in by_name}
+        if population not in ("scan", "loop"):
+            raise ArgumentError(f"EvolutionStrategy: population must be 'scan' or 'loop', got "
+                                f"{population!r}")
+        self.population = population
         self.loss_fn = Function({"loss": loss}, backend=backend)  # forward only
+        self.population_fn = (self._compile_population(loss, by_name, backend)
+                              if population == "scan" else None)
         self.optimizer = optimizer if optimizer is not None else adam(1e-2)
         self.opt_state = self.optimizer.init({k: self.values[k] for k in names})
         self._update = self._compile_update(by_name, backend)
+
+    def _compile_population(self, loss: Node, by_name: dict, backend: str) -> Function:
+        """f(θ ± σε_i) for every pair i in one call: a scan over the stacked ε_i (inputs
+        `eps_<param>`, (pairs, *shape)) whose body rebuilds the loss at the moved params."""
+        eps = [_input(f"eps_{k}", (self.pairs, *by_name[k].shape), by_name[k].dtype)
+               for k in self.param_names]
+        params = [by_name[k] for k in self.param_names]
+
+        def member(carry, e):
+            out = []
+            for sign in (1.0, -1.0):
+                moved = {p: (add if sign > 0 else sub)(p, mul(ei, self.sigma))
+                         for p, ei in zip(params, e)}
+                out.append(transform([loss], build=partial(_moved, moved))[0])
+            return carry, tuple(out)
+
+        _, (f_plus, f_minus) = scan(member, const(0.0, loss.dtype), tuple(eps),
+                                    name="population")
+        return Function({"f_plus": f_plus, "f_minus": f_minus}, backend=backend)
 
     def _compile_update(self, by_name: dict, backend: str) -> Function:
         """The optimizer's update as a graph of (params, estimate, state) -> new ones."""
@@ -136,13 +171,18 @@ class EvolutionStrategy:
         eps = {k: self.rng.standard_normal((n, *self.values[k].shape), dtype=_noise_dtype(
                self.values[k].dtype)) for k in self.param_names}  # drawn in the param's dtype
         f = np.empty((n, 2))
-        for i in range(n):
-            for j, sign in enumerate((1.0, -1.0)):
-                trial = dict(self.values)
-                for k in self.param_names:
-                    v = self.values[k]
-                    trial[k] = (v + sign * sigma * eps[k][i]).astype(v.dtype)
-                f[i, j] = self._loss(trial, batch)
+        if self.population_fn is not None:  # one call: the scan over the population
+            out = self.population_fn(**batch, **self.values, **{
+                f"eps_{k}": e.astype(self.values[k].dtype, copy=False) for k, e in eps.items()})
+            f[:, 0], f[:, 1] = out["f_plus"], out["f_minus"]
+        else:
+            for i in range(n):
+                for j, sign in enumerate((1.0, -1.0)):
+                    trial = dict(self.values)
+                    for k in self.param_names:
+                        v = self.values[k]
+                        trial[k] = (v + sign * sigma * eps[k][i]).astype(v.dtype)
+                    f[i, j] = self._loss(trial, batch)
         w = centered_ranks(f) if self.rank_shaping else f
         diff = (w[:, 0] - w[:, 1]) / (2.0 * sigma * n)
         est = {k: np.tensordot(diff, e, axes=1).astype(self.values[k].dtype)
