@@ -29,6 +29,7 @@ from ..errors import GradientError
 from ..ir.dtypes import np_dtype
 from ..ir.node import Node, rebuild
 from ..ir.traverse import toposort
+from ..ops.elementwise import cast
 from ..ops.leaves import input as _input
 from ..ops.linalg import matmul2
 from ..ops.movement import swap_last
@@ -165,7 +166,7 @@ class FeedbackRules:
                 f"(batch, features) inputs; {_describe(n)} is not one ({where}). Use "
                 "feedback='alignment' for conv layers")
         fb = self.feedback_input(w, (e.shape[1], a.shape[1]), a.dtype, e.shape[1])
-        return matmul2(e if e.dtype == a.dtype else e.astype(a.dtype), fb)
+        return matmul2(e if e.dtype == a.dtype else cast(e, a.dtype), fb)
 
 
 def feedback_inputs(graph: Iterable[Node] | Node | object) -> list[Node]:
