@@ -306,9 +306,16 @@ class Compiled(Program):
                       devices: Sequence[Any] | None = None) -> Any:
         """(jax backend) The same program with the batch axis of `batch_inputs` (names, or
         {name: axis}; default every input) sharded over `devices` (default jax.devices())."""
-        return self._jax("data_parallel").data_parallel(
+        fixed = self.feedback_values
+        if fixed and batch_inputs is None:  # feedback matrices are replicated, not batches
+            batch_inputs = [a.attr("name") for a in self.args
+                            if a.op == "input" and a.ndim and a.attr("name") not in fixed]
+        caller = self._jax("data_parallel").data_parallel(
             self.signature, self.grad_names, batch_inputs, devices
         )
+        if not fixed:
+            return caller
+        return lambda **kw: caller(**{**fixed, **kw})  # the B matrices, as fn fills them
 
     def report(self, path: str | Path, values: dict[str, Any] | None = None,
                title: str = "", backends: Sequence[str] = ("numpy", "jax", "llvm"),

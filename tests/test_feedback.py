@@ -259,3 +259,15 @@ def test_digits_example_runs_every_method(tmp_path):
     assert text.count("\n") == len(ex.METHODS) + 1 and "| direct |" in text
     pytest.importorskip("matplotlib")
     assert Path(ex.plot(results, str(tmp_path / "fa.png"))).stat().st_size > 0
+
+
+def test_jax_data_parallel_fills_feedback_matrices():
+    pytest.importorskip("jax")
+    loss, shapes = _net([H])
+    wrt = [bp.param(k, s, "float64") for k, s in shapes.items()]
+    fn = bp.compile(loss, wrt, "jax", feedback="alignment")
+    x, labels = _data()
+    vals = {"x": x, "labels": labels, **_init(shapes)}
+    want, got = fn(**vals)[1], fn.data_parallel()(**vals)[1]
+    for k in want:
+        np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-12)
