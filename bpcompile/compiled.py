@@ -299,8 +299,11 @@ class Compiled(Program):
 
     def as_jax_function(self) -> Callable[..., Any]:
         """(jax backend) `f(params: dict, **inputs) -> loss` for user JAX code; jax.grad of it
-        runs this compiled backward (jax.custom_vjp). Composes with jax.jit and jax.vmap."""
-        return self._jax("as_jax_function").as_jax_function(self.grad_names)
+        runs this compiled backward (jax.custom_vjp). Composes with jax.jit and jax.vmap.
+        With `feedback=`, jax.grad of it is the feedback-alignment update (B filled in)."""
+        f = self._jax("as_jax_function").as_jax_function(self.grad_names)
+        fixed = self.feedback_values
+        return (lambda params, **inputs: f(params, **{**fixed, **inputs})) if fixed else f
 
     def data_parallel(self, batch_inputs: Sequence[str] | dict[str, int] | None = None,
                       devices: Sequence[Any] | None = None) -> Any:

@@ -261,7 +261,7 @@ def test_digits_example_runs_every_method(tmp_path):
     assert Path(ex.plot(results, str(tmp_path / "fa.png"))).stat().st_size > 0
 
 
-def test_jax_data_parallel_fills_feedback_matrices():
+def test_jax_data_parallel_and_jax_function_fill_feedback_matrices():
     pytest.importorskip("jax")
     loss, shapes = _net([H])
     wrt = [bp.param(k, s, "float64") for k, s in shapes.items()]
@@ -271,3 +271,10 @@ def test_jax_data_parallel_fills_feedback_matrices():
     want, got = fn(**vals)[1], fn.data_parallel()(**vals)[1]
     for k in want:
         np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-12)
+    import jax
+
+    params = {k: vals[k] for k in shapes}
+    f = fn.as_jax_function()
+    jgrad = jax.grad(lambda p: f(p, x=x, labels=labels))(params)  # our FA backward, via JAX
+    for k in want:
+        np.testing.assert_allclose(np.asarray(jgrad[k]), np.asarray(want[k]), rtol=1e-12)
