@@ -30,7 +30,7 @@ from .ir.node import NAMES, Node
 from .ir.printer import format_graph
 from .ir.traverse import leaves
 from .rewrite import pipeline
-from .rewrite.precision import Policy, apply_policy, apply_policy_all
+from .rewrite.precision import Policy, apply_policy, apply_policy_all, recompute_casts
 
 BACKENDS = ("numpy", "llvm", "jax")
 
@@ -264,6 +264,8 @@ class Compiled(Program):
         self.precision = Policy.of(options.pop("precision", None))
         forward = apply_policy(forward, self.precision, stages[0].hits)  # before autodiff
         grads = _grad(forward, self.wrt)
+        if self.precision.compute != "float32" and backend != "jax":  # XLA plans its own
+            grads = recompute_casts(forward, list(grads), stages[0].hits)
         stages.append(pipeline._stage("adjoint", [forward] + list(grads)))
         self._build(
             [forward] + list(grads),

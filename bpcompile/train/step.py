@@ -35,7 +35,7 @@ from ..ops.reduce import sum_
 from ..optim import Optimizer, adam
 from ..optim.transforms import OptContext
 from ..rewrite.pipeline import run_forward
-from ..rewrite.precision import Policy, apply_policy
+from ..rewrite.precision import Policy, apply_policy, recompute_casts
 from .accumulate import accumulated
 from .loss_scale import loss_scale_of
 
@@ -204,6 +204,8 @@ class TrainStep:
             grads = _scaled_grads(loss, self.wrt, _input("loss_scale", (), "float32"))
         else:
             grads = _grad(self.loss_node, self.wrt)
+        if self._acc is None and self.precision.compute != "float32" and self.backend != "jax":
+            grads = recompute_casts(loss, list(grads))  # 16-bit saved activations (bp.compile's)
         pnodes = {p.attr("name"): p for p in self.wrt}
         gnodes = dict(zip(self.param_names, grads))
         state = {k: _input(k, v.shape, v.dtype.name) for k, v in state0.items()}
