@@ -79,6 +79,9 @@ class TrainStep:
         if model is not None:
             loss = model.loss
             params = model.wrt if params is None else params
+            for k in ("precision", "loss_scale"):  # the spec's, unless given here
+                if options.get(k) is None and getattr(model, k) is not None:
+                    options[k] = getattr(model, k)
         if not isinstance(loss, Node):
             raise TypeError(f"compile_train_step: loss must be a bp node or a spec Model, "
                             f"got {type(loss).__name__}")
