@@ -101,10 +101,6 @@ class TrainStep:
         self.precision = Policy.of(options.pop("precision", None))
         # loss scaling (loss_scale.py): the scale is a float32 input kept on the host
         self.loss_scaler = loss_scale_of(options.pop("loss_scale", None))
-        if self.loss_scaler is not None and accumulate != 1:
-            raise ArgumentError("compile_train_step: loss_scale with accumulate != 1 is not "
-                                "supported (the accumulation scan differentiates the "
-                                "unscaled loss)")
         if self.precision.compute != "float32":
             loss = apply_policy(run_forward(loss), self.precision)
         self.remat_report: dict | None = None
@@ -128,7 +124,8 @@ class TrainStep:
         self.accumulate, self.accumulate_reduce = accumulate, accumulate_reduce
         self._acc = None
         if accumulate != 1:
-            self._acc = accumulated(loss, wrt, accumulate, accumulate_reduce)
+            scale = None if self.loss_scaler is None else _input("loss_scale", (), "float32")
+            self._acc = accumulated(loss, wrt, accumulate, accumulate_reduce, scale)
             self.input_nodes = [self._acc[0].get(x.attr("name"), x) for x in self.input_nodes]
         self.input_names = [x.attr("name") for x in self.input_nodes]
         self.optimizer = optimizer if optimizer is not None else adam(1e-3)
