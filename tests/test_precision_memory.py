@@ -94,3 +94,16 @@ def test_cross_entropy_head_runs_in_float32_and_softmax_feeding_a_matmul_in_16_b
     fused_f32 = [ln for k, ln in lines.items() if k.startswith("fused") and ":f32[4,3]" in k]
     assert fused_f32, "cross-entropy's log-probabilities are float32"
     assert any(":bf16[4,8]" in k and "exp(" in ln for k, ln in lines.items())
+
+
+def test_layer_norm_statistics_run_in_float32_and_its_output_in_16_bits():
+    from bpcompile.layers.norm import layer_norm
+
+    x, W, g = bp.input("x", (4, 16)), bp.param("W", (16, 8)), bp.param("g", (16,))
+    loss = bp.mean((layer_norm(x, g) @ W) ** 2)
+    fn = bp.compile(loss, [W, g], precision="bfloat16")
+    lines = [ln.strip() for ln in fn.graph().splitlines() if " = " in ln]
+    small = [ln for ln in lines if "[4,1]" in ln.split(" = ")[0]]  # mean, variance, sqrt
+    assert any("sqrt" in ln and ":f32[4,1]" in ln for ln in small), small
+    assert all(":f32[4,1]" in ln for ln in small if not ln.split(":")[0].startswith("cast"))
+    assert any(ln.startswith("div:bf16[4,16]") for ln in lines)  # the normalised x: 16 bits

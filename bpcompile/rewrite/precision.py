@@ -29,9 +29,11 @@ KEEP_FLOAT32 = {
     "scan": "loop carries accumulate over steps (bodies keep their dtype)",
 }
 # Also float32: every rank-0 value (the loss, its mean's 1/N multiply, a scaled loss: a static
-# loss scale never meets float16's 65504 there), and the loss head: an elementwise op reading a
-# KEEP_FLOAT32 result with no matmul/loop downstream (log-softmax and cross-entropy's terms),
-# while a softmax feeding a matmul comes back in the compute dtype (flax's attention does so).
+# loss scale never meets float16's 65504 there); statistics: an elementwise op on a float32
+# result no larger than it (a norm's mean, variance + eps, rsqrt; logsumexp's max + log); and
+# the loss head: an elementwise op reading a float32 result with no matmul/loop downstream
+# (log-softmax and cross-entropy's terms). A softmax or normalised activation feeding a matmul
+# comes back in the compute dtype (flax's attention and LayerNorm do so).
 HEAVY = ("matmul", "scan", "take", "scatter_add", "custom_vjp")  # ops a loss head never feeds
 
 
@@ -88,9 +90,11 @@ def apply_policy_all(outputs: list[Node], policy: Policy,
         if n.dtype != "float32" and not (any(f32_in) and n.dtype == "bool"):
             # another dtype (float64, int, a cast out of float32): operands as they were
             return make(n.op, [to(memo[i], i.dtype) for i in n.inputs], **dict(n.attrs))
-        kept = n.op in KEEP_FLOAT32 or n.shape == () or (n in head and any(
-            f and memo[i].inputs and memo[i].dtype == "float32"
-            for i, f in zip(n.inputs, f32_in)))
+        kept = n.op in KEEP_FLOAT32 or n.shape == () or (
+            get_op(n.op).kind in ("elementwise", "kernel") and any(
+                f and memo[i].inputs and memo[i].dtype == "float32"
+                and (n in head or n.size <= i.size)  # the loss head, or statistics
+                for i, f in zip(n.inputs, f32_in)))
         target = "float32" if kept else policy.compute
         ins = [to(memo[i], target) if f else to(memo[i], i.dtype)
                for i, f in zip(n.inputs, f32_in)]
