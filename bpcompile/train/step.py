@@ -557,7 +557,9 @@ def compile_train_step(loss: Node | Model, params: Sequence[Node | str] | None =
     `precision="float16"` (rewrite/precision.py), `loss_scale` ("dynamic", a number for a
     static scale, or a `DynamicLossScale`: the loss is scaled before differentiation and the
     gradients unscaled in float32; a dynamic scale skips steps with non-finite gradients,
-    see loss_scale.py; `step.loss_scaler` holds the scale and the skipped-step count).
+    see loss_scale.py; `step.loss_scaler` holds the scale and the skipped-step count; with
+    `accumulate`, unscaled once after the micro-batch loop). A spec `Model`'s `precision`
+    and `loss_scale` are the defaults of these two.
     """
     return TrainStep(loss, params, optimizer, backend, **kw)
 
