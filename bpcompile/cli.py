@@ -130,6 +130,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     c.add_argument("--feedback", choices=("alignment", "direct"), default=None,
                    help="emit (direct) feedback alignment's updates instead of the gradient "
                         "(default: the spec's [feedback] table; docs/training.md)")
+    c.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="mixed precision: float32 master weights, 16-bit compute (default: "
+                        "the spec's [model] precision, else float32; docs/dtypes.md)")
 
     k = add("check", "compare the compiled gradient with JAX and finite differences")
     backend(k)
@@ -199,6 +202,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
             raise UsageError(f"--memory-budget: {e}") from None
     if args.feedback is not None:
         options["feedback"] = args.feedback
+    if args.precision is not None:
+        options["precision"] = args.precision
     fn = _compile(_load(args.spec), args.backend, **options)
     if args.dump_passes:
         parts = []

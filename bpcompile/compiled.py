@@ -31,7 +31,7 @@ from .ir.node import NAMES, Node
 from .ir.printer import format_graph
 from .ir.traverse import leaves
 from .rewrite import pipeline
-from .rewrite.precision import Policy, apply_policy, apply_policy_all
+from .rewrite.precision import Policy, apply_policy, apply_policy_all, recompute_casts
 
 BACKENDS = ("numpy", "llvm", "jax")
 
@@ -275,6 +275,8 @@ class Compiled(Program):
         if self.feedback_values:
             self.args = self.args + feedback_inputs(grads)
             self.signature = Signature(self.args, [self.loss])
+        if self.precision.compute != "float32" and backend != "jax":  # XLA plans its own
+            grads = recompute_casts(forward, list(grads), stages[0].hits)
         stages.append(pipeline._stage("adjoint", [forward] + list(grads)))
         self._build(
             [forward] + list(grads),

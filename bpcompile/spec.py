@@ -89,6 +89,9 @@ class Model:
     input_kinds: dict = field(default_factory=dict)
     source: str | None = None
     feedback: dict = field(default_factory=dict)  # [feedback]: {"mode": ..., "seed": ...}
+    # mixed precision ([model] precision, loss_scale): the defaults of compile / training
+    precision: str | None = None
+    loss_scale: str | float | None = None
 
     def __post_init__(self):
         where = self.source or self.name
@@ -153,8 +156,12 @@ class Model:
         return out
 
     def compile(self, backend: str = "numpy", **options: Any) -> Compiled:
-        """`bp.compile(self.loss, self.wrt, backend)`."""
+        """`bp.compile(self.loss, self.wrt, backend)` (with the spec's `precision` unless
+        `options` give one)."""
         from .compiled import compile as _compile
+
+        if options.get("precision") is None and self.precision is not None:
+            options["precision"] = self.precision
 
         # Nodes the passes create cite the model file rather than the caller of compile().
         LOCATION_OVERRIDE.append(Path(self.source).name if self.source else self.name)
@@ -322,6 +329,7 @@ def _suggest(word: str, choices) -> str:
 
 # ---- the TOML spec builder ------------------------------------------------------------------
 TOP_KEYS = ("model", "inputs", "layers", "loss", "init", "data", "feedback")
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 class SpecBuilder:
@@ -344,6 +352,7 @@ class SpecBuilder:
         model = Table(top.raw("model", {}), self.source, "[model]")
         name = model.str("name", self.default_name)
         self.dtype = model.str("dtype", "float32", choices=FLOATS)
+        precision, loss_scale = self._read_precision(model)
         model.str("description", "")
         model.finish()
         self._read_init(top.raw("init", {}))
@@ -361,7 +370,8 @@ class SpecBuilder:
         top.finish()
         return Model(loss_node, list(self.params.values()), inputs, name=name, data=data,
                      init=self.param_init, default_init=self.init, seed=self.seed,
-                     input_kinds=self.input_kinds, source=self.source, feedback=feedback)
+                     input_kinds=self.input_kinds, source=self.source, feedback=feedback,
+                     precision=precision, loss_scale=loss_scale)
 
     # -- [feedback]: train with feedback alignment (autodiff/feedback.py) -----------------
     def _read_feedback(self, raw) -> dict:
@@ -374,6 +384,22 @@ class SpecBuilder:
                "seed": t.int("seed", 0, min=0)}
         t.finish()
         return out
+
+    def _read_precision(self, model: Table) -> tuple[str | None, str | float | None]:
+        """[model] precision ("float32" | "bfloat16" | "float16") and loss_scale ("dynamic"
+        or a positive number), as bp.compile / compile_train_step take them."""
+        precision = model.str("precision", None, choices=PRECISIONS)  # type: ignore[arg-type]
+        if precision not in (None, "float32") and self.dtype != "float32":
+            model.error(f"mixed precision keeps float32 master weights: precision = "
+                        f"{precision!r} needs dtype = \"float32\", got {self.dtype!r}",
+                        "precision")
+        scale = model.raw("loss_scale", None)
+        ok = scale == "dynamic" or (isinstance(scale, (int, float)) and not isinstance(
+            scale, bool) and np.isfinite(scale) and scale > 0)
+        if scale is not None and not ok:
+            model.error(f"expected \"dynamic\" or a finite number > 0 (a static scale), got "
+                        f"{scale!r}", "loss_scale")
+        return precision, (float(scale) if ok and scale != "dynamic" else scale)
 
     # -- [init] ---------------------------------------------------------------------------
     def _read_init(self, raw):

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 
 from ..errors import DTypeError
 from ..ir.dtypes import HALF, canonical
-from ..ir.node import Node, make
-from ..ir.traverse import transform
+from ..ir.node import Node, make, rebuild
+from ..ir.optable import get_op
+from ..ir.provenance import RECOMPUTED
+from ..ir.traverse import consumers, toposort, transform
 
 # op -> why it stays float32 under a 16-bit policy (one row per op)
 KEEP_FLOAT32 = {
@@ -26,6 +28,13 @@ KEEP_FLOAT32 = {
     "softplus": "log(1 + e^x): binary cross-entropy with logits",
     "scan": "loop carries accumulate over steps (bodies keep their dtype)",
 }
+# Also float32: every rank-0 value (the loss, its mean's 1/N multiply, a scaled loss: a static
+# loss scale never meets float16's 65504 there); statistics: an elementwise op on a float32
+# result no larger than it (a norm's mean, variance + eps, rsqrt; logsumexp's max + log); and
+# the loss head: an elementwise op reading a float32 result with no matmul/loop downstream
+# (log-softmax and cross-entropy's terms). A softmax or normalised activation feeding a matmul
+# comes back in the compute dtype (flax's attention and LayerNorm do so).
+HEAVY = ("matmul", "scan", "take", "scatter_add", "custom_vjp")  # ops a loss head never feeds
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,8 @@ def apply_policy_all(outputs: list[Node], policy: Policy,
         made[0] += 1
         return make("cast", (x,), dtype=dtype)
 
+    head = _loss_head(outputs)
+
     def build(n: Node, memo: dict[Node, Node]) -> Node:
         if not n.inputs:
             return n  # leaves keep their dtype: float32 params are the master weights
@@ -79,7 +90,12 @@ def apply_policy_all(outputs: list[Node], policy: Policy,
         if n.dtype != "float32" and not (any(f32_in) and n.dtype == "bool"):
             # another dtype (float64, int, a cast out of float32): operands as they were
             return make(n.op, [to(memo[i], i.dtype) for i in n.inputs], **dict(n.attrs))
-        target = "float32" if n.op in KEEP_FLOAT32 else policy.compute
+        kept = n.op in KEEP_FLOAT32 or n.shape == () or (
+            get_op(n.op).kind in ("elementwise", "kernel") and any(
+                f and memo[i].inputs and memo[i].dtype == "float32"
+                and (n in head or n.size <= i.size)  # the loss head, or statistics
+                for i, f in zip(n.inputs, f32_in)))
+        target = "float32" if kept else policy.compute
         ins = [to(memo[i], target) if f else to(memo[i], i.dtype)
                for i, f in zip(n.inputs, f32_in)]
         attrs = dict(n.attrs)
@@ -92,3 +108,64 @@ def apply_policy_all(outputs: list[Node], policy: Policy,
     if hits is not None:
         hits["precision.cast"] += made[0]
     return outs
+
+
+def _loss_head(outputs: list[Node]) -> set[Node]:
+    """Elementwise nodes from which no HEAVY op is reachable (the loss's last ops)."""
+    order = toposort(outputs)
+    users = consumers(order)
+    feeds_heavy: dict[Node, bool] = {}
+    for n in reversed(order):
+        feeds_heavy[n] = any(u.op in HEAVY or feeds_heavy[u] for u in users[n])
+    return {n for n in order if not feeds_heavy[n]
+            and get_op(n.op).kind in ("elementwise", "kernel")}
+
+
+VIEWS = ("transpose", "reshape", "broadcast_to")  # free on every backend with a memory plan
+
+
+def _cast_chain(n: Node) -> Node | None:
+    """The cast under n's views, if n is views of a cast of a leaf; else None."""
+    while n.op in VIEWS:
+        n = n.inputs[0]
+    ok = n.op == "cast" and n.inputs[0].op in ("input", "param")
+    return n if ok else None
+
+
+def recompute_casts(loss: Node, grads: list[Node], hits: Counter | None = None) -> list[Node]:
+    """`grads` with every cast of a param or input that the backward pass reads redone there.
+
+    Under a 16-bit policy a matmul's VJP reads its operands: without this the bfloat16 copies
+    of x and W made in the forward pass stay alive until the backward pass (saved bytes the
+    float32 graph never has: there the backward reads the arguments). The backward reads
+    instead `cast(remat_barrier(x, after))`, `after` being another operand of the reading op,
+    so the copy is made late, next to its use (ops/checkpoint.py's barrier keeps it distinct
+    from the forward cast under interning). The recomputed casts are marked RECOMPUTED.
+    """
+    forward = set(toposort([loss]))
+    made = [0]
+
+    def redo(n: Node, after: Node) -> Node:
+        if n.op in VIEWS:
+            return make(n.op, (redo(n.inputs[0], after),), **dict(n.attrs))
+        new = make("cast", (make("remat_barrier", (n.inputs[0], after)),), **dict(n.attrs))
+        RECOMPUTED.setdefault(new, "cast")
+        made[0] += 1
+        return new
+
+    def build(n: Node, memo: dict[Node, Node]) -> Node:
+        ins = [memo[i] for i in n.inputs]
+        if n in forward or n.op in VIEWS or n.op == "remat_barrier":
+            return rebuild(n, ins)
+        saved = [k for k, i in enumerate(n.inputs)
+                 if (c := _cast_chain(i)) is not None and c in forward]
+        after = next((memo[i] for k, i in enumerate(n.inputs)
+                      if k not in saved and i not in forward), None)
+        for k in saved if after is not None else ():
+            ins[k] = redo(n.inputs[k], after)
+        return rebuild(n, ins)
+
+    out = transform([loss] + list(grads), build=build)[1:]
+    if hits is not None:
+        hits["precision.recompute_cast"] += made[0]
+    return out

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 
 from ..compiled import grad as _grad
 from ..errors import ArgumentError
+from ..ir.dtypes import is_half
 from ..ir.node import Node
 from ..ir.traverse import leaves, transform
-from ..ops.elementwise import add, mul
+from ..ops.elementwise import add, cast, div, mul
 from ..ops.leaves import const
 from ..ops.leaves import input as _input
 from ..ops.movement import broadcast_to, reshape
@@ -32,9 +33,14 @@ def batched_inputs(loss: Node) -> list[Node]:
     return [x for x in leaves([loss], ops=("input",)) if x.ndim >= 1]
 
 
-def accumulated(loss: Node, wrt: Sequence[Node], k: int, reduce: str = "mean"
-                ) -> tuple[dict[str, Node], Node, list[Node]]:
-    """({input name: full-batch input}, loss, gradients) over k micro-batches of `loss`."""
+def accumulated(loss: Node, wrt: Sequence[Node], k: int, reduce: str = "mean",
+                scale: Node | None = None) -> tuple[dict[str, Node], Node, list[Node]]:
+    """({input name: full-batch input}, loss, gradients) over k micro-batches of `loss`.
+
+    `scale` (a float32 scalar node: loss scaling, loss_scale.py): each micro-batch
+    differentiates `loss * scale`, the scaled gradients are summed in the carries and divided
+    by `scale` in float32 once, after the loop; a non-finite micro-batch gradient leaves the
+    total non-finite, so the step's finiteness check sees it."""
     if not isinstance(k, int) or k < 1:
         raise ArgumentError(f"accumulate must be a positive int, got {k!r}")
     if reduce not in REDUCTIONS:
@@ -50,7 +56,9 @@ def accumulated(loss: Node, wrt: Sequence[Node], k: int, reduce: str = "mean"
         xb = list(xb) if isinstance(xb, (tuple, list)) else [xb]
         sub = dict(zip(micro, xb))
         (loss_b,) = transform([loss], lambda n: sub.get(n, n))
-        grads_b = _grad(loss_b, list(wrt))
+        seed = loss_b if scale is None else mul(
+            cast(loss_b, "float32") if is_half(loss_b.dtype) else loss_b, scale)
+        grads_b = _grad(seed, list(wrt))
         grads_b = grads_b if isinstance(grads_b, list) else [grads_b]
         return tuple(add(c, v) for c, v in zip(carry, [loss_b, *grads_b])), None
 
@@ -66,6 +74,14 @@ def accumulated(loss: Node, wrt: Sequence[Node], k: int, reduce: str = "mean"
             break
         loop = again
     totals = tuple(result(loop, i) for i in range(len(zeros)))
+    if scale is not None:  # unscale the summed gradients in float32, once
+        totals = totals[:1] + tuple(_unscale(g, scale) for g in totals[1:])
     if reduce == "mean":
         totals = tuple(mul(t, const(1.0 / k, t.dtype)) for t in totals)
     return full, totals[0], list(totals[1:])
+
+
+def _unscale(g: Node, scale: Node) -> Node:
+    wide = cast(g, "float32") if is_half(g.dtype) else g
+    out = div(wide, scale)
+    return cast(out, g.dtype) if out.dtype != g.dtype else out

@@ -36,7 +36,7 @@ from ..ops.reduce import sum_
 from ..optim import Optimizer, adam
 from ..optim.transforms import OptContext
 from ..rewrite.pipeline import run_forward
-from ..rewrite.precision import Policy, apply_policy
+from ..rewrite.precision import Policy, apply_policy, recompute_casts
 from .accumulate import accumulated
 from .loss_scale import loss_scale_of
 
@@ -83,6 +83,9 @@ class TrainStep:
             if model.feedback and "feedback" not in options:  # the spec's [feedback] table
                 options.update(feedback=model.feedback["mode"],
                                feedback_seed=model.feedback.get("seed", 0))
+            for k in ("precision", "loss_scale"):  # the spec's, unless given here
+                if options.get(k) is None and getattr(model, k) is not None:
+                    options[k] = getattr(model, k)
         if not isinstance(loss, Node):
             raise TypeError(f"compile_train_step: loss must be a bp node or a spec Model, "
                             f"got {type(loss).__name__}")
@@ -108,10 +111,6 @@ class TrainStep:
         if self.feedback is not None and accumulate != 1:
             raise ArgumentError("compile_train_step: feedback with accumulate != 1 is not "
                                 "supported (the accumulation scan differentiates exactly)")
-        if self.loss_scaler is not None and accumulate != 1:
-            raise ArgumentError("compile_train_step: loss_scale with accumulate != 1 is not "
-                                "supported (the accumulation scan differentiates the "
-                                "unscaled loss)")
         if self.precision.compute != "float32":
             loss = apply_policy(run_forward(loss), self.precision)
         self.remat_report: dict | None = None
@@ -135,7 +134,8 @@ class TrainStep:
         self.accumulate, self.accumulate_reduce = accumulate, accumulate_reduce
         self._acc = None
         if accumulate != 1:
-            self._acc = accumulated(loss, wrt, accumulate, accumulate_reduce)
+            scale = None if self.loss_scaler is None else _input("loss_scale", (), "float32")
+            self._acc = accumulated(loss, wrt, accumulate, accumulate_reduce, scale)
             self.input_nodes = [self._acc[0].get(x.attr("name"), x) for x in self.input_nodes]
         self.input_names = [x.attr("name") for x in self.input_nodes]
         self.optimizer = optimizer if optimizer is not None else adam(1e-3)
@@ -218,6 +218,8 @@ class TrainStep:
                                   self.feedback)
         else:
             grads = _grad(self.loss_node, self.wrt, feedback=self.feedback)
+        if self._acc is None and self.precision.compute != "float32" and self.backend != "jax":
+            grads = recompute_casts(loss, list(grads))  # 16-bit saved activations (bp.compile's)
         pnodes = {p.attr("name"): p for p in self.wrt}
         gnodes = dict(zip(self.param_names, grads))
         state = {k: _input(k, v.shape, v.dtype.name) for k, v in state0.items()}
@@ -569,7 +571,9 @@ def compile_train_step(loss: Node | Model, params: Sequence[Node | str] | None =
     `precision="float16"` (rewrite/precision.py), `loss_scale` ("dynamic", a number for a
     static scale, or a `DynamicLossScale`: the loss is scaled before differentiation and the
     gradients unscaled in float32; a dynamic scale skips steps with non-finite gradients,
-    see loss_scale.py; `step.loss_scaler` holds the scale and the skipped-step count).
+    see loss_scale.py; `step.loss_scaler` holds the scale and the skipped-step count; with
+    `accumulate`, unscaled once after the micro-batch loop). A spec `Model`'s `precision`
+    and `loss_scale` are the defaults of these two.
     `feedback="alignment" | "direct"`, `feedback_seed=0`: train with feedback alignment's
     updates (autodiff/feedback.py); `step.feedback_values` holds the fixed B matrices.
     """
