@@ -17,7 +17,7 @@ backends print an unsimplified node as a call to a function with the user's name
 LLVM schedule inlines it. Names: the primal's result is named after the function, its
 cotangents d<name>_<arg> (`dsoftplus_x`), and names the user gives inside the rules stay.
 
-`custom_jvp` waits for forward mode (issue 16 item 1).
+`custom_jvp` (ops/custom_jvp.py) shares `substitute` and `inline`.
 """
 
 from __future__ import annotations
@@ -110,6 +110,10 @@ class Rule:
                                       for c in self.cotangents])
         return cache[(src, dst)]
 
+    @property
+    def primals(self) -> tuple[Node, ...]:
+        return (self.primal,)
+
     def __repr__(self):
         return f"custom_vjp {self.name}({', '.join(a.attr('name') for a in self.args)})"
 
@@ -142,24 +146,37 @@ def _vjp(y: Node, g: Node, needs):
     return tuple(out)
 
 
+CUSTOM_OPS = ("custom_vjp", "custom_jvp")  # nodes `inline` replaces by their primals
+
 register(Op("custom_vjp", "control", _infer, _vjp,
             "a user's function with the user's VJP rule (jax.custom_vjp); attr `rule`"))
 
 
 def inline(outputs: Sequence[Node], only: set[Node] | None = None) -> list[Node]:
-    """Every custom_vjp node reachable from `outputs` (those in `only`, when given) replaced by
-    its primal on its operands (the rule has served the reverse sweep); the result keeps the
-    function's name."""
-    if not any(n.op == "custom_vjp" and (only is None or n in only) for n in toposort(outputs)):
+    """Every custom_vjp / custom_jvp node reachable from `outputs` (those in `only`, when given)
+    replaced by its primal on its operands (the rule has served the sweeps); the result keeps
+    the function's name. A custom_jvp node has several results: its projections are replaced."""
+    if not any(n.op in CUSTOM_OPS and (only is None or n in only) for n in toposort(outputs)):
         return list(outputs)
     memo: dict[Node, Node] = {}
+    multi: dict[Node, list[Node]] = {}
     for n in toposort(outputs):
+        if n.op == "result" and n.inputs[0] in multi:
+            new = multi[n.inputs[0]][n.attr("index")]
+            if new not in NAMES and new.op not in ("input", "param", "const") and n in NAMES:
+                NAMES[new] = NAMES[n]
+            memo[n] = new
+            continue
         ins = [memo[i] for i in n.inputs]
-        if n.op == "custom_vjp" and (only is None or n in only):
-            rule: Rule = n.attr("rule")
-            (new,) = substitute([rule.primal], dict(zip(rule.args, ins)))
+        if n.op in CUSTOM_OPS and (only is None or n in only):
+            rule = n.attr("rule")
+            news = substitute(rule.primals, dict(zip(rule.args, ins)))
             if only is None:  # a rule whose primal calls another custom function
-                new = inline([new])[0]
+                news = inline(news)
+            if n.op == "custom_jvp":
+                multi[n] = news
+                continue
+            (new,) = news
             if new not in NAMES and new.op not in ("input", "param", "const"):
                 NAMES[new] = NAMES.get(n, rule.name)
         else:
