@@ -13,6 +13,7 @@ import numpy as np
 from models import median_us
 
 import bpcompile as bp
+from bpcompile.autodiff.jacobian import jacobian_rev
 
 
 def residual_model(bp, xnp, m: int, k: int):
@@ -42,10 +43,12 @@ def main() -> None:
             "theta": rng.standard_normal(k), "a": rng.standard_normal(k)}
     P = {"theta": vals["theta"], "a": vals["a"]}
     cases = {}
-    for mode in ("rev", "fwd"):
-        J = bp.jacobian(r, ps, mode=mode)
+    for mode in ("rev", "fwd", "rev batched"):
+        # "rev batched": batched VJPs over chunks of seed rows (opt-in, jacobian_rev)
+        J = (jacobian_rev(r, ps, batched=True) if mode == "rev batched"
+             else bp.jacobian(r, ps, mode=mode))
         fn = bp.function({"Jt": J[0], "Ja": J[1]}, backend=a.backend)
-        jj = jax.jit((jax.jacrev if mode == "rev" else jax.jacfwd)(jr))
+        jj = jax.jit((jax.jacfwd if mode == "fwd" else jax.jacrev)(jr))
         ref = jj(P, vals["x"], vals["y"])
         args = {k: v for k, v in vals.items() if k in fn.signature.names}
         got = fn(**args)
