@@ -214,3 +214,22 @@ def test_errors_name_the_function():
                            nondiff_argnums=(0,), name="scale")
     with pytest.raises(GradientError, match=r"scale: argument 0 is in nondiff_argnums"):
         static(x, x)
+
+
+def test_unsimplified_graph_prints_the_tuple_call():
+    """A graph evaluated without the pipeline (the reference evaluation of a raw graph, and
+    bp.check's JAX oracle) calls the primal as a generated function returning both outputs."""
+    from bpcompile.backends.jax.translate import to_jax_function
+    from bpcompile.backends.numpy.codegen import evaluate
+
+    ours, _ = _sincos()
+    x = bp.input("x", (3,), "float64")
+    w = bp.input("w", (3,), "float64")
+    s, c = ours(x, w)
+    xv, wv = np.array([0.1, -0.7, 2.0]), np.array([1.5, 0.5, -1.0])
+    got = evaluate([s, c], {"x": xv, "w": wv})
+    np.testing.assert_allclose(got[0], np.sin(xv * wv), rtol=1e-15)
+    np.testing.assert_allclose(got[1], np.cos(xv * wv), rtol=1e-15)
+    jf, src = to_jax_function([c], [x, w])
+    assert "def sincos" in src, src
+    np.testing.assert_allclose(np.asarray(jf(xv, wv)[0]), np.cos(xv * wv), rtol=1e-15)
