@@ -24,9 +24,8 @@ semantics). The rewrite pipeline inlines the primal before code generation (ops/
 from __future__ import annotations
 
 import functools
-import inspect
 import itertools
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import GradientError, ShapeError
@@ -34,7 +33,7 @@ from ..ir.dtypes import is_float
 from ..ir.naming import legal
 from ..ir.node import NAMES, Node, make
 from ..ir.traverse import toposort
-from .custom import _placeholder, substitute
+from .custom import _placeholder, merge_static, split_static, substitute, tensor_names
 from .elementwise import add, as_node
 from .leaves import const
 from .movement import broadcast_to
@@ -219,23 +218,11 @@ class custom_jvp:  # noqa: N801  (named as jax.custom_jvp, used as a decorator)
     def __call__(self, *args: Any) -> Node | tuple[Node, ...]:
         if self.jvp is None:
             raise GradientError(f"custom_jvp {self.name}: call defjvp(rule) before using it")
-        static = []
-        for i in self.nondiff_argnums:
-            if i >= len(args):
-                raise GradientError(f"custom_jvp {self.name}: nondiff_argnums has {i}, but it "
-                                    f"was called with {len(args)} arguments")
-            if isinstance(args[i], Node) or not isinstance(args[i], Hashable):
-                raise GradientError(f"custom_jvp {self.name}: argument {i} is in "
-                                    "nondiff_argnums, so it must be a hashable Python value, "
-                                    f"not {type(args[i]).__name__}")
-            static.append(args[i])
-        nodes = tuple(as_node(a) for i, a in enumerate(args) if i not in self.nondiff_argnums)
-        if not nodes:
-            raise GradientError(f"custom_jvp {self.name}: needs at least one tensor argument")
-        key = (tuple(static), tuple((n.shape, n.dtype) for n in nodes))
+        static, nodes = split_static("custom_jvp", self.name, self.nondiff_argnums, args)
+        key = (static, tuple((n.shape, n.dtype) for n in nodes))
         rule = self._rules.get(key)
         if rule is None:
-            rule = self._trace(key, tuple(static), nodes)
+            rule = self._trace(key, static, nodes)
         node = make("custom_jvp", nodes, rule=rule)
         NAMES.setdefault(node, self.name)  # "grad of <name> = custom_jvp(...)" comments
         outs = []
@@ -245,23 +232,11 @@ class custom_jvp:  # noqa: N801  (named as jax.custom_jvp, used as a decorator)
             outs.append(r)
         return tuple(outs) if rule.multi else outs[0]
 
-    def _call_args(self, static: tuple, tensors: Sequence[Any]) -> list[Any]:
-        out, it_s, it_t = [], iter(static), iter(tensors)
-        for i in range(len(static) + len(tensors)):
-            out.append(next(it_s) if i in self.nondiff_argnums else next(it_t))
-        return out
-
     def _trace(self, key: tuple, static: tuple, nodes: tuple[Node, ...]) -> JvpRule:
         scope, name = next(_SCOPES), self.name
-        try:
-            params = [p.name for p in inspect.signature(self.fun).parameters.values()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        except (TypeError, ValueError):
-            params = []
-        tensor_pos = [i for i in range(len(static) + len(nodes)) if i not in self.nondiff_argnums]
-        names = [legal(params[i]) if i < len(params) else f"a{i}" for i in tensor_pos]
+        names = tensor_names(self.fun, self.nondiff_argnums, len(nodes))
         args = [_placeholder(nm, n, scope) for nm, n in zip(names, nodes)]
-        primal_out = self.fun(*self._call_args(static, args))
+        primal_out = self.fun(*merge_static(self.nondiff_argnums, static, args))
         multi = isinstance(primal_out, (tuple, list))
         primals = _tensors(name, "primal", primal_out)
         rule = JvpRule(name, args, primals, multi)
