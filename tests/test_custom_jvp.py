@@ -233,3 +233,35 @@ def test_unsimplified_graph_prints_the_tuple_call():
     jf, src = to_jax_function([c], [x, w])
     assert "def sincos" in src, src
     np.testing.assert_allclose(np.asarray(jf(xv, wv)[0]), np.cos(xv * wv), rtol=1e-15)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_in_a_scan_body(backend):
+    """BPTT through a scan whose step calls a custom_jvp (a rule that halves tanh's slope),
+    and forward mode through the same scan, against jax.lax.scan."""
+    ours, theirs = _both(lambda m, x: m.tanh(x),
+                         lambda m, f, p, t: (f(*p), t[0] * (1.0 - m.tanh(p[0]) ** 2) * 0.5),
+                         "half_tanh")
+    W = bp.param("W", (3, 3), "float64")
+    h0 = bp.input("h0", (3,), "float64")
+
+    def step(h, _):
+        h = ours(h @ W)
+        return h, h
+
+    hT, hs = bp.scan(step, h0, length=4)
+    loss = bp.sum(hs * hs) + bp.sum(hT)
+    _, lt = bp.jvp(loss, W, bp.input("tW", (3, 3), "float64"))
+    gW = bp.grad(loss, wrt=W)
+    Wv, h0v, tWv = np.linspace(-1, 1, 9).reshape(3, 3), np.array([0.5, -1.0, 2.0]), np.eye(3)
+    got = bp.function({"gW": gW, "lt": lt}, backend=backend)(W=Wv, h0=h0v, tW=tWv)
+
+    def jloss(W):
+        def jstep(h, _):
+            h = theirs(h @ W)
+            return h, h
+        hT, hs = jax.lax.scan(jstep, h0v, None, length=4)
+        return jnp.sum(hs * hs) + jnp.sum(hT)
+
+    np.testing.assert_allclose(got["gW"], jax.grad(jloss)(Wv), rtol=1e-12)
+    np.testing.assert_allclose(got["lt"], jax.jvp(jloss, (Wv,), (tWv,))[1], rtol=1e-12)
