@@ -203,7 +203,7 @@ class custom_jvp:  # noqa: N801  (named as jax.custom_jvp, used as a decorator)
         contribution (None: the output does not depend on it); contributions add up."""
         def rule(*a):
             primals, tangents = a[-2], a[-1]
-            out = self.fun(*a[:-2], *primals)
+            out = self.fun(*merge_static(self.nondiff_argnums, a[:-2], primals))
             total = None
             for fn, t in zip(jvps, tangents):
                 if fn is None or t is None:
