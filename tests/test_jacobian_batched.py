@@ -18,8 +18,8 @@ jax = pytest.importorskip("jax")
 jnp = jax.numpy
 jax.config.update("jax_enable_x64", True)
 
-BATCHED = ["mul_broadcast_mid", "matmul_2d", "matmul_batch_broadcast", "broadcast_to",
-           "pad_interior", "transpose_perm", "sum_axes_keepdims", "dense_sigmoid_2layer"]
+BATCHED = ["mul_broadcast_mid", "matmul_batch_broadcast", "broadcast_to", "pad_interior",
+           "sum_axes_keepdims", "dense_sigmoid_2layer"]
 FALLBACK = ["max_axis"]
 
 
