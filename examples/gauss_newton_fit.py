@@ -74,6 +74,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--backend", default="numpy")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
+    if a.backend == "jax":  # the fit is in float64, which JAX computes only with x64 enabled
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
     t, y = data(a.n, a.noise)
     fn = compile_residuals(a.n, a.backend)
     theta, history = levenberg_marquardt(fn, t, y, START, verbose=not a.quiet)

@@ -66,6 +66,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--backend", default="numpy")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
+    if a.backend == "jax":  # the fit is in float64, which JAX computes only with x64 enabled
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
     X, y = data(a.n)
     w, norms = newton(compile_newton(a.n, a.backend), X, y, verbose=not a.quiet)
     if not a.quiet:
