@@ -3,6 +3,7 @@ the Jacobian of a 1000-residual least-squares model (reverse and forward) and th
 100-parameter function, each compiled once; best of `--rounds` interleaved medians.
 
     PYTHONPATH=. python benchmarks/bench_transforms.py [--backend llvm] [--rounds 3]
+        [--batch-elements 12 16 18]     # also batched reverse mode at other chunk sizes
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import numpy as np
 from models import median_us
 
 import bpcompile as bp
+from bpcompile.autodiff import jacobian as jac_mod
+from bpcompile.autodiff.jacobian import jacobian_rev
 
 
 def residual_model(bp, xnp, m: int, k: int):
@@ -34,6 +37,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backend", default="llvm")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-elements", type=int, nargs="*", default=[],
+                    help="also time rev batched with BATCH_ELEMENTS = 2**E for each E")
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     m, k = 1000, 5
@@ -42,10 +47,15 @@ def main() -> None:
             "theta": rng.standard_normal(k), "a": rng.standard_normal(k)}
     P = {"theta": vals["theta"], "a": vals["a"]}
     cases = {}
-    for mode in ("rev", "fwd"):
-        J = bp.jacobian(r, ps, mode=mode)
+    default_chunk = jac_mod.BATCH_ELEMENTS
+    for mode in ["rev", "fwd", "rev batched"] + [f"rev batched 2^{e}" for e in a.batch_elements]:
+        # "rev batched": batched VJPs over chunks of seed rows (opt-in, jacobian_rev)
+        e = mode.split("^")[1] if "^" in mode else None
+        jac_mod.BATCH_ELEMENTS = 2 ** int(e) if e else default_chunk
+        J = (jacobian_rev(r, ps, batched=True) if mode.startswith("rev batched")
+             else bp.jacobian(r, ps, mode=mode))
         fn = bp.function({"Jt": J[0], "Ja": J[1]}, backend=a.backend)
-        jj = jax.jit((jax.jacrev if mode == "rev" else jax.jacfwd)(jr))
+        jj = jax.jit((jax.jacfwd if mode == "fwd" else jax.jacrev)(jr))
         ref = jj(P, vals["x"], vals["y"])
         args = {k: v for k, v in vals.items() if k in fn.signature.names}
         got = fn(**args)
@@ -68,7 +78,7 @@ def main() -> None:
     for name, (ours, theirs) in cases.items():
         t_o = min(median_us(ours, 0.3) for _ in range(a.rounds))
         t_j = min(median_us(theirs, 0.3) for _ in range(a.rounds))
-        print(f"{name:28s} {a.backend} {t_o:9.1f} us   jax.jit {t_j:9.1f} us   "
+        print(f"{name:34s} {a.backend} {t_o:9.1f} us   jax.jit {t_j:9.1f} us   "
               f"ratio {t_o / t_j:5.2f}")
 
 

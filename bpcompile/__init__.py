@@ -15,6 +15,7 @@ from .api import (  # noqa: F401  (issue 16: reductions, indexing and logic the 
     concatenate,
     const,
     cos,
+    custom_jvp,
     custom_vjp,
     div,
     elementwise,

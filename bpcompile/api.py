@@ -11,6 +11,7 @@ from .ir.hints import Axis, DTypeLike, TensorLike
 from .ir.node import Node
 from .ops import elementwise as ew
 from .ops.custom import custom_vjp  # noqa: F401
+from .ops.custom_jvp import custom_jvp  # noqa: F401
 from .ops.elementwise import (  # noqa: F401  (re-exported)
     add,
     cast,

@@ -106,8 +106,9 @@ def jacobian(output: Node, wrt: Node | Sequence[Node], mode: str = "auto") -> No
     `wrt` is one), as `jax.jacrev` / `jax.jacfwd` do.
 
     mode: "rev" (one VJP per output element), "fwd" (one JVP per input element) or "auto":
-    reverse when the output has no more elements than the inputs together. Either way the
-    rows (columns) are one `scan` over a seed matrix in one program (autodiff/jacobian.py).
+    reverse when the output has no more elements than the inputs together. Either way J is
+    one program: reverse mode a `scan` over the seed rows, forward mode one batched pass over
+    the seed matrix (a scan where an op has no batched rule; autodiff/jacobian.py).
     """
     from .autodiff.jacobian import jacobian_fwd, jacobian_rev
 

@@ -188,6 +188,25 @@ if jax is not None:
     _jsoftplus_cv.defvjp(_softplus_fwd, _softplus_bwd)
 
 
+def _sincos_prim(x, w):
+    m = _np_or_jnp(x)
+    return m.sin(x * w), m.cos(x * w)
+
+
+def _sincos_jvp(primals, tangents):
+    # the true derivative, so finite differences and JAX's own derivative agree with it
+    (x, w), (tx, tw) = primals, tangents
+    s, c = _sincos_prim(x, w)
+    d = tx * w + x * tw
+    return (s, c), (c * d, -s * d)
+
+
+_sincos_cj = bp.custom_jvp(_sincos_prim, jvp=_sincos_jvp, name="sincos_xw")
+if jax is not None:
+    _jsincos_cj = jax.custom_jvp(_sincos_prim)
+    _jsincos_cj.defjvp(_sincos_jvp)
+
+
 ROWS: list[Row] = [
     # ---- unary elementwise ---------------------------------------------------------------
     Row("exp", ("exp",), {"x": (3, 4)}, lambda P, I: bp.exp(P["x"]),
@@ -467,6 +486,10 @@ ROWS: list[Row] = [
     Row("custom_vjp_softplus", ("custom_vjp",), {"x": (3, 4), "w": (4,)},
         lambda P, I: _softplus_cv(P["x"], P["w"]) * P["x"],
         lambda P, I: _jsoftplus_cv(P["x"], P["w"]) * P["x"],
+        gens(x=normal(3, 4), w=normal(4))),
+    Row("custom_jvp_sincos", ("custom_jvp", "result"), {"x": (3, 4), "w": (4,)},
+        lambda P, I: _sincos_cj(P["x"], P["w"])[0] * _sincos_cj(P["x"], P["w"])[1] + P["x"],
+        lambda P, I: _jsincos_cj(P["x"], P["w"])[0] * _jsincos_cj(P["x"], P["w"])[1] + P["x"],
         gens(x=normal(3, 4), w=normal(4))),
     # ---- composites -----------------------------------------------------------------------
     Row("softmax", ("exp", "max", "sum", "log"), {"z": (3, 5)}, lambda P, I: bp.softmax(P["z"]),

@@ -216,3 +216,25 @@ def test_bp_check_passes_for_a_true_derivative_rule_in_float32():
     loss = bp.sum(softplus_naive(x @ W))
     report = bp.check(loss, [W], inputs={"x": np.linspace(-2, 2, 12).reshape(4, 3)})
     assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+def test_nondiff_argnums_as_jax(backend):
+    """A static clip bound: fwd gets it in place, bwd first; one trace per bound."""
+    def rule(m, clip):
+        f = clip(lambda c, x: x * 1.0, nondiff_argnums=(0,))
+        f.defvjp(lambda c, x: (x * 1.0, ()),
+                 lambda c, r, g: (m.minimum(m.maximum(g, -c), c),))
+        return f
+
+    ours = rule(bp, lambda fn, **kw: bp.custom_vjp(fn, name="clip_grad", **kw))
+    theirs = rule(jnp, jax.custom_vjp)
+    x = bp.param("x", (4,), "float64")
+    loss = bp.sum(ours(0.5, x) * x * 3.0) + bp.sum(ours(2.0, x) ** 2)
+    assert ours(0.5, x).attr("rule") is not ours(2.0, x).attr("rule")
+    xv = np.array([-1.5, -0.1, 0.3, 2.0])
+    _, grads = bp.compile(loss, wrt=[x], backend=backend)(x=xv)
+    ref = jax.grad(lambda x: jnp.sum(theirs(0.5, x) * x * 3.0) + jnp.sum(theirs(2.0, x) ** 2))(xv)
+    np.testing.assert_allclose(grads["x"], ref, rtol=1e-12)
+    with pytest.raises(GradientError, match=r"clip_grad: argument 0 is in nondiff_argnums"):
+        ours(x, x)

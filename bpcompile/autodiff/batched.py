@@ -21,8 +21,9 @@ from ..ops.elementwise import add, cast
 from ..ops.leaves import const
 from ..ops.movement import broadcast_to, reshape
 from ..ops.registry import get_op
+from ..ops.sweep import backward
 
-__all__ = ["NotBatched", "batched_jvp"]
+__all__ = ["NotBatched", "batched_jvp", "batched_vjp"]
 
 
 class NotBatched(Exception):
@@ -160,3 +161,115 @@ def batched_jvp(outputs: Sequence[Node], primals: Sequence[Node],
             NAMES[t] = n.name + "_t"
         tan[n] = t
     return [tan[o] if o in tan else _zeros((b,) + o.shape, o.dtype) for o in outputs]
+
+
+# ---- batched reverse mode: n cotangents at once (jax.vmap over jax.vjp) ----
+
+def _unbroadcast_b(c: Node, shape: tuple, b: int) -> Node:
+    """A batched cotangent (b, *s) summed down to (b, *shape) (shape broadcasts to s)."""
+    if c.shape[1:] == shape:
+        return c
+    lead = c.ndim - 1 - len(shape)
+    axes = tuple(range(1, 1 + lead)) + tuple(
+        1 + lead + i for i, s in enumerate(shape) if s == 1 and c.shape[1 + lead + i] != 1)
+    return reshape(make("sum", (c,), axes=axes, keepdims=False), (b,) + shape)
+
+
+def _matmul_vjp(n: Node, g: Node, needs, b: int) -> tuple:
+    """dA = G Bᵀ and dB = Aᵀ G for b cotangents G, each one GEMM for 2-d operands."""
+    a, bb = n.inputs
+    if a.ndim < 2 or bb.ndim < 2:
+        raise NotBatched("matmul with a 1-d operand")
+    if a.ndim != 2 or bb.ndim != 2:  # batched operands: broadcasting matmuls, summed down
+        def swap(x):
+            return make("transpose", (x,), perm=tuple(range(x.ndim - 2)) + (x.ndim - 1,
+                                                                               x.ndim - 2))
+        da = _unbroadcast_b(make("matmul", (g, swap(bb))), a.shape, b) if needs[0] else None
+        db = _unbroadcast_b(make("matmul", (swap(a), g)), bb.shape, b) if needs[1] else None
+        return da, db
+    (m, k), nn = a.shape, bb.shape[1]
+    da = db = None
+    if needs[0]:  # (b·M, N) @ (N, K)
+        bt = make("transpose", (bb,), perm=(1, 0))
+        da = reshape(make("matmul", (reshape(g, (b * m, nn)), bt)), (b, m, k))
+    if needs[1]:  # (K, M) @ (M, b·N)
+        at = make("transpose", (a,), perm=(1, 0))
+        wide = reshape(make("transpose", (g,), perm=(1, 0, 2)), (m, b * nn))
+        y = reshape(make("matmul", (at, wide)), (k, b, nn))
+        db = make("transpose", (y,), perm=(1, 0, 2))
+    return da, db
+
+
+def _linear_vjp(n: Node, g: Node, needs, b: int) -> tuple:
+    """A linear op's VJP on b cotangents: the VJP of the op lifted to a batched operand (its
+    axes shifted by one, as the forward rules above build it), which for a linear op does
+    not read that operand's value."""
+    if n.op == "matmul":
+        return _matmul_vjp(n, g, needs, b)
+    phs = [make("input", (), name=f"batched_x{i}", shape=(b,) + x.shape, dtype=x.dtype,
+                scope=("batched_vjp", id(n))) if is_float(x.dtype) else None
+           for i, x in enumerate(n.inputs)]
+    lifted = _linear(n, phs, b)
+    if lifted is None or lifted.shape != (b,) + n.shape:
+        raise NotBatched(n.op)
+    # the lifted op may be a few nodes (reshape + broadcast_to): the sweep over them
+    want = [p for p, need in zip(phs, needs) if p is not None and need]
+    cts = iter(backward({lifted: g}, want))
+    live = {p for p in phs if p is not None}
+    out = []
+    for p, need in zip(phs, needs):
+        c = next(cts) if p is not None and need else None
+        if c is not None and any(x in live for x in toposort([c])):
+            raise NotBatched(f"{n.op}: its VJP reads its operand")
+        out.append(c)
+    return tuple(out)
+
+
+def batched_vjp(seeds: dict[Node, Node], wrt: Sequence[Node]) -> list[Node | None]:
+    """The reverse sweep (ops/sweep.py) on b cotangents at once: each seed has shape
+    (b, *output.shape), each result (b, *w.shape) or None. Elementwise ops and kernels run
+    their own VJP rule on the batched cotangent (numpy broadcasting puts the batch axis in
+    front), linear ops their lifted rule, matmul one GEMM per operand; anything else raises
+    NotBatched and the caller falls back to a scan over the seed rows."""
+    b = next(iter(seeds.values())).shape[0]
+    order = toposort(list(seeds))
+    depends = set(wrt)
+    for n in order:
+        if n not in depends and n.op != "stop_gradient" and any(i in depends for i in n.inputs):
+            depends.add(n)
+    cts: dict[Node, Node] = {}
+    for n, s in seeds.items():
+        if n in depends:
+            cts[n] = s if n not in cts else add(cts[n], s)
+    for n in reversed(order):
+        g = cts.get(n)
+        if g is None or not n.inputs or n.op == "stop_gradient":
+            continue
+        if n.op == "result" and n.inputs[0] in depends:  # a scan's (tuple) results
+            raise NotBatched(n.inputs[0].op)
+        needs = tuple(i in depends and is_float(i.dtype) for i in n.inputs)
+        if not any(needs):
+            continue
+        op = get_op(n.op)
+        if n.results is not None or op.vjp is None:
+            raise NotBatched(n.op)
+        if n.op in _LINEAR:
+            out = _linear_vjp(n, g, needs, b)
+        elif op.kind in ("elementwise", "kernel"):
+            out = op.vjp(n, g, needs)
+        else:
+            raise NotBatched(n.op)
+        for x, c, need in zip(n.inputs, out, needs):
+            if c is None or not need:
+                continue
+            # an elementwise rule answers in the (batched) broadcast output shape, a linear
+            # one in the operand's; anything else dropped or moved the batch axis
+            want = n.ndim + 1 if n.op not in _LINEAR else x.ndim + 1
+            if c.ndim != want or c.shape[0] != b:
+                raise NotBatched(f"{n.op}: cotangent shape {c.shape} for {x.shape}")
+            c = _unbroadcast_b(c, x.shape, b)
+            c = cast(c, x.dtype) if c.dtype != x.dtype else c
+            if x.name and c not in NAMES and c.op not in ("input", "param", "const"):
+                NAMES[c] = "d" + x.name
+            cts[x] = c if x not in cts else add(cts[x], c)
+    return [cts.get(w) for w in wrt]

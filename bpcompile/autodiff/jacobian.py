@@ -4,9 +4,10 @@ Reverse mode seeds one output cotangent per step (a row of J), forward mode one 
 tangent per step (a column). The step is traced once, so code size does not grow with the
 number of rows, and everything that does not depend on the seed (the forward pass, saved
 activations) is captured by the scan as a loop constant and computed once before the loop.
-A fully batched pass (every rule on tangents with a leading batch axis, as `jax.vmap` of
-`jvp` does) would turn the per-row matrix-vector products into one matrix-matrix product;
-that needs a batching rule per op and is not built yet (docs/transforms.md).
+Forward mode runs one fully batched pass where it can (every rule on tangents with a leading
+batch axis, as `jax.vmap` of `jvp` does: matrix-vector products become one matrix-matrix
+product). Reverse mode has the same (`batched_vjp`, chunks of rows) behind `batched=True`; a
+row scan stays its default because it measured as fast or faster (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..ir.dtypes import is_float
 from ..ir.node import NAMES, Node
+from ..ir.traverse import toposort
 from ..ops.leaves import const
 from ..ops.movement import broadcast_to, reshape, slice_, transpose
 from ..ops.scan import scan
 from ..ops.sweep import backward
-from .batched import NotBatched, batched_jvp
+from .batched import NotBatched, batched_jvp, batched_vjp
 from .forward import jvp
 
 __all__ = ["jacobian_fwd", "jacobian_rev"]
@@ -34,8 +37,11 @@ def _seeds(n: int, dtype: str) -> Node:
     return const(np.eye(n), dtype)
 
 
-def jacobian_rev(y: Node, ws: Sequence[Node]) -> list[Node]:
-    """d y / d w for each w, shape y.shape + w.shape: one VJP per output element."""
+def jacobian_rev(y: Node, ws: Sequence[Node], batched: bool = False) -> list[Node]:
+    """d y / d w for each w, shape y.shape + w.shape: one VJP per output element, a scan over
+    single seed rows; `batched=True`: batched VJPs over chunks of seed rows where every op on
+    the path has a batched rule (a chunk's intermediates within BATCH_ELEMENTS), else the
+    scan. Not the default: it measured no faster on LLVM or NumPy (docs/performance.md)."""
     m = max(y.size, 1)
 
     def row(carry, e):
@@ -45,7 +51,50 @@ def jacobian_rev(y: Node, ws: Sequence[Node]) -> list[Node]:
     if m == 1:  # a scalar output: the gradient itself, no loop
         _, rows = row(None, const(np.ones((1,)), y.dtype))
         return [reshape(r, y.shape + w.shape) for r, w in zip(rows, ws)]
+    out = _rev_batched(y, ws, m) if batched else None
+    if out is not None:
+        return out
     _, rows = scan(row, const(0.0, y.dtype), _seeds(m, y.dtype), name="jacobian_row")
+    return [reshape(r, y.shape + w.shape) for r, w in zip(rows, ws)]
+
+
+# the most elements a batched intermediate of a reverse Jacobian may have (chunk rows ×
+# the largest array on the backward path): beyond it the batch is split into a scan of
+# chunks, so memory stays bounded and a chunk's arrays stay in cache
+BATCH_ELEMENTS = 2**14
+
+
+def _chunk(y: Node, ws: Sequence[Node], m: int) -> int:
+    biggest = max([y.size] + [w.size for w in ws] + [
+        n.size for n in toposort([y]) if n.results is None and is_float(n.dtype)])
+    return max(1, min(m, BATCH_ELEMENTS // max(biggest, 1)))
+
+
+def _rev_batched(y: Node, ws: Sequence[Node], m: int) -> list[Node] | None:
+    """J by batched VJPs (autodiff/batched.py): one pass over all m seed rows, or a scan over
+    chunks of c rows (the identity padded with zero rows to a multiple of c); None where an
+    op on the path has no batched rule."""
+    c = _chunk(y, ws, m)
+    k = -(-m // c)
+
+    def chunk(carry, e):
+        gs = batched_vjp({y: reshape(e, (c,) + y.shape)}, list(ws))
+        return carry, tuple(broadcast_to(const(0.0, w.dtype), (c,) + w.shape) if g is None
+                            else g for w, g in zip(ws, gs))
+
+    try:
+        if k == 1:
+            _, rows = chunk(None, _seeds(m, y.dtype))
+        else:
+            seeds = np.zeros((k * c, m))
+            seeds[:m] = np.eye(m)
+            e = const(seeds.reshape(k, c, m), y.dtype)
+            _, stacked = scan(chunk, const(0.0, y.dtype), e, name="jacobian_rows")
+            rows = [slice_(reshape(r, (k * c,) + w.shape), (0,) * (w.ndim + 1),
+                           (m,) + w.shape, (1,) * (w.ndim + 1))
+                    for r, w in zip(stacked, ws)]
+    except NotBatched:
+        return None
     return [reshape(r, y.shape + w.shape) for r, w in zip(rows, ws)]
 
 

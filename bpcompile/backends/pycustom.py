@@ -1,4 +1,4 @@
-"""Lowering of a `custom_vjp` node for the Python-source backends (numpy and jax).
+"""Lowering of a `custom_vjp` / `custom_jvp` node for the Python-source backends (numpy and jax).
 
 The rewrite pipeline inlines every custom_vjp node before a backend sees it (ops/custom.py),
 so this prints only graphs that skipped the pipeline (the reference evaluation of a raw
@@ -17,9 +17,11 @@ def _emit(n: Node, a: list[str], lower, ns: str) -> Lowered:
 
     rule = n.attr("rule")
     name = current_namespace().global_prefix(rule.name, ("",))
-    src, consts = emit_function([rule.primal], list(rule.args), lower, name, ns,
-                                title=f"custom_vjp {rule.name}: the primal")
-    out = Lowered(f"{name}({', '.join(a)})[0]")
+    src, consts = emit_function(list(rule.primals), list(rule.args), lower, name, ns,
+                                title=f"{n.op} {rule.name}: the primal")
+    call = f"{name}({', '.join(a)})"  # returns (first output, (other outputs...))
+    # a custom_jvp node has several results, which the caller unpacks from one tuple
+    out = Lowered(f"{call}[0]" if n.results is None else f"(lambda r: (r[0], *r[1]))({call})")
     out.defs, out.consts = src, consts
     return out
 

@@ -17,7 +17,7 @@ backends print an unsimplified node as a call to a function with the user's name
 LLVM schedule inlines it. Names: the primal's result is named after the function, its
 cotangents d<name>_<arg> (`dsoftplus_x`), and names the user gives inside the rules stay.
 
-`custom_jvp` waits for forward mode (issue 16 item 1).
+`custom_jvp` (ops/custom_jvp.py) shares `substitute` and `inline`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from ..errors import DTypeError, GradientError, ShapeError
@@ -51,6 +51,44 @@ def _tensors(what: str, value: Any) -> tuple[Node, ...]:
         return tuple(as_node(v) for v in items)
     except DTypeError as e:
         raise DTypeError(f"custom_vjp {what}: {e}") from None
+
+
+def split_static(kind: str, name: str, argnums: tuple[int, ...],
+                 args: Sequence[Any]) -> tuple[tuple, tuple[Node, ...]]:
+    """(the `nondiff_argnums` values, the other arguments as nodes); a static value must be a
+    hashable Python value (it keys the traced rule)."""
+    static = []
+    for i in argnums:
+        if i >= len(args):
+            raise GradientError(f"{kind} {name}: nondiff_argnums has {i}, but it was called "
+                                f"with {len(args)} arguments")
+        if isinstance(args[i], Node) or not isinstance(args[i], Hashable):
+            raise GradientError(f"{kind} {name}: argument {i} is in nondiff_argnums, so it "
+                                f"must be a hashable Python value, not {type(args[i]).__name__}")
+        static.append(args[i])
+    nodes = tuple(as_node(a) for i, a in enumerate(args) if i not in argnums)
+    if not nodes:
+        raise GradientError(f"{kind} {name}: needs at least one tensor argument")
+    return tuple(static), nodes
+
+
+def merge_static(argnums: tuple[int, ...], static: Sequence[Any],
+                 tensors: Sequence[Any]) -> list[Any]:
+    """The call's arguments in order: static values at `argnums`, tensors elsewhere."""
+    it_s, it_t = iter(static), iter(tensors)
+    return [next(it_s) if i in argnums else next(it_t)
+            for i in range(len(static) + len(tensors))]
+
+
+def tensor_names(fun: Callable[..., Any], argnums: tuple[int, ...], n: int) -> list[str]:
+    """Placeholder names: the parameter names of the tensor arguments' positions."""
+    try:
+        params = [p.name for p in inspect.signature(fun).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    pos = [i for i in range(n + len(argnums)) if i not in argnums]
+    return [legal(params[i]) if i < len(params) else f"a{i}" for i in pos]
 
 
 def substitute(outputs: Sequence[Node], mapping: dict[Node, Node]) -> list[Node]:
@@ -110,6 +148,10 @@ class Rule:
                                       for c in self.cotangents])
         return cache[(src, dst)]
 
+    @property
+    def primals(self) -> tuple[Node, ...]:
+        return (self.primal,)
+
     def __repr__(self):
         return f"custom_vjp {self.name}({', '.join(a.attr('name') for a in self.args)})"
 
@@ -142,24 +184,37 @@ def _vjp(y: Node, g: Node, needs):
     return tuple(out)
 
 
+CUSTOM_OPS = ("custom_vjp", "custom_jvp")  # nodes `inline` replaces by their primals
+
 register(Op("custom_vjp", "control", _infer, _vjp,
             "a user's function with the user's VJP rule (jax.custom_vjp); attr `rule`"))
 
 
 def inline(outputs: Sequence[Node], only: set[Node] | None = None) -> list[Node]:
-    """Every custom_vjp node reachable from `outputs` (those in `only`, when given) replaced by
-    its primal on its operands (the rule has served the reverse sweep); the result keeps the
-    function's name."""
-    if not any(n.op == "custom_vjp" and (only is None or n in only) for n in toposort(outputs)):
+    """Every custom_vjp / custom_jvp node reachable from `outputs` (those in `only`, when given)
+    replaced by its primal on its operands (the rule has served the sweeps); the result keeps
+    the function's name. A custom_jvp node has several results: its projections are replaced."""
+    if not any(n.op in CUSTOM_OPS and (only is None or n in only) for n in toposort(outputs)):
         return list(outputs)
     memo: dict[Node, Node] = {}
+    multi: dict[Node, list[Node]] = {}
     for n in toposort(outputs):
+        if n.op == "result" and n.inputs[0] in multi:
+            new = multi[n.inputs[0]][n.attr("index")]
+            if new not in NAMES and new.op not in ("input", "param", "const") and n in NAMES:
+                NAMES[new] = NAMES[n]
+            memo[n] = new
+            continue
         ins = [memo[i] for i in n.inputs]
-        if n.op == "custom_vjp" and (only is None or n in only):
-            rule: Rule = n.attr("rule")
-            (new,) = substitute([rule.primal], dict(zip(rule.args, ins)))
+        if n.op in CUSTOM_OPS and (only is None or n in only):
+            rule = n.attr("rule")
+            news = substitute(rule.primals, dict(zip(rule.args, ins)))
             if only is None:  # a rule whose primal calls another custom function
-                new = inline([new])[0]
+                news = inline(news)
+            if n.op == "custom_jvp":
+                multi[n] = news
+                continue
+            (new,) = news
             if new not in NAMES and new.op not in ("input", "param", "const"):
                 NAMES[new] = NAMES.get(n, rule.name)
         else:
@@ -179,12 +234,16 @@ class custom_vjp:  # noqa: N801  (named as jax.custom_vjp, used as a decorator)
     same arguments and returns (output, residuals); `bwd(residuals, g)` returns a tuple with one
     cotangent per argument, each of that argument's shape and dtype, or None for no gradient.
     The rules are traced once per argument signature (shapes and dtypes). Function form:
-    `custom_vjp(f, fwd, bwd)`.
+    `custom_vjp(f, fwd, bwd)`. `nondiff_argnums` (as in JAX): positions of static (hashable,
+    non-tensor) arguments; fwd gets them in place, bwd first, `bwd(*static, res, g)`, and
+    returns cotangents for the other arguments only; one trace per static values.
     """
 
     def __init__(self, fun: Callable[..., Any], fwd: Callable[..., Any] | None = None,
-                 bwd: Callable[..., Any] | None = None, name: str | None = None):
+                 bwd: Callable[..., Any] | None = None, name: str | None = None,
+                 nondiff_argnums: Sequence[int] = ()):
         self.fun = fun
+        self.nondiff_argnums = tuple(sorted(set(nondiff_argnums)))
         self.name = legal(name or getattr(fun, "__name__", "custom") or "custom")
         if self.name in ("lambda", "_lambda_", ""):
             self.name = "custom"
@@ -208,32 +267,26 @@ class custom_vjp:  # noqa: N801  (named as jax.custom_vjp, used as a decorator)
             raise GradientError(f"custom_vjp {self.name}: call defvjp(fwd, bwd) before using it")
         if self._tracing:  # fwd calling f (the usual `return f(x), res`): the plain primal
             return as_node(self.fun(*args))
-        nodes = tuple(as_node(a) for a in args)
-        if not nodes:
-            raise GradientError(f"custom_vjp {self.name}: needs at least one tensor argument")
-        key = tuple((n.shape, n.dtype) for n in nodes)
+        static, nodes = split_static("custom_vjp", self.name, self.nondiff_argnums, args)
+        key = (static, tuple((n.shape, n.dtype) for n in nodes))
         rule = self._rules.get(key)
         if rule is None:
             self._tracing = True
             try:
-                rule = self._rules[key] = self._trace(nodes)
+                rule = self._rules[key] = self._trace(static, nodes)
             finally:
                 self._tracing = False
         out = make("custom_vjp", nodes, rule=rule)
         NAMES.setdefault(out, self.name)
         return out
 
-    def _trace(self, nodes: tuple[Node, ...]) -> Rule:
+    def _trace(self, static: tuple, nodes: tuple[Node, ...]) -> Rule:
         scope, name = next(_SCOPES), self.name
-        try:
-            params = [p.name for p in inspect.signature(self.fun).parameters.values()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        except (TypeError, ValueError):
-            params = []
-        names = [legal(params[i]) if i < len(params) else f"a{i}" for i in range(len(nodes))]
+        names = tensor_names(self.fun, self.nondiff_argnums, len(nodes))
         args = [_placeholder(nm, n, scope) for nm, n in zip(names, nodes)]
-        (primal,) = _one("primal", name, self.fun(*args))
-        fwd_out = self.fwd(*args)  # type: ignore[misc]
+        call = merge_static(self.nondiff_argnums, static, args)
+        (primal,) = _one("primal", name, self.fun(*call))
+        fwd_out = self.fwd(*call)  # type: ignore[misc]
         if not isinstance(fwd_out, (tuple, list)) or len(fwd_out) != 2:
             raise GradientError(f"custom_vjp {name}: fwd must return (output, residuals)")
         (out,) = _one("fwd output", name, fwd_out[0])
@@ -244,7 +297,7 @@ class custom_vjp:  # noqa: N801  (named as jax.custom_vjp, used as a decorator)
         res_args = [_placeholder(f"res{j}", r, scope) for j, r in enumerate(residuals)]
         g = _placeholder(f"d{name}", primal, scope)
         packed = tuple(res_args) if isinstance(fwd_out[1], (tuple, list)) else res_args[0]
-        cts = self.bwd(packed, g)  # type: ignore[misc]
+        cts = self.bwd(*static, packed, g)  # type: ignore[misc]
         if not isinstance(cts, (tuple, list)) or len(cts) != len(args):
             raise GradientError(f"custom_vjp {name}: bwd must return a tuple of {len(args)} "
                                 "cotangents (None for no gradient), one per argument")

@@ -192,3 +192,4 @@ LOWERINGS["result"] = result_item  # (pysource unpacks a scan into its results i
 from ..pycustom import jax_custom  # noqa: E402  (custom_vjp outside the pipeline: its primal as a function)
 
 LOWERINGS["custom_vjp"] = jax_custom
+LOWERINGS["custom_jvp"] = jax_custom

@@ -521,7 +521,7 @@ LOWERINGS["scan"] = _scan
 LEAVES = ("input", "param", "const")
 # ops the backend replaces by their definition before scheduling (backend.py): custom_vjp's
 # primal is ordinary graph (the pipeline has normally inlined it already)
-INLINED = ("custom_vjp",)
+INLINED = ("custom_vjp", "custom_jvp")
 
 
 def lowered_ops() -> set[str]:

@@ -63,3 +63,4 @@ LOWERINGS["result"] = result_item  # (pysource unpacks a scan into its results i
 from ..pycustom import numpy_custom  # noqa: E402  (custom_vjp outside the pipeline: its primal as a function)
 
 LOWERINGS["custom_vjp"] = numpy_custom
+LOWERINGS["custom_jvp"] = numpy_custom
