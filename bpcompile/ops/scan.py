@@ -447,7 +447,8 @@ def _unflatten(nodes, kind):
 
 def scan(step: Callable[[Any, Any], tuple[Any, Any]], init: Tree, xs: Tree | None = None,
          length: int | None = None, reverse: bool = False, truncate: int | None = None,
-         checkpoint: bool | int | None = None, name: str | None = None) -> tuple[Any, Any]:
+         checkpoint: bool | int | None = None, name: str | None = None,
+         carry_names: Sequence[str] | None = None) -> tuple[Any, Any]:
     """Loop `carry, y = step(carry, x)` over the leading axis of `xs`, like jax.lax.scan.
 
     init: a tensor or tuple/list of tensors (the carry); xs: a tensor, tuple/list or None
@@ -460,6 +461,8 @@ def scan(step: Callable[[Any, Any], tuple[Any, Any]], init: Tree, xs: Tree | Non
       k, 2k, ... in iteration order), as `stop_gradient` on the carry there would.
     checkpoint: None/False saves every carry for the backward pass; an int k >= 2 saves every
       k-th and recomputes the rest in the backward pass; True picks k = ceil(sqrt(T)).
+    carry_names: one name per carry leaf for the body's arguments (fori_loop passes a dict
+      carry's keys), instead of the step's first argument name numbered.
     """
     init_nodes, init_kind = _flatten(init, "init")
     if not init_nodes:
@@ -481,8 +484,10 @@ def scan(step: Callable[[Any, Any], tuple[Any, Any]], init: Tree, xs: Tree | Non
         name = "step"
     scope = next(_SCOPES)
     argnames = _arg_names(step)
-    c_ph = [placeholder(f"{argnames[0]}{i}" if len(init_nodes) > 1 else argnames[0],
-                        c.shape, c.dtype, scope) for i, c in enumerate(init_nodes)]
+    c_names = list(carry_names) if carry_names is not None else [
+        f"{argnames[0]}{i}" if len(init_nodes) > 1 else argnames[0]
+        for i in range(len(init_nodes))]
+    c_ph = [placeholder(nm, c.shape, c.dtype, scope) for nm, c in zip(c_names, init_nodes)]
     x_ph = [placeholder(f"{argnames[1]}{i}" if len(xs_nodes) > 1 else argnames[1],
                         x.shape[1:], x.dtype, scope) for i, x in enumerate(xs_nodes)]
     reset_ph = None
