@@ -107,3 +107,101 @@ def test_fori_loop_errors_name_the_loop():
         bp.fori_loop(0, 2, grow, a)
     with pytest.raises(TypeError, match="init must be a tensor"):
         bp.fori_loop(0, 2, lambda i, c: c, "a")
+
+
+# --- while_loop ----------------------------------------------------------------------------
+
+
+def _bp_while(max_steps=None):
+    x, E = bp.param("x", (3,), F64), bp.param("E", (5, 3), F64)
+    n = bp.input("n", (), "int32")
+
+    def cond(c):
+        return (c[0] < n) & (bp.sum(c[1]) < 50.0)
+
+    def body(c):  # an int counter carry, indexing a table
+        i, v = c
+        return (i + 1, bp.tanh(v) * 2.0 + bp.take(E, i, 0))
+
+    return bp.while_loop(cond, body, (bp.const(0, "int32"), x), max_steps=max_steps), x, E
+
+
+def _jax_while(x, E, n):
+    def body(c):
+        i, v = c
+        return (i + 1, jnp.tanh(v) * 2.0 + E[i])
+
+    return lax.while_loop(lambda c: (c[0] < n) & (jnp.sum(c[1]) < 50.0), body,
+                          (jnp.int32(0), x))
+
+
+WVALS = {"x": rng.standard_normal(3), "E": rng.standard_normal((5, 3))}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_while_loop_forward_matches_jax(backend):
+    if not available(backend):
+        pytest.skip(f"{backend} unavailable")
+    (i, v), _, _ = _bp_while()
+    f = bp.function({"i": i, "v": v}, backend=backend)
+    for n in (0, 3, 5):  # no step, stopped by the counter, (with these values) by the sum
+        r = f(n=np.int32(n), **WVALS)
+        ji, jv = jax.jit(_jax_while)(WVALS["x"], jnp.asarray(WVALS["E"]), n)
+        assert int(r["i"]) == int(ji) and np.asarray(r["i"]).dtype == np.int32
+        assert_close(r["v"], jv, f"{backend}: final carry, n={n}")
+
+
+def test_while_loop_in_reverse_or_forward_mode_names_the_fix():
+    (_, v), x, _ = _bp_while()
+    for differentiate in (lambda: bp.grad(bp.sum(v), x),
+                          lambda: bp.jvp(bp.sum(v), x, np.ones(3))):
+        with pytest.raises(GradientError, match=r"bp\.while_loop \(body body.*max_steps.*"
+                                                r"fori_loop"):
+            differentiate()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bounded_while_loop_gradient_matches_jax(backend):
+    """max_steps: JAX's own bounded while (a fori_loop that masks finished steps) as oracle."""
+    if not available(backend):
+        pytest.skip(f"{backend} unavailable")
+    (_, v), x, E = _bp_while(max_steps=6)
+    loss = bp.sum(v * v)
+    gx, gE = bp.grad(loss, [x, E])
+
+    def jloss(x, E, n):
+        def body(_, c):
+            i, v = c
+            go = (i < n) & (jnp.sum(v) < 50.0)
+            return (jnp.where(go, i + 1, i), jnp.where(go, jnp.tanh(v) * 2.0 + E[i], v))
+
+        _, v = lax.fori_loop(0, 6, body, (jnp.int32(0), x))
+        return jnp.sum(v * v)
+
+    f = bp.function({"loss": loss, "gx": gx, "gE": gE}, backend=backend)
+    jf = jax.jit(jax.value_and_grad(jloss, (0, 1)))
+    for n in (2, 4):  # (masked steps still run the body: with n=5 it would read E[5])
+        r = f(n=np.int32(n), **WVALS)
+        jl, (jgx, jgE) = jf(WVALS["x"], jnp.asarray(WVALS["E"]), n)
+        assert_close(r["loss"], jl, f"{backend}: bounded loss, n={n}")
+        # ... and it is the unbounded loop's value while the bound is not reached
+        _, jv = _jax_while(WVALS["x"], jnp.asarray(WVALS["E"]), n)
+        assert_close(r["loss"], np.sum(np.asarray(jv) ** 2), f"{backend}: = unbounded, n={n}")
+        assert_close(r["gx"], jgx, f"{backend}: d/dx, n={n}")
+        assert_close(r["gE"], jgE, f"{backend}: d/dE, n={n}")
+
+
+def test_while_loop_errors_name_the_function():
+    x = bp.input("x", (3,), F64)
+    with pytest.raises(ShapeError, match="while_loop: cond bad_cond must return a bool scalar"):
+        def bad_cond(c):
+            return c > 0.0
+
+        bp.while_loop(bad_cond, lambda c: c, x)
+    with pytest.raises(ShapeError, match="while_loop: body widen returns carry c of shape"):
+        def widen(c):
+            return bp.concatenate([c, c], 0)
+
+        bp.while_loop(lambda c: bp.sum(c) < 1.0, widen, x)
+    with pytest.raises(TypeError, match="while_loop: max_steps must be a Python int"):
+        bp.while_loop(lambda c: bp.sum(c) < 1.0, lambda c: c, x, max_steps=2.5)

@@ -1,4 +1,6 @@
-"""`fori_loop`: JAX's counted loop, built on `scan` (ops/scan.py).
+"""`fori_loop` and `while_loop`: JAX's counted and conditional loops.
+
+`fori_loop` is built on `scan` (ops/scan.py).
 
 `fori_loop(lower, upper, body, init)` is a scan with no carried counter: the index runs as the
 scan's xs, an int32 iota `lower..upper-1`, and the ys are empty. Reusing scan gives the loop,
@@ -8,6 +10,20 @@ stored (or `checkpoint=`ed) carries, forward mode through the transposed VJP, th
 pipeline recursing into the body, and nested derivatives (a body that calls `bp.grad`: MAML).
 The index is an xs rather than a carry because carries are float tensors that the backward pass
 differentiates; an int xs gets no cotangent and costs one int per step.
+
+`while_loop(cond, body, init)` is its own op, `while_loop`, because its trip count is data:
+    while_loop(init carries..., consts..., go; body) -> final carries...
+runs `carries, go = body(carries, consts)` while `go`, where the body sub-graph is the user's
+body followed by their cond on the new carries, and the operand `go` is cond(init), traced in
+the outer graph: one sub-graph per loop (the rewrite pipeline and backends handle it as a scan
+body with carries and consts, no xs, and one y, the bool flag). Backends lower it to a real
+loop (NumPy `while`, an LLVM loop with a conditional branch, `lax.while_loop`). Carries may be
+any dtype (an int counter), as a scan's may. It has no derivative: the backward pass would need
+every carry, and their number is unknown when the program is built. With `max_steps=k` the
+loop is instead a k-step scan whose step applies the body where cond holds and keeps the carry
+where it does not (`where(cond(c), body(c), c)`: once cond fails the carry, hence cond, stays
+fixed), which is differentiable like any scan. Masked steps still run the body, so it must be
+valid (indices in range) one step past the point where cond fails.
 
 Carries may be pytrees: a tensor, or tuples/lists/dicts of them, nested (dicts in sorted key
 order, as JAX flattens them); a dict's keys name the body's arguments in generated code.
@@ -21,13 +37,17 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ShapeError
-from ..ir.node import Node
-from .elementwise import as_node
+from ..errors import DTypeError, GradientError, ShapeError
+from ..ir.dtypes import is_float
+from ..ir.node import Node, make
+from .elementwise import as_node, cast, where
 from .leaves import iota
-from .scan import scan
+from .movement import broadcast_to
+from .registry import Op, register
+from .results import results
+from .scan import _SCOPES, Body, _capture, placeholder, scan
 
-__all__ = ["fori_loop", "tree_flatten", "tree_unflatten"]
+__all__ = ["fori_loop", "tree_flatten", "tree_unflatten", "while_loop"]
 
 # a flattened pytree's structure: "leaf", or (container type, keys or length, child defs)
 TreeDef = Any
@@ -89,17 +109,19 @@ def _structure(d: TreeDef) -> str:
     return f"[{inner}]" if kind is list else f"({inner})"
 
 
-def _index_name(fn: Callable) -> str:
+def _arg_name(fn: Callable, k: int, default: str) -> str:
+    """The name of fn's k-th parameter (it names loop arguments in generated code)."""
     try:
         ps = list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         ps = []
-    return ps[0] if ps and ps[0].isidentifier() else "i"
+    return ps[k] if len(ps) > k and ps[k].isidentifier() else default
 
 
 def _static_int(v: Any, what: str) -> int:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"fori_loop: {what} must be a Python int (a static trip count), got "
+        loop = "while_loop" if what == "max_steps" else "fori_loop"
+        raise TypeError(f"{loop}: {what} must be a Python int (a static trip count), got "
                         f"{type(v).__name__}; for a data-dependent count use bp.while_loop")
     return int(v)
 
@@ -116,7 +138,7 @@ def fori_loop(lower: int, upper: int, body: Callable[[Node, Any], Any], init: An
     every k-th (the rest recomputed), True k ~ sqrt(trip count).
     """
     lo, hi = _static_int(lower, "lower"), _static_int(upper, "upper")
-    leaves, treedef, names = tree_flatten(init, "init")
+    leaves, treedef, names = tree_flatten(init, "init", _arg_name(body, 1, "carry"))
     if not leaves:
         raise ShapeError("fori_loop: init has no tensors")
     T = max(hi - lo, 0)
@@ -144,10 +166,147 @@ def fori_loop(lower: int, upper: int, body: Callable[[Node, Any], Any], init: An
     # the step's argument names name the index in generated code (scan reads them)
     step.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
         inspect.Parameter("carry", inspect.Parameter.POSITIONAL_ONLY),
-        inspect.Parameter(_index_name(body), inspect.Parameter.POSITIONAL_ONLY)])
+        inspect.Parameter(_arg_name(body, 0, "i"), inspect.Parameter.POSITIONAL_ONLY)])
     idx = iota((T,), 0, "int32")
     if lo:
         idx = idx + lo
     final, _ = scan(step, tuple(leaves), idx, checkpoint=checkpoint, name=fname,
                     carry_names=names)
+    return tree_unflatten(list(final), treedef)
+
+
+# ---------------------------------------------------------------------------------------------
+# while_loop
+
+
+def _infer_while(inputs, attrs):
+    body = attrs["body"]
+    nc = len(body.carries)
+    if len(inputs) != len(body.params) + 1:
+        raise ShapeError(f"while_loop {body.name}: {len(inputs)} operands for "
+                         f"{len(body.params)} body arguments and the flag")
+    for i, (v, p) in enumerate(zip(inputs, body.params)):
+        if v.shape != p.shape or v.dtype != p.dtype:
+            role = "init" if i < nc else "const"
+            raise ShapeError(f"while_loop {body.name}: {role} operand {i} is {v.dtype}"
+                             f"{list(v.shape)}, the body expects {p.dtype}{list(p.shape)}")
+    go, flag = inputs[-1], body.ys
+    if go.shape != () or go.dtype != "bool" or len(flag) != 1 or flag[0].shape != () \
+            or flag[0].dtype != "bool":
+        raise ShapeError(f"while_loop {body.name}: the loop flag must be a bool scalar")
+    for c, n in zip(body.carries, body.new_carries):
+        if c.shape != n.shape or c.dtype != n.dtype:
+            raise ShapeError(f"while_loop {body.name}: the body returns a carry {n.dtype}"
+                             f"{list(n.shape)} for a carry {c.dtype}{list(c.shape)}")
+    return [(c.shape, c.dtype) for c in body.carries]
+
+
+def _vjp_while(y: Node, g, needs):
+    if not any(needs) or all(v is None for v in g):
+        return (None,) * len(y.inputs)
+    where = f", created at {y.where}" if y.where else ""
+    raise GradientError(
+        f"bp.while_loop (body {y.attr('body').name}{where}) is not differentiable, in reverse "
+        "or forward mode: its trip count is data, so the carries a backward pass needs "
+        "are not known when the program is built. Give bp.while_loop max_steps=N (a "
+        "bounded, differentiable loop) or use bp.fori_loop with a static trip count")
+
+
+register(Op("while_loop", "control", _infer_while, _vjp_while,
+            "run a body sub-graph while a bool flag holds: carries, go = body(carries, "
+            "consts), starting from operand go = cond(init); attrs: body (its one y is the "
+            "flag); results: final carries; not differentiable (max_steps= makes a scan)",
+            multiple_results=True))
+
+
+def _fit_carries(new: list[Node], like: list[Node], names: list[str], fn: str) -> list[Node]:
+    """The body's new carries in init's dtypes and shapes (Python scalars come back weak)."""
+    out = []
+    for n, c, nm in zip(new, like, names):
+        if n.dtype != c.dtype and (is_float(n.dtype) == is_float(c.dtype)):
+            n = cast(n, c.dtype)
+        if n.dtype != c.dtype:
+            raise DTypeError(f"while_loop: body {fn} returns carry {nm} as {n.dtype}; init "
+                             f"has {c.dtype}")
+        if n.shape != c.shape and _broadcasts(n.shape, c.shape):
+            n = broadcast_to(n, c.shape)
+        if n.shape != c.shape:
+            raise ShapeError(f"while_loop: body {fn} returns carry {nm} of shape "
+                             f"{list(n.shape)}; init has {list(c.shape)}")
+        out.append(n)
+    return out
+
+
+def _broadcasts(src: tuple, dst: tuple) -> bool:
+    try:
+        return np.broadcast_shapes(src, dst) == dst
+    except ValueError:
+        return False
+
+
+def _flag(v: Any, fn: str) -> Node:
+    n = as_node(v) if not isinstance(v, Node) else v
+    if n.shape != () or n.dtype != "bool":
+        raise ShapeError(f"while_loop: cond {fn} must return a bool scalar, got "
+                         f"{n.dtype}{list(n.shape)}")
+    return n
+
+
+def _fn_name(f: Callable, default: str) -> str:
+    nm = getattr(f, "__name__", None) or default
+    return nm if nm.isidentifier() and nm != "<lambda>" else default
+
+
+def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], init: Any,
+               max_steps: int | None = None, name: str | None = None) -> Any:
+    """`while cond_fun(carry): carry = body_fun(carry)`, like `jax.lax.while_loop`.
+
+    init: a tensor or a tuple/list/dict pytree of tensors of any dtype (an int counter too);
+    body_fun returns a carry of the same structure, shapes and dtypes; cond_fun returns a bool
+    scalar. Evaluated as a real loop on every backend; differentiating it raises a
+    GradientError. max_steps=N (a static int): run at most N steps, as a differentiable
+    N-step scan that stops changing the carry once cond_fun is false (the body still runs
+    its N steps, masked, as in JAX users' bounded while loops).
+    """
+    leaves, treedef, names = tree_flatten(init, "init", _arg_name(body_fun, 0, "carry"))
+    if not leaves:
+        raise ShapeError("while_loop: init has no tensors")
+    bname = name or _fn_name(body_fun, "body")
+    cname = _fn_name(cond_fun, "cond")
+    if max_steps is not None:
+        return _bounded(cond_fun, body_fun, leaves, treedef, names, max_steps, bname, cname)
+    scope = next(_SCOPES)
+    c_ph = [placeholder(nm, c.shape, c.dtype, scope) for nm, c in zip(names, leaves)]
+    new, d, _ = tree_flatten(body_fun(tree_unflatten(c_ph, treedef)),
+                             f"while_loop body {bname}'s result")
+    if d != treedef:
+        raise ShapeError(f"while_loop: body {bname} returns a carry of structure "
+                         f"{_structure(d)}; init has {_structure(treedef)}")
+    new = _fit_carries(new, leaves, names, bname)
+    go = _flag(cond_fun(tree_unflatten(new, treedef)), cname)
+    outs, consts, k_ph = _capture(new + [go], set(c_ph), scope, set(names))
+    body = Body(c_ph, (), k_ph, outs[:-1], outs[-1:], bname)
+    go0 = _flag(cond_fun(tree_unflatten(leaves, treedef)), cname)
+    node = make("while_loop", list(leaves) + list(consts) + [go0], body=body)
+    return tree_unflatten(list(results(node)), treedef)
+
+
+def _bounded(cond_fun, body_fun, leaves, treedef, names, max_steps, bname, cname):
+    T = _static_int(max_steps, "max_steps")
+    if T < 0:
+        raise ValueError(f"while_loop: max_steps must be >= 0, got {T}")
+    if T == 0:
+        return tree_unflatten(leaves, treedef)
+
+    def step(carry, _):
+        c = tree_unflatten(list(carry), treedef)
+        go = _flag(cond_fun(c), cname)
+        new, d, _n = tree_flatten(body_fun(c), f"while_loop body {bname}'s result")
+        if d != treedef:
+            raise ShapeError(f"while_loop: body {bname} returns a carry of structure "
+                             f"{_structure(d)}; init has {_structure(treedef)}")
+        new = _fit_carries(new, leaves, names, bname)
+        return tuple(where(go, n, o) for n, o in zip(new, carry)), None
+
+    final, _ = scan(step, tuple(leaves), None, length=T, name=bname, carry_names=names)
     return tree_unflatten(list(final), treedef)

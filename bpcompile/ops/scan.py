@@ -28,8 +28,8 @@ carry cotangent plus one accumulator per constant (the per-step parameter gradie
 over time). Values the step's VJP needs that the forward already stored - the carry leaving
 the step and the ys - are read from the saved outputs instead of being recomputed.
 
-Carries are float tensors; ys, xs and consts may be any dtype (int token ids); a y of int
-dtype gets no gradient.
+Carries, ys, xs and consts may be any dtype (an int step counter, int token ids); values of
+int or bool dtype get no gradient.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from ..errors import DTypeError, ShapeError
+from ..errors import ShapeError
 from ..ir.dtypes import is_float
 from ..ir.node import LOCATION_OVERRIDE, NAMES, Node, make, rebuild
 from ..ir.provenance import GRAD_OF
@@ -142,8 +142,6 @@ def _infer(inputs, attrs):
         if c.shape != nc_.shape or c.dtype != nc_.dtype:
             raise ShapeError(f"scan {body.name}: the step returns a carry {nc_.dtype}"
                              f"{list(nc_.shape)} for a carry {c.dtype}{list(c.shape)}")
-        if not is_float(c.dtype):
-            raise DTypeError(f"scan {body.name}: carries must be float tensors, got {c.dtype}")
     if save > 1 and attrs["reverse"]:
         raise ShapeError("scan: checkpointing (save > 1) is only for forward scans")
     k = n_saved(length, save)
@@ -476,9 +474,6 @@ def scan(step: Callable[[Any, Any], tuple[Any, Any]], init: Tree, xs: Tree | Non
     for x in xs_nodes:
         if x.ndim == 0 or x.shape[0] != T:
             raise ShapeError(f"scan: every xs must have leading axis {T}, got {x.shape}")
-    for c in init_nodes:
-        if not is_float(c.dtype):
-            raise DTypeError(f"scan: carries must be float tensors, got {c.dtype}")
     name = name or getattr(step, "__name__", None) or "step"
     if not name.isidentifier() or name == "<lambda>":
         name = "step"
