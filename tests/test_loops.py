@@ -205,3 +205,29 @@ def test_while_loop_errors_name_the_function():
         bp.while_loop(lambda c: bp.sum(c) < 1.0, widen, x)
     with pytest.raises(TypeError, match="while_loop: max_steps must be a Python int"):
         bp.while_loop(lambda c: bp.sum(c) < 1.0, lambda c: c, x, max_steps=2.5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_while_loop_edge_cases_agree_on_every_backend(backend):
+    """A dict carry with an unchanged entry, a while nested in a fori_loop whose bound reads
+    the index, and a loop whose cond is false at the start."""
+    if not available(backend):
+        pytest.skip(f"{backend} unavailable")
+    x, k = bp.input("x", (3,), F64), bp.input("k", (2, 2), F64)
+    out = bp.while_loop(lambda c: c["n"] < 3.0,
+                        lambda c: {"n": c["n"] + 1.0, "v": c["v"] * 2.0, "k": c["k"]},
+                        {"n": bp.const(0.0, F64), "v": x, "k": k})
+
+    def outer(i, s):
+        return bp.while_loop(lambda c: bp.sum(c) < 10.0 * bp.cast(i + 1, F64),
+                             lambda c: c + 1.0, s)
+
+    nested = bp.fori_loop(0, 3, outer, x)
+    never = bp.while_loop(lambda c: bp.sum(c) < -1e9, lambda c: c * 0.0, x)
+    r = bp.function({"n": out["n"], "v": out["v"], "k": out["k"], "nested": nested,
+                     "never": never}, backend=backend)(x=np.array([1.0, 2.0, 3.0]), k=np.eye(2))
+    assert_close(r["n"], 3.0, "counter")
+    assert_close(r["v"], [8.0, 16.0, 24.0], "doubled three times")
+    assert_close(r["k"], np.eye(2), "unchanged carry")
+    assert_close(r["nested"], [9.0, 10.0, 11.0], "sums past 10, 20, 30 in turn")
+    assert_close(r["never"], [1.0, 2.0, 3.0], "no step")
