@@ -37,7 +37,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backend", default="llvm")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batched-gemm", action="store_true",
+                    help="only time batched products inline vs BLAS (llvm/blas.py BATCHED_MIN)")
     a = ap.parse_args()
+    if a.batched_gemm:
+        return batched_gemm_rows(a.rounds)
     rng = np.random.default_rng(0)
     m, k = 1000, 5
     r, ps, jr = residual_model(bp, jnp, m, k)
@@ -114,6 +118,27 @@ def maml_cases(backend: str, rng, tasks: int = 25, inner_steps: int = 1) -> dict
     assert all(np.allclose(got[n], ref[n]) for n in names)
     return {f"maml meta-grad {tasks} tasks": (
         lambda: fn(**p, **batch), lambda: jax.block_until_ready(jg(*jargs)))}
+
+
+def batched_gemm_rows(rounds: int) -> None:
+    """A batched product (B, M, K) @ (B, K, N) (or a transposed (B, N, K) right operand, as a
+    backward pass has), inline loops (gemm_threshold=inf) vs one BLAS call per matrix."""
+    rng = np.random.default_rng(0)
+    for dt in ("float32", "float64"):
+        for B, M, K, N, tb in [(25, 10, 40, 40, False), (25, 10, 40, 40, True),
+                               (16, 32, 32, 16, True), (8, 16, 16, 16, False),
+                               (8, 16, 16, 16, True), (64, 8, 8, 8, False)]:
+            a = bp.input("a", (B, M, K), dt)
+            b = bp.input("b", (B, N, K) if tb else (B, K, N), dt)
+            y = bp.matmul(a, bp.transpose(b, (0, 2, 1)) if tb else b)
+            args = {"a": rng.standard_normal((B, M, K)).astype(dt),
+                    "b": rng.standard_normal((B, N, K) if tb else (B, K, N)).astype(dt)}
+            fns = [bp.function({"y": y}, backend="llvm", gemm_threshold=th)
+                   for th in (2**62, 0)]
+            t = [min(median_us(lambda f=f: f(**args), 0.2) for _ in range(rounds))
+                 for f in fns]
+            print(f"{dt} ({B}, {M}x{K} @ {K}x{N}{', b transposed' if tb else ''}): "
+                  f"inline {t[0]:7.1f} us  BLAS {t[1]:7.1f} us  ratio {t[1] / t[0]:4.2f}")
 
 
 if __name__ == "__main__":
