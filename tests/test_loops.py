@@ -231,3 +231,15 @@ def test_while_loop_edge_cases_agree_on_every_backend(backend):
     assert_close(r["k"], np.eye(2), "unchanged carry")
     assert_close(r["nested"], [9.0, 10.0, 11.0], "sums past 10, 20, 30 in turn")
     assert_close(r["never"], [1.0, 2.0, 3.0], "no step")
+
+
+def test_fori_loop_with_a_tensor_bound_is_a_while_loop():
+    """As in JAX: a traced bound makes the trip count data (evaluated, not differentiable)."""
+    x, n = bp.param("x", (2,), F64), bp.input("n", (), "int32")
+    out = bp.fori_loop(1, n, lambda i, c: c * 2.0 + bp.cast(i, F64), x)
+    f = bp.function({"out": out}, backend="numpy")
+    for nv in (0, 1, 4):
+        want = lax.fori_loop(1, nv, lambda i, c: c * 2.0 + i, np.array([1.0, -1.0]))
+        assert_close(f(x=np.array([1.0, -1.0]), n=np.int32(nv))["out"], want, f"n={nv}")
+    with pytest.raises(GradientError, match="while_loop"):
+        bp.grad(bp.sum(out), x)

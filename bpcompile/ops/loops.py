@@ -131,12 +131,16 @@ def fori_loop(lower: int, upper: int, body: Callable[[Node, Any], Any], init: An
     """`carry = body(i, carry)` for i in lower..upper-1, like `jax.lax.fori_loop`.
 
     lower/upper: static Python ints (the trip count is upper - lower, 0 if negative); the index
-    `i` is an int32 scalar tensor. init: the carry, a float tensor or a tuple/list/dict pytree
-    of them; body returns a carry of the same structure, shapes and dtypes. Differentiable in
+    `i` is an int32 scalar tensor. init: the carry, a tensor or a tuple/list/dict pytree of
+    them; body returns a carry of the same structure, shapes and dtypes. Differentiable in
     reverse mode (BPTT through the stored carries) and forward mode, to any order.
     checkpoint: as `scan`'s - None stores every carry for the backward pass, an int k >= 2
     every k-th (the rest recomputed), True k ~ sqrt(trip count).
+    A bound given as an int scalar tensor makes the trip count data: then, as in JAX, the loop
+    is a `while_loop` over (i, carry), evaluated on every backend but not differentiable.
     """
+    if isinstance(lower, Node) or isinstance(upper, Node):
+        return _dynamic_fori(lower, upper, body, init, checkpoint, name)
     lo, hi = _static_int(lower, "lower"), _static_int(upper, "upper")
     leaves, treedef, names = tree_flatten(init, "init", _arg_name(body, 1, "carry"))
     if not leaves:
@@ -173,6 +177,30 @@ def fori_loop(lower: int, upper: int, body: Callable[[Node, Any], Any], init: An
     final, _ = scan(step, tuple(leaves), idx, checkpoint=checkpoint, name=fname,
                     carry_names=names)
     return tree_unflatten(list(final), treedef)
+
+
+def _dynamic_fori(lower, upper, body, init, checkpoint, name):
+    if checkpoint:
+        raise ValueError("fori_loop: checkpoint= needs static bounds (Python ints); with a "
+                         "tensor bound the loop is a while_loop, which stores no carries")
+    lo, hi = (_index_bound(v, what) for v, what in ((lower, "lower"), (upper, "upper")))
+    fname = name or _fn_name(body, "body")
+
+    def step(c):  # the index is the first carry
+        return (c[0] + 1, body(c[0], c[1]))
+
+    return while_loop(lambda c: c[0] < hi, step, (lo, init), name=fname)[1]
+
+
+def _index_bound(v: Any, what: str) -> Node:
+    if isinstance(v, Node):
+        if v.shape != () or v.dtype not in ("int32",):
+            raise TypeError(f"fori_loop: {what} must be a Python int or an int32 scalar "
+                            f"tensor, got {v.dtype}{list(v.shape)}")
+        return v
+    from .leaves import const
+
+    return const(_static_int(v, what), "int32")
 
 
 # ---------------------------------------------------------------------------------------------
