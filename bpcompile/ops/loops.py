@@ -23,7 +23,8 @@ every carry, and their number is unknown when the program is built. With `max_st
 loop is instead a k-step scan whose step applies the body where cond holds and keeps the carry
 where it does not (`where(cond(c), body(c), c)`: once cond fails the carry, hence cond, stays
 fixed), which is differentiable like any scan. Masked steps still run the body, so it must be
-valid (indices in range) one step past the point where cond fails.
+valid (indices in range) one step past the point where cond fails. Forward mode through the
+unbounded loop is autodiff/loop_jvp.py (a loop carrying the tangents, as JAX's rule).
 
 Carries may be pytrees: a tensor, or tuples/lists/dicts of them, nested (dicts in sorted key
 order, as JAX flattens them); a dict's keys name the body's arguments in generated code.
@@ -234,16 +235,16 @@ def _vjp_while(y: Node, g, needs):
         return (None,) * len(y.inputs)
     where = f", created at {y.where}" if y.where else ""
     raise GradientError(
-        f"bp.while_loop (body {y.attr('body').name}{where}) is not differentiable, in reverse "
-        "or forward mode: its trip count is data, so the carries a backward pass needs "
-        "are not known when the program is built. Give bp.while_loop max_steps=N (a "
-        "bounded, differentiable loop) or use bp.fori_loop with a static trip count")
+        f"bp.while_loop (body {y.attr('body').name}{where}) is not differentiable in reverse "
+        "mode (forward mode, bp.jvp, is): its trip count is data, so the carries a backward "
+        "pass needs are not known when the program is built. Give bp.while_loop max_steps=N "
+        "(a bounded, differentiable loop) or use bp.fori_loop with a static trip count")
 
 
 register(Op("while_loop", "control", _infer_while, _vjp_while,
             "run a body sub-graph while a bool flag holds: carries, go = body(carries, "
             "consts), starting from operand go = cond(init); attrs: body (its one y is the "
-            "flag); results: final carries; not differentiable (max_steps= makes a scan)",
+            "flag); results: final carries; forward mode only (max_steps= makes a scan)",
             multiple_results=True))
 
 
@@ -291,10 +292,10 @@ def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], i
 
     init: a tensor or a tuple/list/dict pytree of tensors of any dtype (an int counter too);
     body_fun returns a carry of the same structure, shapes and dtypes; cond_fun returns a bool
-    scalar. Evaluated as a real loop on every backend; differentiating it raises a
-    GradientError. max_steps=N (a static int): run at most N steps, as a differentiable
-    N-step scan that stops changing the carry once cond_fun is false (the body still runs
-    its N steps, masked, as in JAX users' bounded while loops).
+    scalar. Evaluated as a real loop on every backend; forward mode (bp.jvp) works, reverse
+    mode raises a GradientError. max_steps=N (a static int): run at most N steps, as a
+    differentiable N-step scan that stops changing the carry once cond_fun is false (the
+    body still runs its N steps, masked, as in JAX users' bounded while loops).
     """
     leaves, treedef, names = tree_flatten(init, "init", _arg_name(body_fun, 0, "carry"))
     if not leaves:
