@@ -57,8 +57,10 @@ TreeDef = Any
 def tree_flatten(tree: Any, what: str = "carry", path: str = "") -> tuple[list[Node], TreeDef,
                                                                             list[str]]:
     """(leaves as nodes, structure, a name per leaf) of a tensor/tuple/list/dict pytree."""
+    leaves: list[Node] = []
+    defs: list[TreeDef] = []
+    names: list[str] = []
     if isinstance(tree, dict):
-        leaves, defs, names = [], [], []
         keys = sorted(tree)
         for k in keys:
             key = str(k)
@@ -69,7 +71,6 @@ def tree_flatten(tree: Any, what: str = "carry", path: str = "") -> tuple[list[N
             names += nm
         return leaves, (dict, tuple(keys), tuple(defs)), names
     if isinstance(tree, (tuple, list)):
-        leaves, defs, names = [], [], []
         base = path or what
         for i, t in enumerate(tree):
             lv, d, nm = tree_flatten(t, what, f"{base}{i}")
