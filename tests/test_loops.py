@@ -99,7 +99,10 @@ def test_fori_loop_tuple_carry_index_and_empty_range():
 def test_fori_loop_errors_name_the_loop():
     a = bp.input("a", (2,), F64)
     with pytest.raises(TypeError, match="fori_loop: upper must be a Python int"):
-        bp.fori_loop(0, bp.input("n", (), "int32"), lambda i, c: c, a)
+        bp.fori_loop(0, 2.0, lambda i, c: c, a)
+    with pytest.raises(TypeError, match=r"upper must be a Python int or an int32 scalar tensor, "
+                                        r"got float64\[\]"):
+        bp.fori_loop(0, bp.input("n", (), F64), lambda i, c: c, a)
     with pytest.raises(ShapeError, match=r"fori_loop: body grow returns a carry of structure"):
         def grow(i, c):
             return (c, c)

@@ -538,14 +538,17 @@ def sqrt_segment(T: int) -> int:
 
 
 def prune_outputs(outputs: list[Node]) -> list[Node]:
-    """Rewrite pass: drop the ys no one reads and the saved carries no backward pass reads.
+    """Rewrite pass: drop the ys no one reads, the saved carries no backward pass reads, and
+    the xs and consts the body does not use.
 
     Dropping a y removes it from the body (its computation becomes dead code); unread saved
-    carries turn `save` off (forward-only use of a scan built for training).
+    carries turn `save` off (forward-only use of a scan built for training); an unused xs is
+    e.g. the index of a `fori_loop` whose body ignores it.
     """
     order = toposort(outputs)
     users = consumers(order)
-    plans: dict[Node, tuple[dict, dict[int, int]]] = {}  # scan -> (attrs, old -> new index)
+    # scan -> (attrs, old -> new result index, which operands stay)
+    plans: dict[Node, tuple[dict, dict[int, int], list[bool]]] = {}
     for n in order:
         if n.op != "scan":
             continue
@@ -554,22 +557,28 @@ def prune_outputs(outputs: list[Node]) -> list[Node]:
         read = {u.attr("index") for u in users[n]}
         keep_y = [nc + j in read for j in range(ny)]
         keep_saved = any(i >= nc + ny for i in read)
-        if all(keep_y) and (keep_saved or n.attr("save") == 0):
+        ys = [y for y, k in zip(body.ys, keep_y) if k]
+        used = set(toposort(list(body.new_carries) + ys))
+        keep_x = [p in used for p in body.xs]
+        keep_k = [p in used for p in body.consts]
+        if all(keep_y) and (keep_saved or n.attr("save") == 0) and all(keep_x) \
+                and all(keep_k):
             continue
-        nb = Body(body.carries, body.xs, body.consts, body.new_carries,
-                  [y for y, k in zip(body.ys, keep_y) if k], body.name)
+        nb = Body(body.carries, [p for p, k in zip(body.xs, keep_x) if k],
+                  [p for p, k in zip(body.consts, keep_k) if k], body.new_carries, ys,
+                  body.name)
         kept = list(range(nc)) + [nc + j for j in range(ny) if keep_y[j]]
         if keep_saved:
             kept += list(range(nc + ny, len(n.results or ())))
         plans[n] = (dict(n.attrs, body=nb, save=n.attr("save") if keep_saved else 0),
-                    {old: new for new, old in enumerate(kept)})
+                    {old: new for new, old in enumerate(kept)}, [True] * nc + keep_x + keep_k)
     if not plans:
         return outputs
 
     def build(n: Node, memo: dict[Node, Node]) -> Node:
         ins = [memo[i] for i in n.inputs]
         if n in plans:
-            return make("scan", ins, **plans[n][0])
+            return make("scan", [i for i, k in zip(ins, plans[n][2]) if k], **plans[n][0])
         if n.op == "result" and n.inputs[0] in plans:
             return result(ins[0], plans[n.inputs[0]][1][n.attr("index")])
         return rebuild(n, ins)
