@@ -8,7 +8,7 @@ import pytest
 from layers_harness import BACKENDS, available, jax, jnp
 
 import bpcompile as bp
-from bpcompile.errors import GradientError, ShapeError
+from bpcompile.errors import DTypeError, GradientError, ShapeError
 from bpcompile.ops.scan import scan_stats
 
 lax = jax.lax
@@ -269,3 +269,17 @@ def test_fori_loop_with_a_tensor_bound_is_a_while_loop():
         assert_close(f(x=np.array([1.0, -1.0]), n=np.int32(nv))["out"], want, f"n={nv}")
     with pytest.raises(GradientError, match="while_loop"):
         bp.grad(bp.sum(out), x)
+
+
+def test_fori_loop_carry_mismatch_names_the_carry():
+    a = bp.input("a", (2,), F64)
+    with pytest.raises(ShapeError, match=r"fori_loop: body grow returns carry c of shape \[4\]"):
+        def grow(i, c):
+            return bp.concatenate([c, c], 0)
+
+        bp.fori_loop(0, 2, grow, a)
+    with pytest.raises(DTypeError, match="fori_loop: body to_int returns carry c as int32"):
+        def to_int(i, c):
+            return i + bp.const(np.zeros(2, np.int32))
+
+        bp.fori_loop(0, 2, to_int, a)

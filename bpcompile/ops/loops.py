@@ -150,24 +150,15 @@ def fori_loop(lower: int, upper: int, body: Callable[[Node, Any], Any], init: An
     T = max(hi - lo, 0)
     if T == 0:
         return tree_unflatten(leaves, treedef)
-    fname = name or getattr(body, "__name__", None) or "body"
-    if not fname.isidentifier() or fname == "<lambda>":
-        fname = "body"
+    fname = name or _fn_name(body, "body")
 
     def step(carry, i):
         out = body(i, tree_unflatten(list(carry), treedef))
-        try:
-            new, d, _ = tree_flatten(out, f"fori_loop body {fname}'s result")
-        except TypeError as e:
-            raise TypeError(str(e)) from None
+        new, d, _ = tree_flatten(out, f"fori_loop body {fname}'s result")
         if d != treedef:
             raise ShapeError(f"fori_loop: body {fname} returns a carry of structure "
                              f"{_structure(d)}; init has {_structure(treedef)}")
-        for k, (a, b) in enumerate(zip(new, leaves)):
-            if a.shape != b.shape and not (a.ndim <= b.ndim):
-                raise ShapeError(f"fori_loop: body {fname} returns carry {names[k]} of shape "
-                                 f"{list(a.shape)}; init has {list(b.shape)}")
-        return tuple(new), None
+        return tuple(_fit_carries(new, leaves, names, fname, "fori_loop")), None
 
     # the step's argument names name the index in generated code (scan reads them)
     step.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
@@ -249,19 +240,20 @@ register(Op("while_loop", "control", _infer_while, _vjp_while,
             multiple_results=True))
 
 
-def _fit_carries(new: list[Node], like: list[Node], names: list[str], fn: str) -> list[Node]:
+def _fit_carries(new: list[Node], like: list[Node], names: list[str], fn: str,
+                 loop: str = "while_loop") -> list[Node]:
     """The body's new carries in init's dtypes and shapes (Python scalars come back weak)."""
     out = []
     for n, c, nm in zip(new, like, names):
         if n.dtype != c.dtype and (is_float(n.dtype) == is_float(c.dtype)):
             n = cast(n, c.dtype)
         if n.dtype != c.dtype:
-            raise DTypeError(f"while_loop: body {fn} returns carry {nm} as {n.dtype}; init "
+            raise DTypeError(f"{loop}: body {fn} returns carry {nm} as {n.dtype}; init "
                              f"has {c.dtype}")
         if n.shape != c.shape and _broadcasts(n.shape, c.shape):
             n = broadcast_to(n, c.shape)
         if n.shape != c.shape:
-            raise ShapeError(f"while_loop: body {fn} returns carry {nm} of shape "
+            raise ShapeError(f"{loop}: body {fn} returns carry {nm} of shape "
                              f"{list(n.shape)}; init has {list(c.shape)}")
         out.append(n)
     return out
