@@ -11,6 +11,8 @@ was, so the primal is computed twice (once here): the price of keeping the rule 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..ir.dtypes import is_float
 from ..ir.node import Node, make
 from ..ops.leaves import const
@@ -19,7 +21,7 @@ from ..ops.results import results
 from ..ops.scan import _SCOPES, Body, placeholder
 
 
-def while_jvp(n: Node, ts: list) -> list:
+def while_jvp(n: Node, ts: Sequence[Node | None]) -> list[Node | None]:
     """One tangent (or None) per result of while_loop node `n`, given its inputs' tangents."""
     from .forward import jvp
 
@@ -52,7 +54,7 @@ def while_jvp(n: Node, ts: list) -> list:
     loop = make("while_loop", list(init) + t_init + list(consts)
                 + [ts[nc + j] for j in k_idx] + [go0], body=tbody)
     out = results(loop)[nc:]
-    tangents: list = [None] * nc
+    tangents: list[Node | None] = [None] * nc
     for pos, i in enumerate(c_idx):
         tangents[i] = out[pos]
     return tangents
