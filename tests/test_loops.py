@@ -283,3 +283,21 @@ def test_fori_loop_carry_mismatch_names_the_carry():
             return i + bp.const(np.zeros(2, np.int32))
 
         bp.fori_loop(0, 2, to_int, a)
+
+
+def test_bounded_while_loop_checkpoint_gives_the_same_gradient():
+    plain, x, E = _bp_while(max_steps=6)
+    gx = bp.grad(bp.sum(plain[1] ** 2), x)
+    xs, Es = bp.param("x", (3,), F64), bp.param("E", (5, 3), F64)
+    n = bp.input("n", (), "int32")
+    ck = bp.while_loop(lambda c: (c[0] < n) & (bp.sum(c[1]) < 50.0),
+                       lambda c: (c[0] + 1, bp.tanh(c[1]) * 2.0 + bp.take(Es, c[0], 0)),
+                       (bp.const(0, "int32"), xs), max_steps=6, checkpoint=3)
+    loss_ck = bp.sum(ck[1] ** 2)
+    (row,) = scan_stats(loss_ck)
+    assert row["saved_carries"] == 2
+    g1 = bp.function({"g": gx})(n=np.int32(4), **WVALS)["g"]
+    g2 = bp.function({"g": bp.grad(loss_ck, xs)})(n=np.int32(4), **WVALS)["g"]
+    assert_close(g2, g1, "checkpointed = stored carries")
+    with pytest.raises(ValueError, match="checkpoint= needs max_steps"):
+        bp.while_loop(lambda c: bp.sum(c) < 1.0, lambda c: c, xs, checkpoint=2)

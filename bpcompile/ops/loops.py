@@ -280,7 +280,8 @@ def _fn_name(f: Callable, default: str) -> str:
 
 
 def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], init: Any,
-               max_steps: int | None = None, name: str | None = None) -> Any:
+               max_steps: int | None = None, checkpoint: bool | int | None = None,
+               name: str | None = None) -> Any:
     """`while cond_fun(carry): carry = body_fun(carry)`, like `jax.lax.while_loop`.
 
     init: a tensor or a tuple/list/dict pytree of tensors of any dtype (an int counter too);
@@ -289,6 +290,7 @@ def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], i
     mode raises a GradientError. max_steps=N (a static int): run at most N steps, as a
     differentiable N-step scan that stops changing the carry once cond_fun is false (the
     body still runs its N steps, masked, as in JAX users' bounded while loops).
+    checkpoint (with max_steps): as `scan`'s, store every k-th carry for the backward pass.
     """
     leaves, treedef, names = tree_flatten(init, "init", _arg_name(body_fun, 0, "carry"))
     if not leaves:
@@ -296,7 +298,11 @@ def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], i
     bname = name or _fn_name(body_fun, "body")
     cname = _fn_name(cond_fun, "cond")
     if max_steps is not None:
-        return _bounded(cond_fun, body_fun, leaves, treedef, names, max_steps, bname, cname)
+        return _bounded(cond_fun, body_fun, leaves, treedef, names, max_steps, bname, cname,
+                        checkpoint)
+    if checkpoint:
+        raise ValueError("while_loop: checkpoint= needs max_steps= (an unbounded while_loop "
+                         "stores no carries: it is not differentiable in reverse mode)")
     scope = next(_SCOPES)
     c_ph = [placeholder(nm, c.shape, c.dtype, scope) for nm, c in zip(names, leaves)]
     new, d, _ = tree_flatten(body_fun(tree_unflatten(c_ph, treedef)),
@@ -313,7 +319,7 @@ def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], i
     return tree_unflatten(list(results(node)), treedef)
 
 
-def _bounded(cond_fun, body_fun, leaves, treedef, names, max_steps, bname, cname):
+def _bounded(cond_fun, body_fun, leaves, treedef, names, max_steps, bname, cname, checkpoint):
     T = _static_int(max_steps, "max_steps")
     if T < 0:
         raise ValueError(f"while_loop: max_steps must be >= 0, got {T}")
@@ -330,5 +336,6 @@ def _bounded(cond_fun, body_fun, leaves, treedef, names, max_steps, bname, cname
         new = _fit_carries(new, leaves, names, bname)
         return tuple(where(go, n, o) for n, o in zip(new, carry)), None
 
-    final, _ = scan(step, tuple(leaves), None, length=T, name=bname, carry_names=names)
+    final, _ = scan(step, tuple(leaves), None, length=T, name=bname, carry_names=names,
+                    checkpoint=checkpoint)
     return tree_unflatten(list(final), treedef)
