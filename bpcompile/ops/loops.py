@@ -8,8 +8,9 @@ without new code, everything scan has: the body traced once into a sub-graph, lo
 backend (a real loop: NumPy `for`, LLVM loop, `lax.scan`), reverse mode by BPTT through the
 stored (or `checkpoint=`ed) carries, forward mode through the transposed VJP, the rewrite
 pipeline recursing into the body, and nested derivatives (a body that calls `bp.grad`: MAML).
-The index is an xs rather than a carry because carries are float tensors that the backward pass
-differentiates; an int xs gets no cotangent and costs one int per step.
+The index is an xs rather than a carry because a carry is stored at every step for the
+backward pass and is carried again by the reverse scan; an xs is only read (one int per step),
+and the scan_outputs pass drops it when the body ignores the index.
 
 `while_loop(cond, body, init)` is its own op, `while_loop`, because its trip count is data:
     while_loop(init carries..., consts..., go; body) -> final carries...
@@ -18,13 +19,14 @@ body followed by their cond on the new carries, and the operand `go` is cond(ini
 the outer graph: one sub-graph per loop (the rewrite pipeline and backends handle it as a scan
 body with carries and consts, no xs, and one y, the bool flag). Backends lower it to a real
 loop (NumPy `while`, an LLVM loop with a conditional branch, `lax.while_loop`). Carries may be
-any dtype (an int counter), as a scan's may. It has no derivative: the backward pass would need
-every carry, and their number is unknown when the program is built. With `max_steps=k` the
-loop is instead a k-step scan whose step applies the body where cond holds and keeps the carry
-where it does not (`where(cond(c), body(c), c)`: once cond fails the carry, hence cond, stays
-fixed), which is differentiable like any scan. Masked steps still run the body, so it must be
-valid (indices in range) one step past the point where cond fails. Forward mode through the
-unbounded loop is autodiff/loop_jvp.py (a loop carrying the tangents, as JAX's rule).
+any dtype (an int counter), as a scan's may. It has no reverse-mode derivative: the backward
+pass would need every carry, and their number is unknown when the program is built. With
+`max_steps=k` the loop is instead a k-step scan whose step applies the body where cond holds and
+keeps the carry where it does not (`where(cond(c), body(c), c)`: once cond fails the carry,
+hence cond, stays fixed), which is differentiable like any scan. Masked steps still run the
+body, so it must be valid (indices in range) one step past the point where cond fails. Forward
+mode through the unbounded loop is autodiff/loop_jvp.py (a loop carrying the tangents, as
+JAX's rule).
 
 Carries may be pytrees: a tensor, or tuples/lists/dicts of them, nested (dicts in sorted key
 order, as JAX flattens them); a dict's keys name the body's arguments in generated code.
@@ -242,10 +244,11 @@ register(Op("while_loop", "control", _infer_while, _vjp_while,
 
 def _fit_carries(new: list[Node], like: list[Node], names: list[str], fn: str,
                  loop: str = "while_loop") -> list[Node]:
-    """The body's new carries in init's dtypes and shapes (Python scalars come back weak)."""
+    """The body's new carries in init's float dtypes and shapes (a float64 expression for a
+    float32 carry is cast back, as scan does); any other mismatch is an error naming it."""
     out = []
     for n, c, nm in zip(new, like, names):
-        if n.dtype != c.dtype and (is_float(n.dtype) == is_float(c.dtype)):
+        if n.dtype != c.dtype and is_float(n.dtype) and is_float(c.dtype):
             n = cast(n, c.dtype)
         if n.dtype != c.dtype:
             raise DTypeError(f"{loop}: body {fn} returns carry {nm} as {n.dtype}; init "
