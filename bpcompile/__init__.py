@@ -96,6 +96,7 @@ from .nn import (  # noqa: F401
     softmax,
 )
 from .ops.checkpoint import checkpoint, remat  # noqa: F401  (issue 17: rematerialisation)
+from .ops.loops import fori_loop, while_loop  # noqa: F401  (issue 16: loops)
 from .spec import load as load_model  # noqa: F401
 from .train import compile_train_step  # noqa: F401  (issue 6: training)
 from .transforms import hessian, jacobian, jvp, vjp  # noqa: F401  (issue 16)

@@ -586,6 +586,24 @@ def _rnn_rows():
 ROWS += _rnn_rows()
 
 
+def _while_rows():
+    """bp.while_loop (not differentiable): the number of halvings of a stop_gradient'ed
+    value, a data-dependent trip count, scaling x; against jax.lax.while_loop."""
+    def halvings(s, cond, loop):
+        return loop(lambda c: cond(c[1] > 1.0), lambda c: (c[0] + 1.0, c[1] * 0.5),
+                    (s * 0.0, s))[0]
+
+    return [Row("while_loop_halvings", ("while_loop",), {"x": (3, 4)},
+                lambda P, I: P["x"] * halvings(bp.sum(bp.stop_gradient(P["x"]) ** 2),
+                                               lambda b: b, bp.while_loop),
+                lambda P, I: P["x"] * halvings(jnp.sum(lax.stop_gradient(P["x"]) ** 2),
+                                               lambda b: b, lax.while_loop),
+                gens(x=normal(3, 4)), smooth=False)]
+
+
+ROWS += _while_rows()
+
+
 def _checkpoint_rows():
     """bp.checkpoint (ops remat, remat_barrier): a checkpointed tanh block, nested, against
     jax.checkpoint."""

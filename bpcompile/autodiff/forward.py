@@ -117,6 +117,10 @@ def tangent_of(n: Node, ts: Sequence[Node | None]) -> Node | list[Node | None] |
     op = get_op(n.op)
     if op.jvp is not None:
         return op.jvp(n, ts)
+    if n.op == "while_loop":  # its body's JVP needs this driver (autodiff/loop_jvp.py)
+        from .loop_jvp import while_jvp
+
+        return while_jvp(n, ts)
     if op.vjp is None:
         where = f" (created at {n.where})" if n.where else ""
         raise NonDifferentiableError(

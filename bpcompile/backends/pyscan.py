@@ -28,7 +28,7 @@ class Lowered(str):
     consts: dict = {}
 
 
-def _body_source(body, lower, ns: str, fn_name: str):
+def _body_source(body, lower, ns: str, fn_name: str, kind: str = "scan"):
     """(source of `def fn_name(params...)`, constants) for the body, exactly as given: the
     rewrite pipeline has simplified it (or, for bp.check's JAX oracle, left it as traced, so
     stop_gradient survives for JAX to differentiate)."""
@@ -36,7 +36,7 @@ def _body_source(body, lower, ns: str, fn_name: str):
 
     outs = list(body.outputs)
     src, consts = emit_function(outs, list(body.params), lower, fn_name, ns,
-                                title=f"scan body {body.name}: "
+                                title=f"{kind} body {body.name}: "
                                 f"({', '.join(p.attr('name') for p in body.params)}) -> "
                                 f"{len(body.new_carries)} carries, {len(body.ys)} ys")
     return src, consts
@@ -74,7 +74,7 @@ def jax_scan(n: Node, a: list[str]) -> Lowered:
 def _emit(n: Node, a: list[str], lower, ns, dtypes, loop) -> Lowered:
     body = n.attr("body")
     pre = _prefix(n)
-    body_src, consts = _body_source(body, lower, ns, f"{pre}_body")
+    body_src, consts = _body_source(body, lower, ns, f"{pre}_body", n.op)
     loop_src = loop(n, pre, dtypes)
     out = Lowered(f"{pre}_loop({', '.join(a)})")
     out.defs = body_src + "\n\n" + loop_src
@@ -231,3 +231,64 @@ def _jax_loop(n: Node, pre: str, dtypes) -> str:
 
 def _tuple(names) -> str:
     return "(" + "".join(nm + ", " for nm in names) + ")"
+
+
+# ---------------------------------------------------------------------------------------------
+# while_loop (ops/loops.py): the body returns the new carries and the flag, cond of them
+
+
+def numpy_while(n: Node, a: list[str]) -> Lowered:
+    from .numpy.lower import NP_DTYPE, lower
+
+    return _emit(n, a, lower, "np", NP_DTYPE, _numpy_while)
+
+
+def jax_while(n: Node, a: list[str]) -> Lowered:
+    from .jax.lower import JNP_DTYPE, lower
+
+    return _emit(n, a, lower, "jnp", JNP_DTYPE, _jax_while)
+
+
+def _numpy_while(n: Node, pre: str, dtypes) -> str:
+    body = n.attr("body")
+    c, init, _sv, _xs, ks, v = _loop_names(body, ["go"])
+    go = v["go"]
+    outs = c + [go]
+    lines = [f"def {pre}_loop({', '.join(init + ks + [go])}):",
+             f'    """while_loop {body.name}: runs the body while its flag holds."""',
+             f"    {_tuple(c)} = {_tuple(init)}",
+             f"    while {go}:",
+             f"        {outs[0]}, ({''.join(o + ', ' for o in outs[1:])}) = "
+             f"{pre}_body({', '.join(c + ks)})"]
+    finals = [f"np.array({ci}, {dtypes[dt]})" for ci, (_s, dt) in zip(c, n.results or ())]
+    lines.append(f"    return {_tuple(finals)}")
+    return "\n".join(lines)
+
+
+def _jax_while(n: Node, pre: str, dtypes) -> str:
+    from .pysource import current_namespace
+
+    body = n.attr("body")
+    nc = len(body.carries)
+    sc = current_namespace().scope()
+    init = [sc.user(f"init{i}") for i in range(nc)]
+    ks = [sc.user(p.attr("name")) for p in body.consts]
+    c = [sc.user(f"c{i}") for i in range(nc)]
+    v = {b: sc.user(b) for b in ("go", "state", "cond_fn", "body_fn", "_")}
+    go, state, cond_fn, body_fn, _ = (v[k] for k in ("go", "state", "cond_fn", "body_fn", "_"))
+    outs = c + [go]
+    # init carries may be Python scalars (inlined constants): give them their dtype
+    typed = [f"jnp.asarray({i}, {dtypes[p.dtype]})" for i, p in zip(init, body.carries)]
+    lines = [f"def {pre}_loop({', '.join(init + ks + [go])}):",
+             f'    """while_loop {body.name} with jax.lax.while_loop."""',
+             f"    def {cond_fn}({state}):",
+             f"        return {state}[-1]",
+             f"    def {body_fn}({state}):",
+             f"        {_tuple(c + [_])} = {state}",
+             f"        {outs[0]}, ({''.join(o + ', ' for o in outs[1:])}) = "
+             f"{pre}_body({', '.join(c + ks)})",
+             f"        return {_tuple(outs)}",
+             f"    {_tuple(c + [_])} = lax.while_loop({cond_fn}, {body_fn}, "
+             f"{_tuple(typed + [go])})",
+             f"    return {_tuple(c)}"]
+    return "\n".join(lines)

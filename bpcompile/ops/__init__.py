@@ -7,6 +7,7 @@ from . import (  # noqa: F401
     kernel,
     leaves,
     linalg,
+    loops,
     movement,
     reduce,
     results,

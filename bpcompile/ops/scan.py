@@ -28,8 +28,8 @@ carry cotangent plus one accumulator per constant (the per-step parameter gradie
 over time). Values the step's VJP needs that the forward already stored - the carry leaving
 the step and the ys - are read from the saved outputs instead of being recomputed.
 
-Carries are float tensors; ys, xs and consts may be any dtype (int token ids); a y of int
-dtype gets no gradient.
+Carries, ys, xs and consts may be any dtype (an int step counter, int token ids); values of
+int or bool dtype get no gradient.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from ..errors import DTypeError, ShapeError
+from ..errors import ShapeError
 from ..ir.dtypes import is_float
 from ..ir.node import LOCATION_OVERRIDE, NAMES, Node, make, rebuild
 from ..ir.provenance import GRAD_OF
@@ -142,8 +142,6 @@ def _infer(inputs, attrs):
         if c.shape != nc_.shape or c.dtype != nc_.dtype:
             raise ShapeError(f"scan {body.name}: the step returns a carry {nc_.dtype}"
                              f"{list(nc_.shape)} for a carry {c.dtype}{list(c.shape)}")
-        if not is_float(c.dtype):
-            raise DTypeError(f"scan {body.name}: carries must be float tensors, got {c.dtype}")
     if save > 1 and attrs["reverse"]:
         raise ShapeError("scan: checkpointing (save > 1) is only for forward scans")
     k = n_saved(length, save)
@@ -447,7 +445,8 @@ def _unflatten(nodes, kind):
 
 def scan(step: Callable[[Any, Any], tuple[Any, Any]], init: Tree, xs: Tree | None = None,
          length: int | None = None, reverse: bool = False, truncate: int | None = None,
-         checkpoint: bool | int | None = None, name: str | None = None) -> tuple[Any, Any]:
+         checkpoint: bool | int | None = None, name: str | None = None,
+         carry_names: Sequence[str] | None = None) -> tuple[Any, Any]:
     """Loop `carry, y = step(carry, x)` over the leading axis of `xs`, like jax.lax.scan.
 
     init: a tensor or tuple/list of tensors (the carry); xs: a tensor, tuple/list or None
@@ -460,6 +459,8 @@ def scan(step: Callable[[Any, Any], tuple[Any, Any]], init: Tree, xs: Tree | Non
       k, 2k, ... in iteration order), as `stop_gradient` on the carry there would.
     checkpoint: None/False saves every carry for the backward pass; an int k >= 2 saves every
       k-th and recomputes the rest in the backward pass; True picks k = ceil(sqrt(T)).
+    carry_names: one name per carry leaf for the body's arguments (fori_loop passes a dict
+      carry's keys), instead of the step's first argument name numbered.
     """
     init_nodes, init_kind = _flatten(init, "init")
     if not init_nodes:
@@ -473,16 +474,15 @@ def scan(step: Callable[[Any, Any], tuple[Any, Any]], init: Tree, xs: Tree | Non
     for x in xs_nodes:
         if x.ndim == 0 or x.shape[0] != T:
             raise ShapeError(f"scan: every xs must have leading axis {T}, got {x.shape}")
-    for c in init_nodes:
-        if not is_float(c.dtype):
-            raise DTypeError(f"scan: carries must be float tensors, got {c.dtype}")
     name = name or getattr(step, "__name__", None) or "step"
     if not name.isidentifier() or name == "<lambda>":
         name = "step"
     scope = next(_SCOPES)
     argnames = _arg_names(step)
-    c_ph = [placeholder(f"{argnames[0]}{i}" if len(init_nodes) > 1 else argnames[0],
-                        c.shape, c.dtype, scope) for i, c in enumerate(init_nodes)]
+    c_names = list(carry_names) if carry_names is not None else [
+        f"{argnames[0]}{i}" if len(init_nodes) > 1 else argnames[0]
+        for i in range(len(init_nodes))]
+    c_ph = [placeholder(nm, c.shape, c.dtype, scope) for nm, c in zip(c_names, init_nodes)]
     x_ph = [placeholder(f"{argnames[1]}{i}" if len(xs_nodes) > 1 else argnames[1],
                         x.shape[1:], x.dtype, scope) for i, x in enumerate(xs_nodes)]
     reset_ph = None
@@ -538,14 +538,17 @@ def sqrt_segment(T: int) -> int:
 
 
 def prune_outputs(outputs: list[Node]) -> list[Node]:
-    """Rewrite pass: drop the ys no one reads and the saved carries no backward pass reads.
+    """Rewrite pass: drop the ys no one reads, the saved carries no backward pass reads, and
+    the xs and consts the body does not use.
 
     Dropping a y removes it from the body (its computation becomes dead code); unread saved
-    carries turn `save` off (forward-only use of a scan built for training).
+    carries turn `save` off (forward-only use of a scan built for training); an unused xs is
+    e.g. the index of a `fori_loop` whose body ignores it.
     """
     order = toposort(outputs)
     users = consumers(order)
-    plans: dict[Node, tuple[dict, dict[int, int]]] = {}  # scan -> (attrs, old -> new index)
+    # scan -> (attrs, old -> new result index, which operands stay)
+    plans: dict[Node, tuple[dict, dict[int, int], list[bool]]] = {}
     for n in order:
         if n.op != "scan":
             continue
@@ -554,22 +557,28 @@ def prune_outputs(outputs: list[Node]) -> list[Node]:
         read = {u.attr("index") for u in users[n]}
         keep_y = [nc + j in read for j in range(ny)]
         keep_saved = any(i >= nc + ny for i in read)
-        if all(keep_y) and (keep_saved or n.attr("save") == 0):
+        ys = [y for y, k in zip(body.ys, keep_y) if k]
+        used = set(toposort(list(body.new_carries) + ys))
+        keep_x = [p in used for p in body.xs]
+        keep_k = [p in used for p in body.consts]
+        if all(keep_y) and (keep_saved or n.attr("save") == 0) and all(keep_x) \
+                and all(keep_k):
             continue
-        nb = Body(body.carries, body.xs, body.consts, body.new_carries,
-                  [y for y, k in zip(body.ys, keep_y) if k], body.name)
+        nb = Body(body.carries, [p for p, k in zip(body.xs, keep_x) if k],
+                  [p for p, k in zip(body.consts, keep_k) if k], body.new_carries, ys,
+                  body.name)
         kept = list(range(nc)) + [nc + j for j in range(ny) if keep_y[j]]
         if keep_saved:
             kept += list(range(nc + ny, len(n.results or ())))
         plans[n] = (dict(n.attrs, body=nb, save=n.attr("save") if keep_saved else 0),
-                    {old: new for new, old in enumerate(kept)})
+                    {old: new for new, old in enumerate(kept)}, [True] * nc + keep_x + keep_k)
     if not plans:
         return outputs
 
     def build(n: Node, memo: dict[Node, Node]) -> Node:
         ins = [memo[i] for i in n.inputs]
         if n in plans:
-            return make("scan", ins, **plans[n][0])
+            return make("scan", [i for i, k in zip(ins, plans[n][2]) if k], **plans[n][0])
         if n.op == "result" and n.inputs[0] in plans:
             return result(ins[0], plans[n.inputs[0]][1][n.attr("index")])
         return rebuild(n, ins)

@@ -31,6 +31,8 @@ from .fuse import fuse
 from .scan_hoist import hoist_scans
 from .stabilize import stabilize
 
+LOOP_OPS = ("scan", "while_loop")  # ops holding a body sub-graph (ops/scan.py, ops/loops.py)
+
 # Run on the forward graph before autodiff: a stable forward gives a stable backward.
 FORWARD_PASSES = [
     ("canonicalize", canonicalize_forward),
@@ -72,7 +74,7 @@ def body_stages(outputs: list[Node], _depth: int = 0) -> list[tuple[int, Stage]]
     once and followed by those nested in it: the sub-graphs the final stage runs."""
     rows, seen = [], set()
     for n in toposort(outputs):
-        body = n.attr("body") if n.op == "scan" else None
+        body = n.attr("body") if n.op in LOOP_OPS else None
         if body is None or body in seen:
             continue
         seen.add(body)
@@ -170,12 +172,12 @@ def _forward(outputs: list[Node]) -> list[Node]:
 def rewrite_bodies(outputs: list[Node], rewrite) -> list[Node]:
     """Every scan reachable from `outputs` with its body's outputs replaced by
     `rewrite(body outputs)`; a body shared by several scan nodes is rewritten once."""
-    if not any(n.op == "scan" for n in toposort(outputs)):
+    if not any(n.op in LOOP_OPS for n in toposort(outputs)):
         return outputs
     done: dict[Body, Body] = {}
 
     def visit(n: Node) -> Node:
-        if n.op != "scan":
+        if n.op not in LOOP_OPS:
             return n
         body = n.attr("body")
         if body not in done:
@@ -184,6 +186,6 @@ def rewrite_bodies(outputs: list[Node], rewrite) -> list[Node]:
             done[body] = body if all(a is b for a, b in zip(outs, body.outputs)) else Body(
                 body.carries, body.xs, body.consts, outs[:nc], outs[nc:], body.name)
         new = done[body]
-        return n if new is body else make("scan", n.inputs, **dict(n.attrs, body=new))
+        return n if new is body else make(n.op, n.inputs, **dict(n.attrs, body=new))
 
     return transform(outputs, visit)

@@ -184,9 +184,10 @@ def lowered_ops() -> set[str]:
     return _lowered_ops(LOWERINGS, PRINTER)
 
 
-from ..pyscan import jax_scan, result_item  # noqa: E402  (scan: jax.lax.scan over a generated body function)
+from ..pyscan import jax_scan, jax_while, result_item  # noqa: E402  (scan: jax.lax.scan over a generated body function)
 
 LOWERINGS["scan"] = jax_scan
+LOWERINGS["while_loop"] = jax_while
 LOWERINGS["result"] = result_item  # (pysource unpacks a scan into its results instead)
 
 from ..pycustom import jax_custom  # noqa: E402  (custom_vjp outside the pipeline: its primal as a function)

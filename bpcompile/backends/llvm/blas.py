@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 from dataclasses import dataclass
 
+import numpy as np
 from llvmlite import ir
 
 from .loops import F32, F64, I8, I32, PTR, VOID
@@ -26,6 +28,12 @@ from .memplan import View
 # (benchmarks/bench_llvm.py --gemm-threshold): single 2-d float32 products; the BLAS call has a
 # fixed cost of ~1 µs; inline loops win up to ~40³, BLAS from ~64³ on (crossover 48³-64³).
 GEMM_THRESHOLD = 48**3
+# A batched product goes to BLAS (one call per matrix) when the whole batch does at least
+# GEMM_THRESHOLD multiply-adds and each matrix at least BATCHED_MIN: MAML's per-task products
+# (25 x 10x40x40), float64, took 30 µs by BLAS against 43 µs inline, and 37 against 90 µs with
+# a transposed right operand (the inline j loop is then strided); at 8 x 16³ inline still won
+# (15 against 18 µs): `python benchmarks/bench_transforms.py --batched-gemm`. docs/performance.md.
+BATCHED_MIN = 8192
 
 # When a BLAS call may use several threads: M*N*K at least PARALLEL_THRESHOLD (below it
 # OpenBLAS's thread hand-off costs more than it saves) and an output of at least
@@ -65,7 +73,11 @@ def plan_shape(a_shape, b_shape, threshold: int) -> bool:
         return False
     m, k = a_shape[-2:]
     n = b_shape[-1]
-    return m * n * k >= threshold and m > 0 and n > 0 and k > 0
+    if not (m > 0 and n > 0 and k > 0):
+        return False
+    batch = math.prod(np.broadcast_shapes(tuple(a_shape[:-2]), tuple(b_shape[:-2])))
+    return m * n * k >= threshold or (batch > 1 and m * n * k >= min(BATCHED_MIN, threshold)
+                                      and batch * m * n * k >= threshold)
 
 
 def plan(node, a: View, b: View, threshold: int) -> MatmulPlan | None:

@@ -238,7 +238,7 @@ def _function(prog: Schedule, module: ir.Module, name: str, consts: dict):
 
 # Steps whose code depends on more than their views, node and BLAS plan: a scan's nested body
 # and loop state, and take/one_hot's index-status site numbers. Emitted once per call site.
-UNSHARED_OPS = frozenset({"scan", "take", "one_hot"})
+UNSHARED_OPS = frozenset({"scan", "while_loop", "take", "one_hot"})
 SHARE_KERNELS = True  # tests turn it off to compare with one function per step
 
 

@@ -518,6 +518,15 @@ def _scan(ctx, n: Node):
 
 
 LOWERINGS["scan"] = _scan
+
+
+def _while(ctx, n: Node):
+    from .while_loop import lower_while  # compiles its body with codegen, which imports us
+
+    lower_while(ctx, n)
+
+
+LOWERINGS["while_loop"] = _while
 LEAVES = ("input", "param", "const")
 # ops the backend replaces by their definition before scheduling (backend.py): custom_vjp's
 # primal is ordinary graph (the pipeline has normally inlined it already)

@@ -23,6 +23,7 @@ from .accumulate import Fold, folds
 from .lower import VIEWS
 from .memplan import Buffer, View, contiguous
 from .scan import plan_scan
+from .while_loop import plan_while
 
 
 @dataclass(eq=False)
@@ -161,7 +162,8 @@ class Schedule:
             if p is not None and p in owner:
                 self.views[p] = views[-1]
         self.views[n] = tuple(views)  # type: ignore[assignment]
-        self.scan_plan[n] = plan_scan(self, n, step)
+        plan = plan_while if n.op == "while_loop" else plan_scan
+        self.scan_plan[n] = plan(self, n, step)
         reads = [self.views[i].buf for i in n.inputs]
         temps = [v.buf for (m, _k), v in self.temps.items() if m is n]
         writes = [v.buf for v in views]

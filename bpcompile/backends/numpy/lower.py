@@ -55,9 +55,10 @@ def lowered_ops() -> set[str]:
     return _lowered_ops(LOWERINGS, PRINTER)
 
 
-from ..pyscan import numpy_scan, result_item  # noqa: E402  (scan: a for loop over a generated body function)
+from ..pyscan import numpy_scan, numpy_while, result_item  # noqa: E402  (scan: a for loop over a generated body function)
 
 LOWERINGS["scan"] = numpy_scan
+LOWERINGS["while_loop"] = numpy_while
 LOWERINGS["result"] = result_item  # (pysource unpacks a scan into its results instead)
 
 from ..pycustom import numpy_custom  # noqa: E402  (custom_vjp outside the pipeline: its primal as a function)

@@ -1,0 +1,60 @@
+"""Forward mode through `while_loop` (ops/loops.py): the loop, carrying the tangents too.
+
+JAX's rule: the JVP of `while cond(c): c = body(c)` is the loop over (c, ċ) whose body is
+(body(c), J_body(c) ċ) and whose cond reads c alone, so the tangents follow the primal trip
+count, whatever it is. The tangent body is this module's `jvp` of the user's body graph
+w.r.t. its carries and the consts that have a tangent (their tangents enter as loop
+constants). Float carries get a tangent carry (zeros where init's tangent is a symbolic
+zero: a const can still move it); int and bool carries do not. The primal loop stays where it
+was, so the primal is computed twice (once here): the price of keeping the rule local.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..ir.dtypes import is_float
+from ..ir.node import Node, make
+from ..ops.leaves import const
+from ..ops.movement import broadcast_to
+from ..ops.results import results
+from ..ops.scan import _SCOPES, Body, placeholder
+
+
+def while_jvp(n: Node, ts: Sequence[Node | None]) -> list[Node | None]:
+    """One tangent (or None) per result of while_loop node `n`, given its inputs' tangents."""
+    from .forward import jvp
+
+    body = n.attr("body")
+    nc, nk = len(body.carries), len(body.consts)
+    init, consts, go0 = n.inputs[:nc], n.inputs[nc:nc + nk], n.inputs[-1]
+    c_idx = [i for i, c in enumerate(body.carries) if is_float(c.dtype)]
+    k_idx = [j for j in range(nk) if ts[nc + j] is not None]
+    if not c_idx:
+        return [None] * nc
+    scope = next(_SCOPES)
+    taken = {p.attr("name") for p in body.params}
+
+    def ph(p: Node) -> Node:
+        name, k = f"{p.attr('name')}_t", 0
+        while name in taken:
+            k += 1
+            name = f"{p.attr('name')}_t{k}"
+        taken.add(name)
+        return placeholder(name, p.shape, p.dtype, scope)
+
+    tc = [ph(body.carries[i]) for i in c_idx]
+    tk = [ph(body.consts[j]) for j in k_idx]
+    primals = [body.carries[i] for i in c_idx] + [body.consts[j] for j in k_idx]
+    _, t_new = jvp([body.new_carries[i] for i in c_idx], primals, tc + tk)
+    tbody = Body(list(body.carries) + tc, (), list(body.consts) + tk,
+                 list(body.new_carries) + list(t_new), body.ys, f"{body.name}_jvp")
+    t_init = [ts[i] if ts[i] is not None else
+              broadcast_to(const(0.0, init[i].dtype), init[i].shape) for i in c_idx]
+    loop = make("while_loop", list(init) + t_init + list(consts)
+                + [ts[nc + j] for j in k_idx] + [go0], body=tbody)
+    out = results(loop)[nc:]
+    tangents: list[Node | None] = [None] * nc
+    for pos, i in enumerate(c_idx):
+        tangents[i] = out[pos]
+    return tangents
