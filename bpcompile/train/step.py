@@ -129,6 +129,13 @@ class TrainStep:
             self.input_nodes = [self._acc[0].get(x.attr("name"), x) for x in self.input_nodes]
         self.input_names = [x.attr("name") for x in self.input_nodes]
         self.optimizer = optimizer if optimizer is not None else adam(1e-3)
+        # optimizers that read the graph (K-FAC: dense layers, activations, cotangents)
+        self._host_opt = callable(getattr(self.optimizer, "bind", None))
+        if self._host_opt:
+            if accumulate != 1 or self.loss_scaler is not None:
+                raise ArgumentError(f"compile_train_step: optimizer {self.optimizer.name!r} "
+                                    "does not support accumulate != 1 or loss_scale")
+            self.optimizer = self.optimizer.bind(run_forward(loss), wrt)  # type: ignore
         self.backend, self.diagnostics, self.check_finite = backend, diagnostics, check_finite
 
         # -- initial values ------------------------------------------------------------------
@@ -178,6 +185,8 @@ class TrainStep:
         self._scalars = {"step": np.zeros((), dt), "lr_scale": np.ones((), dt)}
         if self.loss_scaler is not None:
             self._scalars["loss_scale"] = np.ones((), np.float32)
+        if self._host_opt:  # host-written inputs (K-FAC's inverses and sampling noise)
+            self._scalars.update(self.optimizer.host_inputs())  # type: ignore[attr-defined]
         self._step_arr, self._scale_arr = self._scalars["step"], self._scalars["lr_scale"]
         self._input_set = set(self.input_names)
         self._carried = self.param_names + self.state_names  # updated every step
@@ -253,6 +262,9 @@ class TrainStep:
             if k in init:
                 np.copyto(self.frozen[k], init[k], casting="same_kind")
         self._write_carried({**params, **self.optimizer.init(params)})
+        if self._host_opt:
+            for k, v in self.optimizer.host_inputs().items():  # type: ignore[attr-defined]
+                self._scalars[k][...] = v
         self.count, self.lr_scale, self.last = 0, 1.0, {}
         if self.loss_scaler is not None:
             self.loss_scaler.reset()
@@ -283,6 +295,8 @@ class TrainStep:
         try:
             self._step_arr[()] = self.count
             self._scale_arr[()] = self.lr_scale
+            if self._host_opt:
+                self.optimizer.before_step(self.count, self._scalars)  # type: ignore
             scaler = self.loss_scaler
             if scaler is not None:
                 self._scalars["loss_scale"][()] = scaler.scale
@@ -336,6 +350,9 @@ class TrainStep:
                 for k in self._carried:
                     self._cur[k] = values[f"{k}_next"]
             self.count += 1
+            if self._host_opt:
+                self.optimizer.after_step(  # type: ignore[attr-defined]
+                    self.count - 1, self.opt_state, self._scalars)
             return loss
         finally:
             lock.release()
@@ -484,6 +501,8 @@ class TrainStep:
         self._write_carried(values)
         self.count = int(d.get("meta/count", 0))
         self.lr_scale = float(d.get("meta/lr_scale", 1.0))
+        if self._host_opt:  # inverses from the restored factors
+            self.optimizer.refresh(self.opt_state, self._scalars)  # type: ignore
         if self.loss_scaler is not None:
             pre = "meta/loss_scale_"
             self.loss_scaler.load_state_dict(
