@@ -209,3 +209,35 @@ def test_errors_name_the_problem():
     other = bp.input("z", (N, C), "float64")
     with pytest.raises(ArgumentError, match="not a node of the loss"):
         compile_train_step(loss, optimizer=bp.optim.kfac(0.1, output=other), init=_init())
+
+
+def test_fit_by_name_and_checkpoint_restore():
+    """`optimizer="kfac"` by name (empirical Fisher) through `fit`; a restored checkpoint
+    refreshes the inverses from the restored factors, so the next step matches."""
+    loss, _ = _mlp()
+    X, Y = _data()
+    hist = bp.train.fit(loss, {"x": X, "y": Y}, epochs=3, batch_size=N, progress=False,
+                        optimizer=bp.optim.get("kfac", 0.3, inverse_every=1), init=_init())
+    assert hist.step.optimizer.fisher == "empirical"
+    assert hist.loss[-1] < hist.loss[0]
+    a = hist.step
+    assert a is not None
+    b = compile_train_step(loss, optimizer=bp.optim.get("kfac", 0.3, inverse_every=1),
+                           init=_init())
+    b.load_state_dict(a.state_dict())
+    a(x=X, y=Y)
+    b(x=X, y=Y)
+    for k, v in a.params.items():
+        assert_close(b.params[k], v, 1e-12, k)
+
+
+def test_digits_example_kfac_needs_fewer_steps():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
+    from kfac_digits import main
+
+    rows = main(["--seeds", "0", "--only", "sgd", "kfac", "--max-steps", "300"])
+    steps = {r["optimizer"]: r["steps"] for r in rows if r["reached"]}
+    assert set(steps) == {"sgd", "kfac"} and steps["kfac"] < steps["sgd"] / 2, rows
