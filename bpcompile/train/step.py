@@ -614,7 +614,8 @@ class _PingPong:
     def __init__(self, step: TrainStep, fns: list, callers: list):
         self.step, self.fns = step, fns
         self.callers = [c.bp_native for c in callers]
-        fixed = {**step.frozen, **step._scalars}
+        names = set(fns[0].signature.names)  # `step` is no input when no transform reads it
+        fixed = {k: v for k, v in {**step.frozen, **step._scalars}.items() if k in names}
         idx = {n: j for j, n in enumerate(fns[0].names)}
         # feeds[i] is what fns[i] reads: the carried values from the other function's buffers
         self.feeds = []
