@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -260,7 +261,7 @@ def optimizee_losses(loss_fn: LossFn, theta_shapes: Mapping[str, tuple],
     step = None
     out = np.zeros((len(problems), steps + 1))
     for i, (theta0, batch) in enumerate(problems):
-        init = {k: np.asarray(v, dtype) for k, v in theta0.items()}
+        init: dict[str, Any] = {k: np.asarray(v, dtype) for k, v in theta0.items()}
         if step is None:
             step = compile_train_step(loss, list(theta.values()), optimizer, backend, init=init)
         else:
