@@ -241,3 +241,19 @@ def test_digits_example_kfac_needs_fewer_steps():
     rows = main(["--seeds", "0", "--only", "sgd", "kfac", "--max-steps", "300"])
     steps = {r["optimizer"]: r["steps"] for r in rows if r["reached"]}
     assert set(steps) == {"sgd", "kfac"} and steps["kfac"] < steps["sgd"] / 2, rows
+
+
+def test_cli_optimizer_kfac(capsys):
+    """`bpcompile train --optimizer kfac` (empirical Fisher): the 1986 XOR net in 200 epochs
+    (momentum needs ~3000 to the same loss, docs/training.md)."""
+    from pathlib import Path
+
+    from bpcompile.cli import main
+
+    xor = str(Path(__file__).parent.parent / "examples" / "xor.toml")
+    assert main(["train", xor, "--epochs", "200", "--optimizer", "kfac", "--lr", "0.5",
+                 "--no-progress"]) == 0
+    loss = float(capsys.readouterr().out.split("loss ")[1].split(",")[0])
+    assert loss < 1e-3
+    assert main(["train", xor, "--optimizer", "kfac", "--clip-norm", "1"]) == 2
+    assert "clipping" in capsys.readouterr().err

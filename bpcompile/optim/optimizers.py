@@ -101,6 +101,9 @@ def chain(*transforms: Transform, name: str = "chain") -> Optimizer:
 def kfac_empirical(learning_rate: LearningRate = 1e-2, **kw: Any) -> KFAC:
     """K-FAC chosen by name (CLI): the empirical Fisher, since a spec names no predictive
     distribution to sample targets from (bp.optim.kfac(output=...) for the true Fisher)."""
+    if kw.pop("clip_norm", None) is not None or kw.pop("clip_value", None) is not None:
+        raise ValueError("kfac: gradient clipping is not supported (the preconditioned step "
+                         "is damped instead)")
     return kfac(learning_rate, fisher="empirical", **kw)
 
 
