@@ -8,6 +8,7 @@ compilation or the accuracy checks. K-FAC uses the true Fisher (targets sampled 
 model's softmax, a second backward sweep in the same compiled step).
 
     python examples/kfac_digits.py [--backend llvm] [--max-steps 3000] [--seeds 0 1 2]
+    python examples/kfac_digits.py --step-cost    # ms per step of each optimizer
 """
 
 from __future__ import annotations
@@ -77,6 +78,25 @@ def race(name: str, opt, loss, data: dict, acc_fn, backend: str, seed: int,
             "compile_s": compile_s, "reached": False}
 
 
+def step_cost(backend: str, rounds: int = 20, per_round: int = 20) -> dict[str, float]:
+    """Median ms per compiled step of each optimizer on one fixed batch, the optimizers
+    alternating in rounds in one process (so machine load hits them alike); K-FAC's
+    include its host inverse refreshes (every 10 steps)."""
+    data, _ = load(0)
+    loss, logits = build(BATCH)
+    x, y = data["x"][:BATCH], data["labels"][:BATCH]
+    steps = {n: compile_train_step(loss, optimizer=o, backend=backend, init=init_params(0))
+             for n, o in optimizers(logits).items()}
+    times: dict[str, list[float]] = {n: [] for n in steps}
+    for _ in range(rounds):
+        for n, st in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                st(x=x, labels=y)
+            times[n].append(1e3 * (time.perf_counter() - t0) / per_round)
+    return {n: float(np.median(t)) for n, t in times.items()}
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="llvm")
@@ -84,7 +104,13 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--every", type=int, default=5, help="check train accuracy every N steps")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--only", nargs="*", default=None, help="optimizer names to run")
+    ap.add_argument("--step-cost", action="store_true",
+                    help="only measure ms per step of each optimizer (alternating)")
     args = ap.parse_args(argv)
+    if args.step_cost:
+        for name, ms in step_cost(args.backend).items():
+            print(f"{name:8s} {ms:.3f} ms / step (median of 20 rounds of 20 steps)")
+        return []
     data, _ = load(0)
     full_logits = build(len(data["labels"]))[1]
     acc_fn = bp.function({"logits": full_logits}, backend=args.backend)
