@@ -10,7 +10,8 @@ rate of a grid, on held-out problems:
 - mlp: a 64-20-10 sigmoid MLP on a random 128-image batch of sklearn's digits, from a
   random init (the paper's MNIST network, on the digits data the other examples use).
 
-    python examples/learned_optimizer.py [--task quadratic mlp] [--meta-steps 300]
+    python examples/learned_optimizer.py --task quadratic --meta-steps 300
+    python examples/learned_optimizer.py --task mlp --meta-steps 100 --horizon 10
 """
 
 from __future__ import annotations
@@ -64,14 +65,15 @@ def mlp_task():
 
     shapes = ({"W1": (64, HID), "b1": (HID,), "W2": (HID, 10), "b2": (10,)},
               {"x": ((N, 64), "float32"), "labels": ((N,), "int32")})
-    grids = {"sgd": (0.3, 1.0, 3.0), "adam": (0.003, 0.01, 0.03)}
+    grids = {"sgd": (0.3, 1.0, 3.0, 10.0), "adam": (0.003, 0.01, 0.03, 0.1, 0.3)}
     return loss, shapes, sample, grids
 
 
-def compare(task: str, meta_steps: int, steps: int, seed: int, backend: str) -> list[str]:
+def compare(task: str, meta_steps: int, steps: int, seed: int, backend: str,
+            horizon: int = 20) -> list[str]:
     loss, shapes, sample, grids = {"quadratic": quadratic_task, "mlp": mlp_task}[task]()
     t0 = time.perf_counter()
-    res = meta_train(loss, *shapes, sample, meta_steps=meta_steps, horizon=20, unrolls=5,
+    res = meta_train(loss, *shapes, sample, meta_steps=meta_steps, horizon=horizon, unrolls=5,
                      hidden=20, meta_lr=3e-3, seed=seed, backend=backend)
     meta_s = time.perf_counter() - t0
     ml = res.meta_losses
@@ -103,12 +105,13 @@ def main(argv=None) -> None:
     ap.add_argument("--task", nargs="+", default=["quadratic", "mlp"])
     ap.add_argument("--meta-steps", type=int, default=300)
     ap.add_argument("--steps", type=int, default=100, help="optimizee steps when comparing")
+    ap.add_argument("--horizon", type=int, default=20, help="unrolled steps per segment")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", default="numpy")
     args = ap.parse_args(argv)
     rows = []
     for task in args.task:
-        rows += compare(task, args.meta_steps, args.steps, args.seed, args.backend)
+        rows += compare(task, args.meta_steps, args.steps, args.seed, args.backend, args.horizon)
     q = args.steps
     print(f"\n| task | optimizer | loss at step {q // 4} | at {q // 2} | at {q} |")
     print("|---|---|---|---|---|")
