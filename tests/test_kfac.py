@@ -204,7 +204,7 @@ def test_errors_name_the_problem():
     with pytest.raises(ArgumentError, match="'W'.*used by 2"):
         compile_train_step(shared, optimizer=bp.optim.kfac(0.1, fisher="empirical"))
     v = bp.param("v", (3,), "float64")
-    with pytest.raises(ArgumentError, match="no dense layer"):
+    with pytest.raises(ArgumentError, match="no dense or conv2d layer"):
         compile_train_step(bp.sum(x * v), optimizer=bp.optim.kfac(0.1, fisher="empirical"))
     other = bp.input("z", (N, C), "float64")
     with pytest.raises(ArgumentError, match="not a node of the loss"):
@@ -257,3 +257,49 @@ def test_cli_optimizer_kfac(capsys):
     assert loss < 1e-3
     assert main(["train", xor, "--optimizer", "kfac", "--clip-norm", "1"]) == 2
     assert "clipping" in capsys.readouterr().err
+
+
+def test_conv_factors_equal_kfc_definitions():
+    """KFC (Grosse & Martens 2016) for conv2d: A = Σ_positions ā āᵀ / N over im2col patches
+    (with a ones column for the bias), G = (1/(N T)) Σ (N δ)(N δ)ᵀ over examples and the T
+    output positions, δ the batch-mean loss's cotangent of the conv output (from JAX)."""
+    import jax
+    import jax.numpy as jnp
+
+    n, c, hw, o, k = 3, 2, 5, 4, 3
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, c, hw, hw))
+    Y = np.array([0, 1, 1], np.int32)
+    Wv, bv = rng.normal(size=(o, c, k, k)) / 3, rng.normal(size=o)
+    Vv = rng.normal(size=(o * 9, 2)) / 6
+    x, y = bp.input("x", X.shape, "float64"), bp.input("y", (n,), "int32")
+    W, b = bp.param("W", Wv.shape, "float64"), bp.param("b", (o,), "float64")
+    V = bp.param("V", Vv.shape, "float64")
+    z = bp.conv2d(x, W, b)
+    loss = bp.nn.cross_entropy(bp.reshape(bp.tanh(z), (n, o * 9)) @ V, y)
+    step = compile_train_step(loss, optimizer=bp.optim.kfac(0.1, fisher="empirical"),
+                              init={"W": Wv, "b": bv, "V": Vv})
+    step(x=X, y=Y)
+
+    def head(zv):
+        logits = jnp.tanh(zv).reshape(n, -1) @ Vv
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(n), Y])
+
+    zv = jax.lax.conv_general_dilated(X, Wv, (1, 1), "VALID") + bv[None, :, None, None]
+    delta = np.asarray(jax.grad(head)(zv))  # (n, o, 3, 3)
+    t = 9
+    d = delta.transpose(0, 2, 3, 1).reshape(n * t, o) * n  # per-example derivatives
+    patches = np.stack([X[:, :, i:i + 3, j:j + 3].reshape(n, c * k * k)
+                        for i in range(3) for j in range(3)], 1).reshape(n * t, c * k * k)
+    a = np.hstack([patches, np.ones((n * t, 1))])
+    assert_close(step.opt_state["kfac_A_W"], a.T @ a / n, 1e-10, "conv A")
+    assert_close(step.opt_state["kfac_G_W"], d.T @ d / (n * t), 1e-10, "conv G")
+    # the next step: [dWm; db] <- A⁻¹ [dWm; db] G⁻¹ with dWm the kernel gradient as the
+    # (C·kh·kw, O) matrix the im2col matmul multiplies, mapped back to (O, C, kh, kw)
+    A, G = step.opt_state["kfac_A_W"].copy(), step.opt_state["kfac_G_W"].copy()
+    step(x=X, y=Y)
+    g = bp.compile(loss, [W, b, V])(x=X, y=Y, W=Wv, b=bv, V=Vv)[1]
+    Ai, Gi = damped_inverses(A, G, 1e-3)
+    pre = Ai @ np.vstack([g["W"].reshape(o, -1).T, g["b"][None]]) @ Gi
+    assert_close(step.params["W"], Wv - 0.1 * pre[:-1].T.reshape(Wv.shape), 1e-10, "conv W")
+    assert_close(step.params["b"], bv - 0.1 * pre[-1], 1e-10, "conv b")

@@ -1,4 +1,5 @@
-"""K-FAC (Martens & Grosse, 2015): natural-gradient steps with a Kronecker-factored Fisher.
+"""K-FAC (Martens & Grosse, 2015): natural-gradient steps with a Kronecker-factored Fisher,
+for dense layers and (KFC, Grosse & Martens 2016) conv2d layers as im2col matmuls.
 
 For each dense layer s = a @ W (+ b) the Fisher block of vec([W; b]) is approximated by
 A ⊗ G with A = E[ā āᵀ] (ā: the layer input with a ones column when the layer has a bias) and
@@ -14,8 +15,9 @@ y ~ softmax(output), drawn in the graph by Gumbel-max from host-drawn Gumbel noi
 (no second sweep). The update of a layer is G⁻¹-preconditioned on the output side and
 A⁻¹-preconditioned on the input side, [dW; db] ← (A + π√λ I)⁻¹ [dW; db] (G + √λ/π I)⁻¹
 (factored Tikhonov damping with the paper's π = sqrt((tr A / dim A) / (tr G / dim G))), then
-optional momentum and the learning rate. Params that are not the weight or bias of a dense
-layer get the plain gradient.
+optional momentum and the learning rate. A conv2d layer's A sums over its T output positions
+and G averages over them (A = Σ ā āᵀ / N, G = (N/T) gᵀg over the patch rows). Params that are
+not the weight or bias of such a layer get the plain gradient.
 
 Where the inverses are computed: on the host with NumPy (`refresh`), every `inverse_every`
 steps, from the running averages the compiled step returns; the compiled step reads them as
@@ -65,23 +67,71 @@ LIKELIHOODS = ("categorical", "gaussian")
 
 @dataclass(frozen=True)
 class DenseLayer:
-    """One K-FAC block: s = a @ W (+ b); `name` is the weight param's name."""
+    """One K-FAC block: s = a @ W (+ b); `name` is the weight param's name. A conv2d layer
+    (KFC, Grosse & Martens 2016) is the same block on its im2col patches: `a` holds
+    N·T rows (T output positions per example) and `W` is the (O, C, kh, kw) kernel."""
 
     name: str
     W: Node
     b: Node | None
-    a: Node  # (batch, fan_in) layer input
-    s: Node  # (batch, fan_out) pre-activation
+    a: Node  # (batch x positions, fan_in) layer input (conv: patches)
+    s: Node  # (batch x positions, fan_out) pre-activation
+    positions: int = 1  # T: output positions per example (1 for a dense layer)
 
     @property
     def dims(self) -> tuple[int, int]:
         """(dim A, dim G): fan_in (+1 with a bias) and fan_out."""
-        return self.W.shape[0] + (self.b is not None), self.W.shape[1]
+        return self.a.shape[1] + (self.b is not None), self.s.shape[1]
+
+    @property
+    def conv(self) -> bool:
+        return self.W.ndim == 4
+
+    def as_matrix(self, g: Node) -> Node:
+        """A weight-shaped gradient as the (fan_in, fan_out) matrix the matmul multiplies."""
+        if not self.conv:
+            return g
+        return swap_last(reshape(g, (self.W.shape[0], self.a.shape[1])))
+
+    def from_matrix(self, m: Node) -> Node:
+        return m if not self.conv else reshape(swap_last(m), self.W.shape)
+
+
+def _only(users: dict, n: Node, op: str) -> Node | None:
+    us = users.get(n, [])
+    return us[0] if len(us) == 1 and us[0].op == op else None
+
+
+def _conv_layer(W: Node, users: dict, want: set) -> DenseLayer | None:
+    """conv2d (groups=1) as layers/conv.py builds it: matmul(patches, reshape(W)ᵀ), then
+    reshape to (N, Ho, Wo, O), transpose, + reshape(b, (1, O, 1, 1))."""
+    o = W.shape[0]
+    r = _only(users, W, "reshape")
+    t = _only(users, r, "transpose") if r is not None and r.shape[0] == o else None
+    m = _only(users, t, "matmul") if t is not None else None
+    if m is None or m.inputs[1] is not t or m.inputs[0].ndim != 2:
+        return None
+    out = _only(users, m, "reshape")
+    if out is None or out.ndim != 4:
+        return None
+    n, positions = out.shape[0], out.shape[1] * out.shape[2]
+    tr = _only(users, out, "transpose")
+    b = None
+    if tr is not None:
+        for c in users.get(tr, []):
+            other = c.inputs[1] if c.inputs[0] is tr else c.inputs[0]
+            if c.op == "add" and other.op == "reshape" and other.shape == (1, o, 1, 1):
+                cand = other.inputs[0]
+                if cand in want and cand.shape == (o,) and users.get(cand) == [other]:
+                    b = cand
+    assert m.inputs[0].shape[0] == n * positions
+    return DenseLayer(W.attr("name"), W, b, m.inputs[0], m, positions)
 
 
 def dense_layers(loss: Node, wrt: Sequence[Node]) -> list[DenseLayer]:
-    """The dense layers of `loss`'s graph whose weight is in `wrt`: matmul(a, W) with a 2-d
-    input a (batch, fan_in) and W a param, plus `+ b` for a (fan_out,) param b in `wrt`."""
+    """The dense and conv2d layers of `loss`'s graph whose weight is in `wrt`: matmul(a, W)
+    with a 2-d input a (batch, fan_in) and W a param, plus `+ b` for a (fan_out,) param b in
+    `wrt`; and conv2d (groups=1) kernels with their bias."""
     want = {p for p in wrt if p.op == "param"}
     order = toposort([loss])
     users = consumers(order)
@@ -92,6 +142,11 @@ def dense_layers(loss: Node, wrt: Sequence[Node]) -> list[DenseLayer]:
                 uses.setdefault(i, []).append(n)
     layers = []
     for W in [p for p in wrt if p in uses]:
+        if W.ndim == 4:
+            conv = _conv_layer(W, users, want)
+            if conv is not None:
+                layers.append(conv)
+            continue
         mm = [n for n in uses[W] if n.op == "matmul" and n.inputs[1] is W]
         if not mm:
             continue
@@ -117,8 +172,8 @@ def dense_layers(loss: Node, wrt: Sequence[Node]) -> list[DenseLayer]:
                 s, b = c, other
         layers.append(DenseLayer(name, W, b, a, s))
     if not layers:
-        raise ArgumentError("kfac: the loss has no dense layer (x @ W with W a trained 2-d "
-                            "param) to precondition; use sgd/adam for this model")
+        raise ArgumentError("kfac: the loss has no dense or conv2d layer (x @ W with W a "
+                            "trained 2-d param) to precondition; use sgd/adam for this model")
     return layers
 
 
@@ -149,15 +204,16 @@ def batch_factors(loss: Node, layers: Sequence[DenseLayer],
     cts = backward({seed: const(1.0, seed.dtype)}, [ly.s for ly in layers])
     out = {}
     for ly, g in zip(layers, cts):
-        n = ly.a.shape[0]
+        rows = ly.a.shape[0]
+        n = rows // ly.positions  # examples; KFC: A sums over positions, G averages
         a = ly.a
         if ly.b is not None:
-            a = concatenate([a, broadcast_to(const(1.0, a.dtype), (n, 1))], 1)
+            a = concatenate([a, broadcast_to(const(1.0, a.dtype), (rows, 1))], 1)
         A = mul(matmul2(swap_last(a), a), as_node(1.0 / n, a))
         if g is None:  # the pre-activation does not reach the loss: no curvature
             G = const(np.zeros((ly.dims[1],) * 2, np.dtype(ly.s.dtype)))
         else:
-            G = mul(matmul2(swap_last(g), g), as_node(float(n), g))
+            G = mul(matmul2(swap_last(g), g), as_node(n / ly.positions, g))
         out[ly.name] = (A, G)
     return out
 
@@ -274,16 +330,16 @@ class KFAC(Optimizer):
             Ainv = _input(f"kfac_Ainv_{ly.name}", (da, da), ly.W.dtype)
             Ginv = _input(f"kfac_Ginv_{ly.name}", (dg, dg), ly.W.dtype)
             wname = ly.name
-            g = grads[wname]
+            g = ly.as_matrix(grads[wname])
             if ly.b is not None:
                 bname = ly.b.attr("name")
                 g = concatenate([g, reshape(grads[bname], (1, dg))], 0)
             p = matmul2(matmul2(Ainv, g), Ginv)
             if ly.b is not None:
-                pre[wname] = slice_(p, (0, 0), (da - 1, dg), (1, 1))
+                pre[wname] = ly.from_matrix(slice_(p, (0, 0), (da - 1, dg), (1, 1)))
                 pre[bname] = reshape(slice_(p, (da - 1, 0), (da, dg), (1, 1)), (dg,))
             else:
-                pre[wname] = p
+                pre[wname] = ly.from_matrix(p)
         deltas, st = super().updates(pre, state, params, ctx)
         new_state.update(st)
         return deltas, new_state
