@@ -198,6 +198,9 @@ def test_errors_name_the_problem():
     with pytest.raises(ArgumentError, match="accumulate"):
         compile_train_step(loss, optimizer=bp.optim.kfac(0.1, fisher="empirical"),
                            accumulate=2, init=_init())
+    with pytest.raises(ArgumentError, match="precision"):
+        compile_train_step(loss, optimizer=bp.optim.kfac(0.1, fisher="empirical"),
+                           precision="bfloat16", init=_init())
     x = bp.input("x", (4, 3), "float64")
     W = bp.param("W", (3, 3), "float64")
     shared = bp.sum(bp.tanh(bp.tanh(x @ W) @ W))

@@ -132,9 +132,11 @@ class TrainStep:
         # optimizers that read the graph (K-FAC: dense layers, activations, cotangents)
         self._host_opt = callable(getattr(self.optimizer, "bind", None))
         if self._host_opt:
-            if accumulate != 1 or self.loss_scaler is not None:
+            if accumulate != 1 or self.loss_scaler is not None or \
+                    self.precision.compute != "float32":
                 raise ArgumentError(f"compile_train_step: optimizer {self.optimizer.name!r} "
-                                    "does not support accumulate != 1 or loss_scale")
+                                    "does not support accumulate != 1, loss_scale or "
+                                    "precision=")
             self.optimizer = self.optimizer.bind(run_forward(loss), wrt)  # type: ignore
         self.backend, self.diagnostics, self.check_finite = backend, diagnostics, check_finite
 
