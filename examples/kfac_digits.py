@@ -47,7 +47,9 @@ def optimizers(logits) -> dict:
     return {"sgd": optim.sgd(1.0), "momentum": optim.sgd(0.3, momentum=0.9),
             "adam": optim.adam(3e-2),
             "kfac": optim.kfac(0.3, damping=3e-2, decay=0.95, inverse_every=10,
-                               output=logits)}
+                               output=logits),
+            "kfac-emp": optim.kfac(0.3, damping=3e-2, decay=0.95, inverse_every=10,
+                                   fisher="empirical")}
 
 
 def race(name: str, opt, loss, data: dict, acc_fn, backend: str, seed: int,
