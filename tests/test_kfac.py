@@ -306,3 +306,23 @@ def test_conv_factors_equal_kfc_definitions():
     pre = Ai @ np.vstack([g["W"].reshape(o, -1).T, g["b"][None]]) @ Gi
     assert_close(step.params["W"], Wv - 0.1 * pre[:-1].T.reshape(Wv.shape), 1e-10, "conv W")
     assert_close(step.params["b"], bv - 0.1 * pre[-1], 1e-10, "conv b")
+
+
+def test_bernoulli_sampled_factor():
+    """Binary cross-entropy with logits: targets y_k = [u_k < sigmoid(z_k)] from the step's
+    uniform noise; G = (1/N) Σ (σ(z) − y)(σ(z) − y)ᵀ."""
+    n, d, k = 40, 3, 2
+    rng = np.random.default_rng(4)
+    X, T = rng.normal(size=(n, d)), (rng.random((n, k)) < 0.5).astype(np.float64)
+    x, t = bp.input("x", (n, d), "float64"), bp.input("t", (n, k), "float64")
+    W = bp.param("W", (d, k), "float64")
+    z = x @ W
+    loss = bp.nn.binary_cross_entropy_with_logits(z, t) * k  # the batch mean of Σ_k
+    Wv = rng.normal(size=(d, k))
+    step = compile_train_step(loss, optimizer=bp.optim.kfac(
+        0.1, output=z, likelihood="bernoulli"), init={"W": Wv})
+    step(x=X, t=T)
+    p = 1 / (1 + np.exp(-X @ Wv))
+    ys = (step._scalars["kfac_noise"] < p).astype(np.float64)
+    assert_close(step.opt_state["kfac_G_W"], (p - ys).T @ (p - ys) / n, 1e-10, "G")
+    assert_close(step.opt_state["kfac_A_W"], X.T @ X / n, 1e-10, "A")

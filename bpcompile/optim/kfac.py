@@ -11,7 +11,8 @@ sweep's cotangents, so they cost two matmuls per layer in the same compiled call
 `fisher="sampled"` (the default, the true Fisher): g comes from a SECOND backward sweep of the
 loss at targets sampled from the model's predictive distribution (`likelihood="categorical"`:
 y ~ softmax(output), drawn in the graph by Gumbel-max from host-drawn Gumbel noise;
-`"gaussian"`: y ~ N(output, sigma² I)); `fisher="empirical"` reuses the true labels' cotangents
+`"bernoulli"`: independent y_k ~ Bernoulli(sigmoid(output_k)); `"gaussian"`: y ~ N(output,
+sigma² I)); `fisher="empirical"` reuses the true labels' cotangents
 (no second sweep). The update of a layer is G⁻¹-preconditioned on the output side and
 A⁻¹-preconditioned on the input side, [dW; db] ← (A + π√λ I)⁻¹ [dW; db] (G + √λ/π I)⁻¹
 (factored Tikhonov damping with the paper's π = sqrt((tr A / dim A) / (tr G / dim G))), then
@@ -44,6 +45,7 @@ from ..ops.elementwise import (
     as_node,
     cast,
     div,
+    lt,
     minimum,
     mul,
     neg,
@@ -62,7 +64,7 @@ from .schedules import LearningRate
 from .transforms import Nodes, OptContext, Optimizer, ScaleByLearningRate, Trace, Transform
 
 FISHERS = ("sampled", "empirical")
-LIKELIHOODS = ("categorical", "gaussian")
+LIKELIHOODS = ("categorical", "gaussian", "bernoulli")
 
 
 @dataclass(frozen=True)
@@ -179,8 +181,9 @@ def dense_layers(loss: Node, wrt: Sequence[Node]) -> list[DenseLayer]:
 
 def sampled_loss(output: Node, likelihood: str, noise: Node, sigma: float = 1.0) -> Node:
     """The batch-mean negative log-likelihood at targets drawn from the model's predictive
-    distribution: categorical y = argmax(output + Gumbel noise) (Gumbel-max sampling), or
-    gaussian y = output + sigma * noise; the targets are constants (stop-gradient)."""
+    distribution: categorical y = argmax(output + Gumbel noise) (Gumbel-max sampling),
+    bernoulli y = [uniform noise < sigmoid(output)] per unit (binary cross-entropy with
+    logits), or gaussian y = output + sigma * noise; the targets are constants."""
     n = output.shape[0]
     if likelihood == "categorical":
         y = one_hot(argmax(add(stop_gradient(output), noise), -1), output.shape[-1],
@@ -188,6 +191,9 @@ def sampled_loss(output: Node, likelihood: str, noise: Node, sigma: float = 1.0)
         m = stop_gradient(max_(output, -1, keepdims=True))
         lse = add(unary("log", sum_(unary("exp", sub(output, m)), -1, keepdims=True)), m)
         nll = neg(sum_(mul(sub(output, lse), y)))
+    elif likelihood == "bernoulli":  # independent units: y = [u < sigmoid(output)]
+        y = cast(lt(noise, unary("sigmoid", stop_gradient(output))), output.dtype)
+        nll = sum_(sub(unary("softplus", output), mul(output, y)))
     else:
         y = add(stop_gradient(output), mul(noise, as_node(sigma, output)))
         d = sub(y, output)
@@ -238,7 +244,8 @@ class KFAC(Optimizer):
             raise ArgumentError(
                 "kfac: fisher='sampled' draws targets from the model's predictive "
                 "distribution, so it needs output=<the logits / prediction node> (and "
-                "likelihood='categorical' or 'gaussian'); or pass fisher='empirical'")
+                "likelihood='categorical', 'bernoulli' or 'gaussian'); or pass "
+                "fisher='empirical'")
         if output is not None and (output.ndim != 2 or not output.shape[-1]):
             raise ArgumentError(f"kfac: output must be (batch, classes/features), got shape "
                                 f"{list(output.shape)}")
@@ -354,6 +361,8 @@ class KFAC(Optimizer):
             u = self._rng.random(buf.shape)
             u = np.clip(u, np.finfo(np.float64).tiny, 1.0)
             buf[...] = -np.log(-np.log(u))
+        elif self.likelihood == "bernoulli":
+            buf[...] = self._rng.random(buf.shape)
         else:
             buf[...] = self._rng.standard_normal(buf.shape)
 
@@ -401,7 +410,8 @@ def kfac(learning_rate: LearningRate = 1e-2, damping: float = 1e-3, decay: float
          seed: int = 0) -> KFAC:
     """K-FAC natural-gradient descent for dense layers (Martens & Grosse, 2015).
 
-    `output`: the logits (likelihood "categorical") or prediction ("gaussian", N(output,
+    `output`: the logits (likelihood "categorical", softmax cross-entropy; "bernoulli", binary
+    cross-entropy with logits) or prediction ("gaussian", N(output,
     sigma² I), i.e. the loss 0.5‖y - output‖²/sigma² per example) the loss is computed from;
     needed for the true Fisher (`fisher="sampled"`, targets drawn from the model, a second
     backward sweep); `fisher="empirical"` uses the true labels' gradients instead. `damping`
