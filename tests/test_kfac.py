@@ -222,6 +222,10 @@ def test_fit_by_name_and_checkpoint_restore():
     hist = bp.train.fit(loss, {"x": X, "y": Y}, epochs=3, batch_size=N, progress=False,
                         optimizer=bp.optim.get("kfac", 0.3, inverse_every=1), init=_init())
     assert hist.step.optimizer.fisher == "empirical"
+    by_name = compile_train_step(loss, optimizer="kfac", init=_init())  # default lr 1e-2
+    assert by_name.optimizer.name == "kfac" and by_name.optimizer.fisher == "empirical"
+    with pytest.raises(ArgumentError, match="unknown optimizer 'kfc'"):
+        compile_train_step(loss, optimizer="kfc", init=_init())
     assert hist.loss[-1] < hist.loss[0]
     a = hist.step
     assert a is not None

@@ -32,7 +32,7 @@ from ..ir.traverse import leaves, toposort
 from ..ops.elementwise import add, as_node, cast, div, mul, unary
 from ..ops.leaves import input as _input
 from ..ops.reduce import sum_
-from ..optim import Optimizer, adam
+from ..optim import OPTIMIZERS, Optimizer, adam
 from ..optim.transforms import OptContext
 from ..rewrite.pipeline import run_forward
 from ..rewrite.precision import Policy, apply_policy
@@ -67,7 +67,7 @@ class TrainStep:
     _eval: Function | None  # the loss-only function, compiled on first `evaluate`
 
     def __init__(self, loss: Node | Model, params: Sequence[Node | str] | None = None,
-                 optimizer: Optimizer | None = None, backend: str = "numpy",
+                 optimizer: Optimizer | str | None = None, backend: str = "numpy",
                  init: dict[str, ArrayLike] | None = None, seed: int = 0,
                  diagnostics: bool = False, check_finite: bool = True,
                  native: bool | None = None, accumulate: int = 1,
@@ -128,6 +128,11 @@ class TrainStep:
             self._acc = accumulated(loss, wrt, accumulate, accumulate_reduce)
             self.input_nodes = [self._acc[0].get(x.attr("name"), x) for x in self.input_nodes]
         self.input_names = [x.attr("name") for x in self.input_nodes]
+        if isinstance(optimizer, str):  # by name, at its default learning rate
+            if optimizer not in OPTIMIZERS:
+                raise ArgumentError(f"compile_train_step: unknown optimizer {optimizer!r}; "
+                                    f"choose from {sorted(OPTIMIZERS)}")
+            optimizer = OPTIMIZERS[optimizer]()
         self.optimizer = optimizer if optimizer is not None else adam(1e-3)
         # optimizers that read the graph (K-FAC: dense layers, activations, cotangents)
         self._host_opt = callable(getattr(self.optimizer, "bind", None))
@@ -560,7 +565,7 @@ def _norm(x: Node) -> Node:
 
 
 def compile_train_step(loss: Node | Model, params: Sequence[Node | str] | None = None,
-                       optimizer: Optimizer | None = None, backend: str = "numpy",
+                       optimizer: Optimizer | str | None = None, backend: str = "numpy",
                        **kw: Any) -> TrainStep:
     """Compile forward + backward + `optimizer` update of `params` into one function.
 
