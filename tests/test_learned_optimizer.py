@@ -59,7 +59,7 @@ def test_preprocessing_matches_the_paper():
     np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("backend", ["llvm"])
+@pytest.mark.parametrize("backend", ["llvm", "jax"])
 def test_learned_optimizer_in_a_train_step_matches_numpy(backend):
     opt = LearnedOptimizer(init_weights(6, 1))
     problems = [sample(np.random.default_rng(3))]
