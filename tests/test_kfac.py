@@ -206,6 +206,10 @@ def test_errors_name_the_problem():
     shared = bp.sum(bp.tanh(bp.tanh(x @ W) @ W))
     with pytest.raises(ArgumentError, match="'W'.*used by 2"):
         compile_train_step(shared, optimizer=bp.optim.kfac(0.1, fisher="empirical"))
+    # an L2 penalty on a dense weight is not sharing: the layer stays a K-FAC block
+    l2 = loss + 1e-3 * bp.sum(_params(loss)[0] ** 2)
+    st = compile_train_step(l2, optimizer=bp.optim.kfac(0.1, fisher="empirical"), init=_init())
+    assert [ly.name for ly in st.optimizer.layers] == ["W1", "W2"]
     v = bp.param("v", (3,), "float64")
     with pytest.raises(ArgumentError, match="no dense or conv2d layer"):
         compile_train_step(bp.sum(x * v), optimizer=bp.optim.kfac(0.1, fisher="empirical"))

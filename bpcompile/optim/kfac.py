@@ -153,12 +153,15 @@ def dense_layers(loss: Node, wrt: Sequence[Node]) -> list[DenseLayer]:
         if not mm:
             continue
         name = W.attr("name")
-        if len(uses[W]) != 1 or W.ndim != 2:
-            ops = sorted({n.op for n in uses[W]})
+        # other elementwise uses (an L2 penalty) are fine: their gradient is preconditioned too
+        shared = [n for n in uses[W] if n.op in ("matmul", "transpose", "reshape", "take")]
+        if len(shared) != 1 or W.ndim != 2:
+            ops = sorted({n.op for n in shared})
             raise ArgumentError(
-                f"kfac: param {name!r} {W.dtype}{list(W.shape)} is used by {len(uses[W])} "
-                f"node(s) ({', '.join(ops)}); K-FAC here handles a 2-d weight used once, as "
-                "x @ W (shared or transposed weights have no single Kronecker block)")
+                f"kfac: param {name!r} {W.dtype}{list(W.shape)} is used by {len(shared)} "
+                f"matmul/transpose/reshape/take node(s) ({', '.join(ops)}); K-FAC here "
+                "handles a 2-d weight multiplied once, as x @ W (shared or transposed "
+                "weights have no single Kronecker block)")
         m = mm[0]
         a = m.inputs[0]
         if a.ndim != 2:
