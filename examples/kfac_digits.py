@@ -9,6 +9,7 @@ model's softmax, a second backward sweep in the same compiled step).
 
     python examples/kfac_digits.py [--backend llvm] [--max-steps 3000] [--seeds 0 1 2]
     python examples/kfac_digits.py --step-cost    # ms per step of each optimizer
+    python examples/kfac_digits.py --seeds 0 --plot kfac_digits.png   # accuracy curves
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def race(name: str, opt, loss, data: dict, acc_fn, backend: str, seed: int,
     n = len(data["labels"])
     rng = np.random.default_rng(seed)
     spent, t, acc = 0.0, 0, 0.0
+    curve: list[tuple[int, float, float]] = []  # (step, seconds, train accuracy)
     while t < max_steps:
         perm = rng.permutation(n)
         for i in range(n // BATCH):
@@ -73,11 +75,37 @@ def race(name: str, opt, loss, data: dict, acc_fn, backend: str, seed: int,
             if t % every == 0:
                 logits = acc_fn(x=data["x"], **step.params)["logits"]
                 acc = float((logits.argmax(1) == data["labels"]).mean())
+                curve.append((t, spent, acc))
                 if acc >= TARGET or t >= max_steps:
                     return {"optimizer": name, "steps": t, "seconds": spent, "acc": acc,
-                            "compile_s": compile_s, "reached": acc >= TARGET}
+                            "compile_s": compile_s, "reached": acc >= TARGET,
+                            "curve": curve}
     return {"optimizer": name, "steps": t, "seconds": spent, "acc": acc,
-            "compile_s": compile_s, "reached": False}
+            "compile_s": compile_s, "reached": False, "curve": curve}
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Train accuracy against steps and against seconds, one line per optimizer (seed 0 of
+    the run's seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    seed = rows[0]["seed"]
+    for r in (r for r in rows if r["seed"] == seed):
+        c = np.array(r["curve"])
+        axes[0].plot(c[:, 0], c[:, 2], label=r["optimizer"])
+        axes[1].plot(c[:, 1], c[:, 2], label=r["optimizer"])
+    for ax, xl in zip(axes, ("steps", "seconds stepping")):
+        ax.axhline(TARGET, color="gray", lw=0.5)
+        ax.set_xlabel(xl)
+        ax.set_ylabel("train accuracy")
+        ax.set_ylim(0.5, 1.0)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def step_cost(backend: str, rounds: int = 20, per_round: int = 20) -> dict[str, float]:
@@ -106,6 +134,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--every", type=int, default=5, help="check train accuracy every N steps")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--only", nargs="*", default=None, help="optimizer names to run")
+    ap.add_argument("--plot", default=None, help="write accuracy curves to this PNG")
     ap.add_argument("--step-cost", action="store_true",
                     help="only measure ms per step of each optimizer (alternating)")
     args = ap.parse_args(argv)
@@ -140,6 +169,8 @@ def main(argv=None) -> list[dict]:
         miss = sum(not r["reached"] for r in rs)
         note = f" ({miss} of {len(rs)} not reached)" if miss else ""
         print(f"| {name} | {steps:.0f}{note} | {secs:.3f} s | {ms:.3f} |")
+    if args.plot:
+        plot(rows, args.plot)
     return rows
 
 
