@@ -73,3 +73,28 @@ def test_bad_arguments():
         LearnedOptimizer({"Wx1": np.zeros((2, 4))})
     with pytest.raises(ArgumentError, match="horizon"):
         meta_train(quadratic, *SHAPES, sample, horizon=0)
+    with pytest.raises(ArgumentError, match="loop must be"):
+        meta_train(quadratic, *SHAPES, sample, loop="while")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+def test_scan_segment_equals_unrolled(backend):
+    """meta_train(loop="scan"): the segment's steps as one bp.scan (a body holding the
+    optimizee's reverse sweep) give the unrolled segment's meta-loss, meta-gradient, final θ
+    and LSTM states (float64)."""
+    from bpcompile.compiled import Function
+    from bpcompile.train.learned import SLOTS, _segment
+
+    shapes = ({"theta": (B, D)}, {"W": ((B, D, D), "float64"), "y": ((B, D), "float64")})
+    th, data = sample(np.random.default_rng(0))
+    feed = {"theta_theta": th["theta"].astype(np.float64),
+            **{k: v.astype(np.float64) for k, v in data.items()},
+            **{f"lstm_{k}": v.astype(np.float64) for k, v in init_weights(6, 2).items()},
+            **{f"{s}_theta": np.zeros((B, D, 6)) for s in SLOTS}}
+    out = {}
+    for loop, be in (("unroll", "numpy"), ("scan", backend)):
+        fn = Function(_segment(quadratic, *shapes, 6, 5, 0.1, 10.0, "float64", loop), be)
+        out[loop] = fn(**feed)
+    assert set(out["scan"]) == set(out["unroll"])
+    for k, v in out["unroll"].items():
+        np.testing.assert_allclose(out["scan"][k], v, rtol=1e-9, atol=1e-12, err_msg=k)

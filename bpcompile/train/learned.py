@@ -5,13 +5,14 @@ reads each parameter's preprocessed gradient and outputs its update.
 Preprocessing (the paper's, p = 10): g ↦ (log|g|/p, sign g) when |g| ≥ e^-p, else (-1, e^p g).
 The update is `out_scale` × a linear read-out of the second layer's hidden state.
 
-`meta_train` builds ONE compiled program per meta-step: `horizon` optimizer steps unrolled in
-Python, each taking the optimizee's gradient at θ_t with the reverse sweep (nested in the
-graph) behind a stop-gradient — the paper drops the second derivatives through the
-optimizee's gradient — and outputs the meta-loss (the optimizee's loss averaged over the
-horizon), its gradient w.r.t. the LSTM weights, and the final θ and LSTM states. The host
-meta-optimises with Adam and runs truncated BPTT: each sampled problem is optimised for
-`unrolls` x `horizon` steps, carrying θ and the LSTM states between the truncated segments.
+`meta_train` builds ONE compiled program per meta-step: `horizon` optimizer steps (unrolled
+in Python, or one `bp.scan` with `loop="scan"`), each taking the optimizee's gradient at θ_t
+with the reverse sweep (nested in the graph) behind a stop-gradient (the paper drops the
+second derivatives through the optimizee's gradient); it outputs the meta-loss (the
+optimizee's loss averaged over the horizon), its gradient w.r.t. the LSTM weights, and the
+final θ and LSTM states. The host meta-optimises with Adam and runs truncated BPTT: each
+sampled problem is optimised for `unrolls` x `horizon` steps, carrying θ and the LSTM states
+between the truncated segments.
 The trained `LearnedOptimizer` is an ordinary `Optimizer` (`compile_train_step(...,
 optimizer=learned)`, `fit`): its LSTM states are optimizer state slots, its weights constants.
 """
@@ -47,6 +48,7 @@ from ..ops.leaves import input as _input
 from ..ops.leaves import param as _param
 from ..ops.linalg import matmul
 from ..ops.movement import concatenate, reshape
+from ..ops.scan import scan
 from ..ops.sweep import backward
 from ..optim.transforms import Nodes, OptContext, Optimizer, State, Transform
 from .step import compile_train_step
@@ -154,29 +156,57 @@ class MetaResult:
     meta_losses: list[float] = field(default_factory=list)
 
 
+def _optimizer_step(loss_fn: LossFn, theta: dict, state: dict, data: dict, w: dict,
+                    out_scale: float, p: float) -> tuple[dict, dict, Node]:
+    """One optimizee step: (new theta, new LSTM states, the optimizee's loss after it)."""
+    f = loss_fn(theta, data)
+    names = list(theta)
+    # the optimizee gradient, a constant for the meta-gradient (the paper's choice)
+    gs = backward({f: const(1.0, f.dtype)}, [theta[k] for k in names])
+    new_theta, new_state = {}, {}
+    for k, g in zip(names, gs):
+        g = stop_gradient(g) if g is not None else const(np.zeros(theta[k].shape,
+                                                                  theta[k].dtype))
+        delta, new_state[k] = lstm_update(g, state[k], w, out_scale, p)
+        new_theta[k] = add(theta[k], delta)
+    return new_theta, new_state, loss_fn(new_theta, data)
+
+
 def _segment(loss_fn: LossFn, theta_shapes: Mapping[str, tuple], data_shapes: Mapping[str, tuple],
-             hidden: int, horizon: int, out_scale: float, p: float, dtype: str):
-    """The graph of one truncated segment: outputs meta-loss, final theta and states."""
+             hidden: int, horizon: int, out_scale: float, p: float, dtype: str,
+             loop: str = "unroll"):
+    """The graph of one truncated segment: outputs meta-loss, its gradient w.r.t. the LSTM
+    weights, final theta and states. `loop="scan"` traces one step into a `bp.scan` body
+    (graph size independent of the horizon) instead of unrolling it in Python."""
     w = {k: _param(f"lstm_{k}", v.shape, dtype)
          for k, v in init_weights(hidden, 0, dtype).items()}
     theta = {k: _input(f"theta_{k}", s, dtype) for k, s in theta_shapes.items()}
     data = {k: _input(k, s, d) for k, (s, d) in data_shapes.items()}
     state = {k: {s: _input(f"{s}_{k}", tuple(shape) + (hidden,), dtype) for s in SLOTS}
              for k, shape in theta_shapes.items()}
-    total: Node | None = None
-    for _ in range(horizon):
-        f = loss_fn(theta, data)
-        names = list(theta)
-        # the optimizee gradient, a constant for the meta-gradient (the paper's choice)
-        gs = backward({f: const(1.0, f.dtype)}, [theta[k] for k in names])
-        new_theta = {}
-        for k, g in zip(names, gs):
-            g = stop_gradient(g) if g is not None else const(np.zeros(theta[k].shape, dtype))
-            delta, state[k] = lstm_update(g, state[k], w, out_scale, p)
-            new_theta[k] = add(theta[k], delta)
-        theta = new_theta
-        ft = loss_fn(theta, data)
-        total = ft if total is None else add(total, ft)
+    names = list(theta)
+    if loop == "scan":
+        def body(carry, _):
+            th = dict(zip(names, carry[:len(names)]))
+            flat = carry[len(names):-1]
+            st = {k: dict(zip(SLOTS, flat[i * 4:(i + 1) * 4])) for i, k in enumerate(names)}
+            th, st, ft = _optimizer_step(loss_fn, th, st, data, w, out_scale, p)
+            out = [th[k] for k in names] + [st[k][s] for k in names for s in SLOTS]
+            return tuple(out + [add(carry[-1], ft)]), None
+
+        init = [theta[k] for k in names] + [state[k][s] for k in names for s in SLOTS]
+        final, _ = scan(body, tuple(init + [const(0.0, dtype)]), length=horizon)
+        theta = dict(zip(names, final[:len(names)]))
+        flat = final[len(names):-1]
+        state = {k: dict(zip(SLOTS, flat[i * 4:(i + 1) * 4])) for i, k in enumerate(names)}
+        total = final[-1]
+    elif loop == "unroll":
+        total = None
+        for _ in range(horizon):
+            theta, state, ft = _optimizer_step(loss_fn, theta, state, data, w, out_scale, p)
+            total = ft if total is None else add(total, ft)
+    else:
+        raise ArgumentError(f"meta_train: loop must be 'unroll' or 'scan', got {loop!r}")
     assert total is not None
     meta = div(total, as_node(float(horizon), total))
     outputs = {"meta_loss": meta}
@@ -195,7 +225,7 @@ def meta_train(loss_fn: LossFn, theta_shapes: Mapping[str, tuple],
                horizon: int = 20, unrolls: int = 5, hidden: int = 20, meta_lr: float = 1e-2,
                out_scale: float = 0.1, p: float = 10.0, seed: int = 0, dtype: str = "float32",
                backend: str = "numpy", clip: float = 1.0,
-               init: Mapping[str, np.ndarray] | None = None) -> MetaResult:
+               init: Mapping[str, np.ndarray] | None = None, loop: str = "unroll") -> MetaResult:
     """Meta-train a coordinate-wise LSTM optimizer on problems drawn by `sample(rng) ->
     (theta0, data)` (arrays by name, shapes `theta_shapes` / `data_shapes` {name: (shape,
     dtype)}), whose loss is `loss_fn(theta_nodes, data_nodes)` (a scalar).
@@ -203,13 +233,14 @@ def meta_train(loss_fn: LossFn, theta_shapes: Mapping[str, tuple],
     Every meta-step runs one compiled segment of `horizon` unrolled optimizer steps and takes
     one Adam step (`meta_lr`, gradient clipped to global norm `clip`) on the LSTM weights; a
     problem is resampled every `unrolls` segments (truncated BPTT over unrolls x horizon
-    optimizer steps). Returns a `MetaResult`.
+    optimizer steps). `loop="scan"` runs the segment's steps as one `bp.scan` (compile time
+    and code size independent of `horizon`) instead of unrolling them. Returns a `MetaResult`.
     """
     if horizon < 1 or unrolls < 1 or meta_steps < 1:
         raise ArgumentError(f"meta_train: horizon, unrolls and meta_steps must be >= 1, got "
                             f"{horizon}, {unrolls}, {meta_steps}")
     fn = Function(_segment(loss_fn, theta_shapes, data_shapes, hidden, horizon, out_scale, p,
-                           dtype), backend=backend)
+                           dtype, loop), backend=backend)
     weights = dict(init) if init is not None else init_weights(hidden, seed, dtype)
     weights = {k: np.array(v, dtype) for k, v in weights.items()}
     rng = np.random.default_rng(seed)
