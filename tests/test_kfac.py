@@ -201,6 +201,10 @@ def test_errors_name_the_problem():
     with pytest.raises(ArgumentError, match="precision"):
         compile_train_step(loss, optimizer=bp.optim.kfac(0.1, fisher="empirical"),
                            precision="bfloat16", init=_init())
+    xh, Wh = bp.input("xh", (4, 3), "float16"), bp.param("Wh", (3, 2), "float16")
+    with pytest.raises(ArgumentError, match="16-bit"):
+        compile_train_step(bp.sum(bp.tanh(xh @ Wh)),
+                           optimizer=bp.optim.kfac(0.1, fisher="empirical"))
     x = bp.input("x", (4, 3), "float64")
     W = bp.param("W", (3, 3), "float64")
     shared = bp.sum(bp.tanh(bp.tanh(x @ W) @ W))

@@ -277,6 +277,11 @@ class KFAC(Optimizer):
         new = KFAC.__new__(KFAC)
         new.__dict__.update(self.__dict__)
         new.loss, new.layers = loss, dense_layers(loss, wrt)
+        half = [f"{ly.name} ({ly.W.dtype})" for ly in new.layers
+                if ly.W.dtype not in ("float32", "float64")]
+        if half:  # factors and inverses need float32 or wider
+            raise ArgumentError(f"kfac: 16-bit layer weights {half} are not supported; "
+                                "declare the params float32")
         new._rng = np.random.default_rng(self.seed)
         if self.output is not None and self.output not in set(toposort([loss])):
             raise ArgumentError("kfac: output= is not a node of the loss graph (pass the "
