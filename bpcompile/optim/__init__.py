@@ -1,5 +1,6 @@
 """Optimizers, learning-rate schedules and gradient clipping as compiled graph code."""
 
+from .kfac import KFAC, DenseLayer, damped_inverses, dense_layers, kfac  # noqa: F401
 from .optimizers import (  # noqa: F401
     OPTIMIZERS,
     adam,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .kfac import KFAC, kfac
 from .schedules import LearningRate
 from .transforms import (
     AddDecayedWeights,
@@ -97,9 +98,18 @@ def chain(*transforms: Transform, name: str = "chain") -> Optimizer:
     return Optimizer(flat, name)
 
 
+def kfac_empirical(learning_rate: LearningRate = 1e-2, **kw: Any) -> KFAC:
+    """K-FAC chosen by name (CLI): the empirical Fisher, since a spec names no predictive
+    distribution to sample targets from (bp.optim.kfac(output=...) for the true Fisher)."""
+    if kw.pop("clip_norm", None) is not None or kw.pop("clip_value", None) is not None:
+        raise ValueError("kfac: gradient clipping is not supported (the preconditioned step "
+                         "is damped instead)")
+    return kfac(learning_rate, fisher="empirical", **kw)
+
+
 OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
     "sgd": sgd, "momentum": momentum, "nesterov": nesterov, "rmsprop": rmsprop, "adam": adam,
-    "adamw": adamw}
+    "adamw": adamw, "kfac": kfac_empirical}
 
 
 def get(name: str, learning_rate: LearningRate, **kw: Any) -> Optimizer:

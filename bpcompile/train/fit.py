@@ -147,7 +147,7 @@ def _bounds(model: Model) -> dict[str, tuple[int, int]]:
 
 # ---- the loop --------------------------------------------------------------------------------
 def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int | None = None,
-        optimizer: Optimizer | None = None, seed: int | None = None,
+        optimizer: Optimizer | str | None = None, seed: int | None = None,
         validation: Data | float | None = None,
         early_stopping: int | bool | dict[str, Any] | EarlyStopping | None = None,
         checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True,

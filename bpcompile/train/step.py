@@ -33,7 +33,7 @@ from ..ir.traverse import leaves, toposort
 from ..ops.elementwise import add, as_node, cast, div, mul, unary
 from ..ops.leaves import input as _input
 from ..ops.reduce import sum_
-from ..optim import Optimizer, adam
+from ..optim import OPTIMIZERS, Optimizer, adam
 from ..optim.transforms import OptContext
 from ..rewrite.pipeline import run_forward
 from ..rewrite.precision import Policy, apply_policy, recompute_casts
@@ -68,7 +68,7 @@ class TrainStep:
     _eval: Function | None  # the loss-only function, compiled on first `evaluate`
 
     def __init__(self, loss: Node | Model, params: Sequence[Node | str] | None = None,
-                 optimizer: Optimizer | None = None, backend: str = "numpy",
+                 optimizer: Optimizer | str | None = None, backend: str = "numpy",
                  init: dict[str, ArrayLike] | None = None, seed: int = 0,
                  diagnostics: bool = False, check_finite: bool = True,
                  native: bool | None = None, accumulate: int = 1,
@@ -138,7 +138,21 @@ class TrainStep:
             self._acc = accumulated(loss, wrt, accumulate, accumulate_reduce, scale)
             self.input_nodes = [self._acc[0].get(x.attr("name"), x) for x in self.input_nodes]
         self.input_names = [x.attr("name") for x in self.input_nodes]
+        if isinstance(optimizer, str):  # by name, at its default learning rate
+            if optimizer not in OPTIMIZERS:
+                raise ArgumentError(f"compile_train_step: unknown optimizer {optimizer!r}; "
+                                    f"choose from {sorted(OPTIMIZERS)}")
+            optimizer = OPTIMIZERS[optimizer]()
         self.optimizer = optimizer if optimizer is not None else adam(1e-3)
+        # optimizers that read the graph (K-FAC: dense layers, activations, cotangents)
+        self._host_opt = callable(getattr(self.optimizer, "bind", None))
+        if self._host_opt:
+            if accumulate != 1 or self.loss_scaler is not None or \
+                    self.precision.compute != "float32":
+                raise ArgumentError(f"compile_train_step: optimizer {self.optimizer.name!r} "
+                                    "does not support accumulate != 1, loss_scale or "
+                                    "precision=")
+            self.optimizer = self.optimizer.bind(run_forward(loss), wrt)  # type: ignore
         self.backend, self.diagnostics, self.check_finite = backend, diagnostics, check_finite
 
         # -- initial values ------------------------------------------------------------------
@@ -191,6 +205,8 @@ class TrainStep:
         if self.loss_scaler is not None:
             self._scalars["loss_scale"] = np.ones((), np.float32)
         self._scalars.update(self.feedback_values)  # fixed inputs, fed like step and lr_scale
+        if self._host_opt:  # host-written inputs (K-FAC's inverses and sampling noise)
+            self._scalars.update(self.optimizer.host_inputs())  # type: ignore[attr-defined]
         self._step_arr, self._scale_arr = self._scalars["step"], self._scalars["lr_scale"]
         self._input_set = set(self.input_names)
         self._carried = self.param_names + self.state_names  # updated every step
@@ -269,6 +285,9 @@ class TrainStep:
             if k in init:
                 np.copyto(self.frozen[k], init[k], casting="same_kind")
         self._write_carried({**params, **self.optimizer.init(params)})
+        if self._host_opt:
+            for k, v in self.optimizer.host_inputs().items():  # type: ignore[attr-defined]
+                self._scalars[k][...] = v
         self.count, self.lr_scale, self.last = 0, 1.0, {}
         if self.loss_scaler is not None:
             self.loss_scaler.reset()
@@ -299,6 +318,8 @@ class TrainStep:
         try:
             self._step_arr[()] = self.count
             self._scale_arr[()] = self.lr_scale
+            if self._host_opt:
+                self.optimizer.before_step(self.count, self._scalars)  # type: ignore
             scaler = self.loss_scaler
             if scaler is not None:
                 self._scalars["loss_scale"][()] = scaler.scale
@@ -352,6 +373,9 @@ class TrainStep:
                 for k in self._carried:
                     self._cur[k] = values[f"{k}_next"]
             self.count += 1
+            if self._host_opt:
+                self.optimizer.after_step(  # type: ignore[attr-defined]
+                    self.count - 1, self.opt_state, self._scalars)
             return loss
         finally:
             lock.release()
@@ -500,6 +524,8 @@ class TrainStep:
         self._write_carried(values)
         self.count = int(d.get("meta/count", 0))
         self.lr_scale = float(d.get("meta/lr_scale", 1.0))
+        if self._host_opt:  # inverses from the restored factors
+            self.optimizer.refresh(self.opt_state, self._scalars)  # type: ignore
         if self.loss_scaler is not None:
             pre = "meta/loss_scale_"
             self.loss_scaler.load_state_dict(
@@ -555,7 +581,7 @@ def _norm(x: Node) -> Node:
 
 
 def compile_train_step(loss: Node | Model, params: Sequence[Node | str] | None = None,
-                       optimizer: Optimizer | None = None, backend: str = "numpy",
+                       optimizer: Optimizer | str | None = None, backend: str = "numpy",
                        **kw: Any) -> TrainStep:
     """Compile forward + backward + `optimizer` update of `params` into one function.
 
@@ -615,7 +641,8 @@ class _PingPong:
     def __init__(self, step: TrainStep, fns: list, callers: list):
         self.step, self.fns = step, fns
         self.callers = [c.bp_native for c in callers]
-        fixed = {**step.frozen, **step._scalars}
+        names = set(fns[0].signature.names)  # `step` is no input when no transform reads it
+        fixed = {k: v for k, v in {**step.frozen, **step._scalars}.items() if k in names}
         idx = {n: j for j, n in enumerate(fns[0].names)}
         # feeds[i] is what fns[i] reads: the carried values from the other function's buffers
         self.feeds = []
