@@ -48,7 +48,10 @@ def mlp(depth, bp, jax, jnp, width=64, batch=32):
         ps += [W, b]
         h = h + bp.tanh(h @ W + b)
     loss = bp.mean((h - y) ** 2)
-    P = {p.attr("name"): A(*p.shape) for p in ps}
+
+    def data():
+        return (dict(x=A(batch, width, scale=1.0), y=A(batch, width, scale=1.0)),
+                {p.attr("name"): A(*p.shape) for p in ps})
 
     def jl(p, x, y):
         h = x
@@ -56,7 +59,7 @@ def mlp(depth, bp, jax, jnp, width=64, batch=32):
             h = h + jnp.tanh(h @ p[f"W{i}"] + p[f"b{i}"])
         return jnp.mean((h - y) ** 2)
 
-    return loss, ps, dict(x=A(batch, width, scale=1.0), y=A(batch, width, scale=1.0)), P, jl
+    return loss, ps, data, jl
 
 
 def transformer(depth, bp, jax, jnp, B=4, T=16, D=64, H=4):
@@ -75,8 +78,12 @@ def transformer(depth, bp, jax, jnp, B=4, T=16, D=64, H=4):
         m = bp.layer_norm(h, p["g2"], p["c2"])
         h = h + bp.tanh(m @ p["W1"]) @ p["W2"]
     loss = bp.mean((h - y) ** 2)
-    P = {p.attr("name"): (1.0 + A(*p.shape) if p.attr("name")[0] == "g" else A(*p.shape))
-         for p in ps}
+
+    def data():
+        return (dict(x=A(B, T, D, scale=1.0), y=A(B, T, D, scale=1.0)),
+                {p.attr("name"): (1.0 + A(*p.shape) if p.attr("name")[0] == "g"
+                                  else A(*p.shape)) for p in ps})
+
     mask = np.tril(np.ones((T, T), bool))
 
     def ln(v, g, c):
@@ -99,7 +106,7 @@ def transformer(depth, bp, jax, jnp, B=4, T=16, D=64, H=4):
             h = h + jnp.tanh(m @ p[f"W1_{i}"]) @ p[f"W2_{i}"]
         return jnp.mean((h - y) ** 2)
 
-    return loss, ps, dict(x=A(B, T, D, scale=1.0), y=A(B, T, D, scale=1.0)), P, jl
+    return loss, ps, data, jl
 
 
 def cnn(depth, bp, jax, jnp, N=4, C=8, S=8):
@@ -114,7 +121,10 @@ def cnn(depth, bp, jax, jnp, N=4, C=8, S=8):
         t = bp.relu(bp.conv2d(h, w1, b1, padding="same"))
         h = h + bp.conv2d(t, w2, b2, padding="same")
     loss = bp.mean((h - y) ** 2)
-    P = {p.attr("name"): A(*p.shape) for p in ps}
+
+    def data():
+        return (dict(x=A(N, C, S, S, scale=1.0), y=A(N, C, S, S, scale=1.0)),
+                {p.attr("name"): A(*p.shape) for p in ps})
 
     def conv(v, w, b):
         out = jax.lax.conv_general_dilated(v, w, (1, 1), "SAME")
@@ -127,7 +137,7 @@ def cnn(depth, bp, jax, jnp, N=4, C=8, S=8):
             h = h + conv(t, p[f"k2_{i}"], p[f"b2_{i}"])
         return jnp.mean((h - y) ** 2)
 
-    return loss, ps, dict(x=A(N, C, S, S, scale=1.0), y=A(N, C, S, S, scale=1.0)), P, jl
+    return loss, ps, data, jl
 
 
 BUILDERS = {"mlp": mlp, "transformer": transformer, "cnn": cnn}
@@ -154,25 +164,29 @@ class PassTimer:
 
 
 def compile_once(family, depth, backend, stages=False):
-    """(seconds for graph build + compile + first call, stage breakdown or None)."""
+    """(seconds for graph build + compile + first call, stage breakdown or None, whether the
+    compile-cache served the program); making the random inputs and params is not timed."""
     import jax
     import jax.numpy as jnp
 
     import bpcompile as bp
 
     t0 = time.perf_counter()
-    loss, wrt, inputs, params, _ = BUILDERS[family](depth, bp, jax, jnp)
+    loss, wrt, data, _ = BUILDERS[family](depth, bp, jax, jnp)
     t_build = time.perf_counter() - t0
     timer = PassTimer() if stages else None
     kw = {"passes": timer.passes} if timer else {}
     fn = bp.compile(loss, wrt, backend=backend, **kw)
     t1 = time.perf_counter()
+    inputs, params = data()
+    t2 = time.perf_counter()
     out = fn(**inputs, **params)
     if backend == "jax":
         jax.block_until_ready(out)
-    total = time.perf_counter() - t0
+    total = time.perf_counter() - t0 - (t2 - t1)
+    hit = bool(getattr(fn.impl, "warm_hit", False))
     if not stages:
-        return total, None
+        return total, None, hit
     row = {"build": t_build}
     row["fwd+autodiff"] = fn.timings["graph"] - sum(timer.seconds.values())
     row.update(timer.seconds)
@@ -181,7 +195,7 @@ def compile_once(family, depth, backend, stages=False):
     row["first call"] = total - (t1 - t0)
     for k, v in getattr(fn.impl, "kernel_stats", {}).items():
         row[k] = v
-    return total, row
+    return total, row, hit
 
 
 def jax_once(family, depth):
@@ -191,7 +205,8 @@ def jax_once(family, depth):
 
     import bpcompile as bp
 
-    _, _, inputs, params, jl = BUILDERS[family](depth, bp, jax, jnp)
+    _, _, data, jl = BUILDERS[family](depth, bp, jax, jnp)
+    inputs, params = data()
     jp = {k: jnp.asarray(v) for k, v in params.items()}
     ji = {k: jnp.asarray(v) for k, v in inputs.items()}
     t0 = time.perf_counter()
@@ -233,15 +248,17 @@ def main(argv=None):
             cold.setdefault((fam, "jax.jit"), []).append((depth, ref))
             for be in backends:
                 os.environ["BPCOMPILE_CACHE_DIR"] = tempfile.mkdtemp(prefix="bp-scale-")
-                t, row = compile_once(fam, depth, be, stages=a.stages)
-                w = float("nan") if a.no_warm else compile_once(fam, depth, be)[0]
+                t, row, _ = compile_once(fam, depth, be, stages=a.stages)
+                w, _, hit = (float("nan"), None, False) if a.no_warm else compile_once(
+                    fam, depth, be)
                 cold.setdefault((fam, be), []).append((depth, t))
-                print(f"{fam + '-' + str(depth):16s} {be:8s} {t:8.3f} {w:8.3f} {ref:9.3f} "
-                      f"{ref / t:8.2f}", flush=True)
+                print(f"{fam + '-' + str(depth):16s} {be:8s} {t:8.3f} {w:8.3f}"
+                      f"{' ' if hit else '*'}{ref:8.3f} {ref / t:8.2f}", flush=True)
                 if row:
                     print("    " + ", ".join(
                         f"{k.strip()}={v:.3f}" if isinstance(v, float) else f"{k.strip()}={v}"
                         for k, v in row.items()), flush=True)
+    print("* warm compile not served by the graph-level compile-cache (warm_cache.py)")
     print("growth exponent (log-log slope of cold time over depth):")
     for (fam, be), pts in cold.items():
         d, t = zip(*pts)

@@ -1,0 +1,178 @@
+"""The compiled-program cache: a graph as the user built it -> its compiled program on disk.
+
+The first level of the compile cache (issue #14: warm compile under 50 ms at any depth). Its
+key is the structural hash of the user's graph (`ir/fingerprint.py`, before stabilisation,
+autodiff and the passes) plus everything else that changes the program: what is compiled
+(loss and gradients w.r.t. which leaves, or named outputs), the arguments' declared order,
+backend, passes, options, precision, and the environment — package version and a hash of the
+compiler's own source, every module tunable (`UPPER_CASE` settings such as `SPLIT_STEPS`),
+BPCOMPILE_* variables, Python and NumPy versions, and the backend's own (LLVM version, CPU and
+its features, the BLAS the code links). A hit loads the backend's stored program without
+running autodiff, the passes or codegen; what needs the graph (`fn.graph()`, `fn.source()`,
+`fn.outputs`) compiles it once on first use. The second level stays the LLVM object cache
+keyed by the IR (backends/llvm/cache.py), so graphs that simplify to the same program share
+their object code; a warm entry names the object entry it runs.
+
+Entries are stored by the object cache's secure store (the same directory, ownership checks,
+header and HMAC; suffix `.warm`). A graph that cannot be keyed (a `custom_vjp` or a callable
+checkpoint policy: Python functions) or a pass list holding functions skips this level.
+Monkeypatching a function of the compiler is not seen by the key: compile with cache=False.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .ir.fingerprint import Unkeyable, fingerprint
+from .ir.node import Node
+from .version import __version__
+
+SUFFIX = ".warm"
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+@functools.cache
+def source_hash() -> str:
+    """sha256 over the compiler's own source files (a changed rule or lowering is a miss)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _plain(v: Any) -> Any:
+    """`v` as JSON, or Unkeyable: options and tunables must be plain data to be keyed."""
+    if isinstance(v, _SIMPLE):
+        return [type(v).__name__, v]
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return [v.dtype.str, v.item()]
+    raise Unkeyable(f"{type(v).__name__} value")
+
+
+# the packages whose settings shape a compiled program (train/, inspect/, cli do not)
+_COMPILER = ("ir", "ops", "autodiff", "rewrite", "layers", "nn", "budget", "compiled")
+
+
+@functools.cache
+def _compiler_modules(backend: str) -> tuple:
+    """Every module of the compiler proper and of `backend`, imported now, so the set whose
+    settings are keyed is the same in every process, whatever was imported before."""
+    import importlib
+
+    root = Path(__file__).resolve().parent
+    names = []
+    for p in sorted(root.rglob("*.py")):
+        parts = p.relative_to(root).with_suffix("").parts
+        top = parts[0]
+        if (top in _COMPILER or (top == "backends" and (len(parts) == 2 or parts[1] == backend))):
+            names.append(".".join(("bpcompile",) + parts[:-1] if parts[-1] == "__init__"
+                                  else ("bpcompile",) + parts))
+    mods = []
+    for n in names:
+        try:
+            mods.append((n, importlib.import_module(n)))
+        except ImportError:
+            continue
+    return tuple(mods)
+
+
+def tunables(backend: str) -> str:
+    """Digest of every plain UPPER_CASE module setting of the compiler and the backend (tests
+    and users set `emit.SPLIT_STEPS`, `blas.GEMM_THRESHOLD`, ... to change codegen)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, mod in _compiler_modules(backend):
+        for k, v in vars(mod).items():
+            if k.isupper() and isinstance(v, _SIMPLE + (tuple,)):
+                try:
+                    h.update(f"{name}.{k}={json.dumps(_plain(v))};".encode())
+                except Unkeyable:
+                    continue
+    return h.hexdigest()
+
+
+def environment(backend: str) -> dict:
+    env = {"bpcompile": __version__, "source": source_hash(), "python": sys.version,
+           "numpy": np.__version__, "tunables": tunables(backend),
+           "vars": sorted((k, v) for k, v in os.environ.items()
+                          if k.startswith("BPCOMPILE_") and k != "BPCOMPILE_CACHE_DIR")}
+    if backend == "llvm":
+        from .backends.llvm import warm
+
+        env["llvm"] = warm.environment()
+    return env
+
+
+class Entry:
+    """One program's key; `load` returns its stored payload, `store` writes one."""
+
+    def __init__(self, fields: dict):
+        from .backends.llvm import cache
+
+        self.cache = cache
+        self.key = cache.blob_key({"warm": fields})
+
+    @classmethod
+    def of(cls, kind: str, outputs: Sequence[Node], extra: Sequence[Node], args: Sequence[Node],
+           labels: Sequence[str], backend: str, passes, options: dict,
+           precision: Any) -> Entry | str:
+        """The entry for this compile, or why it is not cached at the graph level."""
+        if backend != "llvm":
+            return f"no compile-cache for the {backend} backend"
+        if not options.get("cache", True):
+            return "cache=False"
+        try:
+            if passes is not None and not all(isinstance(p, str) for p in passes):
+                return "passes given as functions"  # (name, function) pairs: nothing to key
+            fields = {
+                "kind": kind, "graph": fingerprint(outputs, extra),
+                "args": [a.attr("name") for a in args], "labels": list(labels),
+                "backend": backend, "passes": None if passes is None else list(passes),
+                "options": {k: _plain(v) for k, v in sorted(options.items())},
+                "precision": repr(precision), "env": environment(backend),
+            }
+            return cls(fields)
+        except (Unkeyable, ImportError) as e:
+            return f"not keyed: {e}"
+
+    def load(self) -> dict | None:
+        blob = self.cache.load_blob(self.key, SUFFIX)
+        if blob is None:
+            return None
+        try:
+            return json.loads(blob)
+        except ValueError:
+            self.discard()
+            return None
+
+    def store(self, payload: dict) -> None:
+        self.cache.store_blob(self.key, json.dumps(payload).encode(), SUFFIX)
+
+    def discard(self) -> None:
+        self.cache.discard(self.key, SUFFIX)
+
+
+def open_program(payload: dict, args: list[Node], rebuild) -> Any:
+    """The backend program a payload describes (LookupError when its object entry is gone or
+    refused: the caller compiles afresh)."""
+    from .backends.llvm.warm import WarmLLVM
+
+    return WarmLLVM(payload["backend"], args, rebuild)
+
+
+def backend_state(impl: Any) -> dict | None:
+    from .backends.llvm import warm
+
+    return warm.state(impl)
+
