@@ -128,8 +128,13 @@ class Program:
         compiles, then `_warm_store`s). `rebuild`: the full compile, run once if something
         asks for the graph (fn.graph(), fn.source(), fn.outputs)."""
         self._warm: Entry | None = None
+        # `cache` is the LLVM backend's option; the NumPy backend, which has none, gets it here
+        no_cache = backend == "numpy" and not options.pop("cache", True)
         if not options.pop("_warm_cache", True):
             self.cache_status = "rebuilt for inspection"
+            return False
+        if no_cache:
+            self.cache_status = "cache=False"
             return False
         plain = {k: v for k, v in options.items() if k != "precision"}
         entry = Entry.of(kind, outputs, extra, self.args, labels, backend, passes, plain,
@@ -139,12 +144,14 @@ class Program:
             return False
         self._warm, self.cache_status = entry, "miss"
         t1 = time.perf_counter()
-        payload = entry.load()
-        if payload is None:
+        loaded = entry.load()
+        if loaded is None:
             return False
+        payload, arrays = loaded
         self._rebuild, self._full = rebuild, None
         try:
-            self.impl = open_program(payload, self.args, lambda: self._full_program().impl)
+            self.impl = open_program(backend, payload, arrays, self.args,
+                                     lambda: self._full_program().impl)
         except (LookupError, KeyError, TypeError, ValueError) as e:  # object gone or refused
             entry.discard()
             self.cache_status = f"miss: stale entry ({e})"
@@ -156,10 +163,11 @@ class Program:
         return True
 
     def _warm_store(self) -> None:
-        state = backend_state(self.impl) if self._warm is not None else None
+        state = (backend_state(self.backend_name, self.impl, self._warm.key.digest[:16])
+                 if self._warm is not None else None)
         if state is not None and self._warm is not None:
-            self._warm.store({"backend": state, "stats": self.stats(),
-                              "recompute": recompute_cost(self.outputs)})
+            self._warm.store({"backend": state[0], "stats": self.stats(),
+                              "recompute": recompute_cost(self.outputs)}, state[1])
 
     def _full_program(self) -> Program:
         """The full compile of a warm hit (graph, stages, backend), made once."""

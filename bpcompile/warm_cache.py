@@ -32,11 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from .ir.fingerprint import Unkeyable, fingerprint
+from .ir.fingerprint import Unkeyable, fingerprint_and_size
 from .ir.node import Node
 from .version import __version__
 
 SUFFIX = ".warm"
+# NumPy compiles of smaller graphs take a few ms: below this many nodes the key, a file read
+# and a file per graph would cost about what they save
+NUMPY_MIN_NODES = 200
 _SIMPLE = (bool, int, float, str, type(None))
 
 
@@ -128,15 +131,18 @@ class Entry:
            labels: Sequence[str], backend: str, passes, options: dict,
            precision: Any) -> Entry | str:
         """The entry for this compile, or why it is not cached at the graph level."""
-        if backend != "llvm":
+        if backend not in ("llvm", "numpy"):
             return f"no compile-cache for the {backend} backend"
         if not options.get("cache", True):
             return "cache=False"
         try:
             if passes is not None and not all(isinstance(p, str) for p in passes):
                 return "passes given as functions"  # (name, function) pairs: nothing to key
+            graph, size = fingerprint_and_size(outputs, extra, labels)
+            if backend == "numpy" and size < NUMPY_MIN_NODES:
+                return f"small graph ({size} nodes < NUMPY_MIN_NODES = {NUMPY_MIN_NODES})"
             fields = {
-                "kind": kind, "graph": fingerprint(outputs, extra),
+                "kind": kind, "graph": graph,
                 "args": [a.attr("name") for a in args], "labels": list(labels),
                 "backend": backend, "passes": None if passes is None else list(passes),
                 "options": {k: _plain(v) for k, v in sorted(options.items())},
@@ -146,33 +152,74 @@ class Entry:
         except (Unkeyable, ImportError) as e:
             return f"not keyed: {e}"
 
-    def load(self) -> dict | None:
+    def load(self) -> tuple[dict, dict[str, np.ndarray]] | None:
+        """(payload, arrays) of the stored entry, or None."""
         blob = self.cache.load_blob(self.key, SUFFIX)
         if blob is None:
             return None
         try:
-            return json.loads(blob)
-        except ValueError:
+            return _unpack(blob)
+        except (ValueError, KeyError, TypeError):
             self.discard()
             return None
 
-    def store(self, payload: dict) -> None:
-        self.cache.store_blob(self.key, json.dumps(payload).encode(), SUFFIX)
+    def store(self, payload: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
+        self.cache.store_blob(self.key, _pack(payload, arrays or {}), SUFFIX)
 
     def discard(self) -> None:
         self.cache.discard(self.key, SUFFIX)
 
 
-def open_program(payload: dict, args: list[Node], rebuild) -> Any:
+def _pack(payload: dict, arrays: dict[str, np.ndarray]) -> bytes:
+    """JSON (with each array's name, dtype and shape) + the arrays' bytes, in that order."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    payload = dict(payload, arrays=[[k, str(v.dtype), list(v.shape)] for k, v in arrays.items()])
+    head = json.dumps(payload).encode()
+    return b"".join([len(head).to_bytes(8, "little"), head] + [v.tobytes()
+                                                               for v in arrays.values()])
+
+
+def _unpack(blob: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    n = int.from_bytes(blob[:8], "little")
+    payload = json.loads(blob[8:8 + n])
+    arrays, off = {}, 8 + n
+    for name, dtype, shape in payload["arrays"]:
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        if off + count * dt.itemsize > len(blob):
+            raise ValueError("truncated arrays")
+        a = np.frombuffer(blob, dt, count, off).reshape(shape).copy()
+        a.flags.writeable = False  # constants are read-only, as in a fresh compile
+        arrays[name] = a
+        off += count * dt.itemsize
+    if off != len(blob):
+        raise ValueError("trailing bytes")
+    return payload, arrays
+
+
+def open_program(backend: str, payload: dict, arrays: dict[str, np.ndarray], args: list[Node],
+                 rebuild) -> Any:
     """The backend program a payload describes (LookupError when its object entry is gone or
     refused: the caller compiles afresh)."""
+    if backend == "numpy":
+        from .backends.numpy.warm import WarmNumpy
+
+        return WarmNumpy(payload["backend"], arrays)
     from .backends.llvm.warm import WarmLLVM
 
     return WarmLLVM(payload["backend"], args, rebuild)
 
 
-def backend_state(impl: Any) -> dict | None:
+def backend_state(backend: str, impl: Any,
+                  tag: str) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """What to store for a compiled backend program: (JSON state, arrays), or None; `tag`:
+    a name unique to the entry."""
+    if backend == "numpy":
+        from .backends.numpy import warm as numpy_warm
+
+        return numpy_warm.state(impl, tag)
     from .backends.llvm import warm
 
-    return warm.state(impl)
+    st = warm.state(impl)
+    return None if st is None else (st, {})
 

@@ -88,7 +88,7 @@ def test_function_outputs_are_served_warm():
         x, W = bp.input("x", (3, 5)), bp.param("W", (5, 2))
         return {"y": bp.tanh(x @ W), "n": bp.sum(W * W)}
 
-    cold = bp.function(build(), backend="llvm")
+    cold = bp.function(build(), backend="llvm")  # names its unnamed outputs y and n
     warm = bp.function(build(), backend="llvm")
     assert warm.cache_status == "hit"
     vals = values(cold, 2)
@@ -140,7 +140,9 @@ def test_cache_false_and_other_backends_skip_it():
     compiled()
     assert compiled(cache=False).cache_status == "cache=False"
     loss, ps = mlp()
-    assert "numpy" in bp.compile(loss, ps, backend="numpy").cache_status
+    assert "small graph" in bp.compile(loss, ps, backend="numpy").cache_status
+    x = bp.param("x", (3,))
+    assert "jax" in bp.compile(bp.sum(x * x), [x], backend="jax").cache_status
 
 
 def _warm_entries(d):
@@ -237,3 +239,46 @@ def test_python_callables_are_not_keyed():
     assert fn.cache_status.startswith("not keyed")
     v, g = fn(x=np.ones(3, np.float32))
     np.testing.assert_allclose(g["x"], 1 - np.tanh(1.0) ** 2, rtol=1e-6)
+
+
+def _line_a():
+    x, W = bp.input("x", (3, 5)), bp.param("W", (5, 2))
+    return bp.sum(bp.tanh(x @ W)), [W]
+
+
+def _line_b():  # the same graph, built on other lines
+    x, W = bp.input("x", (3, 5)), bp.param("W", (5, 2))
+    return bp.sum(bp.tanh(x @ W)), [W]
+
+
+def test_names_and_source_lines_are_part_of_the_key_but_objects_are_shared():
+    import gc
+
+    vals = {"x": np.ones((3, 5), np.float32), "W": np.full((5, 2), 0.1, np.float32)}
+    a = bp.compile(*_line_a(), backend="llvm")
+    want = float(a(**vals)[0])
+    del a
+    gc.collect()  # nodes are interned while alive: let the first graph go
+    b = bp.compile(*_line_b(), backend="llvm")
+    assert b.cache_status == "miss"  # its index errors and comments name other lines
+    # the object cache below the graph-level key ignores lines: no new object code
+    assert b.impl.cache_hit and float(b(**vals)[0]) == want
+    loss, ps = mlp()
+    compiled()
+    assert bp.compile(loss.named("objective"), ps, backend="llvm").cache_status == "miss"
+
+
+def test_numpy_programs_of_large_graphs_are_served_warm():
+    def build():
+        return mlp(width=4, depth=32)
+
+    cold = bp.compile(*build(), backend="numpy")
+    warm = bp.compile(*build(), backend="numpy")
+    assert cold.cache_status == "miss" and warm.cache_status == "hit"
+    assert warm.source() == cold.source() and warm.source("function") == cold.source("function")
+    vals = values(cold, 4)
+    assert_same_results(cold, warm, vals)
+    assert warm.graph() == cold.graph()  # rebuilt on first use
+    small = bp.compile(*mlp(depth=1), backend="numpy")
+    assert small.cache_status.startswith("small graph")
+    assert bp.compile(*build(), backend="numpy", cache=False).cache_status == "cache=False"

@@ -4,8 +4,10 @@
 op, shape, dtype, attributes and its inputs by line number (a shared node is written once and
 referred to), and hashes the text: linear in the graph, one sha256 at the end. Everything that can
 change what a graph computes is in it: ops, attributes, constants' bytes, shapes, dtypes,
-leaf names, scan bodies. Source lines (`node.where`) and readable names (`NAMES`) are not:
-they change comments and identifiers in generated code, never a result.
+leaf names, scan bodies. So are source lines (`node.where`) and readable names (`NAMES`):
+they change no result, but a hit serves text made from them (memory reports, index errors,
+generated source), which must read as a fresh compile's would. (The object cache below strips
+them: a model moved to other lines still shares its object code there.)
 
 An attribute of a kind this module does not know how to encode (a `custom_vjp` rule holds
 Python functions, whose meaning no hash of their code pins down) raises `Unkeyable`, and the
@@ -19,7 +21,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .node import ConstValue, Node
+from .node import NAMES, ConstValue, Node
 
 _SIMPLE = (bool, int, float, str, type(None))
 _FAST = frozenset(_SIMPLE)  # exact types whose repr is exact and says the type
@@ -33,14 +35,15 @@ class _Hasher:
     """Writes the graph as one line per node (op, shape, dtype, attributes, inputs by line
     number) in a deterministic post-order; the digest is one sha256 of the text."""
 
-    def __init__(self):
+    def __init__(self, given: dict[Node, str] | None = None):
+        self.given = given or {}  # output -> the label a compile names it by when unnamed
         self.ids: dict[Node, int] = {}
         self.lines: list[str] = []
         self.scopes: dict[int, int] = {}  # trace-order scope ids -> first-seen order
 
     def node(self, root: Node) -> int:
         """Line number of `root`; iterative post-order so deep graphs never recurse."""
-        ids = self.ids
+        ids, names = self.ids, NAMES
         if root in ids:
             return ids[root]
         stack = [(root, False)]
@@ -52,7 +55,11 @@ class _Hasher:
                 stack.append((n, True))
                 stack.extend((i, False) for i in reversed(n.inputs) if i not in ids)
                 continue
-            parts = [n.op, repr(n.shape), n.dtype, repr(n.results) if n.results else ""]
+            name = names.get(n, "")
+            if name and self.given.get(n) == name:  # named so by an earlier compile: unnamed
+                name = ""
+            parts = [n.op, repr(n.shape), n.dtype, repr(n.results) if n.results else "",
+                     n.where or "", name]
             for k, v in n.attrs:
                 t = type(v)  # plain values (most attributes): their repr says value and type
                 if k != "scope" and (t in _FAST or t is tuple and all(type(x) in _FAST
@@ -105,7 +112,15 @@ def _is_sympy(v) -> bool:
 def fingerprint(outputs: Sequence[Node], extra: Iterable[Node] = ()) -> str:
     """Hex digest of the graph reaching `outputs` (in order) and of the nodes `extra` (the
     leaves a compile differentiates by, in order); raises Unkeyable (see module docstring)."""
-    hasher = _Hasher()
+    return fingerprint_and_size(outputs, extra)[0]
+
+
+def fingerprint_and_size(outputs: Sequence[Node], extra: Iterable[Node] = (),
+                         labels: Sequence[str] = ()) -> tuple[str, int]:
+    """`fingerprint` and the number of nodes it read (scan bodies included). `labels`: the
+    outputs' labels, which a compile gives an unnamed output as its name (compiled.py), so
+    a graph compiled before hashes as it did then."""
+    hasher = _Hasher(dict(zip(outputs, labels)))
     roots = [f"out{hasher.node(n)}" for n in outputs] + [f"extra{hasher.node(n)}" for n in extra]
     text = "\n".join(hasher.lines) + "\n" + ",".join(roots)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode()).hexdigest(), len(hasher.lines)
