@@ -148,7 +148,8 @@ class Program:
         if loaded is None:
             return False
         payload, arrays = loaded
-        self._rebuild, self._full = rebuild, None
+        self._rebuild: Callable[[], Program] = rebuild
+        self._full: Program | None = None
         try:
             self.impl = open_program(backend, payload, arrays, self.args,
                                      lambda: self._full_program().impl)
@@ -171,10 +172,11 @@ class Program:
 
     def _full_program(self) -> Program:
         """The full compile of a warm hit (graph, stages, backend), made once."""
-        if self._full is None:
-            self._full = self._rebuild()
-            self.outputs, self.stages = self._full.outputs, self._full.stages
-        return self._full
+        full: Program | None = self._full
+        if full is None:
+            full = self._full = self._rebuild()
+            self.outputs, self.stages = full.outputs, full.stages
+        return full
 
     def __getattr__(self, name: str) -> Any:
         # only reached for attributes not set: a warm hit's graph, compiled on first use
