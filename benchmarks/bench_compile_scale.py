@@ -4,10 +4,10 @@
     python benchmarks/bench_compile_scale.py --families mlp --depths 4,16 --backends llvm
     python benchmarks/bench_compile_scale.py --stages              # + time per stage
 
-Per model and backend: compile + first call with a cold on-disk cache (a fresh temporary
-BPCOMPILE_CACHE_DIR), again with the warm cache (a fresh graph build and compile of the same
-model, same process), and `jax.jit(jax.value_and_grad(f))` compile + first call of the same
-model written in JAX (a fresh Python function, so jit's cache cannot serve it). `--stages`
+Per model and backend: graph build + compile + first call with a cold on-disk cache (a fresh
+temporary BPCOMPILE_CACHE_DIR), again with the warm cache (a fresh graph build and compile of
+the same model, same process; `--warm-repeats 5`: the median of five, and of its parts), and
+`jax.jit(jax.value_and_grad(f))` compile + first call of the same model written in JAX (a fresh Python function, so jit's cache cannot serve it). `--stages`
 splits the cold compile: graph build, forward passes + autodiff, each rewrite pass (summed
 over the simplify rounds), codegen, and for LLVM its parts (schedule, IR build, optimisation,
 object emission, loading; `LLVMBackend.timings`) and the distinct native kernels / call sites.
@@ -165,7 +165,8 @@ class PassTimer:
 
 def compile_once(family, depth, backend, stages=False):
     """(seconds for graph build + compile + first call, stage breakdown or None, whether the
-    compile-cache served the program); making the random inputs and params is not timed."""
+    compile-cache served the program, (graph build, compile, first call) seconds); making the
+    random inputs and params is not timed."""
     import jax
     import jax.numpy as jnp
 
@@ -185,8 +186,9 @@ def compile_once(family, depth, backend, stages=False):
         jax.block_until_ready(out)
     total = time.perf_counter() - t0 - (t2 - t1)
     hit = bool(getattr(fn.impl, "warm_hit", False))
+    parts = (t_build, t1 - t0 - t_build, total - (t1 - t0))  # graph build, compile, first call
     if not stages:
-        return total, None, hit
+        return total, None, hit, parts
     row = {"build": t_build}
     row["fwd+autodiff"] = fn.timings["graph"] - sum(timer.seconds.values())
     row.update(timer.seconds)
@@ -195,7 +197,7 @@ def compile_once(family, depth, backend, stages=False):
     row["first call"] = total - (t1 - t0)
     for k, v in getattr(fn.impl, "kernel_stats", {}).items():
         row[k] = v
-    return total, row, hit
+    return total, row, hit, parts
 
 
 def jax_once(family, depth):
@@ -230,6 +232,9 @@ def main(argv=None):
     ap.add_argument("--no-jax-ref", action="store_true", help="skip the jax.jit reference")
     ap.add_argument("--no-warm", action="store_true")
     ap.add_argument("--stages", action="store_true", help="print time per stage (cold)")
+    ap.add_argument("--warm-repeats", type=int, default=1,
+                    help="warm figure: median of this many warm compiles; > 1 also prints "
+                         "the medians of its parts (graph build, compile, first call)")
     a = ap.parse_args(argv)
     import jax  # noqa: F401  (imports outside the timings)
 
@@ -248,12 +253,18 @@ def main(argv=None):
             cold.setdefault((fam, "jax.jit"), []).append((depth, ref))
             for be in backends:
                 os.environ["BPCOMPILE_CACHE_DIR"] = tempfile.mkdtemp(prefix="bp-scale-")
-                t, row, _ = compile_once(fam, depth, be, stages=a.stages)
-                w, _, hit = (float("nan"), None, False) if a.no_warm else compile_once(
-                    fam, depth, be)
+                t, row, _, _ = compile_once(fam, depth, be, stages=a.stages)
+                warm = [] if a.no_warm else [compile_once(fam, depth, be)
+                                             for _ in range(max(a.warm_repeats, 1))]
+                w = float(np.median([r[0] for r in warm])) if warm else float("nan")
+                hit = bool(warm) and all(r[2] for r in warm)
                 cold.setdefault((fam, be), []).append((depth, t))
                 print(f"{fam + '-' + str(depth):16s} {be:8s} {t:8.3f} {w:8.3f}"
                       f"{' ' if hit else '*'}{ref:8.3f} {ref / t:8.2f}", flush=True)
+                if len(warm) > 1:
+                    med = np.median([r[3] for r in warm], axis=0) * 1e3
+                    print(f"    warm, median of {len(warm)}: graph build {med[0]:.1f} ms, "
+                          f"compile {med[1]:.1f} ms, first call {med[2]:.1f} ms", flush=True)
                 if row:
                     print("    " + ", ".join(
                         f"{k.strip()}={v:.3f}" if isinstance(v, float) else f"{k.strip()}={v}"

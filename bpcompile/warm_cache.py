@@ -38,8 +38,8 @@ from .version import __version__
 
 SUFFIX = ".warm"
 # NumPy compiles of smaller graphs take a few ms: below this many nodes the key, a file read
-# and a file per graph would cost about what they save
-NUMPY_MIN_NODES = 200
+# and a file per graph would cost about what they save (a 2-block transformer has ~130)
+NUMPY_MIN_NODES = 64
 _SIMPLE = (bool, int, float, str, type(None))
 
 
