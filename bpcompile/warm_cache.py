@@ -64,8 +64,11 @@ def _plain(v: Any) -> Any:
     raise Unkeyable(f"{type(v).__name__} value")
 
 
-# the packages whose settings shape a compiled program (train/, inspect/, cli do not)
+# the packages whose settings shape a compiled program (train/, inspect/, cli do not), less
+# modules that run before the key is taken (their effect is in the graph) or never in a compile
 _COMPILER = ("ir", "ops", "autodiff", "rewrite", "layers", "nn", "budget", "compiled")
+_NOT_COMPILER = ("bpcompile.autodiff.batched", "bpcompile.autodiff.jacobian",
+                 "bpcompile.backends.llvm.export")
 
 
 @functools.cache
@@ -84,6 +87,8 @@ def _compiler_modules(backend: str) -> tuple:
                                   else ("bpcompile",) + parts))
     mods = []
     for n in names:
+        if n in _NOT_COMPILER:
+            continue
         try:
             mods.append((n, importlib.import_module(n)))
         except ImportError:
