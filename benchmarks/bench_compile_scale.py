@@ -39,8 +39,9 @@ def _rand(seed):
     return A
 
 
-def mlp(depth, bp, jax, jnp, width=64, batch=32):
-    """Residual tanh MLP: h <- h + tanh(h W_i + b_i), loss = mean((h - y)^2)."""
+def mlp(depth, bp, jax, jnp, width=64, batch=32, odd=None):
+    """Residual tanh MLP: h <- h + tanh(h W_i + b_i), loss = mean((h - y)^2); layer `odd`
+    (if given) has sigmoid instead (--change-one-layer)."""
     A = _rand(depth)
     x, y = bp.input("x", (batch, width)), bp.input("y", (batch, width))
     ps = []
@@ -48,7 +49,7 @@ def mlp(depth, bp, jax, jnp, width=64, batch=32):
     for i in range(depth):
         W, b = bp.param(f"W{i}", (width, width)), bp.param(f"b{i}", (width,))
         ps += [W, b]
-        h = h + bp.tanh(h @ W + b)
+        h = h + (bp.sigmoid if i == odd else bp.tanh)(h @ W + b)
     loss = bp.mean((h - y) ** 2)
 
     def data():
@@ -205,6 +206,20 @@ def compile_once(family, depth, backend, stages=False):
     return total, row, hit, parts
 
 
+def one_layer_changed(depth, backend):
+    """Compile the MLP with one layer changed (a new program: both cache levels miss)."""
+    import jax
+
+    import bpcompile as bp
+
+    t0 = CLOCK[0]()
+    fn = bp.compile(*mlp(depth, bp, jax, jax.numpy, odd=depth // 2)[:2], backend=backend)
+    t = CLOCK[0]() - t0
+    parts = {"graph+passes": fn.timings["graph"], **getattr(fn.impl, "timings", {})}
+    parts.pop("llvm", None)  # the sum of the LLVM parts
+    return t, parts
+
+
 def jax_once(family, depth):
     """jax.jit(jax.value_and_grad(f)) compile + first call, fresh function."""
     import jax
@@ -239,6 +254,9 @@ def main(argv=None):
     ap.add_argument("--stages", action="store_true", help="print time per stage (cold)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: our timings in process CPU time (jax.jit's stay wall time)")
+    ap.add_argument("--change-one-layer", action="store_true",
+                    help="(mlp) also compile the model with one layer's activation changed "
+                         "after the warm compile: what a per-kernel cache could save")
     ap.add_argument("--warm-repeats", type=int, default=1,
                     help="warm figure: median of this many warm compiles; > 1 also prints "
                          "the medians of its parts (graph build, compile, first call)")
@@ -269,6 +287,11 @@ def main(argv=None):
                 cold.setdefault((fam, be), []).append((depth, t))
                 print(f"{fam + '-' + str(depth):16s} {be:8s} {t:8.3f} {w:8.3f}"
                       f"{' ' if hit else '*'}{ref:8.3f} {ref / t:8.2f}", flush=True)
+                if a.change_one_layer and fam == "mlp":
+                    t1, parts = one_layer_changed(depth, be)
+                    total = sum(parts.values())  # wall-clock parts: shown as shares
+                    print(f"    one layer changed: {t1:.3f} s; shares: " + ", ".join(
+                        f"{k} {100 * v / total:.0f}%" for k, v in parts.items()), flush=True)
                 if len(warm) > 1:
                     med = np.median([r[3] for r in warm], axis=0) * 1e3
                     print(f"    warm, median of {len(warm)}: graph build {med[0]:.1f} ms, "

@@ -282,3 +282,22 @@ def test_numpy_programs_of_large_graphs_are_served_warm():
     small = bp.compile(*mlp(depth=1), backend="numpy")
     assert small.cache_status.startswith("small graph")
     assert bp.compile(*build(), backend="numpy", cache=False).cache_status == "cache=False"
+
+
+def test_train_steps_run_the_same_from_a_warm_hit():
+    def build():
+        x, y = bp.input("x", (8, 4)), bp.input("y", (8, 1))
+        W1, W2 = bp.param("W1", (4, 16)), bp.param("W2", (16, 1))
+        return bp.mean((bp.tanh(x @ W1) @ W2 - y) ** 2)
+
+    r = np.random.default_rng(0)
+    X, Y = (r.standard_normal(s).astype(np.float32) for s in ((8, 4), (8, 1)))
+    init = {"W1": r.standard_normal((4, 16)).astype(np.float32) * 0.3,
+            "W2": r.standard_normal((16, 1)).astype(np.float32) * 0.3}
+    runs = []
+    for status in ("miss", "hit"):
+        step = bp.compile_train_step(build(), backend="llvm", init=init,
+                                     optimizer=bp.optim.adam(1e-2))
+        assert step.fn.cache_status == status
+        runs.append([float(step(x=X, y=Y)) for _ in range(4)])
+    assert runs[0] == runs[1] and runs[0][-1] < runs[0][0]
