@@ -209,7 +209,7 @@ def open_program(backend: str, payload: dict, arrays: dict[str, np.ndarray], arg
     if backend == "numpy":
         from .backends.numpy.warm import WarmNumpy
 
-        return WarmNumpy(payload["backend"], arrays)
+        return WarmNumpy(payload["backend"], arrays, rebuild)
     from .backends.llvm.warm import WarmLLVM
 
     return WarmLLVM(payload["backend"], args, rebuild)

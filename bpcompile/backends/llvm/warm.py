@@ -72,8 +72,23 @@ class _WarmStatus(IndexStatus):
             raise range_error(what, lo, hi, bad)
 
 
+class _Program(SimpleNamespace):
+    """What the runtime reads of a `Program` (buffers, bounds, workspace size); anything else
+    (steps, buffers, views) comes from the rebuilt program."""
+
+    def __init__(self, full: Callable, **fields):
+        super().__init__(**fields)
+        self._full_program = full
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._full_program(), name)
+
+
 class WarmLLVM:
-    """The runtime half of an `LLVMBackend`, from a warm state and the object code."""
+    """The runtime half of an `LLVMBackend`, from a warm state and the object code; whatever
+    else an `LLVMBackend` offers comes from the rebuilt backend (`full()`)."""
 
     name = "llvm"
 
@@ -99,8 +114,8 @@ class WarmLLVM:
             raise LookupError("object has no entry point")
         self.args, self._rebuild, self._full = args, rebuild, None
         self.outputs = [SimpleNamespace(shape=tuple(s), dtype=d) for s, d in st["outputs"]]
-        self.program = SimpleNamespace(
-            args=args, outputs=self.outputs,
+        self.program = _Program(
+            lambda: self.full().program, args=args, outputs=self.outputs,
             bounds={k: (lo, hi) for k, (lo, hi) in st["bounds"].items()},
             out_bufs=[SimpleNamespace(nbytes=n, dtype=d) for n, d in st["out_bufs"]],
             memory=SimpleNamespace(workspace_bytes=st["workspace_bytes"]))
@@ -149,3 +164,9 @@ class WarmLLVM:
     @property
     def index_sites(self) -> list[Node]:
         return self.full().index_sites
+
+    def __getattr__(self, name: str):
+        # only for attributes a warm program lacks (the IR, the module, `_optimize`, ...)
+        if name.startswith("__") or name in ("_full", "_rebuild"):
+            raise AttributeError(name)
+        return getattr(self.full(), name)

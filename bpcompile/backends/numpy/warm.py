@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import linecache
 import marshal
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -39,11 +41,13 @@ def _filename(tag: str) -> str:
 
 
 class WarmNumpy:
-    """The runtime half of a `NumpyBackend`, from a warm state and its constants."""
+    """The runtime half of a `NumpyBackend`, from a warm state and its constants; whatever
+    else a `NumpyBackend` offers (its graph) comes from the rebuilt backend."""
 
     name = "numpy"
 
-    def __init__(self, st: dict, arrays: dict[str, np.ndarray]):
+    def __init__(self, st: dict, arrays: dict[str, np.ndarray], rebuild: Callable[[], Any]):
+        self._rebuild, self._full = rebuild, None
         consts = dict(arrays)
         code = marshal.loads(consts.pop(CODE).tobytes())  # an entry we wrote (its MAC holds)
         self.src, self.consts, self.namespace = st["src"], consts, NAMESPACE
@@ -61,3 +65,10 @@ class WarmNumpy:
 
     run = NumpyBackend.run
     source = NumpyBackend.source
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("_full", "_rebuild"):
+            raise AttributeError(name)
+        if self._full is None:
+            self._full = self._rebuild()
+        return getattr(self._full, name)
