@@ -220,6 +220,49 @@ def one_layer_changed(depth, backend):
     return t, parts
 
 
+def second_process(family, depth, backend) -> dict:
+    """Warm compile in a fresh Python process (the on-disk case): its parts, in seconds, with
+    the one-time costs of a process (imports, LLVM initialisation) apart from the compile."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, __file__, "--child", family, str(depth), backend],
+                         capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child(family, depth, backend):
+    """--child: one warm compile in this fresh process; prints its parts as JSON."""
+    import json
+
+    t0 = time.perf_counter()
+    import jax
+
+    import bpcompile as bp
+    from bpcompile.compiled import get_backend
+
+    get_backend(backend)
+    t1 = time.perf_counter()
+    if backend == "llvm":
+        from bpcompile.backends.llvm import jit
+
+        jit.init()  # LLVM's target initialisation: once per process
+    t2 = time.perf_counter()
+    loss, wrt, data, _ = BUILDERS[family](depth, bp, jax, jax.numpy)
+    t3 = time.perf_counter()
+    fn = bp.compile(loss, wrt, backend=backend)
+    t4 = time.perf_counter()
+    inputs, params = data()
+    t5 = time.perf_counter()
+    fn(**inputs, **params)
+    t6 = time.perf_counter()
+    print(json.dumps({"imports": t1 - t0, "llvm init": t2 - t1, "build": t3 - t2,
+                      "compile": t4 - t3, "first call": t6 - t5, "status": fn.cache_status}))
+
+
 def jax_once(family, depth):
     """jax.jit(jax.value_and_grad(f)) compile + first call, fresh function."""
     import jax
@@ -257,10 +300,15 @@ def main(argv=None):
     ap.add_argument("--change-one-layer", action="store_true",
                     help="(mlp) also compile the model with one layer's activation changed "
                          "after the warm compile: what a per-kernel cache could save")
+    ap.add_argument("--second-process", action="store_true",
+                    help="also compile each model warm in a fresh process (wall time)")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--warm-repeats", type=int, default=1,
                     help="warm figure: median of this many warm compiles; > 1 also prints "
                          "the medians of its parts (graph build, compile, first call)")
     a = ap.parse_args(argv)
+    if a.child:
+        return child(a.child[0], int(a.child[1]), a.child[2])
     CLOCK[0] = time.process_time if a.clock == "cpu" else time.perf_counter
     import jax  # noqa: F401  (imports outside the timings)
 
@@ -287,6 +335,10 @@ def main(argv=None):
                 cold.setdefault((fam, be), []).append((depth, t))
                 print(f"{fam + '-' + str(depth):16s} {be:8s} {t:8.3f} {w:8.3f}"
                       f"{' ' if hit else '*'}{ref:8.3f} {ref / t:8.2f}", flush=True)
+                if a.second_process:
+                    r = second_process(fam, depth, be)
+                    print(f"    fresh process ({r.pop('status')}): " + ", ".join(
+                        f"{k} {v * 1e3:.1f} ms" for k, v in r.items()), flush=True)
                 if a.change_one_layer and fam == "mlp":
                     t1, parts = one_layer_changed(depth, be)
                     total = sum(parts.values())  # wall-clock parts: shown as shares

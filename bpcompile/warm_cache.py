@@ -45,11 +45,13 @@ _SIMPLE = (bool, int, float, str, type(None))
 
 @functools.cache
 def source_hash() -> str:
-    """sha256 over the compiler's own source files (a changed rule or lowering is a miss)."""
+    """sha256 over the compiler's own source files (a changed rule or lowering is a miss): each
+    file's path, size and modification time (reading them all cost ~6 ms per process)."""
     root = Path(__file__).resolve().parent
     h = hashlib.sha256()
     for p in sorted(root.rglob("*.py")):
-        h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
+        st = p.stat()
+        h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()
 
 
