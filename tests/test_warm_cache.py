@@ -251,7 +251,17 @@ def _line_b():  # the same graph, built on other lines
     return bp.sum(bp.tanh(x @ W)), [W]
 
 
-def test_names_and_source_lines_are_part_of_the_key_but_objects_are_shared():
+def _take_a():
+    x, i = bp.param("x", (5,)), bp.input("i", (2,), "int32")
+    return bp.sum(bp.take(x, i) ** 2), [x]
+
+
+def _take_b():  # its index errors name this line
+    x, i = bp.param("x", (5,)), bp.input("i", (2,), "int32")
+    return bp.sum(bp.take(x, i) ** 2), [x]
+
+
+def test_names_and_index_sites_lines_are_keyed_other_lines_are_not():
     import gc
 
     vals = {"x": np.ones((3, 5), np.float32), "W": np.full((5, 2), 0.1, np.float32)}
@@ -260,9 +270,14 @@ def test_names_and_source_lines_are_part_of_the_key_but_objects_are_shared():
     del a
     gc.collect()  # nodes are interned while alive: let the first graph go
     b = bp.compile(*_line_b(), backend="llvm")
-    assert b.cache_status == "miss"  # its index errors and comments name other lines
-    # the object cache below the graph-level key ignores lines: no new object code
-    assert b.impl.cache_hit and float(b(**vals)[0]) == want
+    assert b.cache_status == "hit" and float(b(**vals)[0]) == want
+    line = _line_b.__code__.co_firstlineno + 2  # comments name the graph's own lines
+    assert f"test_warm_cache.py:{line}" in b.source("llvm-unoptimized")
+    for build in (_take_a, _take_b):
+        fn = bp.compile(*build(), backend="llvm")
+        assert fn.cache_status == "miss"  # a run-time index error names the take's line
+        del fn
+        gc.collect()
     loss, ps = mlp()
     compiled()
     assert bp.compile(loss.named("objective"), ps, backend="llvm").cache_status == "miss"
@@ -276,6 +291,7 @@ def test_numpy_programs_of_large_graphs_are_served_warm():
     warm = bp.compile(*build(), backend="numpy")
     assert cold.cache_status == "miss" and warm.cache_status == "hit"
     assert warm.source() == cold.source() and warm.source("function") == cold.source("function")
+    assert warm.impl.src == cold.impl.src  # rebuilt for inspection
     vals = values(cold, 4)
     assert_same_results(cold, warm, vals)
     assert warm.graph() == cold.graph()  # rebuilt on first use

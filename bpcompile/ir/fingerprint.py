@@ -4,10 +4,10 @@
 op, shape, dtype, attributes and its inputs by line number (a shared node is written once and
 referred to), and hashes the text: linear in the graph, one sha256 at the end. Everything that can
 change what a graph computes is in it: ops, attributes, constants' bytes, shapes, dtypes,
-leaf names, scan bodies. So are source lines (`node.where`) and readable names (`NAMES`):
-they change no result, but a hit serves text made from them (memory reports, index errors,
-generated source), which must read as a fresh compile's would. (The object cache below strips
-them: a model moved to other lines still shares its object code there.)
+leaf names, scan bodies. So are readable names (`NAMES`) and the source lines of index ops:
+they change no result, but a hit serves text made from them (memory reports, index errors),
+which must read as a fresh compile's would. Other source lines (`node.where`) only reach
+comments in generated code, which a hit rebuilds when asked (`fn.source()`).
 
 An attribute of a kind this module does not know how to encode (a `custom_vjp` rule holds
 Python functions, whose meaning no hash of their code pins down) raises `Unkeyable`, and the
@@ -25,6 +25,10 @@ from .node import NAMES, ConstValue, Node
 
 _SIMPLE = (bool, int, float, str, type(None))
 _FAST = frozenset(_SIMPLE)  # exact types whose repr is exact and says the type
+# ops whose source line a compiled program keeps (its run-time index errors name it); other
+# nodes' lines only reach comments, and an interned node (a constant) keeps the line of
+# whichever graph made it first, so keying on every line would make keys depend on history
+_SITES = frozenset(("take", "one_hot", "scatter_add"))
 
 
 class Unkeyable(Exception):
@@ -59,7 +63,7 @@ class _Hasher:
             if name and self.given.get(n) == name:  # named so by an earlier compile: unnamed
                 name = ""
             parts = [n.op, repr(n.shape), n.dtype, repr(n.results) if n.results else "",
-                     n.where or "", name]
+                     (n.where or "") if n.op in _SITES else "", name]
             for k, v in n.attrs:
                 t = type(v)  # plain values (most attributes): their repr says value and type
                 if k != "scope" and (t in _FAST or t is tuple and all(type(x) in _FAST

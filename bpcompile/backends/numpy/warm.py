@@ -1,9 +1,8 @@
 """A NumPy program loaded from the compile cache without its graph (the warm path).
 
-`state(backend)` is the generated source, its array constants and how outputs are returned;
-`WarmNumpy` execs the source as `NumpyBackend` does and runs it the same way. The source text
-is the one a fresh compile of the same graph generates (names and source lines are part of
-the cache key), so `fn.source()` serves it as it is.
+`state(backend)` is the generated source, its array constants, its compiled code object and
+how outputs are returned; `WarmNumpy` runs the code as `NumpyBackend` does. `fn.source()`
+comes from the rebuilt backend: comments name source lines, which are not all in the key.
 """
 
 from __future__ import annotations
@@ -50,9 +49,9 @@ class WarmNumpy:
         self._rebuild, self._full = rebuild, None
         consts = dict(arrays)
         code = marshal.loads(consts.pop(CODE).tobytes())  # an entry we wrote (its MAC holds)
-        self.src, self.consts, self.namespace = st["src"], consts, NAMESPACE
+        self._src, self._consts = st["src"], consts  # what runs (tracebacks show this text)
         name = _filename(st["tag"])
-        linecache.cache[name] = (len(self.src), None, self.src.splitlines(True), name)
+        linecache.cache[name] = (len(self._src), None, self._src.splitlines(True), name)
         if NAMESPACE.keys() & consts.keys():
             raise BackendError("warm numpy program: a constant would shadow the runtime")
         ns = dict(NAMESPACE)
@@ -64,11 +63,16 @@ class WarmNumpy:
         self.warm_hit = True
 
     run = NumpyBackend.run
-    source = NumpyBackend.source
+
+    def source(self, stage: str | None = None) -> str:
+        return self.full().source(stage)
+
+    def full(self) -> Any:
+        if self._full is None:
+            self._full = self._rebuild()
+        return self._full
 
     def __getattr__(self, name: str):
         if name.startswith("__") or name in ("_full", "_rebuild"):
             raise AttributeError(name)
-        if self._full is None:
-            self._full = self._rebuild()
-        return getattr(self._full, name)
+        return getattr(self.full(), name)
