@@ -345,3 +345,26 @@ def test_scan_and_checkpoint_graphs_hit_across_rebuilds():
     assert float(v) == want[0]
     for k in g:
         np.testing.assert_array_equal(g[k], want[1][k])
+
+
+def test_a_warm_hit_compiles_nothing_until_asked(monkeypatch):
+    """Protocol probes (isinstance(impl, FastCall / JaxProgram)) and calls must not rebuild."""
+    from bpcompile import compiled as compiled_mod
+
+    def build():
+        return mlp(width=4, depth=12)
+
+    for backend in ("llvm", "numpy"):
+        bp.compile(*build(), backend=backend)
+        rebuilt = []
+        real = compiled_mod.Program._full_program
+        monkeypatch.setattr(compiled_mod.Program, "_full_program",
+                            lambda self: rebuilt.append(1) or real(self))
+        fn = bp.compile(*build(), backend=backend)
+        assert fn.cache_status == "hit"
+        fn(**values(fn))
+        fn.stats(), fn.memory() if backend == "llvm" else None
+        assert rebuilt == [], backend
+        fn.graph()
+        assert rebuilt, backend
+        monkeypatch.undo()

@@ -166,7 +166,13 @@ class WarmLLVM:
         return self.full().index_sites
 
     def __getattr__(self, name: str):
-        # only for attributes a warm program lacks (the IR, the module, `_optimize`, ...)
-        if name.startswith("__") or name in ("_full", "_rebuild"):
-            raise AttributeError(name)
-        return getattr(self.full(), name)
+        # only for what an LLVMBackend has and a warm program lacks (the IR, the module,
+        # `_optimize`, ...); never for protocol probes (`isinstance(impl, JaxProgram)` asks
+        # for `dp`), which must not compile the graph
+        if name in _FROM_FULL or (hasattr(LLVMBackend, name) and not name.startswith("__")):
+            return getattr(self.full(), name)
+        raise AttributeError(name)
+
+
+# LLVMBackend's instance attributes that a warm program does not have of its own
+_FROM_FULL = frozenset(("module", "_ir", "_optimized", "title", "gemm_threshold", "obj_key"))

@@ -73,6 +73,9 @@ class WarmNumpy:
         return self._full
 
     def __getattr__(self, name: str):
-        if name.startswith("__") or name in ("_full", "_rebuild"):
-            raise AttributeError(name)
-        return getattr(self.full(), name)
+        # what a NumpyBackend has and a warm program lacks; never a protocol probe
+        # (`isinstance(impl, FastCall)` asks for `make_caller`), which must not compile
+        if name in ("outputs", "args", "src", "consts", "namespace") or (
+                hasattr(NumpyBackend, name) and not name.startswith("__")):
+            return getattr(self.full(), name)
+        raise AttributeError(name)
