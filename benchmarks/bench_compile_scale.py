@@ -263,6 +263,22 @@ def child(family, depth, backend):
                       "compile": t4 - t3, "first call": t6 - t5, "status": fn.cache_status}))
 
 
+def fingerprint_ms(family, depth, repeats=7) -> float:
+    """Median CPU ms of the compile-cache's structural hash of the model's graph."""
+    import jax
+
+    import bpcompile as bp
+    from bpcompile.ir.fingerprint import fingerprint
+
+    loss, wrt, _, _ = BUILDERS[family](depth, bp, jax, jax.numpy)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fingerprint([loss], wrt)
+        ts.append(time.process_time() - t0)
+    return float(np.median(ts)) * 1e3
+
+
 def jax_once(family, depth):
     """jax.jit(jax.value_and_grad(f)) compile + first call, fresh function."""
     import jax
@@ -303,6 +319,8 @@ def main(argv=None):
     ap.add_argument("--second-process", action="store_true",
                     help="also compile each model warm in a fresh process (wall time)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--fingerprint", action="store_true",
+                    help="also print the structural hash's CPU time per model")
     ap.add_argument("--warm-repeats", type=int, default=1,
                     help="warm figure: median of this many warm compiles; > 1 also prints "
                          "the medians of its parts (graph build, compile, first call)")
@@ -324,6 +342,10 @@ def main(argv=None):
         depths = [int(d) for d in a.depths.split(",")] if a.depths else FAMILIES[fam]
         for depth in depths:
             ref = float("nan") if a.no_jax_ref else jax_once(fam, depth)
+            if a.fingerprint:
+                ms = fingerprint_ms(fam, depth)
+                print(f"{fam + '-' + str(depth):16s} structural hash {ms:.2f} ms CPU (median of 7)",
+                      flush=True)
             cold.setdefault((fam, "jax.jit"), []).append((depth, ref))
             for be in backends:
                 os.environ["BPCOMPILE_CACHE_DIR"] = tempfile.mkdtemp(prefix="bp-scale-")
