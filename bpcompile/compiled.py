@@ -32,6 +32,7 @@ from .ir.printer import format_graph
 from .ir.traverse import leaves
 from .rewrite import pipeline
 from .rewrite.precision import Policy, apply_policy, apply_policy_all, recompute_casts
+from .warm_cache import Entry, backend_state, open_program
 
 BACKENDS = ("numpy", "llvm", "jax")
 
@@ -96,6 +97,8 @@ class Program:
 
     args: list[Node]  # inputs and params in declared order (set by the subclass)
     remat_report: dict | None = None  # what memory_budget= chose (bp.compile)
+    # the graph-level compile-cache (warm_cache.py): "hit", "miss", or why it was not used
+    cache_status: str = "not used"
     signature: Signature
 
     def _title(self) -> str:
@@ -121,6 +124,70 @@ class Program:
         self.impl: Backend = backend_cls(outputs, self.args, title=self._title(), **options)
         self.timings = {"graph": t1 - t0, "codegen": time.perf_counter() - t1}
 
+    # -- the compiled-program cache (warm_cache.py) ---------------------------------------------
+    def _warm_start(self, kind: str, outputs: list[Node], extra: list[Node], labels: list[str],
+                    backend: str, passes, options: dict, rebuild: Callable[[], Program],
+                    t0: float) -> bool:
+        """Load this compile's program from the graph-level cache; False on a miss (the caller
+        compiles, then `_warm_store`s). `rebuild`: the full compile, run once if something
+        asks for the graph (fn.graph(), fn.source(), fn.outputs)."""
+        self._warm: Entry | None = None
+        # `cache` is the LLVM backend's option; the NumPy backend, which has none, gets it here
+        no_cache = backend == "numpy" and not options.pop("cache", True)
+        if not options.pop("_warm_cache", True):
+            self.cache_status = "rebuilt for inspection"
+            return False
+        if no_cache:
+            self.cache_status = "cache=False"
+            return False
+        plain = {k: v for k, v in options.items() if k != "precision"}
+        entry = Entry.of(kind, outputs, extra, self.args, labels, backend, passes, plain,
+                         Policy.of(options.get("precision")))
+        if isinstance(entry, str):
+            self.cache_status = entry
+            return False
+        self._warm, self.cache_status = entry, "miss"
+        t1 = time.perf_counter()
+        loaded = entry.load()
+        if loaded is None:
+            return False
+        payload, arrays = loaded
+        self._rebuild: Callable[[], Program] = rebuild
+        self._full: Program | None = None
+        try:
+            self.impl = open_program(backend, payload, arrays, self.args,
+                                     lambda: self._full_program().impl)
+        except (LookupError, KeyError, TypeError, ValueError) as e:  # object gone or refused
+            entry.discard()
+            self.cache_status = f"miss: stale entry ({e})"
+            return False
+        self.cache_status = "hit"
+        self.backend_name, self.labels, self._warm_payload = backend, labels, payload
+        self.precision = Policy.of(options.pop("precision", None))
+        self.timings = {"graph": t1 - t0, "codegen": time.perf_counter() - t1}
+        return True
+
+    def _warm_store(self) -> None:
+        state = (backend_state(self.backend_name, self.impl, self._warm.key.digest[:16])
+                 if self._warm is not None else None)
+        if state is not None and self._warm is not None:
+            self._warm.store({"backend": state[0], "stats": self.stats(),
+                              "recompute": recompute_cost(self.outputs)}, state[1])
+
+    def _full_program(self) -> Program:
+        """The full compile of a warm hit (graph, stages, backend), made once."""
+        full: Program | None = self._full
+        if full is None:
+            full = self._full = self._rebuild()
+            self.outputs, self.stages = full.outputs, full.stages
+        return full
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for attributes not set: a warm hit's graph, compiled on first use
+        if name in ("outputs", "stages") and "_rebuild" in self.__dict__:
+            return getattr(self._full_program(), name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def memory(self, timeline: bool = False) -> dict:
         """The backend's static memory plan (peak bytes, buffers, saved for backward), if any.
 
@@ -137,7 +204,9 @@ class Program:
                     est["remat"] = dict(self.remat_report)
                 return est
             raise NotImplementedError(f"the {self.backend_name} backend has no memory plan")
-        out = {**self.impl.memory(), **recompute_cost(self.outputs)}
+        warm = self.__dict__.get("_warm_payload")
+        out = {**self.impl.memory(),
+               **(warm["recompute"] if warm else recompute_cost(self.outputs))}
         if self.remat_report:  # compiled with memory_budget=
             out["remat"] = dict(self.remat_report)
         if timeline:
@@ -210,6 +279,11 @@ class Program:
 
     def stats(self) -> str:
         """Node counts after each stage, rewrites per named rule, and compile timings."""
+        warm = self.__dict__.get("_warm_payload")
+        if warm:  # the stored compile's report, and how this one was loaded
+            t = self.timings
+            return (f"{warm['stats']}\nwarm compile-cache hit (graph-level key): key "
+                    f"{t['graph'] * 1e3:.1f} ms, load {t['codegen'] * 1e3:.1f} ms")
         rows = [f"{'stage':16s} {'nodes':>6s}  ops"]
         for s in self.stages:
             top = ", ".join(f"{k}:{v}" for k, v in s.ops.most_common(6))
@@ -265,6 +339,15 @@ class Compiled(Program):
         get_backend(backend)  # a bad backend name fails before any graph work
         self.feedback = check_mode(options.pop("feedback", None))
         feedback_seed = options.pop("feedback_seed", 0)
+        self.feedback_values: dict[str, Any] = {}
+        labels = ["loss"] + ["d" + n for n in self.grad_names]
+        again = dict(options, _warm_cache=False)
+        if self.feedback is not None:  # its B inputs are made from the adjoint graph
+            self._warm, self.cache_status = None, "not cached: feedback alignment"
+        elif self._warm_start("grad", [self.loss], self.wrt, labels, backend, passes, options,
+                              lambda: Compiled(loss, wrt, backend, passes, **again), t0):
+            self._install_caller()
+            return
         stages = [pipeline._stage("forward", [self.loss])]
         forward = pipeline.run_forward(self.loss, stages[0].hits)
         self.precision = Policy.of(options.pop("precision", None))
@@ -280,13 +363,17 @@ class Compiled(Program):
         stages.append(pipeline._stage("adjoint", [forward] + list(grads)))
         self._build(
             [forward] + list(grads),
-            ["loss"] + ["d" + n for n in self.grad_names],
+            labels,
             backend,
             passes,
             options,
             stages,
             t0,
         )
+        self._warm_store()
+        self._install_caller()
+
+    def _install_caller(self) -> None:
         # A backend may supply its own validated fast call path (see docs/architecture.md).
         caller = (self.impl.make_caller(self.signature, self.grad_names)
                   if isinstance(self.impl, FastCall) else None)
@@ -382,11 +469,16 @@ class Function(Program):
         self.args = _declared_order(leaves(nodes))
         _check_unique_names(self.args)
         self.signature = Signature(self.args, nodes)
+        again = dict(options, _warm_cache=False)
+        if self._warm_start("function", nodes, [], self.names, backend, passes, options,
+                            lambda: Function(outputs, backend, passes, **again), t0):
+            return
         stages = [pipeline._stage("forward", nodes)]
         nodes = [pipeline.run_forward(n, stages[0].hits) if n.shape == () else n for n in nodes]
         self.precision = Policy.of(options.pop("precision", None))
         nodes = apply_policy_all(nodes, self.precision, stages[0].hits)
         self._build(nodes, self.names, backend, passes, options, stages, t0)
+        self._warm_store()
 
     def _title(self):
         return (

@@ -69,10 +69,18 @@ def _user_location() -> str | None:
     f = sys._getframe(2)
     while f is not None:
         fn = f.f_code.co_filename
-        if not os.path.abspath(fn).startswith(_PKG_DIR):
-            return f"{os.path.basename(fn)}:{f.f_lineno}"
+        base = _FILES.get(fn, "")
+        if base == "":  # first time: abspath per frame and node made graph building ~2x slower
+            base = None if os.path.abspath(fn).startswith(_PKG_DIR) else os.path.basename(fn)
+            if os.path.isabs(fn):  # a relative name's meaning follows the working directory
+                _FILES[fn] = base
+        if base is not None:
+            return f"{base}:{f.f_lineno}"
         f = f.f_back
     return None
+
+
+_FILES: dict[str, str | None] = {}  # absolute source file -> basename, None inside bpcompile
 
 
 class Node:

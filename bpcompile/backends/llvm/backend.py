@@ -92,6 +92,7 @@ class LLVMBackend:
         key = cache.key(format_graph(outputs), _IR_COMMENT.sub("", self._ir), self.opt,
                         self._codegen()) if (
             options.get("cache", True)) else None
+        self.obj_key = key  # the warm cache (warm.py) refers to this object entry
         obj = cache.load(key) if key else None
         self.cache_hit = obj is not None
         self._optimized = None

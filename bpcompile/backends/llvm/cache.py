@@ -99,7 +99,48 @@ def load(k: Key) -> bytes | None:
 
 def store(k: Key, obj: bytes) -> None:
     """Best effort: a read-only or full disk just means no cache."""
-    if elfcheck.machine_for(jit.host()[0]) is None or len(obj) > MAX_ENTRY_BYTES // 2:
+    if elfcheck.machine_for(jit.host()[0]) is not None:
+        store_blob(k, obj, ".o")
+
+
+def discard(k: Key, suffix: str = ".o") -> None:
+    """Delete `k`'s entry (LLVM refused to load it, or a warm entry proved unusable)."""
+    dfd = _open_dir()
+    if dfd is not None:
+        _unlink(dfd, _name(k, suffix))
+        os.close(dfd)
+
+
+def blob_key(fields: dict) -> Key:
+    """The key of a non-object entry (the compiled-program cache's metadata) whose `fields`
+    already name everything that determines it; JSON-serialisable."""
+    header = json.dumps({"format": 2, **fields}, sort_keys=True,
+                        separators=(",", ":")).encode()
+    return Key(hashlib.sha256(header).hexdigest(), header)
+
+
+def load_blob(k: Key, suffix: str) -> bytes | None:
+    """The payload stored under `k` + `suffix` (the same ownership, header and MAC checks as
+    object entries; no ELF check: the caller parses it), or None."""
+    dfd = _open_dir()
+    if dfd is None:
+        return None
+    try:
+        secret = _secret(dfd, create=False)
+        data = _read(dfd, _name(k, suffix), MAX_ENTRY_BYTES)
+        if secret is None or data is None:
+            return None
+        blob = _unpack(data, k, secret)
+        if blob is None:
+            _unlink(dfd, _name(k, suffix))
+        return blob
+    finally:
+        os.close(dfd)
+
+
+def store_blob(k: Key, blob: bytes, suffix: str) -> None:
+    """Best effort, as `store`."""
+    if len(blob) > MAX_ENTRY_BYTES // 2:
         return
     dfd = _open_dir()
     if dfd is None:
@@ -108,24 +149,17 @@ def store(k: Key, obj: bytes) -> None:
         secret = _secret(dfd, create=True)
         if secret is not None:
             head = MAGIC + _LEN.pack(len(k.header)) + k.header
-            _write(dfd, _name(k), head + hmac.digest(secret, head + obj, "sha256") + obj)
+            _write(dfd, _name(k, suffix), head + hmac.digest(secret, head + blob, "sha256")
+                   + blob)
     except OSError:
         pass
     finally:
         os.close(dfd)
 
 
-def discard(k: Key) -> None:
-    """Delete `k`'s entry (LLVM refused to load it)."""
-    dfd = _open_dir()
-    if dfd is not None:
-        _unlink(dfd, _name(k))
-        os.close(dfd)
-
-
 # -- helpers ----------------------------------------------------------------------------------
-def _name(k: Key) -> str:
-    return k.digest + ".o"
+def _name(k: Key, suffix: str = ".o") -> str:
+    return k.digest + suffix
 
 
 def _open_dir() -> int | None:

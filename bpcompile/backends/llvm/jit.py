@@ -24,11 +24,20 @@ PYAPI_FUNCS = ("PyDict_GetItem", "PyDict_Size", "PyDict_New", "PyDict_SetItem", 
 def init() -> None:
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
-    libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+    libm = _libm()
     for name in LIBM_FUNCS:
         llvm.add_symbol(name, ctypes.cast(getattr(libm, name), ctypes.c_void_p).value)
     for name in PYAPI_FUNCS:
         llvm.add_symbol(name, ctypes.cast(getattr(ctypes.pythonapi, name), ctypes.c_void_p).value)
+
+
+def _libm() -> ctypes.CDLL:
+    """The C math library: by its usual soname first (find_library runs `ldconfig -p`, ~10 ms
+    of every process's first compile), else wherever find_library says."""
+    try:
+        return ctypes.CDLL("libm.so.6")
+    except OSError:
+        return ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
 
 
 @functools.cache
