@@ -23,7 +23,7 @@ from .backends.protocol import (
     Rewrites,
 )
 from .backends.signature import Signature
-from .budget import InfeasibleBudget, fit_budget, parse_budget, with_checkpoints
+from .budget import InfeasibleBudget, fit_budget, parse_budget
 from .errors import BackendError, BPError
 from .ir.hints import Wrt
 from .ir.node import NAMES, Node
@@ -400,45 +400,40 @@ def compile(loss: Node, wrt: Wrt, backend: str = "numpy",  # noqa: A001
 
 
 def _compile_in_budget(loss, wrt, backend, passes, budget: int, options) -> Compiled:
-    """Search on the NumPy estimate (cheap), then check the target's own plan (LLVM), taking
-    one more recomputed segment at a time while it is over the budget."""
+    """Search on the NumPy estimate (cheap, no code generation); where the target has its own
+    static plan (LLVM) and that plan is over the budget, search again measuring the target's
+    plan (each trial compiles)."""
     def estimate(marked: Node) -> int:
         return Compiled(marked, wrt, "numpy", passes).memory(timeline=True)["peak_bytes"]
 
-    def planned(fn: Compiled) -> int:
-        return int(fn.memory(timeline=True)["peak_bytes"])
+    built: dict[Node, Compiled] = {}
 
+    def target(marked: Node) -> Compiled:
+        if marked not in built:
+            built[marked] = Compiled(marked, wrt, backend, passes, **options)
+        return built[marked]
+
+    def planned(marked: Node) -> int:
+        return int(target(marked).memory(timeline=True)["peak_bytes"])
+
+    loss = check_loss(loss)
     try:
-        marked, report = fit_budget(check_loss(loss), budget, estimate)
-    except InfeasibleBudget as e:  # name the target's own smallest plan, not the estimate's
+        marked, report = fit_budget(loss, budget, estimate)
+        fn = target(marked)
+        if not isinstance(fn.impl, MemoryPlan) or planned(marked) <= budget:
+            report["planned_peak_bytes"] = planned(marked)
+            fn.remat_report = report
+            return fn
+    except InfeasibleBudget:
         if backend == "numpy":
             raise
-        fn = Compiled(e.marked, wrt, backend, passes, **options)
-        need = planned(fn) if isinstance(fn.impl, MemoryPlan) else e.need
-        if need <= budget:  # the target's plan packs tighter than the estimate
-            fn.remat_report = {"budget_bytes": budget, "planned_peak_bytes": need,
-                               "recomputed_segments": "all"}
-            return fn
+    try:  # the target's plan packs differently from the estimate: measure it
+        marked, report = fit_budget(loss, budget, planned)
+    except InfeasibleBudget as e:
         raise BPError(f"memory_budget={budget} bytes is infeasible on the {backend} backend: "
-                      f"the smallest planned peak is {need} bytes; give memory_budget >= "
-                      f"{need}") from None
-    fn = Compiled(marked, wrt, backend, passes, **options)
-    if isinstance(fn.impl, MemoryPlan) and planned(fn) > budget:
-        ranked = report.pop("ranked")
-        for m in range(report["recomputed_segments"] + 1, len(ranked) + 1):
-            fn = Compiled(with_checkpoints(loss, set(ranked[:m]), report["order"]), wrt,
-                          backend, passes, **options)
-            report["recomputed_segments"] = m
-            report["recomputed_bytes"] = int(sum(report["inside"][c] for c in ranked[:m]))
-            if planned(fn) <= budget:
-                break
-        else:
-            raise BPError(f"memory_budget={budget} bytes is infeasible on the {backend} "
-                          f"backend: the smallest planned peak is {planned(fn)} bytes; give "
-                          f"memory_budget >= {planned(fn)}")
-    for k in ("ranked", "order", "inside"):
-        report.pop(k, None)
-    report["planned_peak_bytes"] = planned(fn)
+                      f"the smallest planned peak found is {e.need} bytes; give "
+                      f"memory_budget >= {e.need}") from None
+    fn = target(marked)
     fn.remat_report = report
     return fn
 

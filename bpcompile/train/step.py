@@ -113,8 +113,6 @@ class TrainStep:
                 return int(fn.memory(timeline=True)["peak_bytes"])
 
             loss, self.remat_report = fit_budget(loss, budget, estimate)
-            for k in ("ranked", "order", "inside"):
-                self.remat_report.pop(k, None)
         self.loss_node, self.wrt = loss, wrt
         self.param_names = [p.attr("name") for p in wrt]
         self.frozen_names = [n for n in by_name if n not in self.param_names]
