@@ -68,6 +68,29 @@ def timed(f, reps):
     return statistics.median(ts)
 
 
+def alternating(fns: dict, reps: int) -> dict:
+    """Median seconds per call of each function, calls interleaved (a shared, loaded machine
+    slows all of them alike, so the ratios hold)."""
+    ts: dict = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            ts[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in ts.items()}
+
+
+def traced_peak(f) -> int:
+    """Bytes tracemalloc sees allocated at once during one call (NumPy reports its buffers)."""
+    tracemalloc.start()
+    f()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
 def ours(backend, args, vals):
     rows = []
     for name, policy in VARIANTS.items():
@@ -93,32 +116,63 @@ def ours(backend, args, vals):
     return rows
 
 
-def budget_rows(args, vals):
-    """LLVM with memory_budget at 100/50/25 % of the unconstrained planned peak and at the
-    smallest feasible budget (from the infeasible-budget error)."""
+def budget_rows(label, loss, wrt, vals, reps, extra=()):
+    """memory_budget at 100/50/25 % of the unconstrained planned peak and at the smallest
+    feasible budget (from the infeasible-budget error), plus `extra` (name, bytes) budgets:
+    LLVM planned peak, NumPy planned (estimate) vs tracemalloc peak, LLVM time per step and
+    its ratio to the plain step (interleaved medians)."""
     import re
 
-    loss, wrt = build(args.blocks, args.width, args.batch, None, True)
     peak = bp.compile(loss, wrt, backend="llvm").memory()["peak_bytes"]
     try:
         bp.compile(loss, wrt, backend="llvm", memory_budget=1)
         least = 1
     except bp.BPError as e:
         least = int(re.search(r">= (\d+)", str(e)).group(1))
-    rows = []
-    for label, b in (("100%", peak), ("50%", peak // 2), ("25%", peak // 4), ("min", least)):
+    floor = sum(w.size * np.dtype(w.dtype).itemsize for w in wrt)
+    rows, fns = [], {}
+    act = ("25%act", floor + (peak - floor) // 4)  # a quarter of what is not gradients
+    for name, b in (("100%", peak), ("50%", peak // 2), ("25%", peak // 4), act,
+                    ("min", least), *extra):
+        row = {"variant": f"bp {label} budget {name}", "planned": b, "saved": None,
+               "measured": None, "ms": float("nan"), "key": name}
+        rows.append(row)
         if b < least:
-            rows.append({"variant": f"bp llvm budget {label}", "planned": b, "saved": None,
-                         "measured": None, "ms": float("nan"), "note": "infeasible"})
+            row["note"] = "infeasible"
             continue
         fn = bp.compile(loss, wrt, backend="llvm", memory_budget=b)
         m = fn.memory()
-        rows.append({"variant": f"bp llvm budget {label}", "planned": m["peak_bytes"],
-                     "saved": m["saved_for_backward_bytes"], "measured": m["peak_bytes"],
-                     "ms": 1e3 * timed(lambda fn=fn: fn(**vals), args.reps),
-                     "note": f"{m['remat']['recomputed_segments']} of "
-                             f"{m['remat'].get('segments', '?')} blocks recomputed"})
+        nfn = bp.compile(loss, wrt, backend="numpy", memory_budget=max(b, least))
+        r = m["remat"]
+        row.update(planned=m["peak_bytes"], saved=m["saved_for_backward_bytes"],
+                   np_planned=nfn.memory(timeline=True)["peak_bytes"],
+                   np_traced=traced_peak(lambda nfn=nfn: nfn(**vals)),
+                   note=f"{r['recomputed_segments']}/{r['segments']} segs recomputed in "
+                        f"{r['recompute_groups']} groups (+{r['nested_groups']} nested)")
+        fns[name] = lambda fn=fn: fn(**vals)
+    plain = bp.compile(loss, wrt, backend="llvm")
+    fns["plain"] = lambda: plain(**vals)
+    t = alternating(fns, reps)
+    for row in rows:
+        key = row.pop("key")
+        if key in t:
+            row["ms"] = 1e3 * t[key]
+            row["note"] += f"; {t[key] / t['plain']:.2f}x plain"
+    rows.append({"variant": f"bp {label} gradient floor", "planned": floor, "saved": None,
+                 "measured": None, "ms": float("nan"),
+                 "note": "the parameter gradients alone (outputs)"})
     return rows
+
+
+def transformer_model():
+    """bench_compile_scale's 8-block transformer (B=4, T=16, D=64, 4 heads), float32."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from bench_compile_scale import transformer
+
+    loss, ps, data, P, _ = transformer(8, bp, None, None)
+    return loss, ps, {**data, **P}
 
 
 def jax_rows(args, vals):
@@ -159,29 +213,34 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--blocks", type=int, default=32)
     ap.add_argument("--width", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--backends", default="llvm,numpy,jax")
+    ap.add_argument("--transformer", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
     vals = values(args.blocks, args.width, args.batch)
     rows = []
     for be in args.backends.split(","):
         rows += ours(be, args, vals)
+    jrows = jax_rows(args, vals) if "jax" in args.backends else []
     if "llvm" in args.backends:
-        rows += budget_rows(args, vals)
-    if "jax" in args.backends:
-        rows += jax_rows(args, vals)
+        loss, wrt = build(args.blocks, args.width, args.batch, None, True)
+        same = [("=jax ckpt", r["measured"]) for r in jrows if r["variant"].endswith(" checkpoint")]
+        rows += budget_rows("mlp", loss, wrt, vals, args.reps, same)
+        if args.transformer:
+            rows += budget_rows("transformer", *transformer_model(), args.reps)
+    rows += jrows
 
     def mib(b):
         return "-" if b is None else f"{b / 2**20:.2f}"
 
-
-    print(f"{args.blocks} blocks, width {args.width}, batch {args.batch}, float32")
-    print(f"{'variant':28s} {'planned MiB':>11s} {'saved MiB':>9s} {'measured MiB':>12s} "
-          f"{'ms/step':>8s}")
+    print(f"MLP: {args.blocks} blocks, width {args.width}, batch {args.batch}, float32")
+    print(f"{'variant':32s} {'planned MiB':>11s} {'saved MiB':>9s} {'measured MiB':>12s} "
+          f"{'np plan/traced MiB':>18s} {'ms/step':>8s}")
     for r in rows:
-        print(f"{r['variant']:28s} {mib(r.get('planned')):>11s} {mib(r.get('saved')):>9s} "
-              f"{mib(r['measured']):>12s} {r['ms']:8.2f}  {r.get('note', '')}")
+        npc = (f"{mib(r['np_planned'])}/{mib(r['np_traced'])}" if "np_planned" in r else "-")
+        print(f"{r['variant']:32s} {mib(r.get('planned')):>11s} {mib(r.get('saved')):>9s} "
+              f"{mib(r['measured']):>12s} {npc:>18s} {r['ms']:8.2f}  {r.get('note', '')}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import numpy as np
 from ..ir.naming import Namespace, assign_names
 from ..ir.node import Node
 from ..ir.printer import type_str
-from ..ir.provenance import GRAD_OF, RECOMPUTED
+from ..ir.provenance import GRAD_OF, recompute_labels
 from ..ir.traverse import toposort
 from ..ops.leaves import const_value
 from .array_lowering import dtype_name
@@ -104,6 +104,7 @@ def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
     # an unused argument still needs its name; array constants are module globals
     names = assign_names(list(args) + order, scope=scope, global_consts=True)
     forward = set(toposort(outputs[:1]))
+    recomputed = recompute_labels(order, forward)
     consts: dict[str, np.ndarray] = {}
     helpers: list[str] = []
     expr_of: dict[Node, str] = {}
@@ -133,8 +134,8 @@ def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
             expr_of[n] = names[n]  # bound where its tuple node was unpacked
             continue
         sec = "forward" if n in forward else "backward"
-        if sec == "backward" and n in RECOMPUTED:  # a checkpoint's rematerialisation
-            sec = f"recompute (checkpoint {RECOMPUTED[n]})"
+        if sec == "backward" and n in recomputed:  # a checkpoint's rematerialisation
+            sec = f"recompute (checkpoint {recomputed[n]})"
         if sec != section:
             lines.append(f"    # ---- {sec} ----")
             section = sec
