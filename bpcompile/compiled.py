@@ -30,6 +30,7 @@ from .ir.node import NAMES, Node
 from .ir.printer import format_graph
 from .ir.traverse import leaves
 from .rewrite import pipeline
+from .rewrite.compress import check_mode, compress_saved
 from .rewrite.precision import Policy, apply_policy, apply_policy_all
 
 BACKENDS = ("numpy", "llvm", "jax")
@@ -92,6 +93,7 @@ class Program:
 
     args: list[Node]  # inputs and params in declared order (set by the subclass)
     remat_report: dict | None = None  # what memory_budget= chose (bp.compile)
+    compress_report: dict | None = None  # what compress_activations= stored smaller
     signature: Signature
 
     def _title(self) -> str:
@@ -131,9 +133,13 @@ class Program:
                        **recompute_cost(self.outputs)}
                 if self.remat_report:
                     est["remat"] = dict(self.remat_report)
+                if self.compress_report:
+                    est["compress"] = dict(self.compress_report)
                 return est
             raise NotImplementedError(f"the {self.backend_name} backend has no memory plan")
         out = {**self.impl.memory(), **recompute_cost(self.outputs)}
+        if self.compress_report:  # compress_activations=
+            out["compress"] = dict(self.compress_report)
         if self.remat_report:  # compiled with memory_budget=
             out["remat"] = dict(self.remat_report)
         if timeline:
@@ -264,9 +270,12 @@ class Compiled(Program):
         self.precision = Policy.of(options.pop("precision", None))
         forward = apply_policy(forward, self.precision, stages[0].hits)  # before autodiff
         grads = _grad(forward, self.wrt)
-        stages.append(pipeline._stage("adjoint", [forward] + list(grads)))
+        # compress_activations: saved tensors stored in bfloat16/int8 (rewrite/compress.py)
+        outs, self.compress_report = compress_saved(
+            [forward] + list(grads), check_mode(options.pop("compress_activations", None)))
+        stages.append(pipeline._stage("adjoint", outs))
         self._build(
-            [forward] + list(grads),
+            outs,
             ["loss"] + ["d" + n for n in self.grad_names],
             backend,
             passes,
@@ -403,8 +412,11 @@ def _compile_in_budget(loss, wrt, backend, passes, budget: int, options) -> Comp
     """Search on the NumPy estimate (cheap, no code generation); where the target has its own
     static plan (LLVM) and that plan is over the budget, search again measuring the target's
     plan (each trial compiles)."""
+    squeeze = {k: v for k, v in options.items() if k == "compress_activations"}
+
     def estimate(marked: Node) -> int:
-        return Compiled(marked, wrt, "numpy", passes).memory(timeline=True)["peak_bytes"]
+        fn = Compiled(marked, wrt, "numpy", passes, **squeeze)
+        return fn.memory(timeline=True)["peak_bytes"]
 
     built: dict[Node, Compiled] = {}
 

@@ -55,7 +55,7 @@ def recompute_labels(order, forward) -> dict:
     node shared with an earlier compile cannot carry a stale label; RECOMPUTED fills in."""
     out: dict = {}
     for n in order:
-        if n.op == "remat_barrier":
+        if n.op == "remat_barrier" and n not in forward:
             out[n] = n.attr("name") or RECOMPUTED.get(n, "block")
         elif n not in forward and n.inputs and n.op not in ("input", "param", "const"):
             got = [out[i] for i in n.inputs if i in out]
