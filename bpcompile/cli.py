@@ -127,6 +127,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     c.add_argument("--memory-budget", metavar="BYTES", default=None,
                    help="recompute forward segments until the planned peak fits, e.g. 64MB "
                         "(docs/memory.md)")
+    c.add_argument("--compress-activations", choices=("bfloat16", "int8"), default=None,
+                   help="store the activations saved for the backward pass compressed "
+                        "(docs/memory.md)")
 
     k = add("check", "compare the compiled gradient with JAX and finite differences")
     backend(k)
@@ -194,6 +197,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
             options["memory_budget"] = parse_budget(args.memory_budget)
         except ValueError as e:
             raise UsageError(f"--memory-budget: {e}") from None
+    if args.compress_activations is not None:
+        options["compress_activations"] = args.compress_activations
     fn = _compile(_load(args.spec), args.backend, **options)
     if args.dump_passes:
         parts = []

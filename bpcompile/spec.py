@@ -88,6 +88,8 @@ class Model:
     seed: int = 0
     input_kinds: dict = field(default_factory=dict)
     source: str | None = None
+    # [memory]: memory_budget / compress_activations, defaults of compile() and train steps
+    memory: dict = field(default_factory=dict)
 
     def __post_init__(self):
         where = self.source or self.name
@@ -158,7 +160,7 @@ class Model:
         # Nodes the passes create cite the model file rather than the caller of compile().
         LOCATION_OVERRIDE.append(Path(self.source).name if self.source else self.name)
         try:
-            return _compile(self.loss, self.wrt, backend, **options)
+            return _compile(self.loss, self.wrt, backend, **{**self.memory, **options})
         finally:
             LOCATION_OVERRIDE.pop()
 
@@ -317,7 +319,7 @@ def _suggest(word: str, choices) -> str:
 
 
 # ---- the TOML spec builder ------------------------------------------------------------------
-TOP_KEYS = ("model", "inputs", "layers", "loss", "init", "data")
+TOP_KEYS = ("model", "inputs", "layers", "loss", "init", "data", "memory")
 
 
 class SpecBuilder:
@@ -353,10 +355,30 @@ class SpecBuilder:
                     f"input {x.attr('name')!r} is declared but not used by any layer or the loss")
         data = self._read_data(top.raw("data", {}),
                                input_ranges(toposort([loss_node]), wrap=False))
+        memory = self._read_memory(top.raw("memory", {}))
         top.finish()
         return Model(loss_node, list(self.params.values()), inputs, name=name, data=data,
                      init=self.param_init, default_init=self.init, seed=self.seed,
-                     input_kinds=self.input_kinds, source=self.source)
+                     input_kinds=self.input_kinds, source=self.source, memory=memory)
+
+    # -- [memory] -------------------------------------------------------------------------
+    def _read_memory(self, raw) -> dict:
+        """`budget` (bytes or "64MB": memory_budget=) and `compress_activations`."""
+        from .budget import parse_budget
+        from .rewrite.compress import MODES
+
+        t = Table(raw, self.source, "[memory]", self.line_of("memory", 0))
+        out: dict = {}
+        if t.has("budget"):
+            v = t.raw("budget", _MISSING, 'bytes or a string like "64MB"')
+            try:
+                out["memory_budget"] = parse_budget(v)
+            except ValueError as e:
+                t.error(str(e), "budget")
+        if t.has("compress_activations"):
+            out["compress_activations"] = t.str("compress_activations", choices=MODES)
+        t.finish(allowed_extra=("budget", "compress_activations"))
+        return out
 
     # -- [init] ---------------------------------------------------------------------------
     def _read_init(self, raw):

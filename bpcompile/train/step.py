@@ -34,6 +34,7 @@ from ..ops.leaves import input as _input
 from ..ops.reduce import sum_
 from ..optim import Optimizer, adam
 from ..optim.transforms import OptContext
+from ..rewrite.compress import check_mode, compress_saved
 from ..rewrite.pipeline import run_forward
 from ..rewrite.precision import Policy, apply_policy
 from .accumulate import accumulated
@@ -76,6 +77,11 @@ class TrainStep:
         from ..spec import Init, Model
 
         model = loss if isinstance(loss, Model) else None
+        if model is not None and model.memory:  # the spec's [memory] table: defaults
+            if memory_budget is None:
+                memory_budget = model.memory.get("memory_budget")
+            if options.get("compress_activations") is None:
+                options["compress_activations"] = model.memory.get("compress_activations")
         if model is not None:
             loss = model.loss
             params = model.wrt if params is None else params
@@ -104,12 +110,18 @@ class TrainStep:
                                 "unscaled loss)")
         if self.precision.compute != "float32":
             loss = apply_policy(run_forward(loss), self.precision)
+        self.compress = check_mode(options.pop("compress_activations", None))
+        self.compress_report: dict | None = None
+        if self.compress is not None and accumulate != 1:
+            raise ArgumentError("compile_train_step: compress_activations with accumulate != 1 "
+                                "is not supported (the accumulation scan holds one "
+                                "micro-batch's activations in its body)")
         self.remat_report: dict | None = None
         if memory_budget is not None:  # recompute forward segments (bp.compile's choice)
             budget = parse_budget(memory_budget)
 
             def estimate(marked: Node) -> int:
-                fn = Compiled(marked, wrt, "numpy")
+                fn = Compiled(marked, wrt, "numpy", compress_activations=self.compress)
                 return int(fn.memory(timeline=True)["peak_bytes"])
 
             loss, self.remat_report = fit_budget(loss, budget, estimate)
@@ -202,6 +214,8 @@ class TrainStep:
             grads = _scaled_grads(loss, self.wrt, _input("loss_scale", (), "float32"))
         else:
             grads = _grad(self.loss_node, self.wrt)
+        if self.compress is not None:  # saved activations stored smaller (rewrite/compress.py)
+            (loss, *grads), self.compress_report = compress_saved([loss, *grads], self.compress)
         pnodes = {p.attr("name"): p for p in self.wrt}
         gnodes = dict(zip(self.param_names, grads))
         state = {k: _input(k, v.shape, v.dtype.name) for k, v in state0.items()}
@@ -553,7 +567,9 @@ def compile_train_step(loss: Node | Model, params: Sequence[Node | str] | None =
     `precision="float16"` (rewrite/precision.py), `loss_scale` ("dynamic", a number for a
     static scale, or a `DynamicLossScale`: the loss is scaled before differentiation and the
     gradients unscaled in float32; a dynamic scale skips steps with non-finite gradients,
-    see loss_scale.py; `step.loss_scaler` holds the scale and the skipped-step count).
+    see loss_scale.py; `step.loss_scaler` holds the scale and the skipped-step count),
+    `compress_activations` ("bfloat16" or "int8": the activations saved for the backward pass
+    are stored compressed, rewrite/compress.py; `step.compress_report`).
     """
     return TrainStep(loss, params, optimizer, backend, **kw)
 
