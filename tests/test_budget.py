@@ -165,3 +165,107 @@ def test_a_third_of_the_peak_fits_by_recomputing_groups(backend):
     assert float(v) == pytest.approx(float(v0), rel=1e-12)
     for k in g0:
         np.testing.assert_allclose(g[k], g0[k], rtol=1e-10, atol=1e-14, err_msg=k)
+
+
+def _chain(depth=6, width=8, batch=32):
+    """A plain tanh chain (no residual): every layer output is a cut."""
+    x = bp.input("x", (batch, width), "float64")
+    h, wrt = x, []
+    for i in range(depth):
+        W = bp.param(f"W{i}", (width, width), "float64")
+        wrt.append(W)
+        h = bp.tanh(h @ W)
+    r = np.random.default_rng(5)
+    vals = {"x": r.standard_normal((batch, width))}
+    vals.update({f"W{i}": 0.5 * r.standard_normal((width, width)) for i in range(depth)})
+    return bp.sum(h * h), wrt, vals
+
+
+def _attention(depth=2, B=2, T=4, D=8):
+    """Pre-norm attention + MLP blocks (bench_compile_scale's transformer, small)."""
+    x = bp.input("x", (B, T, D), "float64")
+    r = np.random.default_rng(6)
+    h, wrt, vals = x, [], {"x": r.standard_normal((B, T, D))}
+    for i in range(depth):
+        p = {k: bp.param(f"{k}{i}", s, "float64") for k, s in
+             (("Wq", (D, D)), ("Wk", (D, D)), ("Wv", (D, D)), ("Wo", (D, D)), ("W1", (D, 2 * D)),
+              ("W2", (2 * D, D)))}
+        wrt += list(p.values())
+        vals.update({n.attr("name"): 0.3 * r.standard_normal(n.shape) for n in p.values()})
+        h = h + bp.multi_head_attention(bp.layer_norm(h), p["Wq"], p["Wk"], p["Wv"], p["Wo"],
+                                        heads=2, causal=True)
+        h = h + bp.tanh(bp.layer_norm(h) @ p["W1"]) @ p["W2"]
+    return bp.mean(h * h), wrt, vals
+
+
+def _residual():
+    loss, wrt = mlp(None)
+    return loss, wrt, VALS
+
+
+MODELS = {"residual": _residual, "chain": _chain, "attention": _attention}
+
+
+def _smallest(loss, wrt, backend):
+    with pytest.raises(bp.BPError, match="infeasible") as e:
+        bp.compile(loss, wrt, backend=backend, memory_budget=1)
+    return int(re.search(r"memory_budget >= (\d+)", str(e.value)).group(1))
+
+
+@pytest.mark.parametrize("model,backend", [(m, b) for m in MODELS for b in ("numpy", "llvm")]
+                         + [("residual", "jax")])
+def test_every_budget_gives_the_plain_gradients(model, backend):
+    """Budgets from the smallest feasible to unlimited: the plan fits, the gradients are the
+    plain build's (float64, rtol 1e-10)."""
+    if backend == "jax":
+        jax = pytest.importorskip("jax")
+        jax.config.update("jax_enable_x64", True)
+    loss, wrt, vals = MODELS[model]()
+    plain = bp.compile(loss, wrt, backend=backend)
+    v0, g0 = plain(**vals)
+    least = _smallest(loss, wrt, backend)
+    budgets = [least, (least + _peak(plain)) // 2, None][:1 if backend == "jax" else 3]
+    for b in budgets:
+        fn = bp.compile(loss, wrt, backend=backend, memory_budget=b)
+        if b is not None:
+            assert _peak(fn) <= b
+        v, g = fn(**vals)
+        assert float(v) == pytest.approx(float(v0), rel=1e-12)
+        for k in g0:
+            np.testing.assert_allclose(np.asarray(g[k]), np.asarray(g0[k]), rtol=1e-10,
+                                       atol=1e-13, err_msg=f"{k} at budget {b}")
+
+
+def _workspace_written(fn, vals) -> int:
+    """Bytes of the LLVM workspace a call writes, up to the highest one: the arena is filled
+    with a pattern first, and the last changed byte is found after the call."""
+    arena = fn.impl.thread_arena()
+    ws = arena.block[arena.ws_addr - arena.lo:]
+    ws[:] = 0xA5
+    fn(**vals)
+    changed = np.flatnonzero(ws != 0xA5)
+    return int(changed[-1]) + 1 if changed.size else 0
+
+
+def test_planned_peak_against_measured():
+    """LLVM: the workspace a call really writes stays within the planned workspace, and the
+    budgeted arena is smaller. NumPy: tracemalloc's peak over a call shrinks with the budget
+    too (on a model whose activations dominate NumPy's own temporaries)."""
+    import tracemalloc
+
+    loss, wrt, vals = _deep_mlp()
+    arenas, traced = [], []
+    for b in (None, _peak(bp.compile(loss, wrt, backend="llvm")) // 2):
+        fn = bp.compile(loss, wrt, backend="llvm", memory_budget=b)
+        m = fn.memory()
+        written = _workspace_written(fn, vals)
+        assert 0 < written <= m["workspace_bytes"], (written, m["workspace_bytes"])
+        arenas.append(fn.impl.thread_arena().block.nbytes)
+        assert arenas[-1] >= m["peak_bytes"]
+        nfn = bp.compile(loss, wrt, backend="numpy", memory_budget=b)
+        nfn(**vals)
+        tracemalloc.start()
+        nfn(**vals)
+        traced.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert arenas[1] < arenas[0] and traced[1] < traced[0], (arenas, traced)
