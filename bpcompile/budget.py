@@ -127,17 +127,6 @@ def with_groups(loss: Node, groups: list[tuple[int, int]], cut_order: list[Node]
     return out
 
 
-def _groups_of(plan: tuple[Group, ...]) -> list[tuple[int, int]]:
-    """with_groups intervals of a DP plan (cut index -1: the inputs)."""
-    out = []
-    for s, e, kind in plan:
-        if kind != "store":
-            out.append((s - 1, e))
-        if kind == "nested":
-            out += [(i - 1, i) for i in range(s, e + 1)]
-    return out
-
-
 def fit_budget(loss: Node, budget: int, peak: Callable[[Node], int],
                sweep: int = 10) -> tuple[Node, dict]:
     """(loss with checkpoints, report) with the least recompute FLOPs among the plans tried
