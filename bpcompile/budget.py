@@ -74,7 +74,7 @@ def segment_table(loss: Node) -> list[tuple[Node, int, int]]:
             if i in last:
                 last[i] = max(last[i], pos[n])
     cuts, inside, flops = [], 0, 0
-    reach = max((last[x] for x in inputs), default=-1)  # an input read later spans the cut
+    reach = -1  # (inputs are arguments, kept anyway: one read late spans no cut)
     for k, n in enumerate(seq):
         flops += node_flops(n)
         if reach <= k and inside and n is not loss and n.results is None and n.ndim:
