@@ -228,7 +228,8 @@ def test_every_budget_gives_the_plain_gradients(model, backend):
     plain = bp.compile(loss, wrt, backend=backend)
     v0, g0 = plain(**vals)
     least = _smallest(loss, wrt, backend)
-    budgets = [least, (least + _peak(plain)) // 2, None][:1 if backend == "jax" else 3]
+    budgets = [least, None, (least + _peak(plain)) // 2]  # (the middle one: where it is cheap)
+    budgets = budgets[:1 if backend == "jax" else 2 if model == "attention" else 3]
     for b in budgets:
         fn = bp.compile(loss, wrt, backend=backend, memory_budget=b)
         if b is not None:
