@@ -226,6 +226,48 @@ def jax_rows(args, vals):
     return rows
 
 
+def equal_memory(args, vals):
+    """Recompute time at equal memory, all calls interleaved: our LLVM step at the budget of
+    the per-block checkpoint plan vs JAX's per-block `jax.checkpoint` / dots_saveable, each
+    against its own plain step."""
+    import jax
+    import jax.numpy as jnp
+
+    loss, wrt = build(args.blocks, args.width, args.batch, None, True)
+    ck, _ = build(args.blocks, args.width, args.batch, "nothing_saveable", False)
+    ckpt_peak = bp.compile(ck, wrt, backend="llvm").memory()["peak_bytes"]
+    plain = bp.compile(loss, wrt, backend="llvm")
+    fit = bp.compile(loss, wrt, backend="llvm", memory_budget=ckpt_peak)
+
+    def block(h, p):
+        return h + jax.nn.relu(h @ p[0] + p[1]) @ p[2]
+
+    def make(wrap):
+        def f(params, x):
+            h = x
+            for p in params:
+                h = wrap(block)(h, p)
+            return jnp.mean(h * h)
+        return jax.jit(jax.value_and_grad(f))
+
+    params = [tuple(jnp.asarray(vals[f"{k}_{i}"]) for k in ("W1", "b1", "W2"))
+              for i in range(args.blocks)]
+    x = jnp.asarray(vals["x"])
+    js = {"jax plain": make(lambda f: f), "jax checkpoint": make(jax.checkpoint),
+          "jax dots_saveable": make(lambda f: jax.checkpoint(
+              f, policy=jax.checkpoint_policies.dots_saveable))}
+    fns = {"bp plain": lambda: plain(**vals), "bp budget=ckpt plan": lambda: fit(**vals)}
+    for k, f in js.items():
+        fns[k] = lambda f=f: f(params, x)[0].block_until_ready()
+    t = alternating(fns, args.reps)
+    print(f"equal memory ({ckpt_peak / 2**20:.2f} MiB, the per-block checkpoint plan; "
+          f"ours at it: {fit.memory()['peak_bytes'] / 2**20:.2f} MiB), interleaved medians:")
+    for k, v in t.items():
+        base = t["bp plain"] if k.startswith("bp") else t["jax plain"]
+        print(f"  {k:24s} {1e3 * v:8.2f} ms  recompute {1e3 * (v - base):+7.2f} ms "
+              f"({v / base:.2f}x)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--blocks", type=int, default=32)
@@ -234,8 +276,12 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--backends", default="llvm,numpy,jax")
     ap.add_argument("--transformer", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--equal-memory", action="store_true",
+                    help="only the interleaved equal-memory comparison with JAX")
     args = ap.parse_args()
     vals = values(args.blocks, args.width, args.batch)
+    if args.equal_memory:
+        return equal_memory(args, vals)
     rows = []
     for be in args.backends.split(","):
         rows += ours(be, args, vals)
