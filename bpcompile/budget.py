@@ -12,6 +12,7 @@ plan is checked with the caller's `peak` (the NumPy estimate or the target's own
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 
@@ -127,30 +128,40 @@ def with_groups(loss: Node, groups: list[tuple[int, int]], cut_order: list[Node]
     return out
 
 
-def fit_budget(loss: Node, budget: int, peak: Callable[[Node], int],
+def fit_budget(loss: Node, budget: int, peak: Callable[[Node], int | tuple[int, int]],
                sweep: int = 10) -> tuple[Node, dict]:
     """(loss with checkpoints, report) with the least recompute FLOPs among the plans tried
-    whose planned peak (`peak`) is <= budget; InfeasibleBudget naming the smallest planned
-    peak found when none is.
+    whose planned peak is <= budget; InfeasibleBudget naming the smallest planned peak found
+    when none is. `peak(marked)` gives the planned peak, or (peak, recompute FLOPs measured
+    on the built graph), which then ranks the plans instead of the model's FLOPs (the model
+    counts a group's every op; the backward may not need all of them, e.g. a block's last
+    matmul, whose output is the kept cut).
 
     The DP (budget_dp.py) plans on a model calibrated by two real peaks (nothing recomputed,
     every segment recomputed). Its plans for `sweep` model budgets spread from the model's
-    least peak to the plain peak are always measured (so the smallest feasible budget named
-    in the error does not depend on the budget asked for), then bisection on the model
-    budget refines between the largest fitting model budget and the next one up."""
+    least peak to the plain peak, and Chen et al.'s uniform groups (2, 3, √n, 2√n segments),
+    are always measured (so the smallest feasible budget named in the error does not depend
+    on the budget asked for), then bisection on the model budget refines between the largest
+    fitting model budget and the next one up."""
     table = segment_table(loss)
     order = [c for c, _, _ in table]
     n = len(order)
     tried: dict[tuple[tuple[int, int], ...], tuple[Node, int]] = {}
+    measured: dict[tuple[tuple[int, int], ...], int] = {}
 
     def trial(groups: list[tuple[int, int]]) -> int:
         key = tuple(sorted(set(groups)))
         if key not in tried:
             marked = with_groups(loss, list(key), order)
-            tried[key] = (marked, int(peak(marked)))
+            got = peak(marked)
+            if isinstance(got, tuple):
+                got, measured[key] = got
+            tried[key] = (marked, int(got))
         return tried[key][1]
 
-    def flops(key) -> int:  # each interval recomputes its segments once
+    def flops(key) -> int:  # measured, else the model's: each interval recomputes its segments
+        if key in measured:
+            return measured[key]
         return sum(table[i][2] for s, e in key for i in range(s + 1, e + 1))
 
     p0 = trial([])
@@ -165,13 +176,21 @@ def fit_budget(loss: Node, budget: int, peak: Callable[[Node], int],
     p1 = trial([(i - 1, i) for i in range(n)])
     amax, atot = max(act), sum(act)
     alpha = max(0.05, (p0 - p1) / (atot - amax)) if atot > amax else 1.0
-    planner = Planner(Chain(tuple(alpha * a for a in act), tuple(cut),
-                            tuple(float(f) for _, _, f in table), p1 - sum(cut) - alpha * amax))
+    flo = [float(f) for _, _, f in table]
+    every = tuple(sorted((i - 1, i) for i in range(n)))
+    # the share of a segment's FLOPs its own recomputation skips, from the measured plan
+    tau = min(0.9, max(0.0, 1 - measured[every] / sum(flo))) if every in measured else 0.0
+    planner = Planner(Chain(tuple(alpha * a for a in act), tuple(cut), tuple(flo),
+                            p1 - sum(cut) - alpha * amax, tuple(tau * f for f in flo)))
 
     def at(model_budget: float) -> bool:
         plan = planner.plan(model_budget)
         return plan is not None and trial(_groups_of(plan)) <= budget
 
+    root = math.isqrt(n) + 1
+    for size in sorted({2, 3, root, 2 * root}):  # Chen et al.'s uniform groups: the floor
+        if size < n:
+            trial([(j - 1, min(j + size, n) - 1) for j in range(0, n, size)])
     lo, hi = planner.least_peak(), float(max(p0, budget))
     grid = [lo + (hi - lo) * k / (sweep - 1) for k in range(sweep)]
     fits = [mb for mb in grid if at(mb)]
@@ -188,7 +207,10 @@ def fit_budget(loss: Node, budget: int, peak: Callable[[Node], int],
                                f"planned peak found is {need} bytes ({n} segments); give "
                                f"memory_budget >= {need}", need, tried[key][0])
     key = min(fitting, key=lambda k: (flops(k), tried[k][1]))
-    return tried[key][0], _report(budget, tried[key][1], p0, table, key)
+    rep = _report(budget, tried[key][1], p0, table, key)
+    if key in measured:
+        rep["recompute_flops"] = measured[key]
+    return tried[key][0], rep
 
 
 def _report(budget: int, planned: int, p0: int, table, key) -> dict:

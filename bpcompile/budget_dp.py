@@ -25,21 +25,26 @@ Group = tuple[int, int, str]  # (first segment, last segment, kind)
 @dataclass(frozen=True)
 class Chain:
     """Per segment: activation bytes held while its backward runs (`act`), bytes of the cut
-    that ends it (`cut`), forward FLOPs (`flops`); `base`: bytes every plan holds."""
+    that ends it (`cut`), forward FLOPs (`flops`), FLOPs a recomputation ending at its cut
+    skips (`tail`: the cut itself is kept, so work only it needs is not redone); `base`:
+    bytes every plan holds."""
     act: tuple[float, ...]
     cut: tuple[float, ...]
     flops: tuple[float, ...]
     base: float = 0.0
+    tail: tuple[float, ...] = ()
 
 
 def _group(ch: Chain, s: int, e: int, kind: str) -> tuple[float, float, float]:
     """(kept bytes, recompute working bytes, recompute FLOPs) of group s..e."""
     a, c, f = ch.act[s:e + 1], ch.cut[s:e + 1], ch.flops[s:e + 1]
+    t = ch.tail[s:e + 1] if ch.tail else (0.0,) * len(f)
     if kind == "store":
         return sum(a) + sum(c), 0.0, 0.0
     if kind == "remat":
-        return c[-1], sum(a) + sum(c) - c[-1], float(sum(f))
-    return c[-1], sum(c) - c[-1] + max(a), 2.0 * sum(f)  # nested
+        return c[-1], sum(a) + sum(c) - c[-1], float(sum(f) - t[-1])
+    # nested: the outer recomputation, then each segment again (each skipping its own tail)
+    return c[-1], sum(c) - c[-1] + max(a), float(2 * sum(f) - sum(t) - t[-1])
 
 
 def _front(points: list[tuple[float, float, tuple]], cap: int) -> list:

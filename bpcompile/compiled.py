@@ -414,9 +414,9 @@ def _compile_in_budget(loss, wrt, backend, passes, budget: int, options) -> Comp
     plan (each trial compiles)."""
     squeeze = {k: v for k, v in options.items() if k == "compress_activations"}
 
-    def estimate(marked: Node) -> int:
-        fn = Compiled(marked, wrt, "numpy", passes, **squeeze)
-        return fn.memory(timeline=True)["peak_bytes"]
+    def estimate(marked: Node) -> tuple[int, int]:
+        m = Compiled(marked, wrt, "numpy", passes, **squeeze).memory(timeline=True)
+        return m["peak_bytes"], m["recompute_flops"]
 
     built: dict[Node, Compiled] = {}
 
@@ -427,6 +427,9 @@ def _compile_in_budget(loss, wrt, backend, passes, budget: int, options) -> Comp
 
     def planned(marked: Node) -> int:
         return int(target(marked).memory(timeline=True)["peak_bytes"])
+
+    def planned_and_flops(marked: Node) -> tuple[int, int]:
+        return planned(marked), int(target(marked).memory(timeline=True)["recompute_flops"])
 
     loss = check_loss(loss)
     try:
@@ -440,7 +443,7 @@ def _compile_in_budget(loss, wrt, backend, passes, budget: int, options) -> Comp
         if backend == "numpy":
             raise
     try:  # the target's plan packs differently from the estimate: measure it
-        marked, report = fit_budget(loss, budget, planned)
+        marked, report = fit_budget(loss, budget, planned_and_flops)
     except InfeasibleBudget as e:
         raise BPError(f"memory_budget={budget} bytes is infeasible on the {backend} backend: "
                       f"the smallest planned peak found is {e.need} bytes; give "

@@ -120,9 +120,10 @@ class TrainStep:
         if memory_budget is not None:  # recompute forward segments (bp.compile's choice)
             budget = parse_budget(memory_budget)
 
-            def estimate(marked: Node) -> int:
+            def estimate(marked: Node) -> tuple[int, int]:
                 fn = Compiled(marked, wrt, "numpy", compress_activations=self.compress)
-                return int(fn.memory(timeline=True)["peak_bytes"])
+                m = fn.memory(timeline=True)
+                return int(m["peak_bytes"]), int(m["recompute_flops"])
 
             loss, self.remat_report = fit_budget(loss, budget, estimate)
         self.loss_node, self.wrt = loss, wrt
