@@ -227,13 +227,16 @@ def test_every_budget_gives_the_plain_gradients(model, backend):
     loss, wrt, vals = MODELS[model]()
     plain = bp.compile(loss, wrt, backend=backend)
     v0, g0 = plain(**vals)
-    least = _smallest(loss, wrt, backend)
-    budgets = [least, None, (least + _peak(plain)) // 2]  # (the middle one: where it is cheap)
-    budgets = budgets[:1 if backend == "jax" else 2 if model == "attention" else 3]
+    if (model, backend) == ("attention", "llvm"):  # (each LLVM trial compiles: one budget)
+        budgets = [int(0.7 * _peak(plain))]
+    else:
+        least = _smallest(loss, wrt, backend)
+        budgets = [least, None, (least + _peak(plain)) // 2][:1 if backend == "jax" else 3]
     for b in budgets:
         fn = bp.compile(loss, wrt, backend=backend, memory_budget=b)
         if b is not None:
             assert _peak(fn) <= b
+            assert b >= _peak(plain) or fn.memory(timeline=True)["remat"]["recomputed_segments"]
         v, g = fn(**vals)
         assert float(v) == pytest.approx(float(v0), rel=1e-12)
         for k in g0:
