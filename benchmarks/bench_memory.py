@@ -1,15 +1,20 @@
 """Memory and time of rematerialisation (issue #17): a deep residual MLP, plain vs
 `bp.checkpoint` on every block (recompute everything / `dots_saveable`), against JAX's
-`jax.grad` with `jax.checkpoint` on every block.
+`jax.grad` with `jax.checkpoint` on every block; `memory_budget=` at 100/50/25 % of the plain
+plan, at 25 % of the activations (gradients + a quarter of the rest), at the smallest feasible
+budget and at the plan of per-block checkpointing, on the MLP and on bench_compile_scale's
+8-block transformer.
 
     block(h) = h + relu(h @ W1 + b1) @ W2,  loss = mean((block^L(x))^2)
 
 Reported per variant: planned peak bytes and bytes saved for the backward pass (LLVM memory
-plan), measured peak (NumPy: tracemalloc during one call; LLVM: the arena, allocated to the
-plan; JAX: XLA's temp + output bytes from `compiled.memory_analysis()`), and the median time of
-one forward+backward call.
+plan), measured peak (NumPy: tracemalloc during one call; LLVM: output bytes + the workspace
+bytes a call really writes, found by filling the arena with a pattern first; JAX: XLA's
+temp + output bytes from `compiled.memory_analysis()`), the NumPy plan (estimate) vs
+tracemalloc for the budget rows, and the median time of one forward+backward call (budget
+rows: interleaved with the plain step, and their ratio to it).
 
-    python benchmarks/bench_memory.py [--blocks 32] [--width 128] [--batch 128] [--reps 20]
+    python benchmarks/bench_memory.py [--blocks 32] [--width 128] [--batch 512] [--reps 20]
 """
 
 from __future__ import annotations
@@ -68,6 +73,40 @@ def timed(f, reps):
     return statistics.median(ts)
 
 
+def alternating(fns: dict, reps: int) -> dict:
+    """Median seconds per call of each function, calls interleaved (a shared, loaded machine
+    slows all of them alike, so the ratios hold)."""
+    ts: dict = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            ts[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in ts.items()}
+
+
+def arena_measured(fn, vals) -> int:
+    """LLVM: output bytes + the workspace bytes one call writes (up to the highest)."""
+    arena = fn.impl.thread_arena()
+    ws = arena.block[arena.ws_addr - arena.lo:]
+    ws[:] = 0xA5
+    fn(**vals)
+    changed = np.flatnonzero(ws != 0xA5)
+    top = int(changed[-1]) + 1 if changed.size else 0
+    return fn.memory()["output_bytes"] + top
+
+
+def traced_peak(f) -> int:
+    """Bytes tracemalloc sees allocated at once during one call (NumPy reports its buffers)."""
+    tracemalloc.start()
+    f()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
 def ours(backend, args, vals):
     rows = []
     for name, policy in VARIANTS.items():
@@ -77,7 +116,7 @@ def ours(backend, args, vals):
         if backend == "llvm":
             m = fn.memory()
             row.update(planned=m["peak_bytes"], saved=m["saved_for_backward_bytes"],
-                       measured=m["peak_bytes"])
+                       measured=arena_measured(fn, vals))
         else:
             m = fn.memory(timeline=True)
             row["planned"] = m["peak_bytes"]
@@ -93,32 +132,64 @@ def ours(backend, args, vals):
     return rows
 
 
-def budget_rows(args, vals):
-    """LLVM with memory_budget at 100/50/25 % of the unconstrained planned peak and at the
-    smallest feasible budget (from the infeasible-budget error)."""
+def budget_rows(label, loss, wrt, vals, reps, extra=()):
+    """memory_budget at 100/50/25 % of the unconstrained planned peak and at the smallest
+    feasible budget (from the infeasible-budget error), plus `extra` (name, bytes) budgets:
+    LLVM planned peak, NumPy planned (estimate) vs tracemalloc peak, LLVM time per step and
+    its ratio to the plain step (interleaved medians)."""
     import re
 
-    loss, wrt = build(args.blocks, args.width, args.batch, None, True)
     peak = bp.compile(loss, wrt, backend="llvm").memory()["peak_bytes"]
     try:
         bp.compile(loss, wrt, backend="llvm", memory_budget=1)
         least = 1
     except bp.BPError as e:
         least = int(re.search(r">= (\d+)", str(e)).group(1))
-    rows = []
-    for label, b in (("100%", peak), ("50%", peak // 2), ("25%", peak // 4), ("min", least)):
+    floor = sum(w.size * np.dtype(w.dtype).itemsize for w in wrt)
+    rows, fns = [], {}
+    act = ("25%act", floor + (peak - floor) // 4)  # a quarter of what is not gradients
+    for name, b in (("100%", peak), ("50%", peak // 2), ("25%", peak // 4), act,
+                    ("min", least), *extra):
+        row = {"variant": f"bp {label} budget {name}", "planned": b, "saved": None,
+               "measured": None, "ms": float("nan"), "key": name}
+        rows.append(row)
         if b < least:
-            rows.append({"variant": f"bp llvm budget {label}", "planned": b, "saved": None,
-                         "measured": None, "ms": float("nan"), "note": "infeasible"})
+            row["note"] = "infeasible"
             continue
         fn = bp.compile(loss, wrt, backend="llvm", memory_budget=b)
         m = fn.memory()
-        rows.append({"variant": f"bp llvm budget {label}", "planned": m["peak_bytes"],
-                     "saved": m["saved_for_backward_bytes"], "measured": m["peak_bytes"],
-                     "ms": 1e3 * timed(lambda fn=fn: fn(**vals), args.reps),
-                     "note": f"{m['remat']['recomputed_segments']} of "
-                             f"{m['remat'].get('segments', '?')} blocks recomputed"})
+        nfn = bp.compile(loss, wrt, backend="numpy", memory_budget=max(b, least))
+        r = m["remat"]
+        row.update(planned=m["peak_bytes"], saved=m["saved_for_backward_bytes"],
+                   measured=arena_measured(fn, vals),
+                   np_planned=nfn.memory(timeline=True)["peak_bytes"],
+                   np_traced=traced_peak(lambda nfn=nfn: nfn(**vals)),
+                   note=f"{r['recomputed_segments']}/{r['segments']} segs recomputed in "
+                        f"{r['recompute_groups']} groups (+{r['nested_groups']} nested)")
+        fns[name] = lambda fn=fn: fn(**vals)
+    plain = bp.compile(loss, wrt, backend="llvm")
+    fns["plain"] = lambda: plain(**vals)
+    t = alternating(fns, reps)
+    for row in rows:
+        key = row.pop("key")
+        if key in t:
+            row["ms"] = 1e3 * t[key]
+            row["note"] += f"; {t[key] / t['plain']:.2f}x plain"
+    rows.append({"variant": f"bp {label} gradient floor", "planned": floor, "saved": None,
+                 "measured": None, "ms": float("nan"),
+                 "note": "the parameter gradients alone (outputs)"})
     return rows
+
+
+def transformer_model():
+    """bench_compile_scale's 8-block transformer (B=4, T=16, D=64, 4 heads), float32."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from bench_compile_scale import transformer
+
+    loss, ps, data, P, _ = transformer(8, bp, None, None)
+    return loss, ps, {**data, **P}
 
 
 def jax_rows(args, vals):
@@ -155,33 +226,86 @@ def jax_rows(args, vals):
     return rows
 
 
+def equal_memory(args, vals):
+    """Recompute time at equal memory, all calls interleaved: our LLVM step at the budget of
+    the per-block checkpoint plan vs JAX's per-block `jax.checkpoint` / dots_saveable, each
+    against its own plain step."""
+    import jax
+    import jax.numpy as jnp
+
+    loss, wrt = build(args.blocks, args.width, args.batch, None, True)
+    ck, _ = build(args.blocks, args.width, args.batch, "nothing_saveable", False)
+    ckpt_peak = bp.compile(ck, wrt, backend="llvm").memory()["peak_bytes"]
+    plain = bp.compile(loss, wrt, backend="llvm")
+    fit = bp.compile(loss, wrt, backend="llvm", memory_budget=ckpt_peak)
+
+    def block(h, p):
+        return h + jax.nn.relu(h @ p[0] + p[1]) @ p[2]
+
+    def make(wrap):
+        def f(params, x):
+            h = x
+            for p in params:
+                h = wrap(block)(h, p)
+            return jnp.mean(h * h)
+        return jax.jit(jax.value_and_grad(f))
+
+    params = [tuple(jnp.asarray(vals[f"{k}_{i}"]) for k in ("W1", "b1", "W2"))
+              for i in range(args.blocks)]
+    x = jnp.asarray(vals["x"])
+    js = {"jax plain": make(lambda f: f), "jax checkpoint": make(jax.checkpoint),
+          "jax dots_saveable": make(lambda f: jax.checkpoint(
+              f, policy=jax.checkpoint_policies.dots_saveable))}
+    fns = {"bp plain": lambda: plain(**vals), "bp budget=ckpt plan": lambda: fit(**vals)}
+    for k, f in js.items():
+        fns[k] = lambda f=f: f(params, x)[0].block_until_ready()
+    t = alternating(fns, args.reps)
+    print(f"equal memory ({ckpt_peak / 2**20:.2f} MiB, the per-block checkpoint plan; "
+          f"ours at it: {fit.memory()['peak_bytes'] / 2**20:.2f} MiB), interleaved medians:")
+    for k, v in t.items():
+        base = t["bp plain"] if k.startswith("bp") else t["jax plain"]
+        print(f"  {k:24s} {1e3 * v:8.2f} ms  recompute {1e3 * (v - base):+7.2f} ms "
+              f"({v / base:.2f}x)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--blocks", type=int, default=32)
     ap.add_argument("--width", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--backends", default="llvm,numpy,jax")
+    ap.add_argument("--transformer", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--equal-memory", action="store_true",
+                    help="only the interleaved equal-memory comparison with JAX")
     args = ap.parse_args()
     vals = values(args.blocks, args.width, args.batch)
+    if args.equal_memory:
+        return equal_memory(args, vals)
     rows = []
     for be in args.backends.split(","):
         rows += ours(be, args, vals)
+    jrows = jax_rows(args, vals) if "jax" in args.backends else []
     if "llvm" in args.backends:
-        rows += budget_rows(args, vals)
-    if "jax" in args.backends:
-        rows += jax_rows(args, vals)
+        loss, wrt = build(args.blocks, args.width, args.batch, None, True)
+        # equal memory: the plan of checkpointing every block (JAX's per-block scheme; XLA's
+        # memory_analysis on CPU does not see its remat, docs/performance.md)
+        same = [("=ckpt", r["planned"]) for r in rows if r["variant"] == "bp llvm checkpoint"]
+        rows += budget_rows("mlp", loss, wrt, vals, args.reps, same)
+        if args.transformer:
+            rows += budget_rows("transformer", *transformer_model(), args.reps)
+    rows += jrows
 
     def mib(b):
         return "-" if b is None else f"{b / 2**20:.2f}"
 
-
-    print(f"{args.blocks} blocks, width {args.width}, batch {args.batch}, float32")
-    print(f"{'variant':28s} {'planned MiB':>11s} {'saved MiB':>9s} {'measured MiB':>12s} "
-          f"{'ms/step':>8s}")
+    print(f"MLP: {args.blocks} blocks, width {args.width}, batch {args.batch}, float32")
+    print(f"{'variant':32s} {'planned MiB':>11s} {'saved MiB':>9s} {'measured MiB':>12s} "
+          f"{'np plan/traced MiB':>18s} {'ms/step':>8s}")
     for r in rows:
-        print(f"{r['variant']:28s} {mib(r.get('planned')):>11s} {mib(r.get('saved')):>9s} "
-              f"{mib(r['measured']):>12s} {r['ms']:8.2f}  {r.get('note', '')}")
+        npc = (f"{mib(r['np_planned'])}/{mib(r['np_traced'])}" if "np_planned" in r else "-")
+        print(f"{r['variant']:32s} {mib(r.get('planned')):>11s} {mib(r.get('saved')):>9s} "
+              f"{mib(r['measured']):>12s} {npc:>18s} {r['ms']:8.2f}  {r.get('note', '')}")
 
 
 if __name__ == "__main__":

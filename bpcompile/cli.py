@@ -133,6 +133,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     c.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default=None,
                    help="mixed precision: float32 master weights, 16-bit compute (default: "
                         "the spec's [model] precision, else float32; docs/dtypes.md)")
+    c.add_argument("--compress-activations", choices=("bfloat16", "int8"), default=None,
+                   help="store the activations saved for the backward pass compressed "
+                        "(docs/memory.md)")
 
     k = add("check", "compare the compiled gradient with JAX and finite differences")
     backend(k)
@@ -204,6 +207,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         options["feedback"] = args.feedback
     if args.precision is not None:
         options["precision"] = args.precision
+    if args.compress_activations is not None:
+        options["compress_activations"] = args.compress_activations
     fn = _compile(_load(args.spec), args.backend, **options)
     if args.dump_passes:
         parts = []

@@ -24,13 +24,15 @@ from .backends.protocol import (
     Rewrites,
 )
 from .backends.signature import Signature
-from .budget import InfeasibleBudget, fit_budget, parse_budget, with_checkpoints
+from .budget import InfeasibleBudget, fit_budget, parse_budget
 from .errors import BackendError, BPError
 from .ir.hints import Wrt
 from .ir.node import NAMES, Node
 from .ir.printer import format_graph
 from .ir.traverse import leaves
 from .rewrite import pipeline
+from .rewrite.compress import check_mode as compress_mode
+from .rewrite.compress import compress_saved
 from .rewrite.precision import Policy, apply_policy, apply_policy_all, recompute_casts
 from .warm_cache import Entry, backend_state, open_program
 
@@ -99,6 +101,7 @@ class Program:
     remat_report: dict | None = None  # what memory_budget= chose (bp.compile)
     # the graph-level compile-cache (warm_cache.py): "hit", "miss", or why it was not used
     cache_status: str = "not used"
+    compress_report: dict | None = None  # what compress_activations= stored smaller
     signature: Signature
 
     def _title(self) -> str:
@@ -163,6 +166,7 @@ class Program:
             return False
         self.cache_status = "hit"
         self.backend_name, self.labels, self._warm_payload = backend, labels, payload
+        self.compress_report = payload.get("compress")
         self.precision = Policy.of(options.pop("precision", None))
         self.timings = {"graph": t1 - t0, "codegen": time.perf_counter() - t1}
         return True
@@ -172,7 +176,8 @@ class Program:
                  if self._warm is not None else None)
         if state is not None and self._warm is not None:
             self._warm.store({"backend": state[0], "stats": self.stats(),
-                              "recompute": recompute_cost(self.outputs)}, state[1])
+                              "recompute": recompute_cost(self.outputs),
+                              "compress": self.compress_report}, state[1])
 
     def _full_program(self) -> Program:
         """The full compile of a warm hit (graph, stages, backend), made once."""
@@ -202,11 +207,15 @@ class Program:
                        **recompute_cost(self.outputs)}
                 if self.remat_report:
                     est["remat"] = dict(self.remat_report)
+                if self.compress_report:
+                    est["compress"] = dict(self.compress_report)
                 return est
             raise NotImplementedError(f"the {self.backend_name} backend has no memory plan")
         warm = self.__dict__.get("_warm_payload")
         out = {**self.impl.memory(),
                **(warm["recompute"] if warm else recompute_cost(self.outputs))}
+        if self.compress_report:  # compress_activations=
+            out["compress"] = dict(self.compress_report)
         if self.remat_report:  # compiled with memory_budget=
             out["remat"] = dict(self.remat_report)
         if timeline:
@@ -360,9 +369,12 @@ class Compiled(Program):
             self.signature = Signature(self.args, [self.loss])
         if self.precision.compute != "float32" and backend != "jax":  # XLA plans its own
             grads = recompute_casts(forward, list(grads), stages[0].hits)
-        stages.append(pipeline._stage("adjoint", [forward] + list(grads)))
+        # compress_activations: saved tensors stored in bfloat16/int8 (rewrite/compress.py)
+        outs, self.compress_report = compress_saved(
+            [forward] + list(grads), compress_mode(options.pop("compress_activations", None)))
+        stages.append(pipeline._stage("adjoint", outs))
         self._build(
-            [forward] + list(grads),
+            outs,
             labels,
             backend,
             passes,
@@ -532,45 +544,46 @@ def compile(loss: Node, wrt: Wrt, backend: str = "numpy",  # noqa: A001
 
 
 def _compile_in_budget(loss, wrt, backend, passes, budget: int, options) -> Compiled:
-    """Search on the NumPy estimate (cheap), then check the target's own plan (LLVM), taking
-    one more recomputed segment at a time while it is over the budget."""
-    def estimate(marked: Node) -> int:
-        return Compiled(marked, wrt, "numpy", passes).memory(timeline=True)["peak_bytes"]
+    """Search on the NumPy estimate (cheap, no code generation); where the target has its own
+    static plan (LLVM) and that plan is over the budget, search again measuring the target's
+    plan (each trial compiles)."""
+    squeeze = {k: v for k, v in options.items() if k == "compress_activations"}
 
-    def planned(fn: Compiled) -> int:
-        return int(fn.memory(timeline=True)["peak_bytes"])
+    def estimate(marked: Node) -> tuple[int, int]:
+        m = Compiled(marked, wrt, "numpy", passes, **squeeze).memory(timeline=True)
+        return m["peak_bytes"], m["recompute_flops"]
 
+    built: dict[Node, Compiled] = {}
+
+    def target(marked: Node) -> Compiled:
+        if marked not in built:
+            built[marked] = Compiled(marked, wrt, backend, passes, **options)
+        return built[marked]
+
+    def planned(marked: Node) -> int:
+        return int(target(marked).memory(timeline=True)["peak_bytes"])
+
+    def planned_and_flops(marked: Node) -> tuple[int, int]:
+        return planned(marked), int(target(marked).memory(timeline=True)["recompute_flops"])
+
+    loss = check_loss(loss)
     try:
-        marked, report = fit_budget(check_loss(loss), budget, estimate)
-    except InfeasibleBudget as e:  # name the target's own smallest plan, not the estimate's
+        marked, report = fit_budget(loss, budget, estimate)
+        fn = target(marked)
+        if not isinstance(fn.impl, MemoryPlan) or planned(marked) <= budget:
+            report["planned_peak_bytes"] = planned(marked)
+            fn.remat_report = report
+            return fn
+    except InfeasibleBudget:
         if backend == "numpy":
             raise
-        fn = Compiled(e.marked, wrt, backend, passes, **options)
-        need = planned(fn) if isinstance(fn.impl, MemoryPlan) else e.need
-        if need <= budget:  # the target's plan packs tighter than the estimate
-            fn.remat_report = {"budget_bytes": budget, "planned_peak_bytes": need,
-                               "recomputed_segments": "all"}
-            return fn
+    try:  # the target's plan packs differently from the estimate: measure it
+        marked, report = fit_budget(loss, budget, planned_and_flops)
+    except InfeasibleBudget as e:
         raise BPError(f"memory_budget={budget} bytes is infeasible on the {backend} backend: "
-                      f"the smallest planned peak is {need} bytes; give memory_budget >= "
-                      f"{need}") from None
-    fn = Compiled(marked, wrt, backend, passes, **options)
-    if isinstance(fn.impl, MemoryPlan) and planned(fn) > budget:
-        ranked = report.pop("ranked")
-        for m in range(report["recomputed_segments"] + 1, len(ranked) + 1):
-            fn = Compiled(with_checkpoints(loss, set(ranked[:m]), report["order"]), wrt,
-                          backend, passes, **options)
-            report["recomputed_segments"] = m
-            report["recomputed_bytes"] = int(sum(report["inside"][c] for c in ranked[:m]))
-            if planned(fn) <= budget:
-                break
-        else:
-            raise BPError(f"memory_budget={budget} bytes is infeasible on the {backend} "
-                          f"backend: the smallest planned peak is {planned(fn)} bytes; give "
-                          f"memory_budget >= {planned(fn)}")
-    for k in ("ranked", "order", "inside"):
-        report.pop(k, None)
-    report["planned_peak_bytes"] = planned(fn)
+                      f"the smallest planned peak found is {e.need} bytes; give "
+                      f"memory_budget >= {e.need}") from None
+    fn = target(marked)
     fn.remat_report = report
     return fn
 

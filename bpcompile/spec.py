@@ -92,6 +92,8 @@ class Model:
     # mixed precision ([model] precision, loss_scale): the defaults of compile / training
     precision: str | None = None
     loss_scale: str | float | None = None
+    # [memory]: memory_budget / compress_activations, defaults of compile() and train steps
+    memory: dict = field(default_factory=dict)
 
     def __post_init__(self):
         where = self.source or self.name
@@ -169,7 +171,7 @@ class Model:
             options = {"feedback": self.feedback["mode"],
                        "feedback_seed": self.feedback.get("seed", 0), **options}
         try:
-            return _compile(self.loss, self.wrt, backend, **options)
+            return _compile(self.loss, self.wrt, backend, **{**self.memory, **options})
         finally:
             LOCATION_OVERRIDE.pop()
 
@@ -328,7 +330,7 @@ def _suggest(word: str, choices) -> str:
 
 
 # ---- the TOML spec builder ------------------------------------------------------------------
-TOP_KEYS = ("model", "inputs", "layers", "loss", "init", "data", "feedback")
+TOP_KEYS = ("model", "inputs", "layers", "loss", "init", "data", "feedback", "memory")
 PRECISIONS = ("float32", "bfloat16", "float16")
 
 
@@ -367,11 +369,12 @@ class SpecBuilder:
         data = self._read_data(top.raw("data", {}),
                                input_ranges(toposort([loss_node]), wrap=False))
         feedback = self._read_feedback(top.raw("feedback", {}))
+        memory = self._read_memory(top.raw("memory", {}))
         top.finish()
         return Model(loss_node, list(self.params.values()), inputs, name=name, data=data,
                      init=self.param_init, default_init=self.init, seed=self.seed,
                      input_kinds=self.input_kinds, source=self.source, feedback=feedback,
-                     precision=precision, loss_scale=loss_scale)
+                     precision=precision, loss_scale=loss_scale, memory=memory)
 
     # -- [feedback]: train with feedback alignment (autodiff/feedback.py) -----------------
     def _read_feedback(self, raw) -> dict:
@@ -400,6 +403,25 @@ class SpecBuilder:
             model.error(f"expected \"dynamic\" or a finite number > 0 (a static scale), got "
                         f"{scale!r}", "loss_scale")
         return precision, (float(scale) if ok and scale != "dynamic" else scale)
+
+    # -- [memory] -------------------------------------------------------------------------
+    def _read_memory(self, raw) -> dict:
+        """`budget` (bytes or "64MB": memory_budget=) and `compress_activations`."""
+        from .budget import parse_budget
+        from .rewrite.compress import MODES
+
+        t = Table(raw, self.source, "[memory]", self.line_of("memory", 0))
+        out: dict = {}
+        if t.has("budget"):
+            v = t.raw("budget", _MISSING, 'bytes or a string like "64MB"')
+            try:
+                out["memory_budget"] = parse_budget(v)
+            except ValueError as e:
+                t.error(str(e), "budget")
+        if t.has("compress_activations"):
+            out["compress_activations"] = t.str("compress_activations", choices=MODES)
+        t.finish(allowed_extra=("budget", "compress_activations"))
+        return out
 
     # -- [init] ---------------------------------------------------------------------------
     def _read_init(self, raw):

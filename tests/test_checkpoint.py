@@ -106,15 +106,26 @@ def test_recompute_is_distinct_and_late():
 
 
 def test_source_shows_the_recompute_section():
-    # Section marks live in a side table keyed by interned nodes: a graph of an earlier test
-    # still waiting for the cyclic GC can lend this one nodes marked differently (cosmetic;
-    # docs/memory.md). Collect first, as test_source_lines does.
-    import gc
-
-    gc.collect()
     src = _grads("block", "numpy")[0].source()
     assert src.count("# ---- recompute (checkpoint block) ----") >= L
     assert "W3_r = W3" in src
+
+
+def test_recompute_labels_come_from_the_graph_not_the_side_table(monkeypatch):
+    """The sections are read from the barrier nodes (their `name` attr) and what depends on
+    them, so a stale or empty side table (interned nodes shared with an earlier compile that
+    awaits GC) cannot relabel them."""
+    from bpcompile.ir import provenance
+
+    monkeypatch.setattr(provenance, "RECOMPUTED", {})
+    loss, wrt = mlp(None)
+    h = bp.input("x", (B, D), "float64")
+    for i in range(L):
+        h = bp.checkpoint(block, name=f"blk{i}")(h, wrt[i], wrt[L + i])
+    src = bp.compile(bp.mean(h * h), wrt, backend="numpy").source()
+    for i in range(L):
+        sec = src.split(f"# ---- recompute (checkpoint blk{i}) ----")[1].split("# ----")[0]
+        assert f"W{i}_r = W{i}" in sec and "@" in sec, sec
 
 
 def test_jax_source_uses_an_optimization_barrier():

@@ -72,9 +72,9 @@ def _expected(op, a, b, jax_result):
     if op in ("add", "sub", "mul", "maximum", "minimum") and \
             {a, b} <= {"bool", "py_bool"}:
         return "DTypeError"  # bool arithmetic: cast first
-    if op in ("pow", "matmul") and dt in ("int32", "int64", "bool"):
+    if op in ("pow", "matmul") and dt in ("int32", "int64", "int8", "bool"):
         return "float32"
-    if op == "pow" and "py_float" in (a, b) and "int32" in (a, b):
+    if op == "pow" and "py_float" in (a, b) and {"int32", "int8"} & {a, b}:
         return "float32"  # JAX-x64 gives float64 here (not weak); we keep the default float
     return dt
 

@@ -66,6 +66,15 @@ def estimate_timeline(outputs: list[Node]) -> list[dict]:
     return out
 
 
+def node_flops(n: Node) -> int:
+    """A node's FLOPs: 2·m·n·k for a matmul, one per element otherwise (views: none)."""
+    if n.op in VIEWS or n.op in ("input", "param", "const"):
+        return 0
+    if n.op == "matmul":
+        return 2 * n.size * n.inputs[0].shape[-1]
+    return n.size
+
+
 def recompute_cost(outputs: list[Node]) -> dict:
     """What checkpoint recomputation adds to the backward pass: bytes of the recomputed values
     (those not views) and their FLOPs (2·m·n·k per matmul, one per element otherwise)."""
@@ -74,8 +83,5 @@ def recompute_cost(outputs: list[Node]) -> dict:
         if n not in RECOMPUTED or n.op in VIEWS:
             continue
         nbytes += _nbytes(n)
-        if n.op == "matmul":
-            flops += 2 * n.size * n.inputs[0].shape[-1]
-        else:
-            flops += n.size
+        flops += node_flops(n)
     return {"recomputed_bytes": nbytes, "recompute_flops": flops}

@@ -17,7 +17,7 @@ import numpy as np
 from ..ir.naming import Namespace, assign_names
 from ..ir.node import Node
 from ..ir.printer import type_str
-from ..ir.provenance import GRAD_OF, RECOMPUTED
+from ..ir.provenance import GRAD_OF, recompute_labels
 from ..ir.traverse import toposort
 from ..ops.leaves import const_value
 from .array_lowering import dtype_name
@@ -98,12 +98,28 @@ def emit_function(
         _MODULE.reset(token)
 
 
+def _last_readers(order: list[Node], outputs) -> dict[Node, list[Node]]:
+    """node -> the computed values it reads last (none of them an output)."""
+    last: dict[Node, Node] = {}
+    for m in order:
+        for i in m.inputs:
+            last[i] = m
+    keep = set(outputs)
+    dies: dict[Node, list[Node]] = {}
+    for i, m in last.items():
+        if (i.op not in ("input", "param", "const", "result") and i.results is None
+                and i not in keep and m.op != "result"):
+            dies.setdefault(m, []).append(i)
+    return dies
+
+
 def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
     order = run_order(list(outputs), list(args))  # args may be unused after simplification
     scope = module.scope()
     # an unused argument still needs its name; array constants are module globals
     names = assign_names(list(args) + order, scope=scope, global_consts=True)
     forward = set(toposort(outputs[:1]))
+    recomputed = recompute_labels(order, forward)
     consts: dict[str, np.ndarray] = {}
     helpers: list[str] = []
     expr_of: dict[Node, str] = {}
@@ -126,6 +142,7 @@ def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
     proj = {(n.inputs[0], n.attr("index")): n for n in order if n.op == "result"}
     unused: list[str] = []
     section = None
+    dies = _last_readers(order, outputs) if ns == "np" else {}
     for n in order:
         if n.op in ("input", "param", "const"):
             continue
@@ -133,8 +150,8 @@ def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
             expr_of[n] = names[n]  # bound where its tuple node was unpacked
             continue
         sec = "forward" if n in forward else "backward"
-        if sec == "backward" and n in RECOMPUTED:  # a checkpoint's rematerialisation
-            sec = f"recompute (checkpoint {RECOMPUTED[n]})"
+        if sec == "backward" and n in recomputed:  # a checkpoint's rematerialisation
+            sec = f"recompute (checkpoint {recomputed[n]})"
         if sec != section:
             lines.append(f"    # ---- {sec} ----")
             section = sec
@@ -188,6 +205,8 @@ def _emit(outputs, args, lower, fn_name, ns, title, module: Namespace):
         pad = max(1, COMMENT_COL - len(stmt))
         lines.append(stmt + " " * pad + comment(note))
         expr_of[n] = names[n]
+        if dies.get(n):  # NumPy frees a value once its last reader ran (the memory plan's model)
+            lines.append(f"    del {', '.join(names[d] for d in dies[n])}")
     for o in outputs:  # a literal output would take the target's default float (x64: f64)
         if o.op == "const" and o.ndim == 0:
             expr_of[o] = f"{ns}.asarray({expr_of[o]}, {dtype_name(ns, o.dtype)})"

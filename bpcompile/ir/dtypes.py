@@ -24,10 +24,10 @@ from ..errors import DTypeError
 
 FLOATS = ("float16", "bfloat16", "float32", "float64")
 HALF = ("float16", "bfloat16")  # 16-bit storage; backends without them compute in float32
-INTS = ("int32",)
+INTS = ("int32", "int8")  # int8: storage of compressed activations (rewrite/compress.py)
 DTYPES = FLOATS + INTS + ("bool",)
 SHORT = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64",
-         "int32": "i32", "bool": "bool"}
+         "int32": "i32", "int8": "i8", "bool": "bool"}
 DEFAULT_FLOAT = "float32"
 DEFAULT_INT = "int32"
 WEAK_INT, WEAK_FLOAT = "weak_int", "weak_float"  # Python int / float scalars
@@ -66,7 +66,8 @@ def is_half(dtype: str) -> bool:
 
 _UP = {
     "bool": (WEAK_INT,),
-    WEAK_INT: ("int32",),
+    WEAK_INT: ("int8",),
+    "int8": ("int32",),
     "int32": (WEAK_FLOAT,),  # int32 < int64 < weak float in JAX; we have no int64
     WEAK_FLOAT: ("bfloat16", "float16"),
     "bfloat16": ("float32",),

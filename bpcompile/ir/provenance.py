@@ -46,3 +46,21 @@ def record_grad_of(roots: Iterable[Node | None], forward: Node, since: int) -> N
 # recomputed node -> the name of the checkpoint (ops/checkpoint.py) whose backward rebuilt it,
 # so generated code shows rematerialisation as its own section
 RECOMPUTED: weakref.WeakKeyDictionary[Node, str] = weakref.WeakKeyDictionary()
+
+
+def recompute_labels(order, forward) -> dict:
+    """node -> checkpoint name for the backward nodes of `order` that recompute forward values:
+    a `remat_barrier` (its `name` attr) and any non-forward node whose inputs are all forward,
+    const or recomputed, one at least recomputed. Read from the graph itself, so an interned
+    node shared with an earlier compile cannot carry a stale label; RECOMPUTED fills in."""
+    out: dict = {}
+    for n in order:
+        if n.op == "remat_barrier" and n not in forward:
+            out[n] = n.attr("name") or RECOMPUTED.get(n, "block")
+        elif n not in forward and n.inputs and n.op not in ("input", "param", "const"):
+            got = [out[i] for i in n.inputs if i in out]
+            if got and all(i in out or i in forward or i.op == "const" for i in n.inputs):
+                out[n] = got[0]
+            elif n in RECOMPUTED:
+                out[n] = RECOMPUTED[n]
+    return out

@@ -55,12 +55,13 @@ def _vjp_barrier(n: Node, g: Node, needs):
 register(Op("remat_barrier", "control", _same, _vjp_barrier,
             "x, computed only after `after`: the leaf of a checkpoint's recomputation "
             "(lax.optimization_barrier in JAX; an alias elsewhere)",
-            attrs_doc={}))
+            attrs_doc={"name": "the checkpoint whose recomputation reads it (labels)"}))
 
 
-def barrier(x: Node, after: Node) -> Node:
-    """x, read only once `after` exists (keeps recomputed nodes distinct and late)."""
-    return make("remat_barrier", (x, after))
+def barrier(x: Node, after: Node, name: str | None = None) -> Node:
+    """x, read only once `after` exists (keeps recomputed nodes distinct and late); `name`
+    labels the recomputation in generated code (ir.provenance.recompute_labels)."""
+    return make("remat_barrier", (x, after), name=name)
 
 
 def _policy(p: Policy) -> Callable[[Node], bool]:
@@ -111,7 +112,8 @@ def _vjp_remat(n: Node, g: Node, needs):
     # back onto the real graph: placeholders -> frontier behind the barrier, saved values
     # (y itself and what the policy allows) -> the forward nodes
     keep_all = n.attr("policy") == "everything_saveable"  # nothing recomputed: no barrier
-    subst: dict[Node, Node] = {p: f if keep_all else barrier(f, g) for p, f in zip(ph, frontier)}
+    subst: dict[Node, Node] = {p: f if keep_all else barrier(f, g, name)
+                               for p, f in zip(ph, frontier)}
     for c, m in orig.items():
         if m is y or saveable(m):
             subst[c] = m

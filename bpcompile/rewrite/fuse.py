@@ -34,7 +34,9 @@ def fusable(n: Node) -> bool:
         return False
     if n.op == "cast":  # int/bool -> float, float -> float; a cast to or from a 16-bit
         # float stays its own op: inside a body it would be the identity and skip the rounding
-        return is_float(n.dtype) and not (is_half(n.dtype) or is_half(n.inputs[0].dtype))
+        # (and int8 -> float too: NumPy would do the body's arithmetic in int8 and wrap)
+        return is_float(n.dtype) and not (is_half(n.dtype) or is_half(n.inputs[0].dtype)
+                                          or n.inputs[0].dtype == "int8")
     if n.op in COMPARISONS:
         return True
     return is_float(n.dtype) and get_op(n.op).sympy is not None

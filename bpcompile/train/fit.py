@@ -158,7 +158,7 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
         callbacks: Sequence[Callback] | None = None, micro_batches: int = 1,
         memory_budget: int | str | None = None, precision: str | None = None,
         loss_scale: LossScaleLike = None, feedback: str | None = None,
-        feedback_seed: int = 0) -> History:
+        feedback_seed: int = 0, compress_activations: str | None = None) -> History:
     """Train with seeded shuffled minibatches; return a `History` (its `.step` holds params).
 
     model_or_loss: a spec Model or path, a loss node, or a function batch_size -> loss.
@@ -181,7 +181,8 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
     to the full-batch step for a loss that averages over the batch, with the activation memory
     of one micro-batch.
     memory_budget: bytes or "64MB": recompute forward segments until the loss-and-gradient
-    peak fits (compile_train_step's option; docs/memory.md).
+    peak fits (compile_train_step's option; docs/memory.md). compress_activations:
+    "bfloat16" or "int8", the saved activations stored compressed (docs/memory.md).
     precision, loss_scale: mixed precision ("float16", "bfloat16") and loss scaling ("dynamic",
     a number, or a DynamicLossScale) as compile_train_step takes them (docs/dtypes.md); the
     history records the scale and the skipped steps of every epoch.
@@ -224,7 +225,7 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
                      init=init if init is not None else model.init_params(seed),
                      diagnostics=diagnostics, accumulate=micro_batches,
                      memory_budget=memory_budget, precision=precision,
-                     loss_scale=loss_scale, **fb)
+                     loss_scale=loss_scale, compress_activations=compress_activations, **fb)
     step.warn = False
     evaluator = _Evaluator(src, step, batch_size, backend)
     es = early_stopping_from(early_stopping)

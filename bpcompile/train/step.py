@@ -35,6 +35,8 @@ from ..ops.leaves import input as _input
 from ..ops.reduce import sum_
 from ..optim import OPTIMIZERS, Optimizer, adam
 from ..optim.transforms import OptContext
+from ..rewrite.compress import check_mode as compress_mode
+from ..rewrite.compress import compress_saved
 from ..rewrite.pipeline import run_forward
 from ..rewrite.precision import Policy, apply_policy, recompute_casts
 from .accumulate import accumulated
@@ -77,6 +79,11 @@ class TrainStep:
         from ..spec import Init, Model
 
         model = loss if isinstance(loss, Model) else None
+        if model is not None and model.memory:  # the spec's [memory] table: defaults
+            if memory_budget is None:
+                memory_budget = model.memory.get("memory_budget")
+            if options.get("compress_activations") is None:
+                options["compress_activations"] = model.memory.get("compress_activations")
         if model is not None:
             loss = model.loss
             params = model.wrt if params is None else params
@@ -113,17 +120,22 @@ class TrainStep:
                                 "supported (the accumulation scan differentiates exactly)")
         if self.precision.compute != "float32":
             loss = apply_policy(run_forward(loss), self.precision)
+        self.compress = compress_mode(options.pop("compress_activations", None))
+        self.compress_report: dict | None = None
+        if self.compress is not None and accumulate != 1:
+            raise ArgumentError("compile_train_step: compress_activations with accumulate != 1 "
+                                "is not supported (the accumulation scan holds one "
+                                "micro-batch's activations in its body)")
         self.remat_report: dict | None = None
         if memory_budget is not None:  # recompute forward segments (bp.compile's choice)
             budget = parse_budget(memory_budget)
 
-            def estimate(marked: Node) -> int:
-                fn = Compiled(marked, wrt, "numpy")
-                return int(fn.memory(timeline=True)["peak_bytes"])
+            def estimate(marked: Node) -> tuple[int, int]:
+                fn = Compiled(marked, wrt, "numpy", compress_activations=self.compress)
+                m = fn.memory(timeline=True)
+                return int(m["peak_bytes"]), int(m["recompute_flops"])
 
             loss, self.remat_report = fit_budget(loss, budget, estimate)
-            for k in ("ranked", "order", "inside"):
-                self.remat_report.pop(k, None)
         self.loss_node, self.wrt = loss, wrt
         self.param_names = [p.attr("name") for p in wrt]
         self.frozen_names = [n for n in by_name if n not in self.param_names]
@@ -236,6 +248,8 @@ class TrainStep:
             grads = _grad(self.loss_node, self.wrt, feedback=self.feedback)
         if self._acc is None and self.precision.compute != "float32" and self.backend != "jax":
             grads = recompute_casts(loss, list(grads))  # 16-bit saved activations (bp.compile's)
+        if self.compress is not None:  # saved activations stored smaller (rewrite/compress.py)
+            (loss, *grads), self.compress_report = compress_saved([loss, *grads], self.compress)
         pnodes = {p.attr("name"): p for p in self.wrt}
         gnodes = dict(zip(self.param_names, grads))
         state = {k: _input(k, v.shape, v.dtype.name) for k, v in state0.items()}
@@ -602,6 +616,8 @@ def compile_train_step(loss: Node | Model, params: Sequence[Node | str] | None =
     and `loss_scale` are the defaults of these two.
     `feedback="alignment" | "direct"`, `feedback_seed=0`: train with feedback alignment's
     updates (autodiff/feedback.py); `step.feedback_values` holds the fixed B matrices.
+    `compress_activations` ("bfloat16" or "int8": the activations saved for the backward pass
+    are stored compressed, rewrite/compress.py; `step.compress_report`).
     """
     return TrainStep(loss, params, optimizer, backend, **kw)
 

@@ -19,9 +19,9 @@ HALF, I16 = ir.HalfType(), ir.IntType(16)
 
 # Register types: 16-bit floats compute in float32 registers and are rounded on store.
 IR_TYPE = {"float16": F32, "bfloat16": F32, "float32": F32, "float64": F64, "int32": I32,
-           "bool": I8}
+           "int8": I32, "bool": I8}
 # Storage types: LLVM's `half` for float16; llvmlite has no `bfloat`, so bfloat16 is i16 bits
-MEM_TYPE = {**IR_TYPE, "float16": HALF, "bfloat16": I16}
+MEM_TYPE = {**IR_TYPE, "float16": HALF, "bfloat16": I16, "int8": I8}  # int8 in i32 registers
 # fast-math flags for reductions only: reassociation lets LLVM vectorise the accumulation
 REDUCE_FLAGS = ("reassoc", "contract")
 
@@ -42,6 +42,8 @@ def widen(b: ir.IRBuilder, v: ir.Value, dtype: str) -> ir.Value:
         return b.fpext(v, F32)
     if dtype == "bfloat16":  # bfloat16 is the high half of a float32
         return b.bitcast(b.shl(b.zext(v, I32), ir.Constant(I32, 16)), F32)
+    if dtype == "int8":
+        return b.sext(v, I32)
     return v
 
 
@@ -56,6 +58,8 @@ def narrow(b: ir.IRBuilder, v: ir.Value, dtype: str) -> ir.Value:
         rounded = b.lshr(b.add(b.add(bits, ir.Constant(I32, 0x7FFF)), lsb), ir.Constant(I32, 16))
         nan = b.or_(b.lshr(bits, ir.Constant(I32, 16)), ir.Constant(I32, 0x40))
         return b.trunc(b.select(b.fcmp_unordered("uno", v, v), nan, rounded), I16)
+    if dtype == "int8":  # values are in range (compress.py rounds |x|/s <= 127)
+        return b.trunc(v, I8)
     return v
 
 
