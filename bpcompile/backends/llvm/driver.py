@@ -1,0 +1,125 @@
+"""The table driver of a long split schedule: one loop over a constant table of kernel calls.
+
+A split schedule (emit.py) calls one native kernel per step with the base pointers of the
+buffers the step touches. Written as straight-line calls, the driver's code grows with the
+number of steps, and code generation for it was half of a deep CNN's LLVM time even unoptimised
+(`optnone`). Here the schedule is data instead:
+
+    @bp_main.code = [kernel case, (slot, byte offset) per pointer argument, ...]  (i64)
+    loop: switch code[pc] -> case j: call kernel_j(argument pointers), pc += 1 + 2 * arity
+
+with a pointer's slot indexing argv (in..., out..., ws) or, past it, the module's constants
+(`@bp_main.consts`). The driver's code is O(distinct kernels); each call costs a few loads and
+an indirect branch more than a direct call. The schedule stays readable: one comment per table
+row in the driver's entry block names the kernel, its buffers and the step (emit.step_note).
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .loops import I64, PTR, VOID, i64
+from .memplan import Buffer
+
+
+def table_driver(module: ir.Module, name: str, calls: list[tuple[ir.Function, list[Buffer]]],
+                 notes: list[str], slots: dict[Buffer, int], nargs: int,
+                 consts: dict[Buffer, ir.GlobalVariable]) -> ir.Function:
+    """`void <name>.table(ptr argv)` running `calls` (kernel, buffers) in order; `slots` maps
+    argument and output buffers to their argv index, argv[nargs - 1] is the workspace."""
+    fn = ir.Function(module, ir.FunctionType(VOID, [PTR]), f"{name}.table")
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    argv = fn.args[0]
+    argv.name = "argv"
+    cases: dict[ir.Function, int] = {}
+    arity: dict[ir.Function, int] = {}  # pointer arguments from the table (+ ws if unshared)
+    const_slot: dict[Buffer, int] = {}
+    code: list[int] = []
+    rows: list[str] = []
+
+    def operand(buf: Buffer) -> tuple[int, int, str]:
+        if buf.kind == "ws":
+            return nargs - 1, buf.offset, f"ws+{buf.offset}"
+        if buf.kind == "const":
+            return const_slot.setdefault(buf, nargs + len(const_slot)), 0, consts[buf].name
+        return slots[buf], 0, buf.label
+
+    for (kernel, params), note in zip(calls, notes):
+        case = cases.setdefault(kernel, len(cases))
+        arity.setdefault(kernel, len(params))
+        pc = len(code)
+        code.append(case)
+        shown = []
+        for buf in params:
+            slot, off, text = operand(buf)
+            code += [slot, off]
+            shown.append(text)
+        if len(kernel.args) > len(params):
+            shown.append("ws")
+        rows.append(f"[{pc}] {kernel.name}({', '.join(shown)})  {note}")
+    table = _global(module, f"{name}.code", ir.ArrayType(I64, len(code)),
+                    [ir.Constant(I64, v) for v in code])
+    ctab = None
+    if const_slot:
+        order = sorted(const_slot, key=const_slot.get)
+        ctab = _global(module, f"{name}.consts", ir.ArrayType(PTR, len(order)),
+                       [consts[buf] for buf in order])
+
+    entry = fn.append_basic_block("entry")
+    loop = fn.append_basic_block("loop")
+    dispatch = fn.append_basic_block("dispatch")
+    bad = fn.append_basic_block("bad")
+    done = fn.append_basic_block("done")
+    b = ir.IRBuilder(entry)
+    b.comment(f"the schedule: {len(calls)} calls of {len(cases)} kernels, one table row each")
+    for row in rows:
+        b.comment(row)
+    ws = b.load(b.gep(argv, [i64(nargs - 1)], source_etype=PTR), typ=PTR, name="ws")
+    b.branch(loop)
+    b.position_at_end(loop)
+    pc = b.phi(I64, name="pc")
+    pc.add_incoming(i64(0), entry)
+    b.cbranch(b.icmp_unsigned("<", pc, i64(len(code))), dispatch, done)
+    b.position_at_end(dispatch)
+    switch = b.switch(_word(b, table, pc), bad)
+    for kernel, case in cases.items():
+        block = fn.append_basic_block(f"k{case}")
+        switch.add_case(i64(case), block)
+        b.position_at_end(block)
+        nptr = arity[kernel]
+        args = [_pointer(b, table, ctab, argv, nargs, b.add(pc, i64(1 + 2 * j)))
+                for j in range(nptr)]
+        args += [ws] * (len(kernel.args) - nptr)
+        b.call(kernel, args)
+        pc.add_incoming(b.add(pc, i64(1 + 2 * nptr)), block)
+        b.branch(loop)
+    b.position_at_end(bad)
+    b.unreachable()
+    b.position_at_end(done)
+    b.ret_void()
+    return fn
+
+
+def _global(module: ir.Module, name: str, ty: ir.ArrayType, values: list) -> ir.GlobalVariable:
+    g = ir.GlobalVariable(module, ty, name)
+    g.global_constant = True
+    g.linkage = "private"
+    g.initializer = ir.Constant(ty, values)
+    return g
+
+
+def _word(b: ir.IRBuilder, table: ir.GlobalVariable, k: ir.Value) -> ir.Value:
+    return b.load(b.gep(table, [i64(0), k], inbounds=True), typ=I64)
+
+
+def _pointer(b: ir.IRBuilder, table, ctab, argv, nargs: int, k: ir.Value) -> ir.Value:
+    """The pointer of the (slot, offset) pair at table[k]: argv[slot] or a constant, + offset."""
+    slot = _word(b, table, k)
+    where = b.gep(argv, [slot], source_etype=PTR)
+    if ctab is not None:
+        const = b.gep(ctab, [i64(0), b.sub(slot, i64(nargs))], source_etype=ctab.value_type)
+        where = b.select(b.icmp_unsigned("<", slot, i64(nargs)), where, const)
+    base = b.load(where, typ=PTR)
+    off = _word(b, table, b.add(k, i64(1)))
+    return b.gep(base, [off], source_etype=ir.IntType(8))
