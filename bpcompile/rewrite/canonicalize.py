@@ -7,8 +7,10 @@ cse: order commutative operands deterministically so re-interning merges a+b wit
 
 from __future__ import annotations
 
+import zlib
+
 from ..ir.node import Node, make
-from ..ir.traverse import toposort, transform
+from ..ir.traverse import transform
 from ..ops.elementwise import mul
 from ..ops.leaves import const, scalar_value
 
@@ -38,18 +40,42 @@ def canonicalize_forward(outputs: list[Node]) -> list[Node]:
 
 
 def cse(outputs: list[Node]) -> list[Node]:
-    from .patterns import structural_keys
-
-    keys = structural_keys(toposort(outputs))
+    """Order commutative operands by a structural hash and re-intern. Idempotent: a node's hash
+    does not depend on its commutative operands' order (they enter it sorted), so the order
+    chosen here is chosen again on the result, and the simplify fixpoint stops after the round
+    that confirms it. (Ranks by first appearance in a toposort changed with the order they
+    chose: large graphs swapped operands back and forth every round.)"""
+    keys = StructuralHash()
 
     def order_operands(n: Node) -> Node:
         if n.op in COMMUTATIVE and n.inputs[1].op != "const":
             a, b = n.inputs
-            ka, kb = keys.get(a), keys.get(b)
-            if ka is not None and kb is not None and ka[0] > kb[0]:
-                return make(n.op, (b, a), **dict(n.attrs))
+            if a.op == "const" or keys[a] > keys[b]:  # constants last, as canonicalize does
+                n = make(n.op, (b, a), **dict(n.attrs))
+        keys.add(n)
         return n
 
     # Rebuilding re-interns every node: structurally identical subgraphs become one object.
-    out = transform(outputs, order_operands)
-    return out
+    return transform(outputs, order_operands)
+
+
+class StructuralHash(dict):
+    """Node -> structural hash, equal for a+b and b+a, and the same in every process (a tuple
+    of ints hashes deterministically; a string would not, so a node's own part is a CRC of its
+    text): the generated code, and so the on-disk cache, must not depend on the run. Nodes
+    are added in topological order (`transform` hands them over so)."""
+
+    def __init__(self):
+        super().__init__()
+        self.own: dict[tuple, int] = {}
+
+    def add(self, n: Node) -> int:
+        k = (n.op, n.attrs, n.shape, n.dtype)
+        h = self.own.get(k)
+        if h is None:
+            h = self.own[k] = zlib.crc32(repr(k).encode())
+        ins = [self[i] for i in n.inputs]
+        if n.op in COMMUTATIVE:
+            ins.sort()
+        self[n] = h = hash((h, *ins))
+        return h
