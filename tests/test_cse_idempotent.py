@@ -96,3 +96,19 @@ def test_operand_order_does_not_depend_on_the_hash_seed():
 
     first = source(1)
     assert "def " in first and first == source(2)
+
+
+def test_identical_layers_order_operands_alike():
+    """The order compares shallow structure first: x_i @ W_i + b_i keeps one operand order in
+    every layer (the deeper x_i must not decide it), so the layers share one native kernel."""
+    x = bp.input("x", (4, 8))
+    h = x
+    for i in range(8):
+        h = h + bp.tanh(h @ bp.param(f"W{i}", (8, 8)) + bp.param(f"b{i}", (8,)))
+    (out,) = assert_fixpoint(canonicalize([bp.sum(h)]))
+    orders = {tuple(i.op for i in n.inputs) for n in toposort([out])
+              if n.op == "add" and {i.op for i in n.inputs} == {"matmul", "param"}}
+    assert len(orders) == 1
+    residual = [tuple(i.op for i in n.inputs) for n in toposort([out])
+                if n.op == "add" and "tanh" in {i.op for i in n.inputs}]
+    assert len(residual) == 8 and len(set(residual[1:])) == 1

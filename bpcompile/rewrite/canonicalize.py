@@ -50,7 +50,8 @@ def cse(outputs: list[Node]) -> list[Node]:
     def order_operands(n: Node) -> Node:
         if n.op in COMMUTATIVE and n.inputs[1].op != "const":
             a, b = n.inputs
-            if a.op == "const" or keys[a] > keys[b]:  # constants last, as canonicalize does
+            # constants last, as canonicalize puts them
+            if a.op == "const" or keys.order(a) > keys.order(b):
                 n = make(n.op, (b, a), **dict(n.attrs))
         keys.add(n)
         return n
@@ -60,22 +61,45 @@ def cse(outputs: list[Node]) -> list[Node]:
 
 
 class StructuralHash(dict):
-    """Node -> structural hash, equal for a+b and b+a, and the same in every process (a tuple
-    of ints hashes deterministically; a string would not, so a node's own part is a CRC of its
-    text): the generated code, and so the on-disk cache, must not depend on the run. Nodes
-    are added in topological order (`transform` hands them over so)."""
+    """Node -> (shallow signature, structural hash): the order cse gives commutative operands.
+
+    Both are equal for a+b and b+a (commutative operands enter them sorted), and the same in
+    every process (tuples of ints hash deterministically, strings would not, so a node's own
+    part is a CRC of its text): the generated code, and so the on-disk cache, must not depend
+    on the run. The signature (its own part, then 1, 2, ... SIGNATURE_DEPTH levels of ops,
+    shapes and dtypes, no leaf names) is compared level by level before the hash, so identical
+    layers order their operands alike (x1 @ W1 + b1 as x2 @ W2 + b2, although x2 is deeper
+    than x1) and share one native kernel. Nodes are added in topological order (`transform`
+    hands them over so)."""
 
     def __init__(self):
         super().__init__()
-        self.own: dict[tuple, int] = {}
+        self.own: dict[tuple, tuple[int, int]] = {}  # (signature part, hash part)
 
-    def add(self, n: Node) -> int:
+    def add(self, n: Node) -> tuple:
         k = (n.op, n.attrs, n.shape, n.dtype)
-        h = self.own.get(k)
-        if h is None:
-            h = self.own[k] = zlib.crc32(repr(k).encode())
+        own = self.own.get(k)
+        if own is None:
+            full = zlib.crc32(repr(k).encode())
+            if n.op in ("input", "param"):  # which leaf it is: the full hash's business only
+                attrs = tuple(a for a in n.attrs if a[0] != "name")
+                own = (zlib.crc32(repr((n.op, attrs, n.shape, n.dtype)).encode()), full)
+            else:
+                own = (full, full)
+            self.own[k] = own
         ins = [self[i] for i in n.inputs]
         if n.op in COMMUTATIVE:
             ins.sort()
-        self[n] = h = hash((h, *ins))
-        return h
+        sig = [own[0]]
+        for d in range(SIGNATURE_DEPTH):
+            sig.append(hash((own[0], *(i[0][d] for i in ins))))
+        self[n] = key = (sig, hash((own[1], *(i[1] for i in ins))))
+        return key
+
+    def order(self, n: Node) -> tuple[int, ...]:
+        """Shallowest difference first: x @ W before b in every layer, whatever x is."""
+        sig, full = self[n]
+        return (*sig, full)
+
+
+SIGNATURE_DEPTH = 3

@@ -5,18 +5,21 @@ buffers the step touches. Written as straight-line calls, the driver's code grow
 number of steps, and code generation for it was half of a deep CNN's LLVM time even unoptimised
 (`optnone`). Here the schedule is data instead:
 
-    @bp_main.code = [kernel case, (slot, byte offset) per pointer argument, ...]  (i64)
-    loop: switch code[pc] -> case j: call kernel_j(argument pointers), pc += 1 + 2 * arity
+    @bp_main.code = [2 * arity + takes ws, (slot, byte offset) per pointer argument, ...]
+    @bp_main.fns  = [kernel of row 0, kernel of row 1, ...]
+    loop: switch code[pc] -> call fns[row](pointers), pc += 1 + 2 * arity, row += 1
 
 with a pointer's slot indexing argv (in..., out..., ws) or, past it, the module's constants
-(`@bp_main.consts`). The driver's code is O(distinct kernels); each call costs a few loads and
-an indirect branch more than a direct call. The schedule stays readable: one comment per table
-row in the driver's entry block names the kernel, its buffers and the step (emit.step_note).
+(`@bp_main.consts`). The driver's code is O(distinct arities), whatever the number of steps
+and kernels; each call costs a few loads and an indirect call. The schedule stays readable:
+one comment per table row in the driver's entry block names the kernel, its buffers and the
+step (emit.step_note).
 """
 
 from __future__ import annotations
 
 from llvmlite import ir
+from llvmlite.ir.instructions import LoadInstr
 
 from .loops import I64, PTR, VOID, i64
 from .memplan import Buffer
@@ -32,10 +35,9 @@ def table_driver(module: ir.Module, name: str, calls: list[tuple[ir.Function, li
     fn.attributes.add("noinline")
     argv = fn.args[0]
     argv.name = "argv"
-    cases: dict[ir.Function, int] = {}
-    arity: dict[ir.Function, int] = {}  # pointer arguments from the table (+ ws if unshared)
     const_slot: dict[Buffer, int] = {}
     code: list[int] = []
+    shapes: set[tuple[int, int]] = set()  # (pointers from the table, + ws) per row
     rows: list[str] = []
 
     def operand(buf: Buffer) -> tuple[int, int, str]:
@@ -46,25 +48,22 @@ def table_driver(module: ir.Module, name: str, calls: list[tuple[ir.Function, li
         return slots[buf], 0, buf.label
 
     for (kernel, params), note in zip(calls, notes):
-        case = cases.setdefault(kernel, len(cases))
-        arity.setdefault(kernel, len(params))
+        ws = len(kernel.args) - len(params)  # unshared kernels take the workspace too
+        shapes.add((len(params), ws))
         pc = len(code)
-        code.append(case)
+        code.append(2 * len(params) + ws)
         shown = []
         for buf in params:
             slot, off, text = operand(buf)
             code += [slot, off]
             shown.append(text)
-        if len(kernel.args) > len(params):
-            shown.append("ws")
-        rows.append(f"[{pc}] {kernel.name}({', '.join(shown)})  {note}")
-    table = _global(module, f"{name}.code", ir.ArrayType(I64, len(code)),
-                    [ir.Constant(I64, v) for v in code])
+        rows.append(f"[{pc}] {kernel.name}({', '.join(shown + ['ws'] * ws)})  {note}")
+    table = _global(module, f"{name}.code", I64, [ir.Constant(I64, v) for v in code])
+    fns = _global(module, f"{name}.fns", PTR, [k for k, _ in calls])
     ctab = None
     if const_slot:
-        order = sorted(const_slot, key=const_slot.get)
-        ctab = _global(module, f"{name}.consts", ir.ArrayType(PTR, len(order)),
-                       [consts[buf] for buf in order])
+        ctab = _global(module, f"{name}.consts", PTR,
+                       [consts[buf] for buf in sorted(const_slot, key=const_slot.get)])
 
     entry = fn.append_basic_block("entry")
     loop = fn.append_basic_block("loop")
@@ -72,27 +71,30 @@ def table_driver(module: ir.Module, name: str, calls: list[tuple[ir.Function, li
     bad = fn.append_basic_block("bad")
     done = fn.append_basic_block("done")
     b = ir.IRBuilder(entry)
-    b.comment(f"the schedule: {len(calls)} calls of {len(cases)} kernels, one table row each")
+    kernels = len(dict.fromkeys(k for k, _ in calls))
+    b.comment(f"the schedule: {len(calls)} calls of {kernels} kernels, one table row each")
     for row in rows:
         b.comment(row)
-    ws = b.load(b.gep(argv, [i64(nargs - 1)], source_etype=PTR), typ=PTR, name="ws")
+    wsp = b.load(b.gep(argv, [i64(nargs - 1)], source_etype=PTR), typ=PTR, name="ws")
     b.branch(loop)
     b.position_at_end(loop)
     pc = b.phi(I64, name="pc")
+    row = b.phi(I64, name="row")
     pc.add_incoming(i64(0), entry)
+    row.add_incoming(i64(0), entry)
     b.cbranch(b.icmp_unsigned("<", pc, i64(len(code))), dispatch, done)
     b.position_at_end(dispatch)
+    kernel = b.load(b.gep(fns, [i64(0), row], inbounds=True), typ=PTR, name="kernel")
     switch = b.switch(_word(b, table, pc), bad)
-    for kernel, case in cases.items():
-        block = fn.append_basic_block(f"k{case}")
-        switch.add_case(i64(case), block)
+    for nptr, ws in sorted(shapes):
+        block = fn.append_basic_block(f"call{nptr}" + "_ws" * ws)
+        switch.add_case(i64(2 * nptr + ws), block)
         b.position_at_end(block)
-        nptr = arity[kernel]
         args = [_pointer(b, table, ctab, argv, nargs, b.add(pc, i64(1 + 2 * j)))
                 for j in range(nptr)]
-        args += [ws] * (len(kernel.args) - nptr)
-        b.call(kernel, args)
+        b.call(_callee(kernel, nptr + ws), args + [wsp] * ws)
         pc.add_incoming(b.add(pc, i64(1 + 2 * nptr)), block)
+        row.add_incoming(b.add(row, i64(1)), block)
         b.branch(loop)
     b.position_at_end(bad)
     b.unreachable()
@@ -101,11 +103,28 @@ def table_driver(module: ir.Module, name: str, calls: list[tuple[ir.Function, li
     return fn
 
 
-def _global(module: ir.Module, name: str, ty: ir.ArrayType, values: list) -> ir.GlobalVariable:
-    g = ir.GlobalVariable(module, ty, name)
+class _KernelPointer(LoadInstr):
+    """A loaded function pointer that llvmlite can call: it knows the callee's type."""
+
+    @property
+    def function_type(self) -> ir.FunctionType:
+        return self.bp_function_type
+
+
+def _callee(pointer: LoadInstr, nargs: int) -> LoadInstr:
+    # one load, retyped per call site (llvmlite's call reads the callee's function_type)
+    callee = _KernelPointer.__new__(_KernelPointer)
+    callee.__dict__.update(pointer.__dict__)
+    callee.bp_function_type = ir.FunctionType(VOID, [PTR] * nargs)
+    return callee
+
+
+def _global(module: ir.Module, name: str, ty: ir.Type, values: list) -> ir.GlobalVariable:
+    arr = ir.ArrayType(ty, len(values))
+    g = ir.GlobalVariable(module, arr, name)
     g.global_constant = True
     g.linkage = "private"
-    g.initializer = ir.Constant(ty, values)
+    g.initializer = ir.Constant(arr, values)
     return g
 
 
