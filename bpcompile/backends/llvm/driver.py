@@ -58,7 +58,7 @@ def table_driver(module: ir.Module, name: str, calls: list[tuple[ir.Function, li
             code += [slot, off]
             shown.append(text)
         rows.append(f"[{pc}] {kernel.name}({', '.join(shown + ['ws'] * ws)})  {note}")
-    table = _global(module, f"{name}.code", I64, [ir.Constant(I64, v) for v in code])
+    table = _global(module, f"{name}.code", I64, code)
     fns = _global(module, f"{name}.fns", PTR, [k for k, _ in calls])
     ctab = None
     if const_slot:
@@ -124,7 +124,11 @@ def _global(module: ir.Module, name: str, ty: ir.Type, values: list) -> ir.Globa
     g = ir.GlobalVariable(module, arr, name)
     g.global_constant = True
     g.linkage = "private"
-    g.initializer = ir.Constant(arr, values)
+    if ty == I64:  # the table's text in one join (an ir.Constant per word is slow to print)
+        g.initializer = ir.FormattedConstant(arr, "[" + ", ".join(f"i64 {v}" for v in values)
+                                             + "]")
+    else:
+        g.initializer = ir.Constant(arr, values)
     return g
 
 
