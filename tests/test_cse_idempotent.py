@@ -4,6 +4,7 @@ cache key) does not depend on the interpreter's string hash seed."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -61,6 +62,33 @@ def test_commuted_operands_merge_and_constants_stay_last():
     assert len(products) == 1  # a*b and b*a
     assert all(n.inputs[0].op != "const" for n in ops if n.inputs[1].op != "const")
     assert len([n for n in ops if n.op == "maximum"]) == 1
+
+
+def cofactor_det(A, n: int):
+    """det(A) by cofactor expansion with memoised minors, in scalar ops (as
+    benchmarks/bench_scalar_graphs.py): took 4 simplify rounds."""
+
+    @functools.lru_cache(None)
+    def det(rows: tuple, cols: tuple):
+        if len(rows) == 1:
+            return A[rows[0], cols[0]]
+        acc = None
+        for j, c in enumerate(cols):
+            term = A[rows[0], c] * det(rows[1:], cols[:j] + cols[j + 1:])
+            acc = term if acc is None else (acc + term if j % 2 == 0 else acc - term)
+        return acc
+
+    return det(tuple(range(n)), tuple(range(n)))
+
+
+def test_simplify_stops_after_two_rounds_on_a_scalar_graph():
+    A = bp.param("A", (8, 8), "float64")
+    fn = bp.compile(cofactor_det(A, 8), wrt=[A], backend="numpy")
+    assert [s.name for s in fn.stages if s.name.startswith("simplify")] == ["simplify x2"]
+    a = np.random.default_rng(0).standard_normal((8, 8))
+    v, g = fn(A=a)
+    np.testing.assert_allclose(float(v), np.linalg.det(a), rtol=1e-12)
+    np.testing.assert_allclose(g["A"], np.linalg.det(a) * np.linalg.inv(a).T, rtol=1e-10)
 
 
 def test_simplify_stops_after_two_rounds():
