@@ -7,6 +7,7 @@ cse: order commutative operands deterministically so re-interning merges a+b wit
 
 from __future__ import annotations
 
+import weakref
 import zlib
 
 from ..ir.node import Node, make
@@ -60,7 +61,7 @@ def cse(outputs: list[Node]) -> list[Node]:
     return transform(outputs, order_operands)
 
 
-class StructuralHash(dict):
+class StructuralHash:
     """Node -> (shallow signature, structural hash): the order cse gives commutative operands.
 
     Both are equal for a+b and b+a (commutative operands enter them sorted), and the same in
@@ -70,15 +71,21 @@ class StructuralHash(dict):
     shapes and dtypes, no leaf names) is compared level by level before the hash, so identical
     layers order their operands alike (x1 @ W1 + b1 as x2 @ W2 + b2, although x2 is deeper
     than x1) and share one native kernel. Nodes are added in topological order (`transform`
-    hands them over so)."""
+    hands them over so); a node's key is a function of the node alone (nodes are immutable),
+    so keys are kept, weakly, for the next round and the next compile."""
 
-    def __init__(self):
-        super().__init__()
-        self.own: dict[tuple, tuple[int, int]] = {}  # (signature part, hash part)
+    _keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    _own: dict[tuple, tuple[int, int]] = {}  # (signature part, hash part) per node text
+
+    def __getitem__(self, n: Node) -> tuple:
+        return self._keys[n]
 
     def add(self, n: Node) -> tuple:
-        k = (n.op, n.attrs, n.shape, n.dtype)
-        own = self.own.get(k)
+        key = self._keys.get(n)
+        if key is not None:
+            return key
+        k = (n.op, _typed(n.attrs), n.shape, n.dtype)
+        own = self._own.get(k)
         if own is None:
             full = zlib.crc32(repr(k).encode())
             if n.op in ("input", "param"):  # which leaf it is: the full hash's business only
@@ -86,20 +93,33 @@ class StructuralHash(dict):
                 own = (zlib.crc32(repr((n.op, attrs, n.shape, n.dtype)).encode()), full)
             else:
                 own = (full, full)
-            self.own[k] = own
-        ins = [self[i] for i in n.inputs]
+            if len(self._own) > OWN_CACHE:
+                self._own.clear()
+            self._own[k] = own
+        ins = [self._keys[i] for i in n.inputs]
         if n.op in COMMUTATIVE:
             ins.sort()
         sig = [own[0]]
         for d in range(SIGNATURE_DEPTH):
             sig.append(hash((own[0], *(i[0][d] for i in ins))))
-        self[n] = key = (sig, hash((own[1], *(i[1] for i in ins))))
+        self._keys[n] = key = (sig, hash((own[1], *(i[1] for i in ins))))
         return key
 
     def order(self, n: Node) -> tuple[int, ...]:
         """Shallowest difference first: x @ W before b in every layer, whatever x is."""
-        sig, full = self[n]
+        sig, full = self._keys[n]
         return (*sig, full)
 
 
+OWN_CACHE = 1 << 16  # node texts remembered (cleared past this; they are cheap to redo)
+
+
+def _typed(v):
+    """`v` as a key in which equal means identical (1, 1.0, True and 0.0, -0.0 are == in
+    Python): a cached CRC must not depend on which of them a process saw first."""
+    if isinstance(v, tuple):
+        return tuple(_typed(x) for x in v)
+    if isinstance(v, (bool, int, float)):
+        return type(v), repr(v)
+    return v
 SIGNATURE_DEPTH = 3
