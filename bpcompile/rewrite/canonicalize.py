@@ -106,11 +106,13 @@ class StructuralHash:
         return key
 
     def order(self, n: Node) -> tuple[int, ...]:
-        """Shallowest difference first: x @ W before b in every layer, whatever x is."""
+        """Leaves last (x @ W + b, as people write it: fewer nodes to rebuild), then the
+        shallowest difference first: x @ W before b in every layer, whatever x is."""
         sig, full = self._keys[n]
-        return (*sig, full)
+        return (n.op in LEAVES, *sig, full)
 
 
+LEAVES = frozenset({"input", "param", "const"})
 OWN_CACHE = 1 << 16  # node texts remembered (cleared past this; they are cheap to redo)
 
 
