@@ -138,3 +138,24 @@ def test_exported_library_through_the_table(monkeypatch, tmp_path):
     monkeypatch.setattr(emit, "table_driver", lambda *a: built.append(a[1]) or real(*a))
     export_test.test_exported_library_matches_numpy(tmp_path)
     assert built  # the library's schedule went through the table
+
+
+def test_noalias_follows_byte_overlap():
+    """Kernel parameters are noalias unless the memory plan gave two workspace buffers shared
+    bytes (an empty one counts when it lies strictly inside another)."""
+    from bpcompile.backends.llvm.memplan import Buffer
+
+    def ws(offset, size):
+        b = Buffer("ws", 0, size, "float32")
+        b.offset = offset
+        return b
+
+    arg = Buffer("arg", 0, 4, "float32")
+    cases = [
+        ([ws(0, 4), ws(16, 4), arg], [True, True, True]),  # disjoint, touching at 16
+        ([ws(0, 4), ws(8, 4), arg], [False, False, True]),  # bytes 8..16 shared
+        ([ws(0, 4), ws(8, 0), ws(16, 0)], [True, False, True]),  # empty inside / at the end
+        ([ws(0, 0), ws(0, 0)], [True, True]),
+    ]
+    for params, expect in cases:
+        assert emit._noalias(params) == expect

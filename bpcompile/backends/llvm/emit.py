@@ -333,12 +333,18 @@ def _step_function(prog: Schedule, module: ir.Module, fname: str, s: Step,
 def _noalias(params: list[Buffer]) -> list[bool]:
     """Per parameter, whether it may be declared noalias: distinct buffers never share bytes,
     except workspace buffers the memory plan overlapped (never two live in one step; checked)."""
-    ws = [b for b in params if b.kind == "ws" and b.nbytes]
-
-    def disjoint(a, b):
-        return a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
-
-    return [b.kind != "ws" or all(o is b or disjoint(o, b) for o in ws) for b in params]
+    # byte spans computed once (a scalar graph asks this for thousands of steps)
+    spans = [(b.offset, b.offset + b.nbytes) if b.kind == "ws" else None for b in params]
+    full = [(sp[0], sp[1], b) for b, sp in zip(params, spans) if sp and sp[1] > sp[0]]
+    out = []
+    for b, sp in zip(params, spans):
+        if sp is None:
+            out.append(True)
+        elif sp[1] > sp[0]:
+            out.append(all(o is b or hi <= sp[0] or sp[1] <= lo for lo, hi, o in full))
+        else:  # an empty buffer shares bytes with a buffer it lies strictly inside
+            out.append(all(not lo < sp[0] < hi for lo, hi, _ in full))
+    return out
 
 
 def _step_key(prog: Schedule, s: Step, params: list[Buffer]):
