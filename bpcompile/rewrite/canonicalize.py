@@ -75,7 +75,6 @@ class StructuralHash:
     so keys are kept, weakly, for the next round and the next compile."""
 
     _keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-    _own: dict[tuple, tuple[int, int]] = {}  # (signature part, hash part) per node text
 
     def __getitem__(self, n: Node) -> tuple:
         return self._keys[n]
@@ -84,25 +83,18 @@ class StructuralHash:
         key = self._keys.get(n)
         if key is not None:
             return key
-        k = (n.op, _typed(n.attrs), n.shape, n.dtype)
-        own = self._own.get(k)
-        if own is None:
-            full = zlib.crc32(repr(k).encode())
-            if n.op in ("input", "param"):  # which leaf it is: the full hash's business only
-                attrs = tuple(a for a in n.attrs if a[0] != "name")
-                own = (zlib.crc32(repr((n.op, attrs, n.shape, n.dtype)).encode()), full)
-            else:
-                own = (full, full)
-            if len(self._own) > OWN_CACHE:
-                self._own.clear()
-            self._own[k] = own
+        full = zlib.crc32(repr((n.op, n.attrs, n.shape, n.dtype)).encode())
+        own = full
+        if n.op in ("input", "param"):  # which leaf it is: the full hash's business only
+            attrs = tuple(a for a in n.attrs if a[0] != "name")
+            own = zlib.crc32(repr((n.op, attrs, n.shape, n.dtype)).encode())
         ins = [self._keys[i] for i in n.inputs]
         if n.op in COMMUTATIVE:
             ins.sort()
-        sig = [own[0]]
+        sig = [own]
         for d in range(SIGNATURE_DEPTH):
-            sig.append(hash((own[0], *(i[0][d] for i in ins))))
-        self._keys[n] = key = (sig, hash((own[1], *(i[1] for i in ins))))
+            sig.append(hash((own, *(i[0][d] for i in ins))))
+        self._keys[n] = key = (sig, hash((full, *(i[1] for i in ins))))
         return key
 
     def order(self, n: Node) -> tuple[int, ...]:
@@ -113,15 +105,4 @@ class StructuralHash:
 
 
 LEAVES = frozenset({"input", "param", "const"})
-OWN_CACHE = 1 << 16  # node texts remembered (cleared past this; they are cheap to redo)
-
-
-def _typed(v):
-    """`v` as a key in which equal means identical (1, 1.0, True and 0.0, -0.0 are == in
-    Python): a cached CRC must not depend on which of them a process saw first."""
-    if isinstance(v, tuple):
-        return tuple(_typed(x) for x in v)
-    if isinstance(v, (bool, int, float)):
-        return type(v), repr(v)
-    return v
 SIGNATURE_DEPTH = 3
