@@ -41,6 +41,8 @@ def current_namespace() -> Namespace:
 
 def comment(text: str) -> str:
     """`text` safe inside a `#` comment: one line, printable (a kernel's name, a file name)."""
+    if text.isprintable():  # the common case, without a Python loop per character
+        return text
     return "".join(c if c.isprintable() else "?" for c in text)
 
 

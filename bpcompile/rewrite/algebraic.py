@@ -134,6 +134,8 @@ RULES = Rules("algebraic", [
     rule("zero_add", Pat("add", C(0), X()), lambda n, x: same_shape_as(x, n)),  # 0 + x -> x
     rule("add_neg", Pat("add", X(), Pat("neg", X("y"))),
          lambda n, x, y: ew.sub(x, y)),  # x + (-y) -> x - y
+    rule("neg_add", Pat("add", Pat("neg", X("y")), X()),
+         lambda n, x, y: ew.sub(x, y)),  # (-y) + x -> x - y (cse may order it so)
     rule("sub_zero", Pat("sub", X(), C(0)), lambda n, x: same_shape_as(x, n)),  # x - 0 -> x
     rule("zero_sub", Pat("sub", C(0), X()),
          lambda n, x: same_shape_as(ew.neg(x), n)),  # 0 - x -> -x

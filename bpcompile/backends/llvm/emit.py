@@ -22,6 +22,7 @@ from ...ir.provenance import RECOMPUTED
 from ..pysource import comment, provenance
 from . import blas
 from .accumulate import lower_accumulate
+from .driver import table_driver
 from .loops import I16, I32, I64, PTR, VOID, Emitter, i64, mem_type, narrow, widen
 from .lower import copy, lower
 from .memplan import Buffer, View
@@ -33,6 +34,9 @@ from .schedule import Schedule, Step
 SPLIT_STEPS = 24
 UNROLL_STEPS = 48  # LLVM may unroll loops in schedules up to this long (backend._codegen)
 DRIVER_CALLS = 64  # step calls per driver part (emit)
+# Split schedules longer than this are driven by a table walked by a loop (driver.py), whose
+# code is O(distinct kernels); shorter ones by straight-line `optnone` parts of calls.
+TABLE_STEPS = 64
 
 
 class Context:
@@ -135,6 +139,11 @@ def emit(prog: Schedule, module: ir.Module, name: str = "bp_main", with_entry: b
         for s in prog.steps:
             ctx.em.b.comment(step_note(prog, s))
             _lower_step(ctx, s)
+    elif len(prog.steps) > TABLE_STEPS:
+        calls = [_step_call(prog, module, name, k, s) for k, s in enumerate(prog.steps)]
+        notes = [step_note(prog, s) for s in prog.steps]
+        slots = {buf: k for k, buf in enumerate(prog.arg_bufs + prog.out_bufs)}
+        b.call(table_driver(module, name, calls, notes, slots, nargs, consts), [run.args[0]])
     else:
         for start in range(0, len(prog.steps), DRIVER_CALLS):
             part = ir.Function(module, ir.FunctionType(VOID, [PTR]),
@@ -242,10 +251,11 @@ UNSHARED_OPS = frozenset({"scan", "while_loop", "take", "one_hot"})
 SHARE_KERNELS = True  # tests turn it off to compare with one function per step
 
 
-def _call_step(prog: Schedule, module: ir.Module, name: str, ctx: Context, k: int, s: Step):
-    """Call step `s` from `ctx`'s function (bp_main): as a function of the buffers it touches
-    (`void f(ptr noalias b0, ...)`, base pointers, views' offsets baked in), emitted the first
-    time its key is seen in this module, so identical layers call one native kernel."""
+def _step_call(prog: Schedule, module: ir.Module, name: str, k: int, s: Step):
+    """(kernel, buffers) of step `s`: a function of the buffers it touches (`void f(ptr
+    noalias b0, ...)`, base pointers, views' offsets baked in), emitted the first time its key
+    is seen in this module, so identical layers call one native kernel. An unshared kernel
+    (UNSHARED_OPS) takes the workspace pointer as one more argument."""
     params = list(dict.fromkeys(s.touches))
     key = _step_key(prog, s, params) if SHARE_KERNELS else None
     kernels = module.__dict__.setdefault("_bp_kernels", {})
@@ -259,6 +269,12 @@ def _call_step(prog: Schedule, module: ir.Module, name: str, ctx: Context, k: in
                  else f"bp_k{len(kernels)}.{label}")
         sf = _step_function(prog, module, fname, s, params, with_ws=unshared)
         kernels[key if key is not None else ("step", fname)] = sf
+    return sf, params
+
+
+def _call_step(prog: Schedule, module: ir.Module, name: str, ctx: Context, k: int, s: Step):
+    """Call step `s` from `ctx`'s function (a driver part) through its kernel (_step_call)."""
+    sf, params = _step_call(prog, module, name, k, s)
     args = [ctx.ptr(b) for b in params]
     if len(sf.args) > len(params):  # unshared: loop state and scan bodies live in ws
         args.append(ctx.ws)
@@ -317,12 +333,18 @@ def _step_function(prog: Schedule, module: ir.Module, fname: str, s: Step,
 def _noalias(params: list[Buffer]) -> list[bool]:
     """Per parameter, whether it may be declared noalias: distinct buffers never share bytes,
     except workspace buffers the memory plan overlapped (never two live in one step; checked)."""
-    ws = [b for b in params if b.kind == "ws" and b.nbytes]
-
-    def disjoint(a, b):
-        return a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
-
-    return [b.kind != "ws" or all(o is b or disjoint(o, b) for o in ws) for b in params]
+    # byte spans computed once (a scalar graph asks this for thousands of steps)
+    spans = [(b.offset, b.offset + b.nbytes) if b.kind == "ws" else None for b in params]
+    full = [(sp[0], sp[1], b) for b, sp in zip(params, spans) if sp and sp[1] > sp[0]]
+    out = []
+    for b, sp in zip(params, spans):
+        if sp is None:
+            out.append(True)
+        elif sp[1] > sp[0]:
+            out.append(all(o is b or hi <= sp[0] or sp[1] <= lo for lo, hi, o in full))
+        else:  # an empty buffer shares bytes with a buffer it lies strictly inside
+            out.append(all(not lo < sp[0] < hi for lo, hi, _ in full))
+    return out
 
 
 def _step_key(prog: Schedule, s: Step, params: list[Buffer]):

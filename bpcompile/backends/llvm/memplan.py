@@ -116,22 +116,48 @@ def plan(buffers: list[Buffer], backward_start: int) -> MemoryPlan:
     """
     ws = sorted((b for b in buffers if b.kind == "ws"), key=lambda b: (b.first, -b.nbytes))
     # Buffers come in order of their first step, so a placed buffer whose life ended before
-    # this one's first step never matters again: `ends` (a heap) retires it, and `live` stays
-    # sorted by offset; the plan is linear in buffers times the number live at once.
-    live: list[tuple[int, int, int]] = []  # (offset, aligned size, id) of live buffers
+    # this one's first step never matters again: `ends` (a heap) retires it. `live` (offset,
+    # end) stays sorted by offset and disjoint; `gaps` holds the free spans between live
+    # buffers (start -> end, and its sorted starts), so first fit scans the gaps, not every
+    # live buffer: a deep CNN keeps O(depth) activations live for the backward pass, and the
+    # scan over them made the plan quadratic (CNN-128: 0.6 s).
+    live: list[tuple[int, int]] = []
+    gaps: dict[int, int] = {}
+    starts: list[int] = []
     ends: list[tuple[int, int, tuple]] = []
     top = 0
+
+    def open_gap(lo: int, hi: int):
+        if hi > lo:
+            gaps[lo] = hi
+            bisect.insort(starts, lo)
+
+    def close_gap(lo: int):
+        if lo in gaps:
+            del gaps[lo]
+            del starts[bisect.bisect_left(starts, lo)]
+
     for k, b in enumerate(ws):
         while ends and ends[0][0] < b.first:
-            live.remove(heapq.heappop(ends)[2])
-        need, at = _align(max(b.nbytes, 1)), 0
-        for off, size, _ in live:  # first gap big enough between live neighbours
-            if off - at >= need:
-                break
-            at = max(at, off + size)
+            entry = heapq.heappop(ends)[2]
+            i = bisect.bisect_left(live, entry)
+            lo = live[i - 1][1] if i else 0
+            close_gap(lo)
+            close_gap(entry[1])
+            del live[i]
+            if i < len(live):  # freed bytes between live neighbours: one gap
+                open_gap(lo, live[i][0])
+        need = _align(max(b.nbytes, 1))
+        at = next((lo for lo in starts if gaps[lo] - lo >= need), None)
+        if at is None:  # above every live buffer
+            at = live[-1][1] if live else 0
+        else:
+            hi = gaps[at]
+            close_gap(at)
+            open_gap(at + need, hi)
         b.offset = at
         top = max(top, at + need)
-        entry = (at, need, k)
+        entry = (at, at + need)
         bisect.insort(live, entry)
         heapq.heappush(ends, (max(b.last, b.first), k, entry))
     saved = [b for b in ws if b.forward and b.last >= backward_start]
