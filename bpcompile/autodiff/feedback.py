@@ -19,9 +19,11 @@ feed them. Without `feedback` nothing here runs: the exact gradient's code is un
 
 from __future__ import annotations
 
+import copy
 import math
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,8 +41,8 @@ MODES = ("alignment", "direct")
 # the ops a weight may pass through between its param and the matmul (a conv's kernel)
 WEIGHT_VIEWS = ("reshape", "transpose", "cast")
 # ops whose VJP runs a sweep of its own, which these rules cannot reach into
-INNER_SWEEPS = {"scan": "a scan body (RNN, loop)", "remat": "a checkpointed region",
-                "custom_vjp": "a custom_vjp rule"}
+# (a checkpoint's region is swept with these rules: FeedbackRules.enter)
+INNER_SWEEPS = {"scan": "a scan body (RNN, loop)", "custom_vjp": "a custom_vjp rule"}
 # (B input name, shape) -> standard deviation of its entries (1/sqrt(summed axis): unit-scale
 # δ); keyed by shape too, as FA and DFA make B_W2 in transposed shapes
 FEEDBACK_INPUTS: dict[tuple[str, tuple], float] = {}
@@ -71,6 +73,13 @@ def _describe(n: Node) -> str:
     return f"{n.op} {shapes}{_where(n)}"
 
 
+@dataclass
+class _Direct:
+    """What direct FA learns during the sweep, shared by a sweep and its regions' sweeps."""
+    error: Node | None = None  # the output error e, once the top is reached
+    top: Node | None = None  # found at the first matmul the sweep reaches
+
+
 class FeedbackRules:
     """The `rules` of one reverse sweep for `mode` over the graph of `loss`."""
 
@@ -78,8 +87,45 @@ class FeedbackRules:
         self.mode = check_mode(mode)
         self.order = toposort([loss])
         self.names = {n.attr("name") for n in self.order if n.op in ("input", "param")}
-        self.error: Node | None = None  # direct: the output error e, once the top is reached
-        self.top: Node | None = None  # direct: found at the first matmul the sweep reaches
+        self.state = _Direct()
+        # a checkpoint's region sweep (enter) walks a copy of the region on placeholder leaves:
+        # alias maps the copy's nodes and placeholders to the forward nodes they stand for
+        self.alias: dict[Node, Node] = {}
+        self.parent: FeedbackRules | None = None
+        self._before: Node | None = None  # the output error when this region was entered
+
+    def enter(self, alias: dict[Node, Node]) -> FeedbackRules:
+        """The rules for the sweep of a checkpoint's recomputed region (ops/checkpoint.py):
+        the same rules, seeing through the copy to the forward graph's params and layers."""
+        child = copy.copy(self)
+        child.alias, child.parent, child._before = alias, self, self.state.error
+        return child
+
+    def leave(self, fix: Callable[[list[Node]], list[Node]]) -> None:
+        """The region's sweep is done: an output error found inside it is rebuilt by `fix` on
+        the real graph (its copy reads the region's placeholders)."""
+        if self.state.error is not None and self.state.error is not self._before:
+            self.state.error = fix([self.state.error])[0]
+
+    def resolve(self, n: Node) -> Node:
+        """The forward node that n (maybe a node of a checkpoint region's copy) stands for."""
+        n = self.alias.get(n, n)
+        return self.parent.resolve(n) if self.parent is not None else n
+
+    def weight(self, x: Node) -> tuple[Node, list[Node]] | None:
+        """weight_of, seeing through a region copy's placeholders to the params they stand
+        for (the views found on the way are kept: B is seen as the matmul sees W)."""
+        views: list[Node] = []
+        while True:
+            while x.op in WEIGHT_VIEWS:
+                views.append(x)
+                x = x.inputs[0]
+            if x.op == "param":
+                return x, views
+            forward = self.resolve(x)
+            if forward is x:
+                return None
+            x = forward
 
     def _top(self) -> Node:
         """The param matmul no other param matmul reads: the network's output layer."""
@@ -112,7 +158,7 @@ class FeedbackRules:
     def __call__(self, n: Node, g: Node | list[Node | None],
                  needs: tuple) -> Sequence[Node | None] | None:
         if n.op in INNER_SWEEPS and any(needs) and (
-                n.op != "custom_vjp" or any(weight_of(i) for i in n.inputs)):
+                n.op != "custom_vjp" or any(self.weight(i) for i in n.inputs)):
             raise GradientError(
                 f"feedback={self.mode!r} does not apply through {INNER_SWEEPS[n.op]}: "
                 f"{_describe(n)} differentiates with its own sweep; use the exact gradient "
@@ -120,7 +166,7 @@ class FeedbackRules:
         if n.op != "matmul" or not isinstance(g, Node):  # (a matmul has one result)
             return None
         a, b = n.inputs
-        wa, wb = weight_of(a), weight_of(b)
+        wa, wb = self.weight(a), self.weight(b)
         if not (wa or wb):
             if not any(needs):
                 return None
@@ -128,11 +174,11 @@ class FeedbackRules:
                 f"feedback={self.mode!r} replaces a layer's weight Wᵀ in the backward pass, "
                 f"but {_describe(n)} has no param operand (a product of activations, such as "
                 "attention's q @ kᵀ); feedback alignment does not apply to this model")
-        if self.mode == "direct" and self.top is None:
+        if self.mode == "direct" and self.state.top is None:
             # the first param matmul in reverse order is a maximal one: the top if unique
-            self.top = self._top()
-        if n is self.top:
-            self.error = g
+            self.state.top = self._top()
+        if self.resolve(n) is self.state.top:
+            self.state.error = g
         if wa and wb:  # a product of two params: no activation flows through it
             return None
         side = 0 if wb else 1  # the activation operand
@@ -156,7 +202,7 @@ class FeedbackRules:
         return matmul2(g, swap_last(fb)) if side == 0 else matmul2(swap_last(fb), g)
 
     def _direct(self, n: Node, w: Node, side: int) -> Node:
-        e, a = self.error, n.inputs[side]
+        e, a = self.state.error, n.inputs[side]
         if e is None or side != 0 or a.ndim != 2 or e.ndim != 2 or a.shape[0] != e.shape[0]:
             where = ("the weight is the left operand" if side != 0 else
                      f"activation {a.dtype}{list(a.shape)} vs output error "

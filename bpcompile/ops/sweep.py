@@ -12,6 +12,7 @@ It lives at the ops level so that scan, an op, can use it without importing auto
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import NonDifferentiableError
@@ -25,6 +26,22 @@ from .registry import get_op
 
 # (node, cotangent(s), needs) -> the inputs' cotangents, or None for the op's own VJP rule
 VJPRules = Callable[[Node, "Node | list[Node | None]", tuple], "Sequence[Node | None] | None"]
+# the `rules` of the sweeps running now, innermost last: an op whose VJP runs a sweep of its
+# own (a checkpoint's recomputed region) asks for them with `active_rules`; per thread, as
+# two threads may compile at once
+_LOCAL = threading.local()
+
+
+def _active() -> list[VJPRules | None]:
+    if not hasattr(_LOCAL, "stack"):
+        _LOCAL.stack = []
+    return _LOCAL.stack
+
+
+def active_rules() -> VJPRules | None:
+    """The `rules` of the innermost sweep now calling a VJP rule (None: the ops' own)."""
+    stack = _active()
+    return stack[-1] if stack else None
 
 
 def _fit(c: Node, shape: tuple, dtype: str) -> Node:
@@ -58,6 +75,18 @@ def backward(seeds: Mapping[Node, Node | None], wrt: Sequence[Node],
     for n, seed in seeds.items():
         if seed is not None and n in depends:
             cts[n] = _acc(cts.get(n), _fit(seed, n.shape, n.dtype))
+    stack = _active()
+    stack.append(rules)
+    try:
+        _sweep(order, depends, cts, parts, on_cotangent, rules)
+    finally:
+        stack.pop()
+    return [cts.get(w) for w in wrt]
+
+
+def _sweep(order: list[Node], depends: set[Node], cts: dict[Node, Node],
+           parts: dict[Node, list[Node | None]],
+           on_cotangent: Callable[[Node, Node], None] | None, rules: VJPRules | None) -> None:
     g: Node | list[Node | None] | None
     for n in reversed(order):
         g = parts.get(n) if n.results is not None else cts.get(n)
@@ -95,4 +124,3 @@ def backward(seeds: Mapping[Node, Node | None], wrt: Sequence[Node],
             if n.where:
                 LOCATION_OVERRIDE.pop()
         record_grad_of([cts.get(x) for x in n.inputs], n, since)
-    return [cts.get(w) for w in wrt]
