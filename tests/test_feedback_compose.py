@@ -1,5 +1,7 @@
 """Feedback alignment composed with the rest of the compiler: checkpointed regions and
-memory_budget= (the rules apply inside the recomputed region's sweep)."""
+memory_budget= (the rules apply inside the recomputed region's sweep), fn.report."""
+
+import re
 
 import numpy as np
 import pytest
@@ -87,3 +89,24 @@ def test_feedback_through_checkpoint_on_llvm():
     vals = _values(wrt, 2)
     assert_same_updates(bp.compile(plain, wrt, feedback="direct"),
                         bp.compile(marked, wrt, "llvm", feedback="direct"), vals)
+
+
+def test_report_uses_the_functions_own_feedback_matrices(tmp_path):
+    from bpcompile.inspect.report import example_values
+
+    loss, wrt = _mlp(False)
+    fn = bp.compile(loss, wrt, "llvm", feedback="alignment", feedback_seed=5)
+    vals = example_values(fn)
+    for k, B in fn.feedback_values.items():
+        np.testing.assert_array_equal(vals[k], B)
+    text = fn.report(tmp_path / "fa.html", backends=("numpy",)).read_text()
+    assert "Gradient check: JAX" not in text and "does not apply" in text
+    assert "numpy reference" in text and "PASS" in text and "FAIL" not in text
+    updates = fn(**{k: v for k, v in vals.items() if k not in fn.feedback_values})[1]
+    rows = dict(re.findall(r"<tr><td>(\w+)</td><td>\[[\d, ]*\]</td><td>[^<]*</td>"
+                           r"<td>([^<]*)</td>", text))
+    for k in ("W1", "W3"):  # the table's ‖update‖ is fn's update with its own B
+        assert float(rows[k]) == pytest.approx(np.linalg.norm(updates[k]), rel=1e-3)
+    angle = re.search(r"<tr><td>W3</td>(?:<td>[^<]*</td>){4}<td>([^<]*)</td>", text)
+    assert float(angle.group(1)) == pytest.approx(0.0, abs=0.1)  # the top layer's is exact
+    assert "B_W2" in text  # the code section shows the FA backward pass
