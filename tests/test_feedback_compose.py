@@ -110,3 +110,54 @@ def test_report_uses_the_functions_own_feedback_matrices(tmp_path):
     angle = re.search(r"<tr><td>W3</td>(?:<td>[^<]*</td>){4}<td>([^<]*)</td>", text)
     assert float(angle.group(1)) == pytest.approx(0.0, abs=0.1)  # the top layer's is exact
     assert "B_W2" in text  # the code section shows the FA backward pass
+
+
+def _conv_ref(x, k, stride=1, pad=0):
+    """(cross-correlation NCHW/OIHW, its windows (kh, kw, N, C, Ho, Wo)) in plain NumPy."""
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    _, _, kh, kw = k.shape
+    ho, wo = (xp.shape[2] - kh) // stride + 1, (xp.shape[3] - kw) // stride + 1
+    win = np.stack([np.stack([xp[:, :, i:i + stride * (ho - 1) + 1:stride,
+                                 j:j + stride * (wo - 1) + 1:stride] for j in range(kw)])
+                    for i in range(kh)])
+    return np.einsum("ijncab,ocij->noab", win, k), win
+
+
+def _dfa_conv_reference(v, B):
+    """Nøkland's DFA on conv(3x3) -> tanh -> conv(3x3, stride 2, pad 1) -> tanh -> dense: each
+    conv layer's input gets reshape(e B, (N, C, H, W)); weight updates stay local."""
+    z1, win1 = _conv_ref(v["x"], v["k1"])
+    h1 = np.tanh(z1 + v["c1"][None, :, None, None])
+    z2, win2 = _conv_ref(h1, v["k2"], 2, 1)
+    h2 = np.tanh(z2)
+    flat = h2.reshape(len(h2), -1)
+    y = flat @ v["W"] + v["b"]
+    p = np.exp(y - y.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    e = (p - np.eye(y.shape[1])[v["labels"]]) / len(y)
+    dz2 = (e @ B["B_W"]).reshape(h2.shape) * (1 - h2**2)
+    dz1 = (e @ B["B_k2"]).reshape(h1.shape) * (1 - h1**2)
+    return {"W": flat.T @ e, "b": e.sum(0), "k2": np.einsum("ijncab,noab->ocij", win2, dz2),
+            "k1": np.einsum("ijncab,noab->ocij", win1, dz1), "c1": dz1.sum((0, 2, 3))}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+def test_direct_feedback_through_conv_layers_equals_nokland_reference(backend):
+    n = 4
+    x, labels = bp.input("x", (n, 1, 6, 6), "float64"), bp.input("labels", (n,), "int32")
+    k1, c1 = bp.param("k1", (4, 1, 3, 3), "float64"), bp.param("c1", (4,), "float64")
+    k2 = bp.param("k2", (3, 4, 3, 3), "float64")
+    W, b = bp.param("W", (12, O), "float64"), bp.param("b", (O,), "float64")
+    h1 = bp.tanh(bp.conv2d(x, k1, c1))
+    h2 = bp.tanh(bp.conv2d(h1, k2, stride=2, padding=1))
+    loss = bp.cross_entropy(bp.reshape(h2, (n, 12)) @ W + b, labels)
+    wrt = [k1, c1, k2, W, b]
+    fn = bp.compile(loss, wrt, backend, feedback="direct", feedback_seed=1)
+    B = fn.feedback_values
+    assert {k: v.shape for k, v in B.items()} == {"B_W": (O, 12), "B_k2": (O, 64)}
+    rng = np.random.default_rng(3)
+    v = {"x": rng.standard_normal(x.shape), "labels": rng.integers(0, O, n).astype(np.int32)}
+    v.update({w.name: rng.standard_normal(w.shape) * 0.5 for w in wrt})
+    got, want = fn(**v)[1], _dfa_conv_reference(v, B)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-13, err_msg=k)

@@ -10,6 +10,9 @@ name, replace that one step of the sweep (ops/sweep.py's `rules` hook) and nothi
 - "direct" (Nøkland 2016): the output error e (the cotangent of the network's top param
   matmul: the logits before their bias) reaches every dense layer's input directly,
   δ_in = e B_W with B_W of shape (outputs, features of W's input); δ then passes f'(z) as usual.
+  A conv layer's input (N, C, H, W) gets reshape(e B_k, (N, C, H, W)) with B_k of shape
+  (outputs, C·H·W) (Nøkland's conv variant), added by the sweep's `add_cotangent`; nothing
+  flows back through the conv's im2col.
 
 Weight gradients stay local (aᵀ δ), and every other op keeps its exact rule. Each B is an
 `input` leaf named `B_<param>` (so `fn.source()` shows `B_W2` where `W2.T` was) whose values
@@ -34,10 +37,13 @@ from ..ir.traverse import toposort
 from ..ops.elementwise import cast
 from ..ops.leaves import input as _input
 from ..ops.linalg import matmul2
-from ..ops.movement import swap_last
+from ..ops.movement import reshape, swap_last
 from ..ops.registry import get_op
+from ..ops.sweep import add_cotangent
 
 MODES = ("alignment", "direct")
+# what a conv's im2col puts between its input's strided windows and the matmul
+IM2COL = ("reshape", "transpose", "concatenate")
 # the ops a weight may pass through between its param and the matmul (a conv's kernel)
 WEIGHT_VIEWS = ("reshape", "transpose", "cast")
 # ops whose VJP runs a sweep of its own, which these rules cannot reach into
@@ -201,18 +207,51 @@ class FeedbackRules:
         # the activation's cotangent of a @ B (or B @ b): δ Bᵀ (or Bᵀ δ)
         return matmul2(g, swap_last(fb)) if side == 0 else matmul2(swap_last(fb), g)
 
-    def _direct(self, n: Node, w: Node, side: int) -> Node:
+    def _direct(self, n: Node, w: Node, side: int) -> Node | None:
         e, a = self.state.error, n.inputs[side]
+        source = conv_input(a) if side == 0 else None
+        if e is not None and e.ndim == 2 and source is not None \
+                and source.shape[0] == e.shape[0]:
+            # a conv layer (Nøkland's conv variant): e reaches the layer's input (N, C, H, W)
+            # through B (outputs, C·H·W) reshaped; nothing flows back through its im2col
+            feats = math.prod(source.shape[1:])
+            fb = self.feedback_input(w, (e.shape[1], feats), source.dtype, e.shape[1])
+            ec = e if e.dtype == source.dtype else cast(e, source.dtype)
+            add_cotangent(source, reshape(matmul2(ec, fb), source.shape))
+            return None
         if e is None or side != 0 or a.ndim != 2 or e.ndim != 2 or a.shape[0] != e.shape[0]:
             where = ("the weight is the left operand" if side != 0 else
                      f"activation {a.dtype}{list(a.shape)} vs output error "
                      f"{'none' if e is None else list(e.shape)}")
             raise GradientError(
                 f"feedback='direct' sends the output error (batch, outputs) to dense layers' "
-                f"(batch, features) inputs; {_describe(n)} is not one ({where}). Use "
-                "feedback='alignment' for conv layers")
+                f"(batch, features) and conv layers' (batch, channels, ...) inputs; "
+                f"{_describe(n)} is neither ({where}). Use feedback='alignment' for it")
         fb = self.feedback_input(w, (e.shape[1], a.shape[1]), a.dtype, e.shape[1])
         return matmul2(e if e.dtype == a.dtype else cast(e, a.dtype), fb)
+
+
+def conv_input(a: Node) -> Node | None:
+    """The input (N, C, ...) of the conv whose im2col patches `a` is (layers/conv.py: pad,
+    strided slices, concatenate, reshape/transpose), or None where `a` is no conv's patches."""
+    stack, seen, sources, slices = [a], set(), set(), 0
+    while stack:
+        m = stack.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        if m.op in IM2COL:
+            stack.extend(m.inputs)
+        elif m.op == "slice":
+            slices += 1
+            x = m.inputs[0]
+            sources.add(x.inputs[0] if x.op == "pad" else x)
+        else:
+            sources.add(m)
+    if not slices or len(sources) != 1:
+        return None
+    (x,) = sources
+    return x if x.ndim >= 3 else None
 
 
 def feedback_inputs(graph: Iterable[Node] | Node | object) -> list[Node]:

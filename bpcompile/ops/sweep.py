@@ -26,13 +26,13 @@ from .registry import get_op
 
 # (node, cotangent(s), needs) -> the inputs' cotangents, or None for the op's own VJP rule
 VJPRules = Callable[[Node, "Node | list[Node | None]", tuple], "Sequence[Node | None] | None"]
-# the `rules` of the sweeps running now, innermost last: an op whose VJP runs a sweep of its
-# own (a checkpoint's recomputed region) asks for them with `active_rules`; per thread, as
-# two threads may compile at once
+# the sweeps running now, innermost last, as (rules, add): an op whose VJP runs a sweep of its
+# own (a checkpoint's recomputed region) asks for the rules with `active_rules`; a rule adds a
+# cotangent to a node further down with `add_cotangent`. Per thread: two threads may compile.
 _LOCAL = threading.local()
 
 
-def _active() -> list[VJPRules | None]:
+def _active() -> list[tuple[VJPRules | None, Callable[[Node, Node], None]]]:
     if not hasattr(_LOCAL, "stack"):
         _LOCAL.stack = []
     return _LOCAL.stack
@@ -41,7 +41,7 @@ def _active() -> list[VJPRules | None]:
 def active_rules() -> VJPRules | None:
     """The `rules` of the innermost sweep now calling a VJP rule (None: the ops' own)."""
     stack = _active()
-    return stack[-1] if stack else None
+    return stack[-1][0] if stack else None
 
 
 def _fit(c: Node, shape: tuple, dtype: str) -> Node:
@@ -51,6 +51,16 @@ def _fit(c: Node, shape: tuple, dtype: str) -> Node:
 
 def _acc(a: Node | None, b: Node) -> Node:
     return b if a is None else add(a, b)
+
+
+def add_cotangent(x: Node, c: Node) -> None:
+    """Add c to the cotangent of x, a node the running sweep has not reached yet (an ancestor
+    of the node whose rule calls this): direct feedback alignment sends the output error
+    straight to a conv layer's input this way. Ignored where x depends on no `wrt`."""
+    stack = _active()
+    if not stack:
+        raise RuntimeError("add_cotangent: no reverse sweep is running")
+    stack[-1][1](x, c)
 
 
 def backward(seeds: Mapping[Node, Node | None], wrt: Sequence[Node],
@@ -75,8 +85,13 @@ def backward(seeds: Mapping[Node, Node | None], wrt: Sequence[Node],
     for n, seed in seeds.items():
         if seed is not None and n in depends:
             cts[n] = _acc(cts.get(n), _fit(seed, n.shape, n.dtype))
+
+    def add(x: Node, c: Node) -> None:
+        if x in depends and is_float(x.dtype):
+            cts[x] = _acc(cts.get(x), _fit(c, x.shape, x.dtype))
+
     stack = _active()
-    stack.append(rules)
+    stack.append((rules, add))
     try:
         _sweep(order, depends, cts, parts, on_cotangent, rules)
     finally:
