@@ -163,7 +163,7 @@ def test_errors_name_the_op_and_where():
     with pytest.raises(ArgumentError, match="accumulate"):
         bp.compile_train_step(loss, feedback="direct", accumulate=2)
     Wl, Wc = bp.param("Wl", (6, 8), "float64"), bp.param("Wc", (6, 2), "float64")
-    left = bp.transpose(bp.tanh(Wl @ bp.transpose(q)))  # the weight as the left operand
+    left = bp.transpose(bp.tanh(Wl @ bp.transpose(h)))  # the weight as the left operand
     with pytest.raises(GradientError, match="dense layers.*conv layers.*left operand"):
         bp.grad(bp.sum(left @ Wc), [Wq, Wl, Wc], feedback="direct")
 
