@@ -161,3 +161,29 @@ def test_direct_feedback_through_conv_layers_equals_nokland_reference(backend):
     got, want = fn(**v)[1], _dfa_conv_reference(v, B)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-13, err_msg=k)
+
+
+def test_a_users_input_named_like_a_feedback_matrix_stays_the_users():
+    """B matrices are recognised by their node's `feedback_of` mark, never by name and shape."""
+    loss, wrt = _mlp(False)
+    fa = bp.compile(loss, wrt, feedback="alignment")  # makes B_W2 of shape (H, H2)
+    assert {n.attr("feedback_of") for n in bp.autodiff.feedback.feedback_inputs(fa)} == {
+        "W2", "W3"}
+    x = bp.input("x", (N, D), "float64")
+    user_b = bp.input("B_W2", (H, H2), "float64")  # the user's own input: same name and shape
+    V, U = bp.param("V", (D, H), "float64"), bp.param("U", (H2, 1), "float64")
+    Wh = bp.param("Wh", (H, H2), "float64")
+    loss2 = bp.mean(bp.tanh(bp.tanh(x @ V) @ Wh + bp.sum(user_b, axis=0)) @ U)
+    assert bp.feedback_matrices(loss2) == {}
+    fn = bp.compile(loss2, [V, Wh, U], feedback="alignment")
+    assert set(fn.feedback_values) == {"B_Wh", "B_U"}  # its own, not the user's B_W2
+    assert fn.signature.names.count("B_W2") == 1
+    rng = np.random.default_rng(0)
+    vals = {"x": rng.standard_normal((N, D)), "V": rng.standard_normal((D, H)),
+            "U": rng.standard_normal((H2, 1)), "B_W2": rng.standard_normal((H, H2)),
+            "Wh": rng.standard_normal((H, H2))}
+    one = fn(**vals)
+    two = fn(**{**vals, "B_W2": 2 * vals["B_W2"]})
+    assert one[0] != two[0]  # the user's value is read, never replaced by a random matrix
+    with pytest.raises(bp.errors.ArgumentError, match="missing B_W2"):
+        fn(**{k: v for k, v in vals.items() if k != "B_W2"})

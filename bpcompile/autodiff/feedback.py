@@ -15,7 +15,8 @@ name, replace that one step of the sweep (ops/sweep.py's `rules` hook) and nothi
   flows back through the conv's im2col.
 
 Weight gradients stay local (aᵀ δ), and every other op keeps its exact rule. Each B is an
-`input` leaf named `B_<param>` (so `fn.source()` shows `B_W2` where `W2.T` was) whose values
+`input` leaf named `B_<param>` (so `fn.source()` shows `B_W2` where `W2.T` was), marked by its
+attribute `feedback_of` (the param's name; a user's own input named `B_W2` is not one), whose values
 `feedback_matrices` draws from a seed (deterministic per name); bp.compile and the train step
 feed them. Without `feedback` nothing here runs: the exact gradient's code is unchanged.
 """
@@ -32,10 +33,9 @@ import numpy as np
 
 from ..errors import GradientError
 from ..ir.dtypes import np_dtype
-from ..ir.node import Node, rebuild
+from ..ir.node import Node, make, rebuild
 from ..ir.traverse import toposort
 from ..ops.elementwise import cast
-from ..ops.leaves import input as _input
 from ..ops.linalg import matmul2
 from ..ops.movement import reshape, swap_last
 from ..ops.registry import get_op
@@ -49,9 +49,6 @@ WEIGHT_VIEWS = ("reshape", "transpose", "cast")
 # ops whose VJP runs a sweep of its own, which these rules cannot reach into
 # (a checkpoint's region is swept with these rules: FeedbackRules.enter)
 INNER_SWEEPS = {"scan": "a scan body (RNN, loop)", "custom_vjp": "a custom_vjp rule"}
-# (B input name, shape) -> standard deviation of its entries (1/sqrt(summed axis): unit-scale
-# δ); keyed by shape too, as FA and DFA make B_W2 in transposed shapes
-FEEDBACK_INPUTS: dict[tuple[str, tuple], float] = {}
 
 
 def check_mode(feedback: str | None, what: str = "feedback") -> str | None:
@@ -158,8 +155,10 @@ class FeedbackRules:
         if name in self.names:
             raise GradientError(f"feedback: the graph already has a leaf named {name!r}, the "
                                 f"name of {w.attr('name')!r}'s feedback matrix; rename it")
-        FEEDBACK_INPUTS[name, tuple(shape)] = 1.0 / math.sqrt(max(summed, 1))
-        return _input(name, shape, dtype)
+        # marked on the node itself (a user's input named B_W2 is another node): which
+        # param it stands in for, and the axis the backward product sums over (its scale)
+        return make("input", (), name=name, shape=tuple(shape), dtype=dtype,
+                    feedback_of=w.attr("name"), fan=int(max(summed, 1)))
 
     def __call__(self, n: Node, g: Node | list[Node | None],
                  needs: tuple) -> Sequence[Node | None] | None:
@@ -258,8 +257,12 @@ def feedback_inputs(graph: Iterable[Node] | Node | object) -> list[Node]:
     """The feedback-matrix inputs (`B_<param>`) of a graph, a compiled function or nodes."""
     args = getattr(graph, "args", graph)
     nodes = [args] if isinstance(args, Node) else list(args)  # type: ignore[call-overload]
-    return [n for n in toposort(nodes)
-            if n.op == "input" and (n.attr("name"), n.shape) in FEEDBACK_INPUTS]
+    return [n for n in toposort(nodes) if is_feedback_input(n)]
+
+
+def is_feedback_input(n: Node) -> bool:
+    """Whether n is a feedback matrix B that FeedbackRules made (its `feedback_of` mark)."""
+    return n.op == "input" and n.attr("feedback_of") is not None
 
 
 def feedback_matrices(graph: Iterable[Node] | Node | object,
@@ -271,6 +274,7 @@ def feedback_matrices(graph: Iterable[Node] | Node | object,
     for n in feedback_inputs(graph):
         name = n.attr("name")
         rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
-        draw = rng.standard_normal(n.shape) * FEEDBACK_INPUTS[name, n.shape]
+        # N(0, 1/fan): δ = e B keeps unit scale
+        draw = rng.standard_normal(n.shape) / math.sqrt(n.attr("fan"))
         out[name] = draw.astype(np_dtype(n.dtype))
     return out
