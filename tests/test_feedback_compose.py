@@ -187,3 +187,58 @@ def test_a_users_input_named_like_a_feedback_matrix_stays_the_users():
     assert one[0] != two[0]  # the user's value is read, never replaced by a random matrix
     with pytest.raises(bp.errors.ArgumentError, match="missing B_W2"):
         fn(**{k: v for k, v in vals.items() if k != "B_W2"})
+
+
+def test_vjp_with_feedback_equals_hand_written_rule():
+    """bp.vjp(feedback=) runs the FA rules on any seeded outputs: from the logits with a
+    cotangent c, δh = c B_W2ᵀ (Lillicrap et al.), whatever the loss above them."""
+    x = bp.input("x", (N, D), "float64")
+    W1, W2 = bp.param("W1", (D, H), "float64"), bp.param("W2", (H, O), "float64")
+    h = bp.tanh(x @ W1)
+    c = bp.input("c", (N, O), "float64")
+    d1, d2 = bp.vjp(h @ W2, [W1, W2], c, feedback="alignment")
+    B = bp.feedback_matrices([d1, d2], seed=2)
+    assert {k: v.shape for k, v in B.items()} == {"B_W2": (H, O)}
+    rng = np.random.default_rng(4)
+    v = {"x": rng.standard_normal((N, D)), "c": rng.standard_normal((N, O)),
+         "W1": rng.standard_normal((D, H)), "W2": rng.standard_normal((H, O)), **B}
+    fn = bp.function({"d1": d1, "d2": d2})
+    assert "W2" not in fn.signature.names  # no weight transport: W2 is not read
+    got = fn(**{k: v[k] for k in fn.signature.names})
+    hv = np.tanh(v["x"] @ v["W1"])
+    np.testing.assert_allclose(got["d2"], hv.T @ v["c"], rtol=1e-12)
+    want = v["x"].T @ ((v["c"] @ v["B_W2"].T) * (1 - hv**2))
+    np.testing.assert_allclose(got["d1"], want, rtol=1e-12)
+    loss, wrt = _mlp(False)  # a scalar seeded with 1 is bp.grad's sweep
+    vals = {**_values(wrt), **bp.feedback_matrices(bp.grad(loss, wrt, feedback="direct"))}
+    by_vjp = bp.function(dict(zip("abcdef", bp.vjp(loss, wrt, 1.0, feedback="direct"))))
+    by_grad = bp.function(dict(zip("abcdef", bp.grad(loss, wrt, feedback="direct"))))
+    a = by_vjp(**{k: vals[k] for k in by_vjp.signature.names})
+    b = by_grad(**{k: vals[k] for k in by_grad.signature.names})
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-12)
+
+
+def test_transforms_without_a_feedback_variant_refuse_it(tmp_path, capsys):
+    loss, wrt = _mlp(False)
+    vals = _values(wrt)
+    for call, what in [(lambda: bp.check(loss, wrt, {"x": vals["x"], "labels": vals["labels"]},
+                                         feedback="alignment"), "check"),
+                       (lambda: bp.jacobian(loss, wrt[0], feedback="direct"), "jacobian"),
+                       (lambda: bp.hessian(loss, wrt[0], feedback="alignment"), "hessian"),
+                       (lambda: bp.jvp(loss, wrt[0], np.ones(wrt[0].shape),
+                                       feedback="alignment"), "jvp")]:
+        with pytest.raises(bp.errors.GradientError, match=rf"{what}\(feedback=.*not derivatives"):
+            call()
+    with pytest.raises(bp.errors.GradientError, match="vjp: feedback='backprop'.*choose from"):
+        bp.vjp(loss, wrt, 1.0, feedback="backprop")
+    from bpcompile.cli import main
+
+    spec = tmp_path / "fa.toml"
+    spec.write_text("\n".join([
+        '[model]', 'dtype = "float64"', '[[inputs]]', 'name = "x"', f'shape = [{N}, {D}]',
+        '[[inputs]]', 'name = "y"', f'shape = [{N}, 1]', '[[layers]]', 'type = "dense"',
+        f'units = {H}', 'activation = "tanh"', '[[layers]]', 'type = "dense"', 'units = 1',
+        '[loss]', 'type = "mse"', 'target = "y"', '[feedback]', 'mode = "alignment"', '']))
+    assert main(["check", str(spec)]) == 0
+    assert "feedback-alignment updates, which are not gradients" in capsys.readouterr().err

@@ -58,6 +58,18 @@ def check_mode(feedback: str | None, what: str = "feedback") -> str | None:
                         "gradient)")
 
 
+def refuse(what: str, feedback: str | None) -> None:
+    """A transformation with no feedback-alignment variant names itself and the way out."""
+    if feedback is None:
+        return
+    check_mode(feedback, f"{what}: feedback")
+    raise GradientError(
+        f"{what}(feedback={feedback!r}): feedback alignment replaces the weight transport of a "
+        "reverse sweep, so its updates are not derivatives of the output and have no "
+        f"{what}; use bp.grad / bp.vjp / bp.compile with feedback= for the updates, and "
+        "fn.report() to check them against another backend and the exact gradient")
+
+
 def weight_of(x: Node) -> tuple[Node, list[Node]] | None:
     """(param, views from it to x) when x is a param seen through reshape/transpose/cast."""
     views = []
@@ -84,11 +96,12 @@ class _Direct:
 
 
 class FeedbackRules:
-    """The `rules` of one reverse sweep for `mode` over the graph of `loss`."""
+    """The `rules` of one reverse sweep for `mode` over the graph of `outputs` (a loss, or
+    the outputs bp.vjp seeds)."""
 
-    def __init__(self, loss: Node, mode: str):
+    def __init__(self, outputs: Node | Sequence[Node], mode: str):
         self.mode = check_mode(mode)
-        self.order = toposort([loss])
+        self.order = toposort([outputs] if isinstance(outputs, Node) else list(outputs))
         self.names = {n.attr("name") for n in self.order if n.op in ("input", "param")}
         self.state = _Direct()
         # a checkpoint's region sweep (enter) walks a copy of the region on placeholder leaves:
