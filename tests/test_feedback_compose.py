@@ -81,6 +81,19 @@ def test_feedback_with_memory_budget():
         assert fit.remat_report["recompute_groups"] > 0
         assert fit.memory(timeline=True)["peak_bytes"] < peak
         assert_same_updates(full, fit, vals)
+    init = {w.name: vals[w.name] for w in wrt}  # a train step too, step for step
+    data = {"x": vals["x"], "labels": vals["labels"]}
+    plain = bp.compile_train_step(loss, optimizer=bp.optim.sgd(0.1), init=init,
+                                  feedback="direct")
+    budget = bp.compile_train_step(loss, optimizer=bp.optim.sgd(0.1), init=init,
+                                   feedback="direct", memory_budget=int(peak * 0.85))
+    assert budget.remat_report["recompute_groups"] > 0
+    for _ in range(2):
+        plain(**data)
+        budget(**data)
+    for k in init:
+        np.testing.assert_allclose(np.asarray(budget.params[k]), np.asarray(plain.params[k]),
+                                   rtol=1e-12, err_msg=k)
 
 
 def test_feedback_through_checkpoint_on_llvm():
@@ -141,15 +154,18 @@ def _dfa_conv_reference(v, B):
             "k1": np.einsum("ijncab,noab->ocij", win1, dz1), "c1": dz1.sum((0, 2, 3))}
 
 
-@pytest.mark.parametrize("backend", ["numpy", "llvm"])
-def test_direct_feedback_through_conv_layers_equals_nokland_reference(backend):
+@pytest.mark.parametrize("backend,ck", [("numpy", False), ("llvm", False), ("numpy", True)])
+def test_direct_feedback_through_conv_layers_equals_nokland_reference(backend, ck):
     n = 4
     x, labels = bp.input("x", (n, 1, 6, 6), "float64"), bp.input("labels", (n,), "int32")
     k1, c1 = bp.param("k1", (4, 1, 3, 3), "float64"), bp.param("c1", (4,), "float64")
     k2 = bp.param("k2", (3, 4, 3, 3), "float64")
     W, b = bp.param("W", (12, O), "float64"), bp.param("b", (O,), "float64")
-    h1 = bp.tanh(bp.conv2d(x, k1, c1))
-    h2 = bp.tanh(bp.conv2d(h1, k2, stride=2, padding=1))
+
+    def convs(x):
+        return bp.tanh(bp.conv2d(bp.tanh(bp.conv2d(x, k1, c1)), k2, stride=2, padding=1))
+
+    h2 = (bp.checkpoint(convs) if ck else convs)(x)  # ck: the conv block recomputed
     loss = bp.cross_entropy(bp.reshape(h2, (n, 12)) @ W + b, labels)
     wrt = [k1, c1, k2, W, b]
     fn = bp.compile(loss, wrt, backend, feedback="direct", feedback_seed=1)
