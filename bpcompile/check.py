@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .autodiff.feedback import refuse as refuse_feedback
 from .autodiff.reverse import check_loss, check_wrt
 from .errors import ArgumentError
 from .ir.dtypes import FLOATS
@@ -182,12 +183,16 @@ def check(
     fd: bool = True,
     use_jax: bool = True,
     fd_samples: int = 4,
+    feedback: str | None = None,
 ) -> CheckReport:
     """Compile `loss`'s gradient on `backend` and compare it per param with JAX and with FD.
 
     `inputs` gives every input's value; `params` may omit params (seeded random values fill in).
+    `feedback=` raises: feedback-alignment updates are not gradients (fn.report checks them).
     """
     from .compiled import compile as bp_compile
+
+    refuse_feedback("check", feedback)
 
     loss, wrt = check_loss(loss), check_wrt(wrt)
     args = leaves([loss] + wrt)

@@ -233,6 +233,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("note: jax is not installed; checking against finite differences only "
               "(pip install 'bpcompile[jax]')", file=sys.stderr)
         options["use_jax"] = False
+    if model.feedback:  # say which derivative is checked: not what the spec compiles to
+        print(f"note: the spec's [feedback] mode={model.feedback['mode']!r} compiles "
+              "feedback-alignment updates, which are not gradients; this checks the exact "
+              "gradient of the same model (`bpcompile report` checks the updates)",
+              file=sys.stderr)
     report = check(model.loss, model.wrt, inputs=model.example_inputs(args.seed),
                    params=model.init_params(args.seed), backend=args.backend,
                    seed=model.seed if args.seed is None else args.seed,

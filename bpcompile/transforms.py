@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .autodiff.feedback import FeedbackRules, check_mode
+from .autodiff.feedback import refuse as refuse_feedback
 from .autodiff.forward import jvp as _jvp
 from .autodiff.reverse import _name_cotangent
 from .errors import GradientError, ShapeError
@@ -25,12 +27,14 @@ __all__ = ["hessian", "jacobian", "jvp", "vjp"]
 
 
 def jvp(outputs: Node | Sequence[Node], primals: Node | Sequence[Node],
-        tangents: Any) -> tuple[Any, Any]:
+        tangents: Any, feedback: str | None = None) -> tuple[Any, Any]:
     """Forward mode, as `jax.jvp`: (outputs, tangents of the outputs) as graph nodes.
 
     `primals` are the nodes the `tangents` (nodes such as `bp.input`s, or arrays, one per
     primal and of its shape) are attached to: params, inputs or any intermediate node.
+    `feedback=` raises: feedback alignment is a reverse-sweep rule with no forward mode.
     """
+    refuse_feedback("jvp", feedback)
     return _jvp(outputs, primals, tangents)
 
 
@@ -54,12 +58,14 @@ def _cotangent(o: Node, c: Any) -> Node:
 
 
 def vjp(outputs: Node | Sequence[Node], wrt: Node | Sequence[Node],
-        cotangents: Any) -> Node | list[Node]:
+        cotangents: Any, feedback: str | None = None) -> Node | list[Node]:
     """Reverse mode for outputs of any shape: Σ_o <cotangent_o, d output_o / d w> for each w
     in `wrt` (params, inputs or any node), as `jax.vjp(f, *wrt)[1](cotangents)` does.
 
     cotangents: one node (e.g. a `bp.input`) or array per output, of the output's shape.
     Returns one node per w (a single node if `wrt` is one), zeros where w does not matter.
+    feedback="alignment" | "direct": the same sweep with feedback alignment's rules (as
+    bp.grad's), reading `B_<param>` inputs (values: bp.feedback_matrices).
     """
     outs, osingle = _nodes(outputs, "vjp: outputs")
     ws, wsingle = _nodes(wrt, "vjp: wrt")
@@ -75,7 +81,9 @@ def vjp(outputs: Node | Sequence[Node], wrt: Node | Sequence[Node],
     for o, c in zip(outs, cs):
         c = _cotangent(o, c)
         seeds[o] = c if o not in seeds else seeds[o] + c
-    grads = backward(seeds, ws, on_cotangent=_name_cotangent)
+    rules = FeedbackRules(outs, mode) if (mode := check_mode(feedback, "vjp: feedback")) \
+        else None
+    grads = backward(seeds, ws, on_cotangent=_name_cotangent, rules=rules)
     res = []
     for w, g in zip(ws, grads):
         if g is None:
@@ -101,7 +109,8 @@ def _wrt(wrt, what: str) -> tuple[list[Node], bool]:
     return ws, single
 
 
-def jacobian(output: Node, wrt: Node | Sequence[Node], mode: str = "auto") -> Node | list[Node]:
+def jacobian(output: Node, wrt: Node | Sequence[Node], mode: str = "auto",
+             feedback: str | None = None) -> Node | list[Node]:
     """d output / d w, shape output.shape + w.shape, for each w in `wrt` (a single node if
     `wrt` is one), as `jax.jacrev` / `jax.jacfwd` do.
 
@@ -112,6 +121,7 @@ def jacobian(output: Node, wrt: Node | Sequence[Node], mode: str = "auto") -> No
     """
     from .autodiff.jacobian import jacobian_fwd, jacobian_rev
 
+    refuse_feedback("jacobian", feedback)  # (feedback=: a clear error, never J silently)
     (y,), _ = _nodes([output], "jacobian: output")
     ws, single = _wrt(wrt, "jacobian: wrt")
     if not is_float(y.dtype):
@@ -128,7 +138,8 @@ def jacobian(output: Node, wrt: Node | Sequence[Node], mode: str = "auto") -> No
     return out[0] if single else out
 
 
-def hessian(loss: Node, wrt: Node | Sequence[Node]) -> Node | list[list[Node]]:
+def hessian(loss: Node, wrt: Node | Sequence[Node],
+            feedback: str | None = None) -> Node | list[list[Node]]:
     """Second derivatives of a scalar `loss`, forward-over-reverse as `jax.hessian`: the
     gradient graph (bp.grad), then one JVP of it per parameter element, in one scan.
 
@@ -139,6 +150,7 @@ def hessian(loss: Node, wrt: Node | Sequence[Node]) -> Node | list[list[Node]]:
     from .autodiff.reverse import check_loss
     from .compiled import grad
 
+    refuse_feedback("hessian", feedback)
     loss = check_loss(loss)
     ws, single = _wrt(wrt, "hessian: wrt")
     gs = grad_any(loss, ws) if any(w.op != "param" for w in ws) else grad(loss, ws)

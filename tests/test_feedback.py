@@ -162,12 +162,10 @@ def test_errors_name_the_op_and_where():
     loss, shapes = _net([H])
     with pytest.raises(ArgumentError, match="accumulate"):
         bp.compile_train_step(loss, feedback="direct", accumulate=2)
-    xc = bp.input("xc", (2, 1, 5, 5), "float64")
-    kc, kc2 = bp.param("kc", (2, 1, 2, 2), "float64"), bp.param("kc2", (2, 2, 3, 3), "float64")
-    Wc = bp.param("Wc", (8, 2), "float64")
-    conv = bp.reshape(bp.tanh(bp.conv2d(bp.tanh(bp.conv2d(xc, kc)), kc2)), (2, 8))
-    with pytest.raises(GradientError, match="dense layers.*alignment' for conv"):
-        bp.grad(bp.sum(bp.tanh(conv) @ Wc), [kc, kc2, Wc], feedback="direct")
+    Wl, Wc = bp.param("Wl", (6, 8), "float64"), bp.param("Wc", (6, 2), "float64")
+    left = bp.transpose(bp.tanh(Wl @ bp.transpose(h)))  # the weight as the left operand
+    with pytest.raises(GradientError, match="dense layers.*conv layers.*left operand"):
+        bp.grad(bp.sum(left @ Wc), [Wq, Wl, Wc], feedback="direct")
 
 
 SPEC = f"""

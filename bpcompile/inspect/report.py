@@ -168,19 +168,21 @@ def _graphs(program: Any, max_nodes: int) -> str:
     return "\n".join(out)
 
 
-def _code(loss: Node, wrt: list[Node], backends: Sequence[str]) -> str:
+def _code(loss: Node, wrt: list[Node], backends: Sequence[str],
+          feedback: str | None = None) -> str:
     from ..compiled import compile as bp_compile
 
     cols = []
+    opts = {"feedback": feedback} if feedback else {}  # the code fn runs: B where Wᵀ was
     for b in backends:
         try:
             if b == "jax":  # a float64 model needs JAX's 64-bit mode, as `bp.check` sets it
                 from ..check import _x64
 
                 with _x64():
-                    text = bp_compile(loss, wrt, backend=b).source()
+                    text = bp_compile(loss, wrt, backend=b, **opts).source()
             else:
-                text = bp_compile(loss, wrt, backend=b).source()
+                text = bp_compile(loss, wrt, backend=b, **opts).source()
         except Exception as e:  # a backend that is not installed or cannot take this graph
             text = f"({b} backend unavailable: {type(e).__name__}: {e})"
         cols.append(f"<div><h3>{_e(b)}</h3><pre>{_e(text)}</pre></div>")
@@ -198,10 +200,75 @@ def _checked(fn: Any, inputs: dict, params: dict, seed: int, use_jax: bool) -> s
         return f"<p class='bad'>gradient check failed to run: {_e(e)}</p>"
 
 
+def _angle(u: np.ndarray, v: np.ndarray) -> float:
+    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+    if not (nu and nv):
+        return float("nan")
+    return float(np.degrees(np.arccos(np.clip(np.vdot(u, v) / (nu * nv), -1.0, 1.0))))
+
+
+def _feedback_checked(fn: Any, values: dict, updates: dict) -> str:
+    """Feedback alignment's updates are not gradients of the loss, so the gradient check does
+    not apply. Instead: the updates recomputed by the NumPy backend (the reference) from the
+    same B matrices, and each update's angle to the exact gradient (Lillicrap et al.'s
+    measure: below 90° the update still descends)."""
+    from ..compiled import compile as bp_compile
+
+    try:
+        ref_backend = "jax" if fn.backend_name == "numpy" else "numpy"
+        if ref_backend == "jax":
+            import jax  # noqa: F401
+    except ImportError:
+        ref_backend = ""
+    try:
+        exact = bp_compile(fn.loss, fn.wrt)(**{a.attr("name"): values[a.attr("name")]
+                                                for a in fn.args
+                                                if a.attr("name") not in fn.feedback_values})[1]
+        ref = None
+        if ref_backend:
+            from ..check import _x64
+
+            with _x64():
+                ref = bp_compile(fn.loss, fn.wrt, ref_backend, feedback=fn.feedback)(
+                    **{n: values[n] for n in fn.signature.names})[1]
+    except Exception as e:  # the report still shows everything else
+        return f"<p class='bad'>feedback check failed to run: {_e(e)}</p>"
+    rows, worst = [], 0.0
+    for n in fn.grad_names:
+        u = np.asarray(updates[n], np.float64)
+        err = "-"
+        if ref is not None:
+            r = np.asarray(ref[n], np.float64)
+            rel = float(np.linalg.norm(u - r) / max(np.linalg.norm(r), 1e-300))
+            worst, err = max(worst, rel), f"{rel:.2e}"
+        rows.append(f"<tr><td>{_e(n)}</td><td>{_e(list(u.shape))}</td><td>{err}</td>"
+                    f"<td>{np.linalg.norm(u):.4g}</td>"
+                    f"<td>{np.linalg.norm(np.asarray(exact[n], np.float64)):.4g}</td>"
+                    f"<td>{_angle(u.ravel(), np.asarray(exact[n], np.float64).ravel()):.1f}"
+                    "</td></tr>")
+    tol = 1e-10 if all(np.asarray(updates[n]).dtype == np.float64 for n in fn.grad_names) \
+        else 1e-4
+    verdict = ("" if ref is None else
+               f"<p>{_e(ref_backend)} reference, rel tolerance {tol:g}: <b class="
+               f"'{'ok' if worst <= tol else 'bad'}'>{'PASS' if worst <= tol else 'FAIL'}"
+               "</b></p>")
+    return (f"<p class='note'>feedback={fn.feedback!r}: these are feedback-alignment updates, "
+            "not gradients of the loss, so the gradient check (JAX, finite differences) does "
+            "not apply. Shown instead: the same updates recomputed by another backend from "
+            "the function's own B matrices (fn.feedback_values), and the angle between each "
+            "update and the exact gradient.</p>"
+            "<table><tr><th>param</th><th>shape</th><th>rel Δ reference</th>"
+            "<th>‖update‖</th><th>‖exact grad‖</th><th>angle to exact grad (°)</th></tr>"
+            f"{''.join(rows)}</table>{verdict}")
+
+
 def build(fn: Any, values: dict[str, np.ndarray], title: str = "",
           backends: Sequence[str] = BACKENDS, seed: int = 0, max_nodes: int = 300,
           check_gradients: bool = True) -> str:
-    """The report's HTML for a Compiled `fn` at `values` (every input and param by name)."""
+    """The report's HTML for a Compiled `fn` at `values` (every input and param by name; a
+    feedback-alignment function's B matrices default to its own, fn.feedback_values)."""
+    feedback = getattr(fn, "feedback", None)
+    values = {**getattr(fn, "feedback_values", {}), **values}
     missing = [n for n in fn.signature.names if n not in values]
     if missing:
         raise ValueError(f"report: no value for {missing}; give every input and param")
@@ -223,22 +290,25 @@ def build(fn: Any, values: dict[str, np.ndarray], title: str = "",
         use_jax = False
     if not check_gradients:
         check_html = "<p class='note'>skipped (check_gradients=False)</p>"
+    elif feedback:
+        check_html = _feedback_checked(fn, values, grads)
     else:
         check_html = _checked(fn, inputs, params, seed, use_jax)
     live, labels, n_fwd = bytes_live(fn)
     name = title or "bpcompile report"
     sections = [
         _section("Gradient norms at the example data",
-                 _bars(norms, "‖∂L/∂p‖ per parameter (log scale; red: < 1e-6, > 1e3 or "
-                              "not finite)")
+                 _bars(norms, ("‖feedback-alignment update‖" if feedback else "‖∂L/∂p‖")
+                       + " per parameter (log scale; red: < 1e-6, > 1e3 or not finite)")
                  + "<table><tr><th>param</th><th>shape</th><th>‖grad‖</th><th>‖param‖</th>"
                  f"<th>ratio</th></tr>{table}</table><p>loss {float(value):.8g}</p>", "norms"),
-        _section("Gradient check: JAX and finite differences", check_html, "check"),
+        _section("Feedback-alignment updates: reference and angle to the gradient" if feedback
+                 else "Gradient check: JAX and finite differences", check_html, "check"),
         _section("The backward pass in δ notation", _equations_svg(fn)
                  + f"<details><summary>LaTeX</summary><pre>{_e(latex.to_latex(fn))}</pre>"
                  "</details>", "equations"),
         _section("Graphs (forward, adjoint, final)", _graphs(fn, max_nodes), "graphs"),
-        _section("Generated code", _code(fn.loss, fn.wrt, backends), "code"),
+        _section("Generated code", _code(fn.loss, fn.wrt, backends, feedback), "code"),
         _section("Rewrite passes", f"<pre>{_e(fn.stats())}</pre>", "passes"),
         _section("Memory: bytes live over the schedule",
                  _memory_svg(live, labels, n_fwd)
@@ -256,10 +326,13 @@ def build(fn: Any, values: dict[str, np.ndarray], title: str = "",
 
 
 def example_values(fn: Any, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded values for every argument: normal floats (params scaled 0.5), zero indices."""
+    """Seeded values for every argument: normal floats (params scaled 0.5), zero indices; a
+    feedback-alignment function's B matrices are its own (fn.feedback_values)."""
     rng = np.random.default_rng(seed)
-    out = {}
+    out = dict(getattr(fn, "feedback_values", {}))
     for a in fn.args:
+        if a.attr("name") in out:
+            continue
         dt = np.dtype(a.dtype)
         if dt.kind == "f":
             scale = 0.5 if a.op == "param" else 1.0

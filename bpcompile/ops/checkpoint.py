@@ -32,7 +32,7 @@ from ..ir.node import NAMES, Node, make, next_serial, rebuild
 from ..ir.provenance import GRAD_OF, RECOMPUTED
 from ..ir.traverse import toposort
 from .registry import Op, register
-from .sweep import backward
+from .sweep import active_rules, backward
 
 Policy = str | Callable[[Node], bool] | None
 
@@ -108,7 +108,16 @@ def _vjp_remat(n: Node, g: Node, needs):
         c = rebuild(m, [memo.get(i, i) for i in m.inputs])
         memo[m] = c
         orig.setdefault(c, m)
-    cts = backward({memo[y]: g}, ph)
+    # the calling sweep's rules (feedback alignment) apply inside the region too
+    outer = active_rules()
+    inner = None
+    if outer is not None:
+        enter = getattr(outer, "enter", None)
+        if enter is None:
+            raise GradientError(f"checkpoint {name!r}: the sweep's VJP rules cannot enter a "
+                                "recomputed region (they have no `enter`)")
+        inner = enter({**orig, **dict(zip(ph, frontier))})
+    cts = backward({memo[y]: g}, ph, rules=inner)
     # back onto the real graph: placeholders -> frontier behind the barrier, saved values
     # (y itself and what the policy allows) -> the forward nodes
     keep_all = n.attr("policy") == "everything_saveable"  # nothing recomputed: no barrier
@@ -118,6 +127,8 @@ def _vjp_remat(n: Node, g: Node, needs):
         if m is y or saveable(m):
             subst[c] = m
     out = _substitute(cts, subst, since, orig, name)
+    if inner is not None:
+        inner.leave(lambda roots: _substitute(roots, subst, since, orig, name))
     return (None,) + tuple(out)
 
 

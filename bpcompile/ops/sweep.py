@@ -12,6 +12,7 @@ It lives at the ops level so that scan, an op, can use it without importing auto
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import NonDifferentiableError
@@ -25,6 +26,22 @@ from .registry import get_op
 
 # (node, cotangent(s), needs) -> the inputs' cotangents, or None for the op's own VJP rule
 VJPRules = Callable[[Node, "Node | list[Node | None]", tuple], "Sequence[Node | None] | None"]
+# the sweeps running now, innermost last, as (rules, add): an op whose VJP runs a sweep of its
+# own (a checkpoint's recomputed region) asks for the rules with `active_rules`; a rule adds a
+# cotangent to a node further down with `add_cotangent`. Per thread: two threads may compile.
+_LOCAL = threading.local()
+
+
+def _active() -> list[tuple[VJPRules | None, Callable[[Node, Node], None]]]:
+    if not hasattr(_LOCAL, "stack"):
+        _LOCAL.stack = []
+    return _LOCAL.stack
+
+
+def active_rules() -> VJPRules | None:
+    """The `rules` of the innermost sweep now calling a VJP rule (None: the ops' own)."""
+    stack = _active()
+    return stack[-1][0] if stack else None
 
 
 def _fit(c: Node, shape: tuple, dtype: str) -> Node:
@@ -34,6 +51,16 @@ def _fit(c: Node, shape: tuple, dtype: str) -> Node:
 
 def _acc(a: Node | None, b: Node) -> Node:
     return b if a is None else add(a, b)
+
+
+def add_cotangent(x: Node, c: Node) -> None:
+    """Add c to the cotangent of x, a node the running sweep has not reached yet (an ancestor
+    of the node whose rule calls this): direct feedback alignment sends the output error
+    straight to a conv layer's input this way. Ignored where x depends on no `wrt`."""
+    stack = _active()
+    if not stack:
+        raise RuntimeError("add_cotangent: no reverse sweep is running")
+    stack[-1][1](x, c)
 
 
 def backward(seeds: Mapping[Node, Node | None], wrt: Sequence[Node],
@@ -58,6 +85,23 @@ def backward(seeds: Mapping[Node, Node | None], wrt: Sequence[Node],
     for n, seed in seeds.items():
         if seed is not None and n in depends:
             cts[n] = _acc(cts.get(n), _fit(seed, n.shape, n.dtype))
+
+    def add(x: Node, c: Node) -> None:
+        if x in depends and is_float(x.dtype):
+            cts[x] = _acc(cts.get(x), _fit(c, x.shape, x.dtype))
+
+    stack = _active()
+    stack.append((rules, add))
+    try:
+        _sweep(order, depends, cts, parts, on_cotangent, rules)
+    finally:
+        stack.pop()
+    return [cts.get(w) for w in wrt]
+
+
+def _sweep(order: list[Node], depends: set[Node], cts: dict[Node, Node],
+           parts: dict[Node, list[Node | None]],
+           on_cotangent: Callable[[Node, Node], None] | None, rules: VJPRules | None) -> None:
     g: Node | list[Node | None] | None
     for n in reversed(order):
         g = parts.get(n) if n.results is not None else cts.get(n)
@@ -95,4 +139,3 @@ def backward(seeds: Mapping[Node, Node | None], wrt: Sequence[Node],
             if n.where:
                 LOCATION_OVERRIDE.pop()
         record_grad_of([cts.get(x) for x in n.inputs], n, since)
-    return [cts.get(w) for w in wrt]
