@@ -5,8 +5,10 @@ JAX's rule: the JVP of `while cond(c): c = body(c)` is the loop over (c, ċ) who
 count, whatever it is. The tangent body is this module's `jvp` of the user's body graph
 w.r.t. its carries and the consts that have a tangent (their tangents enter as loop
 constants). Float carries get a tangent carry (zeros where init's tangent is a symbolic
-zero: a const can still move it); int and bool carries do not. The primal loop stays where it
-was, so the primal is computed twice (once here): the price of keeping the rule local.
+zero: a const can still move it); int and bool carries do not. The tangent loop's first
+results are the primal's: the rule stays local (the primal loop is still built), and the
+pipeline reads the primal from the tangent loop (rewrite/loop_share.py), so a program asking
+for both runs one loop.
 """
 
 from __future__ import annotations
