@@ -3,9 +3,9 @@
 The table: model (MLP, CNN, scan RNN, attention block, an RK4 ODE integrated over 60 steps with
 bp.fori_loop, a 4x4 determinant by cofactor expansion and by LU) × transform (bp.jvp vs
 jax.jvp, bp.vjp vs jax.vjp, bp.jacobian rev/fwd vs jax.jacrev/jacfwd, bp.hessian vs
-jax.hessian) × backend (numpy, llvm, jax), float64, rtol 1e-7. Each model is built and
-differentiated once, compiled once per backend into one function holding every result, and
-its JAX oracles are jitted and evaluated once.
+jax.hessian, and the dot-product test <u, J v> = <J^T u, v>) × backend (numpy, llvm, jax),
+float64, rtol 1e-7. Each model is built and differentiated once, compiled once per backend into
+one function holding every result, and its JAX oracles are jitted and evaluated once.
 """
 
 from __future__ import annotations
@@ -221,6 +221,10 @@ def test_model_transforms_match_jax(name, backend):
     got = fn(**{k: values[k] for k in fn.signature.names})
     for key, ref in want.items():
         assert_close(got[key], ref, f"{name} {backend} {key}")
+    # the dot-product test on our own results: <u, J v> = <J^T u, v>
+    jv = float(np.sum(values["ct"] * got["y_t"]))
+    jtu = sum(float(np.sum(got[k] * values["t_" + k[4:]])) for k in got if k.startswith("vjp_"))
+    assert abs(jv - jtu) <= 1e-9 * max(1.0, abs(jv)), (name, backend, jv, jtu)
 
 
 def test_ode_model_differentiates_through_the_loop():
