@@ -17,6 +17,8 @@ from ..ops.scan import _substitute
 
 __all__ = ["share_while_loops"]
 
+SHARE = True  # False: each loop runs as built (benchmarks/bench_while_jvp.py compares)
+
 
 def _same(a, b) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b))
@@ -38,6 +40,8 @@ def _extends(big: Node, small: Node) -> bool:
 
 def share_while_loops(outputs: list[Node]) -> list[Node]:
     """Read every while_loop's results from the largest loop that extends it, if any."""
+    if not SHARE:
+        return outputs
     order = toposort(outputs)
     loops = [n for n in order if n.op == "while_loop"]
     if len(loops) < 2:
