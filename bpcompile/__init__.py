@@ -58,6 +58,7 @@ from .api import (  # noqa: F401  (issue 16: reductions, indexing and logic the 
     softplus,
     sqrt,
     square,
+    stack,
     stop_gradient,
     sub,
     sum,

@@ -39,6 +39,7 @@ from .ops.movement import (  # noqa: F401
     getitem,
     pad,
     reshape,
+    stack,
     transpose,
 )
 from .ops.reduce import argmax, argmin, max_, min_, sum_  # noqa: F401

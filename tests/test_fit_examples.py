@@ -1,5 +1,7 @@
 """examples/gauss_newton_fit.py and examples/newton_fit.py run and converge to the optimum an
-independent solver finds (scipy.optimize), with the convergence rate their methods promise."""
+independent solver finds (scipy.optimize), with the convergence rate their methods promise;
+examples/ode_rk4_fit.py's gradient through bp.fori_loop matches jax.grad and its fit recovers
+the ODE's parameters."""
 
 import importlib.util
 import sys
@@ -62,3 +64,30 @@ def test_newton_fit_matches_scipy_and_converges_quadratically():
     # it reaches the round-off floor)
     tail = [(a, b) for a, b in zip(norms, norms[1:]) if a < 1e-2 and b > 1e-14]
     assert tail and all(b <= 10.0 * a * a for a, b in tail), norms
+
+
+def test_ode_rk4_fit_gradient_matches_jax_and_the_fit_recovers_theta():
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    ex = _example("ode_rk4_fit")
+    steps = 60
+    obs = ex.simulate(ex.TRUE, steps) + 0.01 * np.random.default_rng(1).standard_normal(
+        (steps, 2))
+    fn = ex.compile_fit(steps, "numpy", checkpoint=5)
+
+    def jloss(w):
+        th = jnp.exp(w)
+
+        def body(i, c):
+            u = ex.rk4_step(lambda v: ex.lotka_volterra(v, th, jnp.stack), c[0], ex.DT)
+            return u, c[1] + jnp.sum((u - jnp.asarray(obs)[i]) ** 2)
+        return jax.lax.fori_loop(0, steps, body, (jnp.asarray(ex.U0), 0.0))[1] / steps
+
+    w = np.log(np.array([0.7, 0.4, 0.7, 1.3]))
+    loss, g = fn(log_theta=w, obs=obs)
+    jl, jg = jax.jit(jax.value_and_grad(jloss))(jnp.asarray(w))
+    np.testing.assert_allclose(loss, jl, rtol=1e-10)
+    np.testing.assert_allclose(g["log_theta"], jg, rtol=1e-7)
+    theta, losses = ex.fit(ex.compile_fit(steps, "llvm"), obs, iters=200, verbose=False)
+    assert losses[-1] < 0.01 * losses[0], losses[::20]
+    np.testing.assert_allclose(theta, ex.TRUE, rtol=0.03)

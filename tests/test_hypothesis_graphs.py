@@ -264,3 +264,46 @@ def test_random_graphs_agree_across_backends(backend, dtype, tmp_path, monkeypat
                                        err_msg=f"{backend} d{k} for recipe {r}")
 
     check()
+
+
+@settings(max_examples=15, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(recipes())
+def test_random_graphs_jvp_and_jacobians_match_jax(recipe):
+    """The random graph's tensor output through bp.jvp and bp.jacobian (rev and fwd), compiled
+    with every pass, against jax.jvp / jax.jacrev / jax.jacfwd of the same recipe."""
+    base, params, r = recipe
+    P = {k: bp.param(k, s, "float64") for k, s in params.items()}
+    out = Interp("bp", base, P)(r) + bp.sum(P["Q"] * 0.0)  # every param is reached
+    ws = list(P.values())
+    T = {k: bp.input(f"t_{k}", s, "float64") for k, s in params.items()}
+    _, out_t = bp.jvp(out, ws, list(T.values()))
+    outs = {"y": out, "y_t": out_t}
+    for mode in ("rev", "fwd"):
+        outs.update({f"{mode}_{k}": j for k, j in zip(P, bp.jacobian(out, ws, mode=mode))})
+    fn = bp.function(outs, backend="numpy")
+
+    rng = np.random.default_rng(zlib.crc32(repr(recipe).encode()))
+    vals = {k: rng.standard_normal(s) for k, s in params.items()}
+    vals.update({f"t_{k}": rng.standard_normal(s) for k, s in params.items()})
+    got = fn(**{k: vals[k] for k in fn.signature.names})
+
+    def jf(Pj):
+        return Interp("jax", base, Pj)(r) + jnp.sum(Pj["Q"] * 0.0)
+
+    def oracle(Pj, Tj):  # one jitted program: eager JAX transforms cost seconds here
+        y, y_t = jax.jvp(jf, (Pj,), (Tj,))
+        want = {"y": y, "y_t": y_t}
+        for mode, jac in (("rev", jax.jacrev), ("fwd", jax.jacfwd)):
+            want.update({f"{mode}_{k}": v for k, v in jac(jf)(Pj).items()})
+        return want
+
+    want = jax.jit(oracle, compiler_options=FAST_COMPILE)(
+        {k: jnp.asarray(vals[k]) for k in params},
+        {k: jnp.asarray(vals[f"t_{k}"]) for k in params})
+    for key, ref in want.items():
+        ref = np.asarray(ref)
+        assert np.shape(got[key]) == ref.shape, (key, np.shape(got[key]), ref.shape, r)
+        atol = 1e-9 * max(1.0, float(np.max(np.abs(ref), initial=0.0)))
+        np.testing.assert_allclose(got[key], ref, rtol=1e-7, atol=atol,
+                                   err_msg=f"{key} for recipe {r}")

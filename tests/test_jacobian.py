@@ -125,41 +125,12 @@ def _attention():
     return y, {"Wq": Wq, "Wk": Wk}, {"x": x}, jf
 
 
-MODELS = {"mlp": _mlp, "rnn": _rnn, "attention": _attention}
-
-
 def _values(P, I, seed=0):
     r = np.random.default_rng(seed)
     return {k: 0.5 * r.standard_normal(n.shape) for k, n in {**P, **I}.items()}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("model", sorted(MODELS))
-def test_model_jacobians_and_hessian(model, backend):
-    y, P, I, jf = MODELS[model]()
-    values = _values(P, I)
-    ws = list(P.values())
-    Jr = bp.jacobian(y, ws, mode="rev")
-    Jf = bp.jacobian(y, ws, mode="fwd")
-    loss = bp.sum(y * y)
-    H = bp.hessian(loss, ws[0])
-    outs = {f"r_{k}": j for k, j in zip(P, Jr)}
-    outs.update({f"f_{k}": j for k, j in zip(P, Jf)})
-    outs["H"] = H
-    fn = bp.function(outs, backend=backend)
-    got = fn(**{k: values[k] for k in fn.signature.names})
-    Pj = {k: jnp.asarray(values[k]) for k in P}
-    Ij = [jnp.asarray(values[k]) for k in I]
-    rev = jax.jacrev(lambda p: jf(p, *Ij))(Pj)
-    fwd = jax.jacfwd(lambda p: jf(p, *Ij))(Pj)
-    k0 = next(iter(P))
-
-    def ljf(w):
-        return jnp.sum(jf({**Pj, k0: w}, *Ij) ** 2)
-    for k in P:
-        assert_close(got[f"r_{k}"], rev[k], 1e-7, f"{model} jacrev {k}")
-        assert_close(got[f"f_{k}"], fwd[k], 1e-7, f"{model} jacfwd {k}")
-    assert_close(got["H"], jax.hessian(ljf)(Pj[k0]), 1e-7, f"{model} hessian")
+# whole models through every transform on every backend: test_transforms_models.py
 
 
 def test_one_program_not_one_function_per_row():

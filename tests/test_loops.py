@@ -301,3 +301,35 @@ def test_bounded_while_loop_checkpoint_gives_the_same_gradient():
     assert_close(g2, g1, "checkpointed = stored carries")
     with pytest.raises(ValueError, match="checkpoint= needs max_steps"):
         bp.while_loop(lambda c: bp.sum(c) < 1.0, lambda c: c, xs, checkpoint=2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_while_loop_jvp_shares_its_primal_loop(backend):
+    """y and its tangent compiled together run one loop: the tangent loop carries the primal
+    (rewrite/loop_share.py), as jax.jvp of a while_loop does; the forward Jacobian is one
+    batched tangent loop (autodiff/batched.py) sharing it too; values still match JAX."""
+    from bpcompile.ir.traverse import toposort
+    from bpcompile.rewrite.pipeline import run
+
+    if not available(backend):
+        pytest.skip(f"{backend} unavailable")
+    (i, v), x, E = _bp_while()
+    y, y_t = bp.jvp(v, [x, E], [bp.input("vx", (3,), F64), bp.input("vE", (5, 3), F64)])
+    outs, _ = run([i, v, y_t])
+    assert [n.op for n in toposort(outs)].count("while_loop") == 1
+    raw = [n.op for n in toposort([i, v, y_t])].count("while_loop")
+    assert raw == 2  # as built: the primal loop, and the tangent loop running it again
+    J = bp.jacobian(v, x, mode="fwd")  # all 3 seeds in one batched tangent loop, no scan
+    ops = [n.op for n in toposort(run([v, J])[0])]
+    assert (ops.count("while_loop"), ops.count("scan")) == (1, 0), ops
+    f = bp.function({"i": i, "v": v, "y": y, "t": y_t, "J": J}, backend=backend)
+    vx, vE = rng.standard_normal(3), rng.standard_normal((5, 3))
+    for n in (0, 4):
+        r = f(n=np.int32(n), vx=vx, vE=vE, **WVALS)
+        (ji, jv), (_, jt) = jax.jvp(lambda x, E: _jax_while(x, E, n), (
+            WVALS["x"], jnp.asarray(WVALS["E"])), (vx, jnp.asarray(vE)))
+        assert int(r["i"]) == int(ji)
+        jJ = jax.jacfwd(lambda x: _jax_while(x, jnp.asarray(WVALS["E"]), n)[1])(WVALS["x"])
+        assert_close(r["J"], jJ, f"{backend}: forward Jacobian, n={n}")
+        for k, want in (("v", jv), ("y", jv), ("t", jt)):
+            assert_close(r[k], want, f"{backend}: {k}, n={n}")

@@ -132,12 +132,23 @@ def batched_jvp(outputs: Sequence[Node], primals: Sequence[Node],
     """Batched tangents (b, *output.shape) of `outputs`; raises NotBatched (see module)."""
     b = tangents[0].shape[0]
     tan: dict[Node, Node] = dict(zip(primals, tangents))
+    tup: dict[Node, list] = {}  # a while_loop's tangents, one (or None) per result
     seeded = set(primals)
     for n in toposort(list(outputs)):
         if n in seeded or not n.inputs:
             continue
+        if n.op == "result" and n.inputs[0] in tup:
+            t = tup[n.inputs[0]][n.attr("index")]
+            if t is not None:
+                tan[n] = t
+            continue
         ts = [tan.get(i) if is_float(i.dtype) else None for i in n.inputs]
         if all(t is None for t in ts):
+            continue
+        if n.op == "while_loop":  # the loop carries the b tangents (autodiff/loop_jvp.py)
+            from .loop_jvp import while_jvp
+
+            tup[n] = while_jvp(n, ts, batch=b)
             continue
         if n.results is not None:  # several results (scan): no batched rule
             raise NotBatched(n.op)

@@ -184,6 +184,25 @@ def concatenate(xs: Sequence[TensorLike], axis: int = 0) -> Node:
     return make("concatenate", nodes, axis=axis % nodes[0].ndim)
 
 
+def stack(xs: Sequence[TensorLike], axis: int = 0) -> Node:
+    """Join same-shape tensors along a new axis, as `jnp.stack` (a composite: reshape each to
+    a size-1 axis, then one concatenate, so it needs no rules of its own)."""
+    xs = list(xs)
+    if not xs:
+        raise ShapeError("stack: needs at least one operand")
+    nodes = promoted("stack", *xs)
+    shapes = {n.shape for n in nodes}
+    if len(shapes) > 1:
+        raise ShapeError(f"stack: operands must share one shape, got {[n.shape for n in nodes]}")
+    nd = nodes[0].ndim + 1
+    if not -nd <= axis < nd:
+        raise ShapeError(f"stack: axis {axis} out of range for {nd}-d result of shapes "
+                         f"{nodes[0].shape}")
+    ax = axis % nd
+    shape = nodes[0].shape[:ax] + (1,) + nodes[0].shape[ax:]
+    return concatenate([reshape(n, shape) for n in nodes], axis=ax)
+
+
 def _slice_len(start, stop, step):
     return max(0, (stop - start + step - 1) // step)
 

@@ -28,6 +28,7 @@ from .canonicalize import canonicalize, canonicalize_forward, cse
 from .engine import BackendRules, counting
 from .fold import fold_constants
 from .fuse import fuse
+from .loop_share import share_while_loops
 from .scan_hoist import hoist_scans
 from .stabilize import stabilize
 
@@ -108,6 +109,12 @@ def _run(outputs: list[Node], passes, record,
     if any(a is not b for a, b in zip(inlined, outputs)):
         outputs = inlined
         stages.append(_stage("custom_inline", outputs))
+    # a while_loop's primal is read from its tangent loop (loop_share.py), before any pass,
+    # so every pass sees one loop; a stage only when it shared one
+    shared = share_while_loops(outputs)
+    if any(a is not b for a, b in zip(shared, outputs)):
+        outputs = shared
+        stages.append(_stage("loop_share", outputs))
     before_fuse = [(n, f) for n, f in chosen if n != "fuse"]
     later = Counter()  # rule hits after the first round, reported on the "simplify" stage
     for round_ in range(SIMPLIFY_ROUNDS):
