@@ -122,10 +122,6 @@ class TrainStep:
             loss = apply_policy(run_forward(loss), self.precision)
         self.compress = compress_mode(options.pop("compress_activations", None))
         self.compress_report: dict | None = None
-        if self.compress is not None and accumulate != 1:
-            raise ArgumentError("compile_train_step: compress_activations with accumulate != 1 "
-                                "is not supported (the accumulation scan holds one "
-                                "micro-batch's activations in its body)")
         self.remat_report: dict | None = None
         if memory_budget is not None:  # recompute forward segments (bp.compile's choice)
             budget = parse_budget(memory_budget)
@@ -147,7 +143,10 @@ class TrainStep:
         self._acc = None
         if accumulate != 1:
             scale = None if self.loss_scaler is None else _input("loss_scale", (), "float32")
-            self._acc = accumulated(loss, wrt, accumulate, accumulate_reduce, scale)
+            rep: dict = {}  # compression happens inside the micro-batch scan body
+            self._acc = accumulated(loss, wrt, accumulate, accumulate_reduce, scale,
+                                    self.compress, rep)
+            self.compress_report = rep if self.compress is not None else None
             self.input_nodes = [self._acc[0].get(x.attr("name"), x) for x in self.input_nodes]
         self.input_names = [x.attr("name") for x in self.input_nodes]
         if isinstance(optimizer, str):  # by name, at its default learning rate
@@ -248,7 +247,7 @@ class TrainStep:
             grads = _grad(self.loss_node, self.wrt, feedback=self.feedback)
         if self._acc is None and self.precision.compute != "float32" and self.backend != "jax":
             grads = recompute_casts(loss, list(grads))  # 16-bit saved activations (bp.compile's)
-        if self.compress is not None:  # saved activations stored smaller (rewrite/compress.py)
+        if self.compress is not None and self._acc is None:  # stored smaller (compress.py)
             (loss, *grads), self.compress_report = compress_saved([loss, *grads], self.compress)
         pnodes = {p.attr("name"): p for p in self.wrt}
         gnodes = dict(zip(self.param_names, grads))
