@@ -126,3 +126,31 @@ def test_compression_inside_accumulation(backend, mode, exact_accumulated):
         _, _, ref = _accumulated_grads("numpy", mode)
         for n in ref:
             np.testing.assert_allclose(g[n], ref[n], rtol=1e-7, atol=1e-12, err_msg=n)
+
+
+# ---- the train step's budget is its own plan -------------------------------------------------
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+def test_train_step_budget_is_checked_on_the_steps_own_plan(backend):
+    from test_budget import _deep_mlp
+
+    loss, wrt, vals = _deep_mlp(blocks=6, batch=64)
+    init = {k: v for k, v in vals.items() if k != "x"}
+    kw = dict(optimizer=bp.optim.adam(0.01), backend=backend, init=init)
+    with pytest.raises(bp.BPError, match="infeasible") as e:
+        bp.compile_train_step(loss, memory_budget=1000, **kw)
+    msg = str(e.value)
+    params = sum(v.nbytes for v in init.values())  # adam: two state slots per param
+    assert f"updated params ({params} B)" in msg and f"optimizer state ({2 * params} B)" in msg
+    assert f"on the {backend} backend" in msg and "gradients (all of them" in msg
+    need = int(re.search(r"memory_budget >= (\d+)", msg).group(1))
+    plain = bp.compile_train_step(loss, **kw)
+    step = bp.compile_train_step(loss, memory_budget=need, **kw)
+    rep = step.remat_report
+    # the step's own planned peak (params, state, gradients, activations) is what fits
+    assert step.fn.memory(timeline=True)["peak_bytes"] == rep["planned_peak_bytes"] <= need
+    assert rep["plan"] == "train step" and rep["optimizer_state_bytes"] == 2 * params
+    assert rep["recomputed_segments"] >= 1 and need >= 3 * params
+    for _ in range(2):
+        assert step(x=vals["x"]) == pytest.approx(plain(x=vals["x"]), rel=1e-12)
+    for k in plain.params:
+        np.testing.assert_allclose(step.params[k], plain.params[k], rtol=1e-10, err_msg=k)
