@@ -133,9 +133,9 @@ class TrainStep:
         # step takes `accumulate` of them stacked along each batched input's leading axis
         self.micro_nodes = self.input_nodes
         self.accumulate, self.accumulate_reduce = accumulate, accumulate_reduce
-        self._acc = None
+        self._acc: tuple[dict[str, Node], Node, list[Node]] | None = None
         if accumulate != 1:
-            self._accumulate(loss)
+            self._acc = self._accumulate(loss)
             self.input_nodes = [self._acc[0].get(x.attr("name"), x) for x in self.input_nodes]
         self.input_names = [x.attr("name") for x in self.input_nodes]
         if isinstance(optimizer, str):  # by name, at its default learning rate
@@ -194,7 +194,7 @@ class TrainStep:
             def graph_of(marked: Node) -> dict:
                 self.loss_node = marked
                 if self._acc is not None:
-                    self._accumulate(marked)
+                    self._acc = self._accumulate(marked)
                 return self._graph(state0)
 
             marked, self.remat_report = fit_step_budget(
@@ -236,12 +236,13 @@ class TrainStep:
         self._write_carried({**params0, **state0})
 
     # ---- graph construction --------------------------------------------------------------------
-    def _accumulate(self, loss: Node) -> None:
+    def _accumulate(self, loss: Node) -> tuple[dict[str, Node], Node, list[Node]]:
         scale = None if self.loss_scaler is None else _input("loss_scale", (), "float32")
         rep: dict = {}  # compression happens inside the micro-batch scan body
-        self._acc = accumulated(loss, self.wrt, self.accumulate, self.accumulate_reduce, scale,
-                                self.compress, rep)
+        acc = accumulated(loss, self.wrt, self.accumulate, self.accumulate_reduce, scale,
+                          self.compress, rep)
         self.compress_report = rep if self.compress is not None else None
+        return acc
 
     def _graph(self, state0: dict) -> dict:
         dt = _count_dtype(self.wrt)

@@ -52,7 +52,6 @@ def fit_step_budget(loss: Node, budget: int, graph_of: Callable[[Node], dict[str
         if not isinstance(fn.impl, MemoryPlan) or planned(marked)[0] <= budget:
             report["planned_peak_bytes"] = planned(marked)[0]
             return marked, _with_parts(report, wrt, state0)
-        report = None
     except InfeasibleBudget as e:
         if not isinstance(target(loss).impl, MemoryPlan):
             raise _infeasible(budget, e.need, backend, wrt, state0) from None
