@@ -154,3 +154,27 @@ def test_train_step_budget_is_checked_on_the_steps_own_plan(backend):
         assert step(x=vals["x"]) == pytest.approx(plain(x=vals["x"]), rel=1e-12)
     for k in plain.params:
         np.testing.assert_allclose(step.params[k], plain.params[k], rtol=1e-10, err_msg=k)
+
+
+def test_budget_and_compression_inside_accumulation_llvm():
+    """All three remedies at once: the budget is fitted on the LLVM plan of the step, whose
+    scan body (one micro-batch) is where recomputation and compression act. The kept cuts are
+    stored compressed too, so the recomputation starts from rounded values: the gradient
+    stays within the compression bound of the exact one."""
+    from test_budget import _deep_mlp
+    from test_compress import BOUND, _rel_err
+
+    loss, _, vals = _deep_mlp(blocks=4, batch=32)
+    init = {k: v for k, v in vals.items() if k != "x"}
+    x = np.concatenate([vals["x"], np.cos(vals["x"])])
+    kw = dict(optimizer=bp.optim.sgd(0.5), backend="llvm", init=init, accumulate=2)
+    exact = bp.compile_train_step(loss, **kw)
+    budget = bp.compile_train_step(loss, compress_activations="int8", **kw).fn.memory()[
+        "peak_bytes"] - 1
+    step = bp.compile_train_step(loss, memory_budget=budget, compress_activations="int8", **kw)
+    assert step.remat_report["recomputed_segments"] >= 1
+    assert step.fn.memory()["peak_bytes"] <= budget and step.compress_report["tensors"] > 0
+    assert step(x=x) == pytest.approx(exact(x=x), rel=1e-12)  # the forward stays exact
+    grads = {k: (init[k] - step.params[k]) / 0.5 for k in init}
+    g0 = {k: (init[k] - exact.params[k]) / 0.5 for k in init}
+    assert 0 < _rel_err(grads, g0) <= BOUND["int8"]
