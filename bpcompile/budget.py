@@ -60,7 +60,11 @@ def segments(loss: Node) -> list[tuple[Node, int]]:
 
 def segment_table(loss: Node) -> list[tuple[Node, int, int]]:
     """(cut node, activation bytes strictly inside its segment, forward FLOPs of the segment
-    with the cut) for each segment, in order."""
+    with the cut) for each segment, in order.
+
+    Scalars read late do not block a cut: with parallel branches whose terms are summed into
+    the loss (multi-task heads, regularisers), the branches then form one chain, each later
+    branch's layers cut like the first's, instead of one tail region nothing recomputes."""
     order = toposort([loss])
     inputs = set(leaves([loss], ops=("input",)))
     act = set(inputs)
@@ -82,8 +86,9 @@ def segment_table(loss: Node) -> list[tuple[Node, int, int]]:
             cuts.append((n, inside, flops))
             inside = flops = 0
         else:
-            inside += n.size * np.dtype(n.dtype).itemsize if n.results is None else 0
-        reach = max(reach, last[n])
+            inside += n.size * np.dtype(n.dtype).itemsize if n.results is None and n.ndim else 0
+        if n.ndim or n.results is not None:  # a scalar read late (one branch's term of a
+            reach = max(reach, last[n])  # summed loss) stays alive whatever is recomputed
     return cuts
 
 

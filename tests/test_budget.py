@@ -204,7 +204,38 @@ def _residual():
     return loss, wrt, VALS
 
 
-MODELS = {"residual": _residual, "chain": _chain, "attention": _attention}
+def _branches(k=2, depth=3, width=8, batch=16, checkpointed=False):
+    """k parallel tanh branches from one input, their means summed into the loss: no single
+    cut separates them, only the scalar terms cross from one branch to the next."""
+    x = bp.input("x", (batch, width), "float64")
+    r = np.random.default_rng(7)
+    loss, wrt, vals = None, [], {"x": r.standard_normal((batch, width))}
+
+    def branch(h, *Ws):
+        for W in Ws:
+            h = bp.tanh(h @ W)
+        return h
+
+    for j in range(k):
+        Ws = [bp.param(f"W{j}_{i}", (width, width), "float64") for i in range(depth)]
+        wrt += Ws
+        vals.update({W.attr("name"): 0.5 * r.standard_normal((width, width)) for W in Ws})
+        term = bp.mean((bp.checkpoint(branch) if checkpointed else branch)(x, *Ws))
+        loss = term if loss is None else loss + term
+    return loss, wrt, vals
+
+
+MODELS = {"residual": _residual, "chain": _chain, "attention": _attention,
+          "branches": _branches}
+
+
+def test_parallel_branches_form_one_chain():
+    """Every branch's layers are segments, so the search reaches at least what bp.checkpoint
+    on each branch plans (before, the later branch was one region nothing recomputed)."""
+    loss, wrt, _ = _branches()
+    assert len(segments(loss)) == 2 * 3  # was 3: the second branch was one tail region
+    by_hand, _, _ = _branches(checkpointed=True)
+    assert _smallest(loss, wrt, "llvm") <= _peak(bp.compile(by_hand, wrt, backend="llvm"))
 
 
 def _smallest(loss, wrt, backend):
