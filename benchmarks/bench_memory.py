@@ -188,8 +188,9 @@ def transformer_model():
     sys.path.insert(0, os.path.dirname(__file__))
     from bench_compile_scale import transformer
 
-    loss, ps, data, P, _ = transformer(8, bp, None, None)
-    return loss, ps, {**data, **P}
+    loss, ps, data, _ = transformer(8, bp, None, None)
+    inputs, P = data()
+    return loss, ps, {**inputs, **P}
 
 
 def jax_rows(args, vals):
