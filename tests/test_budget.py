@@ -305,3 +305,26 @@ def test_planned_peak_against_measured():
         traced.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert arenas[1] < arenas[0] and traced[1] < traced[0], (arenas, traced)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+def test_a_generous_budget_saves_matmul_outputs_instead(backend, monkeypatch):
+    """Where the dots_saveable twin of a fitting plan fits too, it recomputes only the cheap
+    elementwise ops: far fewer FLOPs than any all-recomputing plan, the same gradients."""
+    import bpcompile.budget as budget_mod
+
+    loss, wrt, vals = _deep_mlp(blocks=8, width=32, batch=128)
+    plain = bp.compile(loss, wrt, backend=backend)
+    v0, g0 = plain(**vals)
+    budget = int(0.8 * _peak(plain))
+    fn = bp.compile(loss, wrt, backend=backend, memory_budget=budget)
+    m = fn.memory(timeline=True)
+    assert m["remat"]["policy"] == "dots_saveable" and _peak(fn) <= budget
+    monkeypatch.setattr(budget_mod, "DOTS_TRIALS", 0)  # the search without the twins
+    m0 = bp.compile(loss, wrt, backend=backend, memory_budget=budget).memory(timeline=True)
+    assert m0["remat"]["policy"] == "nothing_saveable"
+    assert 10 * m["recompute_flops"] < m0["recompute_flops"]
+    v, g = fn(**vals)
+    assert float(v) == pytest.approx(float(v0), rel=1e-12)
+    for k in g0:
+        np.testing.assert_allclose(np.asarray(g[k]), np.asarray(g0[k]), rtol=1e-10, err_msg=k)
