@@ -165,7 +165,8 @@ def budget_rows(label, loss, wrt, vals, reps, extra=()):
                    np_planned=nfn.memory(timeline=True)["peak_bytes"],
                    np_traced=traced_peak(lambda nfn=nfn: nfn(**vals)),
                    note=f"{r['recomputed_segments']}/{r['segments']} segs recomputed in "
-                        f"{r['recompute_groups']} groups (+{r['nested_groups']} nested)")
+                        f"{r['recompute_groups']} groups (+{r['nested_groups']} nested)"
+                        + (", matmuls saved" if r.get("policy") == "dots_saveable" else ""))
         fns[name] = lambda fn=fn: fn(**vals)
     plain = bp.compile(loss, wrt, backend="llvm")
     fns["plain"] = lambda: plain(**vals)
