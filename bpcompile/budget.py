@@ -29,6 +29,10 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "m
           "gib": 2**30}
 
 
+DOTS = (-2, -2)  # marks a plan's key as its dots_saveable twin (no real group is (-2, -2))
+DOTS_TRIALS = 4  # dots_saveable twins measured per search
+
+
 class InfeasibleBudget(BPError):
     """No choice of recomputed segments fits; `need` is the smallest planned peak found and
     `marked` the loss with every segment recomputed."""
@@ -60,7 +64,11 @@ def segments(loss: Node) -> list[tuple[Node, int]]:
 
 def segment_table(loss: Node) -> list[tuple[Node, int, int]]:
     """(cut node, activation bytes strictly inside its segment, forward FLOPs of the segment
-    with the cut) for each segment, in order."""
+    with the cut) for each segment, in order.
+
+    Scalars read late do not block a cut: with parallel branches whose terms are summed into
+    the loss (multi-task heads, regularisers), the branches then form one chain, each later
+    branch's layers cut like the first's, instead of one tail region nothing recomputes."""
     order = toposort([loss])
     inputs = set(leaves([loss], ops=("input",)))
     act = set(inputs)
@@ -82,8 +90,9 @@ def segment_table(loss: Node) -> list[tuple[Node, int, int]]:
             cuts.append((n, inside, flops))
             inside = flops = 0
         else:
-            inside += n.size * np.dtype(n.dtype).itemsize if n.results is None else 0
-        reach = max(reach, last[n])
+            inside += n.size * np.dtype(n.dtype).itemsize if n.results is None and n.ndim else 0
+        if n.ndim or n.results is not None:  # a scalar read late (one branch's term of a
+            reach = max(reach, last[n])  # summed loss) stays alive whatever is recomputed
     return cuts
 
 
@@ -104,10 +113,12 @@ def with_checkpoints(loss: Node, chosen: set[Node], cut_order: list[Node]) -> No
     return with_groups(loss, [(pos[c] - 1, pos[c]) for c in chosen], cut_order)
 
 
-def with_groups(loss: Node, groups: list[tuple[int, int]], cut_order: list[Node]) -> Node:
+def with_groups(loss: Node, groups: list[tuple[int, int]], cut_order: list[Node],
+                policy: str | None = None) -> Node:
     """`loss` with each group (s, e) of cut indices checkpointed: the region from cut s (-1: the
     graph's inputs) to cut e keeps only cut s and recomputes the rest in the backward pass.
-    Groups nest (a laminar family): the inner marks are recomputed again inside the outer."""
+    Groups nest (a laminar family): the inner marks are recomputed again inside the outer.
+    `policy` (bp.checkpoint's, e.g. "dots_saveable") is what each group may still save."""
     if not groups:
         return loss
     ends: dict[Node, list[int]] = {}
@@ -121,7 +132,7 @@ def with_groups(loss: Node, groups: list[tuple[int, int]], cut_order: list[Node]
             args = inputs if s < 0 else [memo[cut_order[s]]]
             front = frontier([new], [memo.get(a, a) for a in args])
             if front:
-                new = make("remat", (new, *front), name="segment", policy=None)
+                new = make("remat", (new, *front), name="segment", policy=policy)
         return new
 
     (out,) = transform([loss], build=build)
@@ -149,10 +160,10 @@ def fit_budget(loss: Node, budget: int, peak: Callable[[Node], int | tuple[int, 
     tried: dict[tuple[tuple[int, int], ...], tuple[Node, int]] = {}
     measured: dict[tuple[tuple[int, int], ...], int] = {}
 
-    def trial(groups: list[tuple[int, int]]) -> int:
-        key = tuple(sorted(set(groups)))
+    def trial(groups: list[tuple[int, int]], policy: str | None = None) -> int:
+        key = tuple(sorted(set(groups))) + ((DOTS,) if policy else ())
         if key not in tried:
-            marked = with_groups(loss, list(key), order)
+            marked = with_groups(loss, [g for g in key if g != DOTS], order, policy)
             got = peak(marked)
             if isinstance(got, tuple):
                 got, measured[key] = got
@@ -201,13 +212,20 @@ def fit_budget(loss: Node, budget: int, peak: Callable[[Node], int | tuple[int, 
             mid = (a + b) / 2
             a, b = (mid, b) if at(mid) else (a, mid)
     fitting = [k for k, (_, pk) in tried.items() if pk <= budget]
+    if fitting and measured:  # the same groups saving matmul outputs (AOTAutograd's default):
+        # more memory than recomputing them, far fewer FLOPs; a dots plan can only fit where
+        # its all-recomputing twin does, so try the twins of the fitting plans with most room
+        for k in sorted(fitting, key=lambda k: tried[k][1])[:DOTS_TRIALS]:
+            if k and trial(list(k), "dots_saveable") <= budget:
+                fitting.append(k + (DOTS,))
     if not fitting:
         need, key = min((pk, k) for k, (_, pk) in tried.items())
         raise InfeasibleBudget(f"memory_budget={budget} bytes is infeasible: the smallest "
                                f"planned peak found is {need} bytes ({n} segments); give "
                                f"memory_budget >= {need}", need, tried[key][0])
     key = min(fitting, key=lambda k: (flops(k), tried[k][1]))
-    rep = _report(budget, tried[key][1], p0, table, key)
+    rep = _report(budget, tried[key][1], p0, table, tuple(g for g in key if g != DOTS))
+    rep["policy"] = "dots_saveable" if DOTS in key else "nothing_saveable"
     if key in measured:
         rep["recompute_flops"] = measured[key]
     return tried[key][0], rep

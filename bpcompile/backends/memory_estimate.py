@@ -2,7 +2,8 @@
 backend without a static memory plan (NumPy, JAX), as an estimate.
 
 Each computed node allocates its result when it runs and frees it after its last reader
-(outputs live to the end); view ops (reshape, transpose, broadcast_to, slice and the autodiff
+(outputs live to the end); a loop node (scan, while) adds its body's own estimated peak while
+it runs; view ops (reshape, transpose, broadcast_to, slice and the autodiff
 identities) allocate nothing and keep their base alive. Arguments and constants are not
 counted. The NumPy backend allocates about this (plus transient temporaries inside one
 expression); XLA plans its own buffers, so for JAX this is the graph's order, not XLA's.
@@ -54,16 +55,33 @@ def estimate_timeline(outputs: list[Node]) -> list[dict]:
         b = base.get(o, o)
         last[b] = end
     frees: dict[int, int] = {}
+    bodies: dict[int, int] = {}
     live, out = 0, []
     for k, n in enumerate(order):
         alloc = 0 if n in base else _nbytes(n)
         live += alloc
+        inner = _body_peak(n, bodies)  # a loop body's workspace, live only while it runs
         out.append({"step": k, "op": n.op, "name": n.name or n.op, "phase": phase(n, forward),
-                    "alloc_bytes": alloc, "live_bytes": live})
+                    "alloc_bytes": alloc, "live_bytes": live + inner})
         if alloc:
             frees[last.get(n, k)] = frees.get(last.get(n, k), 0) + alloc
         live -= frees.pop(k, 0)
     return out
+
+
+def _body_peak(n: Node, memo: dict[int, int]) -> int:
+    """Peak bytes of the graphs a loop node runs (scan / while bodies: attrs with `outputs`),
+    estimated the same way, recursively; 0 for other nodes."""
+    peak = 0
+    for _, v in n.attrs:
+        outs = getattr(v, "outputs", None)
+        if not isinstance(outs, tuple) or not outs or not all(isinstance(o, Node) for o in outs):
+            continue
+        if id(v) not in memo:
+            rows = estimate_timeline(list(outs))
+            memo[id(v)] = max((r["live_bytes"] for r in rows), default=0)
+        peak = max(peak, memo[id(v)])
+    return peak
 
 
 def node_flops(n: Node) -> int:

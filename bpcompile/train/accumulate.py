@@ -6,6 +6,8 @@ the k micro-batches whose step is the micro-batch loss and its gradient, summed 
 the result is their mean (`reduce="mean"`, for a loss that averages over the batch: then it
 equals the full-batch gradient) or sum (`reduce="sum"`, for a summed loss). One micro-batch's
 activations are alive at a time: the scan body's workspace is the only place they live.
+With `compress=` those saved activations are stored compressed inside the body
+(rewrite/compress.py), so the two remedies multiply.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..ops.movement import broadcast_to, reshape
 from ..ops.results import result
 from ..ops.scan import scan
 from ..rewrite import pipeline
+from ..rewrite.compress import compress_saved
 
 REDUCTIONS = ("mean", "sum")
 
@@ -34,13 +37,17 @@ def batched_inputs(loss: Node) -> list[Node]:
 
 
 def accumulated(loss: Node, wrt: Sequence[Node], k: int, reduce: str = "mean",
-                scale: Node | None = None) -> tuple[dict[str, Node], Node, list[Node]]:
+                scale: Node | None = None, compress: str | None = None,
+                report: dict | None = None) -> tuple[dict[str, Node], Node, list[Node]]:
     """({input name: full-batch input}, loss, gradients) over k micro-batches of `loss`.
 
     `scale` (a float32 scalar node: loss scaling, loss_scale.py): each micro-batch
     differentiates `loss * scale`, the scaled gradients are summed in the carries and divided
     by `scale` in float32 once, after the loop; a non-finite micro-batch gradient leaves the
-    total non-finite, so the step's finiteness check sees it."""
+    total non-finite, so the step's finiteness check sees it.
+
+    `compress` ("bfloat16" / "int8"): each micro-batch's saved activations are stored
+    compressed inside the scan body; `report` (a dict) receives compress_saved's report."""
     if not isinstance(k, int) or k < 1:
         raise ArgumentError(f"accumulate must be a positive int, got {k!r}")
     if reduce not in REDUCTIONS:
@@ -60,6 +67,10 @@ def accumulated(loss: Node, wrt: Sequence[Node], k: int, reduce: str = "mean",
             cast(loss_b, "float32") if is_half(loss_b.dtype) else loss_b, scale)
         grads_b = _grad(seed, list(wrt))
         grads_b = grads_b if isinstance(grads_b, list) else [grads_b]
+        if compress is not None:  # one micro-batch's saved activations, stored smaller
+            (loss_b, *grads_b), rep = compress_saved([loss_b, *grads_b], compress)
+            if report is not None:
+                report.update(rep)
         return tuple(add(c, v) for c, v in zip(carry, [loss_b, *grads_b])), None
 
     zeros = tuple(broadcast_to(const(0.0, n.dtype), n.shape) for n in [loss, *wrt])

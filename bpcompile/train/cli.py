@@ -4,6 +4,8 @@
                     [--lr 1e-3] [--seed S] [--checkpoint DIR] [--resume] [--plot FILE.png]
                     [--val FILE.npz | --val-split F] [--patience P] [--clip-norm C]
                     [--backend B] [--no-progress] [--feedback alignment|direct]
+                    [--memory-budget BYTES] [--compress-activations bfloat16|int8]
+                    [--micro-batches K]
 
 The .npz holds one array per model input (by input name, examples on the leading axis).
 Wired into `bpcompile/cli.py` as the `train` subcommand: `add_parser(subparsers)`, `run(args)`.
@@ -66,6 +68,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
                         "(default: the spec's [feedback], else backprop; docs/training.md)")
     t.add_argument("--feedback-seed", type=nonneg_int, default=None, metavar="S",
                    help="seed of the fixed random feedback matrices (default 0)")
+    t.add_argument("--memory-budget", metavar="BYTES", default=None,
+                   help="recompute forward segments until the step's planned peak fits, e.g. "
+                        "64MB (default: the spec's [memory] table; docs/memory.md)")
+    t.add_argument("--compress-activations", choices=("bfloat16", "int8"), default=None,
+                   help="store the activations saved for the backward pass compressed "
+                        "(default: the spec's [memory] table; docs/memory.md)")
+    t.add_argument("--micro-batches", type=positive_int, default=1, metavar="K",
+                   help="gradient accumulation: each step of --batch-size examples runs as K "
+                        "micro-batches and one update (default 1)")
     return t
 
 
@@ -104,6 +115,14 @@ def run(args: argparse.Namespace) -> int:
                           f"data for every input ({', '.join(names)})")
         data = {n: model.data[n] for n in names}
     kw = {"clip_norm": args.clip_norm} if args.clip_norm else {}
+    budget = None
+    if args.memory_budget is not None:  # parsed before training, like --plot
+        from ..budget import parse_budget
+
+        try:
+            budget = parse_budget(args.memory_budget)
+        except ValueError as e:
+            raise BPError(f"--memory-budget: {e}") from None
     try:
         opt = get(args.optimizer, args.lr, **kw)
     except ValueError as e:
@@ -113,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
                early_stopping=args.patience, checkpoint_dir=args.checkpoint,
                resume=args.resume, progress=not args.no_progress, backend=args.backend,
                precision=args.precision, loss_scale=args.loss_scale,
-               **_feedback(model, args))
+               memory_budget=budget, compress_activations=args.compress_activations,
+               micro_batches=args.micro_batches, **_feedback(model, args))
     if not hist.loss:
         print(f"nothing to do: the checkpoint is already at epoch {args.epochs}")
         return 0
@@ -129,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
         summary += (f", loss scale {hist.loss_scale[-1]:g} "
                     f"({sum(hist.skipped_steps)} steps skipped)")
     print(summary)
+    memory = _memory_line(hist.step)
+    if memory:
+        print(memory)
     for w in hist.warnings[:10]:
         print(f"warning: {w}")
     if args.checkpoint:
@@ -149,6 +172,22 @@ def _feedback(model, args: argparse.Namespace) -> dict:
     return {"feedback": mode, "feedback_seed": seed}
 
 
+def _memory_line(step) -> str:
+    """What --memory-budget / --compress-activations did to the step ('' when neither)."""
+    parts = []
+    rep = step.remat_report
+    if rep:
+        flops = rep.get("recompute_flops", rep["recompute_flops_model"])
+        parts.append(f"planned peak {rep['planned_peak_bytes']} B <= budget "
+                     f"{rep['budget_bytes']} B, {rep['recomputed_segments']} segments "
+                     f"recomputed ({flops} FLOPs)")
+    comp = step.compress_report
+    if comp:
+        parts.append(f"{comp['tensors']} saved activations stored as {comp['mode']} "
+                     f"({comp['exact_bytes']} -> {comp['stored_bytes']} B)")
+    return "memory: " + "; ".join(parts) if parts else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry (`python -m bpcompile.train.cli`), same behaviour as `bpcompile train`
     (same exit codes and messages: it goes through the main CLI)."""
@@ -162,3 +201,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+

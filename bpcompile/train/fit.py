@@ -180,8 +180,8 @@ def fit(model_or_loss: ModelLike, data: Data, epochs: int = 10, batch_size: int 
     micro-batches of batch_size / k (the model is built at that size) and one update, equal
     to the full-batch step for a loss that averages over the batch, with the activation memory
     of one micro-batch.
-    memory_budget: bytes or "64MB": recompute forward segments until the loss-and-gradient
-    peak fits (compile_train_step's option; docs/memory.md). compress_activations:
+    memory_budget: bytes or "64MB": recompute forward segments until the training step's own
+    planned peak fits (compile_train_step's option; docs/memory.md). compress_activations:
     "bfloat16" or "int8", the saved activations stored compressed (docs/memory.md).
     precision, loss_scale: mixed precision ("float16", "bfloat16") and loss scaling ("dynamic",
     a number, or a DynamicLossScale) as compile_train_step takes them (docs/dtypes.md); the

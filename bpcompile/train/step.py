@@ -23,8 +23,8 @@ from numpy.typing import ArrayLike
 from ..autodiff.feedback import check_mode, feedback_matrices
 from ..backends.protocol import InPlace, JaxProgram, NativeCaller
 from ..backends.signature import check_host_range
-from ..budget import fit_budget, parse_budget
-from ..compiled import Compiled, Function
+from ..budget import parse_budget
+from ..compiled import Function
 from ..compiled import grad as _grad
 from ..errors import ArgumentError, BPError
 from ..ir.dtypes import is_half
@@ -41,6 +41,7 @@ from ..rewrite.pipeline import run_forward
 from ..rewrite.precision import Policy, apply_policy, recompute_casts
 from .accumulate import accumulated
 from .loss_scale import loss_scale_of
+from .step_budget import fit_step_budget
 
 if TYPE_CHECKING:  # annotations only (spec is imported where it is used)
     from ..spec import Model
@@ -122,20 +123,8 @@ class TrainStep:
             loss = apply_policy(run_forward(loss), self.precision)
         self.compress = compress_mode(options.pop("compress_activations", None))
         self.compress_report: dict | None = None
-        if self.compress is not None and accumulate != 1:
-            raise ArgumentError("compile_train_step: compress_activations with accumulate != 1 "
-                                "is not supported (the accumulation scan holds one "
-                                "micro-batch's activations in its body)")
         self.remat_report: dict | None = None
-        if memory_budget is not None:  # recompute forward segments (bp.compile's choice)
-            budget = parse_budget(memory_budget)
-
-            def estimate(marked: Node) -> tuple[int, int]:
-                fn = Compiled(marked, wrt, "numpy", compress_activations=self.compress)
-                m = fn.memory(timeline=True)
-                return int(m["peak_bytes"]), int(m["recompute_flops"])
-
-            loss, self.remat_report = fit_budget(loss, budget, estimate)
+        budget = None if memory_budget is None else parse_budget(memory_budget)
         self.loss_node, self.wrt = loss, wrt
         self.param_names = [p.attr("name") for p in wrt]
         self.frozen_names = [n for n in by_name if n not in self.param_names]
@@ -144,10 +133,9 @@ class TrainStep:
         # step takes `accumulate` of them stacked along each batched input's leading axis
         self.micro_nodes = self.input_nodes
         self.accumulate, self.accumulate_reduce = accumulate, accumulate_reduce
-        self._acc = None
+        self._acc: tuple[dict[str, Node], Node, list[Node]] | None = None
         if accumulate != 1:
-            scale = None if self.loss_scaler is None else _input("loss_scale", (), "float32")
-            self._acc = accumulated(loss, wrt, accumulate, accumulate_reduce, scale)
+            self._acc = self._accumulate(loss)
             self.input_nodes = [self._acc[0].get(x.attr("name"), x) for x in self.input_nodes]
         self.input_names = [x.attr("name") for x in self.input_nodes]
         if isinstance(optimizer, str):  # by name, at its default learning rate
@@ -165,6 +153,10 @@ class TrainStep:
                                     "does not support accumulate != 1, loss_scale or "
                                     "precision=")
             self.optimizer = self.optimizer.bind(run_forward(loss), wrt)  # type: ignore
+            if budget is not None:
+                raise ArgumentError(f"compile_train_step: optimizer {self.optimizer.name!r} "
+                                    "does not support memory_budget= (it reads every layer's "
+                                    "activations and cotangents for its factors)")
         self.backend, self.diagnostics, self.check_finite = backend, diagnostics, check_finite
 
         # -- initial values ------------------------------------------------------------------
@@ -197,6 +189,17 @@ class TrainStep:
         if clash:
             raise ArgumentError(f"compile_train_step: input names {clash} clash with optimizer "
                                 "state / step inputs; rename them")
+
+        if budget is not None:  # recompute forward segments until the step's own plan fits
+            def graph_of(marked: Node) -> dict:
+                self.loss_node = marked
+                if self._acc is not None:
+                    self._acc = self._accumulate(marked)
+                return self._graph(state0)
+
+            marked, self.remat_report = fit_step_budget(
+                loss, budget, graph_of, backend, options, wrt, state0)
+            graph_of(marked)
 
         # -- the fused graph -----------------------------------------------------------------
         graph = self._graph(state0)
@@ -233,6 +236,14 @@ class TrainStep:
         self._write_carried({**params0, **state0})
 
     # ---- graph construction --------------------------------------------------------------------
+    def _accumulate(self, loss: Node) -> tuple[dict[str, Node], Node, list[Node]]:
+        scale = None if self.loss_scaler is None else _input("loss_scale", (), "float32")
+        rep: dict = {}  # compression happens inside the micro-batch scan body
+        acc = accumulated(loss, self.wrt, self.accumulate, self.accumulate_reduce, scale,
+                          self.compress, rep)
+        self.compress_report = rep if self.compress is not None else None
+        return acc
+
     def _graph(self, state0: dict) -> dict:
         dt = _count_dtype(self.wrt)
         ctx = OptContext(count=_input("step", (), dt), lr_scale=_input("lr_scale", (), dt))
@@ -248,7 +259,7 @@ class TrainStep:
             grads = _grad(self.loss_node, self.wrt, feedback=self.feedback)
         if self._acc is None and self.precision.compute != "float32" and self.backend != "jax":
             grads = recompute_casts(loss, list(grads))  # 16-bit saved activations (bp.compile's)
-        if self.compress is not None:  # saved activations stored smaller (rewrite/compress.py)
+        if self.compress is not None and self._acc is None:  # stored smaller (compress.py)
             (loss, *grads), self.compress_report = compress_saved([loss, *grads], self.compress)
         pnodes = {p.attr("name"): p for p in self.wrt}
         gnodes = dict(zip(self.param_names, grads))
@@ -606,8 +617,9 @@ def compile_train_step(loss: Node | Model, params: Sequence[Node | str] | None =
     stacked along the inputs' leading axis, sums their gradients in a scan and applies one
     update with their mean, or sum with `accumulate_reduce="sum"`: the full-batch step for a
     mean (sum) loss, with one micro-batch's activations alive at a time),
-    `memory_budget` (bytes or "64MB": forward segments are recomputed until the loss-and-
-    gradient peak, estimated as bp.compile's NumPy estimate, fits; `step.remat_report`).
+    `memory_budget` (bytes or "64MB": forward segments are recomputed until the step's own
+    planned peak fits: the backend's plan of loss, gradients, update, new params and optimizer
+    state, step_budget.py; `step.remat_report`).
     `precision="float16"` (rewrite/precision.py), `loss_scale` ("dynamic", a number for a
     static scale, or a `DynamicLossScale`: the loss is scaled before differentiation and the
     gradients unscaled in float32; a dynamic scale skips steps with non-finite gradients,
