@@ -19,7 +19,20 @@ from ...ops import sympy_funcs as sf
 from ...ops.registry import all_ops, get_op
 from . import blas
 from .kernels import KernelPrinter
-from .loops import F32, F64, HALF, I8, I32, REDUCE_FLAGS, fconst, i64, ir_type, mem_type
+from .loops import (
+    F32,
+    F64,
+    HALF,
+    I8,
+    I32,
+    REDUCE_FLAGS,
+    fconst,
+    i64,
+    ir_type,
+    mem_type,
+    narrow,
+    widen,
+)
 from .memplan import View, contiguous_strides
 
 LOWERINGS: dict[str, Callable] = {}
@@ -223,7 +236,12 @@ def convert(em, v: ir.Value, src: str, dst: str) -> ir.Value:
 
 
 def _cast(ctx, n: Node):
-    src = n.inputs[0].dtype
+    src, via = n.inputs[0].dtype, n.attr("via")  # via: rounded to that 16-bit dtype (widen.py)
+    if via is not None:
+        b = ctx.em.b
+        elementwise(ctx, n, [ctx.view(n.inputs[0])],
+                    lambda v: widen(b, narrow(b, convert(ctx.em, v[0], src, via), via), via))
+        return
     elementwise(ctx, n, [ctx.view(n.inputs[0])], lambda v: convert(ctx.em, v[0], src, n.dtype))
 
 
