@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..errors import DTypeError
-from ..ir.dtypes import HALF, canonical, is_half
+from ..ir.dtypes import HALF, canonical
 from ..ir.node import Node, make, rebuild
 from ..ir.optable import get_op
 from ..ir.provenance import RECOMPUTED
@@ -193,8 +193,11 @@ def _float32_grad(g: Node, hits: Counter | None) -> Node:
     """A float32 param's gradient without the round trip through 16 bits that its cast's VJP
     spells: cast(cast(y:f32, half), f32) -> y, and cast(a @ b: half, f32) -> the product of
     float32 copies (the float32 accumulator written straight to the gradient; on LLVM into the
-    output buffer, with no float32 temporary and no 16-bit copy). Only more accurate."""
-    if g.op != "cast" or g.dtype != "float32" or not is_half(g.inputs[0].dtype):
+    output buffer, with no float32 temporary and no 16-bit copy). Only more accurate.
+    bfloat16 only: it has float32's exponent range, so the round trip loses precision, never
+    range; float16's gradients keep its range (underflow, overflow) as loss scaling expects
+    (PyTorch's autocast and jmp compute them in float16 too)."""
+    if g.op != "cast" or g.dtype != "float32" or g.inputs[0].dtype != "bfloat16":
         return g
     h = g.inputs[0]
     if h.op == "cast" and h.inputs[0].dtype == "float32":
