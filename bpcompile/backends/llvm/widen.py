@@ -51,11 +51,24 @@ def _round_trip(c: Node) -> Node:
     if leaf.op not in ("input", "param"):  # else y, float32, would live where 16 bits did
         return c
     if barrier is not None and y.op != "remat_barrier":
-        y = make("remat_barrier", (y, barrier))
+        y = make("remat_barrier", (y, _source(barrier)))
     out = make("cast", (y,), dtype="float32", via=x.dtype)
     for v in reversed(views):
         out = make(v.op, (out,), **dict(v.attrs))
     return out
+
+
+def _source(y: Node) -> Node:
+    """The argument under views, barriers and a 16-bit cast of it, else y: a barrier's partner
+    that a round trip would otherwise compute in full only to be ignored (W1's 16-bit copy)."""
+    x = y
+    while x.op in VIEWS or x.op == "remat_barrier":
+        x = x.inputs[0]
+    if x.op == "cast" and is_half(x.dtype):
+        x = x.inputs[0]
+        while x.op == "remat_barrier":
+            x = x.inputs[0]
+    return x if x.op in ("input", "param") else y
 
 
 def _sliced(x: Node, axis: int, lo: int, hi: int) -> Node:
