@@ -207,10 +207,10 @@ def check(
     values.update(inputs)
     values = {k: v for k, v in values.items() if k in {a.attr("name") for a in args}}
     policy = Policy.of(precision)
-    fn = bp_compile(loss, wrt, backend=backend, precision=policy)
+    low = [policy.compute] if policy.compute != "float32" else []
+    fn = bp_compile(loss, wrt, backend=backend, **({"precision": policy} if low else {}))
     v_ours, g_ours = fn(**values)
     g_ours = {k: np.array(g, copy=True) for k, g in g_ours.items()}
-    low = [policy.compute] if policy.compute != "float32" else []
     tol = rtol if rtol is not None else max(DEFAULT_RTOL[d] for d in [w.dtype for w in wrt] + low)
     loss_jax: float | None = None
     g_jax: dict[str, np.ndarray] = {}
