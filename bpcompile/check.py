@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -208,7 +209,8 @@ def check(
     values = {k: v for k, v in values.items() if k in {a.attr("name") for a in args}}
     policy = Policy.of(precision)
     low = [policy.compute] if policy.compute != "float32" else []
-    fn = bp_compile(loss, wrt, backend=backend, **({"precision": policy} if low else {}))
+    options: dict[str, Any] = {"precision": policy} if low else {}
+    fn = bp_compile(loss, wrt, backend=backend, **options)
     v_ours, g_ours = fn(**values)
     g_ours = {k: np.array(g, copy=True) for k, g in g_ours.items()}
     tol = rtol if rtol is not None else max(DEFAULT_RTOL[d] for d in [w.dtype for w in wrt] + low)
