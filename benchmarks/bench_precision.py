@@ -4,9 +4,10 @@ float16-mixed (float32 params, 16-bit compute: docs/dtypes.md), on the LLVM and 
 against JAX with the same policy in the same process: jax.jit(jax.value_and_grad) of the model
 on params and inputs cast to the 16-bit dtype (jmp's Policy(param=f32, compute=bf16)).
 
-Saved bytes: the LLVM memory plan's saved-for-backward bytes (fn.memory()); the ratio is
-against the same model's float32 plan. Times: median µs per call (models.median_us),
-alternating nothing else; the machine is shared, so read the ratios, not the absolutes.
+Saved bytes: the LLVM memory plan's saved-for-backward bytes (fn.memory()), and its peak bytes
+(outputs + workspace); the ratios are against the same model's float32 plan. Times: median µs
+per call (models.median_us), alternating nothing else; the machine is shared, so read the
+ratios, not the absolutes.
 
     python benchmarks/bench_precision.py [--models mlp_mnist,cnn_digits,attention]
                                          [--budget 0.3] [--rounds 3]
@@ -69,17 +70,19 @@ def main() -> None:
     names = a.models.split(",")
     built = models.build(names)
     print(f"{'model':11s} {'precision':9s} {'llvm us':>9s} {'jax-be us':>9s} {'JAX us':>9s} "
-          f"{'llvm/JAX':>8s} {'llvm min':>9s} {'JAX min':>9s} {'saved KB':>9s} {'vs f32':>6s}")
+          f"{'llvm/JAX':>8s} {'llvm min':>9s} {'JAX min':>9s} {'saved KB':>9s} {'vs f32':>6s} "
+          f"{'peak KB':>8s} {'vs f32':>6s}")
     for name in names:
         loss, wrt, inputs, params, jl = built[name]
         jparams = {k: jax.numpy.asarray(v) for k, v in params.items()}
         jinputs = {k: jax.numpy.asarray(v) for k, v in inputs.items()}
-        calls, saved = {}, {}
+        calls, saved, peak = {}, {}, {}
         for prec in PRECISIONS:
             llvm = bp.compile(loss, wrt, backend="llvm", precision=prec)
             jbe = bp.compile(loss, wrt, backend="jax", precision=prec)
             jref = jax_policy(jl, prec)
             saved[prec] = llvm.memory()["saved_for_backward_bytes"]
+            peak[prec] = llvm.memory()["peak_bytes"]
             calls[prec, "llvm"] = lambda f=llvm: f(**inputs, **params)
             calls[prec, "jbe"] = lambda f=jbe: jax.block_until_ready(f(**inputs, **params))
             calls[prec, "jax"] = lambda f=jref: jax.block_until_ready(f(jparams, **jinputs))
@@ -95,9 +98,11 @@ def main() -> None:
             print(f"{name:11s} {prec:9s} {t[prec, 'llvm']:9.0f} {t[prec, 'jbe']:9.0f} "
                   f"{t[prec, 'jax']:9.0f} {t[prec, 'llvm'] / t[prec, 'jax']:8.2f} "
                   f"{m[prec, 'llvm']:9.0f} {m[prec, 'jax']:9.0f} {saved[prec] / 1024:9.1f} "
-                  f"{saved[prec] / saved['float32']:6.2f}", flush=True)
+                  f"{saved[prec] / saved['float32']:6.2f} {peak[prec] / 1024:8.1f} "
+                  f"{peak[prec] / peak['float32']:6.2f}", flush=True)
     print(f"(numpy {np.__version__}, jax {jax.__version__}; us = median per call, median over "
-          "rounds; min = fastest call; saved = LLVM plan's saved-for-backward bytes)")
+          "rounds; min = fastest call; saved = LLVM plan's saved-for-backward bytes; peak = its "
+          "peak_bytes, outputs + workspace)")
 
 
 if __name__ == "__main__":

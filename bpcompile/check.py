@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from .ir.hints import Wrt
 from .ir.node import Node
 from .ir.retype import retype
 from .ir.traverse import leaves
+from .rewrite.pipeline import run_forward
+from .rewrite.precision import Policy, apply_policy
 
 # float16/bfloat16: a few eps (2**-10, 2**-7) of a compiled gradient against JAX's own 16 bits
 DEFAULT_RTOL = {"float16": 1e-2, "bfloat16": 6e-2, "float32": 2e-4, "float64": 1e-9}
@@ -47,6 +50,7 @@ class CheckReport:
     backend: str
     rtol: float
     fd_rtol: float
+    precision: str = "float32"  # the policy's compute dtype (JAX ran the same casts)
 
     @property
     def ok(self) -> bool:
@@ -60,7 +64,9 @@ class CheckReport:
             return "-" if v is None else f"{v:.2e}"
 
         lines = [
-            f"gradient check ({self.backend} backend): loss ours={self.loss_ours:.8g}"
+            f"gradient check ({self.backend} backend"
+            + ("" if self.precision == "float32" else f", {self.precision} mixed precision")
+            + f"): loss ours={self.loss_ours:.8g}"
             + ("" if self.loss_jax is None else f" jax={self.loss_jax:.8g}"),
             f"{'param':12s} {'shape':14s} {'max|Δ| jax':>11s} {'rel jax':>9s} "
             f"{'rel fd64':>9s}  result",
@@ -123,7 +129,6 @@ def _fd_errors(loss, wrt, values, seed, samples):
     """Relative error of our float64 adjoint against float64 central differences, per param."""
     from .autodiff.reverse import grad
     from .backends.numpy.codegen import NumpyBackend
-    from .rewrite.pipeline import run_forward
 
     loss64, wrt64 = loss, list(wrt)
     for src in ("float16", "bfloat16", "float32"):  # every float in float64
@@ -184,11 +189,15 @@ def check(
     use_jax: bool = True,
     fd_samples: int = 4,
     feedback: str | None = None,
+    precision: str | Policy | None = None,
 ) -> CheckReport:
     """Compile `loss`'s gradient on `backend` and compare it per param with JAX and with FD.
 
     `inputs` gives every input's value; `params` may omit params (seeded random values fill in).
     `feedback=` raises: feedback-alignment updates are not gradients (fn.report checks them).
+    `precision` (a 16-bit policy, docs/dtypes.md): compiled under it, compared with JAX's
+    gradient of the graph under the same policy (the same casts) at the compute dtype's
+    tolerance (DEFAULT_RTOL); the float64 finite differences check the derivation as always.
     """
     from .compiled import compile as bp_compile
 
@@ -203,15 +212,19 @@ def check(
         raise ArgumentError(f"check: no value given for inputs {missing}")
     values.update(inputs)
     values = {k: v for k, v in values.items() if k in {a.attr("name") for a in args}}
-    fn = bp_compile(loss, wrt, backend=backend)
+    policy = Policy.of(precision)
+    low = [policy.compute] if policy.compute != "float32" else []
+    options: dict[str, Any] = {"precision": policy} if low else {}
+    fn = bp_compile(loss, wrt, backend=backend, **options)
     v_ours, g_ours = fn(**values)
     g_ours = {k: np.array(g, copy=True) for k, g in g_ours.items()}
-    tol = rtol if rtol is not None else max(DEFAULT_RTOL[w.dtype] for w in wrt)
+    tol = rtol if rtol is not None else max(DEFAULT_RTOL[d] for d in [w.dtype for w in wrt] + low)
     loss_jax: float | None = None
     g_jax: dict[str, np.ndarray] = {}
     if use_jax:
         bound = fn.signature.bind(values)  # validates the arguments first
-        loss_jax, g_jax = jax_gradient(loss, wrt, values if bound else {})
+        oracle = apply_policy(run_forward(loss), policy) if low else loss
+        loss_jax, g_jax = jax_gradient(oracle, wrt, values if bound else {})
     fd_err = _fd_errors(loss, wrt, values, seed, fd_samples) if fd else {}
     rows = []
     for w in wrt:
@@ -234,4 +247,4 @@ def check(
         if fde is not None and not fde <= FD_RTOL:
             ok = False
         rows.append(Row(name, tuple(w.shape), mabs, rel, fde, ok, notes))
-    return CheckReport(rows, float(v_ours), loss_jax, backend, tol, FD_RTOL)
+    return CheckReport(rows, float(v_ours), loss_jax, backend, tol, FD_RTOL, policy.compute)

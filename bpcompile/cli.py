@@ -1,9 +1,9 @@
 """The `bpcompile` command: compile, check, export and run a model spec from the shell.
 
     bpcompile compile SPEC [--backend B] [--emit WHAT] [--dump-passes] [-o FILE]
-    bpcompile check   SPEC [--backend B] [--seed N] [--rtol R] [--atol A]
+    bpcompile check   SPEC [--backend B] [--seed N] [--rtol R] [--atol A] [--precision P]
     bpcompile export  SPEC -o DIR [--name NAME]
-    bpcompile run     SPEC [--backend B] [--seed N] [--steps K --lr LR]
+    bpcompile run     SPEC [--backend B] [--seed N] [--steps K --lr LR] [--precision P]
     bpcompile train   SPEC [--data FILE.npz] [--epochs N] [--optimizer O] [--lr LR] ...
     bpcompile report  SPEC -o report.html [--seed N]
 
@@ -116,6 +116,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         sp.add_argument("--backend", "-b", choices=BACKENDS, default="numpy", metavar="B",
                         help=f"code generator: {', '.join(BACKENDS)} (default: numpy)")
 
+    def precision(sp):
+        sp.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default=None,
+                        help="mixed precision: float32 master weights, 16-bit compute (default: "
+                             "the spec's [model] precision, else float32; docs/dtypes.md)")
+
     c = add("compile", "print the generated derivative code or a graph of it")
     backend(c)
     c.add_argument("--emit", "-e", choices=list(EMITS), default="source", metavar="WHAT",
@@ -130,9 +135,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     c.add_argument("--feedback", choices=("alignment", "direct"), default=None,
                    help="emit (direct) feedback alignment's updates instead of the gradient "
                         "(default: the spec's [feedback] table; docs/training.md)")
-    c.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default=None,
-                   help="mixed precision: float32 master weights, 16-bit compute (default: "
-                        "the spec's [model] precision, else float32; docs/dtypes.md)")
+    precision(c)
     c.add_argument("--compress-activations", choices=("bfloat16", "int8"), default=None,
                    help="store the activations saved for the backward pass compressed "
                         "(docs/memory.md)")
@@ -143,6 +146,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                    help="seed for random params/inputs (default: the spec's [init] seed)")
     k.add_argument("--rtol", type=nonneg_float, default=None, help="relative tolerance vs JAX")
     k.add_argument("--atol", type=nonneg_float, default=None, help="absolute tolerance vs JAX")
+    precision(k)  # compared with JAX under the same policy, at the 16-bit dtype's tolerance
 
     e = add("export", "write a C shared library (lib<NAME>.so) and its header (<NAME>.h) "
                       "computing the loss and gradients (LLVM backend)")
@@ -158,6 +162,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     r.add_argument("--steps", type=positive_int, default=0, metavar="K",
                    help="take K >= 1 plain gradient-descent steps, printing the loss")
     r.add_argument("--lr", type=positive_float, default=0.1, help="learning rate for --steps")
+    precision(r)
     rp = add("report", "write one self-contained HTML page: graph pictures, δ equations, "
                        "code of each backend, passes, memory, gradient check and norms")
     rp.add_argument("-o", "--output", required=True, metavar="FILE", help="the .html to write")
@@ -241,7 +246,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = check(model.loss, model.wrt, inputs=model.example_inputs(args.seed),
                    params=model.init_params(args.seed), backend=args.backend,
                    seed=model.seed if args.seed is None else args.seed,
-                   rtol=args.rtol, atol=args.atol, **options)
+                   rtol=args.rtol, atol=args.atol,
+                   precision=args.precision or model.precision, **options)
     print(f"{model.describe()}")
     print(report)
     return 0 if report.ok else 1
@@ -279,9 +285,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     model = _load(args.spec)
-    fn = _compile(model, args.backend)
+    fn = _compile(model, args.backend, precision=args.precision)  # None: the spec's
     inputs, params = model.example_inputs(args.seed), model.init_params(args.seed)
     print(model.describe())
+    precision = args.precision or model.precision or "float32"
+    if precision != "float32":
+        print(f"precision: {precision} mixed (float32 master weights, {precision} compute)")
     value, grads = fn(**inputs, **params)
     if args.steps > 0:
         every = max(1, args.steps // 10)

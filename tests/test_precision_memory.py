@@ -22,6 +22,9 @@ from bpcompile.rewrite.precision import recompute_casts
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import models  # noqa: E402
 
+# bfloat16 / float32 planned peak bytes, measured 0.89, 0.71, 0.65 (docs/performance.md)
+PEAK_RATIO = {"mlp_mnist": 0.9, "cnn_digits": 0.75, "attention": 0.7}
+
 
 @pytest.fixture(scope="module")
 def bench():
@@ -36,6 +39,9 @@ def test_saved_activations_halve_under_bfloat16(bench, name):
     saved32 = f32.memory()["saved_for_backward_bytes"]
     saved16 = b16.memory()["saved_for_backward_bytes"]
     assert saved16 <= 0.55 * saved32, (name, saved16, saved32)
+    # and the planned peak (outputs + workspace) is no higher than float32's (llvm/widen.py)
+    peak32, peak16 = f32.memory()["peak_bytes"], b16.memory()["peak_bytes"]
+    assert peak16 <= PEAK_RATIO[name] * peak32, (name, peak16, peak32)
     assert "precision.recompute_cast" in str(b16.stats())
     # the same gradient: LLVM's within 2 bfloat16 eps (of the largest entry) of the NumPy
     # reference computing the same casts, and pointing where float32's does (random labels
@@ -107,3 +113,33 @@ def test_layer_norm_statistics_run_in_float32_and_its_output_in_16_bits():
     assert any("sqrt" in ln and ":f32[4,1]" in ln for ln in small), small
     assert all(":f32[4,1]" in ln for ln in small if not ln.split(":")[0].startswith("cast"))
     assert any(ln.startswith("div:bf16[4,16]") for ln in lines)  # the normalised x: 16 bits
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_split_widened_products_match_the_reference(monkeypatch, precision):
+    # tiny CHUNK_BYTES: every product splits along its contraction axis (slices pushed under
+    # the casts and the weight gradient's transpose); the float32 copies of x and W are made
+    # from the float32 arguments in one rounding step (cast via=16 bits)
+    from bpcompile.backends.llvm import widen
+
+    monkeypatch.setattr(widen, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(widen, "MIN_CHUNK", 8)
+    x, W = bp.input("x", (32, 48)), bp.param("W", (48, 40))
+    V = bp.param("V", (40, 8))
+    loss = bp.mean(bp.tanh(x @ W) @ V)
+    fn = bp.compile(loss, [W, V], backend="llvm", precision=precision, gemm_threshold=1)
+    ref = bp.compile(loss, [W, V], backend="numpy", precision=precision)
+    r = np.random.default_rng(0)
+    args = dict(x=r.standard_normal((32, 48), np.float32),
+                W=r.standard_normal((48, 40), np.float32) / 7,
+                V=r.standard_normal((40, 8), np.float32))
+    (v, g), (vr, gr) = fn(**args), ref(**args)
+    eps = float(ml_dtypes.finfo(precision).eps)
+    assert abs(float(v) - float(vr)) <= 4 * eps * abs(float(vr)) + 1e-6
+    for k in gr:  # float32 accumulation in another order: a few rounding steps apart
+        err = np.max(np.abs(g[k] - gr[k])) / np.max(np.abs(gr[k]))
+        assert err < 2 * eps, (k, err)
+    order = fn.impl.program.order
+    assert sum(n.op == "matmul" for n in order) >= 6  # 3 products (dx unused), each split
+    assert any(n.op == "add" and n.attr("accumulate") == 1 for n in order)
+    assert any(n.op == "cast" and n.attr("via") == precision for n in order)

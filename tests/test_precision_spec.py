@@ -99,3 +99,39 @@ def test_cli_compile_takes_precision_and_defaults_to_the_spec(tmp_path, capsys):
     assert cli.main(["compile", str(p16), "--emit", "adjoint", "--precision", "float32"]) == 0
     out = capsys.readouterr().out
     assert "f16[" not in out and "bf16[" not in out
+
+
+def _loss_line(out: str) -> float:
+    return float(next(ln for ln in out.splitlines() if ln.startswith("loss ")).split()[1])
+
+
+def test_cli_check_and_run_honour_the_spec_precision_and_the_flag(tmp_path, capsys):
+    p16 = tmp_path / "b.toml"
+    p16.write_text(SPEC.format(extra='precision = "bfloat16"'))
+    assert cli.main(["check", str(p16), "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "bfloat16 mixed precision" in out and "jax rel 0.06," in out, out  # bf16's tolerance
+    assert cli.main(["check", str(p16), "--seed", "1", "--precision", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "mixed" not in out and "jax rel 0.0002," in out, out
+    # run: the spec's precision, overridden by --precision; bfloat16 rounding moves the loss
+    assert cli.main(["run", str(p16), "--seed", "1"]) == 0
+    out16 = capsys.readouterr().out
+    assert "precision: bfloat16" in out16
+    assert cli.main(["run", str(p16), "--seed", "1", "--precision", "float32"]) == 0
+    out32 = capsys.readouterr().out
+    assert "precision:" not in out32
+    l16, l32 = _loss_line(out16), _loss_line(out32)
+    assert l16 != l32 and abs(l16 - l32) <= 4 * 2.0 ** -8 * abs(l32), (l16, l32)
+
+
+def test_check_under_a_policy_compares_with_jax_running_the_same_casts(tmp_path):
+    model = load(_spec(tmp_path, ""))
+    values = {**model.example_inputs(0), **model.init_params(0)}
+    inputs = {k: values[k] for k in ("x", "labels")}
+    rep = bp.check(model.loss, model.wrt, inputs=inputs, params=values, precision="float16",
+                   fd=False)
+    assert rep.ok and rep.precision == "float16" and rep.rtol == 1e-2, str(rep)
+    assert all(r.rel_err_jax <= 1e-2 for r in rep.rows), str(rep)
+    f32 = bp.check(model.loss, model.wrt, inputs=inputs, params=values, fd=False)
+    assert f32.loss_ours != rep.loss_ours  # the float16 compute is really used

@@ -19,6 +19,7 @@ from ..ir.node import Node, make, rebuild
 from ..ir.optable import get_op
 from ..ir.provenance import RECOMPUTED
 from ..ir.traverse import consumers, toposort, transform
+from ..ops.scan import Body
 
 # op -> why it stays float32 under a 16-bit policy (one row per op)
 KEEP_FLOAT32 = {
@@ -26,7 +27,8 @@ KEEP_FLOAT32 = {
     "log": "log-softmax, logsumexp and cross-entropy outputs (x - log(...) cancels)",
     "log1p": "log(1 + x) near 0, binary cross-entropy",
     "softplus": "log(1 + e^x): binary cross-entropy with logits",
-    "scan": "loop carries accumulate over steps (bodies keep their dtype)",
+    "scan": "loop carries accumulate over steps: carries, xs and ys stay float32; the body runs "
+            "under the policy (its matmuls in 16 bits, its outputs cast back to float32)",
 }
 # Also float32: every rank-0 value (the loss, its mean's 1/N multiply, a scaled loss: a static
 # loss scale never meets float16's 65504 there); statistics: an elementwise op on a float32
@@ -88,8 +90,11 @@ def apply_policy_all(outputs: list[Node], policy: Policy,
             return n  # leaves keep their dtype: float32 params are the master weights
         f32_in = [i.dtype == "float32" for i in n.inputs]
         if n.dtype != "float32" and not (any(f32_in) and n.dtype == "bool"):
-            # another dtype (float64, int, a cast out of float32): operands as they were
-            return make(n.op, [to(memo[i], i.dtype) for i in n.inputs], **dict(n.attrs))
+            # another dtype (float64, int, a cast out of float32, a scan): operands as they were
+            attrs = dict(n.attrs)
+            if n.op == "scan":
+                attrs["body"] = _policy_body(attrs["body"], policy, made)
+            return make(n.op, [to(memo[i], i.dtype) for i in n.inputs], **attrs)
         kept = n.op in KEEP_FLOAT32 or n.shape == () or (
             get_op(n.op).kind in ("elementwise", "kernel") and any(
                 f and memo[i].inputs and memo[i].dtype == "float32"
@@ -108,6 +113,19 @@ def apply_policy_all(outputs: list[Node], policy: Policy,
     if hits is not None:
         hits["precision.cast"] += made[0]
     return outs
+
+
+def _policy_body(body: Body, policy: Policy, made: list[int]) -> Body:
+    """A scan body under the policy: its float32 arguments and outputs stay float32 (the
+    carries accumulate in float32, KEEP_FLOAT32["scan"]), the ops between them follow the
+    table as at top level, nested scans included."""
+    hits: Counter = Counter()
+    outs = apply_policy_all(list(body.outputs), policy, hits)
+    if all(a is b for a, b in zip(outs, body.outputs)):
+        return body
+    made[0] += hits["precision.cast"]
+    nc = len(body.carries)
+    return Body(body.carries, body.xs, body.consts, outs[:nc], outs[nc:], body.name)
 
 
 def _loss_head(outputs: list[Node]) -> set[Node]:
@@ -168,4 +186,26 @@ def recompute_casts(loss: Node, grads: list[Node], hits: Counter | None = None) 
     out = transform([loss] + list(grads), build=build)[1:]
     if hits is not None:
         hits["precision.recompute_cast"] += made[0]
-    return out
+    return [_float32_grad(g, hits) for g in out]
+
+
+def _float32_grad(g: Node, hits: Counter | None) -> Node:
+    """A float32 param's gradient without the round trip through 16 bits that its cast's VJP
+    spells: cast(cast(y:f32, half), f32) -> y, and cast(a @ b: half, f32) -> the product of
+    float32 copies (the float32 accumulator written straight to the gradient; on LLVM into the
+    output buffer, with no float32 temporary and no 16-bit copy). Only more accurate.
+    bfloat16 only: it has float32's exponent range, so the round trip loses precision, never
+    range; float16's gradients keep its range (underflow, overflow) as loss scaling expects
+    (PyTorch's autocast and jmp compute them in float16 too)."""
+    if g.op != "cast" or g.dtype != "float32" or g.inputs[0].dtype != "bfloat16":
+        return g
+    h = g.inputs[0]
+    if h.op == "cast" and h.inputs[0].dtype == "float32":
+        new = h.inputs[0]
+    elif h.op == "matmul":
+        new = make("matmul", tuple(make("cast", (x,), dtype="float32") for x in h.inputs))
+    else:
+        return g
+    if hits is not None:
+        hits["precision.float32_grad"] += 1
+    return new

@@ -17,7 +17,7 @@ from ...ir.dtypes import is_float, is_half
 from ...ir.node import Node
 from ...ops import sympy_funcs as sf
 from ...ops.registry import all_ops, get_op
-from . import blas
+from . import blas, loops
 from .kernels import KernelPrinter
 from .loops import F32, F64, HALF, I8, I32, REDUCE_FLAGS, fconst, i64, ir_type, mem_type
 from .memplan import View, contiguous_strides
@@ -223,7 +223,15 @@ def convert(em, v: ir.Value, src: str, dst: str) -> ir.Value:
 
 
 def _cast(ctx, n: Node):
-    src = n.inputs[0].dtype
+    src, via = n.inputs[0].dtype, n.attr("via")  # via: rounded to that 16-bit dtype (widen.py)
+    if via is not None:
+        b = ctx.em.b
+
+        def rounded(v):
+            return loops.widen(b, loops.narrow(b, convert(ctx.em, v[0], src, via), via), via)
+
+        elementwise(ctx, n, [ctx.view(n.inputs[0])], rounded)
+        return
     elementwise(ctx, n, [ctx.view(n.inputs[0])], lambda v: convert(ctx.em, v[0], src, n.dtype))
 
 
