@@ -32,9 +32,10 @@ class ScanPlan:
     body_ws: View
 
 
-def plan_scan(prog, n, step: int) -> ScanPlan:
+def plan_scan(prog, n, step: int, flag: bool = False) -> ScanPlan:
     """Plan scan node `n` of schedule `prog` at `step`: its body as a nested Program, and the
-    step-local temps for operand copies, the two carry buffers and the body's workspace."""
+    step-local temps for operand copies, the two carry buffers and the body's workspace.
+    `flag`: the body also writes a bool after its new carries (while_loop's "go on")."""
     from .codegen import Program
 
     body = n.attr("body")  # already simplified by the rewrite pipeline, which owns bodies
@@ -50,6 +51,8 @@ def plan_scan(prog, n, step: int) -> ScanPlan:
                 for i, c in enumerate(body.carries)]
     carry_out = [prog.temp(c.shape, c.dtype, f"{label}.n{i}", step)
                  for i, c in enumerate(body.carries)]
+    if flag:
+        carry_out.append(prog.temp((), "bool", f"{label}.go", step))
     ws = prog.temp((max(sub.memory.workspace_bytes, 1),), "bool", f"{label}.ws", step)
     name = f"{''.join(ch if ch.isalnum() else '_' for ch in body.name)}"
     return ScanPlan(sub, name, operands, carry_in, carry_out, ws)

@@ -14,32 +14,13 @@ from __future__ import annotations
 import numpy as np
 
 from .loops import I8
-from .scan import ScanPlan, _memcpy, _ptr
+from .scan import ScanPlan, _memcpy, _ptr, plan_scan
 
 
 def plan_while(prog, n, step: int) -> ScanPlan:
-    """Plan while_loop node `n`: its body as a nested Program, operand copies, the carry
-    buffers, the flag and the body's workspace (step-local temps)."""
-    from .codegen import Program
-
-    body = n.attr("body")
-    sub = Program(list(body.outputs), list(body.params), prog.gemm_threshold, prog.blas_threads,
-                  checked_args=False, index_status=prog.index_status)
-    label = prog.names[n]
-    operands = []
-    for k, x in enumerate(n.inputs):
-        v = prog.views[x]
-        operands.append(None if v.is_contiguous() else prog.temp(x.shape, x.dtype,
-                                                                   f"{label}.in{k}", step))
-    carry_in = [prog.temp(c.shape, c.dtype, f"{label}.c{i}", step)
-                for i, c in enumerate(body.carries)]
-    # the new carries, then the flag: the body's output buffers
-    carry_out = [prog.temp(c.shape, c.dtype, f"{label}.n{i}", step)
-                 for i, c in enumerate(body.carries)] + [prog.temp((), "bool", f"{label}.go",
-                                                                   step)]
-    ws = prog.temp((max(sub.memory.workspace_bytes, 1),), "bool", f"{label}.ws", step)
-    name = f"{''.join(ch if ch.isalnum() else '_' for ch in body.name)}"
-    return ScanPlan(sub, name, operands, carry_in, carry_out, ws)
+    """Plan while_loop node `n`: as a scan body (scan.plan_scan), whose outputs are the new
+    carries and then the flag."""
+    return plan_scan(prog, n, step, flag=True)
 
 
 def lower_while(ctx, n):
