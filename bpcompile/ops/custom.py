@@ -170,16 +170,23 @@ def _vjp(y: Node, g: Node, needs):
     res = substitute(rule.residuals, dict(zip(rule.args, y.inputs)))
     mapping = dict(zip(rule.res_args, res))
     mapping[rule.g] = g
-    todo = [c for c, need in zip(rule.cotangents, needs) if c is not None and need]
+    return rule_cotangents(rule.name, rule.args, rule.cotangents, needs, mapping)
+
+
+def rule_cotangents(name: str, args: Sequence[Node], cts: Sequence[Node | None],
+                    needs: Sequence[bool], mapping: dict) -> tuple[Node | None, ...]:
+    """A user rule's cotangents `cts` (traced on the placeholders in `mapping`) substituted in
+    one pass; None where not needed; named `d<rule>_<arg>` in the generated code."""
+    todo = [c for c, need in zip(cts, needs) if c is not None and need]
     done = iter(substitute(todo, mapping))
     out: list[Node | None] = []
-    for c, need, arg in zip(rule.cotangents, needs, rule.args):
+    for c, need, arg in zip(cts, needs, args):
         if c is None or not need:
             out.append(None)
             continue
         ct = next(done)
         if ct not in NAMES and ct.op not in ("input", "param", "const"):
-            NAMES[ct] = f"d{rule.name}_{arg.attr('name')}"
+            NAMES[ct] = f"d{name}_{arg.attr('name')}"
         out.append(ct)
     return tuple(out)
 

@@ -33,7 +33,14 @@ from ..ir.dtypes import is_float
 from ..ir.naming import legal
 from ..ir.node import NAMES, Node, make
 from ..ir.traverse import toposort
-from .custom import _placeholder, merge_static, split_static, substitute, tensor_names
+from .custom import (
+    _placeholder,
+    merge_static,
+    rule_cotangents,
+    split_static,
+    substitute,
+    tensor_names,
+)
 from .elementwise import add, as_node
 from .leaves import const
 from .movement import broadcast_to
@@ -148,18 +155,7 @@ def _vjp(n: Node, gs: Sequence[Node | None], needs) -> tuple[Node | None, ...]:
     mapping = dict(zip(rule.args, n.inputs))
     for p, g in zip(gph, gs):
         mapping[p] = g if g is not None else _zeros(p)
-    todo = [c for c, need in zip(cts, needs) if c is not None and need]
-    done = iter(substitute(todo, mapping))
-    out: list[Node | None] = []
-    for c, need, arg in zip(cts, needs, rule.args):
-        if c is None or not need:
-            out.append(None)
-            continue
-        ct = next(done)
-        if ct not in NAMES and ct.op not in ("input", "param", "const"):
-            NAMES[ct] = f"d{rule.name}_{arg.attr('name')}"
-        out.append(ct)
-    return tuple(out)
+    return rule_cotangents(rule.name, rule.args, cts, needs, mapping)
 
 
 register(Op("custom_jvp", "control", _infer, _vjp,
