@@ -21,7 +21,7 @@ from ..ops.elementwise import add, cast
 from ..ops.leaves import const
 from ..ops.movement import broadcast_to, reshape
 from ..ops.registry import get_op
-from ..ops.sweep import backward
+from ..ops.sweep import backward, on_path
 
 __all__ = ["NotBatched", "batched_jvp", "batched_vjp"]
 
@@ -244,10 +244,7 @@ def batched_vjp(seeds: dict[Node, Node], wrt: Sequence[Node]) -> list[Node | Non
     NotBatched and the caller falls back to a scan over the seed rows."""
     b = next(iter(seeds.values())).shape[0]
     order = toposort(list(seeds))
-    depends = set(wrt)
-    for n in order:
-        if n not in depends and n.op != "stop_gradient" and any(i in depends for i in n.inputs):
-            depends.add(n)
+    depends = on_path(order, wrt)
     cts: dict[Node, Node] = {}
     for n, s in seeds.items():
         if n in depends:

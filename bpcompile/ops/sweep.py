@@ -63,6 +63,16 @@ def add_cotangent(x: Node, c: Node) -> None:
     stack[-1][1](x, c)
 
 
+def on_path(order: list[Node], wrt: Sequence[Node]) -> set[Node]:
+    """The nodes of `order` (topological) that depend on a node of `wrt` (wrt included)."""
+    depends = set(wrt)
+    for n in order:
+        # stop_gradient cuts the dependence, so floor(stop_gradient(x)) is not on the path
+        if n not in depends and n.op != "stop_gradient" and any(i in depends for i in n.inputs):
+            depends.add(n)
+    return depends
+
+
 def backward(seeds: Mapping[Node, Node | None], wrt: Sequence[Node],
              on_cotangent: Callable[[Node, Node], None] | None = None,
              rules: VJPRules | None = None) -> list[Node | None]:
@@ -75,11 +85,7 @@ def backward(seeds: Mapping[Node, Node | None], wrt: Sequence[Node],
     it: feedback alignment's rule sets (autodiff/feedback.py) replace matmuls' this way.
     """
     order = toposort(list(seeds))
-    depends = set(wrt)
-    for n in order:
-        # stop_gradient cuts the dependence, so floor(stop_gradient(x)) is not on the path
-        if n not in depends and n.op != "stop_gradient" and any(i in depends for i in n.inputs):
-            depends.add(n)
+    depends = on_path(order, wrt)
     cts: dict[Node, Node] = {}
     parts: dict[Node, list[Node | None]] = {}  # tuple node -> one cotangent per result
     for n, seed in seeds.items():

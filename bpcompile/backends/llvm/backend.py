@@ -210,9 +210,13 @@ class IndexStatus:
             site, bad = int(self.word[0]), int(self.word[1])
             self.word[0] = 0
         if site:
-            node = self.sites[site - 1]
-            _, lo, hi, _ = index_range(node)
-            raise range_error(describe_site(node), lo, hi, bad)
+            raise range_error(*self.describe(site - 1), bad)
+
+    def describe(self, k: int) -> tuple[str, int, int]:
+        """(what, lo, hi) of index site k, for the error."""
+        node = self.sites[k]
+        _, lo, hi, _ = index_range(node)
+        return describe_site(node), lo, hi
 
 
 class Arena:

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import llvmlite.binding as llvm
 
 from ...ir.node import Node
-from ...ops.index import describe_site, index_range, range_error
+from ...ops.index import describe_site, index_range
 from . import blas, cache, jit, pycall
 from .backend import Arena, IndexStatus, LLVMBackend
 from .lower import STATUS
@@ -61,15 +61,8 @@ def state(backend: LLVMBackend) -> dict | None:
 class _WarmStatus(IndexStatus):
     """`IndexStatus` over stored sites: (description, lo, hi) instead of the nodes."""
 
-    def call(self, entry, argv):
-        with self.lock:
-            self.word[0] = 0
-            entry(argv)
-            site, bad = int(self.word[0]), int(self.word[1])
-            self.word[0] = 0
-        if site:
-            what, lo, hi = self.sites[site - 1]
-            raise range_error(what, lo, hi, bad)
+    def describe(self, k: int) -> tuple[str, int, int]:
+        return self.sites[k]
 
 
 class _Program(SimpleNamespace):
