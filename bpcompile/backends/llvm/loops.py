@@ -24,12 +24,15 @@ IR_TYPE = {"float16": F32, "bfloat16": F32, "float32": F32, "float64": F64, "int
 MEM_TYPE = {**IR_TYPE, "float16": HALF, "bfloat16": I16, "int8": I8}  # int8 in i32 registers
 # fast-math flags for reductions only: reassociation lets LLVM vectorise the accumulation
 REDUCE_FLAGS = ("reassoc", "contract")
-# A loop that contains loops and runs more than this many times is never unrolled (issue #14).
-# Inner loops are vectorised, then LLVM fully unrolled their outer loop too: a 32x64 `sum`
-# became 780 lines for no speed, and a 4-layer MLP spent 45% of its LLVM time on such code
-# (0.19 -> 0.10 s). Small outer loops stay unrollable (a conv's 3x3 window: cnn_digits runs
-# 98 us/call with every outer loop kept, 81 us with these). None: LLVM decides everywhere.
+# A loop that contains loops, runs more than UNROLL_OUTER_MAX times and whose nest runs more
+# than UNROLL_NEST_MIN innermost iterations is never unrolled (issue #14). Inner loops are
+# vectorised, then LLVM fully unrolled their outer loop too: a 32x64 `sum` became 780 lines
+# for no speed, and a 4-layer MLP spent 45% of its LLVM time on such code (0.19 -> 0.10 s).
+# Small outer loops stay unrollable (a conv's 3x3 window: cnn_digits runs 98 us/call with
+# every outer loop kept, 81 us with these), and so do small nests (mlp_small's 32x32
+# products: 1.1 us/call kept, 1.0 unrolled). None: LLVM decides everywhere.
 UNROLL_OUTER_MAX: int | None = 8
+UNROLL_NEST_MIN = 1024
 
 
 def ir_type(dtype: str) -> ir.Type:
@@ -84,7 +87,7 @@ class Emitter:
         self.module = module
         self.b = builder
         self._decls: dict[str, ir.Function] = {}
-        self._loops = 0  # loops begun so far: a loop whose body began others is an outer loop
+        self._inner: list[int] = []  # per open loop: innermost iterations of its inner loops
 
     # -- calls ------------------------------------------------------------------------------
     def declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
@@ -120,13 +123,19 @@ class Emitter:
         b.position_at_end(body)
         idx = b.phi(I64, name)
         idx.add_incoming(i64(0), pre)
-        self._loops += 1
-        begun = self._loops
-        yield idx
+        self._inner.append(0)
+        try:
+            yield idx
+        finally:
+            inner = self._inner.pop()
+        nest = n * max(inner, 1)  # innermost iterations of this loop and the loops in it
+        if self._inner:
+            self._inner[-1] += nest
         nxt = b.add(idx, i64(1), name=f"{name}.next")
         idx.add_incoming(nxt, b.block)
         latch = b.cbranch(b.icmp_unsigned("<", nxt, i64(n)), body, done)
-        if UNROLL_OUTER_MAX is not None and n > UNROLL_OUTER_MAX and self._loops > begun:
+        if (UNROLL_OUTER_MAX is not None and inner and n > UNROLL_OUTER_MAX
+                and nest > UNROLL_NEST_MIN):
             latch.set_metadata("llvm.loop", self.loop_id("llvm.loop.unroll.disable"))
         b.position_at_end(done)
 
