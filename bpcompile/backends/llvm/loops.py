@@ -24,6 +24,15 @@ IR_TYPE = {"float16": F32, "bfloat16": F32, "float32": F32, "float64": F64, "int
 MEM_TYPE = {**IR_TYPE, "float16": HALF, "bfloat16": I16, "int8": I8}  # int8 in i32 registers
 # fast-math flags for reductions only: reassociation lets LLVM vectorise the accumulation
 REDUCE_FLAGS = ("reassoc", "contract")
+# A loop that contains loops, runs more than UNROLL_OUTER_MAX times and whose nest runs more
+# than UNROLL_NEST_MIN innermost iterations is never unrolled (issue #14). Inner loops are
+# vectorised, then LLVM fully unrolled their outer loop too: a 32x64 `sum` became 780 lines
+# for no speed, and a 4-layer MLP spent 45% of its LLVM time on such code (0.19 -> 0.10 s).
+# Small outer loops stay unrollable (a conv's 3x3 window: cnn_digits runs 98 us/call with
+# every outer loop kept, 81 us with these), and so do small nests (mlp_small's 32x32
+# products: 1.1 us/call kept, 1.0 unrolled). None: LLVM decides everywhere.
+UNROLL_OUTER_MAX: int | None = 8
+UNROLL_NEST_MIN = 1024
 
 
 def ir_type(dtype: str) -> ir.Type:
@@ -78,6 +87,7 @@ class Emitter:
         self.module = module
         self.b = builder
         self._decls: dict[str, ir.Function] = {}
+        self._inner: list[int] = []  # per open loop: innermost iterations of its inner loops
 
     # -- calls ------------------------------------------------------------------------------
     def declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
@@ -113,11 +123,26 @@ class Emitter:
         b.position_at_end(body)
         idx = b.phi(I64, name)
         idx.add_incoming(i64(0), pre)
-        yield idx
+        self._inner.append(0)
+        try:
+            yield idx
+        finally:
+            inner = self._inner.pop()
+        nest = n * max(inner, 1)  # innermost iterations of this loop and the loops in it
+        if self._inner:
+            self._inner[-1] += nest
         nxt = b.add(idx, i64(1), name=f"{name}.next")
         idx.add_incoming(nxt, b.block)
-        b.cbranch(b.icmp_unsigned("<", nxt, i64(n)), body, done)
+        latch = b.cbranch(b.icmp_unsigned("<", nxt, i64(n)), body, done)
+        if (UNROLL_OUTER_MAX is not None and inner and n > UNROLL_OUTER_MAX
+                and nest > UNROLL_NEST_MIN):
+            latch.set_metadata("llvm.loop", self.loop_id("llvm.loop.unroll.disable"))
         b.position_at_end(done)
+
+    def loop_id(self, option: str) -> ir.values.MDValue:
+        """A new loop ID carrying `option` (LLVM's loop metadata, set on the latch branch)."""
+        return LoopID(self.module, self.module.add_metadata([ir.MetaDataString(self.module,
+                                                                               option)]))
 
     @contextmanager
     def nest(self, shape, name: str = "i"):
@@ -149,3 +174,24 @@ def _nest(em: Emitter, shape, name, acc):
     with em.loop(shape[0], f"{name}{len(acc)}") as i:
         with _nest(em, shape[1:], name, acc + [i]) as idx:
             yield idx
+
+
+class LoopID(ir.values.MDValue):
+    """A loop's `distinct !{!self, !option}`: LLVM reads loop options only through a node whose
+    first operand is itself, which llvmlite's uniqued `add_metadata` cannot make."""
+
+    def __init__(self, module: ir.Module, option: ir.values.MDValue):
+        ir.values.NamedValue.__init__(self, module, ir.MetaDataType(),
+                                      name=str(len(module.metadata)))
+        self.operands = (option,)
+        module.metadata.append(self)
+
+    def descr(self, buf):
+        buf += (f"distinct !{{ {self.get_reference()}, {self.operands[0].get_reference()} }}",
+                "\n")
+
+    def __eq__(self, other):
+        return self is other
+
+    def __hash__(self):
+        return id(self)
