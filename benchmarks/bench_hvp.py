@@ -18,7 +18,7 @@ import numpy as np
 from models import build, median_us
 
 import bpcompile as bp
-from bpcompile.train.second_order import HVP, hvp, hvp_graph
+from bpcompile.train.second_order import hvp
 
 
 def main() -> None:
@@ -39,9 +39,7 @@ def main() -> None:
         fns[f"hvp {mode}"] = lambda H=H: H(v, **inputs, **P)
     if a.backend == "llvm":
         g1 = bp.compile(loss, ps, backend="llvm", blas_threads=1)
-        H1 = HVP.__new__(HVP)
-        H1.wrt, H1.names = ps, [w.attr("name") for w in ps]
-        H1.fn = bp.function(hvp_graph(loss, ps, "fwd")[1], backend="llvm", blas_threads=1)
+        H1 = hvp(loss, ps, backend="llvm", mode="fwd", blas_threads=1)
         fns["gradient (1 BLAS thread)"] = lambda: g1(**inputs, **P)
         fns["hvp fwd (1 BLAS thread)"] = lambda: H1(v, **inputs, **P)
     import jax
