@@ -85,3 +85,12 @@ def test_llvm_hvp_uses_the_native_path_and_matches_jax():
     g_ref, hv_ref = jax.jit(lambda w, t: jax.jvp(jax.grad(f), (w,), (t,)))(kw["W"], v["W"])
     np.testing.assert_allclose(grads["W"], g_ref, rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(hv["W"], hv_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_warm_started_function_also_gets_the_native_path():
+    _, _, h, loss = _graph()
+    first = bp.function({"loss": loss, "h": h}, backend="llvm")
+    again = bp.function({"loss": loss, "h": h}, backend="llvm")  # a warm-cache hit if enabled
+    assert first._native is not None and again._native is not None
+    kw = _values(4)
+    assert_same(again(**kw), first(**kw))
