@@ -14,6 +14,7 @@ other node has `results` None, so code that never meets a tuple node is unchange
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import sys
 import weakref
@@ -112,7 +113,7 @@ class Node:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)  # exact, and ~20x faster than np.prod on a tuple
 
     @property
     def name(self) -> str | None:

@@ -109,21 +109,25 @@ def transform(
     """
     memo: dict[Node, Node] = {}
     since = next_serial()
+    push, pop = LOCATION_OVERRIDE.append, LOCATION_OVERRIDE.pop  # bound once: a hot loop
     for n in toposort(outputs):
         start = next_serial()
-        LOCATION_OVERRIDE.append(n.where)  # nodes a rewrite creates keep the user's line
+        push(n.where)  # nodes a rewrite creates keep the user's line
         try:
             new = build(n, memo) if build else rebuild(n, [memo[i] for i in n.inputs])
             if fn is not None:
                 new = fn(new)
         finally:
-            LOCATION_OVERRIDE.pop()
-        if new is not n and n in NAMES and new not in NAMES and new.op not in ("input", "param"):
+            pop()
+        if new is n:  # the common case: nothing to carry over
+            memo[n] = n
+            continue
+        if n in NAMES and new not in NAMES and new.op not in ("input", "param"):
             NAMES[new] = NAMES[n]
-        if new is not n and new.serial > since and n in GRAD_OF and new not in GRAD_OF:
+        if new.serial > since and n in GRAD_OF and new not in GRAD_OF:
             GRAD_OF[new] = GRAD_OF[n]
             _mark_grad_of(new.inputs, GRAD_OF[n], start)
-        if new is not n and new.serial > since and n in RECOMPUTED and new not in RECOMPUTED:
+        if new.serial > since and n in RECOMPUTED and new not in RECOMPUTED:
             RECOMPUTED[new] = RECOMPUTED[n]
         memo[n] = new
     return [memo[o] for o in outputs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from .registry import Op, register
 def _infer_reshape(inputs, attrs):
     (x,) = inputs
     shape = attrs["shape"]
-    if int(np.prod(shape, dtype=np.int64)) != x.size:
+    if math.prod(shape) != x.size:  # math.prod: exact, and cheap (shape inference is hot)
         raise ShapeError(f"reshape: cannot reshape {x.shape} ({x.size} elements) to {shape}")
     return shape, x.dtype
 
@@ -42,7 +43,7 @@ def reshape(x: TensorLike, shape: Shape) -> Node:
     if shape.count(-1) > 1:
         raise ShapeError(f"reshape: at most one -1 allowed, got {shape}")
     if -1 in shape:
-        known = int(np.prod([s for s in shape if s != -1], dtype=np.int64))
+        known = math.prod(s for s in shape if s != -1)
         if known == 0 or x.size % known:
             raise ShapeError(f"reshape: cannot reshape {x.shape} to {shape}")
         shape = tuple(x.size // known if s == -1 else s for s in shape)

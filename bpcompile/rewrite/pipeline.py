@@ -117,16 +117,26 @@ def _run(outputs: list[Node], passes, record,
         stages.append(_stage("loop_share", outputs))
     before_fuse = [(n, f) for n, f in chosen if n != "fuse"]
     later = Counter()  # rule hits after the first round, reported on the "simplify" stage
+    last = -1  # the pass that last changed the graph: every pass since left it as it is
+    settled = False
     for round_ in range(SIMPLIFY_ROUNDS):
         start = outputs
-        for name, fn in before_fuse:
+        for i, (name, fn) in enumerate(before_fuse):
+            # each pass is idempotent and the others already saw this graph: it is settled
+            # (the round that only confirms this stops here, not after every pass)
+            settled = i == last and round_ > 0
+            if settled:
+                break
             with counting() as hits:
-                outputs = fn(outputs)
+                new = fn(outputs)
+            if any(a is not b for a, b in zip(new, outputs)):
+                last = i
+            outputs = new
             if round_ == 0:
                 stages.append(_stage(name, outputs, hits))
             else:
                 later.update(hits)
-        if all(a is b for a, b in zip(start, outputs)):
+        if settled or all(a is b for a, b in zip(start, outputs)):
             break
     if round_ > 0:
         stages.append(_stage(f"simplify x{round_ + 1}", outputs, later))

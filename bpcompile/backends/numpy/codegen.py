@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import linecache
+from types import CodeType
 
 import numpy as np
 
@@ -21,14 +22,24 @@ _ids = itertools.count()
 
 def exec_source(src: str, consts: dict, fn_name: str, namespace: dict):
     """exec generated source under a unique file name registered with linecache (for tracebacks)."""
+    return exec_code(compile_source(src, fn_name), consts, fn_name, namespace)
+
+
+def compile_source(src: str, fn_name: str) -> CodeType:
+    """`src` compiled under a unique file name registered with linecache (for tracebacks)."""
     filename = f"<bpcompile-{fn_name}-{next(_ids)}>"
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    return compile(src, filename, "exec")
+
+
+def exec_code(code: CodeType, consts: dict, fn_name: str, namespace: dict):
+    """Run compiled module `code` in `namespace` plus `consts`; its function `fn_name`."""
     clash = namespace.keys() & consts.keys()
     if clash:  # ir/naming.py reserves every runtime name; a clash is a bug, never a user's
         raise BackendError(f"exec_source: constants {sorted(clash)} would shadow the runtime")
     ns = dict(namespace)
     ns.update(consts)
-    exec(compile(src, filename, "exec"), ns)
+    exec(code, ns)
     return ns[fn_name]
 
 
@@ -43,7 +54,9 @@ class NumpyBackend:
         self.outputs, self.args = outputs, args
         self.src, consts = emit_function(outputs, args, lower, "forward_backward", "np", title)
         self.consts, self.namespace = consts, NAMESPACE  # for the standalone module text
-        self.fn = exec_source(self.src, consts, "forward_backward", NAMESPACE)
+        # kept: the compile cache stores it (warm.py) rather than compiling the source again
+        self.code = compile_source(self.src, "forward_backward")
+        self.fn = exec_code(self.code, consts, "forward_backward", NAMESPACE)
         self.out_dtypes = [np.dtype(o.dtype) for o in outputs]
         self.out_copy = [_shares_or_broadcasts(o) for o in outputs]
 
