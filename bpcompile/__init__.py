@@ -85,6 +85,7 @@ from .errors import (  # noqa: F401
     SpecError,
 )
 from .ir.node import Node  # noqa: F401
+from .ir.optable import seal_builtins as _seal_builtins
 from .layers import *  # noqa: F403  (conv, pooling, attention, norms, dropout, scan, ...)
 from .layers import spec_layers  # noqa: F401,I001  (registers the [[layers]] types of specs)
 from .nn import (  # noqa: F401
@@ -102,3 +103,5 @@ from .spec import load as load_model  # noqa: F401
 from .train import compile_train_step  # noqa: F401  (issue 6: training)
 from .transforms import hessian, jacobian, jvp, vjp  # noqa: F401  (issue 16)
 from .version import __version__  # noqa: F401
+
+_seal_builtins()  # every op registered so far is bpcompile's own (the compile cache relies on it)

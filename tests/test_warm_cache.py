@@ -368,3 +368,28 @@ def test_a_warm_hit_compiles_nothing_until_asked(monkeypatch):
         fn.graph()
         assert rebuilt, backend
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+def test_a_users_own_op_is_not_served_stale(backend):
+    """An op a user registers (define_unary) is their Python code, which the graph's hash
+    cannot pin: redefining it under the same name must give the new definition's values."""
+    from bpcompile.ops import elementwise as ew
+    from bpcompile.ops.sympy_funcs import Primitive
+
+    got = []
+    for power in (2, 3):
+        cls = type("user_pow_op", (Primitive,), {
+            "definition": classmethod(lambda c, x, p=power: x**p)})
+        ew.define_unary("user_pow_op", ew.DERIVE, cls, "x**p (a test's throwaway op)")
+        try:
+            x = bp.input("x", (4, 8), "float64")
+            W = bp.param("W", (8, 8), "float64")
+            fn = bp.compile(bp.sum(bp.unary("user_pow_op", x @ W)), [W], backend=backend)
+            assert fn.cache_status == "not keyed: op 'user_pow_op' is defined outside bpcompile"
+            xv, wv = np.full((4, 8), 0.5), np.full((8, 8), 0.25)
+            got.append(float(fn(x=xv, W=wv)[0]))
+        finally:
+            ew.remove("user_pow_op")
+    z = 0.5 * 0.25 * 8
+    np.testing.assert_allclose(got, [32 * z**2, 32 * z**3], rtol=1e-12)

@@ -10,8 +10,10 @@ which must read as a fresh compile's would. Other source lines (`node.where`) on
 comments in generated code, which a hit rebuilds when asked (`fn.source()`).
 
 An attribute of a kind this module does not know how to encode (a `custom_vjp` rule holds
-Python functions, whose meaning no hash of their code pins down) raises `Unkeyable`, and the
-caller compiles without the graph-level cache.
+Python functions, whose meaning no hash of their code pins down), or an op a user registered
+(`bp.define_unary`/`define_binary`: its definition is their code), raises `Unkeyable`, and the
+caller compiles without the graph-level cache (the LLVM object cache, keyed by the emitted IR,
+still serves it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from .node import NAMES, ConstValue, Node
+from .optable import is_builtin
 
 _SIMPLE = (bool, int, float, str, type(None))
 _FAST = frozenset(_SIMPLE)  # exact types whose repr is exact and says the type
@@ -59,6 +62,8 @@ class _Hasher:
                 stack.append((n, True))
                 stack.extend((i, False) for i in reversed(n.inputs) if i not in ids)
                 continue
+            if not is_builtin(n.op):  # its meaning is Python code outside bpcompile
+                raise Unkeyable(f"op {n.op!r} is defined outside bpcompile")
             name = names.get(n, "")
             if name and self.given.get(n) == name:  # named so by an earlier compile: unnamed
                 name = ""

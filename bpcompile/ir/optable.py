@@ -66,6 +66,21 @@ def unregister(name: str) -> Op:
         raise BackendError(f"unknown op {name!r}") from None
 
 
+_BUILTIN: dict[str, Op] = {}  # the table as `import bpcompile` left it (seal_builtins)
+
+
+def seal_builtins() -> None:
+    """Record the ops bpcompile itself defines (called once, at the end of its import)."""
+    _BUILTIN.update(_OPS)
+
+
+def is_builtin(name: str) -> bool:
+    """Whether op `name` is bpcompile's own (not one a user added or replaced since import):
+    a user's op is defined by Python code outside bpcompile, which no cache key can pin."""
+    op = _BUILTIN.get(name)
+    return op is not None and _OPS.get(name) is op
+
+
 def get_op(name: str) -> Op:
     try:
         return _OPS[name]
