@@ -74,24 +74,27 @@ def _ptr(ctx, v: View, extra_bytes=None):
     return b.gep(ctx.ptr(v.buf), [off], source_etype=ir.IntType(8))
 
 
-def lower_scan(ctx, n):
-    from .lower import copy
-
-    plan: ScanPlan = ctx.scan_plan[n]
-    em, b = ctx.em, ctx.em.b
-    body = n.attr("body")
-    T, rev, save = n.attr("length"), n.attr("reverse"), n.attr("save")
-    # one function per plan and module, numbered in emission order (deterministic names keep
-    # the IR, and so the compile-cache key, identical between processes)
+def body_function(ctx, plan: ScanPlan, prefix: str):
+    """The body's native function, emitted once per plan and module, numbered in emission
+    order across scans and while loops (deterministic names keep the IR, and so the
+    compile-cache key, identical between processes)."""
     emitted = ctx.module.__dict__.setdefault("_bp_scans", {})
     fn = emitted.get(id(plan))
     if fn is None:
+        b = ctx.em.b
         saved_block = b.block
-        name = f"bp_scan{len(emitted) + 1}_{plan.fn_name}"
-        fn = plan.sub.emit(ctx.module, name, with_entry=False)
+        fn = plan.sub.emit(ctx.module, f"{prefix}{len(emitted) + 1}_{plan.fn_name}",
+                           with_entry=False)
         emitted[id(plan)] = fn
         fn.linkage = "internal"
         b.position_at_end(saved_block)
+    return fn
+
+
+def operand_views(ctx, n, plan: ScanPlan) -> list:
+    """Views of the loop node's operands, non-contiguous ones copied to the plan's temps."""
+    from .lower import copy
+
     views = []
     for x, tmp in zip(n.inputs, plan.operands):
         v = ctx.view(x)
@@ -99,6 +102,17 @@ def lower_scan(ctx, n):
             copy(ctx, v, tmp)
             v = tmp
         views.append(v)
+    return views
+
+
+def lower_scan(ctx, n):
+
+    plan: ScanPlan = ctx.scan_plan[n]
+    em, b = ctx.em, ctx.em.b
+    body = n.attr("body")
+    T, rev, save = n.attr("length"), n.attr("reverse"), n.attr("save")
+    fn = body_function(ctx, plan, "bp_scan")
+    views = operand_views(ctx, n, plan)
     nc, nx = len(body.carries), len(body.xs)
     inits, xs, consts = views[:nc], views[nc:nc + nx], views[nc + nx:]
     for ci, v in zip(plan.carry_in, inits):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .loops import I8
-from .scan import ScanPlan, _memcpy, _ptr, plan_scan
+from .scan import ScanPlan, _memcpy, _ptr, body_function, operand_views, plan_scan
 
 
 def plan_while(prog, n, step: int) -> ScanPlan:
@@ -24,27 +24,12 @@ def plan_while(prog, n, step: int) -> ScanPlan:
 
 
 def lower_while(ctx, n):
-    from .lower import copy
 
     plan: ScanPlan = ctx.scan_plan[n]
     b = ctx.em.b
     body = n.attr("body")
-    emitted = ctx.module.__dict__.setdefault("_bp_scans", {})  # shared numbering with scans
-    fn = emitted.get(id(plan))
-    if fn is None:
-        saved_block = b.block
-        fn = plan.sub.emit(ctx.module, f"bp_while{len(emitted) + 1}_{plan.fn_name}",
-                           with_entry=False)
-        emitted[id(plan)] = fn
-        fn.linkage = "internal"
-        b.position_at_end(saved_block)
-    views = []
-    for x, tmp in zip(n.inputs, plan.operands):
-        v = ctx.view(x)
-        if tmp is not None:
-            copy(ctx, v, tmp)
-            v = tmp
-        views.append(v)
+    fn = body_function(ctx, plan, "bp_while")
+    views = operand_views(ctx, n, plan)
     nc = len(body.carries)
     inits, consts, go0 = views[:nc], views[nc:-1], views[-1]
     cbytes = [c.size * np.dtype(c.dtype).itemsize for c in plan.carry_in]
