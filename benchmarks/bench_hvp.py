@@ -1,5 +1,8 @@
 """Hessian-vector products on mlp_mnist (LLVM): forward-over-reverse (jvp of the gradient)
-against reverse-over-reverse (gradient of <∇L, v>) and one gradient call, each compiled once.
+against reverse-over-reverse (gradient of <∇L, v>) and one gradient call, each compiled once,
+and against JAX doing the same work: `hvp(..., with_grad=False)` (H·v alone) against
+`jit(lambda p, v: jvp(grad(f), (p,), (v,))[1])`, and `hvp(...)` (gradient and H·v) against
+the jit of the whole `jvp` (both outputs). The JAX rows print their ratio to ours.
 
     PYTHONPATH=. python benchmarks/bench_hvp.py [--backend llvm] [--model mlp_mnist]
 
@@ -37,6 +40,9 @@ def main() -> None:
         H = hvp(loss, ps, backend=a.backend, mode=mode)
         res[mode] = H(v, **inputs, **P)[1]
         fns[f"hvp {mode}"] = lambda H=H: H(v, **inputs, **P)
+    Hv = hvp(loss, ps, backend=a.backend, mode="fwd", with_grad=False)
+    res["hv only"] = Hv(v, **inputs, **P)
+    fns["hvp fwd, H.v only"] = lambda: Hv(v, **inputs, **P)
     if a.backend == "llvm":
         g1 = bp.compile(loss, ps, backend="llvm", blas_threads=1)
         H1 = hvp(loss, ps, backend="llvm", mode="fwd", blas_threads=1)
@@ -47,8 +53,12 @@ def main() -> None:
     ji = [inputs[k] for k in inputs]
     jgrad = jax.jit(jax.grad(jf))
     jhvp = jax.jit(lambda p, v: jax.jvp(lambda q: jax.grad(jf)(q, *ji), (p,), (v,))[1])
+    jboth = jax.jit(lambda p, v: jax.jvp(lambda q: jax.grad(jf)(q, *ji), (p,), (v,)))
     fns["jax gradient"] = lambda: jax.block_until_ready(jgrad(P, *ji))
-    fns["jax hvp (jvp of grad)"] = lambda: jax.block_until_ready(jhvp(P, v))
+    fns["jax hvp (jvp of grad)[1]"] = lambda: jax.block_until_ready(jhvp(P, v))
+    fns["jax hvp (jvp of grad), both"] = lambda: jax.block_until_ready(jboth(P, v))
+    vs_ours = {"jax gradient": "gradient", "jax hvp (jvp of grad)[1]": "hvp fwd, H.v only",
+               "jax hvp (jvp of grad), both": "hvp fwd"}
     # interleaved rounds, best median: the machine is shared, the minimum is the signal
     runs: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(a.rounds):
@@ -57,7 +67,8 @@ def main() -> None:
     best = {k: min(t) for k, t in runs.items()}
     for k, t in best.items():
         base = best["gradient (1 BLAS thread)" if "1 BLAS" in k else "gradient"]
-        print(f"{a.model} {a.backend} {k}: {t:9.1f} us  ({t / base:.2f}x gradient)")
+        vs = f"; {t / best[vs_ours[k]]:.2f}x ours ({vs_ours[k]})" if k in vs_ours else ""
+        print(f"{a.model} {a.backend} {k}: {t:9.1f} us  ({t / base:.2f}x gradient{vs})")
     if a.backend == "llvm":
         # CPU time of the single-thread calls: what the code costs, whatever else runs
         cpu = {k: min(_cpu_us(fns[k]) for _ in range(a.rounds))
@@ -66,7 +77,8 @@ def main() -> None:
         print(f"{a.model} llvm CPU time, 1 BLAS thread: gradient {g1t:.1f} us, hvp fwd "
               f"{h1t:.1f} us ({h1t / g1t:.2f}x gradient)")
     err = max(float(np.max(np.abs(res["fwd"][k] - res["rev"][k]))) for k in P)
-    print(f"max |fwd - rev| = {err:.3g}")
+    only = max(float(np.max(np.abs(res["fwd"][k] - res["hv only"][k]))) for k in P)
+    print(f"max |fwd - rev| = {err:.3g}, max |fwd - H.v only| = {only:.3g}")
 
 
 def _cpu_us(f, calls: int = 20) -> float:

@@ -60,13 +60,19 @@ def hvp_graph(loss: Node, wrt, mode: str = HVP_MODE) -> tuple[dict, dict]:
 
 class HVP:
     """Compiled gradient and Hessian-vector product: `grads, hv = H(v, **inputs_and_params)`
-    with `v` a dict by param name; both results are dicts by param name."""
+    with `v` a dict by param name; both results are dicts by param name. With
+    `with_grad=False`, `hv = H(v, ...)` alone: the weight-gradient products that only the
+    gradient needs are not computed (Newton-CG calls H·v many times at one point, as
+    `jax.jvp(jax.grad(f), ...)[1]` under jit drops them)."""
 
     def __init__(self, loss: Node, wrt, backend: str = "numpy", mode: str = HVP_MODE,
-                 **options: Any):
+                 with_grad: bool = True, **options: Any):
         self.wrt = check_wrt(wrt)
         self.names = [w.attr("name") for w in self.wrt]
+        self.with_grad = bool(with_grad)
         _, outputs = hvp_graph(loss, self.wrt, mode)
+        if not self.with_grad:
+            outputs = {k: o for k, o in outputs.items() if k.startswith("hv_")}
         # the loss first (its forward is shared with the gradient's): a scalar first output
         # gets LLVM's native call path (bp.function), ~70 us less per call
         self.fn = _function({"loss": check_loss(loss), **outputs}, backend=backend, **options)
@@ -76,15 +82,16 @@ class HVP:
         for k in self.names:
             kw[f"v_{k}"] = v[k]
         out = self.fn(**kw)
-        return ({k: out[f"d{k}"] for k in self.names}, {k: out[f"hv_{k}"] for k in self.names})
+        hv = {k: out[f"hv_{k}"] for k in self.names}
+        return ({k: out[f"d{k}"] for k in self.names}, hv) if self.with_grad else hv
 
 
 def hvp(loss: Node, wrt, backend: str = "numpy", mode: str = HVP_MODE,
-        **options: Any) -> HVP:
+        with_grad: bool = True, **options: Any) -> HVP:
     """Compile ∇L and H·v for `loss` w.r.t. `wrt` (exact, from differentiating the adjoint;
-    mode "fwd" forward-over-reverse, "rev" reverse-over-reverse). `options` go to the
-    backend (bp.function), e.g. `blas_threads=1` on LLVM."""
-    return HVP(loss, wrt, backend, mode, **options)
+    mode "fwd" forward-over-reverse, "rev" reverse-over-reverse); `with_grad=False`: H·v
+    only. `options` go to the backend (bp.function), e.g. `blas_threads=1` on LLVM."""
+    return HVP(loss, wrt, backend, mode, with_grad, **options)
 
 
 class _Flat:
@@ -116,16 +123,17 @@ def hessian(loss: Node, wrt, backend: str = "numpy", **values) -> np.ndarray:
     if flat.n > MAX_HESSIAN_PARAMS:
         raise ArgumentError(f"hessian: {flat.n} parameters is too many for a dense Hessian "
                             f"(limit {MAX_HESSIAN_PARAMS}); use bp.train.hvp instead")
-    H = HVP(loss, wrt, backend)
+    H = HVP(loss, wrt, backend, with_grad=False)
     return _hessian_from(H, flat, values)
 
 
 def _hessian_from(H: HVP, flat: _Flat, values: dict) -> np.ndarray:
+    """The dense Hessian from n products H·eᵢ (`H` compiled with_grad=False), symmetrised."""
     out = np.empty((flat.n, flat.n))
     e = np.zeros(flat.n)
     for i in range(flat.n):
         e[i] = 1.0
-        out[:, i] = flat.pack(H(flat.unpack(e), **values)[1])
+        out[:, i] = flat.pack(H(flat.unpack(e), **values))
         e[i] = 0.0
     return 0.5 * (out + out.T)
 
@@ -181,12 +189,12 @@ def minimize(loss, wrt=None, init: dict | None = None, inputs: dict | None = Non
 
     kw = {}
     if method in ("Newton-CG", "trust-krylov", "trust-exact"):
-        H = HVP(loss, wrt, backend)
+        H = HVP(loss, wrt, backend, with_grad=False)  # the gradient comes from `fun`
         if method == "trust-exact":
             kw["hess"] = lambda x: _hessian_from(H, flat, {**fixed, **flat.unpack(x)})
         else:
             kw["hessp"] = lambda x, p: flat.pack(
-                H(flat.unpack(p.astype(np.float64)), **fixed, **flat.unpack(x))[1])
+                H(flat.unpack(p.astype(np.float64)), **fixed, **flat.unpack(x)))
     cb = None
     if callback is not None:
         cb = lambda xk, *a: callback(flat.unpack(np.asarray(getattr(xk, "x", xk))))
