@@ -46,6 +46,18 @@ def assert_fixpoint(outputs):
     return once
 
 
+def test_cse_leaves_a_graph_without_commuted_twins_as_it_is():
+    # nothing to merge: not rebuilt (a rebuild would cascade through everything above)
+    x, w = bp.input("x", (4, 8)), bp.param("w", (8, 8))
+    outs = canonicalize([bp.sum(bp.tanh(x @ w) + x)])
+    assert cse(outs)[0] is outs[0]
+    # a twin deep down: merged, and everything above rebuilt on it
+    a, b = bp.param("a", (3,)), bp.param("b", (3,))
+    (out,) = cse([bp.sum(bp.tanh(a * b) * bp.exp(b * a))])
+    products = [n for n in toposort([out]) if n.op == "mul" and n.inputs[0].op == "param"]
+    assert len(products) == 1
+
+
 def test_cse_twice_is_cse_once():
     for loss, wrt in (block(), commuted()):
         grads = bp.grad(loss, wrt)
@@ -127,8 +139,8 @@ def test_operand_order_does_not_depend_on_the_hash_seed():
 
 
 def test_identical_layers_order_operands_alike():
-    """The order compares shallow structure first: x_i @ W_i + b_i keeps one operand order in
-    every layer (the deeper x_i must not decide it), so the layers share one native kernel."""
+    """cse keeps the program's operand order: x_i @ W_i + b_i has one operand order in every
+    layer (the deeper x_i must not change it), so the layers share one native kernel."""
     x = bp.input("x", (4, 8))
     h = x
     for i in range(8):

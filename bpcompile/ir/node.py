@@ -192,6 +192,13 @@ class Node:
 NAMES: weakref.WeakKeyDictionary[Node, str] = weakref.WeakKeyDictionary()
 
 
+# Op kinds whose shape and dtype rule reads only the operands' shapes and dtypes and the
+# attributes (not leaves, not control ops with bodies or results): `rebuild` on operands of
+# the old types reuses the old node's type.
+TYPED_BY_OPERAND_TYPES = frozenset({"elementwise", "movement", "index", "kernel", "matmul",
+                                    "reduce"})
+
+
 def make(op: str, inputs=(), **attrs) -> Node:
     """Build (or fetch the interned) node `op(*inputs, **attrs)`, inferring shape and dtype."""
     inputs = tuple(inputs)
@@ -200,7 +207,7 @@ def make(op: str, inputs=(), **attrs) -> Node:
 
 def _make(op: str, inputs: tuple, key_attrs: tuple, attrs: dict,
           like: Node | None = None) -> Node:
-    """`make` given the sorted attributes; `like`: a node of the same elementwise op on
+    """`make` given the sorted attributes; `like`: a node of the same op and attributes on
     operands of the same types, whose type the new node has (the rule is not run again)."""
     key = (op, inputs, key_attrs)
     hit = _INTERN.get(key)
@@ -211,7 +218,7 @@ def _make(op: str, inputs: tuple, key_attrs: tuple, attrs: dict,
     if spec.multiple_results:
         results = tuple((tuple(int(s) for s in sh), dt) for sh, dt in spec.infer(inputs, attrs))
         shape, dtype = (), TUPLE
-    elif like is not None and spec.kind == "elementwise":
+    elif like is not None and spec.kind in TYPED_BY_OPERAND_TYPES:
         shape, dtype = like.shape, like.dtype
     else:
         shape, dtype = spec.infer(inputs, attrs)
@@ -222,6 +229,12 @@ def _make(op: str, inputs: tuple, key_attrs: tuple, attrs: dict,
     n.serial = next(_SERIAL)
     _INTERN[key] = n
     return n
+
+
+def lookup(op: str, inputs: tuple, key_attrs: tuple) -> Node | None:
+    """The interned node `op(*inputs)` with sorted attributes `key_attrs`, if one exists
+    (nothing is made)."""
+    return _INTERN.get((op, inputs, key_attrs))
 
 
 def rebuild(node: Node, inputs) -> Node:
@@ -235,8 +248,9 @@ def rebuild(node: Node, inputs) -> Node:
         else:
             return node
         for a, b in zip(inputs, old):
-            # an elementwise op's type depends on its operands' types only (no constants:
-            # a dtype rule may treat a literal operand as weakly typed)
+            # the type depends on the operands' types and the attributes only (no constants:
+            # a dtype rule may treat a literal operand as weakly typed): passes that rebuild
+            # a graph above a rewritten node skip shape inference
             if a.shape != b.shape or a.dtype != b.dtype or a.op == "const" or b.op == "const":
                 break
         else:

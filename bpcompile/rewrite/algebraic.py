@@ -9,6 +9,7 @@ from ..ops import elementwise as ew
 from ..ops.leaves import const, scalar_value
 from ..ops.movement import broadcast_to, reshape, transpose
 from ..ops.registry import get_op
+from .canonicalize import COMMUTATIVE
 from .engine import C, Pat, Rules, X, rule
 from .patterns import is_op, is_scalar, same_shape_as
 
@@ -50,6 +51,8 @@ def _implicit_broadcast(n: Node):
             continue
         if tuple(np.broadcast_shapes(*[t.shape for t in trial])) == n.shape:
             new = trial
+    if n.op in COMMUTATIVE and new[0].op == "const" and new[1].op != "const":
+        new.reverse()  # constants last, as canonicalize puts them (cse would rebuild for it)
     return make(n.op, new, **dict(n.attrs)) if new != list(n.inputs) else None
 
 

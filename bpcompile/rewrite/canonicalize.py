@@ -2,16 +2,13 @@
 
 canonicalize: drop identities that only matter to autodiff (stop_gradient), turn division by
 a constant into multiplication by its reciprocal, and put constants last in commutative ops.
-cse: order commutative operands deterministically so re-interning merges a+b with b+a.
+cse: merge a+b with b+a (interning merges every other duplicate when a node is made).
 """
 
 from __future__ import annotations
 
-import weakref
-import zlib
-
-from ..ir.node import Node, make
-from ..ir.traverse import transform
+from ..ir.node import Node, lookup, make, rebuild
+from ..ir.traverse import toposort, transform
 from ..ops.elementwise import mul
 from ..ops.leaves import const, scalar_value
 
@@ -41,68 +38,48 @@ def canonicalize_forward(outputs: list[Node]) -> list[Node]:
 
 
 def cse(outputs: list[Node]) -> list[Node]:
-    """Order commutative operands by a structural hash and re-intern. Idempotent: a node's hash
-    does not depend on its commutative operands' order (they enter it sorted), so the order
-    chosen here is chosen again on the result, and the simplify fixpoint stops after the round
-    that confirms it. (Ranks by first appearance in a toposort changed with the order they
-    chose: large graphs swapped operands back and forth every round.)"""
-    keys = StructuralHash()
+    """Merge commuted spellings (a+b with b+a) and put constants last in commutative ops.
 
-    def order_operands(n: Node) -> Node:
-        if n.op in COMMUTATIVE and n.inputs[1].op != "const":
-            a, b = n.inputs
-            # constants last, as canonicalize puts them
-            if a.op == "const" or keys.order(a) > keys.order(b):
-                n = make(n.op, (b, a), **dict(n.attrs))
-        keys.add(n)
-        return n
+    Nodes are interned (ir/node.py), so structurally equal nodes are one object already but
+    for the operand order of commutative ops: of two distinct equal nodes, a lowest pair has
+    the same inputs in swapped order, so the one duplicates a graph can hold start at a node
+    whose swapped twin is in the graph too. With none (the usual graph: operands in the
+    order the program built them) the graph is returned as it is, not rebuilt; else each
+    node is rebuilt on its merged inputs and a twin met earlier in topological order stands
+    for it. The result is the program's own order (so identical layers keep one order and
+    share kernels, and no hash seed enters the generated code), and cse of it is itself."""
+    order = toposort(outputs)
+    present = set(order)
+    if not any(_needs_cse(n, present) for n in order):
+        return outputs
+    made: set[Node] = set()
 
-    # Rebuilding re-interns every node: structurally identical subgraphs become one object.
-    return transform(outputs, order_operands)
+    def build(n: Node, memo: dict) -> Node:
+        new = rebuild(n, [memo[i] for i in n.inputs])
+        if new.op in COMMUTATIVE:
+            a, b = new.inputs
+            if a.op == "const" and b.op != "const":  # constants last, as canonicalize does
+                new = make(new.op, (b, a), **dict(new.attrs))
+            else:
+                twin = swapped(new)
+                if twin is not None and twin in made:
+                    new = twin
+        made.add(new)
+        return new
 
-
-class StructuralHash:
-    """Node -> (shallow signature, structural hash): the order cse gives commutative operands.
-
-    Both are equal for a+b and b+a (commutative operands enter them sorted), and the same in
-    every process (tuples of ints hash deterministically, strings would not, so a node's own
-    part is a CRC of its text): the generated code, and so the on-disk cache, must not depend
-    on the run. The signature (its own part, then 1, 2, ... SIGNATURE_DEPTH levels of ops,
-    shapes and dtypes, no leaf names) is compared level by level before the hash, so identical
-    layers order their operands alike (x1 @ W1 + b1 as x2 @ W2 + b2, although x2 is deeper
-    than x1) and share one native kernel. Nodes are added in topological order (`transform`
-    hands them over so); a node's key is a function of the node alone (nodes are immutable),
-    so keys are kept, weakly, for the next round and the next compile."""
-
-    _keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    def __getitem__(self, n: Node) -> tuple:
-        return self._keys[n]
-
-    def add(self, n: Node) -> tuple:
-        key = self._keys.get(n)
-        if key is not None:
-            return key
-        full = zlib.crc32(repr((n.op, n.attrs, n.shape, n.dtype)).encode())
-        own = full
-        if n.op in ("input", "param"):  # which leaf it is: the full hash's business only
-            attrs = tuple(a for a in n.attrs if a[0] != "name")
-            own = zlib.crc32(repr((n.op, attrs, n.shape, n.dtype)).encode())
-        ins = [self._keys[i] for i in n.inputs]
-        if n.op in COMMUTATIVE:
-            ins.sort()
-        sig = [own]
-        for d in range(SIGNATURE_DEPTH):
-            sig.append(hash((own, *(i[0][d] for i in ins))))
-        self._keys[n] = key = (sig, hash((full, *(i[1] for i in ins))))
-        return key
-
-    def order(self, n: Node) -> tuple[int, ...]:
-        """Leaves last (x @ W + b, as people write it: fewer nodes to rebuild), then the
-        shallowest difference first: x @ W before b in every layer, whatever x is."""
-        sig, full = self._keys[n]
-        return (n.op in LEAVES, *sig, full)
+    return transform(outputs, build=build)
 
 
-LEAVES = frozenset({"input", "param", "const"})
-SIGNATURE_DEPTH = 3
+def swapped(n: Node) -> Node | None:
+    """The interned node `n.op(b, a)` for `n = n.op(a, b)`, if one exists."""
+    a, b = n.inputs
+    return None if a is b else lookup(n.op, (b, a), n.attrs)
+
+
+def _needs_cse(n: Node, present: set) -> bool:
+    if n.op not in COMMUTATIVE:
+        return False
+    if n.inputs[0].op == "const" and n.inputs[1].op != "const":
+        return True
+    twin = swapped(n)
+    return twin is not None and twin in present

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from ..ir.node import Node, make
 from ..ir.traverse import memoized, toposort, transform
@@ -65,9 +66,13 @@ class Stage:
 
 
 def _stage(name, outputs, hits=None):
-    order = toposort(outputs)
-    ops = Counter(n.op for n in order if n.op not in ("input", "param", "const"))
+    ops = Counter(map(_op_of, toposort(outputs)))  # counted in C: a stage per pass
+    for leaf in ("input", "param", "const"):
+        ops.pop(leaf, None)
     return Stage(name, list(outputs), sum(ops.values()), ops, Counter(hits or ()))
+
+
+_op_of = attrgetter("op")
 
 
 def body_stages(outputs: list[Node], _depth: int = 0) -> list[tuple[int, Stage]]:

@@ -29,7 +29,10 @@ import threading
 import warnings
 from dataclasses import dataclass
 
-from . import elfcheck, jit
+from . import elfcheck
+
+# jit (llvmlite) is imported where an object is keyed, loaded or stored, not here: the NumPy
+# backend's compile-cache (warm_cache.py) keeps its blobs here without loading LLVM (~30 ms)
 
 MAGIC = b"BPCOBJ2\n"
 SECRET = "hmac.key"
@@ -59,6 +62,8 @@ def cache_dir() -> str:
 def key(graph_text: str, ir_text: str, opt: int, codegen: dict | None = None) -> Key:
     """The key of the object compiled from this graph and IR; `codegen`: every option of the
     target machine and optimisation pipeline that is not already visible in the IR."""
+    from . import jit
+
     triple, cpu, features = jit.host()
     module = hashlib.sha256(graph_text.encode() + b"\0" + ir_text.encode()).hexdigest()
     fields = {"format": 2, "module_sha256": module, "bpcompile": _version(),
@@ -79,6 +84,8 @@ def _version() -> str:
 
 def load(k: Key) -> bytes | None:
     """The object code for `k`, or None (a miss) when absent, refused or damaged."""
+    from . import jit
+
     machine = elfcheck.machine_for(jit.host()[0])
     dfd = _open_dir() if machine is not None else None
     if dfd is None:
@@ -99,6 +106,8 @@ def load(k: Key) -> bytes | None:
 
 def store(k: Key, obj: bytes) -> None:
     """Best effort: a read-only or full disk just means no cache."""
+    from . import jit
+
     if elfcheck.machine_for(jit.host()[0]) is not None:
         store_blob(k, obj, ".o")
 
@@ -314,6 +323,8 @@ def _resolvable(symbol: str) -> bool:
     """Whether MCJIT can resolve `symbol` (an unresolved one is a fatal error inside LLVM)."""
     global _engine
     import llvmlite.binding as llvm
+
+    from . import jit
 
     if _engine is None:  # the first MCJIT engine makes the process's own symbols searchable
         _engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), jit.target_machine())
