@@ -118,9 +118,11 @@ def conv2d(x: TensorLike, w: TensorLike, b: TensorLike | None = None,
     wo = _out_size(xp.shape[3], kw, stride[1], dilation[1], "conv2d")
     k = kh * kw
     views = _windows(xp, (kh, kw), stride, dilation, (ho, wo))
-    # patches[n, ho, wo, c, k] = xp[n, c, ho*s + i*d, wo*s + j*d] with k = i*kw + j
-    stacked = concatenate([reshape(v, (n, c, ho, wo, 1)) for v in views], axis=4)
-    patches = transpose(stacked, (0, 2, 3, 1, 4))
+    # patches[n, ho, wo, c, k] = xp[n, c, ho*s + i*d, wo*s + j*d] with k = i*kw + j: the
+    # views joined along the channel axis (k major), then split and moved last in one
+    # transpose (no per-view reshape: 2·kh·kw fewer nodes per conv with its gradient)
+    stacked = reshape(concatenate(views, axis=1) if k > 1 else views[0], (n, k, c, ho, wo))
+    patches = transpose(stacked, (0, 3, 4, 2, 1))
     if groups == 1:
         cols = reshape(patches, (n * ho * wo, c * k))
         wm = transpose(reshape(w, (o, c * k)), (1, 0))  # (C·k, O)
