@@ -185,7 +185,9 @@ def _window_stack(xp: Node, window, stride) -> Node:
         t = transpose(reshape(xc, (n, c, ho, kh, wo, kw)), (0, 1, 2, 4, 3, 5))
         return reshape(t, (n, c, ho, wo, kh * kw))
     views = _windows(xp, window, stride, (1, 1), (ho, wo))
-    return concatenate([reshape(v, (n, c, ho, wo, 1)) for v in views], axis=4)
+    # joined along the channel axis, as conv2d's patches (no per-view reshape)
+    stacked = reshape(concatenate(views, axis=1), (n, kh * kw, c, ho, wo))
+    return transpose(stacked, (0, 2, 3, 4, 1))
 
 
 def first_max(stack: Node, axis: int = -1) -> Node:
