@@ -1,13 +1,16 @@
 """LLVM backend vs jax.jit(jax.value_and_grad(...)) on the benchmark models, one process.
 
     python benchmarks/bench_llvm.py [models...] [--budget S] [--gemm-threshold] [--gemm-threads]
+    python benchmarks/bench_llvm.py mlp_mnist --blas-floor
 
 Prints per model: median µs per call (ours, JAX), ratio JAX/ours, compile seconds with a cold
 and a warm on-disk cache (ours; warm = a fresh compile of the same graph), JAX's compile time,
 and whether the gradients agree. --gemm-threshold times single 2-d float32 matmuls through
 inline loops and through BLAS to place blas.GEMM_THRESHOLD; --gemm-threads times the products
 of the benchmark models on one and on two BLAS threads to place blas.PARALLEL_THRESHOLD and
-blas.PARALLEL_MIN_OUTPUT.
+blas.PARALLEL_MIN_OUTPUT. --blas-floor times each model's gradient against its own matrix
+products alone: every matmul of the compiled graph through NumPy's matmul (the OpenBLAS the
+generated code calls, same threads) at its shapes and operand layouts, and their sum.
 """
 
 from __future__ import annotations
@@ -100,14 +103,50 @@ def bench_gemm_threads(budget):
         print(f"{m:4d} x{k:4d} x{n:4d} {form:>5s} {row[0]:12.1f} {row[1]:13.1f}", flush=True)
 
 
+def bench_blas_floor(which, budget):
+    """Our gradient call against the sum of its graph's products alone, each timed through
+    np.matmul (NumPy's OpenBLAS, which the LLVM code calls) at the graph's shapes, with an
+    operand the graph reads through a 2-d transpose given as a transposed view (BLAS's T)."""
+    import bpcompile as bp
+    from bpcompile.ir.traverse import toposort
+
+    r = np.random.default_rng(0)
+
+    def operand(x):
+        if x.op == "transpose" and x.ndim == 2 and x.attr("perm") == (1, 0):
+            return r.standard_normal(x.inputs[0].shape).astype(x.dtype).T
+        return r.standard_normal(x.shape).astype(x.dtype)
+
+    for name, (loss, wrt, I, P, _) in build(which or ["mlp_mnist"]).items():
+        fn = bp.compile(loss, wrt, backend="llvm")
+        ours = median_us(lambda: fn(**I, **P), budget)
+        print(f"{name}: gradient {ours:.1f} us; its products alone through np.matmul:")
+        total = 0.0
+        for n in toposort(fn.stages[-1].outputs):
+            if n.op != "matmul":
+                continue
+            a, b = (operand(x) for x in n.inputs)
+            out = np.empty(n.shape, n.dtype)
+            t = median_us(lambda: np.matmul(a, b, out=out), budget / 4)
+            total += t
+            form = "".join("T" if not x.flags.c_contiguous else "N" for x in (a, b))
+            flops = 2 * np.prod(n.shape) * n.inputs[0].shape[-1]
+            print(f"  {a.shape} @ {b.shape} ({form}) {t:8.1f} us {flops / t / 1e3:6.1f} GFLOP/s")
+        print(f"  sum of products {total:.1f} us; gradient / products = {ours / total:.2f}",
+              flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="*")
     ap.add_argument("--budget", type=float, default=1.5)
     ap.add_argument("--gemm-threshold", action="store_true")
     ap.add_argument("--gemm-threads", action="store_true")
+    ap.add_argument("--blas-floor", action="store_true")
     a = ap.parse_args(argv)
-    if a.gemm_threshold:
+    if a.blas_floor:
+        bench_blas_floor(a.models, a.budget / 2)
+    elif a.gemm_threshold:
         bench_gemm(a.budget / 4)
     elif a.gemm_threads:
         bench_gemm_threads(a.budget / 4)
