@@ -66,19 +66,27 @@ def test_conv2d_matches_lax(case):
 
 
 @pytest.mark.parametrize("backend", BACKENDS[1:])
-def test_conv2d_other_backends(backend):
-    xs, ws, stride, padding, dil, groups = CONV_CASES[4]
-    values = {"x": rng.standard_normal(xs), "w": rng.standard_normal(ws)}
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+def test_conv2d_other_backends(backend, case):
+    # every case on LLVM and JAX too: im2col's windows joined on the channel axis, the 5-d
+    # transpose that makes the patches, and their gradients (slices, pads) in each lowering
+    xs, ws, stride, padding, dil, groups = CONV_CASES[case]
+    values = {"x": rng.standard_normal(xs), "w": rng.standard_normal(ws),
+              "b": rng.standard_normal(ws[0])}
+    s2 = (stride, stride) if isinstance(stride, int) else stride
+    d2 = (dil, dil) if isinstance(dil, int) else dil
 
     def build(V):
-        return conv2d(V["x"], V["w"], None, stride, padding, dil, groups)
+        return conv2d(V["x"], V["w"], V["b"], stride, padding, dil, groups)
 
     def jbuild(V):
-        return lax.conv_general_dilated(
-            V["x"], V["w"], stride, "VALID", rhs_dilation=dil, feature_group_count=groups
+        y = lax.conv_general_dilated(
+            V["x"], V["w"], s2, _jpad(padding), rhs_dilation=d2, feature_group_count=groups
         )
+        return y + V["b"][None, :, None, None]
 
-    assert_matches_jax(build, jbuild, values, ("x", "w"), backend=backend, dtype="float32")
+    assert_matches_jax(build, jbuild, values, ("x", "w", "b"), backend=backend,
+                       dtype="float32")
 
 
 def test_conv2d_finite_differences():
@@ -125,8 +133,10 @@ POOL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", range(len(POOL_CASES)))
-def test_max_pool2d_matches_reduce_window(case):
+def test_max_pool2d_matches_reduce_window(case, backend):
+    # overlapping windows are stacked as conv2d's patches: every backend lowers them
     shape, window, stride, padding = POOL_CASES[case]
     values = {"x": rng.standard_normal(shape)}
     assert_matches_jax(
@@ -134,6 +144,8 @@ def test_max_pool2d_matches_reduce_window(case):
         lambda V: _jmax_pool(V["x"], window, stride, padding),
         values,
         ("x",),
+        backend=backend,
+        dtype="float64" if backend == "numpy" else "float32",
     )
 
 
